@@ -1,0 +1,1 @@
+//! End-to-end tests of the `weir` binary against real services; see `tests/`.
