@@ -1,0 +1,163 @@
+//! Configuration of the bus: which backend the URL chooses, and each backend's settings.
+
+use std::{collections::BTreeMap, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// `[bus]` in `weir.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `local:<dir>` for the embedded log, `kafka://host:port[,host:port…]` for Kafka.
+    pub url: BusUrl,
+    /// Settings of the embedded log.
+    pub local: LocalConfig,
+    /// Settings of the Kafka client.
+    pub kafka: KafkaConfig,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: BusUrl::Local(PathBuf::from("./weir-data/bus")),
+            local: LocalConfig::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+/// The backend a bus URL names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum BusUrl {
+    /// The embedded log in this directory.
+    Local(PathBuf),
+    /// A Kafka cluster with these bootstrap servers (`host:port,host:port`).
+    Kafka(String),
+}
+
+impl FromStr for BusUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(dir) = s.strip_prefix("local:") {
+            let dir = dir.strip_prefix("//").unwrap_or(dir);
+            if dir.is_empty() {
+                return Err(format!("{s:?}: local: needs a directory, as in local:./weir-data/bus"));
+            }
+            return Ok(BusUrl::Local(PathBuf::from(dir)));
+        }
+        if let Some(brokers) = s.strip_prefix("kafka://") {
+            let brokers = brokers.trim_end_matches('/');
+            if brokers.is_empty() {
+                return Err(format!("{s:?}: kafka:// needs host:port, as in kafka://127.0.0.1:9092"));
+            }
+            for broker in brokers.split(',') {
+                let port = broker.rsplit_once(':').map(|(_, p)| p);
+                if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                    return Err(format!("{s:?}: broker {broker:?} is not host:port"));
+                }
+            }
+            return Ok(BusUrl::Kafka(brokers.to_string()));
+        }
+        Err(format!("{s:?}: unsupported bus URL (expected local:<dir> or kafka://host:port)"))
+    }
+}
+
+impl TryFrom<String> for BusUrl {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<BusUrl> for String {
+    fn from(url: BusUrl) -> String {
+        url.to_string()
+    }
+}
+
+impl std::fmt::Display for BusUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusUrl::Local(dir) => write!(f, "local:{}", dir.display()),
+            BusUrl::Kafka(brokers) => write!(f, "kafka://{brokers}"),
+        }
+    }
+}
+
+/// When the embedded log calls `fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// Never: an acknowledged record is in the operating system's page cache, which survives a
+    /// crash of the process (`kill -9`) but not of the machine.
+    #[default]
+    Never,
+    /// Before every acknowledgement: survives power loss, at the cost of a disk flush per batch.
+    Always,
+}
+
+/// `[bus.local]`: the embedded log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// A partition starts a new segment file once the current one reaches this size.
+    pub segment_bytes: u64,
+    /// When to flush to disk.
+    pub fsync: Fsync,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig { segment_bytes: 256 * 1024 * 1024, fsync: Fsync::Never }
+    }
+}
+
+/// `[bus.kafka]`: the Kafka client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// How long to wait for the cluster to answer before failing.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a produced record may wait for its acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Replicas of each topic Weir creates (1 suits a single broker; use 3 in production).
+    pub replication_factor: i32,
+    /// Extra librdkafka properties (`"linger.ms" = "5"`, security settings, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            connect_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+            replication_factor: 1,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_schemes() {
+        assert_eq!("local:./weir-data/bus".parse::<BusUrl>(), Ok(BusUrl::Local("./weir-data/bus".into())));
+        assert_eq!("local:///tmp/bus".parse::<BusUrl>(), Ok(BusUrl::Local("/tmp/bus".into())));
+        assert_eq!("kafka://a:9092,b:9093".parse::<BusUrl>(), Ok(BusUrl::Kafka("a:9092,b:9093".into())));
+    }
+
+    #[test]
+    fn rejects_bad_urls_naming_them() {
+        let err = "http://x".parse::<BusUrl>().unwrap_err();
+        assert!(err.contains("http://x") && err.contains("unsupported"), "{err}");
+        let err = "kafka://host".parse::<BusUrl>().unwrap_err();
+        assert!(err.contains("\"host\" is not host:port"), "{err}");
+        assert!("local:".parse::<BusUrl>().is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! One partition of the embedded log: a directory of segment files named by their first offset.
+//!
+//! Appends go to the last segment under a lock, in one `write` per batch; once the write returns
+//! the batch is visible to readers and acknowledged. On open the last segment is scanned and a torn
+//! tail (a record cut short or failing its CRC by a crash mid-write) is truncated away.
+
+use std::{
+    fs::{File, OpenOptions},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+};
+
+use bytes::{Bytes, BytesMut};
+
+use super::record::{self, Decoded, StoredRecord};
+use crate::{BusError, Record, Result, config::Fsync};
+
+/// A sparse index entry is kept every this many bytes.
+const INDEX_INTERVAL: u64 = 64 * 1024;
+/// Bytes read from a segment at a time.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// One segment file.
+struct Segment {
+    base: i64,
+    path: PathBuf,
+    file: File,
+    /// Bytes of whole, acknowledged records; readers never look past it.
+    len: AtomicU64,
+    /// `(offset, byte position)` pairs, ascending; always starts with `(base, 0)`.
+    index: Mutex<Vec<(i64, u64)>>,
+}
+
+impl Segment {
+    fn file_name(base: i64) -> String {
+        format!("{base:020}.log")
+    }
+
+    /// The byte position to start scanning from to find `offset`.
+    fn floor(&self, offset: i64) -> (i64, u64) {
+        let index = self.index.lock().unwrap();
+        let i = index.partition_point(|(o, _)| *o <= offset);
+        index[i.saturating_sub(1)]
+    }
+
+    fn note_index(&self, offset: i64, pos: u64) {
+        let mut index = self.index.lock().unwrap();
+        if index.last().is_none_or(|(o, p)| offset > *o && pos >= p + INDEX_INTERVAL) {
+            index.push((offset, pos));
+        }
+    }
+}
+
+/// The writer's side of the partition.
+struct Writer {
+    file: File,
+    active: Arc<Segment>,
+    buf: Vec<u8>,
+}
+
+/// A partition log.
+pub(crate) struct PartitionLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    fsync: Fsync,
+    writer: Mutex<Writer>,
+    segments: RwLock<Vec<Arc<Segment>>>,
+    /// Offset the next appended record gets.
+    end: AtomicI64,
+}
+
+/// Where a reader is: the segment and byte position of `offset`.
+#[derive(Clone)]
+pub(crate) struct Cursor {
+    segment: Arc<Segment>,
+    pos: u64,
+    /// The offset of the record at `pos`.
+    pub offset: i64,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the partition in `dir`, truncating a torn tail.
+    pub fn open(dir: &Path, segment_bytes: u64, fsync: Fsync) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| BusError::io("creating", dir, e))?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| BusError::io("listing", dir, e))? {
+            let entry = entry.map_err(|e| BusError::io("listing", dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(base) = name.strip_suffix(".log").and_then(|b| b.parse::<i64>().ok()) {
+                bases.push(base);
+            }
+        }
+        bases.sort_unstable();
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let mut segments = Vec::with_capacity(bases.len());
+        for (i, base) in bases.iter().enumerate() {
+            let path = dir.join(Segment::file_name(*base));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| BusError::io("opening", &path, e))?;
+            let len = file.metadata().map_err(|e| BusError::io("reading metadata of", &path, e))?.len();
+            let segment =
+                Segment { base: *base, path, file, len: AtomicU64::new(len), index: Mutex::new(vec![(*base, 0)]) };
+            if i + 1 == bases.len() {
+                recover_tail(&segment)?;
+            }
+            segments.push(Arc::new(segment));
+        }
+        let active = segments.last().unwrap().clone();
+        let end = {
+            let (mut offset, mut pos) = active.floor(i64::MAX);
+            let len = active.len.load(Ordering::Acquire);
+            while pos < len {
+                let (rec, _) = read_at(&active, pos, len)?.expect("recovered tail holds whole records");
+                offset = rec.offset + 1;
+                pos += rec.framed_len as u64;
+            }
+            offset
+        };
+        let file = active.file.try_clone().map_err(|e| BusError::io("opening", &active.path, e))?;
+        Ok(PartitionLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            fsync,
+            writer: Mutex::new(Writer { file, active, buf: Vec::new() }),
+            segments: RwLock::new(segments),
+            end: AtomicI64::new(end),
+        })
+    }
+
+    /// The offset the next record will get.
+    pub fn end_offset(&self) -> i64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// The first offset stored.
+    pub fn start_offset(&self) -> i64 {
+        self.segments.read().unwrap()[0].base
+    }
+
+    /// Appends `records` with `timestamp_ms` where they have none; returns the first offset.
+    pub fn append(&self, records: &[&Record], timestamp_ms: i64) -> Result<i64> {
+        let mut w = self.writer.lock().unwrap();
+        let first = self.end.load(Ordering::Acquire);
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let mut positions = Vec::with_capacity(records.len());
+        let start = w.active.len.load(Ordering::Acquire);
+        for (i, rec) in records.iter().enumerate() {
+            if record::framed_len(rec) > record::MAX_BODY {
+                w.buf = buf;
+                return Err(BusError::InvalidArgument(format!(
+                    "record of {} bytes exceeds the embedded log's limit of {} bytes",
+                    record::framed_len(rec),
+                    record::MAX_BODY
+                )));
+            }
+            positions.push(start + buf.len() as u64);
+            record::encode(&mut buf, first + i as i64, rec.timestamp_ms.unwrap_or(timestamp_ms), rec);
+        }
+        let written = w.file.write_all_at(&buf, start).and_then(|()| match self.fsync {
+            Fsync::Always => w.file.sync_data(),
+            Fsync::Never => Ok(()),
+        });
+        if let Err(e) = written {
+            // Cut back whatever part of the batch reached the file, so the log stays whole.
+            let _ = w.file.set_len(start);
+            w.buf = buf;
+            return Err(BusError::io("appending to", &w.active.path, e));
+        }
+        for (i, pos) in positions.iter().enumerate() {
+            w.active.note_index(first + i as i64, *pos);
+        }
+        let new_len = start + buf.len() as u64;
+        w.active.len.store(new_len, Ordering::Release);
+        w.buf = buf;
+        let next = first + records.len() as i64;
+        self.end.store(next, Ordering::Release);
+        if new_len >= self.segment_bytes {
+            self.roll(&mut w, next)?;
+        }
+        Ok(first)
+    }
+
+    fn roll(&self, w: &mut Writer, base: i64) -> Result<()> {
+        let path = self.dir.join(Segment::file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| BusError::io("creating segment", &path, e))?;
+        let writer_file = file.try_clone().map_err(|e| BusError::io("opening", &path, e))?;
+        let segment =
+            Arc::new(Segment { base, path, file, len: AtomicU64::new(0), index: Mutex::new(vec![(base, 0)]) });
+        self.segments.write().unwrap().push(segment.clone());
+        w.file = writer_file;
+        w.active = segment;
+        Ok(())
+    }
+
+    /// A cursor at `offset`, clamped into the stored range.
+    pub fn cursor(&self, offset: i64) -> Result<Cursor> {
+        let offset = offset.clamp(self.start_offset(), self.end_offset());
+        let segment = {
+            let segments = self.segments.read().unwrap();
+            let i = segments.partition_point(|s| s.base <= offset);
+            segments[i.saturating_sub(1)].clone()
+        };
+        let (mut at, mut pos) = segment.floor(offset);
+        let len = segment.len.load(Ordering::Acquire);
+        while at < offset && pos < len {
+            match read_at(&segment, pos, len)? {
+                Some((rec, _)) => {
+                    segment.note_index(rec.offset, pos);
+                    at = rec.offset + 1;
+                    pos += rec.framed_len as u64;
+                }
+                None => break,
+            }
+        }
+        Ok(Cursor { segment, pos, offset: at.max(offset) })
+    }
+
+    /// Reads up to `max` records from `cursor`, advancing it.
+    pub fn read(&self, cursor: &mut Cursor, max: usize, out: &mut Vec<StoredRecord>) -> Result<()> {
+        let mut taken = 0;
+        while taken < max {
+            let len = cursor.segment.len.load(Ordering::Acquire);
+            if cursor.pos >= len {
+                // At the end of this segment: move on if a later one exists.
+                let next = {
+                    let segments = self.segments.read().unwrap();
+                    segments.iter().find(|s| s.base > cursor.segment.base).cloned()
+                };
+                // A later segment exists only once this one is sealed, so its length is final.
+                match next {
+                    Some(s) => {
+                        cursor.segment = s;
+                        cursor.pos = 0;
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            }
+            let want = ((len - cursor.pos) as usize).min(READ_CHUNK);
+            let chunk = read_bytes(&cursor.segment, cursor.pos, want)?;
+            let mut at = 0;
+            while at < chunk.len() && taken < max {
+                match record::decode(&chunk, at) {
+                    Decoded::Record(rec) => {
+                        at += rec.framed_len;
+                        if rec.offset >= cursor.offset {
+                            cursor.offset = rec.offset + 1;
+                            out.push(rec);
+                            taken += 1;
+                        }
+                    }
+                    Decoded::Incomplete { needed } if at == 0 => {
+                        // One record larger than a chunk: read exactly it.
+                        let big = read_bytes(&cursor.segment, cursor.pos, needed)?;
+                        match record::decode(&big, 0) {
+                            Decoded::Record(rec) => {
+                                cursor.pos += rec.framed_len as u64;
+                                cursor.offset = rec.offset + 1;
+                                out.push(rec);
+                                taken += 1;
+                            }
+                            _ => return Err(corrupt(&cursor.segment, cursor.pos, "record runs past the segment")),
+                        }
+                        break;
+                    }
+                    Decoded::Incomplete { .. } => break,
+                    Decoded::Corrupt(reason) => return Err(corrupt(&cursor.segment, cursor.pos + at as u64, &reason)),
+                }
+            }
+            cursor.pos += at as u64;
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(segment: &Segment, position: u64, reason: &str) -> BusError {
+    BusError::Corrupt { path: segment.path.clone(), position, reason: reason.to_string() }
+}
+
+fn read_bytes(segment: &Segment, pos: u64, n: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::zeroed(n);
+    segment.file.read_exact_at(&mut buf, pos).map_err(|e| BusError::io("reading", &segment.path, e))?;
+    Ok(buf.freeze())
+}
+
+/// The record at `pos`, or `None` if the segment ends inside it.
+fn read_at(segment: &Segment, pos: u64, len: u64) -> Result<Option<(StoredRecord, Bytes)>> {
+    let header = read_bytes(segment, pos, record::FRAME_HEADER.min((len - pos) as usize))?;
+    let body_len = match record::decode(&header, 0) {
+        Decoded::Incomplete { needed } => needed,
+        Decoded::Corrupt(reason) => return Err(corrupt(segment, pos, &reason)),
+        Decoded::Record(rec) => rec.framed_len,
+    };
+    if pos + body_len as u64 > len {
+        return Ok(None);
+    }
+    let bytes = read_bytes(segment, pos, body_len)?;
+    match record::decode(&bytes, 0) {
+        Decoded::Record(rec) => Ok(Some((rec, bytes))),
+        Decoded::Incomplete { .. } => Ok(None),
+        Decoded::Corrupt(reason) => Err(corrupt(segment, pos, &reason)),
+    }
+}
+
+/// Scans the last segment and cuts it after its last whole, valid, in-sequence record.
+fn recover_tail(segment: &Segment) -> Result<()> {
+    let len = segment.len.load(Ordering::Acquire);
+    let mut pos = 0u64;
+    let mut expected = segment.base;
+    let mut problem = None;
+    while pos < len {
+        let want = ((len - pos) as usize).min(READ_CHUNK);
+        let chunk = read_bytes(segment, pos, want)?;
+        let mut at = 0usize;
+        loop {
+            if at == chunk.len() {
+                break;
+            }
+            match record::decode(&chunk, at) {
+                Decoded::Record(rec) if rec.offset == expected => {
+                    segment.note_index(rec.offset, pos + at as u64);
+                    expected += 1;
+                    at += rec.framed_len;
+                }
+                Decoded::Record(rec) => {
+                    problem = Some(format!("offset {} where {expected} was due", rec.offset));
+                    break;
+                }
+                Decoded::Incomplete { needed } if at == 0 && pos + needed as u64 <= len => {
+                    // A record bigger than the chunk: check it whole.
+                    let big = read_bytes(segment, pos, needed)?;
+                    match record::decode(&big, 0) {
+                        Decoded::Record(rec) if rec.offset == expected => {
+                            segment.note_index(rec.offset, pos);
+                            expected += 1;
+                            at = rec.framed_len;
+                        }
+                        _ => problem = Some("invalid record".to_string()),
+                    }
+                    break;
+                }
+                Decoded::Incomplete { .. } if pos + (chunk.len() as u64) < len => break,
+                Decoded::Incomplete { .. } => {
+                    problem = Some("record cut short".to_string());
+                    break;
+                }
+                Decoded::Corrupt(reason) => {
+                    problem = Some(reason);
+                    break;
+                }
+            }
+        }
+        pos += at as u64;
+        if problem.is_some() || at == 0 {
+            break;
+        }
+    }
+    if pos < len {
+        tracing::warn!(
+            segment = %segment.path.display(),
+            kept_bytes = pos,
+            dropped_bytes = len - pos,
+            reason = problem.as_deref().unwrap_or("unreadable tail"),
+            "truncating torn tail of the embedded log"
+        );
+        metrics::counter!("weir_bus_local_torn_tails_total").increment(1);
+        segment.file.set_len(pos).map_err(|e| BusError::io("truncating", &segment.path, e))?;
+        segment.len.store(pos, Ordering::Release);
+    }
+    Ok(())
+}
