@@ -1,0 +1,28 @@
+//! # weir-schemas — the data contracts
+//!
+//! What travels on Weir's change-event topics, and how it is encoded:
+//!
+//! - [`connect`]: Kafka Connect's schema and value model, in which Debezium defines its events.
+//! - [`envelope`]: Debezium's change-event envelope (`before`, `after`, `source`, `op`, `ts_*`,
+//!   `transaction`), the `source` blocks of the MySQL/MariaDB and Cassandra connectors, key and
+//!   value schemas named `<prefix>.<db>.<table>.Key` / `.Value` / `.Envelope`.
+//! - [`avro`]: Connect schemas as Avro (as Confluent's converter maps them) and values as Avro
+//!   binary.
+//! - [`wire`]: the Confluent wire format (magic byte, schema id, body).
+//! - [`registry`]: the Confluent Schema Registry REST API — an HTTP client, a store in the
+//!   metadata database, and a server for that store.
+//! - [`metadata`]: the connection to the metadata database (SQLite or PostgreSQL).
+//! - [`serializer`]: all of the above together: a value in, framed Avro out, its schema
+//!   registered under the topic's subject on first use.
+//!
+//! A source builds [`envelope::TableSchemas`] for a table, makes each change an envelope
+//! [`connect::Value`], and hands it to an [`serializer::AvroSerializer`]; the bytes go on the bus.
+//! Any Debezium consumer with a Confluent Avro deserializer reads them unchanged.
+
+pub mod avro;
+pub mod connect;
+pub mod envelope;
+pub mod metadata;
+pub mod registry;
+pub mod serializer;
+pub mod wire;

@@ -1,0 +1,131 @@
+//! The connection to the metadata database, the one place where Weir keeps state that is not on
+//! the bus or in the lake: SQLite (embedded default) or PostgreSQL (production), through sqlx's
+//! `Any` driver. The schema registry keeps its tables there; so will the orchestrator.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyPool, any::AnyPoolOptions};
+
+/// `[metadata]` in `weir.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// `sqlite://<file>` (embedded) or `postgres://user[:password]@host:port/db`.
+    pub url: String,
+    /// How long to wait for a connection before failing.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig { url: "sqlite://./weir-data/weir.db".to_string(), connect_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl MetadataConfig {
+    /// Checks the URL's scheme, so a typo fails at start-up with the key named.
+    pub fn validate(&self) -> Result<(), MetadataError> {
+        let ok = ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| self.url.starts_with(p));
+        if ok { Ok(()) } else { Err(MetadataError::UnsupportedUrl(self.url.clone())) }
+    }
+
+    /// Opens the pool (see [`connect`]).
+    pub async fn connect(&self) -> Result<AnyPool, MetadataError> {
+        connect(&self.url, self.connect_timeout).await
+    }
+}
+
+/// Why the metadata database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The URL names no supported database.
+    #[error("metadata.url {0:?}: unsupported (expected sqlite://<file> or postgres://…)")]
+    UnsupportedUrl(String),
+    /// The SQLite file's directory could not be created.
+    #[error("metadata.url: creating directory {dir}: {source}")]
+    CreateDir {
+        /// The directory.
+        dir: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("metadata.url {url}: cannot connect within {timeout_s} s: {source}")]
+    Connect {
+        /// The URL, password removed.
+        url: String,
+        /// The time limit.
+        timeout_s: u64,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Opens a pool on `url` (`sqlite://path/to/weir.db` or `postgres://user@host:port/db`), creating
+/// a SQLite file and its directory if needed, failing within `timeout` if the server is unreachable.
+pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataError> {
+    sqlx::any::install_default_drivers();
+    let (connect_url, max_connections) = if let Some(path) = url.strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or_default();
+        if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| MetadataError::CreateDir { dir: dir.display().to_string(), source })?;
+        }
+        let sep = if path.contains('?') { '&' } else { '?' };
+        (format!("{url}{sep}mode=rwc"), 4)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (url.to_string(), 16)
+    } else {
+        return Err(MetadataError::UnsupportedUrl(url.to_string()));
+    };
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(timeout)
+        .connect(&connect_url)
+        .await
+        .map_err(|source| MetadataError::Connect { url: redact(url), timeout_s: timeout.as_secs(), source })
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://weir:secret@db:5432/weir"), "postgres://weir:***@db:5432/weir");
+        assert_eq!(redact("postgres://weir@db/weir"), "postgres://weir@db/weir");
+        assert_eq!(redact("sqlite://./weir-data/weir.db"), "sqlite://./weir-data/weir.db");
+    }
+
+    #[tokio::test]
+    async fn refuses_unknown_schemes_by_name() {
+        let err = connect("mysql://x", Duration::from_secs(1)).await.unwrap_err();
+        assert!(err.to_string().starts_with("metadata.url \"mysql://x\""), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_postgres_fails_in_bounded_time() {
+        let started = std::time::Instant::now();
+        let err = connect("postgres://weir@127.0.0.1:1/weir", Duration::from_secs(2)).await.unwrap_err();
+        assert!(matches!(err, MetadataError::Connect { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}
