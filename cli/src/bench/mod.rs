@@ -1,0 +1,63 @@
+//! `weir bench <name>`: benchmarks that print one JSON document on stdout (progress on stderr).
+
+mod bus;
+
+use clap::Subcommand;
+
+use crate::config::Config;
+
+/// The benchmarks.
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Produce then consume N records on the embedded log (and on Kafka with --kafka).
+    Bus(bus::BusBenchArgs),
+}
+
+pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
+    let result = match command {
+        BenchCommand::Bus(args) => bus::run(config, args).await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+/// Facts about the machine a figure was measured on.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "cpu_model": cpu,
+        "os": std::env::consts::OS,
+        "weir_version": env!("CARGO_PKG_VERSION"),
+        "debug_build": cfg!(debug_assertions),
+    })
+}
+
+/// Prints `label: done/total` to stderr at every tenth.
+pub struct Progress {
+    label: String,
+    total: usize,
+    next_tenth: usize,
+}
+
+impl Progress {
+    /// A progress line for `total` units.
+    pub fn new(label: impl Into<String>, total: usize) -> Self {
+        Progress { label: label.into(), total, next_tenth: 1 }
+    }
+
+    /// Reports `done` units.
+    pub fn update(&mut self, done: usize) {
+        while self.next_tenth <= 10 && done * 10 >= self.total * self.next_tenth {
+            eprintln!("{}: {}% ({done}/{})", self.label, self.next_tenth * 10, self.total);
+            self.next_tenth += 1;
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! # weir — the command
+//!
+//! The only place that wires Weir's crates together: it loads the configuration
+//! ([`config`]), opens the bus, the metadata database and the registry it names, and runs one
+//! command or role. Library crates return typed errors; here they become `anyhow` messages.
+
+mod bench;
+mod config;
+mod console;
+mod registry;
+mod telemetry;
+mod topics;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Weir: change data capture, an immutable lake, batch and streaming over one bus.
+#[derive(Parser)]
+#[command(name = "weir", version, about)]
+struct Cli {
+    /// Configuration file (default: ./weir.toml if it exists). WEIR_BUS_URL, WEIR_LAKE_URL and
+    /// WEIR_METADATA_URL override it.
+    #[arg(long, global = true, env = "WEIR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and list topics.
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
+    /// Produce lines of stdin (`key<TAB>value`, or just `value`) to a topic.
+    Produce(console::ProduceArgs),
+    /// Print a topic's records (`partition offset key value`), committing after printing.
+    Consume(console::ConsumeArgs),
+    /// Serve the embedded schema registry (Confluent REST API) from the metadata database.
+    Registry(registry::RegistryArgs),
+    /// Run a benchmark and print its result as JSON.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let is_service = matches!(cli.command, Command::Registry(_));
+    // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
+    telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
+    if let Err(e) = run(cli).await {
+        eprintln!("weir: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Topics(c) => topics::run(&config, c).await,
+        Command::Produce(a) => console::produce(&config, a).await,
+        Command::Consume(a) => console::consume(&config, a).await,
+        Command::Registry(a) => registry::serve(&config, a).await,
+        Command::Bench(b) => bench::run(&config, b).await,
+    }
+}

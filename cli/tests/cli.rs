@@ -1,0 +1,149 @@
+//! The `weir` binary end to end: the topics/produce/consume round trip on the embedded log and on
+//! a real Kafka-protocol broker (`WEIR_TEST_KAFKA`), configuration errors, bounded failure on an
+//! unreachable broker, and the registry service's health and metrics endpoints.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// `weir` run in `dir` with `bus_url`.
+fn weir(dir: &std::path::Path, bus_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(dir)
+        .env("WEIR_BUS_URL", bus_url)
+        .env_remove("WEIR_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "weir failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn round_trip(bus_url: &str, topic: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(weir(d, bus_url, &["topics", "create", topic, "--partitions", "4"], None));
+    let listed = ok(weir(d, bus_url, &["topics", "list"], None));
+    assert!(listed.lines().any(|l| l == format!("{topic}\t4")), "{listed}");
+
+    let input = "alice\tfirst\nbob\tsecond\nalice\tthird\n";
+    let out = weir(d, bus_url, &["produce", topic], Some(input));
+    assert!(String::from_utf8_lossy(&ok_stderr(out)).contains("produced 3 record(s)"));
+
+    let printed = ok(weir(d, bus_url, &["consume", topic, "--group", "g1", "--timeout-ms", "1500"], None));
+    let mut lines: Vec<Vec<String>> = printed.lines().map(|l| l.split('\t').map(str::to_string).collect()).collect();
+    lines.sort_by_key(|f| (f[0].clone(), f[1].clone()));
+    assert_eq!(lines.len(), 3, "{printed}");
+    let alice: Vec<&Vec<String>> = lines.iter().filter(|f| f[2] == "alice").collect();
+    assert_eq!(alice.len(), 2);
+    assert_eq!(alice[0][0], alice[1][0], "same key, same partition");
+    assert_eq!((alice[0][3].as_str(), alice[1][3].as_str()), ("first", "third"), "order kept within the key");
+    // The group committed after printing: nothing new for it, everything for another group.
+    assert_eq!(ok(weir(d, bus_url, &["consume", topic, "--group", "g1", "--timeout-ms", "1000"], None)), "");
+    let other = ok(weir(d, bus_url, &["consume", topic, "--group", "g2", "--max", "2", "--timeout-ms", "1500"], None));
+    assert_eq!(other.lines().count(), 2, "--max stops early: {other}");
+}
+
+fn ok_stderr(out: Output) -> Vec<u8> {
+    assert!(out.status.success(), "weir failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stderr
+}
+
+#[test]
+fn round_trip_on_the_embedded_log() {
+    round_trip("local:./weir-data/bus", "orders");
+}
+
+#[test]
+fn round_trip_on_kafka() {
+    let brokers = std::env::var("WEIR_TEST_KAFKA")
+        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
+    let topic = format!("cli-orders-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    round_trip(&format!("kafka://{brokers}"), &topic);
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir(dir.path(), "http://nowhere", &["topics", "list"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WEIR_BUS_URL (bus.url)") && err.contains("unsupported bus URL"), "{err}");
+
+    std::fs::write(dir.path().join("weir.toml"), "[metadata]\nurl = \"oracle://db\"\n").unwrap();
+    let out = weir(dir.path(), "local:./bus", &["topics", "list"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("metadata.url \"oracle://db\""), "{err}");
+}
+
+#[test]
+fn an_unreachable_broker_fails_within_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("weir.toml"), "[bus.kafka]\nconnect_timeout = \"2s\"\n").unwrap();
+    let started = Instant::now();
+    let out = weir(dir.path(), "kafka://127.0.0.1:1", &["topics", "list"], None);
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1 unreachable within 2000 ms"), "{err}");
+}
+
+#[test]
+fn a_topic_that_does_not_exist_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weir(dir.path(), "local:./bus", &["produce", "ghost"], Some("x\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("topic \"ghost\" does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn the_registry_service_serves_health_metrics_and_the_rest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["registry", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().strip_prefix("schema registry on ").expect("address line").to_string();
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let schema = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
+    let registered: serde_json::Value = http
+        .post(format!("{base}/subjects/orders-value/versions"))
+        .json(&serde_json::json!({ "schema": schema }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(registered["id"], 1);
+    let missing = http.get(format!("{base}/subjects/nope/versions")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error_code"], 40401);
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("weir_registry_schemas_registered_total 1"), "{metrics}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(dir.path().join("weir-data/weir.db").exists(), "embedded default metadata database");
+}
