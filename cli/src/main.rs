@@ -5,6 +5,7 @@
 //! command or role. Library crates return typed errors; here they become `anyhow` messages.
 
 mod bench;
+mod cassandra;
 mod config;
 mod console;
 mod registry;
@@ -38,6 +39,9 @@ enum Command {
     Consume(console::ConsumeArgs),
     /// Serve the embedded schema registry (Confluent REST API) from the metadata database.
     Registry(registry::RegistryArgs),
+    /// Cassandra commit-log tools.
+    #[command(subcommand)]
+    Cassandra(cassandra::CassandraCommand),
     /// Run a benchmark and print its result as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -62,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => console::produce(&config, a).await,
         Command::Consume(a) => console::consume(&config, a).await,
         Command::Registry(a) => registry::serve(&config, a).await,
+        Command::Cassandra(c) => cassandra::run(c),
         Command::Bench(b) => bench::run(&config, b).await,
     }
 }

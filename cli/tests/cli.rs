@@ -147,3 +147,34 @@ async fn the_registry_service_serves_health_metrics_and_the_rest_api() {
     child.wait().unwrap();
     assert!(dir.path().join("weir-data/weir.db").exists(), "embedded default metadata database");
 }
+
+#[test]
+fn cassandra_dump_prints_the_mutations_of_captured_tables() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cassandra-commitlog/3.0.29");
+    let hash = std::fs::read_to_string(fixtures.join("hash.txt")).unwrap();
+    let cfid = hash.lines().find_map(|l| l.strip_prefix("cfid=")).unwrap().trim();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("tables.cql");
+    std::fs::write(
+        &schema,
+        format!(r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {cfid};"#),
+    )
+    .unwrap();
+    let segment = fixtures.join("CommitLog-6-1699279786262.log");
+    let out = weir(
+        dir.path(),
+        "local:./bus",
+        &["cassandra", "dump", segment.to_str().unwrap(), "--schema", schema.to_str().unwrap()],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let stdout = ok(out);
+    assert!(stderr.contains("176 mutations, 78 of tables not captured, 98 partition updates"), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 98);
+    let first = &lines[0];
+    assert_eq!((first["keyspace"].as_str(), first["table"].as_str()), (Some("Keyspace1"), Some("Standard1")));
+    assert!(first["rows"][0]["clustering"]["col"].as_str().unwrap().starts_with("name"));
+    assert!(first["rows"][0]["cells"][0]["value"].as_str().unwrap().starts_with("0x"));
+}

@@ -1,6 +1,7 @@
 //! `weir bench <name>`: benchmarks that print one JSON document on stdout (progress on stderr).
 
 mod bus;
+mod cdc_cassandra;
 
 use clap::Subcommand;
 
@@ -11,11 +12,14 @@ use crate::config::Config;
 pub enum BenchCommand {
     /// Produce then consume N records on the embedded log (and on Kafka with --kafka).
     Bus(bus::BusBenchArgs),
+    /// Decode Cassandra commit-log segments: MB/s and mutations/s on one core.
+    CdcCassandra(cdc_cassandra::CdcCassandraArgs),
 }
 
 pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
     let result = match command {
         BenchCommand::Bus(args) => bus::run(config, args).await?,
+        BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
