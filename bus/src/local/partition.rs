@@ -48,9 +48,16 @@ impl Segment {
     }
 
     fn note_index(&self, offset: i64, pos: u64) {
+        self.note_index_all(std::iter::once((offset, pos)));
+    }
+
+    /// Records index entries for `(offset, position)` pairs in ascending order, one lock for all.
+    fn note_index_all(&self, entries: impl Iterator<Item = (i64, u64)>) {
         let mut index = self.index.lock().unwrap();
-        if index.last().is_none_or(|(o, p)| offset > *o && pos >= p + INDEX_INTERVAL) {
-            index.push((offset, pos));
+        for (offset, pos) in entries {
+            if index.last().is_none_or(|(o, p)| offset > *o && pos >= p + INDEX_INTERVAL) {
+                index.push((offset, pos));
+            }
         }
     }
 }
@@ -179,9 +186,7 @@ impl PartitionLog {
             w.buf = buf;
             return Err(BusError::io("appending to", &w.active.path, e));
         }
-        for (i, pos) in positions.iter().enumerate() {
-            w.active.note_index(first + i as i64, *pos);
-        }
+        w.active.note_index_all(positions.iter().enumerate().map(|(i, pos)| (first + i as i64, *pos)));
         let new_len = start + buf.len() as u64;
         w.active.len.store(new_len, Ordering::Release);
         w.buf = buf;
