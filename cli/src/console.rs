@@ -84,11 +84,22 @@ pub async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(b: &Option<Bytes>) -> std::borrow::Cow<'_, str> {
-    match b {
-        Some(b) => String::from_utf8_lossy(b),
-        None => "null".into(),
+/// A key or value for one output line: `null` when absent, control characters and backslashes
+/// escaped (`\n`, `\t`, `\u{1b}`, `\\`) so every record stays on one line, whatever its bytes.
+fn text(b: &Option<Bytes>) -> String {
+    let Some(b) = b else { return "null".to_string() };
+    let mut out = String::with_capacity(b.len());
+    for c in String::from_utf8_lossy(b).chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
     }
+    out
 }
 
 pub async fn consume(config: &Config, args: ConsumeArgs) -> anyhow::Result<()> {
@@ -145,5 +156,12 @@ mod tests {
         assert_eq!(r.value.as_deref(), Some(&b"value\twith tab"[..]));
         let r = parse_line("no key");
         assert_eq!((r.key, r.value.as_deref()), (None, Some(&b"no key"[..])));
+    }
+
+    #[test]
+    fn binary_values_stay_on_one_line() {
+        assert_eq!(text(&Some(Bytes::from_static(b"plain text"))), "plain text");
+        assert_eq!(text(&Some(Bytes::from_static(b"a\nb\tc\\d\x00"))), "a\\nb\\tc\\\\d\\u{0}");
+        assert_eq!(text(&None), "null");
     }
 }
