@@ -1,9 +1,47 @@
 //! # weir-ingest — getting changes out of production databases
 //!
-//! Owns the change-data-capture sources. Today: [`cassandra`], the commit-log decoder
-//! (segment framing, mutations, table schemas). Still to come: turning decoded mutations into
-//! Debezium-Cassandra events on `<prefix>.<keyspace>.<table>` topics with persisted offsets, the
-//! MySQL/MariaDB binlog source, and HTTP event ingestion. Each source will persist its position so
-//! a restart loses nothing.
+//! Owns the change-data-capture sources. Each source turns a database's own change log into
+//! Debezium-compatible events on `<prefix>.<db>.<table>` topics and persists its position so a
+//! restart loses nothing. Sources are configured as `[[sources]]` entries, one [`SourceConfig`]
+//! variant per kind:
+//!
+//! - [`cassandra`]: commit-log segments from a node's `cdc_raw` directory (decoder, events, source).
+//!
+//! Still to come: the MySQL/MariaDB binlog source and HTTP event ingestion.
 
 pub mod cassandra;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One `[[sources]]` entry; `kind` chooses the connector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// `kind = "cassandra"`.
+    Cassandra(cassandra::source::CassandraSourceConfig),
+}
+
+impl SourceConfig {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Cassandra(c) => &c.name,
+        }
+    }
+}
+
+/// `[ingest]`: the ingest role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Where `weir ingest` serves `/healthz` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9091)) }
+    }
+}

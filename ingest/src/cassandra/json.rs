@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 use super::{
     mutation::{Cell, DeletionTime, PartitionUpdate, Row},
     schema::{CqlType, TableSchema, format_uuid},
+    values::CqlValue,
 };
 
 /// One partition update as a JSON object; `segment` and `position` say where it was read.
@@ -117,112 +118,34 @@ fn hex(b: &[u8]) -> String {
     s
 }
 
-fn be_signed(b: &[u8]) -> Option<i128> {
-    if b.is_empty() || b.len() > 16 {
-        return None;
-    }
-    let mut v: i128 = if b[0] & 0x80 != 0 { -1 } else { 0 };
-    for &x in b {
-        v = (v << 8) | i128::from(x);
-    }
-    Some(v)
-}
-
 /// A CQL value as JSON; bytes that do not fit the type come out as `{"invalid": "0x…"}`.
 pub fn value(ty: &CqlType, b: &[u8]) -> Value {
-    rendered(ty, b).unwrap_or_else(|| json!({"invalid": hex(b)}))
+    match CqlValue::decode(ty, b) {
+        Some(v) => rendered(&v),
+        None => json!({"invalid": hex(b)}),
+    }
 }
 
-fn rendered(ty: &CqlType, b: &[u8]) -> Option<Value> {
-    let fixed = |n: usize| (b.len() == n).then_some(b);
-    Some(match ty {
-        CqlType::Ascii | CqlType::Text => json!(std::str::from_utf8(b).ok()?),
-        CqlType::Blob => json!(hex(b)),
-        CqlType::Boolean => json!(fixed(1)?[0] != 0),
-        CqlType::TinyInt => json!(i8::from_be_bytes(fixed(1)?.try_into().ok()?)),
-        CqlType::SmallInt => json!(i16::from_be_bytes(fixed(2)?.try_into().ok()?)),
-        CqlType::Int => json!(i32::from_be_bytes(fixed(4)?.try_into().ok()?)),
-        CqlType::BigInt | CqlType::Counter | CqlType::Timestamp => {
-            json!(i64::from_be_bytes(fixed(8)?.try_into().ok()?))
+fn rendered(v: &CqlValue) -> Value {
+    let opt = |v: &Option<CqlValue>| v.as_ref().map_or(Value::Null, rendered);
+    match v {
+        CqlValue::Text(s) | CqlValue::Varint(s) | CqlValue::Decimal(s) => json!(s),
+        CqlValue::Bytes(b) => json!(hex(b)),
+        CqlValue::Boolean(x) => json!(x),
+        CqlValue::TinyInt(x) => json!(x),
+        CqlValue::SmallInt(x) => json!(x),
+        CqlValue::Int(x) | CqlValue::Date(x) => json!(x),
+        CqlValue::BigInt(x) | CqlValue::Timestamp(x) | CqlValue::Time(x) => json!(x),
+        CqlValue::Float(x) => json!(x),
+        CqlValue::Double(x) => json!(x),
+        CqlValue::Uuid(u) => json!(format_uuid(u)),
+        CqlValue::Inet(ip) => json!(ip.to_string()),
+        CqlValue::Duration { months, days, nanoseconds } => {
+            json!({"months": months, "days": days, "nanoseconds": nanoseconds})
         }
-        CqlType::Time => json!(i64::from_be_bytes(fixed(8)?.try_into().ok()?)),
-        CqlType::Float => json!(f32::from_be_bytes(fixed(4)?.try_into().ok()?)),
-        CqlType::Double => json!(f64::from_be_bytes(fixed(8)?.try_into().ok()?)),
-        // Days with 2^31 as the epoch.
-        CqlType::Date => json!(i64::from(u32::from_be_bytes(fixed(4)?.try_into().ok()?)) - (1i64 << 31)),
-        CqlType::Uuid | CqlType::TimeUuid => json!(format_uuid(fixed(16)?.try_into().ok()?)),
-        CqlType::Inet => match b.len() {
-            4 => json!(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
-            16 => json!(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
-            _ => return None,
-        },
-        CqlType::Varint => json!(be_signed(b)?.to_string()),
-        CqlType::Decimal => {
-            let scale = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
-            json!(format!("{}E{}", be_signed(&b[4..])?, -scale))
-        }
-        CqlType::Duration => {
-            let mut pos = 0;
-            let months = super::vint::read_signed(b, &mut pos)?;
-            let days = super::vint::read_signed(b, &mut pos)?;
-            let nanos = super::vint::read_signed(b, &mut pos)?;
-            json!({"months": months, "days": days, "nanoseconds": nanos})
-        }
-        CqlType::List(e, _) | CqlType::Set(e, _) => {
-            let items = frozen_items(b, 1)?;
-            Value::Array(items.into_iter().map(|i| i.map_or(Value::Null, |x| value(e, x))).collect())
-        }
-        CqlType::Map(k, v, _) => {
-            let items = frozen_items(b, 2)?;
-            Value::Array(
-                items
-                    .chunks(2)
-                    .map(|kv| {
-                        json!([kv[0].map_or(Value::Null, |x| value(k, x)), kv[1].map_or(Value::Null, |x| value(v, x))])
-                    })
-                    .collect(),
-            )
-        }
-        CqlType::Tuple(types) => {
-            let mut out = Vec::new();
-            let mut at = 0;
-            for t in types {
-                if at >= b.len() {
-                    break;
-                }
-                let len = i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
-                at += 4;
-                if len < 0 {
-                    out.push(Value::Null);
-                } else {
-                    out.push(value(t, b.get(at..at + len as usize)?));
-                    at += len as usize;
-                }
-            }
-            Value::Array(out)
-        }
-    })
-}
-
-/// The elements of a frozen collection: i32 count (× `per` for maps), each i32 length + bytes.
-fn frozen_items(b: &[u8], per: usize) -> Option<Vec<Option<&[u8]>>> {
-    let count = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
-    if count < 0 || count as usize > b.len() {
-        return None;
+        CqlValue::List(items) => Value::Array(items.iter().map(opt).collect()),
+        CqlValue::Map(entries) => Value::Array(entries.iter().map(|(k, v)| json!([opt(k), opt(v)])).collect()),
     }
-    let mut at = 4;
-    let mut out = Vec::with_capacity(count as usize * per);
-    for _ in 0..count as usize * per {
-        let len = i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            out.push(None);
-        } else {
-            out.push(Some(b.get(at..at + len as usize)?));
-            at += len as usize;
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -5,10 +5,13 @@
 //! tables' CQL definitions from [`schema`]; [`json`] renders them. [`read_segment`] ties these
 //! together. Mutations of tables not captured are skipped by table id.
 
+pub mod events;
 pub mod json;
 pub mod mutation;
 pub mod schema;
 pub mod segment;
+pub mod source;
+pub mod values;
 mod vint;
 
 use self::{
