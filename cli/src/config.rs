@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use weir_bus::BusConfig;
+use weir_ingest::{IngestConfig, SourceConfig};
 use weir_lake::LakeConfig;
 use weir_schemas::metadata::MetadataConfig;
 
@@ -35,6 +36,10 @@ pub struct Config {
     pub metadata: MetadataConfig,
     /// `[registry]`.
     pub registry: RegistryConfig,
+    /// `[ingest]`.
+    pub ingest: IngestConfig,
+    /// `[[sources]]`: what `weir ingest` captures.
+    pub sources: Vec<SourceConfig>,
 }
 
 /// `[registry]`: the schema registry.

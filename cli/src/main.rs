@@ -8,6 +8,7 @@ mod bench;
 mod cassandra;
 mod config;
 mod console;
+mod ingest;
 mod registry;
 mod telemetry;
 mod topics;
@@ -37,6 +38,8 @@ enum Command {
     Produce(console::ProduceArgs),
     /// Print a topic's records (`partition offset key value`), committing after printing.
     Consume(console::ConsumeArgs),
+    /// Run the configured [[sources]]: change data capture to the bus.
+    Ingest(ingest::IngestArgs),
     /// Serve the embedded schema registry (Confluent REST API) from the metadata database.
     Registry(registry::RegistryArgs),
     /// Cassandra commit-log tools.
@@ -50,7 +53,7 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let is_service = matches!(cli.command, Command::Registry(_));
+    let is_service = matches!(cli.command, Command::Registry(_) | Command::Ingest(_));
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
     if let Err(e) = run(cli).await {
@@ -66,6 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(a) => console::produce(&config, a).await,
         Command::Consume(a) => console::consume(&config, a).await,
         Command::Registry(a) => registry::serve(&config, a).await,
+        Command::Ingest(a) => ingest::run(&config, a).await,
         Command::Cassandra(c) => cassandra::run(c),
         Command::Bench(b) => bench::run(&config, b).await,
     }

@@ -178,3 +178,44 @@ fn cassandra_dump_prints_the_mutations_of_captured_tables() {
     assert!(first["rows"][0]["clustering"]["col"].as_str().unwrap().starts_with("name"));
     assert!(first["rows"][0]["cells"][0]["value"].as_str().unwrap().starts_with("0x"));
 }
+
+#[test]
+fn ingest_once_puts_a_cdc_raw_segment_on_the_bus() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cassandra-commitlog/3.0.29");
+    let hash = std::fs::read_to_string(fixtures.join("hash.txt")).unwrap();
+    let cfid = hash.lines().find_map(|l| l.strip_prefix("cfid=")).unwrap().trim();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("cdc_raw")).unwrap();
+    std::fs::copy(fixtures.join("CommitLog-6-1699279786262.log"), d.join("cdc_raw/CommitLog-6-1699279786262.log"))
+        .unwrap();
+    std::fs::write(
+        d.join("tables.cql"),
+        format!(r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {cfid};"#),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("weir.toml"),
+        "[[sources]]\nkind = \"cassandra\"\nname = \"node1\"\ndirectory = \"cdc_raw\"\nschema = \"tables.cql\"\ntopic_prefix = \"shop\"\n",
+    )
+    .unwrap();
+    let out = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
+    assert!(out.contains("node1: 1 segment(s) read, 1 finished, 98 change event(s) produced"), "{out}");
+    assert!(!d.join("cdc_raw/CommitLog-6-1699279786262.log").exists(), "processed segments are deleted by default");
+    let consumed = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "shop.Keyspace1.Standard1", "--group", "g", "--timeout-ms", "500"],
+        None,
+    ));
+    assert_eq!(consumed.lines().count(), 98);
+    // Nothing new on a second run: the offset was saved.
+    let again = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
+    assert!(again.contains("0 change event(s)"), "{again}");
+
+    std::fs::write(d.join("weir.toml"), "[[sources]]\nkind = \"oracle\"\nname = \"x\"\n").unwrap();
+    let out = weir(d, "local:./weir-data/bus", &["ingest", "--once"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("sources") && err.contains("oracle"), "{err}");
+}

@@ -1,0 +1,84 @@
+//! `weir ingest`: runs every configured `[[sources]]` entry, producing change events to the bus.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use weir_ingest::{SourceConfig, cassandra::source::CassandraSource};
+use weir_schemas::{
+    registry::{SchemaRegistry, http::HttpRegistry, store::SqlRegistry},
+    serializer::AvroSerializer,
+};
+
+use crate::{config::Config, telemetry};
+
+/// `weir ingest`.
+#[derive(Args)]
+pub struct IngestArgs {
+    /// Read what is there now, then exit (instead of following the sources).
+    #[arg(long)]
+    once: bool,
+    /// Where to serve /healthz and /metrics (default: ingest.listen, 127.0.0.1:9091).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// The registry the configuration names: `registry.url`, else the embedded one in the metadata DB.
+pub async fn registry(config: &Config) -> anyhow::Result<Arc<dyn SchemaRegistry>> {
+    Ok(match &config.registry.url {
+        Some(url) => Arc::new(HttpRegistry::new(url, Duration::from_secs(10))?),
+        None => {
+            Arc::new(SqlRegistry::open(config.metadata.connect().await?).await.context("opening the schema registry")?)
+        }
+    })
+}
+
+pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.sources.is_empty(), "no [[sources]] in the configuration: nothing to ingest");
+    let metrics = telemetry::init_metrics()?;
+    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
+    let serializer = Arc::new(AvroSerializer::new(registry(config).await?));
+    let mut sources = Vec::new();
+    for source in &config.sources {
+        match source {
+            SourceConfig::Cassandra(c) => {
+                sources.push(CassandraSource::new(c.clone(), bus.as_ref(), serializer.clone()).await?)
+            }
+        }
+    }
+    if args.once {
+        for (source, source_config) in sources.iter_mut().zip(&config.sources) {
+            let stats = source.poll_once().await?;
+            println!(
+                "{}: {} segment(s) read, {} finished, {} change event(s) produced",
+                source_config.name(),
+                stats.segments,
+                stats.completed,
+                stats.events
+            );
+        }
+        return Ok(());
+    }
+    let addr = args.listen.unwrap_or(config.ingest.listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(listen = %listener.local_addr()?, sources = sources.len(), "ingest running");
+    let server = axum::serve(listener, telemetry::router(metrics));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for source in sources {
+        let mut stopped = stopped.clone();
+        tasks.spawn(source.run(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+    }
+    tokio::select! {
+        result = server => result.context("health and metrics server")?,
+        _ = tokio::signal::ctrl_c() => {}
+        Some(result) = tasks.join_next() => result??,
+    }
+    let _ = stop.send(true);
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    Ok(())
+}
