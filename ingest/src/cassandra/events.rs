@@ -5,7 +5,10 @@
 //! columns; value `….Envelope` with `ts_ms`, `op` (`i` insert, `u` update, `d` delete), `source`
 //! (cluster, file, pos, keyspace, table) and `after`, which has one optional `cell_value_<column>`
 //! struct `{value, deletion_ts, set}` per column: a column the change did not touch is null; a
-//! column it deleted has a null value and its tombstone time in `deletion_ts` (µs).
+//! column it deleted has a null value and its tombstone time in `deletion_ts` (µs). A range
+//! deletion (`DELETE … WHERE ck > x`) is op `r`, with `_range_start` and `_range_end` structs
+//! `{method, values: [{name, value, type}]}`, `method` being Cassandra's bound kind
+//! (`INCL_START_BOUND`, `EXCL_END_BOUND`, …).
 //!
 //! CQL types map to Connect types as: text/ascii → string, blob → bytes, boolean, tinyint → int8,
 //! smallint → int16, int → int32, bigint/counter → int64, float → float32, double → float64,
@@ -119,6 +122,34 @@ fn cell_schema(column: &str, ty: &CqlType) -> ConnectSchema {
     .optional()
 }
 
+/// Cassandra's `ClusteringPrefix.Kind` names, by ordinal.
+const BOUND_KINDS: [&str; 8] = [
+    "EXCL_END_BOUND",
+    "INCL_START_BOUND",
+    "EXCL_END_INCL_START_BOUNDARY",
+    "STATIC_CLUSTERING",
+    "CLUSTERING",
+    "INCL_END_EXCL_START_BOUNDARY",
+    "INCL_END_BOUND",
+    "EXCL_START_BOUND",
+];
+
+fn range_schema(name: &str) -> ConnectSchema {
+    let value = ConnectSchema::struct_of(
+        "clustering_value",
+        vec![
+            Field::new("name", schema::string()),
+            Field::new("value", schema::string()),
+            Field::new("type", schema::string()),
+        ],
+    )
+    .version(1);
+    let values = ConnectSchema::new(ConnectType::Array(Box::new(value))).named("clustering_values").version(1);
+    ConnectSchema::struct_of(name, vec![Field::new("method", schema::string()), Field::new("values", values)])
+        .version(1)
+        .optional()
+}
+
 impl TableEvents {
     /// The schemas of `table`'s events under `prefix`, with `cluster` in every source block.
     pub fn new(prefix: &str, cluster: &str, table: Arc<TableSchema>) -> Result<Self, AvroError> {
@@ -136,7 +167,7 @@ impl TableEvents {
         let mut after_fields: Vec<Field> =
             table.columns.iter().map(|c| Field::new(c.name.clone(), cell_schema(&c.name, &c.ty))).collect();
         for range in ["_range_start", "_range_end"] {
-            after_fields.push(Field::new(range, schema::string().optional()));
+            after_fields.push(Field::new(range, range_schema(range)));
         }
         let after = ConnectSchema::struct_of("after", after_fields).version(1);
         let value = ConnectSchema::struct_of(
@@ -182,6 +213,7 @@ impl TableEvents {
                 position,
             ));
         }
+        out.extend(self.range_events(update, &partition, file, position));
         for row in update.static_row.iter().chain(&update.rows) {
             let clustering: Vec<(usize, Value)> = t
                 .columns
@@ -209,6 +241,66 @@ impl TableEvents {
             let op = if row.liveness.is_some() { "i" } else { "u" };
             let (cells, ts) = self.cells(row);
             out.push(self.event(op, &partition, &clustering, cells, None, ts, file, position));
+        }
+        out
+    }
+
+    /// One `r` event per deleted clustering range: a start bound (or boundary) up to the next end.
+    fn range_events(
+        &self,
+        update: &PartitionUpdate<'_>,
+        partition: &[(usize, Value)],
+        file: &str,
+        position: u64,
+    ) -> Vec<ChangeEvent> {
+        let t = &self.table;
+        let columns: Vec<_> = t.clustering().collect();
+        let bound = |kind: &str, values: &[Option<&[u8]>]| {
+            let items = values
+                .iter()
+                .zip(&columns)
+                .map(|(v, c)| {
+                    let text = match v.map(|b| json::value(&c.ty, b)) {
+                        Some(serde_json::Value::String(s)) => s,
+                        Some(other) => other.to_string(),
+                        None => "null".to_string(),
+                    };
+                    Value::Struct(vec![
+                        Value::from(c.name.as_str()),
+                        Value::String(text),
+                        Value::String(c.ty.cql_name()),
+                    ])
+                })
+                .collect();
+            Value::Struct(vec![Value::from(kind), Value::Array(items)])
+        };
+        let mut out = Vec::new();
+        let mut open: Option<Value> = None;
+        for m in &update.range_tombstones {
+            // Boundaries close one range and open the next: (end kind, start kind).
+            let (end_kind, start_kind) = match m.kind {
+                1 | 7 => (None, Some(BOUND_KINDS[m.kind as usize])),
+                0 | 6 => (Some(BOUND_KINDS[m.kind as usize]), None),
+                2 => (Some("EXCL_END_BOUND"), Some("INCL_START_BOUND")),
+                5 => (Some("INCL_END_BOUND"), Some("EXCL_START_BOUND")),
+                _ => (None, None),
+            };
+            if let (Some(kind), Some(start)) = (end_kind, open.take()) {
+                let end = bound(kind, &m.clustering);
+                let ts = m.deletion.marked_for_delete_at;
+                let mut event = self.event("r", partition, &[], Vec::new(), Some(ts), ts, file, position);
+                if let Value::Struct(envelope) = &mut event.value
+                    && let Value::Struct(after) = &mut envelope[3]
+                {
+                    let n = after.len();
+                    after[n - 2] = start;
+                    after[n - 1] = end;
+                }
+                out.push(event);
+            }
+            if let Some(kind) = start_kind {
+                open = Some(bound(kind, &m.clustering));
+            }
         }
         out
     }
@@ -309,5 +401,69 @@ impl TableEvents {
             .put("after", Value::Struct(after))
             .build();
         ChangeEvent { op, key: Value::Struct(key), value }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cassandra::mutation::{Tables, decode};
+
+    fn table() -> TableSchema {
+        TableSchema::parse_all(
+            "CREATE TABLE ks.t (k text, c int, v blob, PRIMARY KEY (k, c)) WITH ID = 00000000-0000-0000-0000-0000000000bb;",
+        )
+        .unwrap()
+        .remove(0)
+    }
+
+    /// `DELETE FROM ks.t WHERE k = 'a'` + `DELETE FROM ks.t WHERE k = 'a' AND c = 3`
+    /// + `DELETE FROM ks.t WHERE k = 'a' AND c >= 5 AND c <= 9`, as one partition update.
+    fn deletions() -> Vec<u8> {
+        let mut m = vec![1];
+        m.extend_from_slice(&table().id);
+        m.extend_from_slice(&[1, b'a']);
+        m.push(0x04); // HAS_PARTITION_DELETION
+        m.extend_from_slice(&[0, 0, 0]); // stats
+        m.extend_from_slice(&[1, 1, b'v']); // regular columns: v
+        m.extend_from_slice(&[10, 0]); // partition deletion: timestamp delta 10, local deletion time delta 0
+        m.extend_from_slice(&[0x02, 1, 0, 1, 0, 0, 0, 0, 5, 20, 0]); // marker INCL_START c=5
+        m.push(0x10 | 0x20); // row: HAS_DELETION, HAS_ALL_COLUMNS
+        m.extend_from_slice(&[0, 0, 0, 0, 3]); // clustering c=3
+        m.extend_from_slice(&[30, 0]); // row deletion
+        m.push(0x01 | 0x04); // cell v: deleted, empty value
+        m.push(30); // its timestamp delta
+        m.push(0); // its local deletion time delta
+        m.extend_from_slice(&[0x02, 6, 0, 1, 0, 0, 0, 0, 9, 20, 0]); // marker INCL_END c=9
+        m.push(0x01); // end of partition
+        m
+    }
+
+    #[test]
+    fn deletions_become_d_and_r_events_that_fit_their_schemas() {
+        let tables = Tables::new([table()]);
+        let bytes = deletions();
+        let decoded = decode(&bytes, &tables).unwrap();
+        let update = &decoded.updates[0];
+        let events = TableEvents::new("shop", "c1", update.table.clone()).unwrap();
+        let out = events.events(update, "CommitLog-7-1.log", 42);
+        let ops: Vec<&str> = out.iter().map(|e| e.op).collect();
+        assert_eq!(ops, ["d", "r", "d", "u"]);
+        let key_schema = apache_avro::Schema::parse_str(&events.key.json).unwrap();
+        let value_schema = apache_avro::Schema::parse_str(&events.value.json).unwrap();
+        for e in &out {
+            let key = events.key.encode(&e.key).unwrap();
+            apache_avro::from_avro_datum(&key_schema, &mut &key[..], None).unwrap();
+            let value = events.value.encode(&e.value).unwrap();
+            let v = apache_avro::from_avro_datum(&value_schema, &mut &value[..], None).unwrap();
+            let text = format!("{v:?}");
+            assert!(text.contains("CommitLog-7-1.log") && text.contains("\"c1\""), "{text}");
+        }
+        let range = format!("{:?}", out[1].value);
+        assert!(range.contains("INCL_START_BOUND") && range.contains("INCL_END_BOUND"), "{range}");
+        assert!(range.contains("String(\"5\")") && range.contains("String(\"9\")"), "{range}");
+        // The partition deletion's key names no clustering column.
+        assert_eq!(out[0].key, Value::Struct(vec![Value::from("a"), Value::Null]));
+        assert_eq!(out[2].key, Value::Struct(vec![Value::from("a"), Value::Int32(3)]));
     }
 }

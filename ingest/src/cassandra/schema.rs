@@ -78,6 +78,39 @@ impl CqlType {
         matches!(self, CqlType::List(_, false) | CqlType::Set(_, false) | CqlType::Map(_, _, false))
     }
 
+    /// The type as CQL writes it (`text`, `frozen<map<text, int>>`, …).
+    pub fn cql_name(&self) -> String {
+        let frozen = |inner: String, f: bool| if f { format!("frozen<{inner}>") } else { inner };
+        match self {
+            CqlType::Ascii => "ascii".into(),
+            CqlType::Text => "text".into(),
+            CqlType::Blob => "blob".into(),
+            CqlType::Boolean => "boolean".into(),
+            CqlType::TinyInt => "tinyint".into(),
+            CqlType::SmallInt => "smallint".into(),
+            CqlType::Int => "int".into(),
+            CqlType::BigInt => "bigint".into(),
+            CqlType::Counter => "counter".into(),
+            CqlType::Varint => "varint".into(),
+            CqlType::Float => "float".into(),
+            CqlType::Double => "double".into(),
+            CqlType::Decimal => "decimal".into(),
+            CqlType::Timestamp => "timestamp".into(),
+            CqlType::Date => "date".into(),
+            CqlType::Time => "time".into(),
+            CqlType::Uuid => "uuid".into(),
+            CqlType::TimeUuid => "timeuuid".into(),
+            CqlType::Inet => "inet".into(),
+            CqlType::Duration => "duration".into(),
+            CqlType::List(e, f) => frozen(format!("list<{}>", e.cql_name()), *f),
+            CqlType::Set(e, f) => frozen(format!("set<{}>", e.cql_name()), *f),
+            CqlType::Map(k, v, f) => frozen(format!("map<{}, {}>", k.cql_name(), v.cql_name()), *f),
+            CqlType::Tuple(items) => {
+                format!("tuple<{}>", items.iter().map(CqlType::cql_name).collect::<Vec<_>>().join(", "))
+            }
+        }
+    }
+
     fn parse(tokens: &mut Tokens<'_>) -> Result<CqlType, SchemaError> {
         let name = tokens.ident()?.to_ascii_lowercase();
         let simple = match name.as_str() {
