@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use weir_ingest::cassandra::fixtures::{Fixture, default_dir};
+
 /// `weir` run in `dir` with `bus_url`.
 fn weir(dir: &std::path::Path, bus_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -150,18 +152,11 @@ async fn the_registry_service_serves_health_metrics_and_the_rest_api() {
 
 #[test]
 fn cassandra_dump_prints_the_mutations_of_captured_tables() {
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cassandra-commitlog/3.0.29");
-    let hash = std::fs::read_to_string(fixtures.join("hash.txt")).unwrap();
-    let cfid = hash.lines().find_map(|l| l.strip_prefix("cfid=")).unwrap().trim();
+    let fixture = Fixture::load(&default_dir().join("3.0.29")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("tables.cql");
-    std::fs::write(
-        &schema,
-        format!(r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {cfid};"#),
-    )
-    .unwrap();
-    let segment = fixtures.join("CommitLog-6-1699279786262.log");
+    std::fs::write(&schema, fixture.cql()).unwrap();
+    let segment = fixture.segment.clone();
     let out = weir(
         dir.path(),
         "local:./bus",
@@ -181,20 +176,12 @@ fn cassandra_dump_prints_the_mutations_of_captured_tables() {
 
 #[test]
 fn ingest_once_puts_a_cdc_raw_segment_on_the_bus() {
-    let fixtures =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cassandra-commitlog/3.0.29");
-    let hash = std::fs::read_to_string(fixtures.join("hash.txt")).unwrap();
-    let cfid = hash.lines().find_map(|l| l.strip_prefix("cfid=")).unwrap().trim();
+    let fixture = Fixture::load(&default_dir().join("3.0.29")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("cdc_raw")).unwrap();
-    std::fs::copy(fixtures.join("CommitLog-6-1699279786262.log"), d.join("cdc_raw/CommitLog-6-1699279786262.log"))
-        .unwrap();
-    std::fs::write(
-        d.join("tables.cql"),
-        format!(r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {cfid};"#),
-    )
-    .unwrap();
+    std::fs::copy(&fixture.segment, d.join("cdc_raw/CommitLog-6-1699279786262.log")).unwrap();
+    std::fs::write(d.join("tables.cql"), fixture.cql()).unwrap();
     std::fs::write(
         d.join("weir.toml"),
         "[[sources]]\nkind = \"cassandra\"\nname = \"node1\"\ndirectory = \"cdc_raw\"\nschema = \"tables.cql\"\ntopic_prefix = \"shop\"\n",

@@ -7,7 +7,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use apache_avro::types::Value as A;
 use weir_bus::{Bus, ConsumerConfig, local::LocalBus};
-use weir_ingest::cassandra::source::{CassandraSource, CassandraSourceConfig, Processed};
+use weir_ingest::cassandra::{
+    fixtures::{Fixture, default_dir, fold},
+    source::{CassandraSource, CassandraSourceConfig, Processed},
+};
 use weir_schemas::{
     metadata,
     registry::{SchemaRegistry, store::SqlRegistry},
@@ -25,41 +28,19 @@ struct Setup {
 }
 
 async fn setup(version: &str) -> Setup {
-    let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cassandra-commitlog").join(version);
-    let hash = std::fs::read_to_string(fixtures.join("hash.txt")).unwrap();
-    let get = |k: &str| hash.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().trim().to_string();
+    let fixture = Fixture::load(&default_dir().join(version)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cdc_raw = dir.path().join("cdc_raw");
     std::fs::create_dir_all(&cdc_raw).unwrap();
-    let name = std::fs::read_dir(&fixtures)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .find(|n| n.to_string_lossy().ends_with(".log"))
-        .unwrap();
-    let segment = cdc_raw.join(&name);
-    std::fs::copy(fixtures.join(&name), &segment).unwrap();
-    std::fs::write(
-        dir.path().join("tables.cql"),
-        format!(
-            r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {};"#,
-            get("cfid")
-        ),
-    )
-    .unwrap();
+    let segment = cdc_raw.join(fixture.segment.file_name().unwrap());
+    std::fs::copy(&fixture.segment, &segment).unwrap();
+    std::fs::write(dir.path().join("tables.cql"), fixture.cql()).unwrap();
     let bus = LocalBus::open(&dir.path().join("bus"), Default::default()).unwrap();
     let pool =
         metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await.unwrap();
     let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await.unwrap());
     let serializer = Arc::new(AvroSerializer::new(registry.clone()));
-    Setup {
-        bus,
-        registry,
-        serializer,
-        segment,
-        expected: (get("cells").parse().unwrap(), get("hash").parse().unwrap()),
-        dir,
-    }
+    Setup { bus, registry, serializer, segment, expected: (fixture.cells, fixture.hash), dir }
 }
 
 fn config(s: &Setup, processed: Processed) -> CassandraSourceConfig {
@@ -125,16 +106,12 @@ async fn events(s: &Setup) -> Vec<(String, String, Option<Vec<u8>>, i32)> {
     out
 }
 
-fn fold(events: &[(String, String, Option<Vec<u8>>, i32)]) -> (usize, i32) {
+fn fold_events(events: &[(String, String, Option<Vec<u8>>, i32)]) -> (usize, i32) {
     let (mut cells, mut hash) = (0, 0i32);
     for (_, col, val, _) in events {
         if let (true, Some(bytes)) = (col.starts_with("name"), val) {
             cells += 1;
-            let mut shift = 0;
-            for &b in bytes {
-                hash = hash.wrapping_add(i32::from(b).wrapping_shl(shift));
-                shift = (shift + 8) & 31;
-            }
+            hash = fold(hash, bytes);
         }
     }
     (cells, hash)
@@ -147,7 +124,7 @@ async fn a_3_0_segment_becomes_events_that_reproduce_the_fixture_hash() {
     let stats = source.poll_once().await.unwrap();
     assert_eq!((stats.segments, stats.completed, stats.events), (1, 1, 98));
     let got = events(&s).await;
-    assert_eq!(fold(&got), s.expected);
+    assert_eq!(fold_events(&got), s.expected);
     assert!(got.iter().all(|(op, ..)| op == "i" || op == "u"));
     assert!(s.segment.exists(), "processed = keep leaves the segment");
     // Polling again finds nothing new: the offset moved past the segment.
@@ -180,7 +157,7 @@ async fn a_4_0_segment_is_read_up_to_its_cdc_index_and_resumes_after_a_restart()
     assert_eq!(got.len(), 355);
     let positions: Vec<i32> = got.iter().map(|e| e.3).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "events in log order, each mutation once");
-    assert_eq!(fold(&got), s.expected);
+    assert_eq!(fold_events(&got), s.expected);
     assert!(!s.segment.exists() && !index.exists(), "processed = delete removes the segment and its index");
     assert_eq!(source.poll_once().await.unwrap(), Default::default());
 }

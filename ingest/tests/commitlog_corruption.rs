@@ -1,23 +1,16 @@
 //! Damaged copies of the real segments, made here: every bit flip inside the written part and every
 //! truncation is reported with the file and a byte position, and nothing panics.
 
-use std::path::PathBuf;
-
-use weir_ingest::cassandra::{CommitLogError, mutation::Tables, read_segment, schema::TableSchema};
+use weir_ingest::cassandra::{
+    CommitLogError,
+    fixtures::{Fixture, default_dir},
+    mutation::Tables,
+    read_segment,
+};
 
 fn fixture(version: &str) -> (Vec<u8>, Tables) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/cassandra-commitlog").join(version);
-    let hash = std::fs::read_to_string(dir.join("hash.txt")).unwrap();
-    let cfid = hash.lines().find_map(|l| l.strip_prefix("cfid=")).unwrap().trim();
-    let cql = format!(
-        r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {cfid};"#
-    );
-    let segment = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "log"))
-        .unwrap();
-    (std::fs::read(segment).unwrap(), Tables::new(TableSchema::parse_all(&cql).unwrap()))
+    let f = Fixture::load(&default_dir().join(version)).unwrap();
+    (std::fs::read(&f.segment).unwrap(), f.tables())
 }
 
 fn position(e: &CommitLogError) -> u64 {

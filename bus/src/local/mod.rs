@@ -95,13 +95,7 @@ impl LocalBus {
 
 fn take_lock(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| BusError::io("opening", &path, e))?;
+    let mut file = partition::open_rw(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {

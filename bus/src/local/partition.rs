@@ -109,13 +109,7 @@ impl PartitionLog {
         let mut segments = Vec::with_capacity(bases.len());
         for (i, base) in bases.iter().enumerate() {
             let path = dir.join(Segment::file_name(*base));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| BusError::io("opening", &path, e))?;
+            let file = open_rw(&path)?;
             let len = file.metadata().map_err(|e| BusError::io("reading metadata of", &path, e))?.len();
             let segment =
                 Segment { base: *base, path, file, len: AtomicU64::new(len), index: Mutex::new(vec![(*base, 0)]) };
@@ -295,6 +289,17 @@ impl PartitionLog {
         }
         Ok(())
     }
+}
+
+/// Opens a file for reading and writing, creating it empty if missing, keeping what it holds.
+pub(crate) fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| BusError::io("opening", path, e))
 }
 
 fn corrupt(segment: &Segment, position: u64, reason: &str) -> BusError {

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Instant};
 
 use clap::Args;
 use serde_json::{Value, json};
-use weir_ingest::cassandra::{mutation::Tables, read_segment, schema::TableSchema};
+use weir_ingest::cassandra::{fixtures::Fixture, read_segment};
 
 use super::{Progress, machine};
 
@@ -21,27 +21,11 @@ pub struct CdcCassandraArgs {
 }
 
 pub fn run(args: CdcCassandraArgs) -> anyhow::Result<Value> {
+    let fixtures = Fixture::load_all(&args.fixtures)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (pass --fixtures DIR)", args.fixtures.display()))?;
     let mut segments = Vec::new();
-    for entry in std::fs::read_dir(&args.fixtures)
-        .map_err(|e| anyhow::anyhow!("{}: {e} (pass --fixtures DIR)", args.fixtures.display()))?
-    {
-        let dir = entry?.path();
-        let Ok(hash) = std::fs::read_to_string(dir.join("hash.txt")) else { continue };
-        let cfid = hash.lines().find_map(|l| l.strip_prefix("cfid=")).map(str::trim).unwrap_or_default().to_string();
-        let cql = format!(
-            r#"CREATE TABLE "Keyspace1"."Standard1" (key ascii, col ascii, val blob, val0 blob, PRIMARY KEY (key, col)) WITH ID = {cfid};"#
-        );
-        let tables = Tables::new(TableSchema::parse_all(&cql)?);
-        for file in std::fs::read_dir(&dir)? {
-            let path = file?.path();
-            if path.extension().is_some_and(|x| x == "log") {
-                segments.push((
-                    dir.file_name().unwrap().to_string_lossy().to_string(),
-                    std::fs::read(&path)?,
-                    tables.clone(),
-                ));
-            }
-        }
+    for f in fixtures {
+        segments.push((f.version.clone(), std::fs::read(&f.segment)?, f.tables()));
     }
     anyhow::ensure!(!segments.is_empty(), "no segments under {}", args.fixtures.display());
     let mut results = serde_json::Map::new();

@@ -6,6 +6,7 @@
 //! together. Mutations of tables not captured are skipped by table id.
 
 pub mod events;
+pub mod fixtures;
 pub mod json;
 pub mod mutation;
 pub mod schema;
