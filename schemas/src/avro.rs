@@ -43,14 +43,19 @@ pub struct AvroSchema {
     pub connect: ConnectSchema,
     /// The Avro schema as compact JSON text.
     pub json: String,
+    /// The first 128 bits of the SHA-256 of `json`: identifies the schema without rehashing it.
+    pub fingerprint: u128,
 }
 
 impl AvroSchema {
     /// Converts a Connect schema.
     pub fn new(connect: ConnectSchema) -> Result<Self, AvroError> {
+        use sha2::Digest;
         let mut ctx = Ctx::default();
-        let json = ctx.schema(&connect, "$")?;
-        Ok(AvroSchema { connect, json: json.to_string() })
+        let json = ctx.schema(&connect, "$")?.to_string();
+        let digest = sha2::Sha256::digest(json.as_bytes());
+        let fingerprint = u128::from_be_bytes(digest[..16].try_into().expect("16 bytes"));
+        Ok(AvroSchema { connect, json, fingerprint })
     }
 
     /// Encodes a value as Avro binary (no framing).

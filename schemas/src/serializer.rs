@@ -1,8 +1,9 @@
 //! Encodes Connect values for a topic as Confluent-framed Avro, registering each schema once.
 
-use std::{collections::HashMap, sync::Arc};
-
-use tokio::sync::Mutex;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use crate::{
     avro::{AvroError, AvroSchema},
@@ -31,8 +32,9 @@ pub enum SerializeError {
 /// Serializes keys and values of topics with the registry's ids (TopicNameStrategy subjects).
 pub struct AvroSerializer {
     registry: Arc<dyn SchemaRegistry>,
-    /// (subject, schema JSON) → id.
-    ids: Mutex<HashMap<(String, String), u32>>,
+    /// (schema fingerprint, is key) → topic → id. Looked up for every message without copying
+    /// or hashing the schema text.
+    ids: Mutex<HashMap<(u128, bool), HashMap<String, u32>>>,
 }
 
 impl AvroSerializer {
@@ -43,17 +45,17 @@ impl AvroSerializer {
 
     /// The id of `schema` under the topic's key or value subject, registering it the first time.
     pub async fn schema_id(&self, topic: &str, is_key: bool, schema: &AvroSchema) -> Result<u32, SerializeError> {
-        let subject = subject(topic, is_key);
-        let cache_key = (subject, schema.json.clone());
-        if let Some(id) = self.ids.lock().await.get(&cache_key) {
-            return Ok(*id);
+        let cached = self.ids.lock().unwrap().get(&(schema.fingerprint, is_key)).and_then(|t| t.get(topic)).copied();
+        if let Some(id) = cached {
+            return Ok(id);
         }
+        let subject = subject(topic, is_key);
         let id = self
             .registry
-            .register(&cache_key.0, &schema.json)
+            .register(&subject, &schema.json)
             .await
-            .map_err(|source| SerializeError::Registry { subject: cache_key.0.clone(), source })?;
-        self.ids.lock().await.insert(cache_key, id);
+            .map_err(|source| SerializeError::Registry { subject, source })?;
+        self.ids.lock().unwrap().entry((schema.fingerprint, is_key)).or_default().insert(topic.to_string(), id);
         Ok(id)
     }
 
@@ -71,5 +73,62 @@ impl AvroSerializer {
         out.extend_from_slice(&id.to_be_bytes());
         schema.encode_into(value, &mut out)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::{
+        connect::{ConnectSchema, Field, schema},
+        registry::{RegisteredSchema, Version},
+    };
+
+    /// Counts registrations; everything else is out of scope for the cache test.
+    #[derive(Default)]
+    struct Counting(AtomicU32);
+
+    #[async_trait]
+    impl SchemaRegistry for Counting {
+        async fn register(&self, _: &str, _: &str) -> Result<u32, RegistryError> {
+            Ok(self.0.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+        async fn lookup(&self, s: &str, _: &str) -> Result<RegisteredSchema, RegistryError> {
+            Err(RegistryError::SubjectNotFound(s.into()))
+        }
+        async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
+            Err(RegistryError::SchemaNotFound(id.to_string()))
+        }
+        async fn subjects(&self) -> Result<Vec<String>, RegistryError> {
+            Ok(Vec::new())
+        }
+        async fn versions(&self, s: &str) -> Result<Vec<u32>, RegistryError> {
+            Err(RegistryError::SubjectNotFound(s.into()))
+        }
+        async fn version(&self, s: &str, _: Version) -> Result<RegisteredSchema, RegistryError> {
+            Err(RegistryError::SubjectNotFound(s.into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn registers_once_per_topic_role_and_schema() {
+        let registry = Arc::new(Counting::default());
+        let serializer = AvroSerializer::new(registry.clone());
+        let a = AvroSchema::new(ConnectSchema::struct_of("A", vec![Field::new("x", schema::int32())])).unwrap();
+        let b = AvroSchema::new(ConnectSchema::struct_of("B", vec![Field::new("x", schema::int32())])).unwrap();
+        let v = Value::Struct(vec![Value::Int32(7)]);
+        for _ in 0..3 {
+            let framed = serializer.serialize("t1", false, &a, &v).await.unwrap();
+            assert_eq!(wire::unframe(&framed).unwrap(), (1, &[14u8][..]));
+        }
+        assert_eq!(serializer.schema_id("t1", true, &a).await.unwrap(), 2, "keys are their own subject");
+        assert_eq!(serializer.schema_id("t2", false, &a).await.unwrap(), 3, "another topic, another subject");
+        assert_eq!(serializer.schema_id("t1", false, &b).await.unwrap(), 4, "a new schema version");
+        assert_eq!(serializer.schema_id("t1", false, &a).await.unwrap(), 1);
+        assert_eq!(registry.0.load(Ordering::SeqCst), 4);
     }
 }
