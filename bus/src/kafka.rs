@@ -39,20 +39,21 @@ pub struct KafkaBus {
 impl KafkaBus {
     /// Connects to `brokers` and checks, within `connect_timeout`, that the cluster answers.
     pub async fn connect(brokers: &str, config: KafkaConfig) -> Result<Self> {
-        let admin: AdminClient<DefaultClientContext> = client_config(brokers, &config)
+        let admin: AdminClient<DefaultClientContext> = client_config(brokers, &config, &[])
             .create()
             .map_err(|e| BusError::kafka(format!("creating admin client for {brokers}"), e))?;
         let admin = Arc::new(admin);
-        let mut producer_config = client_config(brokers, &config);
-        producer_config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("partitioner", "murmur2_random")
-            .set("linger.ms", "2")
-            .set("message.timeout.ms", config.delivery_timeout.as_millis().to_string());
-        apply_properties(&mut producer_config, &config);
-        let producer: FutureProducer =
-            producer_config.create().map_err(|e| BusError::kafka(format!("creating producer for {brokers}"), e))?;
+        let delivery_timeout = config.delivery_timeout.as_millis().to_string();
+        let producer_settings = [
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("partitioner", "murmur2_random"),
+            ("linger.ms", "2"),
+            ("message.timeout.ms", delivery_timeout.as_str()),
+        ];
+        let producer: FutureProducer = client_config(brokers, &config, &producer_settings)
+            .create()
+            .map_err(|e| BusError::kafka(format!("creating producer for {brokers}"), e))?;
         let bus = KafkaBus { brokers: brokers.to_string(), config, admin, producer };
         bus.metadata(None).await?;
         tracing::debug!(brokers, "connected to Kafka");
@@ -74,19 +75,20 @@ impl KafkaBus {
     }
 }
 
-fn client_config(brokers: &str, config: &KafkaConfig) -> ClientConfig {
+/// A client's settings: connection basics, then the role's `settings`, then the user's
+/// `bus.kafka.properties` last, so they can override anything (security, tuning).
+fn client_config(brokers: &str, config: &KafkaConfig, settings: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", config.connect_timeout.as_millis().max(10).to_string())
         .set("log_level", "3");
-    apply_properties(&mut c, config);
-    c
-}
-
-fn apply_properties(c: &mut ClientConfig, config: &KafkaConfig) {
+    for (k, v) in settings {
+        c.set(*k, *v);
+    }
     for (k, v) in &config.properties {
         c.set(k, v);
     }
+    c
 }
 
 fn topic_info(metadata: &Metadata, name: &str) -> Result<TopicInfo> {
@@ -189,21 +191,20 @@ impl Bus for KafkaBus {
     }
 
     async fn consumer(&self, config: ConsumerConfig) -> Result<Box<dyn Consumer>> {
-        let mut c = client_config(&self.brokers, &self.config);
-        c.set("group.id", &config.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set(
-                "auto.offset.reset",
-                match config.offset_reset {
-                    OffsetReset::Earliest => "earliest",
-                    OffsetReset::Latest => "latest",
-                },
-            );
-        apply_properties(&mut c, &self.config);
-        let consumer: StreamConsumer =
-            c.create().map_err(|e| BusError::kafka(format!("creating consumer of group {:?}", config.group), e))?;
+        let reset = match config.offset_reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        };
+        let settings = [
+            ("group.id", config.group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", reset),
+        ];
+        let consumer: StreamConsumer = client_config(&self.brokers, &self.config, &settings)
+            .create()
+            .map_err(|e| BusError::kafka(format!("creating consumer of group {:?}", config.group), e))?;
         Ok(Box::new(KafkaConsumer {
             consumer: Arc::new(consumer),
             bus_admin: self.admin.clone(),
