@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{mutation::Tables, schema::TableSchema};
+use std::io::Write;
+
+use super::{compression::Codec, mutation::Tables, schema::TableSchema};
 
 /// One version's fixture.
 #[derive(Debug, Clone)]
@@ -88,4 +90,62 @@ pub fn fold(mut hash: i32, bytes: &[u8]) -> i32 {
         shift = (shift + 8) & 31;
     }
     hash
+}
+
+/// The uncompressed segment `plain` rewritten as Cassandra's `CompressedSegment` would write it
+/// with `codec`, the header naming compressor class `class` (e.g. `LZ4Compressor`): each sync
+/// section's entries compressed behind its marker and uncompressed length. No Cassandra is at
+/// hand to write compressed segments, so tests build them from the real fixtures with this.
+pub fn compressed_copy(plain: &[u8], codec: Codec, class: &str) -> Vec<u8> {
+    let be = |b: &[u8]| i32::from_be_bytes(b[..4].try_into().unwrap());
+    let crc_ints = |ints: &[i32]| {
+        let mut c = crc32fast::Hasher::new();
+        for i in ints {
+            c.update(&i.to_be_bytes());
+        }
+        c
+    };
+    let version = be(&plain[0..4]);
+    let id = i64::from_be_bytes(plain[4..12].try_into().unwrap());
+    let header_len = 14 + u16::from_be_bytes([plain[12], plain[13]]) as usize + 4;
+    let params =
+        format!(r#"{{"compressionParameters":{{}},"compressionClass":"org.apache.cassandra.io.compress.{class}"}}"#);
+    let mut out = Vec::new();
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&(params.len() as u16).to_be_bytes());
+    out.extend_from_slice(params.as_bytes());
+    let mut crc = crc_ints(&[version, id as i32, (id >> 32) as i32, params.len() as i32]);
+    crc.update(params.as_bytes());
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    let mut at = header_len;
+    while at + 8 <= plain.len() {
+        let next = be(&plain[at..at + 4]) as usize;
+        if next == 0 {
+            break;
+        }
+        let entries = &plain[at + 8..next];
+        let body = match codec {
+            Codec::Lz4 => {
+                let mut b = (entries.len() as u32).to_le_bytes().to_vec();
+                b.extend(lz4_flex::block::compress(entries));
+                b
+            }
+            Codec::Snappy => snap::raw::Encoder::new().compress_vec(entries).expect("snappy"),
+            Codec::Deflate => {
+                let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(entries).expect("deflate");
+                e.finish().expect("deflate")
+            }
+            Codec::Zstd => ruzstd::encoding::compress_to_vec(entries, ruzstd::encoding::CompressionLevel::Fastest),
+        };
+        let marker_at = out.len();
+        out.extend_from_slice(&((marker_at + 12 + body.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&crc_ints(&[id as i32, (id >> 32) as i32, marker_at as i32]).finalize().to_be_bytes());
+        out.extend_from_slice(&(entries.len() as i32).to_be_bytes());
+        out.extend_from_slice(&body);
+        at = next;
+    }
+    out.resize(out.len() + 64, 0); // the zeroed rest of a preallocated segment
+    out
 }

@@ -5,6 +5,7 @@
 //! tables' CQL definitions from [`schema`]; [`json`] renders them. [`read_segment`] ties these
 //! together. Mutations of tables not captured are skipped by table id.
 
+pub mod compression;
 pub mod events;
 pub mod fixtures;
 pub mod json;
@@ -60,7 +61,8 @@ pub fn read_segment(
     tables: &Tables,
     mut on_update: impl FnMut(u64, &PartitionUpdate<'_>),
 ) -> Result<SegmentStats, CommitLogError> {
-    let mut reader = SegmentReader::new(file, data)?;
+    let (data, _) = segment::readable(file, data, None)?;
+    let mut reader = SegmentReader::new(file, &data)?;
     let mut stats = SegmentStats::default();
     for entry in reader.by_ref() {
         let entry = entry?;

@@ -8,9 +8,12 @@
 //! ```
 //! All integers big-endian; CRCs are java.util.zip.CRC32 fed ints as 4 big-endian bytes. A sync
 //! marker of zeros, or the end of the file, ends the segment. Every other inconsistency is an
-//! error naming the file and byte position: nothing is skipped silently.
+//! error naming the file and byte position: nothing is skipped silently. Compressed segments are
+//! read through [`readable`], which rebuilds them uncompressed (see `compression`).
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
+
+use super::compression::{Codec, uncompressed_image};
 
 /// Segment descriptor versions this reader understands.
 pub const SUPPORTED_VERSIONS: [i32; 2] = [6, 7];
@@ -27,6 +30,51 @@ pub struct SegmentError {
     pub reason: String,
 }
 
+/// Checks a segment's header.
+pub fn parse_header(file: &str, data: &[u8]) -> Result<Header, SegmentError> {
+    let err =
+        |position: usize, reason: String| SegmentError { file: Arc::from(file), position: position as u64, reason };
+    if data.len() < 14 {
+        return Err(err(0, format!("{} bytes is too short for a segment header", data.len())));
+    }
+    let version = be_i32(&data[0..4]);
+    if !SUPPORTED_VERSIONS.contains(&version) {
+        return Err(err(0, format!("descriptor version {version} is not supported (6: Cassandra 3.x, 7: 4.x)")));
+    }
+    let id = i64::from_be_bytes(data[4..12].try_into().unwrap());
+    let params_len = u16::from_be_bytes([data[12], data[13]]) as usize;
+    let len = 14 + params_len + 4;
+    if data.len() < len {
+        return Err(err(12, "header parameters run past the end of the file".into()));
+    }
+    let params = &data[14..14 + params_len];
+    let mut crc = crc32fast::Hasher::new();
+    crc_ints(&mut crc, &[version, id as i32, (id >> 32) as i32, params_len as i32]);
+    crc.update(params);
+    if crc.finalize() != be_i32(&data[14 + params_len..len]) as u32 {
+        return Err(err(0, "header CRC mismatch".into()));
+    }
+    let parameters = String::from_utf8_lossy(params).into_owned();
+    let codec = Codec::from_parameters(&parameters).map_err(|reason| err(14, reason))?;
+    Ok(Header { version, id, parameters, len, codec })
+}
+
+/// The bytes a [`SegmentReader`] should read for the segment `data`, and how far: the file itself
+/// up to `limit`, or, for a compressed segment, its uncompressed image (holding only the sections
+/// that end within `limit`, so no further limit applies).
+pub fn readable<'a>(
+    file: &str,
+    data: &'a [u8],
+    limit: Option<usize>,
+) -> Result<(Cow<'a, [u8]>, Option<usize>), SegmentError> {
+    let header = parse_header(file, data)?;
+    let Some(codec) = header.codec else { return Ok((Cow::Borrowed(data), limit)) };
+    let limit = limit.unwrap_or(data.len()).min(data.len());
+    let image = uncompressed_image(data, codec, header.version, header.id, header.len, limit)
+        .map_err(|(position, reason)| SegmentError { file: Arc::from(file), position: position as u64, reason })?;
+    Ok((Cow::Owned(image), None))
+}
+
 /// The segment header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -38,6 +86,8 @@ pub struct Header {
     pub parameters: String,
     /// Bytes the header takes; the first sync marker follows.
     pub len: usize,
+    /// The compression the parameters name.
+    pub codec: Option<Codec>,
 }
 
 /// One mutation's bytes and where they sit in the segment.
@@ -74,41 +124,27 @@ pub struct SegmentReader<'a> {
 }
 
 impl<'a> SegmentReader<'a> {
-    /// Checks the header of `data` (the segment file `file`).
+    /// Checks the header of `data` (the segment file `file`). A compressed segment must first be
+    /// turned into its uncompressed image with [`readable`].
     pub fn new(file: &str, data: &'a [u8]) -> Result<Self, SegmentError> {
-        let file: Arc<str> = Arc::from(file);
-        let err =
-            |position: usize, reason: String| SegmentError { file: file.clone(), position: position as u64, reason };
-        if data.len() < 14 {
-            return Err(err(0, format!("{} bytes is too short for a segment header", data.len())));
+        let header = parse_header(file, data)?;
+        if let Some(codec) = header.codec {
+            return Err(SegmentError {
+                file: Arc::from(file),
+                position: 14,
+                reason: format!("{codec:?}-compressed segment: read it through segment::readable"),
+            });
         }
-        let version = be_i32(&data[0..4]);
-        if !SUPPORTED_VERSIONS.contains(&version) {
-            return Err(err(0, format!("descriptor version {version} is not supported (6: Cassandra 3.x, 7: 4.x)")));
-        }
-        let id = i64::from_be_bytes(data[4..12].try_into().unwrap());
-        let params_len = u16::from_be_bytes([data[12], data[13]]) as usize;
-        let len = 14 + params_len + 4;
-        if data.len() < len {
-            return Err(err(12, "header parameters run past the end of the file".into()));
-        }
-        let params = &data[14..14 + params_len];
-        let mut crc = crc32fast::Hasher::new();
-        crc_ints(&mut crc, &[version, id as i32, (id >> 32) as i32, params_len as i32]);
-        crc.update(params);
-        let stored = be_i32(&data[14 + params_len..len]) as u32;
-        if crc.finalize() != stored {
-            return Err(err(0, "header CRC mismatch".into()));
-        }
-        let parameters = String::from_utf8_lossy(params).into_owned();
-        if parameters.contains("compressionClass") || parameters.contains("encryptionCipher") {
-            return Err(err(
-                14,
-                format!("compressed or encrypted segments are not supported yet (parameters {parameters})"),
-            ));
-        }
-        let header = Header { version, id, parameters, len };
-        Ok(SegmentReader { data, file, pos: len, section_end: len, limit: data.len(), header, done: false })
+        let len = header.len;
+        Ok(SegmentReader {
+            data,
+            file: Arc::from(file),
+            pos: len,
+            section_end: len,
+            limit: data.len(),
+            header,
+            done: false,
+        })
     }
 
     /// Reads no further than `limit` bytes (a Cassandra 4 `_cdc.idx` durable offset).
