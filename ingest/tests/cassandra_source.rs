@@ -8,7 +8,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use apache_avro::types::Value as A;
 use weir_bus::{Bus, ConsumerConfig, local::LocalBus};
 use weir_ingest::cassandra::{
-    fixtures::{Fixture, default_dir, fold},
+    compression::Codec,
+    fixtures::{Fixture, compressed_copy, default_dir, fold},
     source::{CassandraSource, CassandraSourceConfig, Processed},
 };
 use weir_schemas::{
@@ -47,7 +48,8 @@ fn config(s: &Setup, processed: Processed) -> CassandraSourceConfig {
     CassandraSourceConfig {
         name: "node1".into(),
         directory: s.dir.path().join("cdc_raw"),
-        schema: s.dir.path().join("tables.cql"),
+        schema: Some(s.dir.path().join("tables.cql")),
+        cql: None,
         topic_prefix: "shop".into(),
         cluster: "test-cluster".into(),
         partitions: 1, // one partition: the tests check log order across all keys
@@ -182,6 +184,42 @@ async fn a_saved_offset_in_the_middle_of_a_segment_resumes_exactly_there() {
     assert_eq!(stats.events, 355 - 200);
     assert_eq!(got.first().map(|e| e.3), Some(resume_at));
     assert_eq!(got, all[200..].to_vec(), "the same events, from the saved position on");
+}
+
+#[tokio::test]
+async fn a_compressed_segment_is_read_up_to_its_durable_offset_too() {
+    let s = setup("4.0.11").await;
+    let plain = std::fs::read(&s.segment).unwrap();
+    let compressed = compressed_copy(&plain, Codec::Zstd, "ZstdCompressor");
+    std::fs::write(&s.segment, &compressed).unwrap();
+    let index = s.segment.with_file_name(format!("{}_cdc.idx", s.segment.file_stem().unwrap().to_string_lossy()));
+    // Durable up to the end of the second section of the compressed file.
+    let be = |at: usize| i32::from_be_bytes(compressed[at..at + 4].try_into().unwrap()) as usize;
+    let header_len = 14 + u16::from_be_bytes([compressed[12], compressed[13]]) as usize + 4;
+    let second_end = be(be(header_len));
+    std::fs::write(&index, format!("{second_end}\n")).unwrap();
+    let mut source = CassandraSource::new(config(&s, Processed::Delete), &s.bus, s.serializer.clone()).await.unwrap();
+    let first = source.poll_once().await.unwrap();
+    assert_eq!(first.completed, 0);
+    std::fs::write(&index, format!("{}\nCOMPLETED\n", compressed.len())).unwrap();
+    let second = source.poll_once().await.unwrap();
+    assert_eq!((second.completed, first.events + second.events), (1, 355));
+    let got = events(&s).await;
+    assert_eq!(fold_events(&got), s.expected);
+    let positions: Vec<i32> = got.iter().map(|e| e.3).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "logical positions increase, each mutation once");
+}
+
+#[tokio::test]
+async fn tables_can_be_given_inline_and_one_way_only() {
+    let s = setup("3.0.29").await;
+    let cql = std::fs::read_to_string(s.dir.path().join("tables.cql")).unwrap();
+    let inline = CassandraSourceConfig { schema: None, cql: Some(cql.clone()), ..config(&s, Processed::Keep) };
+    let mut source = CassandraSource::new(inline, &s.bus, s.serializer.clone()).await.unwrap();
+    assert_eq!(source.poll_once().await.unwrap().events, 98);
+    let both = CassandraSourceConfig { cql: Some(cql), ..config(&s, Processed::Keep) };
+    let err = CassandraSource::new(both, &s.bus, s.serializer.clone()).await.err().unwrap().to_string();
+    assert!(err.contains("exactly one of schema"), "{err}");
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use super::{
     events::TableEvents,
     mutation::{self, Tables},
     schema::{SchemaError, TableSchema},
-    segment::SegmentReader,
+    segment::{SegmentReader, readable},
 };
 
 /// Events produced per acknowledged batch (and offset save).
@@ -55,7 +55,11 @@ pub struct CassandraSourceConfig {
     /// The node's `cdc_raw` directory.
     pub directory: PathBuf,
     /// CQL file with the captured tables' `CREATE TABLE … WITH ID = <uuid>` statements.
-    pub schema: PathBuf,
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// The same statements inline, instead of `schema`.
+    #[serde(default)]
+    pub cql: Option<String>,
     /// Topic prefix: topics are `<prefix>.<keyspace>.<table>`.
     pub topic_prefix: String,
     /// Cluster name written in every event's `source.cluster`.
@@ -95,7 +99,7 @@ fn default_state_dir() -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The captured tables could not be read.
-    #[error("source {source_name}: schema {path}: {reason}")]
+    #[error("source {source_name}: {path}: {reason}")]
     Schema {
         /// Source name.
         source_name: String,
@@ -170,10 +174,18 @@ impl CassandraSource {
     ) -> Result<Self, SourceError> {
         let schema_error = |reason: String| SourceError::Schema {
             source_name: config.name.clone(),
-            path: config.schema.clone(),
+            path: config.schema.clone().unwrap_or_else(|| PathBuf::from("cql")),
             reason,
         };
-        let cql = std::fs::read_to_string(&config.schema).map_err(|e| schema_error(e.to_string()))?;
+        let cql = match (&config.schema, &config.cql) {
+            (Some(path), None) => std::fs::read_to_string(path).map_err(|e| schema_error(e.to_string()))?,
+            (None, Some(cql)) => cql.clone(),
+            _ => {
+                return Err(schema_error(
+                    "give the captured tables as exactly one of schema (a .cql file) or cql".into(),
+                ));
+            }
+        };
         let parsed = TableSchema::parse_all(&cql).map_err(|e: SchemaError| schema_error(e.to_string()))?;
         if parsed.is_empty() {
             return Err(schema_error("no CREATE TABLE statement".into()));
@@ -301,7 +313,9 @@ impl CassandraSource {
         let name = self.config.name.clone();
         let commit_log =
             |error: CommitLogError| SourceError::CommitLog { source_name: name.clone(), error: Box::new(error) };
-        let mut reader = SegmentReader::new(&path.display().to_string(), data).map_err(|e| commit_log(e.into()))?;
+        let name_str = path.display().to_string();
+        let (data, limit) = readable(&name_str, data, limit).map_err(|e| commit_log(e.into()))?;
+        let mut reader = SegmentReader::new(&name_str, &data).map_err(|e| commit_log(e.into()))?;
         if let Some(limit) = limit {
             reader = reader.with_limit(limit);
         }
