@@ -14,6 +14,8 @@
 
 use std::io::Read;
 
+use super::segment::{be_i32, marker_crc, write_header};
+
 /// A compression codec of Cassandra's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -86,34 +88,6 @@ impl Codec {
     }
 }
 
-fn crc_ints(ints: &[i32]) -> u32 {
-    let mut crc = crc32fast::Hasher::new();
-    for i in ints {
-        crc.update(&i.to_be_bytes());
-    }
-    crc.finalize()
-}
-
-fn be_i32(b: &[u8]) -> i32 {
-    i32::from_be_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// The header of an uncompressed segment with this version and id (parameters `{}`).
-pub(crate) fn plain_header(version: i32, id: i64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20);
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&2u16.to_be_bytes());
-    out.extend_from_slice(b"{}");
-    let mut crc = crc32fast::Hasher::new();
-    for i in [version, id as i32, (id >> 32) as i32, 2] {
-        crc.update(&i.to_be_bytes());
-    }
-    crc.update(b"{}");
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
-    out
-}
-
 /// The segment as it would read uncompressed, from a compressed `data` whose header (already
 /// checked, `header_len` bytes) says version `version` and id `id`. Sections past `limit` (a
 /// durable offset in the compressed file) are left out. Errors name the byte of `data` at fault.
@@ -125,7 +99,7 @@ pub(crate) fn uncompressed_image(
     header_len: usize,
     limit: usize,
 ) -> Result<Vec<u8>, (usize, String)> {
-    let mut image = plain_header(version, id);
+    let mut image = write_header(version, id, "{}");
     let mut at = header_len;
     while at + 8 <= limit {
         let next = be_i32(&data[at..at + 4]);
@@ -133,7 +107,7 @@ pub(crate) fn uncompressed_image(
         if next == 0 && stored == 0 {
             break;
         }
-        if crc_ints(&[id as i32, (id >> 32) as i32, at as i32]) != stored {
+        if marker_crc(id, at) != stored {
             return Err((at, "sync marker CRC mismatch".into()));
         }
         let next = next as usize;
@@ -151,7 +125,7 @@ pub(crate) fn uncompressed_image(
         let marker_at = image.len();
         let image_next = (marker_at + 8 + entries.len()) as i32;
         image.extend_from_slice(&image_next.to_be_bytes());
-        image.extend_from_slice(&crc_ints(&[id as i32, (id >> 32) as i32, marker_at as i32]).to_be_bytes());
+        image.extend_from_slice(&marker_crc(id, marker_at).to_be_bytes());
         image.extend_from_slice(&entries);
         at = next;
     }

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use std::io::Write;
 
-use super::{compression::Codec, mutation::Tables, schema::TableSchema};
+use super::{
+    compression::Codec,
+    mutation::Tables,
+    schema::TableSchema,
+    segment::{be_i32, marker_crc, write_header},
+};
 
 /// One version's fixture.
 #[derive(Debug, Clone)]
@@ -97,30 +102,15 @@ pub fn fold(mut hash: i32, bytes: &[u8]) -> i32 {
 /// section's entries compressed behind its marker and uncompressed length. No Cassandra is at
 /// hand to write compressed segments, so tests build them from the real fixtures with this.
 pub fn compressed_copy(plain: &[u8], codec: Codec, class: &str) -> Vec<u8> {
-    let be = |b: &[u8]| i32::from_be_bytes(b[..4].try_into().unwrap());
-    let crc_ints = |ints: &[i32]| {
-        let mut c = crc32fast::Hasher::new();
-        for i in ints {
-            c.update(&i.to_be_bytes());
-        }
-        c
-    };
-    let version = be(&plain[0..4]);
+    let version = be_i32(&plain[0..4]);
     let id = i64::from_be_bytes(plain[4..12].try_into().unwrap());
     let header_len = 14 + u16::from_be_bytes([plain[12], plain[13]]) as usize + 4;
     let params =
         format!(r#"{{"compressionParameters":{{}},"compressionClass":"org.apache.cassandra.io.compress.{class}"}}"#);
-    let mut out = Vec::new();
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&(params.len() as u16).to_be_bytes());
-    out.extend_from_slice(params.as_bytes());
-    let mut crc = crc_ints(&[version, id as i32, (id >> 32) as i32, params.len() as i32]);
-    crc.update(params.as_bytes());
-    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    let mut out = write_header(version, id, &params);
     let mut at = header_len;
     while at + 8 <= plain.len() {
-        let next = be(&plain[at..at + 4]) as usize;
+        let next = be_i32(&plain[at..at + 4]) as usize;
         if next == 0 {
             break;
         }
@@ -141,7 +131,7 @@ pub fn compressed_copy(plain: &[u8], codec: Codec, class: &str) -> Vec<u8> {
         };
         let marker_at = out.len();
         out.extend_from_slice(&((marker_at + 12 + body.len()) as i32).to_be_bytes());
-        out.extend_from_slice(&crc_ints(&[id as i32, (id >> 32) as i32, marker_at as i32]).finalize().to_be_bytes());
+        out.extend_from_slice(&marker_crc(id, marker_at).to_be_bytes());
         out.extend_from_slice(&(entries.len() as i32).to_be_bytes());
         out.extend_from_slice(&body);
         at = next;

@@ -99,14 +99,37 @@ pub struct Entry<'a> {
     pub mutation: &'a [u8],
 }
 
-fn be_i32(b: &[u8]) -> i32 {
+/// A big-endian i32 from the first four bytes of `b`.
+pub(crate) fn be_i32(b: &[u8]) -> i32 {
     i32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn crc_ints(crc: &mut crc32fast::Hasher, ints: &[i32]) {
+/// Feeds ints to a CRC as Cassandra does: each as 4 big-endian bytes.
+pub(crate) fn crc_ints(crc: &mut crc32fast::Hasher, ints: &[i32]) {
     for i in ints {
         crc.update(&i.to_be_bytes());
     }
+}
+
+/// The CRC of the sync marker at `position` of segment `id`.
+pub(crate) fn marker_crc(id: i64, position: usize) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc_ints(&mut crc, &[id as i32, (id >> 32) as i32, position as i32]);
+    crc.finalize()
+}
+
+/// A segment header with these JSON `parameters`, its CRC included.
+pub(crate) fn write_header(version: i32, id: i64, parameters: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18 + parameters.len());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&(parameters.len() as u16).to_be_bytes());
+    out.extend_from_slice(parameters.as_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc_ints(&mut crc, &[version, id as i32, (id >> 32) as i32, parameters.len() as i32]);
+    crc.update(parameters.as_bytes());
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out
 }
 
 /// Reads the mutations of one segment held in memory.
@@ -179,9 +202,7 @@ impl<'a> SegmentReader<'a> {
         if next == 0 && stored == 0 {
             return Ok(false);
         }
-        let mut crc = crc32fast::Hasher::new();
-        crc_ints(&mut crc, &[self.header.id as i32, (self.header.id >> 32) as i32, at as i32]);
-        if crc.finalize() != stored {
+        if marker_crc(self.header.id, at) != stored {
             return Err(self.error(at, "sync marker CRC mismatch".into()));
         }
         let next = next as usize;
