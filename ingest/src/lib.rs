@@ -6,10 +6,13 @@
 //! variant per kind:
 //!
 //! - [`cassandra`]: commit-log segments from a node's `cdc_raw` directory (decoder, events, source).
+//! - [`mysql`]: the MySQL/MariaDB binlog (snapshot, replication stream, schema history, source).
 //!
-//! Still to come: the MySQL/MariaDB binlog source and HTTP event ingestion.
+//! Still to come: HTTP event ingestion.
 
 pub mod cassandra;
+pub mod mysql;
+mod produce;
 
 use std::net::SocketAddr;
 
@@ -21,6 +24,8 @@ use serde::{Deserialize, Serialize};
 pub enum SourceConfig {
     /// `kind = "cassandra"`.
     Cassandra(cassandra::source::CassandraSourceConfig),
+    /// `kind = "mysql"` (MySQL or MariaDB).
+    Mysql(mysql::MysqlSourceConfig),
 }
 
 impl SourceConfig {
@@ -28,6 +33,7 @@ impl SourceConfig {
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Cassandra(c) => &c.name,
+            SourceConfig::Mysql(c) => &c.name,
         }
     }
 }

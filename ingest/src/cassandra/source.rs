@@ -359,20 +359,9 @@ impl CassandraSource {
 
     /// Sends the pending events, in order per topic; returns how many.
     async fn flush(&self, pending: &mut Vec<(String, Record)>) -> Result<usize, SourceError> {
-        let n = pending.len();
-        let mut by_topic: Vec<(String, Vec<Record>)> = Vec::new();
-        for (topic, record) in pending.drain(..) {
-            match by_topic.iter_mut().find(|(t, _)| *t == topic) {
-                Some((_, records)) => records.push(record),
-                None => by_topic.push((topic, vec![record])),
-            }
-        }
-        for (topic, records) in by_topic {
-            self.producer
-                .send(&topic, records)
-                .await
-                .map_err(|e| SourceError::Bus(Box::new(e), self.config.name.clone()))?;
-        }
+        let n = crate::produce::send_grouped(self.producer.as_ref(), pending)
+            .await
+            .map_err(|e| SourceError::Bus(Box::new(e), self.config.name.clone()))?;
         metrics::counter!("weir_ingest_cassandra_events_total").increment(n as u64);
         Ok(n)
     }

@@ -1,0 +1,187 @@
+//! The initial consistent snapshot: every captured table's rows as `op = "r"` events, all read in
+//! one `REPEATABLE READ` transaction whose binlog position is where streaming then starts.
+//!
+//! As Debezium's default locking: a global read lock is held only while the transaction starts,
+//! the binlog position is read and the table definitions are loaded; the rows are read after it
+//! is released. MariaDB reports the position of the consistent snapshot itself
+//! (`binlog_snapshot_file/position`), so there it also works without the `RELOAD` privilege.
+//! A snapshot interrupted by a crash is taken again from the start.
+
+use mysql_async::prelude::Queryable;
+use weir_schemas::{
+    connect::Value,
+    envelope::{Op, SnapshotMarker},
+};
+
+use super::{
+    MysqlError,
+    columns::ColumnType,
+    events::{ChangeType, HistoryRecord, RowChange, TableChange},
+    offset::Offset,
+    source::{LoadError, MysqlSource, Progress, load_definitions, now_us},
+    stream,
+};
+
+impl MysqlSource {
+    /// Takes the snapshot and saves an offset at its binlog position.
+    pub(super) async fn snapshot(&mut self) -> Result<(), MysqlError> {
+        let started = now_us();
+        let url = self.config.url.clone();
+        let mut conn = stream::connect(&url).await.map_err(self.server_error("connecting for the snapshot"))?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(self.server_error("setting REPEATABLE READ"))?;
+        let locked = match conn.query_drop("FLUSH TABLES WITH READ LOCK").await {
+            Ok(()) => true,
+            Err(e) if self.info.mariadb => {
+                tracing::warn!(source = %self.config.name, error = %e, "no global read lock; relying on MariaDB's consistent snapshot position");
+                false
+            }
+            Err(e) => {
+                return Err(MysqlError::Setup {
+                    source_name: self.config.name.clone(),
+                    reason: format!(
+                        "FLUSH TABLES WITH READ LOCK failed ({e}): the snapshot needs the RELOAD privilege"
+                    ),
+                });
+            }
+        };
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await
+            .map_err(self.server_error("starting the snapshot transaction"))?;
+        let (file, pos) = if self.info.mariadb {
+            let rows: Vec<(String, String)> = conn
+                .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                .await
+                .map_err(self.server_error("reading binlog_snapshot_*"))?;
+            let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let file = get("binlog_snapshot_file").unwrap_or_default();
+            let pos = get("binlog_snapshot_position").and_then(|p| p.parse().ok()).unwrap_or(4);
+            (file, pos)
+        } else {
+            self.master_position().await?
+        };
+        let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| match e {
+            LoadError::Server(err) => (self.server_error("reading information_schema"))(err),
+            LoadError::Column(err) => self.decode_error("information_schema", 0, err),
+        })?;
+        if locked {
+            conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
+        }
+        tracing::info!(source = %self.config.name, tables = defs.len(), file = %file, pos, "snapshot started");
+
+        self.known.clear();
+        self.by_name.clear();
+        let record = HistoryRecord {
+            file: file.clone(),
+            pos,
+            gtid: None,
+            ts_ms: started / 1000,
+            database: String::new(),
+            ddl: "SNAPSHOT".into(),
+            table_changes: defs
+                .iter()
+                .map(|((db, table), def)| TableChange {
+                    change: ChangeType::Create,
+                    id: format!("{db}.{table}"),
+                    table: def.clone(),
+                })
+                .collect(),
+        };
+        let source = self.source_block("", None, &file, pos, started, None, SnapshotMarker::True);
+        self.record_history(record, &source).await?;
+
+        let estimates: Vec<(String, String, Option<u64>)> = conn
+            .query("SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES")
+            .await
+            .map_err(self.server_error("reading row estimates"))?;
+        let names: Vec<_> = defs.keys().cloned().collect();
+        let mut first_overall = true;
+        let mut progress = Progress::new(self.config.progress_interval);
+        for (t, name) in names.iter().enumerate() {
+            let last_table = t + 1 == names.len();
+            let Some(events) = self.events_by_name(name).await? else { continue };
+            let estimate =
+                estimates.iter().find(|(d, n, _)| (d, n) == (&name.0, &name.1)).and_then(|e| e.2).unwrap_or(0);
+            let columns: Vec<String> = events
+                .def
+                .columns
+                .iter()
+                .map(|c| {
+                    let q = format!("`{}`", c.name.replace('`', "``"));
+                    // SET members come back as the bitmask the binlog carries.
+                    if matches!(c.ty, ColumnType::Set { .. }) { format!("{q}+0 AS {q}") } else { q }
+                })
+                .collect();
+            let sql = format!(
+                "SELECT {} FROM `{}`.`{}`",
+                columns.join(", "),
+                name.0.replace('`', "``"),
+                name.1.replace('`', "``")
+            );
+            let table_id = format!("{}.{}", name.0, name.1);
+            let mut result = conn.exec_iter(sql, ()).await.map_err(self.server_error(format!("reading {table_id}")))?;
+            let mut prev: Option<Vec<Value>> = None;
+            let mut first_in_table = true;
+            let mut count = 0u64;
+            let table_started = std::time::Instant::now();
+            loop {
+                let row = result.next().await.map_err(self.server_error(format!("reading {table_id}")))?;
+                let values = match row {
+                    Some(row) => {
+                        let raw = row.unwrap();
+                        let mut values = Vec::with_capacity(raw.len());
+                        for (column, v) in events.def.columns.iter().zip(&raw) {
+                            values.push(
+                                column
+                                    .value(v, false)
+                                    .map_err(|e| self.decode_error("snapshot", count, format!("{table_id}: {e}")))?,
+                            );
+                        }
+                        Some(values)
+                    }
+                    None => None,
+                };
+                let done = values.is_none();
+                if let Some(p) = std::mem::replace(&mut prev, values) {
+                    let marker = match (first_overall, first_in_table, done) {
+                        (true, ..) => SnapshotMarker::First,
+                        (_, _, true) if last_table => SnapshotMarker::Last,
+                        (_, _, true) => SnapshotMarker::LastInDataCollection,
+                        (_, true, _) => SnapshotMarker::FirstInDataCollection,
+                        _ => SnapshotMarker::True,
+                    };
+                    first_overall = false;
+                    first_in_table = false;
+                    let source = self.source_block(&name.0, Some(&name.1), &file, pos, started, None, marker);
+                    let change = RowChange { op: Op::Read, before: None, after: Some(p), source };
+                    events
+                        .records(&self.serializer, &change, false, now_us(), &mut self.pending)
+                        .await
+                        .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+                    count += 1;
+                    self.stats.snapshot_rows += 1;
+                }
+                if self.pending.len() >= self.config.max_batch {
+                    let offset = self.offset.clone();
+                    self.flush(offset).await?;
+                    metrics::counter!("weir_ingest_mysql_snapshot_rows_total", "source" => self.config.name.clone())
+                        .increment(self.config.max_batch as u64);
+                }
+                if progress.due() {
+                    let rate = count as f64 / table_started.elapsed().as_secs_f64().max(1e-9);
+                    tracing::info!(source = %self.config.name, table = %table_id, rows = count, estimate, rows_per_s = rate as u64, "snapshot progress");
+                }
+                if done {
+                    break;
+                }
+            }
+            tracing::info!(source = %self.config.name, table = %table_id, rows = count, "table snapshotted");
+        }
+        conn.query_drop("COMMIT").await.map_err(self.server_error("ending the snapshot transaction"))?;
+        let offset = Offset { file, pos, skip_rows: 0, gtid: None, snapshot_completed: true };
+        self.flush(offset).await?;
+        tracing::info!(source = %self.config.name, rows = self.stats.snapshot_rows, "snapshot completed");
+        Ok(())
+    }
+}

@@ -1,0 +1,901 @@
+//! The running MySQL/MariaDB source: checks the server, replays the schema history, snapshots
+//! when needed, then follows the binlog, producing change events in batches and saving the offset
+//! after each batch the bus acknowledges.
+//!
+//! Batches are flushed when full (`max_batch`) or as soon as the binlog has nothing more ready,
+//! so under load batches are large and when quiet an event waits for no timer.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use futures::{FutureExt, StreamExt};
+use mysql_async::{
+    BinlogStream, Conn,
+    binlog::events::{EventData, RowsEventData, TableMapEvent},
+    prelude::Queryable,
+};
+use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
+use weir_schemas::{
+    envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker},
+    serializer::AvroSerializer,
+};
+
+use super::{
+    MysqlError, MysqlSourceConfig, SnapshotMode,
+    columns::{InfoColumn, TableDef},
+    events::{ChangeType, HistoryRecord, RowChange, SchemaChangeEvents, TableChange, TableEvents},
+    offset::{self, Offset},
+    stream::{self, MARIADB_ANNOTATE_ROWS, MARIADB_GTID, ServerInfo},
+};
+
+/// `(db, table)`.
+pub(super) type TableName = (String, String);
+
+/// A transaction being read.
+#[derive(Debug, Clone)]
+struct Txn {
+    file: String,
+    start: u64,
+    gtid: Option<String>,
+    standalone: bool,
+    /// Row changes of captured tables seen so far (skipped ones included).
+    rows: u64,
+    query: Option<String>,
+    thread: Option<i64>,
+}
+
+/// What a catch-up run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Rows read by a snapshot.
+    pub snapshot_rows: u64,
+    /// Row changes read from the binlog (and produced, unless skipped).
+    pub changes: u64,
+    /// Records produced (events, tombstones, schema changes).
+    pub records: u64,
+}
+
+/// A running MySQL/MariaDB CDC source.
+pub struct MysqlSource {
+    pub(super) config: MysqlSourceConfig,
+    pub(super) bus: Arc<dyn Bus>,
+    pub(super) producer: Box<dyn Producer>,
+    pub(super) serializer: Arc<AvroSerializer>,
+    pub(super) info: ServerInfo,
+    pub(super) flavor: BinlogFlavor,
+    pub(super) meta: Conn,
+    /// Latest known definition per captured table (snapshot, history, DDL).
+    pub(super) known: BTreeMap<TableName, TableDef>,
+    /// Event builders of the binlog's table ids, with the table map they were built from.
+    by_id: HashMap<u64, (TableMapEvent<'static>, Arc<TableEvents>)>,
+    /// Event builders by name (snapshot, truncates).
+    pub(super) by_name: HashMap<TableName, Arc<TableEvents>>,
+    pub(super) topics: HashSet<String>,
+    pub(super) schema_changes: SchemaChangeEvents,
+    pub(super) offset: Offset,
+    pub(super) offset_path: PathBuf,
+    pub(super) pending: Vec<(String, Record)>,
+    pub(super) stats: RunStats,
+}
+
+/// Microseconds since the epoch, now.
+pub(super) fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+impl MysqlSource {
+    /// Connects, checks the server's binlog settings and privileges, and replays the schema
+    /// history.
+    pub async fn new(
+        config: MysqlSourceConfig,
+        bus: Arc<dyn Bus>,
+        serializer: Arc<AvroSerializer>,
+    ) -> Result<Self, MysqlError> {
+        let name = config.name.clone();
+        let server = |action: &str| {
+            let name = name.clone();
+            let action = action.to_string();
+            move |error| MysqlError::Server { source_name: name, action, error: Box::new(error) }
+        };
+        let mut meta =
+            stream::connect(&config.url).await.map_err(server(&format!("connecting to {}", redact(&config.url))))?;
+        let info = stream::check(&mut meta)
+            .await
+            .map_err(server("checking the server"))?
+            .map_err(|reason| MysqlError::Setup { source_name: name.clone(), reason })?;
+        let flavor = if info.mariadb { BinlogFlavor::Mariadb } else { BinlogFlavor::Mysql };
+        tracing::info!(source = %name, version = %info.version, server_id = info.server_id, "connected");
+        let offset_path = offset::path(&config.state_dir, &config.name);
+        let offset = offset::load(&offset_path)
+            .map_err(|e| MysqlError::Io { source_name: name.clone(), action: e.action, path: e.path, error: e.error })?
+            .unwrap_or_default();
+        let producer = bus.producer().await.map_err(|e| MysqlError::Bus(Box::new(e), name.clone()))?;
+        let schema_changes = SchemaChangeEvents::new(&config.topic_prefix, flavor);
+        let mut source = MysqlSource {
+            config,
+            bus,
+            producer,
+            serializer,
+            info,
+            flavor,
+            meta,
+            known: BTreeMap::new(),
+            by_id: HashMap::new(),
+            by_name: HashMap::new(),
+            topics: HashSet::new(),
+            schema_changes,
+            offset,
+            offset_path,
+            pending: Vec::new(),
+            stats: RunStats::default(),
+        };
+        source.replay_history().await?;
+        Ok(source)
+    }
+
+    /// The saved (or, before the first save, initial) offset.
+    pub fn offset(&self) -> &Offset {
+        &self.offset
+    }
+
+    pub(super) fn history_topic(&self) -> String {
+        format!("{}.schema-history", self.config.topic_prefix)
+    }
+
+    pub(super) fn bus_error(&self, e: BusError) -> MysqlError {
+        MysqlError::Bus(Box::new(e), self.config.name.clone())
+    }
+
+    pub(super) fn server_error(&self, action: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> MysqlError {
+        let source_name = self.config.name.clone();
+        let action = action.into();
+        move |error| MysqlError::Server { source_name, action, error: Box::new(error) }
+    }
+
+    pub(super) fn decode_error(&self, file: &str, pos: u64, reason: impl std::fmt::Display) -> MysqlError {
+        MysqlError::Decode { source_name: self.config.name.clone(), file: file.into(), pos, reason: reason.to_string() }
+    }
+
+    /// Creates `topic` (with `partitions`) unless this source already has.
+    pub(super) async fn ensure_topic(&mut self, topic: &str, partitions: u32) -> Result<(), MysqlError> {
+        if self.topics.contains(topic) {
+            return Ok(());
+        }
+        match self.bus.create_topic(topic, partitions).await {
+            Ok(()) | Err(BusError::TopicExists(_)) => {}
+            Err(e) => return Err(self.bus_error(e)),
+        }
+        self.topics.insert(topic.to_string());
+        Ok(())
+    }
+
+    /// Reads `<prefix>.schema-history` from the start: the last definition of every table.
+    async fn replay_history(&mut self) -> Result<(), MysqlError> {
+        let topic = self.history_topic();
+        self.ensure_topic(&topic, 1).await?;
+        let end = self.bus.end_offsets(&topic).await.map_err(|e| self.bus_error(e))?.first().copied().unwrap_or(0);
+        if end == 0 {
+            return Ok(());
+        }
+        let mut consumer = self
+            .bus
+            .consumer(ConsumerConfig::new(format!("weir-mysql-history-{}", self.config.name)))
+            .await
+            .map_err(|e| self.bus_error(e))?;
+        let tp = TopicPartition::new(topic.clone(), 0);
+        consumer.assign(std::slice::from_ref(&tp)).await.map_err(|e| self.bus_error(e))?;
+        consumer.seek(&tp, 0).await.map_err(|e| self.bus_error(e))?;
+        let mut next = 0;
+        let mut records = 0;
+        while next < end {
+            let batch = consumer.poll(Duration::from_secs(5)).await.map_err(|e| self.bus_error(e))?;
+            if batch.is_empty() {
+                return Err(self.decode_error(&topic, next as u64, "schema history ended before its end offset"));
+            }
+            for m in batch {
+                next = m.offset + 1;
+                let Some(value) = m.value else { continue };
+                let record: HistoryRecord = serde_json::from_slice(&value)
+                    .map_err(|e| self.decode_error(&topic, m.offset as u64, format!("schema history record: {e}")))?;
+                self.apply_history(&record);
+                records += 1;
+            }
+        }
+        tracing::info!(source = %self.config.name, records, tables = self.known.len(), "schema history replayed");
+        Ok(())
+    }
+
+    fn apply_history(&mut self, record: &HistoryRecord) {
+        for change in &record.table_changes {
+            let name = (change.table.db.clone(), change.table.table.clone());
+            match change.change {
+                ChangeType::Drop => self.known.remove(&name),
+                ChangeType::Create | ChangeType::Alter => self.known.insert(name, change.table.clone()),
+            };
+        }
+    }
+
+    /// Queues a history record and its schema-change event.
+    pub(super) async fn record_history(
+        &mut self,
+        record: HistoryRecord,
+        source: &BinlogSource,
+    ) -> Result<(), MysqlError> {
+        self.apply_history(&record);
+        for change in &record.table_changes {
+            self.by_name.remove(&(change.table.db.clone(), change.table.table.clone()));
+        }
+        let topic = self.history_topic();
+        let json = serde_json::to_vec(&record).expect("history records serialize");
+        self.pending.push((topic, Record { value: Some(json.into()), partition: Some(0), ..Record::default() }));
+        let sc_topic = self.schema_changes.topic.clone();
+        self.ensure_topic(&sc_topic, 1).await?;
+        let event = self
+            .schema_changes
+            .record(&self.serializer, &record, source)
+            .await
+            .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+        self.pending.push((sc_topic, event));
+        Ok(())
+    }
+
+    /// Every captured table's definition per `information_schema` now.
+    pub(super) async fn load_definitions(&mut self) -> Result<BTreeMap<TableName, TableDef>, MysqlError> {
+        load_definitions(&mut self.meta, &self.config).await.map_err(|e| match e {
+            LoadError::Server(err) => (self.server_error("reading information_schema"))(err),
+            LoadError::Column(err) => self.decode_error("information_schema", 0, err),
+        })
+    }
+
+    /// The event builder of a table by name (latest known definition, else `information_schema`).
+    pub(super) async fn events_by_name(&mut self, name: &TableName) -> Result<Option<Arc<TableEvents>>, MysqlError> {
+        if let Some(e) = self.by_name.get(name) {
+            return Ok(Some(e.clone()));
+        }
+        if !self.known.contains_key(name) {
+            let defs = self.load_definitions().await?;
+            self.known.extend(defs);
+        }
+        let Some(def) = self.known.get(name).cloned() else { return Ok(None) };
+        let events = self.build_events(def).await?;
+        self.by_name.insert(name.clone(), events.clone());
+        Ok(Some(events))
+    }
+
+    pub(super) async fn build_events(&mut self, def: TableDef) -> Result<Arc<TableEvents>, MysqlError> {
+        let (db, table) = (def.db.clone(), def.table.clone());
+        let events = TableEvents::new(&self.config.topic_prefix, self.flavor, def)
+            .map_err(|e| self.decode_error(&format!("{db}.{table}"), 0, e))?;
+        let topic = events.topic.clone();
+        self.ensure_topic(&topic, self.config.partitions).await?;
+        Ok(Arc::new(events))
+    }
+
+    /// The event builder for a rows event's table map (built once per table id and map).
+    async fn events_for_map(
+        &mut self,
+        tme: &TableMapEvent<'static>,
+        file: &str,
+        pos: u64,
+    ) -> Result<Arc<TableEvents>, MysqlError> {
+        if let Some((map, events)) = self.by_id.get(&tme.table_id())
+            && map == tme
+        {
+            return Ok(events.clone());
+        }
+        let name = (tme.database_name().to_string(), tme.table_name().to_string());
+        let json = self.known.get(&name).map(TableDef::json_columns).unwrap_or_default();
+        let def = TableDef::from_table_map(tme, &json).map_err(|e| self.decode_error(file, pos, e))?;
+        if self.known.get(&name) != Some(&def) {
+            // A definition the history has not seen (a DDL on a table outside the last refresh):
+            // record it so a restart knows it.
+            let change = if self.known.contains_key(&name) { ChangeType::Alter } else { ChangeType::Create };
+            tracing::info!(source = %self.config.name, table = %format!("{}.{}", name.0, name.1), ?change, "new table definition in the binlog");
+            let record = HistoryRecord {
+                file: file.into(),
+                pos,
+                gtid: None,
+                ts_ms: now_us() / 1000,
+                database: name.0.clone(),
+                ddl: String::new(),
+                table_changes: vec![TableChange { change, id: format!("{}.{}", name.0, name.1), table: def.clone() }],
+            };
+            let source = self.source_block(&name.0, Some(&name.1), file, pos, now_us(), None, SnapshotMarker::False);
+            self.record_history(record, &source).await?;
+        }
+        let events = self.build_events(def).await?;
+        self.by_id.insert(tme.table_id(), (tme.clone(), events.clone()));
+        Ok(events)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn source_block(
+        &self,
+        db: &str,
+        table: Option<&str>,
+        file: &str,
+        pos: u64,
+        ts_us: i64,
+        gtid: Option<&str>,
+        snapshot: SnapshotMarker,
+    ) -> BinlogSource {
+        BinlogSource {
+            flavor: self.flavor,
+            name: self.config.topic_prefix.clone(),
+            ts_us,
+            snapshot,
+            db: db.into(),
+            table: table.map(Into::into),
+            server_id: i64::from(self.info.server_id),
+            gtid: gtid.map(Into::into),
+            file: file.into(),
+            pos: pos as i64,
+            row: 0,
+            thread: None,
+            query: None,
+        }
+    }
+
+    /// Sends everything pending, then saves `offset`.
+    pub(super) async fn flush(&mut self, offset: Offset) -> Result<(), MysqlError> {
+        if !self.pending.is_empty() {
+            let n = crate::produce::send_grouped(self.producer.as_ref(), &mut self.pending)
+                .await
+                .map_err(|e| self.bus_error(e))?;
+            self.stats.records += n as u64;
+            metrics::counter!("weir_ingest_mysql_records_total", "source" => self.config.name.clone())
+                .increment(n as u64);
+        } else if offset == self.offset {
+            return Ok(());
+        }
+        offset::save(&self.offset_path, &offset).map_err(|e| MysqlError::Io {
+            source_name: self.config.name.clone(),
+            action: e.action,
+            path: e.path,
+            error: e.error,
+        })?;
+        self.offset = offset;
+        Ok(())
+    }
+
+    /// Snapshots if the mode and offset call for it; returns whether streaming should follow.
+    async fn prepare(&mut self) -> Result<bool, MysqlError> {
+        let files = stream::binlog_files(&mut self.meta).await.map_err(self.server_error("SHOW BINARY LOGS"))?;
+        let purged = !self.offset.file.is_empty() && !files.contains(&self.offset.file);
+        let mode = self.config.snapshot_mode;
+        let snapshot = match mode {
+            SnapshotMode::Never => false,
+            SnapshotMode::Initial | SnapshotMode::InitialOnly => !self.offset.snapshot_completed,
+            SnapshotMode::WhenNeeded => !self.offset.snapshot_completed || purged,
+        };
+        if purged && !snapshot {
+            return Err(MysqlError::Purged {
+                source_name: self.config.name.clone(),
+                file: self.offset.file.clone(),
+                offset_file: self.offset_path.clone(),
+            });
+        }
+        if snapshot {
+            if purged {
+                tracing::warn!(source = %self.config.name, file = %self.offset.file, "saved binlog position purged: snapshotting again");
+            }
+            self.snapshot().await?;
+        }
+        Ok(mode != SnapshotMode::InitialOnly)
+    }
+
+    /// Snapshots if needed, then reads the binlog up to the server's position at the time of
+    /// the call, and returns (for `weir ingest --once` and benchmarks).
+    pub async fn catch_up(&mut self) -> Result<RunStats, MysqlError> {
+        self.stats = RunStats::default();
+        if self.prepare().await? {
+            let target = self.master_position().await?;
+            self.stream(Some(target), std::future::pending()).await?;
+        }
+        Ok(self.stats.clone())
+    }
+
+    /// Runs until `shutdown` resolves (or, with `initial_only`, until the snapshot is done).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), MysqlError> {
+        if self.prepare().await? {
+            self.stream(None, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// The server's current binlog file and position.
+    pub(super) async fn master_position(&mut self) -> Result<(String, u64), MysqlError> {
+        let query = if self.info.mariadb || self.info.version.as_str() < "8.4" {
+            "SHOW MASTER STATUS"
+        } else {
+            "SHOW BINARY LOG STATUS"
+        };
+        let row: Option<mysql_async::Row> = self.meta.query_first(query).await.map_err(self.server_error(query))?;
+        let row = row.ok_or_else(|| MysqlError::Setup {
+            source_name: self.config.name.clone(),
+            reason: format!("{query} returned nothing: is log_bin on?"),
+        })?;
+        let file: String = row.get(0).unwrap_or_default();
+        let pos: u64 = row.get(1).unwrap_or_default();
+        Ok((file, pos))
+    }
+
+    /// The offset to save now. `committed.skip_rows` is non-zero only until the transaction a
+    /// restart resumes inside has been read past its skipped rows and committed.
+    fn offset_now(&self, txn: Option<&Txn>, committed: &Offset) -> Offset {
+        match txn {
+            Some(t) if t.rows > 0 || committed.skip_rows > 0 => Offset {
+                file: t.file.clone(),
+                pos: t.start,
+                skip_rows: t.rows.max(committed.skip_rows),
+                gtid: committed.gtid.clone(),
+                snapshot_completed: committed.snapshot_completed,
+            },
+            _ => committed.clone(),
+        }
+    }
+
+    /// Follows the binlog from the offset until `until` (file, pos) is reached with no
+    /// transaction open, or `shutdown` resolves.
+    async fn stream(
+        &mut self,
+        until: Option<(String, u64)>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), MysqlError> {
+        tokio::pin!(shutdown);
+        let mut committed = self.offset.clone();
+        let mut file = committed.file.clone();
+        let url = self.config.url.clone();
+        let mut binlog: BinlogStream =
+            stream::open(&url, &self.info, self.config.server_id, &file, committed.pos, self.config.heartbeat_interval)
+                .await
+                .map_err(self.server_error(format!("starting replication at {}:{}", file, committed.pos)))?;
+        tracing::info!(source = %self.config.name, file = %file, pos = committed.pos, skip = committed.skip_rows, "streaming the binlog");
+        let mut txn: Option<Txn> = None;
+        let mut seen_fde = false;
+        let reached = |file: &str, pos: u64, txn: &Option<Txn>| match &until {
+            Some((f, p)) => txn.is_none() && (file > f.as_str() || (file == f && pos >= *p)),
+            None => false,
+        };
+        loop {
+            if reached(&file, committed.pos, &txn) {
+                let offset = self.offset_now(None, &committed);
+                self.flush(offset).await?;
+                return Ok(());
+            }
+            let next = match binlog.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    let offset = self.offset_now(txn.as_ref(), &committed);
+                    self.flush(offset).await?;
+                    tokio::select! {
+                        next = binlog.next() => next,
+                        _ = &mut shutdown => {
+                            let offset = self.offset_now(txn.as_ref(), &committed);
+                            self.flush(offset).await?;
+                            return Ok(());
+                        }
+                    }
+                }
+            };
+            let event = match next {
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    return Err((self.server_error(format!("reading the binlog at {file}:{}", committed.pos)))(e));
+                }
+                None => {
+                    return Err(self.decode_error(&file, committed.pos, "the server closed the replication stream"));
+                }
+            };
+            let header = event.header();
+            let end = u64::from(header.log_pos());
+            let start = end.saturating_sub(u64::from(header.event_size()));
+            let ts_us = i64::from(header.timestamp()) * 1_000_000;
+            match header.event_type_raw() {
+                MARIADB_GTID => {
+                    let g = stream::mariadb_gtid(event.data(), header.server_id())
+                        .ok_or_else(|| self.decode_error(&file, start, "short MariaDB GTID event"))?;
+                    txn = Some(Txn {
+                        file: file.clone(),
+                        start,
+                        gtid: Some(g.gtid),
+                        standalone: g.standalone,
+                        rows: 0,
+                        query: None,
+                        thread: None,
+                    });
+                    continue;
+                }
+                MARIADB_ANNOTATE_ROWS => {
+                    if let Some(t) = txn.as_mut() {
+                        t.query = Some(String::from_utf8_lossy(event.data()).into_owned());
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let data = event.read_data().map_err(|e| self.decode_error(&file, start, e))?;
+            match data {
+                Some(EventData::RotateEvent(r)) => {
+                    file = stream::rotate_name(r.name_raw(), !seen_fde, self.info.checksums);
+                    if txn.is_none() {
+                        committed.file = file.clone();
+                        committed.pos = r.position();
+                    }
+                }
+                Some(EventData::FormatDescriptionEvent(_)) => seen_fde = true,
+                Some(EventData::GtidEvent(g)) => {
+                    let gtid = format!("{}:{}", uuid_text(&g.sid()), g.gno());
+                    txn = Some(Txn {
+                        file: file.clone(),
+                        start,
+                        gtid: Some(gtid),
+                        standalone: false,
+                        rows: 0,
+                        query: None,
+                        thread: None,
+                    });
+                }
+                Some(EventData::QueryEvent(q)) => {
+                    let sql = q.query().trim().to_string();
+                    if sql.eq_ignore_ascii_case("BEGIN") {
+                        let t = txn.get_or_insert_with(|| Txn {
+                            file: file.clone(),
+                            start,
+                            gtid: None,
+                            standalone: false,
+                            rows: 0,
+                            query: None,
+                            thread: None,
+                        });
+                        t.thread = Some(i64::from(q.thread_id()));
+                    } else if sql.eq_ignore_ascii_case("COMMIT") {
+                        self.commit(&mut txn, &mut committed, &file, end);
+                    } else {
+                        let gtid = txn.as_ref().and_then(|t| t.gtid.clone());
+                        self.ddl(&q.schema(), &sql, &file, start, ts_us, gtid).await?;
+                        if txn.as_ref().is_none_or(|t| t.standalone || t.rows == 0) {
+                            self.commit(&mut txn, &mut committed, &file, end);
+                        }
+                    }
+                }
+                Some(EventData::XidEvent(_)) => self.commit(&mut txn, &mut committed, &file, end),
+                Some(EventData::RowsQueryEvent(q)) => {
+                    if let Some(t) = txn.as_mut() {
+                        t.query = Some(q.query().to_string());
+                    }
+                }
+                Some(EventData::RowsEvent(rows)) => {
+                    let Some(tme) = binlog.get_tme(rows.table_id()) else {
+                        return Err(self.decode_error(
+                            &file,
+                            start,
+                            format!("rows event for unknown table id {}", rows.table_id()),
+                        ));
+                    };
+                    let (db, table) = (tme.database_name().to_string(), tme.table_name().to_string());
+                    if !self.config.captures(&db, &table) {
+                        continue;
+                    }
+                    let tme = tme.clone();
+                    let txn = txn.get_or_insert_with(|| Txn {
+                        file: file.clone(),
+                        start,
+                        gtid: None,
+                        standalone: false,
+                        rows: 0,
+                        query: None,
+                        thread: None,
+                    });
+                    self.rows(&rows, &tme, &file, start, ts_us, txn, committed.skip_rows).await?;
+                    metrics::gauge!("weir_ingest_mysql_lag_seconds", "source" => self.config.name.clone())
+                        .set((now_us() - ts_us).max(0) as f64 / 1e6);
+                }
+                Some(EventData::HeartbeatEvent) if txn.is_none() => {
+                    metrics::gauge!("weir_ingest_mysql_lag_seconds", "source" => self.config.name.clone()).set(0.0);
+                }
+                _ => {}
+            }
+            if self.pending.len() >= self.config.max_batch {
+                let offset = self.offset_now(txn.as_ref(), &committed);
+                self.flush(offset).await?;
+            }
+        }
+    }
+
+    fn commit(&self, txn: &mut Option<Txn>, committed: &mut Offset, file: &str, end: u64) {
+        let done = txn.take();
+        committed.file = file.to_string();
+        committed.pos = end;
+        if let Some(gtid) = done.and_then(|t| t.gtid) {
+            committed.gtid = Some(gtid);
+        }
+        committed.skip_rows = 0;
+    }
+
+    /// Turns one rows event into change events.
+    #[allow(clippy::too_many_arguments)]
+    async fn rows(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        tme: &TableMapEvent<'static>,
+        file: &str,
+        start: u64,
+        ts_us: i64,
+        txn: &mut Txn,
+        skip: u64,
+    ) -> Result<(), MysqlError> {
+        let events = self.events_for_map(tme, file, start).await?;
+        let op = match rows {
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => Op::Create,
+            RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => Op::Update,
+            RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => Op::Delete,
+            RowsEventData::PartialUpdateRowsEvent(_) => {
+                return Err(self.decode_error(
+                    file,
+                    start,
+                    "partial JSON update rows: set binlog_row_value_options='' so updates carry full rows",
+                ));
+            }
+        };
+        let emit = self.config.emits(op.code());
+        let processed = now_us();
+        let convert = |row: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Option<Vec<_>>, String> {
+            let Some(row) = row else { return Ok(None) };
+            let mut values = Vec::with_capacity(events.def.columns.len());
+            for (i, column) in events.def.columns.iter().enumerate() {
+                let value =
+                    row.as_ref(i).ok_or_else(|| format!("column {} missing from the row image", column.name))?;
+                values.push(column.binlog_value(value)?);
+            }
+            Ok(Some(values))
+        };
+        for (index, row) in rows.rows(tme).enumerate() {
+            let (before, after) = row.map_err(|e| self.decode_error(file, start, e))?;
+            txn.rows += 1;
+            self.stats.changes += 1;
+            if txn.rows <= skip || !emit {
+                continue;
+            }
+            let before = convert(before).map_err(|e| self.decode_error(file, start, e))?;
+            let after = convert(after).map_err(|e| self.decode_error(file, start, e))?;
+            let mut source = self.source_block(
+                &events.def.db,
+                Some(&events.def.table),
+                file,
+                start,
+                ts_us,
+                txn.gtid.as_deref(),
+                SnapshotMarker::False,
+            );
+            source.row = index as i32;
+            source.thread = txn.thread;
+            if self.config.include_query {
+                source.query = txn.query.clone();
+            }
+            let change = RowChange { op, before, after, source };
+            events
+                .records(&self.serializer, &change, self.config.tombstones_on_delete, processed, &mut self.pending)
+                .await
+                .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// A statement other than `BEGIN`/`COMMIT`: truncates become `t` events; DDL refreshes the
+    /// captured tables' definitions and is recorded in the schema history.
+    async fn ddl(
+        &mut self,
+        db: &str,
+        sql: &str,
+        file: &str,
+        pos: u64,
+        ts_us: i64,
+        gtid: Option<String>,
+    ) -> Result<(), MysqlError> {
+        let words: Vec<String> = sql.split_whitespace().take(3).map(|w| w.to_ascii_uppercase()).collect();
+        let first = words.first().map(String::as_str).unwrap_or_default();
+        if first == "TRUNCATE" {
+            let raw = if words.get(1).map(String::as_str) == Some("TABLE") {
+                sql.split_whitespace().nth(2)
+            } else {
+                sql.split_whitespace().nth(1)
+            };
+            let Some(raw) = raw else { return Ok(()) };
+            let unquoted = raw.trim_end_matches(';').replace('`', "");
+            let name = match unquoted.split_once('.') {
+                Some((d, t)) => (d.to_string(), t.to_string()),
+                None => (db.to_string(), unquoted),
+            };
+            if self.config.captures(&name.0, &name.1)
+                && self.config.emits("t")
+                && let Some(events) = self.events_by_name(&name).await?
+            {
+                let source =
+                    self.source_block(&name.0, Some(&name.1), file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
+                let change = RowChange { op: Op::Truncate, before: None, after: None, source };
+                events
+                    .records(&self.serializer, &change, false, now_us(), &mut self.pending)
+                    .await
+                    .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+            }
+            return Ok(());
+        }
+        if !matches!(first, "CREATE" | "ALTER" | "DROP" | "RENAME") {
+            return Ok(());
+        }
+        let now = self.load_definitions().await?;
+        let mut changes = Vec::new();
+        for (name, def) in &now {
+            match self.known.get(name) {
+                Some(old) if old == def => {}
+                old => changes.push(TableChange {
+                    change: if old.is_some() { ChangeType::Alter } else { ChangeType::Create },
+                    id: format!("{}.{}", name.0, name.1),
+                    table: def.clone(),
+                }),
+            }
+        }
+        for (name, old) in &self.known {
+            if !now.contains_key(name) {
+                changes.push(TableChange {
+                    change: ChangeType::Drop,
+                    id: format!("{}.{}", name.0, name.1),
+                    table: old.clone(),
+                });
+            }
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(source = %self.config.name, ddl = %sql, changes = changes.len(), "schema change");
+        let record = HistoryRecord {
+            file: file.into(),
+            pos,
+            gtid: gtid.clone(),
+            ts_ms: ts_us / 1000,
+            database: db.into(),
+            ddl: sql.into(),
+            table_changes: changes,
+        };
+        let source = self.source_block(db, None, file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
+        self.record_history(record, &source).await
+    }
+}
+
+/// A 16-byte server uuid as text.
+fn uuid_text(b: &[u8; 16]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Why definitions could not be loaded.
+pub(super) enum LoadError {
+    Server(mysql_async::Error),
+    Column(super::columns::ColumnError),
+}
+
+/// Every captured table's definition per `information_schema` (on `conn`'s view of it).
+pub(super) async fn load_definitions(
+    conn: &mut Conn,
+    config: &MysqlSourceConfig,
+) -> Result<BTreeMap<TableName, TableDef>, LoadError> {
+    let system = super::SYSTEM_DATABASES.map(|d| format!("'{d}'")).join(",");
+    type ColumnRow =
+        (String, String, String, String, String, String, Option<u64>, Option<u64>, Option<u64>, Option<String>);
+    let rows: Vec<ColumnRow> = conn
+        .query(format!(
+            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.DATA_TYPE, c.COLUMN_TYPE, c.IS_NULLABLE, \
+             c.NUMERIC_PRECISION, c.NUMERIC_SCALE, c.DATETIME_PRECISION, c.CHARACTER_SET_NAME \
+             FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
+               ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
+             WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA NOT IN ({system}) \
+             ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
+        ))
+        .await
+        .map_err(LoadError::Server)?;
+    let keys: Vec<(String, String, String)> = conn
+        .query(format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+             WHERE CONSTRAINT_NAME = 'PRIMARY' AND TABLE_SCHEMA NOT IN ({system}) \
+             ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
+        ))
+        .await
+        .map_err(LoadError::Server)?;
+    // MariaDB declares JSON as LONGTEXT with a json_valid() check; MySQL before 8.0.16 has no such view.
+    let checks: Vec<(String, String, String)> = conn
+        .query(format!(
+            "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA NOT IN ({system})"
+        ))
+        .await
+        .unwrap_or_default();
+    let mut json: HashSet<(String, String, String)> = HashSet::new();
+    for (db, table, clause) in checks {
+        if let Some(rest) = clause.strip_prefix("json_valid(`")
+            && let Some(column) = rest.strip_suffix("`)")
+        {
+            json.insert((db, table, column.to_string()));
+        }
+    }
+    let mut key_names: HashMap<TableName, Vec<String>> = HashMap::new();
+    for (db, table, column) in keys {
+        key_names.entry((db, table)).or_default().push(column);
+    }
+    let mut grouped: BTreeMap<TableName, Vec<InfoColumn>> = BTreeMap::new();
+    for (db, table, name, data_type, column_type, nullable, precision, scale, datetime_precision, charset) in rows {
+        if !config.captures(&db, &table) {
+            continue;
+        }
+        let json_checked = json.contains(&(db.clone(), table.clone(), name.clone()));
+        grouped.entry((db, table)).or_default().push(InfoColumn {
+            name,
+            data_type,
+            column_type,
+            nullable: nullable == "YES",
+            precision,
+            scale,
+            datetime_precision,
+            charset,
+            json_checked,
+        });
+    }
+    let mut defs = BTreeMap::new();
+    for ((db, table), columns) in grouped {
+        let key = key_names.get(&(db.clone(), table.clone())).cloned().unwrap_or_default();
+        let def = TableDef::from_information_schema(&db, &table, &columns, &key).map_err(LoadError::Column)?;
+        defs.insert((db, table), def);
+    }
+    Ok(defs)
+}
+
+/// Logs progress of long work at most every `every`.
+pub(super) struct Progress {
+    every: Duration,
+    last: Instant,
+}
+
+impl Progress {
+    pub(super) fn new(every: Duration) -> Self {
+        Progress { every, last: Instant::now() }
+    }
+
+    /// Whether it is time to log again.
+    pub(super) fn due(&mut self) -> bool {
+        if self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("mysql://weir:secret@127.0.0.1:3306"), "mysql://weir:***@127.0.0.1:3306");
+        assert_eq!(redact("mysql://127.0.0.1"), "mysql://127.0.0.1");
+        assert_eq!(uuid_text(&[0xab; 16]), "abababab-abab-abab-abab-abababababab");
+    }
+}

@@ -1,0 +1,182 @@
+//! Opening the replication stream and reading what `mysql_common` leaves to us: MariaDB's own
+//! events (GTID, GTID list, annotate-rows), which it does not parse.
+//!
+//! MariaDB sends its GTID events only to a replica that announces capability 4
+//! (`@mariadb_slave_capability`); the stream asks for heartbeats so a quiet binlog still shows the
+//! source is alive and how far it is.
+
+use std::time::Duration;
+
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts, prelude::Queryable};
+
+/// MariaDB `ANNOTATE_ROWS_EVENT`: the statement behind the following rows events.
+pub const MARIADB_ANNOTATE_ROWS: u8 = 0xa0;
+/// MariaDB `GTID_EVENT`: starts a transaction (or a standalone DDL).
+pub const MARIADB_GTID: u8 = 0xa2;
+/// MariaDB `GTID_LIST_EVENT`: the GTID state at the start of a binlog file.
+pub const MARIADB_GTID_LIST: u8 = 0xa3;
+
+/// Flag of a MariaDB GTID event: the transaction is one statement with no `BEGIN`/`COMMIT`.
+const FL_STANDALONE: u8 = 1;
+
+/// A decoded MariaDB GTID event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MariadbGtid {
+    /// `domain-server-sequence`.
+    pub gtid: String,
+    /// A single statement (DDL) without `BEGIN`/`COMMIT`.
+    pub standalone: bool,
+}
+
+/// Parses a MariaDB GTID event's body (`seq_no` u64, `domain_id` u32, flags u8, …); the server
+/// id comes from the event header.
+pub fn mariadb_gtid(data: &[u8], server_id: u32) -> Option<MariadbGtid> {
+    let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    let flags = *data.get(12)?;
+    Some(MariadbGtid { gtid: format!("{domain}-{server_id}-{seq}"), standalone: flags & FL_STANDALONE != 0 })
+}
+
+/// Parses a MariaDB GTID list event: `count` (low 28 bits) then `(domain u32, server u32, seq u64)`.
+pub fn mariadb_gtid_list(data: &[u8]) -> Option<Vec<String>> {
+    let count = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) & 0x0fff_ffff;
+    (0..count as usize)
+        .map(|i| {
+            let e = data.get(4 + i * 16..4 + (i + 1) * 16)?;
+            let domain = u32::from_le_bytes(e[0..4].try_into().ok()?);
+            let server = u32::from_le_bytes(e[4..8].try_into().ok()?);
+            let seq = u64::from_le_bytes(e[8..16].try_into().ok()?);
+            Some(format!("{domain}-{server}-{seq}"))
+        })
+        .collect()
+}
+
+/// The binlog file name of a rotate event. The rotate event the server sends first comes before
+/// the format description, so the reader does not yet know events carry a checksum and leaves its
+/// four bytes on the name: `before_fde` with checksums on strips them.
+pub fn rotate_name(raw: &[u8], before_fde: bool, checksums: bool) -> String {
+    let raw = if before_fde && checksums { &raw[..raw.len().saturating_sub(4)] } else { raw };
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+/// What the server is and how its binlog is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// MariaDB rather than MySQL.
+    pub mariadb: bool,
+    /// `@@server_id`.
+    pub server_id: u32,
+    /// `@@version`.
+    pub version: String,
+    /// Events carry a checksum (`binlog_checksum` is not `NONE`).
+    pub checksums: bool,
+}
+
+/// Connects (with the session in UTC, so `TIMESTAMP` values read as UTC).
+pub async fn connect(url: &str) -> Result<Conn, mysql_async::Error> {
+    let opts = Opts::from_url(url)?;
+    let mut conn = Conn::new(opts).await?;
+    conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
+    Ok(conn)
+}
+
+/// Checks that the server can feed CDC; the error names the variable to set.
+pub async fn check(conn: &mut Conn) -> Result<Result<ServerInfo, String>, mysql_async::Error> {
+    type Variables = (Option<String>, String, String, Option<String>, u32, String, String);
+    let row: Option<Variables> = conn
+        .query_first(
+            "SELECT @@log_bin, @@binlog_format, @@binlog_row_image, \
+             (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'BINLOG_ROW_METADATA'), \
+             @@server_id, @@version, @@global.binlog_checksum",
+        )
+        .await?;
+    let Some((log_bin, format, image, metadata, server_id, version, checksum)) = row else {
+        return Ok(Err("the server answered no rows to a variables query".into()));
+    };
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    if log_bin.as_deref() != Some("1") && log_bin.as_deref() != Some("ON") {
+        return Ok(Err("binary logging is off: start the server with log_bin".into()));
+    }
+    if !format.eq_ignore_ascii_case("ROW") {
+        return Ok(Err(format!("binlog_format is {format}: set binlog_format=ROW")));
+    }
+    if !image.eq_ignore_ascii_case("FULL") {
+        return Ok(Err(format!("binlog_row_image is {image}: set binlog_row_image=FULL")));
+    }
+    match metadata {
+        Some(m) if m.eq_ignore_ascii_case("FULL") => {}
+        other => {
+            return Ok(Err(format!(
+                "binlog_row_metadata is {}: set binlog_row_metadata=FULL (MySQL 8.0.1+, MariaDB 10.5+)",
+                other.unwrap_or_else(|| "not supported by this server".into())
+            )));
+        }
+    }
+    // Replication privileges: reading the binlog position needs REPLICATION CLIENT (or BINLOG MONITOR).
+    if let Err(e) = binlog_files(conn).await {
+        return Ok(Err(format!(
+            "cannot list binary logs ({e}): grant the user REPLICATION SLAVE and REPLICATION CLIENT \
+             (MariaDB: BINLOG MONITOR, REPLICATION SLAVE), and SELECT on the captured tables"
+        )));
+    }
+    let checksums = !checksum.eq_ignore_ascii_case("NONE");
+    Ok(Ok(ServerInfo { mariadb, server_id, version, checksums }))
+}
+
+/// `SHOW BINARY LOGS`: the files the server still has, oldest first.
+pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>, mysql_async::Error> {
+    let rows: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await?;
+    Ok(rows.into_iter().filter_map(|r| r.get::<String, _>(0)).collect())
+}
+
+/// Starts replication from `file`/`pos` (an empty file: the oldest binlog).
+pub async fn open(
+    url: &str,
+    info: &ServerInfo,
+    replica_id: u32,
+    file: &str,
+    pos: u64,
+    heartbeat: Duration,
+) -> Result<BinlogStream, mysql_async::Error> {
+    let mut conn = connect(url).await?;
+    if info.mariadb {
+        conn.query_drop("SET @mariadb_slave_capability = 4").await?;
+    }
+    let period = heartbeat.as_nanos().max(1_000_000);
+    conn.query_drop(format!("SET @master_heartbeat_period = {period}")).await?;
+    let mut request = BinlogStreamRequest::new(replica_id);
+    if !file.is_empty() {
+        request = request.with_filename(file.as_bytes()).with_pos(pos.max(4));
+    }
+    conn.get_binlog_stream(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_rotate_loses_its_checksum() {
+        let raw = b"mysql-bin.000001\x12\x9a.7";
+        assert_eq!(rotate_name(raw, true, true), "mysql-bin.000001");
+        assert_eq!(rotate_name(&raw[..16], false, true), "mysql-bin.000001");
+        assert_eq!(rotate_name(&raw[..16], true, false), "mysql-bin.000001");
+    }
+
+    #[test]
+    fn mariadb_gtid_events() {
+        let mut body = 42u64.to_le_bytes().to_vec();
+        body.extend(0u32.to_le_bytes());
+        body.push(FL_STANDALONE);
+        assert_eq!(mariadb_gtid(&body, 7), Some(MariadbGtid { gtid: "0-7-42".into(), standalone: true }));
+        assert_eq!(mariadb_gtid(&body[..5], 7), None);
+        let mut list = 2u32.to_le_bytes().to_vec();
+        for (d, s, n) in [(0u32, 1u32, 10u64), (1, 2, 3)] {
+            list.extend(d.to_le_bytes());
+            list.extend(s.to_le_bytes());
+            list.extend(n.to_le_bytes());
+        }
+        assert_eq!(mariadb_gtid_list(&list).unwrap(), ["0-1-10", "1-2-3"]);
+        assert_eq!(mariadb_gtid_list(&list[..20]), None);
+    }
+}
