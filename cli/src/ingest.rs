@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
-use weir_ingest::{SourceConfig, cassandra::source::CassandraSource};
+use weir_ingest::{SourceConfig, cassandra::source::CassandraSource, mysql::MysqlSource};
 use weir_schemas::{
     registry::{SchemaRegistry, http::HttpRegistry, store::SqlRegistry},
     serializer::AvroSerializer,
@@ -40,22 +40,18 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
     let serializer = Arc::new(AvroSerializer::new(registry(config).await?));
     let mut sources = Vec::new();
     for source in &config.sources {
-        match source {
+        sources.push(match source {
             SourceConfig::Cassandra(c) => {
-                sources.push(CassandraSource::new(c.clone(), bus.as_ref(), serializer.clone()).await?)
+                Running::Cassandra(Box::new(CassandraSource::new(c.clone(), bus.as_ref(), serializer.clone()).await?))
             }
-        }
+            SourceConfig::Mysql(c) => {
+                Running::Mysql(Box::new(MysqlSource::new(c.clone(), bus.clone(), serializer.clone()).await?))
+            }
+        });
     }
     if args.once {
         for (source, source_config) in sources.iter_mut().zip(&config.sources) {
-            let stats = source.poll_once().await?;
-            println!(
-                "{}: {} segment(s) read, {} finished, {} change event(s) produced",
-                source_config.name(),
-                stats.segments,
-                stats.completed,
-                stats.events
-            );
+            println!("{}: {}", source_config.name(), source.once().await?);
         }
         return Ok(());
     }
@@ -81,4 +77,45 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
         result??;
     }
     Ok(())
+}
+
+/// A configured source, running.
+enum Running {
+    Cassandra(Box<CassandraSource>),
+    Mysql(Box<MysqlSource>),
+}
+
+impl Running {
+    /// Reads what is there now; a line saying what was done.
+    async fn once(&mut self) -> anyhow::Result<String> {
+        Ok(match self {
+            Running::Cassandra(s) => {
+                let stats = s.poll_once().await?;
+                format!(
+                    "{} segment(s) read, {} finished, {} change event(s) produced",
+                    stats.segments, stats.completed, stats.events
+                )
+            }
+            Running::Mysql(s) => {
+                let stats = s.catch_up().await?;
+                format!(
+                    "{} snapshot row(s), {} binlog change(s), {} record(s) produced; now at {}:{}",
+                    stats.snapshot_rows,
+                    stats.changes,
+                    stats.records,
+                    s.offset().file,
+                    s.offset().pos
+                )
+            }
+        })
+    }
+
+    /// Follows the source until `shutdown`.
+    async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+        match self {
+            Running::Cassandra(s) => (*s).run(shutdown).await?,
+            Running::Mysql(s) => (*s).run(shutdown).await?,
+        }
+        Ok(())
+    }
 }

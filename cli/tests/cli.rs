@@ -206,3 +206,56 @@ fn ingest_once_puts_a_cdc_raw_segment_on_the_bus() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sources") && err.contains("oracle"), "{err}");
 }
+
+#[test]
+fn ingest_once_snapshots_and_streams_a_mariadb_table() {
+    let url = std::env::var("WEIR_TEST_MYSQL_URL")
+        .expect("WEIR_TEST_MYSQL_URL is not set: run scripts/test, which starts MariaDB on loopback");
+    let mysql = |sql: &str| {
+        let status = Command::new("mariadb")
+            .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-e", sql])
+            .status()
+            .expect("the mariadb client (installed by scripts/test)");
+        assert!(status.success(), "{sql}");
+    };
+    assert!(url.ends_with(":13306"), "the test's SQL client assumes scripts/services' port: {url}");
+    mysql(
+        "DROP DATABASE IF EXISTS weir_cli; CREATE DATABASE weir_cli; CREATE TABLE weir_cli.t (id INT PRIMARY KEY, v TEXT); INSERT INTO weir_cli.t VALUES (1, 'a'), (2, 'b')",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("weir.toml"),
+        format!(
+            "[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{url}\"\ntopic_prefix = \"shop\"\n\
+             server_id = 6401\ninclude_tables = [\"weir_cli.*\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
+    assert!(out.contains("maria: 2 snapshot row(s), 0 binlog change(s)"), "{out}");
+    mysql("INSERT INTO weir_cli.t VALUES (3, 'c'); DELETE FROM weir_cli.t WHERE id = 1");
+    let out = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
+    assert!(
+        out.contains("maria: 0 snapshot row(s), 2 binlog change(s), 3 record(s)"),
+        "create, delete, tombstone: {out}"
+    );
+    let consumed = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "shop.weir_cli.t", "--group", "g", "--timeout-ms", "500"],
+        None,
+    ));
+    assert_eq!(consumed.lines().count(), 5);
+
+    // A wrong password fails naming the source, without echoing the password.
+    let bad = url.replacen("weir:weir@", "weir:wrong@", 1);
+    std::fs::write(
+        d.join("weir.toml"),
+        format!("[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{bad}\"\ntopic_prefix = \"shop\"\n"),
+    )
+    .unwrap();
+    let out = weir(d, "local:./weir-data/bus", &["ingest", "--once"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("source maria") && !err.contains("wrong"), "{err}");
+}

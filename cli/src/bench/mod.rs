@@ -2,6 +2,7 @@
 
 mod bus;
 mod cdc_cassandra;
+mod cdc_mysql;
 
 use clap::Subcommand;
 
@@ -14,12 +15,15 @@ pub enum BenchCommand {
     Bus(bus::BusBenchArgs),
     /// Decode Cassandra commit-log segments: MB/s and mutations/s on one core.
     CdcCassandra(cdc_cassandra::CdcCassandraArgs),
+    /// MySQL/MariaDB CDC into the embedded bus: backlog drain events/s, steady-load latency.
+    CdcMysql(cdc_mysql::CdcMysqlArgs),
 }
 
 pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
     let result = match command {
         BenchCommand::Bus(args) => bus::run(config, args).await?,
         BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
+        BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -1,0 +1,297 @@
+//! `weir bench cdc-mysql`: the MySQL/MariaDB source against a real server, into the embedded bus.
+//!
+//! (a) Drain: N row changes (half inserts, half updates, in transactions of `txn_rows`) are written
+//! while the source is stopped; then the source catches up: change events/s. The baseline, in the
+//! same run, reads the same binlog range with the bare replication client and decodes every row
+//! without producing anything, so the ratio shows what event building, Avro and the bus cost.
+//! (b) Steady: a writer commits `rate` changes/s (transactions every 10 ms) while the source
+//! runs; a consumer on the bus measures commit-to-consume latency of every change.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Args;
+use futures::StreamExt;
+use mysql_async::{BinlogStreamRequest, binlog::events::EventData, prelude::Queryable};
+use serde_json::{Value, json};
+use weir_bus::{Bus, ConsumerConfig, local::LocalBus};
+use weir_ingest::mysql::{MysqlSource, MysqlSourceConfig};
+use weir_schemas::{
+    metadata,
+    registry::{SchemaRegistry, store::SqlRegistry},
+    serializer::AvroSerializer,
+};
+
+use super::machine;
+use crate::config::Config;
+
+/// `weir bench cdc-mysql`.
+#[derive(Args)]
+pub struct CdcMysqlArgs {
+    /// The server (needs log_bin, ROW, FULL image and metadata, and rights to create a database).
+    #[arg(long, env = "WEIR_BENCH_MYSQL_URL")]
+    url: String,
+    /// Row changes to drain.
+    #[arg(long, default_value_t = 1_000_000)]
+    changes: usize,
+    /// Rows per transaction while writing the backlog.
+    #[arg(long, default_value_t = 1000)]
+    txn_rows: usize,
+    /// Changes per second in the steady phase.
+    #[arg(long, default_value_t = 5000)]
+    rate: usize,
+    /// Length of the steady phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    steady: Duration,
+    /// Database the benchmark creates (and drops).
+    #[arg(long, default_value = "weir_bench")]
+    database: String,
+}
+
+struct Rig {
+    dir: tempfile::TempDir,
+    bus: Arc<dyn Bus>,
+    serializer: Arc<AvroSerializer>,
+}
+
+async fn rig(config: &Config) -> anyhow::Result<Rig> {
+    let dir = tempfile::tempdir()?;
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::open(&dir.path().join("bus"), config.bus.local.clone())?);
+    let pool = metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await?;
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await?);
+    Ok(Rig { dir, bus, serializer: Arc::new(AvroSerializer::new(registry)) })
+}
+
+fn source_config(args: &CdcMysqlArgs, rig: &Rig, name: &str, server_id: u32) -> MysqlSourceConfig {
+    let mut c = MysqlSourceConfig::new(name, args.url.clone(), "bench");
+    c.include_tables = vec![format!("{}.*", args.database)];
+    c.state_dir = rig.dir.path().join("state");
+    c.server_id = server_id;
+    c
+}
+
+pub async fn run(config: &Config, args: CdcMysqlArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(args.changes >= 2 && args.txn_rows > 0 && args.rate >= 100, "changes, txn_rows, rate too small");
+    let db = &args.database;
+    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&args.url)?).await.context("connecting")?;
+    conn.query_drop(format!("DROP DATABASE IF EXISTS {db}")).await?;
+    conn.query_drop(format!("CREATE DATABASE {db}")).await?;
+    conn.query_drop(format!(
+        "CREATE TABLE {db}.orders (id BIGINT PRIMARY KEY, customer INT NOT NULL, amount DECIMAL(10,2) NOT NULL, \
+         status VARCHAR(16) NOT NULL, created DATETIME(3) NOT NULL) CHARACTER SET utf8mb4"
+    ))
+    .await?;
+    let drain = drain(config, &args, &mut conn).await?;
+    let steady = steady(config, &args, &mut conn).await?;
+    conn.query_drop(format!("DROP DATABASE {db}")).await?;
+    Ok(json!({
+        "bench": "cdc-mysql",
+        "server": conn.server_version(),
+        "drain": drain,
+        "steady": steady,
+        "machine": machine(),
+    }))
+}
+
+/// Writes the backlog, then times the source's catch-up and the bare decoder's.
+async fn drain(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
+    let db = &args.database;
+    let rig = rig(config).await?;
+    let mut source =
+        MysqlSource::new(source_config(args, &rig, "drain", 54_001), rig.bus.clone(), rig.serializer.clone()).await?;
+    source.catch_up().await?; // snapshot of the empty table: the offset is now the backlog's start
+    let start = (source.offset().file.clone(), source.offset().pos);
+
+    let inserts = args.changes / 2;
+    let updates = args.changes - inserts;
+    let written = Instant::now();
+    conn.query_drop("SET SESSION max_recursive_iterations = 100000000").await.ok();
+    let mut next = 0;
+    while next < inserts {
+        let n = args.txn_rows.min(inserts - next);
+        conn.query_drop(format!(
+            "INSERT INTO {db}.orders WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) \
+             SELECT i, i % 1000, (i % 10000) / 100, 'new', '2026-11-23 10:00:00.000' FROM s",
+            lo = next + 1,
+            hi = next + n
+        ))
+        .await?;
+        next += n;
+    }
+    let mut done = 0;
+    while done < updates {
+        let n = args.txn_rows.min(updates - done);
+        conn.query_drop(format!(
+            "UPDATE {db}.orders SET status = 'paid', amount = amount + 1 WHERE id > {lo} AND id <= {hi}",
+            lo = done % inserts,
+            hi = done % inserts + n
+        ))
+        .await?;
+        done += n;
+    }
+    let write_secs = written.elapsed().as_secs_f64();
+    eprintln!("cdc-mysql: {} changes written in {write_secs:.1} s; draining", args.changes);
+
+    let started = Instant::now();
+    let stats = source.catch_up().await?;
+    let secs = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        stats.changes as usize == args.changes,
+        "drained {} changes, wrote {}",
+        stats.changes,
+        args.changes
+    );
+    let events = rig.bus.end_offsets(&format!("bench.{db}.orders")).await?.iter().sum::<i64>();
+
+    let (baseline_rows, baseline_secs) = bare_decode(&args.url, &start.0, start.1).await?;
+    let rate = stats.changes as f64 / secs;
+    let baseline = baseline_rows as f64 / baseline_secs;
+    Ok(json!({
+        "changes": stats.changes,
+        "records_on_bus": events,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "events_per_s": rate.round(),
+        "baseline_bare_decode_rows_per_s": baseline.round(),
+        "ratio_to_bare_decode": (rate / baseline * 1000.0).round() / 1000.0,
+        "write_seconds": (write_secs * 10.0).round() / 10.0,
+    }))
+}
+
+/// Reads the binlog from `file`/`pos` to its end with the bare replication client, decoding
+/// every row of every rows event: the floor under any CDC on this server and machine.
+async fn bare_decode(url: &str, file: &str, pos: u64) -> anyhow::Result<(u64, f64)> {
+    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(url)?).await?;
+    conn.query_drop("SET @mariadb_slave_capability = 4").await?;
+    let request = BinlogStreamRequest::new(54_002).with_filename(file.as_bytes()).with_pos(pos).with_non_blocking();
+    let started = Instant::now();
+    let mut stream = conn.get_binlog_stream(request).await?;
+    let mut rows = 0u64;
+    while let Some(event) = stream.next().await {
+        let event = event?;
+        if let Some(EventData::RowsEvent(r)) = event.read_data()? {
+            let tme = stream.get_tme(r.table_id()).context("rows event without table map")?;
+            for row in r.rows(tme) {
+                let (before, after) = row?;
+                std::hint::black_box((before, after));
+                rows += 1;
+            }
+        }
+    }
+    Ok((rows, started.elapsed().as_secs_f64()))
+}
+
+/// Commits `rate` changes/s while the source runs; measures commit-to-consume latency.
+async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
+    let db = args.database.clone();
+    let rig = rig(config).await?;
+    let mut source =
+        MysqlSource::new(source_config(args, &rig, "steady", 54_003), rig.bus.clone(), rig.serializer.clone()).await?;
+    source.catch_up().await?; // snapshot the table as the drain left it
+    let topic = format!("bench.{db}.orders");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut stopped_source = stopped.clone();
+    let running = tokio::spawn(source.run(async move {
+        let _ = stopped_source.wait_for(|s| *s).await;
+    }));
+
+    // Commit times per id, written by the writer, read by the consumer.
+    let commits: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let mut consumer = rig.bus.consumer(ConsumerConfig::new("latency")).await?;
+    consumer.subscribe(&[topic.as_str()]).await?;
+    // Skip what the snapshot produced.
+    let snapshot_records: i64 = rig.bus.end_offsets(&topic).await?.iter().sum();
+    let reader_commits = commits.clone();
+    let reader = tokio::spawn(async move {
+        let mut skipped = 0i64;
+        let mut latencies = Vec::new();
+        let mut stopped = stopped;
+        loop {
+            let batch = tokio::select! {
+                b = consumer.poll(Duration::from_millis(200)) => b?,
+                _ = stopped.wait_for(|s| *s) => break,
+            };
+            let now = Instant::now();
+            for m in batch {
+                if skipped < snapshot_records {
+                    skipped += 1;
+                    continue;
+                }
+                let Some(id) = m.key.as_deref().and_then(avro_long_key) else { continue };
+                if let Some(at) = reader_commits.lock().unwrap().remove(&id) {
+                    latencies.push(now.duration_since(at));
+                }
+            }
+        }
+        anyhow::Ok(latencies)
+    });
+
+    let per_tick = (args.rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut next_id = 10_000_000i64;
+    let mut written = 0usize;
+    while started.elapsed() < args.steady {
+        tick.tick().await;
+        let values: Vec<String> =
+            (0..per_tick).map(|k| format!("({}, {}, 9.99, 'new', NOW(3))", next_id + k as i64, k % 1000)).collect();
+        conn.query_drop(format!("INSERT INTO {db}.orders VALUES {}", values.join(","))).await?;
+        let at = Instant::now();
+        let mut map = commits.lock().unwrap();
+        for k in 0..per_tick {
+            map.insert(next_id + k as i64, at);
+        }
+        drop(map);
+        next_id += per_tick as i64;
+        written += per_tick;
+    }
+    let achieved = written as f64 / started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop.send(true);
+    running.await??;
+    let mut latencies = reader.await??;
+    let missing = commits.lock().unwrap().len();
+    latencies.sort();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        (latencies[i].as_secs_f64() * 1e5).round() / 100.0
+    };
+    Ok(json!({
+        "changes": written,
+        "changes_per_s": achieved.round(),
+        "measured": latencies.len(),
+        "not_seen_within_1s_after_the_end": missing,
+        "commit_to_consume_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
+    }))
+}
+
+/// The `id` of an Avro key `{id: long}` in the Confluent wire format.
+fn avro_long_key(bytes: &[u8]) -> Option<i64> {
+    let body = bytes.get(5..)?;
+    let (mut value, mut shift) = (0u64, 0);
+    for &b in body {
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+        shift += 7;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn zigzag_keys() {
+        assert_eq!(super::avro_long_key(&[0, 0, 0, 0, 1, 0x02]), Some(1));
+        assert_eq!(super::avro_long_key(&[0, 0, 0, 0, 1, 0x01]), Some(-1));
+        assert_eq!(super::avro_long_key(&[0, 0, 0, 0, 1, 0x80, 0x01]), Some(64));
+    }
+}
