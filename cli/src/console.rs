@@ -85,18 +85,24 @@ pub async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 /// A key or value for one output line: `null` when absent, control characters and backslashes
-/// escaped (`\n`, `\t`, `\u{1b}`, `\\`) so every record stays on one line, whatever its bytes.
+/// escaped (`\n`, `\t`, `\u{1b}`, `\\`) and bytes that are not UTF-8 as `\xNN`, so every record
+/// stays on one line and distinct byte strings print distinctly (Avro keys included).
 fn text(b: &Option<Bytes>) -> String {
     let Some(b) = b else { return "null".to_string() };
     let mut out = String::with_capacity(b.len());
-    for c in String::from_utf8_lossy(b).chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
-            c => out.push(c),
+    for chunk in b.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
         }
     }
     out
@@ -163,5 +169,6 @@ mod tests {
         assert_eq!(text(&Some(Bytes::from_static(b"plain text"))), "plain text");
         assert_eq!(text(&Some(Bytes::from_static(b"a\nb\tc\\d\x00"))), "a\\nb\\tc\\\\d\\u{0}");
         assert_eq!(text(&None), "null");
+        assert_eq!(text(&Some(Bytes::from_static(b"\x00\xff\xfeok\xc3\xa9"))), "\\u{0}\\xff\\xfeok\u{e9}");
     }
 }

@@ -259,3 +259,80 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("source maria") && !err.contains("wrong"), "{err}");
 }
+
+#[test]
+fn kill_9_of_a_mysql_ingest_loses_nothing() {
+    let url = std::env::var("WEIR_TEST_MYSQL_URL")
+        .expect("WEIR_TEST_MYSQL_URL is not set: run scripts/test, which starts MariaDB on loopback");
+    let mysql = |sql: &str| {
+        let status = Command::new("mariadb")
+            .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-e", sql])
+            .status()
+            .expect("the mariadb client (installed by scripts/test)");
+        assert!(status.success(), "{sql}");
+    };
+    mysql(
+        "DROP DATABASE IF EXISTS weir_kill; CREATE DATABASE weir_kill; CREATE TABLE weir_kill.t (id INT PRIMARY KEY, v INT)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("weir.toml"),
+        format!(
+            "[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{url}\"\ntopic_prefix = \"shop\"\n\
+             server_id = 6402\ninclude_tables = [\"weir_kill.*\"]\nmax_batch = 700\n"
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["ingest", "--listen", "127.0.0.1:0"])
+            .current_dir(d)
+            .env("WEIR_BUS_URL", "local:./weir-data/bus")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut seed = std::process::id() as u64 | 1;
+    let mut kills = 0;
+    let mut child = spawn();
+    for txn in 0..20 {
+        let (lo, hi) = (txn * 500 + 1, txn * 500 + 500);
+        mysql(&format!(
+            "SET SESSION max_recursive_iterations = 100000; INSERT INTO weir_kill.t WITH RECURSIVE s(i) AS \
+             (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) SELECT i, i FROM s"
+        ));
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 300));
+        if txn % 3 == 1 {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            kills += 1;
+            child = spawn();
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "shop.weir_kill.t", "--group", "before", "--timeout-ms", "500"],
+        None,
+    ));
+    assert!(before.lines().count() > 0, "the killed processes were producing");
+    ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
+    let consumed = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "shop.weir_kill.t", "--group", "g", "--timeout-ms", "1000"],
+        None,
+    ));
+    // `partition<TAB>offset<TAB>key<TAB>value`: distinct keys are distinct rows.
+    let keys: std::collections::HashSet<&str> = consumed.lines().filter_map(|l| l.split('\t').nth(2)).collect();
+    assert_eq!(keys.len(), 10_000, "every row arrived despite {kills} kill -9s");
+    let repeated = consumed.lines().count() - keys.len();
+    assert!(repeated <= kills * 700, "at most one unsaved batch per kill: {repeated}");
+}
