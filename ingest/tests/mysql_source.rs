@@ -573,3 +573,29 @@ async fn clear_errors_for_missing_privileges_and_purged_binlogs() {
     assert_eq!(stats.snapshot_rows, 1);
     assert_ne!(source.offset().file, "mysql-bin.999999");
 }
+
+#[tokio::test]
+async fn json_format_embeds_the_schema_like_the_json_converter() {
+    let mut s = Setup::new("weir_json").await;
+    s.sql("CREATE TABLE t (id INT PRIMARY KEY, price DECIMAL(8,2), at DATETIME(6))").await;
+    let mut config = s.config();
+    config.format = weir_ingest::mysql::EventFormat::Json;
+    let mut source = s.source(config).await;
+    source.catch_up().await.unwrap();
+    s.sql("INSERT INTO t VALUES (7, 12.50, '2026-11-23 10:00:00.000001')").await;
+    source.catch_up().await.unwrap();
+    let mut consumer = s.bus.consumer(ConsumerConfig::new("json")).await.unwrap();
+    consumer.subscribe(&["shop.weir_json.t"]).await.unwrap();
+    let records = consumer.poll(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(records.len(), 1);
+    let key: serde_json::Value = serde_json::from_slice(records[0].key.as_ref().unwrap()).unwrap();
+    assert_eq!(key["payload"], serde_json::json!({"id": 7}));
+    let value: serde_json::Value = serde_json::from_slice(records[0].value.as_ref().unwrap()).unwrap();
+    let after = &value["payload"]["after"];
+    assert_eq!(after["id"], 7);
+    assert_eq!(after["price"], "BOI=", "Decimal 12.50 = unscaled 1250, base64");
+    assert_eq!(after["at"], 1_795_428_000_000_001i64, "MicroTimestamp");
+    assert_eq!(value["payload"]["op"], "c");
+    assert_eq!(value["schema"]["name"], "shop.weir_json.t.Envelope");
+    assert_eq!(value["payload"]["source"]["connector"], "mariadb");
+}

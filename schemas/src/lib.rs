@@ -9,11 +9,13 @@
 //! - [`avro`]: Connect schemas as Avro (as Confluent's converter maps them) and values as Avro
 //!   binary.
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, body).
+//! - [`json`]: values as Kafka Connect's JSON converter writes them (schema + payload), the
+//!   alternative to Avro.
 //! - [`registry`]: the Confluent Schema Registry REST API — an HTTP client, a store in the
 //!   metadata database, and a server for that store.
 //! - [`metadata`]: the connection to the metadata database (SQLite or PostgreSQL).
 //! - [`serializer`]: all of the above together: a value in, framed Avro out, its schema
-//!   registered under the topic's subject on first use.
+//!   registered under the topic's subject on first use; or JSON ([`serializer::EventEncoder`]).
 //!
 //! A source builds [`envelope::TableSchemas`] for a table, makes each change an envelope
 //! [`connect::Value`], and hands it to an [`serializer::AvroSerializer`]; the bytes go on the bus.
@@ -22,6 +24,7 @@
 pub mod avro;
 pub mod connect;
 pub mod envelope;
+pub mod json;
 pub mod metadata;
 pub mod registry;
 pub mod serializer;

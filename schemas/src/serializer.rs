@@ -1,4 +1,5 @@
-//! Encodes Connect values for a topic as Confluent-framed Avro, registering each schema once.
+//! Encodes Connect values for a topic as Confluent-framed Avro, registering each schema once, or
+//! as Connect JSON.
 
 use std::{
     collections::HashMap,
@@ -7,7 +8,7 @@ use std::{
 
 use crate::{
     avro::{AvroError, AvroSchema},
-    connect::Value,
+    connect::{ConnectSchema, Value},
     registry::{RegistryError, SchemaRegistry, subject},
     wire,
 };
@@ -73,6 +74,33 @@ impl AvroSerializer {
         out.extend_from_slice(&id.to_be_bytes());
         schema.encode_into(value, &mut out)?;
         Ok(out)
+    }
+}
+
+/// How a source encodes its events: Avro with registry ids (Debezium with Confluent's Avro
+/// converter) or Connect JSON with the schema embedded (Debezium with the JSON converter).
+#[derive(Clone)]
+pub enum EventEncoder {
+    /// Confluent wire format, schemas in the registry.
+    Avro(Arc<AvroSerializer>),
+    /// `{"schema": …, "payload": …}`.
+    Json,
+}
+
+impl EventEncoder {
+    /// `value` for `topic`'s keys (`is_key`) or values; `connect` and `avro` are the same schema.
+    pub async fn encode(
+        &self,
+        topic: &str,
+        is_key: bool,
+        connect: &ConnectSchema,
+        avro: &AvroSchema,
+        value: &Value,
+    ) -> Result<Vec<u8>, SerializeError> {
+        match self {
+            EventEncoder::Avro(s) => s.serialize(topic, is_key, avro, value).await,
+            EventEncoder::Json => Ok(crate::json::encode(connect, value)),
+        }
     }
 }
 

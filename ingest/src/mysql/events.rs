@@ -13,7 +13,7 @@ use weir_schemas::{
     avro::AvroSchema,
     connect::{ConnectSchema, Field, StructBuilder, Value, schema},
     envelope::{BinlogFlavor, BinlogSource, Op, TableSchemas, binlog_source_schema, topic_name},
-    serializer::{AvroSerializer, SerializeError},
+    serializer::{EventEncoder, SerializeError},
 };
 
 use super::columns::{ColumnType, TableDef};
@@ -59,16 +59,18 @@ impl TableEvents {
         Some(Value::Struct(self.def.key.iter().map(|&i| row[i].clone()).collect()))
     }
 
-    async fn key_bytes(&self, serializer: &AvroSerializer, row: &[Value]) -> Result<Option<Bytes>, SerializeError> {
-        match (self.key_value(row), &self.key) {
-            (Some(k), Some(schema)) => Ok(Some(serializer.serialize(&self.topic, true, schema, &k).await?.into())),
+    async fn key_bytes(&self, encoder: &EventEncoder, row: &[Value]) -> Result<Option<Bytes>, SerializeError> {
+        match (self.key_value(row), &self.key, &self.schemas.key) {
+            (Some(k), Some(avro), Some(connect)) => {
+                Ok(Some(encoder.encode(&self.topic, true, connect, avro, &k).await?.into()))
+            }
             _ => Ok(None),
         }
     }
 
     async fn envelope(
         &self,
-        serializer: &AvroSerializer,
+        encoder: &EventEncoder,
         op: Op,
         before: Option<&[Value]>,
         after: Option<&[Value]>,
@@ -84,13 +86,13 @@ impl TableEvents {
             None,
             processed_us,
         );
-        Ok(serializer.serialize(&self.topic, false, &self.value, &value).await?.into())
+        Ok(encoder.encode(&self.topic, false, &self.schemas.envelope, &self.value, &value).await?.into())
     }
 
     /// The records of one row change, appended to `out` with this table's topic.
     pub async fn records(
         &self,
-        serializer: &AvroSerializer,
+        encoder: &EventEncoder,
         change: &RowChange,
         tombstones: bool,
         processed_us: i64,
@@ -114,28 +116,26 @@ impl TableEvents {
             };
         match change.op {
             Op::Read | Op::Create => {
-                let key = self.key_bytes(serializer, after.unwrap_or_default()).await?;
-                let value = self.envelope(serializer, change.op, None, after, &change.source, processed_us).await?;
+                let key = self.key_bytes(encoder, after.unwrap_or_default()).await?;
+                let value = self.envelope(encoder, change.op, None, after, &change.source, processed_us).await?;
                 out.push((self.topic.clone(), record(key, Some(value))));
             }
             Op::Delete => {
-                let key = self.key_bytes(serializer, before.unwrap_or_default()).await?;
-                let value = self.envelope(serializer, Op::Delete, before, None, &change.source, processed_us).await?;
+                let key = self.key_bytes(encoder, before.unwrap_or_default()).await?;
+                let value = self.envelope(encoder, Op::Delete, before, None, &change.source, processed_us).await?;
                 delete(key, value, out, None);
             }
             Op::Update => {
-                let old_key = self.key_bytes(serializer, before.unwrap_or_default()).await?;
-                let new_key = self.key_bytes(serializer, after.unwrap_or_default()).await?;
+                let old_key = self.key_bytes(encoder, before.unwrap_or_default()).await?;
+                let new_key = self.key_bytes(encoder, after.unwrap_or_default()).await?;
                 if old_key == new_key {
-                    let value =
-                        self.envelope(serializer, Op::Update, before, after, &change.source, processed_us).await?;
+                    let value = self.envelope(encoder, Op::Update, before, after, &change.source, processed_us).await?;
                     out.push((self.topic.clone(), record(new_key, Some(value))));
                 } else {
-                    let gone =
-                        self.envelope(serializer, Op::Delete, before, None, &change.source, processed_us).await?;
+                    let gone = self.envelope(encoder, Op::Delete, before, None, &change.source, processed_us).await?;
                     let header = new_key.clone().map(|k| ("__debezium.newkey", k));
                     delete(old_key.clone(), gone, out, header);
-                    let born = self.envelope(serializer, Op::Create, None, after, &change.source, processed_us).await?;
+                    let born = self.envelope(encoder, Op::Create, None, after, &change.source, processed_us).await?;
                     let mut r = record(new_key, Some(born));
                     if let Some(k) = old_key {
                         r = r.with_header("__debezium.oldkey", k);
@@ -144,7 +144,7 @@ impl TableEvents {
                 }
             }
             Op::Truncate => {
-                let value = self.envelope(serializer, Op::Truncate, None, None, &change.source, processed_us).await?;
+                let value = self.envelope(encoder, Op::Truncate, None, None, &change.source, processed_us).await?;
                 out.push((self.topic.clone(), record(None, Some(value))));
             }
         }
@@ -302,7 +302,7 @@ impl SchemaChangeEvents {
     /// The schema-change record of `history` (its source block from `source`).
     pub async fn record(
         &self,
-        serializer: &AvroSerializer,
+        encoder: &EventEncoder,
         history: &HistoryRecord,
         source: &BinlogSource,
     ) -> Result<Record, SerializeError> {
@@ -359,8 +359,8 @@ impl SchemaChangeEvents {
             .put("tableChanges", Value::Array(changes))
             .build();
         Ok(Record {
-            key: Some(serializer.serialize(&self.topic, true, &self.key, &key).await?.into()),
-            value: Some(serializer.serialize(&self.topic, false, &self.value, &value).await?.into()),
+            key: Some(encoder.encode(&self.topic, true, &self.key_schema, &self.key, &key).await?.into()),
+            value: Some(encoder.encode(&self.topic, false, &self.value_schema, &self.value, &value).await?.into()),
             timestamp_ms: Some(history.ts_ms),
             ..Record::default()
         })

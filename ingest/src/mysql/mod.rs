@@ -46,6 +46,17 @@ pub enum SnapshotMode {
     WhenNeeded,
 }
 
+/// How events are encoded (Debezium with Confluent's Avro converter, or with the JSON converter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    /// Avro in the Confluent wire format, schemas in the registry.
+    #[default]
+    Avro,
+    /// Connect JSON: `{"schema": …, "payload": …}`.
+    Json,
+}
+
 /// A `[[sources]]` entry with `kind = "mysql"` (MySQL 8 or MariaDB 10.5+).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,6 +80,9 @@ pub struct MysqlSourceConfig {
     /// When to snapshot.
     #[serde(default)]
     pub snapshot_mode: SnapshotMode,
+    /// Event encoding.
+    #[serde(default)]
+    pub format: EventFormat,
     /// Send a tombstone (null value) after each delete, for log compaction.
     #[serde(default = "default_true")]
     pub tombstones_on_delete: bool,
@@ -131,6 +145,7 @@ impl MysqlSourceConfig {
             include_tables: Vec::new(),
             exclude_tables: Vec::new(),
             snapshot_mode: SnapshotMode::default(),
+            format: EventFormat::default(),
             tombstones_on_delete: true,
             skipped_operations: default_skipped(),
             include_query: false,

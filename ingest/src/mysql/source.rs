@@ -22,11 +22,11 @@ use mysql_async::{
 use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
 use weir_schemas::{
     envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker},
-    serializer::AvroSerializer,
+    serializer::{AvroSerializer, EventEncoder},
 };
 
 use super::{
-    MysqlError, MysqlSourceConfig, SnapshotMode,
+    EventFormat, MysqlError, MysqlSourceConfig, SnapshotMode,
     columns::{InfoColumn, TableDef},
     events::{ChangeType, HistoryRecord, RowChange, SchemaChangeEvents, TableChange, TableEvents},
     offset::{self, Offset},
@@ -65,7 +65,7 @@ pub struct MysqlSource {
     pub(super) config: MysqlSourceConfig,
     pub(super) bus: Arc<dyn Bus>,
     pub(super) producer: Box<dyn Producer>,
-    pub(super) serializer: Arc<AvroSerializer>,
+    pub(super) encoder: EventEncoder,
     pub(super) info: ServerInfo,
     pub(super) flavor: BinlogFlavor,
     pub(super) meta: Conn,
@@ -116,11 +116,15 @@ impl MysqlSource {
             .unwrap_or_default();
         let producer = bus.producer().await.map_err(|e| MysqlError::Bus(Box::new(e), name.clone()))?;
         let schema_changes = SchemaChangeEvents::new(&config.topic_prefix, flavor);
+        let encoder = match config.format {
+            EventFormat::Avro => EventEncoder::Avro(serializer),
+            EventFormat::Json => EventEncoder::Json,
+        };
         let mut source = MysqlSource {
             config,
             bus,
             producer,
-            serializer,
+            encoder,
             info,
             flavor,
             meta,
@@ -237,7 +241,7 @@ impl MysqlSource {
         self.ensure_topic(&sc_topic, 1).await?;
         let event = self
             .schema_changes
-            .record(&self.serializer, &record, source)
+            .record(&self.encoder, &record, source)
             .await
             .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
         self.pending.push((sc_topic, event));
@@ -680,7 +684,7 @@ impl MysqlSource {
             }
             let change = RowChange { op, before, after, source };
             events
-                .records(&self.serializer, &change, self.config.tombstones_on_delete, processed, &mut self.pending)
+                .records(&self.encoder, &change, self.config.tombstones_on_delete, processed, &mut self.pending)
                 .await
                 .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
         }
@@ -720,7 +724,7 @@ impl MysqlSource {
                     self.source_block(&name.0, Some(&name.1), file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
                 let change = RowChange { op: Op::Truncate, before: None, after: None, source };
                 events
-                    .records(&self.serializer, &change, false, now_us(), &mut self.pending)
+                    .records(&self.encoder, &change, false, now_us(), &mut self.pending)
                     .await
                     .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
             }
