@@ -80,7 +80,56 @@ pub async fn connect(url: &str) -> Result<Conn, mysql_async::Error> {
     Ok(conn)
 }
 
-/// Checks that the server can feed CDC; the error names the variable to set.
+/// The server variables that decide whether it can feed CDC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinlogSettings {
+    /// `@@log_bin` (`1`/`ON` when on).
+    pub log_bin: Option<String>,
+    /// `@@binlog_format`.
+    pub format: String,
+    /// `@@binlog_row_image`.
+    pub row_image: String,
+    /// `binlog_row_metadata` (absent on servers without it).
+    pub row_metadata: Option<String>,
+    /// `@@server_id`.
+    pub server_id: u32,
+    /// `@@version`.
+    pub version: String,
+    /// `@@global.binlog_checksum`.
+    pub checksum: String,
+}
+
+impl BinlogSettings {
+    /// The server's description, or what to change (naming the variable).
+    pub fn verdict(self) -> Result<ServerInfo, String> {
+        if !matches!(self.log_bin.as_deref(), Some("1" | "ON")) {
+            return Err("binary logging is off: start the server with log_bin".into());
+        }
+        if !self.format.eq_ignore_ascii_case("ROW") {
+            return Err(format!("binlog_format is {}: set binlog_format=ROW", self.format));
+        }
+        if !self.row_image.eq_ignore_ascii_case("FULL") {
+            return Err(format!("binlog_row_image is {}: set binlog_row_image=FULL", self.row_image));
+        }
+        match self.row_metadata {
+            Some(m) if m.eq_ignore_ascii_case("FULL") => {}
+            other => {
+                return Err(format!(
+                    "binlog_row_metadata is {}: set binlog_row_metadata=FULL (MySQL 8.0.1+, MariaDB 10.5+)",
+                    other.unwrap_or_else(|| "not supported by this server".into())
+                ));
+            }
+        }
+        Ok(ServerInfo {
+            mariadb: self.version.to_ascii_lowercase().contains("mariadb"),
+            server_id: self.server_id,
+            checksums: !self.checksum.eq_ignore_ascii_case("NONE"),
+            version: self.version,
+        })
+    }
+}
+
+/// Checks that the server can feed CDC; the error names the variable or privilege to fix.
 pub async fn check(conn: &mut Conn) -> Result<Result<ServerInfo, String>, mysql_async::Error> {
     type Variables = (Option<String>, String, String, Option<String>, u32, String, String);
     let row: Option<Variables> = conn
@@ -90,37 +139,22 @@ pub async fn check(conn: &mut Conn) -> Result<Result<ServerInfo, String>, mysql_
              @@server_id, @@version, @@global.binlog_checksum",
         )
         .await?;
-    let Some((log_bin, format, image, metadata, server_id, version, checksum)) = row else {
+    let Some((log_bin, format, row_image, row_metadata, server_id, version, checksum)) = row else {
         return Ok(Err("the server answered no rows to a variables query".into()));
     };
-    let mariadb = version.to_ascii_lowercase().contains("mariadb");
-    if log_bin.as_deref() != Some("1") && log_bin.as_deref() != Some("ON") {
-        return Ok(Err("binary logging is off: start the server with log_bin".into()));
-    }
-    if !format.eq_ignore_ascii_case("ROW") {
-        return Ok(Err(format!("binlog_format is {format}: set binlog_format=ROW")));
-    }
-    if !image.eq_ignore_ascii_case("FULL") {
-        return Ok(Err(format!("binlog_row_image is {image}: set binlog_row_image=FULL")));
-    }
-    match metadata {
-        Some(m) if m.eq_ignore_ascii_case("FULL") => {}
-        other => {
-            return Ok(Err(format!(
-                "binlog_row_metadata is {}: set binlog_row_metadata=FULL (MySQL 8.0.1+, MariaDB 10.5+)",
-                other.unwrap_or_else(|| "not supported by this server".into())
-            )));
-        }
-    }
-    // Replication privileges: reading the binlog position needs REPLICATION CLIENT (or BINLOG MONITOR).
+    let settings = BinlogSettings { log_bin, format, row_image, row_metadata, server_id, version, checksum };
+    let info = match settings.verdict() {
+        Ok(info) => info,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    // Replication privileges: listing the binlogs needs REPLICATION CLIENT (MariaDB: BINLOG MONITOR).
     if let Err(e) = binlog_files(conn).await {
         return Ok(Err(format!(
             "cannot list binary logs ({e}): grant the user REPLICATION SLAVE and REPLICATION CLIENT \
              (MariaDB: BINLOG MONITOR, REPLICATION SLAVE), and SELECT on the captured tables"
         )));
     }
-    let checksums = !checksum.eq_ignore_ascii_case("NONE");
-    Ok(Ok(ServerInfo { mariadb, server_id, version, checksums }))
+    Ok(Ok(info))
 }
 
 /// `SHOW BINARY LOGS`: the files the server still has, oldest first.
@@ -154,6 +188,31 @@ pub async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_cannot_feed_cdc_name_the_variable() {
+        let good = BinlogSettings {
+            log_bin: Some("1".into()),
+            format: "ROW".into(),
+            row_image: "FULL".into(),
+            row_metadata: Some("FULL".into()),
+            server_id: 1,
+            version: "10.11.14-MariaDB-0+deb12u2-log".into(),
+            checksum: "CRC32".into(),
+        };
+        let info = good.clone().verdict().unwrap();
+        assert!(info.mariadb && info.checksums);
+        let fails = |f: fn(&mut BinlogSettings)| {
+            let mut s = good.clone();
+            f(&mut s);
+            s.verdict().unwrap_err()
+        };
+        assert!(fails(|s| s.log_bin = Some("0".into())).contains("log_bin"));
+        assert!(fails(|s| s.format = "MIXED".into()).contains("binlog_format=ROW"));
+        assert!(fails(|s| s.row_image = "MINIMAL".into()).contains("binlog_row_image=FULL"));
+        assert!(fails(|s| s.row_metadata = Some("MINIMAL".into())).contains("binlog_row_metadata=FULL"));
+        assert!(fails(|s| s.row_metadata = None).contains("not supported"));
+    }
 
     #[test]
     fn the_first_rotate_loses_its_checksum() {
