@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -187,10 +187,11 @@ async fn bare_decode(url: &str, file: &str, pos: u64) -> anyhow::Result<(u64, f6
 /// Commits `rate` changes/s while the source runs; measures commit-to-consume latency.
 async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
     let db = args.database.clone();
+    conn.query_drop(format!("TRUNCATE TABLE {db}.orders")).await?; // no snapshot backlog
     let rig = rig(config).await?;
     let mut source =
         MysqlSource::new(source_config(args, &rig, "steady", 54_003), rig.bus.clone(), rig.serializer.clone()).await?;
-    source.catch_up().await?; // snapshot the table as the drain left it
+    source.catch_up().await?;
     let topic = format!("bench.{db}.orders");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut stopped_source = stopped.clone();
@@ -198,16 +199,12 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
         let _ = stopped_source.wait_for(|s| *s).await;
     }));
 
-    // Commit times per id, written by the writer, read by the consumer.
-    let commits: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    // Arrival time per id, matched with commit times at the end (an event may arrive before
+    // the writer has its COMMIT reply: latency 0).
     let mut consumer = rig.bus.consumer(ConsumerConfig::new("latency")).await?;
     consumer.subscribe(&[topic.as_str()]).await?;
-    // Skip what the snapshot produced.
-    let snapshot_records: i64 = rig.bus.end_offsets(&topic).await?.iter().sum();
-    let reader_commits = commits.clone();
     let reader = tokio::spawn(async move {
-        let mut skipped = 0i64;
-        let mut latencies = Vec::new();
+        let mut arrivals: HashMap<i64, Instant> = HashMap::new();
         let mut stopped = stopped;
         loop {
             let batch = tokio::select! {
@@ -216,18 +213,14 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
             };
             let now = Instant::now();
             for m in batch {
-                if skipped < snapshot_records {
-                    skipped += 1;
-                    continue;
-                }
-                let Some(id) = m.key.as_deref().and_then(avro_long_key) else { continue };
-                if let Some(at) = reader_commits.lock().unwrap().remove(&id) {
-                    latencies.push(now.duration_since(at));
+                if let Some(id) = m.key.as_deref().and_then(avro_long_key) {
+                    arrivals.entry(id).or_insert(now);
                 }
             }
         }
-        anyhow::Ok(latencies)
+        anyhow::Ok(arrivals)
     });
+    let mut commits: Vec<(i64, Instant)> = Vec::new();
 
     let per_tick = (args.rate / 100).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -241,11 +234,7 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
             (0..per_tick).map(|k| format!("({}, {}, 9.99, 'new', NOW(3))", next_id + k as i64, k % 1000)).collect();
         conn.query_drop(format!("INSERT INTO {db}.orders VALUES {}", values.join(","))).await?;
         let at = Instant::now();
-        let mut map = commits.lock().unwrap();
-        for k in 0..per_tick {
-            map.insert(next_id + k as i64, at);
-        }
-        drop(map);
+        commits.extend((0..per_tick).map(|k| (next_id + k as i64, at)));
         next_id += per_tick as i64;
         written += per_tick;
     }
@@ -253,8 +242,15 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = stop.send(true);
     running.await??;
-    let mut latencies = reader.await??;
-    let missing = commits.lock().unwrap().len();
+    let arrivals = reader.await??;
+    let mut latencies: Vec<Duration> = Vec::new();
+    let mut missing = 0;
+    for (id, committed) in &commits {
+        match arrivals.get(id) {
+            Some(arrived) => latencies.push(arrived.saturating_duration_since(*committed)),
+            None => missing += 1,
+        }
+    }
     latencies.sort();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
