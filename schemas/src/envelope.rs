@@ -179,26 +179,30 @@ pub struct BinlogSource {
 }
 
 impl BinlogSource {
-    /// The source block value for `schema` (from [`binlog_source_schema`]).
+    /// The source block value for `schema` (from [`binlog_source_schema`]), built by position:
+    /// it is made for every event.
     pub fn to_value(&self, schema: &ConnectSchema) -> Value {
-        StructBuilder::new(schema)
-            .put("version", DEBEZIUM_COMPAT_VERSION)
-            .put("connector", self.flavor.connector())
-            .put("name", self.name.as_str())
-            .put("ts_ms", self.ts_us.div_euclid(1000))
-            .put("snapshot", self.snapshot.as_str())
-            .put("db", self.db.as_str())
-            .put("ts_us", self.ts_us)
-            .put("ts_ns", self.ts_us.saturating_mul(1000))
-            .put("table", self.table.clone())
-            .put("server_id", self.server_id)
-            .put("gtid", self.gtid.clone())
-            .put("file", self.file.as_str())
-            .put("pos", self.pos)
-            .put("row", self.row)
-            .put("thread", self.thread)
-            .put("query", self.query.clone())
-            .build()
+        debug_assert_eq!(schema.fields().len(), 17, "binlog_source_schema's fields");
+        let opt = |s: &Option<String>| s.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
+        Value::Struct(vec![
+            Value::from(DEBEZIUM_COMPAT_VERSION),
+            Value::from(self.flavor.connector()),
+            Value::String(self.name.clone()),
+            Value::Int64(self.ts_us.div_euclid(1000)),
+            Value::from(self.snapshot.as_str()),
+            Value::String(self.db.clone()),
+            Value::Null, // sequence
+            Value::Int64(self.ts_us),
+            Value::Int64(self.ts_us.saturating_mul(1000)),
+            opt(&self.table),
+            Value::Int64(self.server_id),
+            opt(&self.gtid),
+            Value::String(self.file.clone()),
+            Value::Int64(self.pos),
+            Value::Int32(self.row),
+            self.thread.map_or(Value::Null, Value::Int64),
+            opt(&self.query),
+        ])
     }
 }
 
@@ -393,6 +397,46 @@ mod tests {
         let avro = AvroSchema::new(t.envelope).unwrap();
         apache_avro::Schema::parse_str(&avro.json).expect("valid Avro");
         assert!(avro.json.contains(r#""connect.name":"io.debezium.connector.mariadb.Source""#), "{}", avro.json);
+    }
+
+    #[test]
+    fn the_positional_source_block_matches_the_named_fields() {
+        let schema = binlog_source_schema(BinlogFlavor::Mysql);
+        let source = BinlogSource {
+            flavor: BinlogFlavor::Mysql,
+            name: "shop".into(),
+            ts_us: 1_500_000,
+            snapshot: SnapshotMarker::Last,
+            db: "inventory".into(),
+            table: Some("orders".into()),
+            server_id: 7,
+            gtid: None,
+            file: "bin.000001".into(),
+            pos: 42,
+            row: 3,
+            thread: Some(9),
+            query: None,
+        };
+        let named = StructBuilder::new(&schema)
+            .put("version", DEBEZIUM_COMPAT_VERSION)
+            .put("connector", "mysql")
+            .put("name", "shop")
+            .put("ts_ms", 1500i64)
+            .put("snapshot", "last")
+            .put("db", "inventory")
+            .put("sequence", Value::Null)
+            .put("ts_us", 1_500_000i64)
+            .put("ts_ns", 1_500_000_000i64)
+            .put("table", "orders")
+            .put("server_id", 7i64)
+            .put("gtid", Value::Null)
+            .put("file", "bin.000001")
+            .put("pos", 42i64)
+            .put("row", 3)
+            .put("thread", 9i64)
+            .put("query", Value::Null)
+            .build();
+        assert_eq!(source.to_value(&schema), named);
     }
 
     #[test]

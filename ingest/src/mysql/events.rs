@@ -72,12 +72,12 @@ impl TableEvents {
         &self,
         encoder: &EventEncoder,
         op: Op,
-        before: Option<&[Value]>,
-        after: Option<&[Value]>,
+        before: Option<Vec<Value>>,
+        after: Option<Vec<Value>>,
         source: &BinlogSource,
         processed_us: i64,
     ) -> Result<Bytes, SerializeError> {
-        let row = |r: Option<&[Value]>| r.map_or(Value::Null, |r| Value::Struct(r.to_vec()));
+        let row = |r: Option<Vec<Value>>| r.map_or(Value::Null, Value::Struct);
         let value = self.schemas.envelope_value(
             op,
             row(before),
@@ -93,14 +93,13 @@ impl TableEvents {
     pub async fn records(
         &self,
         encoder: &EventEncoder,
-        change: &RowChange,
+        change: RowChange,
         tombstones: bool,
         processed_us: i64,
         out: &mut Vec<(String, Record)>,
     ) -> Result<(), SerializeError> {
         let ts = Some(change.source.ts_us / 1000);
-        let before = change.before.as_deref();
-        let after = change.after.as_deref();
+        let RowChange { op, before, after, source } = change;
         let record =
             |key: Option<Bytes>, value: Option<Bytes>| Record { key, value, timestamp_ms: ts, ..Record::default() };
         let delete =
@@ -114,28 +113,28 @@ impl TableEvents {
                     out.push((self.topic.clone(), record(key, None)));
                 }
             };
-        match change.op {
+        match op {
             Op::Read | Op::Create => {
-                let key = self.key_bytes(encoder, after.unwrap_or_default()).await?;
-                let value = self.envelope(encoder, change.op, None, after, &change.source, processed_us).await?;
+                let key = self.key_bytes(encoder, after.as_deref().unwrap_or_default()).await?;
+                let value = self.envelope(encoder, op, None, after, &source, processed_us).await?;
                 out.push((self.topic.clone(), record(key, Some(value))));
             }
             Op::Delete => {
-                let key = self.key_bytes(encoder, before.unwrap_or_default()).await?;
-                let value = self.envelope(encoder, Op::Delete, before, None, &change.source, processed_us).await?;
+                let key = self.key_bytes(encoder, before.as_deref().unwrap_or_default()).await?;
+                let value = self.envelope(encoder, Op::Delete, before, None, &source, processed_us).await?;
                 delete(key, value, out, None);
             }
             Op::Update => {
-                let old_key = self.key_bytes(encoder, before.unwrap_or_default()).await?;
-                let new_key = self.key_bytes(encoder, after.unwrap_or_default()).await?;
+                let old_key = self.key_bytes(encoder, before.as_deref().unwrap_or_default()).await?;
+                let new_key = self.key_bytes(encoder, after.as_deref().unwrap_or_default()).await?;
                 if old_key == new_key {
-                    let value = self.envelope(encoder, Op::Update, before, after, &change.source, processed_us).await?;
+                    let value = self.envelope(encoder, Op::Update, before, after, &source, processed_us).await?;
                     out.push((self.topic.clone(), record(new_key, Some(value))));
                 } else {
-                    let gone = self.envelope(encoder, Op::Delete, before, None, &change.source, processed_us).await?;
+                    let gone = self.envelope(encoder, Op::Delete, before, None, &source, processed_us).await?;
                     let header = new_key.clone().map(|k| ("__debezium.newkey", k));
                     delete(old_key.clone(), gone, out, header);
-                    let born = self.envelope(encoder, Op::Create, None, after, &change.source, processed_us).await?;
+                    let born = self.envelope(encoder, Op::Create, None, after, &source, processed_us).await?;
                     let mut r = record(new_key, Some(born));
                     if let Some(k) = old_key {
                         r = r.with_header("__debezium.oldkey", k);
@@ -144,7 +143,7 @@ impl TableEvents {
                 }
             }
             Op::Truncate => {
-                let value = self.envelope(encoder, Op::Truncate, None, None, &change.source, processed_us).await?;
+                let value = self.envelope(encoder, Op::Truncate, None, None, &source, processed_us).await?;
                 out.push((self.topic.clone(), record(None, Some(value))));
             }
         }

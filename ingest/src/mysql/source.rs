@@ -684,7 +684,7 @@ impl MysqlSource {
             }
             let change = RowChange { op, before, after, source };
             events
-                .records(&self.encoder, &change, self.config.tombstones_on_delete, processed, &mut self.pending)
+                .records(&self.encoder, change, self.config.tombstones_on_delete, processed, &mut self.pending)
                 .await
                 .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
         }
@@ -724,7 +724,7 @@ impl MysqlSource {
                     self.source_block(&name.0, Some(&name.1), file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
                 let change = RowChange { op: Op::Truncate, before: None, after: None, source };
                 events
-                    .records(&self.encoder, &change, false, now_us(), &mut self.pending)
+                    .records(&self.encoder, change, false, now_us(), &mut self.pending)
                     .await
                     .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
             }
