@@ -17,6 +17,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// CDC and the bus allocate and free many small values per event; mimalloc does that at a
+/// fraction of glibc malloc's cost (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Weir: change data capture, an immutable lake, batch and streaming over one bus.
 #[derive(Parser)]
 #[command(name = "weir", version, about)]
