@@ -599,3 +599,37 @@ async fn json_format_embeds_the_schema_like_the_json_converter() {
     assert_eq!(value["schema"]["name"], "shop.weir_json.t.Envelope");
     assert_eq!(value["payload"]["source"]["connector"], "mariadb");
 }
+
+#[tokio::test]
+async fn snapshot_modes_never_and_initial_only() {
+    let mut s = Setup::new("weir_modes").await;
+    s.sql("CREATE TABLE t (id INT PRIMARY KEY);\nINSERT INTO t VALUES (1), (2)").await;
+
+    // never: no snapshot; the rows come from the binlog (from its oldest file) as creates.
+    let mut config = s.config();
+    config.snapshot_mode = SnapshotMode::Never;
+    let mut source = s.source(config.clone()).await;
+    let stats = source.catch_up().await.unwrap();
+    assert_eq!(stats.snapshot_rows, 0);
+    let events = s.events("t").await;
+    assert_eq!(events.iter().map(|e| e.op.as_str()).collect::<Vec<_>>(), ["c", "c"]);
+    assert!(source.offset().gtid.is_some(), "the GTID state is recorded with the position");
+
+    // initial_only: the snapshot, then nothing more, even after new changes.
+    let mut only = s.config();
+    only.name = "only".into();
+    only.topic_prefix = "only".into();
+    only.snapshot_mode = SnapshotMode::InitialOnly;
+    let mut source = s.source(only.clone()).await;
+    assert_eq!(source.catch_up().await.unwrap().snapshot_rows, 2);
+    s.sql("INSERT INTO t VALUES (3)").await;
+    let again = source.catch_up().await.unwrap();
+    assert_eq!((again.snapshot_rows, again.changes), (0, 0));
+    let ops: Vec<String> = s
+        .records("only.weir_modes.t")
+        .await
+        .iter()
+        .map(|(_, v, _, _)| string(field(v.as_ref().unwrap(), "op")))
+        .collect();
+    assert_eq!(ops, ["r", "r"]);
+}

@@ -30,7 +30,7 @@ use super::{
     columns::{InfoColumn, TableDef},
     events::{ChangeType, HistoryRecord, RowChange, SchemaChangeEvents, TableChange, TableEvents},
     offset::{self, Offset},
-    stream::{self, MARIADB_ANNOTATE_ROWS, MARIADB_GTID, ServerInfo},
+    stream::{self, MARIADB_ANNOTATE_ROWS, MARIADB_GTID, MARIADB_GTID_LIST, ServerInfo},
 };
 
 /// `(db, table)`.
@@ -513,6 +513,16 @@ impl MysqlSource {
                         query: None,
                         thread: None,
                     });
+                    continue;
+                }
+                MARIADB_GTID_LIST => {
+                    // The GTID state at the start of a binlog file: the position's GTIDs until a
+                    // transaction of ours commits.
+                    let list = stream::mariadb_gtid_list(event.data())
+                        .ok_or_else(|| self.decode_error(&file, start, "short MariaDB GTID list event"))?;
+                    if txn.is_none() && !list.is_empty() {
+                        committed.gtid = Some(list.join(","));
+                    }
                     continue;
                 }
                 MARIADB_ANNOTATE_ROWS => {
