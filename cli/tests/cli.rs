@@ -207,34 +207,42 @@ fn ingest_once_puts_a_cdc_raw_segment_on_the_bus() {
     assert!(!out.status.success() && err.contains("sources") && err.contains("oracle"), "{err}");
 }
 
-#[test]
-fn ingest_once_snapshots_and_streams_a_mariadb_table() {
+/// Runs SQL on the test MariaDB with its command-line client.
+fn mariadb(sql: &str) {
+    let status = Command::new("mariadb")
+        .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-e", sql])
+        .status()
+        .expect("the mariadb client (installed by scripts/test)");
+    assert!(status.success(), "{sql}");
+}
+
+/// `weir.toml` with one MariaDB source capturing `db.*`.
+fn mysql_source_toml(url: &str, server_id: u32, db: &str, extra: &str) -> String {
+    format!(
+        "[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{url}\"\ntopic_prefix = \"shop\"\n\
+         server_id = {server_id}\ninclude_tables = [\"{db}.*\"]\n{extra}"
+    )
+}
+
+fn test_mysql_url() -> String {
     let url = std::env::var("WEIR_TEST_MYSQL_URL")
         .expect("WEIR_TEST_MYSQL_URL is not set: run scripts/test, which starts MariaDB on loopback");
-    let mysql = |sql: &str| {
-        let status = Command::new("mariadb")
-            .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-e", sql])
-            .status()
-            .expect("the mariadb client (installed by scripts/test)");
-        assert!(status.success(), "{sql}");
-    };
-    assert!(url.ends_with(":13306"), "the test's SQL client assumes scripts/services' port: {url}");
-    mysql(
+    assert!(url.ends_with(":13306"), "the SQL client here assumes scripts/services' port: {url}");
+    url
+}
+
+#[test]
+fn ingest_once_snapshots_and_streams_a_mariadb_table() {
+    let url = test_mysql_url();
+    mariadb(
         "DROP DATABASE IF EXISTS weir_cli; CREATE DATABASE weir_cli; CREATE TABLE weir_cli.t (id INT PRIMARY KEY, v TEXT); INSERT INTO weir_cli.t VALUES (1, 'a'), (2, 'b')",
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(
-        d.join("weir.toml"),
-        format!(
-            "[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{url}\"\ntopic_prefix = \"shop\"\n\
-             server_id = 6401\ninclude_tables = [\"weir_cli.*\"]\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(d.join("weir.toml"), mysql_source_toml(&url, 6401, "weir_cli", "")).unwrap();
     let out = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
     assert!(out.contains("maria: 2 snapshot row(s), 0 binlog change(s)"), "{out}");
-    mysql("INSERT INTO weir_cli.t VALUES (3, 'c'); DELETE FROM weir_cli.t WHERE id = 1");
+    mariadb("INSERT INTO weir_cli.t VALUES (3, 'c'); DELETE FROM weir_cli.t WHERE id = 1");
     let out = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
     assert!(
         out.contains("maria: 0 snapshot row(s), 2 binlog change(s), 3 record(s)"),
@@ -262,28 +270,13 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
 
 #[test]
 fn kill_9_of_a_mysql_ingest_loses_nothing() {
-    let url = std::env::var("WEIR_TEST_MYSQL_URL")
-        .expect("WEIR_TEST_MYSQL_URL is not set: run scripts/test, which starts MariaDB on loopback");
-    let mysql = |sql: &str| {
-        let status = Command::new("mariadb")
-            .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-e", sql])
-            .status()
-            .expect("the mariadb client (installed by scripts/test)");
-        assert!(status.success(), "{sql}");
-    };
-    mysql(
+    let url = test_mysql_url();
+    mariadb(
         "DROP DATABASE IF EXISTS weir_kill; CREATE DATABASE weir_kill; CREATE TABLE weir_kill.t (id INT PRIMARY KEY, v INT)",
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(
-        d.join("weir.toml"),
-        format!(
-            "[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{url}\"\ntopic_prefix = \"shop\"\n\
-             server_id = 6402\ninclude_tables = [\"weir_kill.*\"]\nmax_batch = 700\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(d.join("weir.toml"), mysql_source_toml(&url, 6402, "weir_kill", "max_batch = 700\n")).unwrap();
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["ingest", "--listen", "127.0.0.1:0"])
@@ -299,7 +292,7 @@ fn kill_9_of_a_mysql_ingest_loses_nothing() {
     let mut child = spawn();
     for txn in 0..20 {
         let (lo, hi) = (txn * 500 + 1, txn * 500 + 500);
-        mysql(&format!(
+        mariadb(&format!(
             "SET SESSION max_recursive_iterations = 100000; INSERT INTO weir_kill.t WITH RECURSIVE s(i) AS \
              (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) SELECT i, i FROM s"
         ));

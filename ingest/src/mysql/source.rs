@@ -22,6 +22,7 @@ use mysql_async::{
 use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
 use weir_schemas::{
     envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker},
+    metadata::redact,
     serializer::{AvroSerializer, EventEncoder},
 };
 
@@ -47,6 +48,12 @@ struct Txn {
     rows: u64,
     query: Option<String>,
     thread: Option<i64>,
+}
+
+impl Txn {
+    fn new(file: &str, start: u64, gtid: Option<String>, standalone: bool) -> Txn {
+        Txn { file: file.to_string(), start, gtid, standalone, rows: 0, query: None, thread: None }
+    }
 }
 
 /// What a catch-up run did.
@@ -504,15 +511,7 @@ impl MysqlSource {
                 MARIADB_GTID => {
                     let g = stream::mariadb_gtid(event.data(), header.server_id())
                         .ok_or_else(|| self.decode_error(&file, start, "short MariaDB GTID event"))?;
-                    txn = Some(Txn {
-                        file: file.clone(),
-                        start,
-                        gtid: Some(g.gtid),
-                        standalone: g.standalone,
-                        rows: 0,
-                        query: None,
-                        thread: None,
-                    });
+                    txn = Some(Txn::new(&file, start, Some(g.gtid), g.standalone));
                     continue;
                 }
                 MARIADB_GTID_LIST => {
@@ -545,28 +544,12 @@ impl MysqlSource {
                 Some(EventData::FormatDescriptionEvent(_)) => seen_fde = true,
                 Some(EventData::GtidEvent(g)) => {
                     let gtid = format!("{}:{}", uuid_text(&g.sid()), g.gno());
-                    txn = Some(Txn {
-                        file: file.clone(),
-                        start,
-                        gtid: Some(gtid),
-                        standalone: false,
-                        rows: 0,
-                        query: None,
-                        thread: None,
-                    });
+                    txn = Some(Txn::new(&file, start, Some(gtid), false));
                 }
                 Some(EventData::QueryEvent(q)) => {
                     let sql = q.query().trim().to_string();
                     if sql.eq_ignore_ascii_case("BEGIN") {
-                        let t = txn.get_or_insert_with(|| Txn {
-                            file: file.clone(),
-                            start,
-                            gtid: None,
-                            standalone: false,
-                            rows: 0,
-                            query: None,
-                            thread: None,
-                        });
+                        let t = txn.get_or_insert_with(|| Txn::new(&file, start, None, false));
                         t.thread = Some(i64::from(q.thread_id()));
                     } else if sql.eq_ignore_ascii_case("COMMIT") {
                         self.commit(&mut txn, &mut committed, &file, end);
@@ -597,15 +580,7 @@ impl MysqlSource {
                         continue;
                     }
                     let tme = tme.clone();
-                    let txn = txn.get_or_insert_with(|| Txn {
-                        file: file.clone(),
-                        start,
-                        gtid: None,
-                        standalone: false,
-                        rows: 0,
-                        query: None,
-                        thread: None,
-                    });
+                    let txn = txn.get_or_insert_with(|| Txn::new(&file, start, None, false));
                     self.rows(&rows, &tme, &file, start, ts_us, txn, committed.skip_rows).await?;
                     metrics::gauge!("weir_ingest_mysql_lag_seconds", "source" => self.config.name.clone())
                         .set((now_us() - ts_us).max(0) as f64 / 1e6);
@@ -788,18 +763,6 @@ fn uuid_text(b: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// Why definitions could not be loaded.
 pub(super) enum LoadError {
     Server(mysql_async::Error),
@@ -907,9 +870,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("mysql://weir:secret@127.0.0.1:3306"), "mysql://weir:***@127.0.0.1:3306");
-        assert_eq!(redact("mysql://127.0.0.1"), "mysql://127.0.0.1");
+    fn server_uuids_as_text() {
         assert_eq!(uuid_text(&[0xab; 16]), "abababab-abab-abab-abab-abababababab");
     }
 }
