@@ -16,7 +16,10 @@ use std::{
 use futures::{FutureExt, StreamExt};
 use mysql_async::{
     BinlogStream, Conn,
-    binlog::events::{EventData, RowsEventData, TableMapEvent},
+    binlog::{
+        EventType,
+        events::{EventData, RowsEventData, TableMapEvent},
+    },
     prelude::Queryable,
 };
 use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
@@ -522,6 +525,7 @@ impl MysqlSource {
                     if txn.is_none() && !list.is_empty() {
                         committed.gtid = Some(list.join(","));
                     }
+                    advance(&mut committed, &txn, &file, end, MARIADB_GTID_LIST);
                     continue;
                 }
                 MARIADB_ANNOTATE_ROWS => {
@@ -590,6 +594,7 @@ impl MysqlSource {
                 }
                 _ => {}
             }
+            advance(&mut committed, &txn, &file, end, header.event_type_raw());
             if self.pending.len() >= self.config.max_batch {
                 let offset = self.offset_now(txn.as_ref(), &committed);
                 self.flush(offset).await?;
@@ -754,6 +759,22 @@ impl MysqlSource {
         };
         let source = self.source_block(db, None, file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
         self.record_history(record, &source).await
+    }
+}
+
+/// Outside transactions every event moves the position on (a rotation's format description,
+/// GTID list, heartbeats), so catching up to a position with no transaction after it ends. Never
+/// while a resumed transaction's skipped rows are still ahead, never backwards, and not for a
+/// rotate event (whose position belongs to the file it ends).
+fn advance(committed: &mut Offset, txn: &Option<Txn>, file: &str, end: u64, event_type: u8) {
+    if txn.is_none()
+        && committed.skip_rows == 0
+        && end > 0
+        && event_type != EventType::ROTATE_EVENT as u8
+        && committed.file == file
+        && end > committed.pos
+    {
+        committed.pos = end;
     }
 }
 
