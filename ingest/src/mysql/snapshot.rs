@@ -18,7 +18,7 @@ use super::{
     columns::ColumnType,
     events::{ChangeType, HistoryRecord, RowChange, TableChange},
     offset::Offset,
-    source::{LoadError, MysqlSource, Progress, load_definitions, now_us},
+    source::{MysqlSource, Progress, load_definitions, now_us},
     stream,
 };
 
@@ -61,10 +61,7 @@ impl MysqlSource {
         } else {
             self.master_position().await?
         };
-        let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| match e {
-            LoadError::Server(err) => (self.server_error("reading information_schema"))(err),
-            LoadError::Column(err) => self.decode_error("information_schema", 0, err),
-        })?;
+        let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| self.load_error(e))?;
         if locked {
             conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
         }
@@ -165,8 +162,6 @@ impl MysqlSource {
                 if self.pending.len() >= self.config.max_batch {
                     let offset = self.offset.clone();
                     self.flush(offset).await?;
-                    metrics::counter!("weir_ingest_mysql_snapshot_rows_total", "source" => self.config.name.clone())
-                        .increment(self.config.max_batch as u64);
                 }
                 if progress.due() {
                     let rate = count as f64 / table_started.elapsed().as_secs_f64().max(1e-9);
@@ -176,6 +171,8 @@ impl MysqlSource {
                     break;
                 }
             }
+            metrics::counter!("weir_ingest_mysql_snapshot_rows_total", "source" => self.config.name.clone())
+                .increment(count);
             tracing::info!(source = %self.config.name, table = %table_id, rows = count, "table snapshotted");
         }
         conn.query_drop("COMMIT").await.map_err(self.server_error("ending the snapshot transaction"))?;

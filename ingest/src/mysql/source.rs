@@ -260,10 +260,15 @@ impl MysqlSource {
 
     /// Every captured table's definition per `information_schema` now.
     pub(super) async fn load_definitions(&mut self) -> Result<BTreeMap<TableName, TableDef>, MysqlError> {
-        load_definitions(&mut self.meta, &self.config).await.map_err(|e| match e {
+        let result = load_definitions(&mut self.meta, &self.config).await;
+        result.map_err(|e| self.load_error(e))
+    }
+
+    pub(super) fn load_error(&self, e: LoadError) -> MysqlError {
+        match e {
             LoadError::Server(err) => (self.server_error("reading information_schema"))(err),
             LoadError::Column(err) => self.decode_error("information_schema", 0, err),
-        })
+        }
     }
 
     /// The event builder of a table by name (latest known definition, else `information_schema`).
