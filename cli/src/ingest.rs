@@ -1,6 +1,6 @@
 //! `weir ingest`: runs every configured `[[sources]]` entry, producing change events to the bus.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
@@ -58,7 +58,7 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
     let addr = args.listen.unwrap_or(config.ingest.listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(listen = %listener.local_addr()?, sources = sources.len(), "ingest running");
-    let server = axum::serve(listener, telemetry::router(metrics));
+    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for source in sources {
@@ -67,10 +67,22 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
             let _ = stopped.wait_for(|s| *s).await;
         }));
     }
-    tokio::select! {
-        result = server => result.context("health and metrics server")?,
-        _ = tokio::signal::ctrl_c() => {}
-        Some(result) = tasks.join_next() => result??,
+    tokio::pin!(server);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            result = &mut server => {
+                result.context("health and metrics server")?;
+                break;
+            }
+            _ = &mut ctrl_c => break,
+            next = tasks.join_next() => match next {
+                // A source that is done (snapshot_mode = "initial_only") leaves the others running.
+                Some(result) => result??,
+                None => break,
+            },
+        }
     }
     let _ = stop.send(true);
     while let Some(result) = tasks.join_next().await {

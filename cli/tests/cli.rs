@@ -329,3 +329,46 @@ fn kill_9_of_a_mysql_ingest_loses_nothing() {
     let repeated = consumed.lines().count() - keys.len();
     assert!(repeated <= kills * 700, "at most one unsaved batch per kill: {repeated}");
 }
+
+#[test]
+fn a_finished_initial_only_source_leaves_the_others_running() {
+    let url = test_mysql_url();
+    mariadb(
+        "DROP DATABASE IF EXISTS weir_only; CREATE DATABASE weir_only; CREATE TABLE weir_only.t (id INT PRIMARY KEY); INSERT INTO weir_only.t VALUES (1)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let only = mysql_source_toml(&url, 6403, "weir_only", "snapshot_mode = \"initial_only\"\n")
+        .replace("\"maria\"", "\"only\"");
+    let follow = mysql_source_toml(&url, 6404, "weir_only", "").replace("\"shop\"", "\"live\"");
+    std::fs::write(d.join("weir.toml"), format!("{only}\n{follow}")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["ingest", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .env("WEIR_BUS_URL", "local:./weir-data/bus")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    mariadb("INSERT INTO weir_only.t VALUES (2)");
+    std::thread::sleep(Duration::from_secs(2));
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(still_running, "weir ingest exited: {}", String::from_utf8_lossy(&out.stderr));
+    let consumed = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "live.weir_only.t", "--group", "g", "--timeout-ms", "500"],
+        None,
+    ));
+    assert_eq!(consumed.lines().count(), 2, "the following source saw the snapshot row and the new one");
+    let consumed = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "shop.weir_only.t", "--group", "g", "--timeout-ms", "500"],
+        None,
+    ));
+    assert_eq!(consumed.lines().count(), 1, "the initial_only source stopped after its snapshot");
+}
