@@ -9,6 +9,7 @@ mod cassandra;
 mod config;
 mod console;
 mod ingest;
+mod lake;
 mod registry;
 mod telemetry;
 mod topics;
@@ -45,6 +46,9 @@ enum Command {
     Consume(console::ConsumeArgs),
     /// Run the configured [[sources]]: change data capture to the bus.
     Ingest(ingest::IngestArgs),
+    /// The lake: change-event topics into Delta tables.
+    #[command(subcommand)]
+    Lake(lake::LakeCommand),
     /// Serve the embedded schema registry (Confluent REST API) from the metadata database.
     Registry(registry::RegistryArgs),
     /// Cassandra commit-log tools.
@@ -58,7 +62,7 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let is_service = matches!(cli.command, Command::Registry(_) | Command::Ingest(_));
+    let is_service = matches!(cli.command, Command::Registry(_) | Command::Ingest(_) | Command::Lake(_));
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
     if let Err(e) = run(cli).await {
@@ -75,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(a) => console::consume(&config, a).await,
         Command::Registry(a) => registry::serve(&config, a).await,
         Command::Ingest(a) => ingest::run(&config, a).await,
+        Command::Lake(c) => lake::run(&config, c).await,
         Command::Cassandra(c) => cassandra::run(c),
         Command::Bench(b) => bench::run(&config, b).await,
     }

@@ -1,6 +1,6 @@
 //! `[lake]` in `weir.toml`: where the lake's tables live.
 
-use std::{path::PathBuf, str::FromStr};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,11 +10,40 @@ use serde::{Deserialize, Serialize};
 pub struct LakeConfig {
     /// `file://<dir>` for a local directory, `s3://<bucket>/<prefix>` for S3-compatible storage.
     pub url: LakeUrl,
+    /// Commit a table's buffered rows when this many have gathered…
+    pub flush_rows: usize,
+    /// … or when the oldest is this old (the lake's freshness bound).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        LakeConfig { url: LakeUrl::File(PathBuf::from("./weir-data/lake")) }
+        LakeConfig {
+            url: LakeUrl::File(PathBuf::from("./weir-data/lake")),
+            flush_rows: 200_000,
+            flush_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl LakeUrl {
+    /// Where table `name` (`raw.shop_inv_orders`) lives: `<lake>/raw/shop_inv_orders/`. Local
+    /// directories are created.
+    pub fn table_url(&self, name: &str) -> Result<url::Url, String> {
+        let rel = name.replace('.', "/");
+        match self {
+            LakeUrl::File(dir) => {
+                let path = dir.join(&rel);
+                std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+                let abs = path.canonicalize().map_err(|e| format!("{}: {e}", path.display()))?;
+                url::Url::from_directory_path(&abs).map_err(|()| format!("{} is not an absolute path", abs.display()))
+            }
+            LakeUrl::S3 { bucket, prefix } => {
+                let key = if prefix.is_empty() { rel } else { format!("{prefix}/{rel}") };
+                url::Url::parse(&format!("s3://{bucket}/{key}/")).map_err(|e| e.to_string())
+            }
+        }
     }
 }
 

@@ -1,10 +1,17 @@
 //! # weir-lake — the immutable lake
 //!
-//! Will own the Delta table writer on object storage (local disk or S3): change-event topics become
-//! `raw.*` change-log tables, appended exactly once by storing Kafka offsets in Delta `txn`
-//! actions in the same commit as the data; `current.*` tables rebuilt from the change log;
-//! compaction and retention. Today it owns only its configuration: where the lake is.
+//! Owns the Delta tables on object storage: change-event topics become `raw.*` change-log tables,
+//! appended exactly once by storing bus offsets in Delta `txn` actions in the same commit as the
+//! data.
+//!
+//! - [`config`]: where the lake is.
+//! - [`avro_arrow`]: envelopes (Avro, registry schemas) straight into Arrow columns.
+//! - [`writer`]: one topic → one Delta table, exactly once, with a dead-letter topic.
+//!
+//! Still to come: `current.*` tables rebuilt from the change log, compaction and retention, S3.
 
+pub mod avro_arrow;
 pub mod config;
+pub mod writer;
 
 pub use config::{LakeConfig, LakeUrl};

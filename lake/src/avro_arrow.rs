@@ -1,0 +1,769 @@
+//! Change-event envelopes (Avro, Confluent wire format) straight into Arrow columns, driven by the
+//! registry's writer schema: no intermediate value tree per record.
+//!
+//! A [`Layout`] is built once per schema id from the schema's JSON: it knows where `before`,
+//! `after`, `source` and `op` sit in the envelope and how each row column maps to Arrow. Connect's
+//! logical names decide the Arrow type: `io.debezium.time.Date` → Date32, `…Timestamp` /
+//! `…MicroTimestamp` / `…NanoTimestamp` → Timestamp(ms/µs/ns, UTC), Decimal with precision ≤ 38 →
+//! Decimal128, `int16`/`int8` → Int16/Int8, other ints and longs as they are, strings and bytes as
+//! Utf8/Binary. Nested records, arrays, maps, enums and fixed values (a Cassandra cell, a
+//! geometry) are kept losslessly as JSON text.
+//!
+//! Each decoded change becomes one row: the row image (`after`, or `before` for deletes) plus
+//! `_op`, `_source_ts_ms`, `_pos` (`file:pos:row`, the source position), `_topic`, `_partition`,
+//! `_offset` and `_date` (the event's UTC date, the partition column).
+
+use std::{collections::HashMap, sync::Arc};
+
+use deltalake::arrow::{
+    array::{
+        ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
+        Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+        TimestampMillisecondBuilder, TimestampNanosecondBuilder,
+    },
+    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
+    record_batch::RecordBatch,
+};
+use serde_json::{Map, Value as Json};
+
+/// A record could not be decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The schema is not an envelope Weir can read.
+    #[error("schema: {0}")]
+    Schema(String),
+    /// The bytes do not follow the schema.
+    #[error("at byte {at}: {reason}")]
+    Data {
+        /// Where in the Avro body.
+        at: usize,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// The Avro types the decoder walks.
+#[derive(Debug, Clone)]
+enum Avro {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Record(Vec<(String, Avro)>),
+    Enum(Vec<String>),
+    Array(Box<Avro>),
+    Map(Box<Avro>),
+    Fixed(usize),
+    Union(Vec<Avro>),
+}
+
+/// Resolves schema JSON into [`Avro`], recording logical information per node.
+struct Parser {
+    named: HashMap<String, (Avro, Option<String>)>,
+}
+
+/// A parsed node and its Connect name / type hints.
+struct Node {
+    avro: Avro,
+    connect_name: Option<String>,
+    connect_type: Option<String>,
+    decimal: Option<(u8, i8)>,
+}
+
+impl Parser {
+    fn parse(&mut self, json: &Json, namespace: &str) -> Result<Node, DecodeError> {
+        let plain = |avro| Node { avro, connect_name: None, connect_type: None, decimal: None };
+        match json {
+            Json::String(name) => Ok(match name.as_str() {
+                "null" => plain(Avro::Null),
+                "boolean" => plain(Avro::Boolean),
+                "int" => plain(Avro::Int),
+                "long" => plain(Avro::Long),
+                "float" => plain(Avro::Float),
+                "double" => plain(Avro::Double),
+                "bytes" => plain(Avro::Bytes),
+                "string" => plain(Avro::String),
+                other => {
+                    let full = if other.contains('.') || namespace.is_empty() {
+                        other.to_string()
+                    } else {
+                        format!("{namespace}.{other}")
+                    };
+                    let (avro, connect_name) = self
+                        .named
+                        .get(&full)
+                        .or_else(|| self.named.get(other))
+                        .cloned()
+                        .ok_or_else(|| DecodeError::Schema(format!("unknown type {other}")))?;
+                    Node { avro, connect_name, connect_type: None, decimal: None }
+                }
+            }),
+            Json::Array(branches) => {
+                let avro = branches.iter().map(|b| self.parse(b, namespace).map(|n| n.avro)).collect::<Result<_, _>>()?;
+                // The logical hints of a nullable column live on its non-null branch.
+                let hinted = branches.iter().find(|b| b.as_str() != Some("null"));
+                let mut node = match hinted {
+                    Some(b) => self.parse(b, namespace)?,
+                    None => plain(Avro::Null),
+                };
+                node.avro = Avro::Union(avro);
+                Ok(node)
+            }
+            Json::Object(obj) => self.parse_object(obj, namespace),
+            other => Err(DecodeError::Schema(format!("not a schema: {other}"))),
+        }
+    }
+
+    fn parse_object(&mut self, obj: &Map<String, Json>, namespace: &str) -> Result<Node, DecodeError> {
+        let ty = obj.get("type").ok_or_else(|| DecodeError::Schema("a schema object without type".into()))?;
+        let connect_name = obj.get("connect.name").and_then(Json::as_str).map(String::from);
+        let connect_type = obj.get("connect.type").and_then(Json::as_str).map(String::from);
+        let name_of = |obj: &Map<String, Json>| {
+            let name = obj.get("name").and_then(Json::as_str).unwrap_or_default();
+            let ns = obj.get("namespace").and_then(Json::as_str).unwrap_or(namespace);
+            if name.contains('.') || ns.is_empty() { name.to_string() } else { format!("{ns}.{name}") }
+        };
+        let avro = match ty.as_str() {
+            Some("record") | Some("error") => {
+                let full = name_of(obj);
+                let ns = full.rsplit_once('.').map(|(ns, _)| ns.to_string()).unwrap_or_default();
+                let fields = obj.get("fields").and_then(Json::as_array).ok_or_else(|| {
+                    DecodeError::Schema(format!("record {full} without fields"))
+                })?;
+                let mut parsed = Vec::with_capacity(fields.len());
+                for f in fields {
+                    let name = f.get("name").and_then(Json::as_str).unwrap_or_default().to_string();
+                    let ty = f.get("type").ok_or_else(|| DecodeError::Schema(format!("field {name} without type")))?;
+                    parsed.push((name, self.parse(ty, &ns)?.avro));
+                }
+                let avro = Avro::Record(parsed);
+                self.named.insert(full, (avro.clone(), connect_name.clone()));
+                avro
+            }
+            Some("enum") => {
+                let symbols = obj
+                    .get("symbols")
+                    .and_then(Json::as_array)
+                    .map(|s| s.iter().filter_map(Json::as_str).map(String::from).collect())
+                    .unwrap_or_default();
+                let avro = Avro::Enum(symbols);
+                self.named.insert(name_of(obj), (avro.clone(), connect_name.clone()));
+                avro
+            }
+            Some("fixed") => {
+                let avro = Avro::Fixed(obj.get("size").and_then(Json::as_u64).unwrap_or(0) as usize);
+                self.named.insert(name_of(obj), (avro.clone(), connect_name.clone()));
+                avro
+            }
+            Some("array") => Avro::Array(Box::new(self.parse(obj.get("items").unwrap_or(&Json::Null), namespace)?.avro)),
+            Some("map") => Avro::Map(Box::new(self.parse(obj.get("values").unwrap_or(&Json::Null), namespace)?.avro)),
+            _ => {
+                let mut node = self.parse(ty, namespace)?;
+                node.connect_name = connect_name.or(node.connect_name);
+                node.connect_type = connect_type;
+                if obj.get("logicalType").and_then(Json::as_str) == Some("decimal") {
+                    let p = obj.get("precision").and_then(Json::as_u64).unwrap_or(64);
+                    let s = obj.get("scale").and_then(Json::as_u64).unwrap_or(0);
+                    if p <= 38 && s <= p {
+                        node.decimal = Some((p as u8, s as i8));
+                    }
+                }
+                return Ok(node);
+            }
+        };
+        Ok(Node { avro, connect_name, connect_type, decimal: None })
+    }
+}
+
+/// How one row column is stored in Arrow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Boolean,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Utf8,
+    Binary,
+    Date32,
+    TimestampMs,
+    TimestampUs,
+    TimestampNs,
+    Decimal(u8, i8),
+    /// Anything nested, as JSON text.
+    Json,
+}
+
+impl Kind {
+    fn of(node: &Node) -> Kind {
+        let inner = match &node.avro {
+            Avro::Union(branches) => branches.iter().find(|b| !matches!(b, Avro::Null)).unwrap_or(&Avro::Null),
+            other => other,
+        };
+        let name = node.connect_name.as_deref().unwrap_or_default();
+        match inner {
+            Avro::Boolean => Kind::Boolean,
+            Avro::Int => match (name, node.connect_type.as_deref()) {
+                ("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date", _) => Kind::Date32,
+                (_, Some("int8")) => Kind::Int8,
+                (_, Some("int16")) => Kind::Int16,
+                _ => Kind::Int32,
+            },
+            Avro::Long => match name {
+                "io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp" => Kind::TimestampMs,
+                "io.debezium.time.MicroTimestamp" => Kind::TimestampUs,
+                "io.debezium.time.NanoTimestamp" => Kind::TimestampNs,
+                _ => Kind::Int64,
+            },
+            Avro::Float => Kind::Float32,
+            Avro::Double => Kind::Float64,
+            Avro::String => Kind::Utf8,
+            Avro::Bytes => match node.decimal {
+                Some((p, s)) => Kind::Decimal(p, s),
+                None => Kind::Binary,
+            },
+            _ => Kind::Json,
+        }
+    }
+
+    fn data_type(self) -> DataType {
+        match self {
+            Kind::Boolean => DataType::Boolean,
+            Kind::Int8 => DataType::Int8,
+            Kind::Int16 => DataType::Int16,
+            Kind::Int32 => DataType::Int32,
+            Kind::Int64 => DataType::Int64,
+            Kind::Float32 => DataType::Float32,
+            Kind::Float64 => DataType::Float64,
+            Kind::Utf8 | Kind::Json => DataType::Utf8,
+            Kind::Binary => DataType::Binary,
+            Kind::Date32 => DataType::Date32,
+            Kind::TimestampMs => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            Kind::TimestampUs => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Kind::TimestampNs => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            Kind::Decimal(p, s) => DataType::Decimal128(p, s),
+        }
+    }
+}
+
+/// The metadata columns every change-log row carries, after the row's own columns.
+pub const META_COLUMNS: [&str; 7] = ["_op", "_source_ts_ms", "_pos", "_topic", "_partition", "_offset", "_date"];
+
+/// The decoding plan of one envelope schema.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    envelope: Vec<(String, Avro)>,
+    before: usize,
+    after: usize,
+    source: usize,
+    op: usize,
+    row: Vec<(String, Avro, Kind)>,
+    source_fields: Vec<(String, Avro)>,
+    schema: SchemaRef,
+}
+
+impl Layout {
+    /// The plan for an envelope's Avro schema JSON.
+    pub fn new(schema_json: &str) -> Result<Layout, DecodeError> {
+        let json: Json = serde_json::from_str(schema_json).map_err(|e| DecodeError::Schema(e.to_string()))?;
+        let mut parser = Parser { named: HashMap::new() };
+        let Json::Object(obj) = &json else { return Err(DecodeError::Schema("the envelope is not a record".into())) };
+        let ns = obj.get("namespace").and_then(Json::as_str).unwrap_or_default().to_string();
+        let fields = obj.get("fields").and_then(Json::as_array).ok_or_else(|| DecodeError::Schema("no fields".into()))?;
+        // The row record is defined inline at its first use (`before`); `after` refers to it by name.
+        let row_record = fields
+            .iter()
+            .filter(|f| matches!(f.get("name").and_then(Json::as_str), Some("before" | "after")))
+            .filter_map(|f| match f.get("type") {
+                Some(Json::Array(b)) => b.iter().find(|b| b.is_object()).cloned(),
+                Some(o @ Json::Object(_)) => Some(o.clone()),
+                _ => None,
+            })
+            .next()
+            .ok_or_else(|| DecodeError::Schema("no row record in before/after".into()))?;
+        let row_ns = row_record
+            .get("namespace")
+            .and_then(Json::as_str)
+            .map(String::from)
+            .or_else(|| row_record.get("name").and_then(Json::as_str).and_then(|n| n.rsplit_once('.')).map(|(ns, _)| ns.to_string()))
+            .unwrap_or_else(|| ns.clone());
+        let mut row = Vec::new();
+        for c in row_record.get("fields").and_then(Json::as_array).into_iter().flatten() {
+            let cname = c.get("name").and_then(Json::as_str).unwrap_or_default().to_string();
+            let node = parser.parse(c.get("type").unwrap_or(&Json::Null), &row_ns)?;
+            row.push((cname, node));
+        }
+        let mut envelope = Vec::new();
+        for f in fields {
+            let name = f.get("name").and_then(Json::as_str).unwrap_or_default().to_string();
+            envelope.push((name, parser.parse(f.get("type").unwrap_or(&Json::Null), &ns)?.avro));
+        }
+        let index = |n: &str| {
+            envelope.iter().position(|(name, _)| name == n).ok_or_else(|| DecodeError::Schema(format!("no {n} field")))
+        };
+        let (before, after, source, op) = (index("before")?, index("after")?, index("source")?, index("op")?);
+        let source_fields = match &envelope[source].1 {
+            Avro::Record(f) => f.clone(),
+            _ => return Err(DecodeError::Schema("source is not a record".into())),
+        };
+        let row: Vec<(String, Avro, Kind)> = row.into_iter().map(|(n, node)| {
+            let kind = Kind::of(&node);
+            (n, node.avro, kind)
+        }).collect();
+        let mut fields: Vec<Field> = row.iter().map(|(n, _, k)| Field::new(n, k.data_type(), true)).collect();
+        fields.extend([
+            Field::new("_op", DataType::Utf8, false),
+            Field::new("_source_ts_ms", DataType::Int64, true),
+            Field::new("_pos", DataType::Utf8, true),
+            Field::new("_topic", DataType::Utf8, false),
+            Field::new("_partition", DataType::Int32, false),
+            Field::new("_offset", DataType::Int64, false),
+            Field::new("_date", DataType::Date32, false),
+        ]);
+        Ok(Layout { envelope, before, after, source, op, row, source_fields, schema: Arc::new(Schema::new(fields)) })
+    }
+
+    /// The Arrow schema of the change-log rows.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Builders for a batch of about `capacity` rows.
+    pub fn batch(&self, capacity: usize) -> BatchBuilder {
+        BatchBuilder {
+            columns: self.row.iter().map(|(_, _, k)| Column::new(*k, capacity)).collect(),
+            op: StringBuilder::with_capacity(capacity, capacity),
+            source_ts: Int64Builder::with_capacity(capacity),
+            pos: StringBuilder::with_capacity(capacity, capacity * 24),
+            topic: StringBuilder::with_capacity(capacity, capacity * 16),
+            partition: Int32Builder::with_capacity(capacity),
+            offset: Int64Builder::with_capacity(capacity),
+            date: Date32Builder::with_capacity(capacity),
+            rows: 0,
+        }
+    }
+
+    /// Appends the change in `body` (the Avro body after the 5-byte wire header) to `batch`.
+    /// A tombstone or an envelope with neither image appends nothing and returns `false`.
+    pub fn append(
+        &self,
+        body: &[u8],
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        batch: &mut BatchBuilder,
+    ) -> Result<bool, DecodeError> {
+        // Check the whole envelope against the schema first, so a bad record changes no builder.
+        let mut check = Reader { buf: body, at: 0 };
+        for (_, avro) in &self.envelope {
+            check.skip(avro)?;
+        }
+        let mut r = Reader { buf: body, at: 0 };
+        let mut ranges = [(0usize, 0usize); 2];
+        let mut op = String::new();
+        let (mut ts_ms, mut file, mut pos, mut row) = (None, None, None, None);
+        for (i, (_, avro)) in self.envelope.iter().enumerate() {
+            if i == self.before || i == self.after {
+                let start = r.at;
+                r.skip(avro)?;
+                ranges[usize::from(i == self.after)] = (start, r.at);
+            } else if i == self.source {
+                for (name, f) in &self.source_fields {
+                    match name.as_str() {
+                        "ts_ms" => ts_ms = r.long_in(f)?,
+                        "file" => file = r.string_in(f)?,
+                        "pos" => pos = r.long_in(f)?,
+                        "row" => row = r.long_in(f)?,
+                        _ => r.skip(f)?,
+                    }
+                }
+            } else if i == self.op {
+                op = r.string_in(avro)?.unwrap_or_default();
+            } else {
+                r.skip(avro)?;
+            }
+        }
+        let image = if op == "d" { ranges[0] } else { ranges[1] };
+        let mut ir = Reader { buf: &body[..image.1], at: image.0 };
+        // The image is a union [null, record]: null means there is none (a truncate, say).
+        let branch = ir.long()?;
+        let union = match &self.envelope[if op == "d" { self.before } else { self.after }].1 {
+            Avro::Union(b) => b.clone(),
+            other => vec![other.clone()],
+        };
+        match union.get(branch as usize) {
+            Some(Avro::Record(_)) => {}
+            _ => return Ok(false),
+        }
+        for ((_, avro, _), column) in self.row.iter().zip(batch.columns.iter_mut()) {
+            column.append(&mut ir, avro)?;
+        }
+        batch.op.append_value(&op);
+        batch.source_ts.append_option(ts_ms);
+        match (&file, pos) {
+            (Some(f), Some(p)) => batch.pos.append_value(format!("{f}:{p}:{}", row.unwrap_or(0))),
+            _ => batch.pos.append_null(),
+        }
+        batch.topic.append_value(topic);
+        batch.partition.append_value(partition);
+        batch.offset.append_value(offset);
+        batch.date.append_value(ts_ms.unwrap_or(0).div_euclid(86_400_000) as i32);
+        batch.rows += 1;
+        Ok(true)
+    }
+}
+
+/// Column builders of one batch.
+pub struct BatchBuilder {
+    columns: Vec<Column>,
+    op: StringBuilder,
+    source_ts: Int64Builder,
+    pos: StringBuilder,
+    topic: StringBuilder,
+    partition: Int32Builder,
+    offset: Int64Builder,
+    date: Date32Builder,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    /// Rows appended so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The finished batch (the builders are reset).
+    pub fn finish(&mut self, schema: SchemaRef) -> RecordBatch {
+        let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
+        arrays.push(Arc::new(self.op.finish()));
+        arrays.push(Arc::new(self.source_ts.finish()));
+        arrays.push(Arc::new(self.pos.finish()));
+        arrays.push(Arc::new(self.topic.finish()));
+        arrays.push(Arc::new(self.partition.finish()));
+        arrays.push(Arc::new(self.offset.finish()));
+        arrays.push(Arc::new(self.date.finish()));
+        self.rows = 0;
+        RecordBatch::try_new(schema, arrays).expect("builders match the layout's schema")
+    }
+}
+
+enum Column {
+    Boolean(BooleanBuilder),
+    Int8(Int8Builder),
+    Int16(Int16Builder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float32(Float32Builder),
+    Float64(Float64Builder),
+    Utf8(StringBuilder),
+    Binary(BinaryBuilder),
+    Date32(Date32Builder),
+    TimestampMs(TimestampMillisecondBuilder),
+    TimestampUs(TimestampMicrosecondBuilder),
+    TimestampNs(TimestampNanosecondBuilder),
+    Decimal(Decimal128Builder, u8, i8),
+    Json(StringBuilder),
+}
+
+impl Column {
+    fn new(kind: Kind, n: usize) -> Column {
+        match kind {
+            Kind::Boolean => Column::Boolean(BooleanBuilder::with_capacity(n)),
+            Kind::Int8 => Column::Int8(Int8Builder::with_capacity(n)),
+            Kind::Int16 => Column::Int16(Int16Builder::with_capacity(n)),
+            Kind::Int32 => Column::Int32(Int32Builder::with_capacity(n)),
+            Kind::Int64 => Column::Int64(Int64Builder::with_capacity(n)),
+            Kind::Float32 => Column::Float32(Float32Builder::with_capacity(n)),
+            Kind::Float64 => Column::Float64(Float64Builder::with_capacity(n)),
+            Kind::Utf8 => Column::Utf8(StringBuilder::with_capacity(n, n * 16)),
+            Kind::Binary => Column::Binary(BinaryBuilder::with_capacity(n, n * 16)),
+            Kind::Date32 => Column::Date32(Date32Builder::with_capacity(n)),
+            Kind::TimestampMs => Column::TimestampMs(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")),
+            Kind::TimestampUs => Column::TimestampUs(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC")),
+            Kind::TimestampNs => Column::TimestampNs(TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC")),
+            Kind::Decimal(p, s) => Column::Decimal(Decimal128Builder::with_capacity(n), p, s),
+            Kind::Json => Column::Json(StringBuilder::with_capacity(n, n * 32)),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Column::Boolean(b) => Arc::new(b.finish()),
+            Column::Int8(b) => Arc::new(b.finish()),
+            Column::Int16(b) => Arc::new(b.finish()),
+            Column::Int32(b) => Arc::new(b.finish()),
+            Column::Int64(b) => Arc::new(b.finish()),
+            Column::Float32(b) => Arc::new(b.finish()),
+            Column::Float64(b) => Arc::new(b.finish()),
+            Column::Utf8(b) | Column::Json(b) => Arc::new(b.finish()),
+            Column::Binary(b) => Arc::new(b.finish()),
+            Column::Date32(b) => Arc::new(b.finish()),
+            Column::TimestampMs(b) => Arc::new(b.finish().with_timezone("UTC")),
+            Column::TimestampUs(b) => Arc::new(b.finish().with_timezone("UTC")),
+            Column::TimestampNs(b) => Arc::new(b.finish().with_timezone("UTC")),
+            Column::Decimal(b, p, s) => Arc::new(
+                b.finish().with_precision_and_scale(*p, *s).expect("precision ≤ 38 checked when the layout was built"),
+            ),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Column::Boolean(b) => b.append_null(),
+            Column::Int8(b) => b.append_null(),
+            Column::Int16(b) => b.append_null(),
+            Column::Int32(b) => b.append_null(),
+            Column::Int64(b) => b.append_null(),
+            Column::Float32(b) => b.append_null(),
+            Column::Float64(b) => b.append_null(),
+            Column::Utf8(b) | Column::Json(b) => b.append_null(),
+            Column::Binary(b) => b.append_null(),
+            Column::Date32(b) => b.append_null(),
+            Column::TimestampMs(b) => b.append_null(),
+            Column::TimestampUs(b) => b.append_null(),
+            Column::TimestampNs(b) => b.append_null(),
+            Column::Decimal(b, ..) => b.append_null(),
+        }
+    }
+
+    fn append(&mut self, r: &mut Reader<'_>, avro: &Avro) -> Result<(), DecodeError> {
+        let avro = match avro {
+            Avro::Union(branches) => {
+                let i = r.long()?;
+                match branches.get(i as usize) {
+                    Some(Avro::Null) => {
+                        self.append_null();
+                        return Ok(());
+                    }
+                    Some(b) => b,
+                    None => return Err(r.error(format!("union branch {i} of {}", branches.len()))),
+                }
+            }
+            other => other,
+        };
+        match self {
+            Column::Boolean(b) => b.append_value(r.byte()? != 0),
+            Column::Int8(b) => b.append_value(r.long()? as i8),
+            Column::Int16(b) => b.append_value(r.long()? as i16),
+            Column::Int32(b) => b.append_value(r.long()? as i32),
+            Column::Int64(b) => b.append_value(r.long()?),
+            Column::Float32(b) => b.append_value(f32::from_le_bytes(r.take(4)?.try_into().unwrap())),
+            Column::Float64(b) => b.append_value(f64::from_le_bytes(r.take(8)?.try_into().unwrap())),
+            Column::Utf8(b) => b.append_value(String::from_utf8_lossy(r.bytes()?)),
+            Column::Binary(b) => b.append_value(r.bytes()?),
+            Column::Date32(b) => b.append_value(r.long()? as i32),
+            Column::TimestampMs(b) => b.append_value(r.long()?),
+            Column::TimestampUs(b) => b.append_value(r.long()?),
+            Column::TimestampNs(b) => b.append_value(r.long()?),
+            Column::Decimal(b, ..) => {
+                let bytes = r.bytes()?;
+                if bytes.len() > 16 {
+                    // Precision ≤ 38 never needs more; a writer that sent more broke its schema.
+                    b.append_null();
+                    return Ok(());
+                }
+                let fill = if bytes.first().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
+                let mut be = [fill; 16];
+                be[16 - bytes.len()..].copy_from_slice(bytes);
+                b.append_value(i128::from_be_bytes(be))
+            }
+            Column::Json(b) => {
+                let json = r.json(avro)?;
+                b.append_value(json.to_string())
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads Avro binary.
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn error(&self, reason: String) -> DecodeError {
+        DecodeError::Data { at: self.at, reason }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
+            self.error(format!("{n} bytes wanted, {} left", self.buf.len().saturating_sub(self.at)))
+        })?;
+        let s = &self.buf[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn long(&mut self) -> Result<i64, DecodeError> {
+        let (mut v, mut shift) = (0u64, 0u32);
+        loop {
+            let b = self.byte()?;
+            if shift >= 64 {
+                return Err(self.error("varint longer than 10 bytes".into()));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok((v >> 1) as i64 ^ -((v & 1) as i64));
+            }
+            shift += 7;
+        }
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.long()?;
+        let n = usize::try_from(n).map_err(|_| self.error(format!("negative length {n}")))?;
+        self.take(n)
+    }
+
+    /// A long, possibly inside a `[null, long]` union.
+    fn long_in(&mut self, avro: &Avro) -> Result<Option<i64>, DecodeError> {
+        match avro {
+            Avro::Long | Avro::Int => Ok(Some(self.long()?)),
+            Avro::Union(b) => match b.get(self.long()? as usize) {
+                Some(Avro::Null) => Ok(None),
+                Some(inner) => self.long_in(inner),
+                None => Err(self.error("bad union branch".into())),
+            },
+            other => {
+                self.skip(other)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A string, possibly inside a `[null, string]` union.
+    fn string_in(&mut self, avro: &Avro) -> Result<Option<String>, DecodeError> {
+        match avro {
+            Avro::String => Ok(Some(String::from_utf8_lossy(self.bytes()?).into_owned())),
+            Avro::Union(b) => match b.get(self.long()? as usize) {
+                Some(Avro::Null) => Ok(None),
+                Some(inner) => self.string_in(inner),
+                None => Err(self.error("bad union branch".into())),
+            },
+            other => {
+                self.skip(other)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn skip(&mut self, avro: &Avro) -> Result<(), DecodeError> {
+        match avro {
+            Avro::Null => {}
+            Avro::Boolean => {
+                self.byte()?;
+            }
+            Avro::Int | Avro::Long | Avro::Enum(_) => {
+                self.long()?;
+            }
+            Avro::Float => {
+                self.take(4)?;
+            }
+            Avro::Double => {
+                self.take(8)?;
+            }
+            Avro::Bytes | Avro::String => {
+                self.bytes()?;
+            }
+            Avro::Fixed(n) => {
+                self.take(*n)?;
+            }
+            Avro::Record(fields) => {
+                for (_, f) in fields {
+                    self.skip(f)?;
+                }
+            }
+            Avro::Union(b) => {
+                let i = self.long()?;
+                let inner = b.get(i as usize).ok_or_else(|| self.error(format!("union branch {i}")))?;
+                self.skip(inner)?;
+            }
+            Avro::Array(item) | Avro::Map(item) => loop {
+                let mut n = self.long()?;
+                if n == 0 {
+                    break;
+                }
+                if n < 0 {
+                    n = -n;
+                    self.long()?; // block size in bytes
+                }
+                for _ in 0..n {
+                    if matches!(avro, Avro::Map(_)) {
+                        self.bytes()?;
+                    }
+                    self.skip(item)?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// A nested value as JSON (bytes as arrays of numbers would be unreadable: base64-free hex).
+    fn json(&mut self, avro: &Avro) -> Result<Json, DecodeError> {
+        Ok(match avro {
+            Avro::Null => Json::Null,
+            Avro::Boolean => Json::Bool(self.byte()? != 0),
+            Avro::Int | Avro::Long => Json::from(self.long()?),
+            Avro::Float => Json::from(f64::from(f32::from_le_bytes(self.take(4)?.try_into().unwrap()))),
+            Avro::Double => Json::from(f64::from_le_bytes(self.take(8)?.try_into().unwrap())),
+            Avro::String => Json::String(String::from_utf8_lossy(self.bytes()?).into_owned()),
+            Avro::Bytes => Json::String(hex(self.bytes()?)),
+            Avro::Fixed(n) => Json::String(hex(self.take(*n)?)),
+            Avro::Enum(symbols) => {
+                let i = self.long()?;
+                Json::String(symbols.get(i as usize).cloned().unwrap_or_default())
+            }
+            Avro::Record(fields) => {
+                let mut obj = Map::new();
+                for (name, f) in fields {
+                    obj.insert(name.clone(), self.json(f)?);
+                }
+                Json::Object(obj)
+            }
+            Avro::Union(b) => {
+                let i = self.long()?;
+                let inner = b.get(i as usize).ok_or_else(|| self.error(format!("union branch {i}")))?.clone();
+                self.json(&inner)?
+            }
+            Avro::Array(item) | Avro::Map(item) => {
+                let is_map = matches!(avro, Avro::Map(_));
+                let (mut arr, mut obj) = (Vec::new(), Map::new());
+                loop {
+                    let mut n = self.long()?;
+                    if n == 0 {
+                        break;
+                    }
+                    if n < 0 {
+                        n = -n;
+                        self.long()?;
+                    }
+                    for _ in 0..n {
+                        if is_map {
+                            let k = String::from_utf8_lossy(self.bytes()?).into_owned();
+                            obj.insert(k, self.json(item)?);
+                        } else {
+                            arr.push(self.json(item)?);
+                        }
+                    }
+                }
+                if is_map { Json::Object(obj) } else { Json::Array(arr) }
+            }
+        })
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

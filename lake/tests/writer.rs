@@ -1,0 +1,210 @@
+//! The change-log writer end to end: Debezium envelopes (Avro, embedded registry) on the embedded
+//! bus → a Delta table, read back with Python's `deltalake`/`pyarrow` (`WEIR_TEST_PYTHON`, set by
+//! `scripts/test`). Exactly once across writer restarts at arbitrary points, DLQ for undecodable
+//! records, a new schema version mid-topic.
+
+use std::{sync::Arc, time::Duration};
+
+use weir_bus::{Bus, ConsumerConfig, Record, local::LocalBus};
+use weir_lake::writer::{FlushPolicy, TopicWriter};
+use weir_schemas::{
+    avro::AvroSchema,
+    connect::{Field, Value, decimal_bytes, schema},
+    envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker, TableSchemas, binlog_source_schema},
+    metadata,
+    registry::{SchemaRegistry, store::SqlRegistry},
+    serializer::AvroSerializer,
+};
+
+const TOPIC: &str = "shop.inv.orders";
+
+struct Setup {
+    dir: tempfile::TempDir,
+    bus: Arc<LocalBus>,
+    registry: Arc<dyn SchemaRegistry>,
+    serializer: AvroSerializer,
+}
+
+async fn setup(partitions: u32) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(LocalBus::open(&dir.path().join("bus"), Default::default()).unwrap());
+    bus.create_topic(TOPIC, partitions).await.unwrap();
+    let pool =
+        metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await.unwrap();
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await.unwrap());
+    let serializer = AvroSerializer::new(registry.clone());
+    Setup { dir, bus, registry, serializer }
+}
+
+fn columns(with_note: bool) -> Vec<Field> {
+    let mut c = vec![
+        Field::new("id", schema::int64()),
+        Field::new("amount", schema::decimal(10, 2).optional()),
+        Field::new("at", schema::int64().named("io.debezium.time.MicroTimestamp").version(1).optional()),
+        Field::new("day", schema::int32().named("io.debezium.time.Date").version(1).optional()),
+        Field::new("status", schema::string().optional()),
+    ];
+    if with_note {
+        c.push(Field::new("note", schema::string().optional()));
+    }
+    c
+}
+
+/// Produces `n` changes with ids `from..from+n` (every 10th a delete), keyed by id.
+async fn produce(s: &Setup, from: i64, n: i64, with_note: bool) {
+    let t = TableSchemas::new(TOPIC, columns(with_note), vec![Field::new("id", schema::int64())], binlog_source_schema(BinlogFlavor::Mariadb));
+    let value_schema = AvroSchema::new(t.envelope.clone()).unwrap();
+    let key_schema = AvroSchema::new(t.key.clone().unwrap()).unwrap();
+    let producer = s.bus.producer().await.unwrap();
+    let mut records = Vec::new();
+    for id in from..from + n {
+        let mut row = vec![
+            Value::Int64(id),
+            Value::Bytes(decimal_bytes(i128::from(id) * 100 + 5)),
+            Value::Int64(1_795_428_000_000_000 + id),
+            Value::Int32(20_415),
+            Value::String(format!("s{}", id % 3)),
+        ];
+        if with_note {
+            row.push(Value::String(format!("note {id}")));
+        }
+        let source = BinlogSource {
+            flavor: BinlogFlavor::Mariadb,
+            name: "shop".into(),
+            ts_us: 1_795_428_000_000_000 + id * 1000,
+            snapshot: SnapshotMarker::False,
+            db: "inv".into(),
+            table: Some("orders".into()),
+            server_id: 1,
+            gtid: None,
+            file: "mysql-bin.000001".into(),
+            pos: 1000 + id,
+            row: 0,
+            thread: None,
+            query: None,
+        };
+        let (op, before, after) =
+            if id % 10 == 9 { (Op::Delete, Value::Struct(row), Value::Null) } else { (Op::Create, Value::Null, Value::Struct(row)) };
+        let envelope = t.envelope_value(op, before, after, source.to_value(&binlog_source_schema(BinlogFlavor::Mariadb)), None, 0);
+        let key = s.serializer.serialize(TOPIC, true, &key_schema, &Value::Struct(vec![Value::Int64(id)])).await.unwrap();
+        let value = s.serializer.serialize(TOPIC, false, &value_schema, &envelope).await.unwrap();
+        records.push(Record::keyed(key.clone(), value));
+        if op == Op::Delete {
+            records.push(Record { key: Some(key.into()), value: None, ..Record::default() }); // tombstone
+        }
+    }
+    producer.send(TOPIC, records).await.unwrap();
+}
+
+fn table_url(s: &Setup) -> url::Url {
+    let dir = s.dir.path().join("lake/raw/shop_inv_orders");
+    std::fs::create_dir_all(&dir).unwrap();
+    url::Url::from_directory_path(&dir).unwrap()
+}
+
+async fn writer(s: &Setup, rows: usize) -> TopicWriter {
+    let policy = FlushPolicy { rows, age: Duration::from_secs(3600) };
+    TopicWriter::open(s.bus.clone(), s.registry.clone(), TOPIC, None, table_url(s), policy).await.unwrap()
+}
+
+/// `[count, distinct ids, sum of ids, deletes, sum of amounts, rows with a note]` read by Python.
+fn python_summary(s: &Setup) -> Vec<i64> {
+    let python = std::env::var("WEIR_TEST_PYTHON")
+        .expect("WEIR_TEST_PYTHON is not set: run scripts/test, which installs deltalake and pyarrow in a venv");
+    let script = r#"
+import sys, deltalake, pyarrow.compute as pc
+t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()
+ids = t.column("id")
+notes = t.column("note").drop_null() if "note" in t.column_names else []
+print(t.num_rows, len(pc.unique(ids)), pc.sum(ids).as_py() or 0,
+      pc.sum(pc.equal(t.column("_op"), "d")).as_py() or 0,
+      int((pc.sum(t.column("amount")).as_py() or 0) * 100),
+      len(notes))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, table_url(s).path()])
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn envelopes_become_a_delta_table_that_python_reads() {
+    let s = setup(2).await;
+    produce(&s, 0, 1000, false).await;
+    let mut w = writer(&s, 300).await;
+    let stats = w.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(stats.rows, 1000, "creates and deletes are rows; tombstones are not");
+    assert!(stats.commits >= 3, "flushed by rows: {}", stats.commits);
+    let ids: i64 = (0..1000).sum();
+    let amounts: i64 = (0..1000i64).map(|id| id * 100 + 5).sum();
+    assert_eq!(python_summary(&s), [1000, 1000, ids, 100, amounts, 0]);
+    // The Arrow types follow the Connect logical names.
+    let schema = w.table().snapshot().unwrap().schema();
+    let ty = |n: &str| format!("{:?}", schema.field(n).unwrap().data_type());
+    assert!(ty("amount").contains("Decimal") && ty("amount").contains("10"), "{}", ty("amount"));
+    assert!(ty("at").to_lowercase().contains("timestamp"), "{}", ty("at"));
+    assert!(ty("day").to_lowercase().contains("date"), "{}", ty("day"));
+}
+
+#[tokio::test]
+async fn restarts_at_any_point_neither_lose_nor_repeat() {
+    let s = setup(3).await;
+    let mut produced = 0;
+    for round in 0..5 {
+        produce(&s, produced, 700, false).await;
+        produced += 700;
+        // A writer that commits some, then "crashes" (is dropped) with rows still buffered.
+        let mut w = writer(&s, 250 + round * 37).await;
+        w.drain(Duration::from_millis(100)).await.unwrap();
+        drop(w);
+        produce(&s, produced, 123, false).await;
+        produced += 123;
+    }
+    let mut w = writer(&s, 10_000).await;
+    w.drain(Duration::from_millis(200)).await.unwrap();
+    let ids: i64 = (0..produced).sum();
+    let summary = python_summary(&s);
+    assert_eq!(&summary[..3], [produced, produced, ids], "every change exactly once");
+}
+
+#[tokio::test]
+async fn undecodable_records_go_to_the_dlq_with_the_reason() {
+    let s = setup(1).await;
+    produce(&s, 0, 10, false).await;
+    let producer = s.bus.producer().await.unwrap();
+    producer.send(TOPIC, vec![Record::keyed("k", "not avro at all")]).await.unwrap();
+    producer.send(TOPIC, vec![Record::keyed("k", vec![0u8, 0, 0, 0, 99, 1, 2])]).await.unwrap(); // unknown schema id
+    produce(&s, 10, 10, false).await;
+    let mut w = writer(&s, 1000).await;
+    let stats = w.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!((stats.rows, stats.dead_letters), (20, 2));
+    let mut c = s.bus.consumer(ConsumerConfig::new("dlq")).await.unwrap();
+    c.subscribe(&["shop.inv.orders.dlq"]).await.unwrap();
+    let dead = c.poll(Duration::from_secs(1)).await.unwrap();
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|m| {
+            let h = m.headers.iter().find(|(n, _)| n == "weir.dlq.reason").unwrap();
+            String::from_utf8_lossy(&h.1).into_owned()
+        })
+        .collect();
+    assert!(reasons[0].contains("wire format"), "{reasons:?}");
+    assert!(reasons[1].contains("schema id 99"), "{reasons:?}");
+    assert_eq!(python_summary(&s)[0], 20);
+}
+
+#[tokio::test]
+async fn an_added_nullable_column_evolves_the_table() {
+    let s = setup(1).await;
+    produce(&s, 0, 50, false).await;
+    produce(&s, 50, 50, true).await; // a new schema version with `note`
+    let mut w = writer(&s, 1000).await;
+    let stats = w.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(stats.rows, 100);
+    assert_eq!(stats.commits, 2, "one commit per schema version");
+    let summary = python_summary(&s);
+    assert_eq!(summary[0], 100);
+    assert_eq!(summary[5], 50, "rows of the new version carry the new column; older ones read it as null");
+}
