@@ -103,7 +103,8 @@ impl Parser {
                 }
             }),
             Json::Array(branches) => {
-                let avro = branches.iter().map(|b| self.parse(b, namespace).map(|n| n.avro)).collect::<Result<_, _>>()?;
+                let avro =
+                    branches.iter().map(|b| self.parse(b, namespace).map(|n| n.avro)).collect::<Result<_, _>>()?;
                 // The logical hints of a nullable column live on its non-null branch.
                 let hinted = branches.iter().find(|b| b.as_str() != Some("null"));
                 let mut node = match hinted {
@@ -131,9 +132,10 @@ impl Parser {
             Some("record") | Some("error") => {
                 let full = name_of(obj);
                 let ns = full.rsplit_once('.').map(|(ns, _)| ns.to_string()).unwrap_or_default();
-                let fields = obj.get("fields").and_then(Json::as_array).ok_or_else(|| {
-                    DecodeError::Schema(format!("record {full} without fields"))
-                })?;
+                let fields = obj
+                    .get("fields")
+                    .and_then(Json::as_array)
+                    .ok_or_else(|| DecodeError::Schema(format!("record {full} without fields")))?;
                 let mut parsed = Vec::with_capacity(fields.len());
                 for f in fields {
                     let name = f.get("name").and_then(Json::as_str).unwrap_or_default().to_string();
@@ -159,7 +161,9 @@ impl Parser {
                 self.named.insert(name_of(obj), (avro.clone(), connect_name.clone()));
                 avro
             }
-            Some("array") => Avro::Array(Box::new(self.parse(obj.get("items").unwrap_or(&Json::Null), namespace)?.avro)),
+            Some("array") => {
+                Avro::Array(Box::new(self.parse(obj.get("items").unwrap_or(&Json::Null), namespace)?.avro))
+            }
             Some("map") => Avro::Map(Box::new(self.parse(obj.get("values").unwrap_or(&Json::Null), namespace)?.avro)),
             _ => {
                 let mut node = self.parse(ty, namespace)?;
@@ -275,7 +279,8 @@ impl Layout {
         let mut parser = Parser { named: HashMap::new() };
         let Json::Object(obj) = &json else { return Err(DecodeError::Schema("the envelope is not a record".into())) };
         let ns = obj.get("namespace").and_then(Json::as_str).unwrap_or_default().to_string();
-        let fields = obj.get("fields").and_then(Json::as_array).ok_or_else(|| DecodeError::Schema("no fields".into()))?;
+        let fields =
+            obj.get("fields").and_then(Json::as_array).ok_or_else(|| DecodeError::Schema("no fields".into()))?;
         // The row record is defined inline at its first use (`before`); `after` refers to it by name.
         let row_record = fields
             .iter()
@@ -291,7 +296,13 @@ impl Layout {
             .get("namespace")
             .and_then(Json::as_str)
             .map(String::from)
-            .or_else(|| row_record.get("name").and_then(Json::as_str).and_then(|n| n.rsplit_once('.')).map(|(ns, _)| ns.to_string()))
+            .or_else(|| {
+                row_record
+                    .get("name")
+                    .and_then(Json::as_str)
+                    .and_then(|n| n.rsplit_once('.'))
+                    .map(|(ns, _)| ns.to_string())
+            })
             .unwrap_or_else(|| ns.clone());
         let mut row = Vec::new();
         for c in row_record.get("fields").and_then(Json::as_array).into_iter().flatten() {
@@ -312,10 +323,13 @@ impl Layout {
             Avro::Record(f) => f.clone(),
             _ => return Err(DecodeError::Schema("source is not a record".into())),
         };
-        let row: Vec<(String, Avro, Kind)> = row.into_iter().map(|(n, node)| {
-            let kind = Kind::of(&node);
-            (n, node.avro, kind)
-        }).collect();
+        let row: Vec<(String, Avro, Kind)> = row
+            .into_iter()
+            .map(|(n, node)| {
+                let kind = Kind::of(&node);
+                (n, node.avro, kind)
+            })
+            .collect();
         let mut fields: Vec<Field> = row.iter().map(|(n, _, k)| Field::new(n, k.data_type(), true)).collect();
         fields.extend([
             Field::new("_op", DataType::Utf8, false),
@@ -484,8 +498,12 @@ impl Column {
             Kind::Utf8 => Column::Utf8(StringBuilder::with_capacity(n, n * 16)),
             Kind::Binary => Column::Binary(BinaryBuilder::with_capacity(n, n * 16)),
             Kind::Date32 => Column::Date32(Date32Builder::with_capacity(n)),
-            Kind::TimestampMs => Column::TimestampMs(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC")),
-            Kind::TimestampUs => Column::TimestampUs(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC")),
+            Kind::TimestampMs => {
+                Column::TimestampMs(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"))
+            }
+            Kind::TimestampUs => {
+                Column::TimestampUs(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"))
+            }
             Kind::TimestampNs => Column::TimestampNs(TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC")),
             Kind::Decimal(p, s) => Column::Decimal(Decimal128Builder::with_capacity(n), p, s),
             Kind::Json => Column::Json(StringBuilder::with_capacity(n, n * 32)),
@@ -594,9 +612,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-            self.error(format!("{n} bytes wanted, {} left", self.buf.len().saturating_sub(self.at)))
-        })?;
+        let end =
+            self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
+                self.error(format!("{n} bytes wanted, {} left", self.buf.len().saturating_sub(self.at)))
+            })?;
         let s = &self.buf[self.at..end];
         self.at = end;
         Ok(s)

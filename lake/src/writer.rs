@@ -134,13 +134,14 @@ impl TopicWriter {
         let mut next = BTreeMap::new();
         for &p in &partitions {
             let version = match table.snapshot() {
-                Ok(state) => state.transaction_version(table.log_store().as_ref(), app_id(topic, p)).await.map_err(delta_err)?,
+                Ok(state) => {
+                    state.transaction_version(table.log_store().as_ref(), app_id(topic, p)).await.map_err(delta_err)?
+                }
                 Err(_) => None, // no table yet
             };
             next.insert(p, version.unwrap_or(0));
         }
-        let mut consumer =
-            bus.consumer(ConsumerConfig::new(format!("weir-lake-{topic}"))).await.map_err(bus_err)?;
+        let mut consumer = bus.consumer(ConsumerConfig::new(format!("weir-lake-{topic}"))).await.map_err(bus_err)?;
         let tps: Vec<TopicPartition> = partitions.iter().map(|&p| TopicPartition::new(topic, p)).collect();
         consumer.assign(&tps).await.map_err(bus_err)?;
         for tp in &tps {
@@ -252,8 +253,7 @@ impl TopicWriter {
                 self.next = upto;
                 self.current = None;
             }
-            let (_, layout, builder) =
-                self.current.get_or_insert_with(|| (id, layout.clone(), layout.batch(8192)));
+            let (_, layout, builder) = self.current.get_or_insert_with(|| (id, layout.clone(), layout.batch(8192)));
             match layout.append(body, &self.topic, m.partition as i32, m.offset, builder) {
                 Ok(true) => {
                     self.buffered += 1;
@@ -264,6 +264,9 @@ impl TopicWriter {
                 }
                 Ok(false) => {}
                 Err(e) => self.dead_letter(&m, &format!("schema id {id}: {e}")).await?,
+            }
+            if self.buffered >= self.policy.rows {
+                self.commit().await?;
             }
         }
         Ok(())
@@ -301,7 +304,8 @@ impl TopicWriter {
         self.seal();
         let batches = std::mem::take(&mut self.batches);
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let txns: Vec<Transaction> = self.next.iter().map(|(&p, &o)| Transaction::new(app_id(&self.topic, p), o)).collect();
+        let txns: Vec<Transaction> =
+            self.next.iter().map(|(&p, &o)| Transaction::new(app_id(&self.topic, p), o)).collect();
         if batches.is_empty() {
             // Nothing to add; offsets past skipped records (tombstones, DLQ) are saved with the
             // next commit that has rows.

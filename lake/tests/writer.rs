@@ -52,7 +52,12 @@ fn columns(with_note: bool) -> Vec<Field> {
 
 /// Produces `n` changes with ids `from..from+n` (every 10th a delete), keyed by id.
 async fn produce(s: &Setup, from: i64, n: i64, with_note: bool) {
-    let t = TableSchemas::new(TOPIC, columns(with_note), vec![Field::new("id", schema::int64())], binlog_source_schema(BinlogFlavor::Mariadb));
+    let t = TableSchemas::new(
+        TOPIC,
+        columns(with_note),
+        vec![Field::new("id", schema::int64())],
+        binlog_source_schema(BinlogFlavor::Mariadb),
+    );
     let value_schema = AvroSchema::new(t.envelope.clone()).unwrap();
     let key_schema = AvroSchema::new(t.key.clone().unwrap()).unwrap();
     let producer = s.bus.producer().await.unwrap();
@@ -83,10 +88,15 @@ async fn produce(s: &Setup, from: i64, n: i64, with_note: bool) {
             thread: None,
             query: None,
         };
-        let (op, before, after) =
-            if id % 10 == 9 { (Op::Delete, Value::Struct(row), Value::Null) } else { (Op::Create, Value::Null, Value::Struct(row)) };
-        let envelope = t.envelope_value(op, before, after, source.to_value(&binlog_source_schema(BinlogFlavor::Mariadb)), None, 0);
-        let key = s.serializer.serialize(TOPIC, true, &key_schema, &Value::Struct(vec![Value::Int64(id)])).await.unwrap();
+        let (op, before, after) = if id % 10 == 9 {
+            (Op::Delete, Value::Struct(row), Value::Null)
+        } else {
+            (Op::Create, Value::Null, Value::Struct(row))
+        };
+        let envelope =
+            t.envelope_value(op, before, after, source.to_value(&binlog_source_schema(BinlogFlavor::Mariadb)), None, 0);
+        let key =
+            s.serializer.serialize(TOPIC, true, &key_schema, &Value::Struct(vec![Value::Int64(id)])).await.unwrap();
         let value = s.serializer.serialize(TOPIC, false, &value_schema, &envelope).await.unwrap();
         records.push(Record::keyed(key.clone(), value));
         if op == Op::Delete {
@@ -121,10 +131,8 @@ print(t.num_rows, len(pc.unique(ids)), pc.sum(ids).as_py() or 0,
       int((pc.sum(t.column("amount")).as_py() or 0) * 100),
       len(notes))
 "#;
-    let out = std::process::Command::new(python)
-        .args(["-c", script, table_url(s).path()])
-        .output()
-        .expect("python runs");
+    let out =
+        std::process::Command::new(python).args(["-c", script, table_url(s).path()]).output().expect("python runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect()
 }
