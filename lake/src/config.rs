@@ -1,6 +1,6 @@
 //! `[lake]` in `weir.toml`: where the lake's tables live.
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -12,9 +12,42 @@ pub struct LakeConfig {
     pub url: LakeUrl,
     /// Commit a table's buffered rows when this many have gathered…
     pub flush_rows: usize,
+    /// … or when their encoded size reaches this many bytes…
+    pub flush_bytes: usize,
     /// … or when the oldest is this old (the lake's freshness bound).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// How to reach S3-compatible storage (for `s3://` lakes).
+    pub s3: S3Options,
+    /// Where `weir lake run` serves /healthz and /metrics.
+    pub listen: SocketAddr,
+}
+
+/// `[lake.s3]`. Credentials are never read from the file: they come from the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), as every AWS tool reads
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Options {
+    /// The service endpoint (`http://127.0.0.1:9000` for a local server); AWS when unset.
+    pub endpoint: Option<String>,
+    /// The region the bucket lives in.
+    pub region: String,
+    /// Allow `http://` endpoints (local servers).
+    pub allow_http: bool,
+}
+
+impl Default for S3Options {
+    fn default() -> Self {
+        S3Options { endpoint: None, region: "us-east-1".into(), allow_http: false }
+    }
+}
+
+impl LakeConfig {
+    /// The writers' flush policy.
+    pub fn flush_policy(&self) -> crate::writer::FlushPolicy {
+        crate::writer::FlushPolicy { rows: self.flush_rows, bytes: self.flush_bytes, age: self.flush_interval }
+    }
 }
 
 impl Default for LakeConfig {
@@ -22,12 +55,32 @@ impl Default for LakeConfig {
         LakeConfig {
             url: LakeUrl::File(PathBuf::from("./weir-data/lake")),
             flush_rows: 200_000,
+            flush_bytes: 128 << 20,
             flush_interval: Duration::from_secs(30),
+            s3: S3Options::default(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9095)),
         }
     }
 }
 
 impl LakeUrl {
+    /// The lake's root as a URL (a local directory is created and made absolute).
+    pub fn root_url(&self) -> Result<url::Url, String> {
+        match self {
+            LakeUrl::File(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                let abs = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+                url::Url::from_directory_path(&abs).map_err(|()| format!("{} is not an absolute path", abs.display()))
+            }
+            LakeUrl::S3 { bucket, prefix } if prefix.is_empty() => {
+                url::Url::parse(&format!("s3://{bucket}/")).map_err(|e| e.to_string())
+            }
+            LakeUrl::S3 { bucket, prefix } => {
+                url::Url::parse(&format!("s3://{bucket}/{prefix}/")).map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// Where table `name` (`raw.shop_inv_orders`) lives: `<lake>/raw/shop_inv_orders/`. Local
     /// directories are created.
     pub fn table_url(&self, name: &str) -> Result<url::Url, String> {
