@@ -256,6 +256,22 @@ impl Kind {
     }
 }
 
+/// The field names of an Avro record schema (a change-event key: the primary-key columns), `None`
+/// for anything else.
+pub fn record_field_names(schema_json: &str) -> Option<Vec<String>> {
+    let json: Json = serde_json::from_str(schema_json).ok()?;
+    if json.get("type").and_then(Json::as_str) != Some("record") {
+        return None;
+    }
+    let names: Vec<String> = json
+        .get("fields")?
+        .as_array()?
+        .iter()
+        .filter_map(|f| f.get("name").and_then(Json::as_str).map(String::from))
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
 /// The metadata columns every change-log row carries, after the row's own columns.
 pub const META_COLUMNS: [&str; 7] = ["_op", "_source_ts_ms", "_pos", "_topic", "_partition", "_offset", "_date"];
 

@@ -21,13 +21,20 @@ use std::{
 use deltalake::{
     DeltaTable, DeltaTableError,
     arrow::record_batch::RecordBatch,
-    kernel::{Transaction, transaction::CommitProperties},
-    protocol::SaveMode,
+    kernel::{
+        Transaction,
+        transaction::{CommitBuilder, CommitProperties, TransactionError},
+    },
+    operations::write::SchemaMode,
+    protocol::{DeltaOperation, SaveMode},
 };
 use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, Producer, Record, TopicPartition};
 use weir_schemas::{registry::SchemaRegistry, wire};
 
-use crate::avro_arrow::{BatchBuilder, Layout};
+use crate::{
+    avro_arrow::{BatchBuilder, Layout},
+    current::KEY_PROPERTY,
+};
 
 /// Why the writer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,23 @@ pub enum WriterError {
         topic: String,
         /// Cause.
         source: Box<BusError>,
+    },
+    /// A column of the topic's new schema has a type the table's column cannot take.
+    #[error(
+        "lake writer for {topic}: column {column} changed type from {table_type} to {new_type}, which table {table} \
+         cannot take; this table stops here (write the new shape to a new table, or migrate this one)"
+    )]
+    Incompatible {
+        /// The topic.
+        topic: String,
+        /// The table URL.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its type in the table.
+        table_type: String,
+        /// Its type in the new rows.
+        new_type: String,
     },
     /// The Delta table could not be read or written.
     #[error("lake writer for {topic}: Delta table {table}: {source}")]
@@ -57,13 +81,15 @@ pub enum WriterError {
 pub struct FlushPolicy {
     /// Commit when this many rows are buffered.
     pub rows: usize,
+    /// … or when the buffered records' encoded size reaches this many bytes…
+    pub bytes: usize,
     /// … or when the oldest buffered row is this old.
     pub age: Duration,
 }
 
 impl Default for FlushPolicy {
     fn default() -> Self {
-        FlushPolicy { rows: 200_000, age: Duration::from_secs(30) }
+        FlushPolicy { rows: 200_000, bytes: 128 << 20, age: Duration::from_secs(30) }
     }
 }
 
@@ -76,6 +102,14 @@ pub struct DrainStats {
     pub commits: u64,
     /// Records sent to the DLQ.
     pub dead_letters: u64,
+}
+
+/// How change-log files are encoded: Snappy-compressed Parquet (Delta's and Spark's default),
+/// fast to write and to read.
+pub fn parquet_properties() -> deltalake::parquet::file::properties::WriterProperties {
+    deltalake::parquet::file::properties::WriterProperties::builder()
+        .set_compression(deltalake::parquet::basic::Compression::SNAPPY)
+        .build()
 }
 
 /// The app id of a topic partition in the table's `txn` actions.
@@ -104,6 +138,11 @@ pub struct TopicWriter {
     /// Finished batches of the current schema, not yet committed.
     batches: Vec<RecordBatch>,
     buffered: usize,
+    buffered_bytes: usize,
+    /// Records sent to the DLQ since the last commit.
+    dead_since_commit: u64,
+    /// The primary-key columns, from the first keyed record's key schema.
+    key: Option<Vec<String>>,
     oldest: Option<Instant>,
     policy: FlushPolicy,
     stats: DrainStats,
@@ -162,10 +201,17 @@ impl TopicWriter {
             next,
             batches: Vec::new(),
             buffered: 0,
+            buffered_bytes: 0,
+            dead_since_commit: 0,
+            key: None,
             oldest: None,
             policy,
             stats: DrainStats::default(),
         })
+    }
+
+    fn delta_err(&self, e: DeltaTableError) -> WriterError {
+        WriterError::Delta { topic: self.topic.clone(), table: self.table_url.clone(), source: Box::new(e) }
     }
 
     fn bus_err(&self, e: BusError) -> WriterError {
@@ -212,7 +258,9 @@ impl TopicWriter {
     }
 
     fn due(&self) -> bool {
-        self.buffered >= self.policy.rows || self.oldest.is_some_and(|t| t.elapsed() >= self.policy.age)
+        self.buffered >= self.policy.rows
+            || self.buffered_bytes >= self.policy.bytes
+            || self.oldest.is_some_and(|t| t.elapsed() >= self.policy.age)
     }
 
     async fn layout(&mut self, id: u32) -> Result<Arc<Layout>, String> {
@@ -257,6 +305,7 @@ impl TopicWriter {
             match layout.append(body, &self.topic, m.partition as i32, m.offset, builder) {
                 Ok(true) => {
                     self.buffered += 1;
+                    self.buffered_bytes += value.len();
                     self.oldest.get_or_insert_with(Instant::now);
                     if builder.rows() >= 8192 {
                         self.seal();
@@ -265,11 +314,23 @@ impl TopicWriter {
                 Ok(false) => {}
                 Err(e) => self.dead_letter(&m, &format!("schema id {id}: {e}")).await?,
             }
-            if self.buffered >= self.policy.rows {
+            if self.key.is_none()
+                && let Some(key) = &m.key
+            {
+                self.key = self.key_columns(key).await;
+            }
+            if self.buffered >= self.policy.rows || self.buffered_bytes >= self.policy.bytes {
                 self.commit().await?;
             }
         }
         Ok(())
+    }
+
+    /// The field names of a framed key's schema (the table's primary key), if it is one.
+    async fn key_columns(&mut self, key: &[u8]) -> Option<Vec<String>> {
+        let (id, _) = wire::unframe(key).ok()?;
+        let json = self.registry.schema_by_id(id).await.ok()?;
+        crate::avro_arrow::record_field_names(&json)
     }
 
     /// Moves the rows being built into the finished batches.
@@ -296,6 +357,66 @@ impl TopicWriter {
         tracing::warn!(topic = %self.topic, partition = m.partition, offset = m.offset, reason, "record sent to the DLQ");
         metrics::counter!("weir_lake_dead_letters_total", "topic" => self.topic.clone()).increment(1);
         self.stats.dead_letters += 1;
+        self.dead_since_commit += 1;
+        Ok(())
+    }
+
+    /// New columns are welcome (they merge into the table: returns true); a column whose type
+    /// changed is not.
+    fn check_compatible(&self, schema: &deltalake::arrow::datatypes::SchemaRef) -> Result<bool, WriterError> {
+        use deltalake::kernel::{
+            StructType, engine::arrow_conversion::TryIntoKernel as _, schema::normalize_for_delta,
+        };
+        let new: StructType = normalize_for_delta(schema)
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| self.delta_err(DeltaTableError::from(e)))?;
+        let table = self.table.snapshot().map_err(|e| self.delta_err(e))?.schema();
+        let mut added = false;
+        for field in new.fields() {
+            let Some(old) = table.field(field.name()) else {
+                added = true;
+                continue;
+            };
+            if old.data_type() != field.data_type() {
+                return Err(WriterError::Incompatible {
+                    topic: self.topic.clone(),
+                    table: self.table_url.clone(),
+                    column: field.name().clone(),
+                    table_type: old.data_type().to_string(),
+                    new_type: field.data_type().to_string(),
+                });
+            }
+        }
+        Ok(added)
+    }
+
+    /// Creates the table with the columns of the first rows, partitioned by `_date`, recording
+    /// the primary key. Another writer may create it first; then that table is used.
+    async fn create(&mut self, schema: &deltalake::arrow::datatypes::SchemaRef) -> Result<(), WriterError> {
+        use deltalake::kernel::{
+            StructType, engine::arrow_conversion::TryIntoKernel as _, schema::normalize_for_delta,
+        };
+        let columns: StructType = normalize_for_delta(schema)
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| self.delta_err(DeltaTableError::from(e)))?;
+        let key = self.key.as_ref().map(|k| (KEY_PROPERTY, k.join(",")));
+        let created = self
+            .table
+            .create()
+            .with_columns(columns.fields().cloned())
+            .with_partition_columns(["_date"])
+            .with_configuration(key.map(|(k, v)| (k, Some(v))))
+            .with_raise_if_key_not_exists(false)
+            .await;
+        match created {
+            Ok(table) => self.table = table,
+            Err(e) => {
+                // Lost a race with another writer's create? Then the table is there now.
+                self.table.update_state().await.map_err(|_| self.delta_err(e))?;
+            }
+        }
         Ok(())
     }
 
@@ -307,28 +428,60 @@ impl TopicWriter {
         let txns: Vec<Transaction> =
             self.next.iter().map(|(&p, &o)| Transaction::new(app_id(&self.topic, p), o)).collect();
         if batches.is_empty() {
-            // Nothing to add; offsets past skipped records (tombstones, DLQ) are saved with the
-            // next commit that has rows.
+            // Nothing to add. Offsets past tombstones wait for the next commit with rows; past
+            // dead letters they are saved now (a commit of `txn` actions alone), so that a
+            // restart does not send them to the DLQ again.
+            if self.dead_since_commit > 0
+                && let Ok(snapshot) = self.table.snapshot()
+            {
+                let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+                CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
+                    .build(Some(snapshot), self.table.log_store(), operation)
+                    .await
+                    .map_err(|e| self.delta_err(e))?;
+                self.table.update_incremental(None).await.map_err(|e| self.delta_err(e))?;
+                self.dead_since_commit = 0;
+            }
             self.oldest = None;
             return Ok(());
         }
         let started = Instant::now();
-        let table = self
-            .table
-            .clone()
-            .write(batches)
-            .with_save_mode(SaveMode::Append)
-            .with_partition_columns(["_date"])
-            .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
-            .with_commit_properties(CommitProperties::default().with_application_transactions(txns))
-            .await
-            .map_err(|e| WriterError::Delta {
-                topic: self.topic.clone(),
-                table: self.table_url.clone(),
-                source: Box::new(e),
-            })?;
+        let schema = batches[0].schema();
+        if self.table.version().is_none() {
+            self.create(&schema).await?;
+        }
+        // Another writer (other partitions of the topic) may commit in between; appends do not
+        // conflict, but a concurrent schema change does: then read the table again and retry.
+        let mut attempt = 0;
+        let table = loop {
+            let evolve = self.check_compatible(&schema)?;
+            let mut write = self
+                .table
+                .clone()
+                .write(batches.clone())
+                .with_save_mode(SaveMode::Append)
+                .with_partition_columns(["_date"])
+                .with_writer_properties(parquet_properties())
+                .with_commit_properties(CommitProperties::default().with_application_transactions(txns.clone()));
+            if evolve {
+                write = write.with_schema_mode(SchemaMode::Merge);
+            }
+            match write.await {
+                Ok(table) => break table,
+                Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(conflict) })
+                    if attempt < 5 =>
+                {
+                    attempt += 1;
+                    tracing::info!(topic = %self.topic, %conflict, attempt, "commit conflict; retrying on the new table version");
+                    self.table.update_state().await.map_err(|e| self.delta_err(e))?;
+                }
+                Err(e) => return Err(self.delta_err(e)),
+            }
+        };
         self.table = table;
+        self.dead_since_commit = 0;
         self.buffered = 0;
+        self.buffered_bytes = 0;
         self.oldest = None;
         self.stats.rows += rows as u64;
         self.stats.commits += 1;
