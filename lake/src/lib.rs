@@ -2,16 +2,23 @@
 //!
 //! Owns the Delta tables on object storage: change-event topics become `raw.*` change-log tables,
 //! appended exactly once by storing bus offsets in Delta `txn` actions in the same commit as the
-//! data.
+//! data; `current.*` tables are rebuilt from them; SQL runs over all of them.
 //!
 //! - [`config`]: where the lake is.
+//! - [`storage`]: `s3://` through object_store, with conditional PUT for atomic commits.
+//! - [`catalog`]: the lake's named tables; listing, history, compaction, vacuum.
 //! - [`avro_arrow`]: envelopes (Avro, registry schemas) straight into Arrow columns.
 //! - [`writer`]: one topic → one Delta table, exactly once, with a dead-letter topic.
-//!
-//! Still to come: `current.*` tables rebuilt from the change log, compaction and retention, S3.
+//! - [`current`]: latest row per primary key, rebuilt from a change log.
+//! - [`query`]: DataFusion over the lake, with time travel.
 
 pub mod avro_arrow;
+pub mod catalog;
 pub mod config;
+pub mod current;
+pub mod query;
+pub mod storage;
 pub mod writer;
 
-pub use config::{LakeConfig, LakeUrl};
+pub use catalog::{Lake, LakeError};
+pub use config::{LakeConfig, LakeUrl, S3Options};

@@ -1,0 +1,206 @@
+//! The lake as a set of named Delta tables: `raw.*` change logs, `current.*` latest rows,
+//! `views.*` batch outputs, each at `<lake>/<namespace>/<name>/`. Lists, opens (at a version for
+//! time travel), shows history, compacts and vacuums them.
+
+use std::{collections::HashMap, time::Duration};
+
+use deltalake::{
+    DeltaTable, DeltaTableError,
+    kernel::CommitInfo,
+    logstore::{object_store::path::Path, store_for},
+};
+use futures::TryStreamExt;
+
+use crate::config::{LakeConfig, LakeUrl};
+
+/// The namespaces a lake holds, in listing order.
+pub const NAMESPACES: [&str; 3] = ["raw", "current", "views"];
+
+/// Why a lake operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// Not `<namespace>.<name>` with a known namespace.
+    #[error("{0:?} is not a lake table name: expected raw.<name>, current.<name> or views.<name>")]
+    BadName(String),
+    /// There is no Delta table of that name.
+    #[error("no table {name} in the lake at {lake}")]
+    NoTable {
+        /// The table.
+        name: String,
+        /// The lake.
+        lake: String,
+    },
+    /// The storage or the Delta log failed.
+    #[error("{table}: {source}")]
+    Delta {
+        /// The table (or the lake, for listings).
+        table: String,
+        /// Cause.
+        source: Box<DeltaTableError>,
+    },
+    /// Something else about the table, explained.
+    #[error("{table}: {reason}")]
+    Table {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("query: {0}")]
+    Query(#[from] Box<deltalake::datafusion::error::DataFusionError>),
+}
+
+impl LakeError {
+    pub(crate) fn delta(table: &str, source: DeltaTableError) -> LakeError {
+        LakeError::Delta { table: table.to_string(), source: Box::new(source) }
+    }
+}
+
+/// One entry of [`Lake::tables`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// `raw.shop_inv_orders`.
+    pub name: String,
+    /// The latest version.
+    pub version: u64,
+    /// Data files in that version.
+    pub files: usize,
+    /// Bytes of those files.
+    pub bytes: u64,
+}
+
+/// What [`Lake::optimize`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptimizeStats {
+    /// Files written.
+    pub files_added: u64,
+    /// Files no longer referenced by the new version (still on storage until vacuumed).
+    pub files_removed: u64,
+    /// The version it committed (`None` when there was nothing to compact).
+    pub version: Option<u64>,
+}
+
+/// A lake: where its tables are and how to reach them.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    url: LakeUrl,
+}
+
+impl Lake {
+    /// The lake `config` describes; registers S3 access when it is on S3.
+    pub fn new(config: &LakeConfig) -> Lake {
+        if matches!(config.url, LakeUrl::S3 { .. }) {
+            crate::storage::register(&config.s3);
+        }
+        Lake { url: config.url.clone() }
+    }
+
+    /// The lake's URL.
+    pub fn url(&self) -> &LakeUrl {
+        &self.url
+    }
+
+    /// The storage location of table `name`, checking the name.
+    pub fn table_url(&self, name: &str) -> Result<url::Url, LakeError> {
+        check_name(name)?;
+        self.url.table_url(name).map_err(|reason| LakeError::Table { table: name.into(), reason })
+    }
+
+    /// Every table of the lake, with its latest version.
+    pub async fn tables(&self) -> Result<Vec<TableInfo>, LakeError> {
+        let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
+        let lake = self.url.to_string();
+        let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
+        // The store is rooted at the lake's root already.
+        let mut out = Vec::new();
+        for ns in NAMESPACES {
+            let listing = store
+                .list_with_delimiter(Some(&Path::from(ns)))
+                .await
+                .map_err(|e| LakeError::delta(&lake, e.into()))?;
+            let mut names: Vec<String> =
+                listing.common_prefixes.iter().filter_map(|p| p.filename().map(|n| format!("{ns}.{n}"))).collect();
+            names.sort();
+            for name in names {
+                let Some(table) = self.try_open(&name, None).await? else { continue };
+                let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
+                let files = snapshot.log_data();
+                let (count, bytes) = files.iter().fold((0, 0u64), |(n, b), f| (n + 1, b + f.size() as u64));
+                out.push(TableInfo { name, version: snapshot.version(), files: count, bytes });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Table `name` at its latest version, or at `version`.
+    pub async fn open(&self, name: &str, version: Option<u64>) -> Result<DeltaTable, LakeError> {
+        self.try_open(name, version)
+            .await?
+            .ok_or_else(|| LakeError::NoTable { name: name.into(), lake: self.url.to_string() })
+    }
+
+    /// Like [`Lake::open`], `None` when the table does not exist (yet).
+    pub async fn try_open(&self, name: &str, version: Option<u64>) -> Result<Option<DeltaTable>, LakeError> {
+        let url = self.table_url(name)?;
+        let mut table = deltalake::DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.build())
+            .map_err(|e| LakeError::delta(name, e))?;
+        let loaded = match version {
+            Some(v) => table.load_version(v).await,
+            None => table.load().await,
+        };
+        match loaded {
+            Ok(()) => Ok(Some(table)),
+            Err(DeltaTableError::NotATable(_)) => Ok(None),
+            Err(e) => Err(LakeError::delta(name, e)),
+        }
+    }
+
+    /// The commits of table `name`, newest first.
+    pub async fn history(&self, name: &str, limit: Option<usize>) -> Result<Vec<CommitInfo>, LakeError> {
+        let table = self.open(name, None).await?;
+        table.history(limit).try_collect().await.map_err(|e| LakeError::delta(name, e))
+    }
+
+    /// Rewrites table `name`'s small files into files of about `target_size` bytes, as a new
+    /// version. The old files stay on storage (older versions still read them) until vacuumed.
+    pub async fn optimize(&self, name: &str, target_size: u64) -> Result<OptimizeStats, LakeError> {
+        let table = self.open(name, None).await?;
+        let before = table.version();
+        let (table, metrics) = table
+            .optimize()
+            .with_target_size(std::num::NonZeroU64::new(target_size.max(1)).expect("at least 1"))
+            .await
+            .map_err(|e| LakeError::delta(name, e))?;
+        let version = table.version().filter(|v| Some(*v) != before);
+        Ok(OptimizeStats { files_added: metrics.num_files_added, files_removed: metrics.num_files_removed, version })
+    }
+
+    /// Deletes table `name`'s files that no version newer than `retention` references. Returns
+    /// the deleted (or, with `dry_run`, the deletable) files.
+    pub async fn vacuum(&self, name: &str, retention: Duration, dry_run: bool) -> Result<Vec<String>, LakeError> {
+        let table = self.open(name, None).await?;
+        let retention = chrono::Duration::seconds(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 1000));
+        // The retention asked for is the user's decision (default 7 days at the command line), so
+        // the table's own `delta.deletedFileRetentionDuration` does not veto a shorter one.
+        let (_, metrics) = table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .with_dry_run(dry_run)
+            .await
+            .map_err(|e| LakeError::delta(name, e))?;
+        Ok(metrics.files_deleted)
+    }
+}
+
+/// Checks `<namespace>.<name>`.
+pub fn check_name(name: &str) -> Result<(), LakeError> {
+    let ok = name.split_once('.').is_some_and(|(ns, rest)| {
+        NAMESPACES.contains(&ns)
+            && !rest.is_empty()
+            && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    });
+    if ok { Ok(()) } else { Err(LakeError::BadName(name.into())) }
+}

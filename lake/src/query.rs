@@ -1,0 +1,138 @@
+//! SQL over the lake with DataFusion: every table is registered under its namespace
+//! (`raw.orders`, `current.orders`, `views.order_facts`), and a table reference may travel in
+//! time with Delta's `VERSION AS OF <n>` (`SELECT … FROM raw.orders VERSION AS OF 3`), or a whole
+//! query may read every table at one version.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use deltalake::{
+    arrow::record_batch::RecordBatch,
+    datafusion::{
+        catalog::MemorySchemaProvider,
+        common::TableReference,
+        prelude::SessionContext,
+        sql::sqlparser::{
+            dialect::GenericDialect,
+            tokenizer::{Token, Tokenizer},
+        },
+    },
+};
+
+use crate::catalog::{Lake, LakeError, NAMESPACES};
+
+fn query_err(e: deltalake::datafusion::error::DataFusionError) -> LakeError {
+    LakeError::Query(Box::new(e))
+}
+
+/// A DataFusion session that sees every table of `lake` at its latest version, or at `version`
+/// when given (tables younger than it are left out).
+pub async fn session(lake: &Lake, version: Option<u64>) -> Result<SessionContext, LakeError> {
+    let ctx: SessionContext = deltalake::delta_datafusion::create_session().into_inner();
+    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
+    for ns in NAMESPACES {
+        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
+    }
+    for info in lake.tables().await? {
+        let table = match version {
+            None => lake.open(&info.name, None).await?,
+            Some(v) if v <= info.version => lake.open(&info.name, Some(v)).await?,
+            Some(_) => continue,
+        };
+        register(&ctx, &info.name, &info.name, &table).await?;
+    }
+    Ok(ctx)
+}
+
+async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    as_name: &str,
+    table: &deltalake::DeltaTable,
+) -> Result<(), LakeError> {
+    table.update_datafusion_session(&ctx.state()).map_err(|e| LakeError::delta(name, e))?;
+    let provider = table.table_provider().await.map_err(query_err)?;
+    let (ns, rest) = as_name.split_once('.').expect("checked lake names have a namespace");
+    ctx.register_table(TableReference::partial(ns, rest), provider).map_err(query_err)?;
+    Ok(())
+}
+
+/// Runs `sql` against the lake (see [`session`] for `version`), resolving `VERSION AS OF`.
+pub async fn run(lake: &Lake, sql: &str, version: Option<u64>) -> Result<Vec<RecordBatch>, LakeError> {
+    let (sql, pinned) = rewrite_time_travel(sql)?;
+    let ctx = session(lake, version).await?;
+    for ((name, v), alias) in pinned {
+        let table = lake.open(&name, Some(v)).await?;
+        register(&ctx, &name, &alias, &table).await?;
+    }
+    let frame = ctx.sql(&sql).await.map_err(query_err)?;
+    frame.collect().await.map_err(query_err)
+}
+
+/// Tables pinned to a version by `VERSION AS OF`: (table, version) → the alias registered for it.
+pub type Pins = BTreeMap<(String, u64), String>;
+
+/// Replaces each `<ns>.<table> VERSION AS OF <n>` with a reference to an alias table
+/// `"<ns>"."<table>@v<n>"`; returns the new SQL and the (table, version) → alias pins.
+pub fn rewrite_time_travel(sql: &str) -> Result<(String, Pins), LakeError> {
+    let bad = |reason: String| LakeError::Table { table: "query".into(), reason };
+    let tokens =
+        Tokenizer::new(&GenericDialect {}, sql).tokenize().map_err(|e| bad(format!("cannot tokenize the SQL: {e}")))?;
+    let word =
+        |t: &Token, w: &str| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let mut pins = BTreeMap::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if word(&tokens[i], "VERSION") {
+            // The next three significant tokens must be AS OF <number>.
+            let significant: Vec<usize> =
+                (i + 1..tokens.len()).filter(|&j| !matches!(tokens[j], Token::Whitespace(_))).take(3).collect();
+            if significant.len() == 3 && word(&tokens[significant[0]], "AS") && word(&tokens[significant[1]], "OF") {
+                let Token::Number(n, _) = &tokens[significant[2]] else {
+                    return Err(bad("VERSION AS OF needs a version number".into()));
+                };
+                let version: u64 = n.parse().map_err(|_| bad(format!("VERSION AS OF {n}: not a version number")))?;
+                // Take back `<ns> . <table>` (and the whitespace before VERSION).
+                while matches!(out.last(), Some(Token::Whitespace(_))) {
+                    out.pop();
+                }
+                let (Some(Token::Word(table)), Some(Token::Period), Some(Token::Word(ns))) =
+                    (out.pop(), out.pop(), out.pop())
+                else {
+                    return Err(bad("VERSION AS OF must follow a table name such as raw.orders".into()));
+                };
+                let name = format!("{}.{}", ns.value, table.value);
+                crate::catalog::check_name(&name)?;
+                let alias = format!("{}@v{version}", table.value);
+                pins.insert((name, version), format!("{}.{alias}", ns.value));
+                out.push(Token::make_word(&ns.value, Some('"')));
+                out.push(Token::Period);
+                out.push(Token::make_word(&alias, Some('"')));
+                i = significant[2] + 1;
+                continue;
+            }
+        }
+        out.push(tokens[i].clone());
+        i += 1;
+    }
+    Ok((out.iter().map(ToString::to_string).collect(), pins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite_time_travel;
+
+    #[test]
+    fn version_as_of_becomes_an_alias() {
+        let (sql, pins) =
+            rewrite_time_travel("SELECT count(*) FROM raw.orders VERSION AS OF 3 o JOIN current.pay p ON o.id = p.id")
+                .unwrap();
+        assert_eq!(sql, "SELECT count(*) FROM \"raw\".\"orders@v3\" o JOIN current.pay p ON o.id = p.id");
+        assert_eq!(pins.into_iter().collect::<Vec<_>>(), [(("raw.orders".into(), 3), "raw.orders@v3".into())]);
+        // Inside a string it is data, not syntax.
+        let (sql, pins) = rewrite_time_travel("SELECT 'raw.x VERSION AS OF 2'").unwrap();
+        assert_eq!((sql.as_str(), pins.len()), ("SELECT 'raw.x VERSION AS OF 2'", 0));
+        assert!(rewrite_time_travel("SELECT * FROM raw.o VERSION AS OF x").is_err());
+        assert!(rewrite_time_travel("SELECT * FROM t VERSION AS OF 1").is_err());
+    }
+}

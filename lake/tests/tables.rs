@@ -1,0 +1,196 @@
+//! The lake's tables beyond the change log: `current.*` equal to replaying the changes, time
+//! travel, compaction and vacuum, a schema change the table cannot take, and S3 (a local
+//! S3-compatible server, `WEIR_TEST_S3_ENDPOINT`) with two writers racing for the same commits.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{Change, Setup, Shape, TOPIC, produce, produce_changes, setup, status};
+use weir_lake::{
+    Lake, LakeConfig, LakeUrl, S3Options,
+    writer::{FlushPolicy, TopicWriter, table_name},
+};
+use weir_schemas::envelope::Op;
+
+async fn writer(s: &Setup, lake: &Lake, partitions: Option<Vec<u32>>, rows: usize) -> TopicWriter {
+    let policy = FlushPolicy { rows, age: Duration::from_secs(3600), ..FlushPolicy::default() };
+    let url = lake.table_url(&table_name(TOPIC)).unwrap();
+    TopicWriter::open(s.bus.clone(), s.registry.clone(), TOPIC, partitions, url, policy).await.unwrap()
+}
+
+/// The result of `sql` as rows of display strings.
+async fn rows(lake: &Lake, sql: &str) -> Vec<Vec<String>> {
+    use deltalake::arrow::util::display::array_value_to_string;
+    let batches = weir_lake::query::run(lake, sql, None).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    for b in &batches {
+        for r in 0..b.num_rows() {
+            out.push(b.columns().iter().map(|c| array_value_to_string(c, r).unwrap()).collect());
+        }
+    }
+    out
+}
+
+async fn count(lake: &Lake, sql: &str) -> i64 {
+    rows(lake, sql).await[0][0].parse().unwrap()
+}
+
+/// Applies `changes` to a model of the source table: id → status.
+fn replay(model: &mut BTreeMap<i64, String>, changes: &[Change]) {
+    for c in changes {
+        match c.op {
+            Op::Delete => {
+                model.remove(&c.id);
+            }
+            _ => {
+                model.insert(c.id, status(c.id, c.rev));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn current_tables_equal_the_replayed_source_and_travel_in_time() {
+    let s = setup(3).await;
+    let lake = Lake::new(&s.lake_config());
+    let mut model = BTreeMap::new();
+    let mut first: Vec<Change> = (0..200).map(|id| Change { id, op: Op::Create, rev: 0 }).collect();
+    first.extend((0..200).step_by(2).map(|id| Change { id, op: Op::Update, rev: 1 }));
+    first.extend((0..200).step_by(5).map(|id| Change { id, op: Op::Delete, rev: 1 }));
+    first.extend((1..200).step_by(7).map(|id| Change { id, op: Op::Update, rev: 2 }));
+    first.push(Change { id: 10, op: Op::Create, rev: 9 }); // deleted above, then back
+    replay(&mut model, &first);
+    produce_changes(&s, &first, Shape::Base).await;
+    writer(&s, &lake, None, 64).await.drain(Duration::from_millis(200)).await.unwrap();
+
+    let built = weir_lake::current::build(&lake, "raw.shop_inv_orders").await.unwrap();
+    assert_eq!((built.table.as_str(), built.rows, built.version), ("current.shop_inv_orders", model.len() as u64, 0));
+    let expected: Vec<Vec<String>> = model.iter().map(|(id, st)| vec![id.to_string(), st.clone()]).collect();
+    assert_eq!(rows(&lake, "SELECT id, status FROM current.shop_inv_orders ORDER BY id").await, expected);
+
+    // More changes, a second build: a new version, and the first is still there to travel to.
+    let second: Vec<Change> = (0..50).map(|id| Change { id, op: Op::Delete, rev: 3 }).collect();
+    let first_count = model.len() as i64;
+    replay(&mut model, &second);
+    produce_changes(&s, &second, Shape::Base).await;
+    writer(&s, &lake, None, 64).await.drain(Duration::from_millis(200)).await.unwrap();
+    let built = weir_lake::current::build(&lake, "shop_inv_orders").await.unwrap();
+    assert_eq!((built.rows, built.version), (model.len() as u64, 1));
+    assert_eq!(count(&lake, "SELECT count(*) FROM current.shop_inv_orders").await, model.len() as i64);
+    assert_eq!(count(&lake, "SELECT count(*) FROM current.shop_inv_orders VERSION AS OF 0").await, first_count);
+    // The whole query at one version.
+    let at0 = weir_lake::query::run(&lake, "SELECT count(*) AS n FROM raw.shop_inv_orders", Some(0)).await.unwrap();
+    let total = count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await;
+    assert!(at0[0].num_rows() == 1 && total == (first.len() + second.len()) as i64);
+
+    let names: Vec<String> = lake.tables().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["raw.shop_inv_orders", "current.shop_inv_orders"]);
+    let history = lake.history("current.shop_inv_orders", None).await.unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+}
+
+#[tokio::test]
+async fn a_table_without_a_key_has_no_current_state() {
+    let s = setup(1).await;
+    let lake = Lake::new(&s.lake_config());
+    let err = weir_lake::current::build(&lake, "raw.nothing_here").await.unwrap_err().to_string();
+    assert!(err.contains("no table raw.nothing_here"), "{err}");
+    assert!(
+        weir_lake::current::build(&lake, "raw.bad name").await.unwrap_err().to_string().contains("not a lake table")
+    );
+}
+
+#[tokio::test]
+async fn optimize_adds_a_version_and_vacuum_removes_only_expired_files() {
+    let s = setup(1).await;
+    let lake = Lake::new(&s.lake_config());
+    produce(&s, 0, 1000, false).await;
+    let stats = writer(&s, &lake, None, 50).await.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(stats.commits, 20);
+    let name = "raw.shop_inv_orders";
+    let before = lake.tables().await.unwrap()[0].clone();
+    assert_eq!((before.files, before.version), (20, 20), "version 0 creates the table");
+
+    let optimized = lake.optimize(name, 64 << 20).await.unwrap();
+    assert_eq!((optimized.files_removed, optimized.files_added, optimized.version), (20, 1, Some(21)));
+    let after = lake.tables().await.unwrap()[0].clone();
+    assert_eq!(after.files, 1);
+    assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await, 1000);
+    assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders VERSION AS OF 7").await, 350);
+
+    let table_dir = s.dir.path().join("lake/raw/shop_inv_orders");
+    let parquet_files =
+        || walk(&table_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
+    assert_eq!(parquet_files(), 21, "compaction only adds files");
+    // Inside the default retention nothing is deleted; the files are still needed by versions 0–19.
+    assert!(lake.vacuum(name, Duration::from_secs(7 * 86_400), false).await.unwrap().is_empty());
+    let would = lake.vacuum(name, Duration::ZERO, true).await.unwrap();
+    assert_eq!((would.len(), parquet_files()), (20, 21), "a dry run deletes nothing");
+    assert_eq!(lake.vacuum(name, Duration::ZERO, false).await.unwrap().len(), 20);
+    assert_eq!(parquet_files(), 1);
+    assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await, 1000);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_incompatible_column_change_stops_the_table_with_a_clear_error() {
+    let s = setup(1).await;
+    let lake = Lake::new(&s.lake_config());
+    produce(&s, 0, 30, false).await;
+    let changes: Vec<Change> = (30..40).map(|id| Change { id, op: Op::Create, rev: 0 }).collect();
+    produce_changes(&s, &changes, Shape::AmountAsText).await;
+    let mut w = writer(&s, &lake, None, 1000).await;
+    let err = w.drain(Duration::from_millis(200)).await.unwrap_err().to_string();
+    assert!(err.contains("shop.inv.orders") && err.contains("amount"), "{err}");
+    // What came before the change is committed; nothing after it is.
+    assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await, 30);
+    drop(w);
+    let mut again = writer(&s, &lake, None, 1000).await;
+    assert!(again.drain(Duration::from_millis(200)).await.is_err(), "stays stopped at the same record");
+    assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await, 30);
+}
+
+#[tokio::test]
+async fn two_writers_race_on_one_s3_table_and_write_every_row_once() {
+    let endpoint = std::env::var("WEIR_TEST_S3_ENDPOINT")
+        .expect("WEIR_TEST_S3_ENDPOINT is not set: run scripts/test, which starts a local S3 server");
+    let bucket = format!("weir-race-{}", std::process::id());
+    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    let s = setup(2).await;
+    let config = LakeConfig {
+        url: format!("s3://{bucket}/lake").parse::<LakeUrl>().unwrap(),
+        s3: S3Options { endpoint: Some(endpoint), allow_http: true, ..S3Options::default() },
+        ..LakeConfig::default()
+    };
+    let lake = Lake::new(&config);
+    produce(&s, 0, 2000, false).await;
+    let mut a = writer(&s, &lake, Some(vec![0]), 40).await;
+    let mut b = writer(&s, &lake, Some(vec![1]), 40).await;
+    let (ra, rb) = tokio::join!(a.drain(Duration::from_millis(300)), b.drain(Duration::from_millis(300)));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.rows + rb.rows, 2000);
+    let commits = ra.commits + rb.commits;
+    assert!(ra.commits > 5 && rb.commits > 5, "both wrote many commits: {ra:?} {rb:?}");
+
+    let table = lake.open("raw.shop_inv_orders", None).await.unwrap();
+    assert_eq!(table.version(), Some(commits), "a create, then every commit in its own version");
+    assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await, 2000);
+    assert_eq!(
+        count(&lake, "SELECT count(DISTINCT concat(_partition, ':', _offset)) FROM raw.shop_inv_orders").await,
+        2000
+    );
+    // Restarted writers find their offsets in the table and write nothing twice.
+    let mut a = writer(&s, &lake, Some(vec![0]), 40).await;
+    assert_eq!(a.drain(Duration::from_millis(200)).await.unwrap().rows, 0);
+    assert_eq!(lake.tables().await.unwrap()[0].name, "raw.shop_inv_orders");
+}
