@@ -1,12 +1,18 @@
-//! `weir lake`: the lake role (change-event topics → `raw.*` Delta tables) and its tools.
+//! `weir lake`: the lake role (change-event topics → `raw.*` Delta tables) and its tools
+//! (tables, history, current-state snapshots, compaction, vacuum).
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Subcommand;
-use weir_lake::writer::{FlushPolicy, TopicWriter, table_name};
+use weir_bus::Bus;
+use weir_lake::{
+    Lake,
+    writer::{FlushPolicy, TopicWriter, table_name},
+};
+use weir_schemas::registry::SchemaRegistry;
 
-use crate::{config::Config, ingest::registry};
+use crate::{config::Config, ingest::registry, telemetry};
 
 /// `weir lake …`.
 #[derive(Subcommand)]
@@ -16,9 +22,48 @@ pub enum LakeCommand {
         /// Write what is on the topics now, then exit.
         #[arg(long)]
         once: bool,
-        /// Only these topics (default: every change-event topic `<prefix>.<db>.<table>`).
+        /// Only these topics (default: every change-event topic `<prefix>.<db>.<table>`, including
+        /// ones that appear while running).
         #[arg(long = "topic")]
         topics: Vec<String>,
+        /// Where to serve /healthz and /metrics (default: lake.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// List the lake's tables with their latest version, files and size.
+    Tables,
+    /// Show a table's commits, newest first.
+    History {
+        /// `raw.<name>`, `current.<name>` or `views.<name>`.
+        table: String,
+        /// At most this many commits.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Rebuild `current.<name>` (latest row per primary key) from `raw.<name>`; every table
+    /// with a key when none is named.
+    Snapshot {
+        /// `raw.<name>`, `current.<name>` or `<name>`.
+        table: Option<String>,
+    },
+    /// Compact a table's small files into larger ones, as a new version.
+    Optimize {
+        /// The table.
+        table: String,
+        /// Target file size in bytes.
+        #[arg(long, default_value_t = 128 << 20)]
+        target_size: u64,
+    },
+    /// Delete files no version within the retention refers to.
+    Vacuum {
+        /// The table.
+        table: String,
+        /// Keep files removed less than this long ago (older versions stay readable that long).
+        #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+        retention: Duration,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -32,56 +77,182 @@ fn is_change_topic(name: &str) -> bool {
 }
 
 pub async fn run(config: &Config, command: LakeCommand) -> anyhow::Result<()> {
+    let lake = Lake::new(&config.lake);
     match command {
-        LakeCommand::Run { once, topics } => write(config, once, topics).await,
+        LakeCommand::Run { once, topics, listen } => write(config, once, topics, listen).await,
+        LakeCommand::Tables => {
+            println!("{:<40} {:>8} {:>8} {:>14}", "table", "version", "files", "bytes");
+            for t in lake.tables().await? {
+                println!("{:<40} {:>8} {:>8} {:>14}", t.name, t.version, t.files, t.bytes);
+            }
+            Ok(())
+        }
+        LakeCommand::History { table, limit } => {
+            for commit in lake.history(&table, limit).await?.iter().rev() {
+                println!("{}", serde_json::to_string(commit)?);
+            }
+            Ok(())
+        }
+        LakeCommand::Snapshot { table } => {
+            let names = match table {
+                Some(t) => vec![t],
+                None => lake.tables().await?.into_iter().map(|t| t.name).filter(|n| n.starts_with("raw.")).collect(),
+            };
+            for name in names {
+                let stats = weir_lake::current::build(&lake, &name).await?;
+                println!(
+                    "{}: {} row(s), version {} (from {} version {})",
+                    stats.table,
+                    stats.rows,
+                    stats.version,
+                    name.replace("current.", "raw."),
+                    stats.raw_version
+                );
+            }
+            Ok(())
+        }
+        LakeCommand::Optimize { table, target_size } => {
+            let stats = lake.optimize(&table, target_size).await?;
+            match stats.version {
+                Some(v) => println!(
+                    "{table}: {} file(s) rewritten into {}, version {v}",
+                    stats.files_removed, stats.files_added
+                ),
+                None => println!("{table}: nothing to compact"),
+            }
+            Ok(())
+        }
+        LakeCommand::Vacuum { table, retention, dry_run } => {
+            let files = lake.vacuum(&table, retention, dry_run).await?;
+            for f in &files {
+                println!("{f}");
+            }
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            eprintln!("{table}: {verb} {} file(s)", files.len());
+            Ok(())
+        }
     }
 }
 
-async fn write(config: &Config, once: bool, topics: Vec<String>) -> anyhow::Result<()> {
-    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
-    let registry = registry(config).await?;
-    let topics = if topics.is_empty() {
-        bus.list_topics().await?.into_iter().map(|t| t.name).filter(|n| is_change_topic(n)).collect()
-    } else {
-        topics
-    };
-    anyhow::ensure!(!topics.is_empty(), "no change-event topics on {} to write", config.bus.url);
-    let policy = FlushPolicy { rows: config.lake.flush_rows, age: config.lake.flush_interval };
-    let mut writers = Vec::new();
-    for topic in &topics {
+/// Everything a topic's writer needs.
+struct Writers {
+    bus: Arc<dyn Bus>,
+    registry: Arc<dyn SchemaRegistry>,
+    lake: Lake,
+    policy: FlushPolicy,
+}
+
+impl Writers {
+    async fn open(&self, topic: &str) -> anyhow::Result<TopicWriter> {
         let name = table_name(topic);
-        let url = config.lake.url.table_url(&name).map_err(|e| anyhow::anyhow!("table {name}: {e}"))?;
-        writers.push((name, TopicWriter::open(bus.clone(), Arc::clone(&registry), topic, None, url, policy).await?));
+        let url = self.lake.table_url(&name)?;
+        let writer =
+            TopicWriter::open(self.bus.clone(), Arc::clone(&self.registry), topic, None, url, self.policy).await?;
+        Ok(writer)
     }
+
+    async fn change_topics(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.bus.list_topics().await?.into_iter().map(|t| t.name).filter(|n| is_change_topic(n)).collect())
+    }
+}
+
+async fn write(config: &Config, once: bool, only: Vec<String>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
+    let writers = Writers {
+        bus,
+        registry: registry(config).await?,
+        lake: Lake::new(&config.lake),
+        policy: config.lake.flush_policy(),
+    };
+    let fixed = !only.is_empty();
+    let topics = if fixed { only } else { writers.change_topics().await? };
     if once {
-        for (name, mut w) in writers {
-            let stats = w.drain(Duration::from_millis(500)).await?;
-            println!(
-                "{name}: {} row(s) in {} commit(s), {} to the DLQ; version {}",
-                stats.rows,
-                stats.commits,
-                stats.dead_letters,
-                w.table().version().map_or("none".into(), |v| v.to_string())
-            );
+        anyhow::ensure!(!topics.is_empty(), "no change-event topics on {} to write", config.bus.url);
+        // A table that fails stops alone; the others are still written.
+        let mut failed = Vec::new();
+        for topic in &topics {
+            let name = table_name(topic);
+            let result = async {
+                let mut w = writers.open(topic).await?;
+                let stats = w.drain(Duration::from_millis(500)).await?;
+                let version = w.table().version().map_or("none".into(), |v| v.to_string());
+                anyhow::Ok((stats, version))
+            }
+            .await;
+            match result {
+                Ok((stats, version)) => println!(
+                    "{name}: {} row(s) in {} commit(s), {} to the DLQ; version {version}",
+                    stats.rows, stats.commits, stats.dead_letters
+                ),
+                Err(e) => {
+                    eprintln!("weir: {name} stopped: {e:#}");
+                    failed.push(name);
+                }
+            }
         }
+        anyhow::ensure!(failed.is_empty(), "{} table(s) stopped: {}", failed.len(), failed.join(", "));
         return Ok(());
     }
+
+    let metrics = telemetry::init_metrics()?;
+    let addr = listen.unwrap_or(config.lake.listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(listen = %listener.local_addr()?, lake = %config.lake.url, "lake writers running");
+    let mut server = Box::pin(axum::serve(listener, telemetry::router(metrics)).into_future());
+
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    for (_, w) in writers {
-        let mut stopped = stopped.clone();
-        tasks.spawn(w.run(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }));
-    }
-    tracing::info!(tables = tasks.len(), lake = %config.lake.url, "lake writers running");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        Some(result) = tasks.join_next() => result??,
+    let mut started: HashSet<String> = HashSet::new();
+    let mut running = 0usize;
+    let mut rescan = tokio::time::interval(Duration::from_secs(10));
+    let mut pending = topics;
+    loop {
+        for topic in pending.drain(..) {
+            if !started.insert(topic.clone()) {
+                continue;
+            }
+            let name = table_name(&topic);
+            let w = writers.open(&topic).await.with_context(|| name.clone())?;
+            let mut stopped = stopped.clone();
+            tasks.spawn(async move {
+                let result = w
+                    .run(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+                (name, result)
+            });
+            running += 1;
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            result = &mut server => {
+                result.context("health and metrics server")?;
+                break;
+            }
+            Some(joined) = tasks.join_next() => {
+                let (name, result) = joined?;
+                running -= 1;
+                // One table's failure (an incompatible schema change, say) stops that table only.
+                if let Err(e) = result {
+                    tracing::error!(table = %name, error = %e, "lake table stopped");
+                    metrics::gauge!("weir_lake_table_stopped", "table" => name).set(1.0);
+                }
+                if running == 0 && fixed {
+                    anyhow::bail!("every lake table stopped");
+                }
+            }
+            _ = rescan.tick(), if !fixed => {
+                pending = writers.change_topics().await?.into_iter().filter(|t| !started.contains(t)).collect();
+            }
+        }
     }
     let _ = stop.send(true);
-    while let Some(result) = tasks.join_next().await {
-        result??;
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined?;
+        if let Err(e) = result {
+            tracing::error!(table = %name, error = %e, "lake table stopped");
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod config;
 mod console;
 mod ingest;
 mod lake;
+mod query;
 mod registry;
 mod telemetry;
 mod topics;
@@ -49,6 +50,8 @@ enum Command {
     /// The lake: change-event topics into Delta tables.
     #[command(subcommand)]
     Lake(lake::LakeCommand),
+    /// Run SQL over the lake's tables (DataFusion), with time travel.
+    Query(query::QueryArgs),
     /// Serve the embedded schema registry (Confluent REST API) from the metadata database.
     Registry(registry::RegistryArgs),
     /// Cassandra commit-log tools.
@@ -62,7 +65,8 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let is_service = matches!(cli.command, Command::Registry(_) | Command::Ingest(_) | Command::Lake(_));
+    let is_service =
+        matches!(cli.command, Command::Registry(_) | Command::Ingest(_) | Command::Lake(lake::LakeCommand::Run { .. }));
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
     if let Err(e) = run(cli).await {
@@ -80,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(a) => registry::serve(&config, a).await,
         Command::Ingest(a) => ingest::run(&config, a).await,
         Command::Lake(c) => lake::run(&config, c).await,
+        Command::Query(a) => query::run(&config, a).await,
         Command::Cassandra(c) => cassandra::run(c),
         Command::Bench(b) => bench::run(&config, b).await,
     }

@@ -3,37 +3,15 @@
 //! unreachable broker, and the registry service's health and metrics endpoints.
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{mariadb, mysql_source_toml, ok, test_mysql_url, weir};
 use weir_ingest::cassandra::fixtures::{Fixture, default_dir};
-
-/// `weir` run in `dir` with `bus_url`.
-fn weir(dir: &std::path::Path, bus_url: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(dir)
-        .env("WEIR_BUS_URL", bus_url)
-        .env_remove("WEIR_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(out.status.success(), "weir failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn round_trip(bus_url: &str, topic: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -205,30 +183,6 @@ fn ingest_once_puts_a_cdc_raw_segment_on_the_bus() {
     let out = weir(d, "local:./weir-data/bus", &["ingest", "--once"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("sources") && err.contains("oracle"), "{err}");
-}
-
-/// Runs SQL on the test MariaDB with its command-line client.
-fn mariadb(sql: &str) {
-    let status = Command::new("mariadb")
-        .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-e", sql])
-        .status()
-        .expect("the mariadb client (installed by scripts/test)");
-    assert!(status.success(), "{sql}");
-}
-
-/// `weir.toml` with one MariaDB source capturing `db.*`.
-fn mysql_source_toml(url: &str, server_id: u32, db: &str, extra: &str) -> String {
-    format!(
-        "[[sources]]\nkind = \"mysql\"\nname = \"maria\"\nurl = \"{url}\"\ntopic_prefix = \"shop\"\n\
-         server_id = {server_id}\ninclude_tables = [\"{db}.*\"]\n{extra}"
-    )
-}
-
-fn test_mysql_url() -> String {
-    let url = std::env::var("WEIR_TEST_MYSQL_URL")
-        .expect("WEIR_TEST_MYSQL_URL is not set: run scripts/test, which starts MariaDB on loopback");
-    assert!(url.ends_with(":13306"), "the SQL client here assumes scripts/services' port: {url}");
-    url
 }
 
 #[test]

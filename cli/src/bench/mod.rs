@@ -3,6 +3,7 @@
 mod bus;
 mod cdc_cassandra;
 mod cdc_mysql;
+mod lake;
 
 use clap::Subcommand;
 
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     CdcCassandra(cdc_cassandra::CdcCassandraArgs),
     /// MySQL/MariaDB CDC into the embedded bus: backlog drain events/s, steady-load latency.
     CdcMysql(cdc_mysql::CdcMysqlArgs),
+    /// Change events from the embedded bus into a Delta table, against Parquet's ArrowWriter.
+    Lake(lake::LakeBenchArgs),
 }
 
 pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
@@ -24,6 +27,7 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Bus(args) => bus::run(config, args).await?,
         BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
         BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
+        BenchCommand::Lake(args) => lake::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -1,0 +1,151 @@
+//! The lake through the `weir` binary, from a real MariaDB: `weir ingest` → `weir lake run` →
+//! `weir lake snapshot` gives a `current.*` table equal to the source table (`weir query`
+//! against `mariadb -e`), and `weir lake run` killed with SIGKILL again and again leaves every
+//! change in the lake exactly once.
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::{mariadb, mysql_source_toml, ok, test_mysql_url, weir};
+
+const BUS: &str = "local:./weir-data/bus";
+
+/// `SELECT` output of the test MariaDB, tab-separated, no header.
+fn mariadb_rows(sql: &str) -> String {
+    let out = Command::new("mariadb")
+        .args(["-h127.0.0.1", "-P13306", "-uweir", "-pweir", "-N", "-B", "-e", sql])
+        .output()
+        .expect("the mariadb client");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `weir query --format csv` output as MariaDB's tab-separated rows (no header).
+fn query_rows(d: &std::path::Path, sql: &str) -> String {
+    let csv = ok(weir(d, BUS, &["query", "--format", "csv", sql], None));
+    csv.lines().skip(1).map(|l| format!("{}\n", l.replace(',', "\t"))).collect()
+}
+
+#[test]
+fn current_state_from_mariadb_equals_the_source_table() {
+    let url = test_mysql_url();
+    mariadb(
+        "DROP DATABASE IF EXISTS weir_lake; CREATE DATABASE weir_lake; \
+         CREATE TABLE weir_lake.orders (id INT PRIMARY KEY, status VARCHAR(20), amount DECIMAL(10,2)); \
+         CREATE TABLE weir_lake.notes (id INT PRIMARY KEY, body TEXT); \
+         INSERT INTO weir_lake.orders VALUES (1, 'new', 10.50), (2, 'new', 20.00), (3, 'new', 30.25); \
+         INSERT INTO weir_lake.notes VALUES (1, 'hello')",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("weir.toml"), mysql_source_toml(&url, 6411, "weir_lake", "")).unwrap();
+    let compare = |round: &str| {
+        ok(weir(d, BUS, &["ingest", "--once"], None));
+        let out = ok(weir(d, BUS, &["lake", "run", "--once"], None));
+        assert!(out.contains("raw.shop_weir_lake_orders"), "{out}");
+        let out = ok(weir(d, BUS, &["lake", "snapshot"], None));
+        assert!(out.contains("current.shop_weir_lake_orders") && out.contains("current.shop_weir_lake_notes"), "{out}");
+        assert_eq!(
+            query_rows(d, "SELECT id, status, amount FROM current.shop_weir_lake_orders ORDER BY id"),
+            mariadb_rows("SELECT id, status, amount FROM weir_lake.orders ORDER BY id"),
+            "{round}"
+        );
+    };
+    compare("after the snapshot");
+    mariadb(
+        "UPDATE weir_lake.orders SET status = 'paid' WHERE id IN (1, 3); DELETE FROM weir_lake.orders WHERE id = 2; \
+         INSERT INTO weir_lake.orders VALUES (4, 'new', 4.00); UPDATE weir_lake.orders SET id = 5 WHERE id = 4; \
+         UPDATE weir_lake.orders SET amount = amount * 2 WHERE id = 1",
+    );
+    compare("after updates, a delete and a primary-key change");
+
+    let tables = ok(weir(d, BUS, &["lake", "tables"], None));
+    for t in ["raw.shop_weir_lake_orders", "raw.shop_weir_lake_notes", "current.shop_weir_lake_orders"] {
+        assert!(tables.contains(t), "{tables}");
+    }
+    let history = ok(weir(d, BUS, &["lake", "history", "current.shop_weir_lake_orders"], None));
+    assert_eq!(history.lines().count(), 2, "one version per snapshot: {history}");
+    // Time travel: the first snapshot's state.
+    assert_eq!(
+        query_rows(d, "SELECT id, status FROM current.shop_weir_lake_orders VERSION AS OF 0 ORDER BY id"),
+        "1\tnew\n2\tnew\n3\tnew\n"
+    );
+    let out = weir(d, BUS, &["query", "SELECT * FROM raw.no_such_table"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no_such_table"), "{err}");
+}
+
+#[test]
+fn kill_9_of_the_lake_writer_neither_loses_nor_duplicates() {
+    let url = test_mysql_url();
+    mariadb(
+        "DROP DATABASE IF EXISTS weir_lake_kill; CREATE DATABASE weir_lake_kill; \
+         CREATE TABLE weir_lake_kill.t (id INT PRIMARY KEY, v INT)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let toml = mysql_source_toml(&url, 6412, "weir_lake_kill", "") + "[lake]\nflush_rows = 211\n";
+    std::fs::write(d.join("weir.toml"), toml).unwrap();
+    ok(weir(d, BUS, &["ingest", "--once"], None)); // an empty snapshot; the changes come from the binlog
+    mariadb(
+        "SET SESSION max_recursive_iterations = 100000; INSERT INTO weir_lake_kill.t WITH RECURSIVE s(i) AS \
+         (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 30000) SELECT i, i FROM s; \
+         UPDATE weir_lake_kill.t SET v = v + 1 WHERE id % 3 = 0; DELETE FROM weir_lake_kill.t WHERE id % 10 = 0",
+    );
+    ok(weir(d, BUS, &["ingest", "--once"], None));
+    // 30,000 inserts, 10,000 updates, 3,000 deletes (+ tombstones, which carry no row).
+    let expected = 30_000 + 10_000 + 3_000;
+
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["lake", "run", "--listen", "127.0.0.1:0"])
+            .current_dir(d)
+            .env("WEIR_BUS_URL", BUS)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let committed =
+        || -> i64 { query_rows(d, "SELECT count(*) FROM raw.shop_weir_lake_kill_t").trim().parse().unwrap_or(0) };
+    let mut seed = std::process::id() as u64 | 1;
+    let mut interrupted = 0;
+    for _ in 0..8 {
+        let mut child = spawn();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(150 + seed % 500));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let n = committed();
+        eprintln!("killed with {n} of {expected} rows committed");
+        interrupted += usize::from(n > 0 && n < expected);
+    }
+    assert!(interrupted >= 3, "at least three kills landed while the writer was writing: {interrupted}");
+    ok(weir(d, BUS, &["lake", "run", "--once"], None));
+    let summary = query_rows(
+        d,
+        "SELECT count(*), count(DISTINCT concat(_partition, ':', _offset)), sum(id), \
+         sum(CASE WHEN _op = 'u' THEN v ELSE 0 END) FROM raw.shop_weir_lake_kill_t",
+    );
+    let ids: i64 = (1..=30_000).sum::<i64>()
+        + (1..=30_000).filter(|i| i % 3 == 0).sum::<i64>()
+        + (1..=30_000).filter(|i| i % 10 == 0).sum::<i64>();
+    let updated: i64 = (1..=30_000).filter(|i| i % 3 == 0).map(|i| i + 1).sum();
+    assert_eq!(
+        summary,
+        format!("{expected}\t{expected}\t{ids}\t{updated}\n"),
+        "after {interrupted} interrupted writers"
+    );
+    // And the current state equals the source.
+    ok(weir(d, BUS, &["lake", "snapshot", "raw.shop_weir_lake_kill_t"], None));
+    assert_eq!(
+        query_rows(d, "SELECT count(*), sum(id), sum(v) FROM current.shop_weir_lake_kill_t"),
+        mariadb_rows("SELECT count(*), sum(id), sum(v) FROM weir_lake_kill.t")
+    );
+}
