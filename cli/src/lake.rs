@@ -26,6 +26,10 @@ pub enum LakeCommand {
         /// ones that appear while running).
         #[arg(long = "topic")]
         topics: Vec<String>,
+        /// Only these partitions of each topic (default: all). Writers started with disjoint
+        /// partitions share one table safely, each owning its partitions' offsets.
+        #[arg(long, value_delimiter = ',')]
+        partitions: Vec<u32>,
         /// Where to serve /healthz and /metrics (default: lake.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -79,7 +83,10 @@ fn is_change_topic(name: &str) -> bool {
 pub async fn run(config: &Config, command: LakeCommand) -> anyhow::Result<()> {
     let lake = Lake::new(&config.lake);
     match command {
-        LakeCommand::Run { once, topics, listen } => write(config, once, topics, listen).await,
+        LakeCommand::Run { once, topics, partitions, listen } => {
+            let partitions = (!partitions.is_empty()).then_some(partitions);
+            write(config, once, topics, partitions, listen).await
+        }
         LakeCommand::Tables => {
             println!("{:<40} {:>8} {:>8} {:>14}", "table", "version", "files", "bytes");
             for t in lake.tables().await? {
@@ -140,14 +147,22 @@ struct Writers {
     registry: Arc<dyn SchemaRegistry>,
     lake: Lake,
     policy: FlushPolicy,
+    partitions: Option<Vec<u32>>,
 }
 
 impl Writers {
     async fn open(&self, topic: &str) -> anyhow::Result<TopicWriter> {
         let name = table_name(topic);
         let url = self.lake.table_url(&name)?;
-        let writer =
-            TopicWriter::open(self.bus.clone(), Arc::clone(&self.registry), topic, None, url, self.policy).await?;
+        let writer = TopicWriter::open(
+            self.bus.clone(),
+            Arc::clone(&self.registry),
+            topic,
+            self.partitions.clone(),
+            url,
+            self.policy,
+        )
+        .await?;
         Ok(writer)
     }
 
@@ -156,13 +171,20 @@ impl Writers {
     }
 }
 
-async fn write(config: &Config, once: bool, only: Vec<String>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn write(
+    config: &Config,
+    once: bool,
+    only: Vec<String>,
+    partitions: Option<Vec<u32>>,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
     let writers = Writers {
         bus,
         registry: registry(config).await?,
         lake: Lake::new(&config.lake),
         policy: config.lake.flush_policy(),
+        partitions,
     };
     let fixed = !only.is_empty();
     let topics = if fixed { only } else { writers.change_topics().await? };
