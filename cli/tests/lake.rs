@@ -88,7 +88,7 @@ fn kill_9_of_the_lake_writer_neither_loses_nor_duplicates() {
     );
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let toml = mysql_source_toml(&url, 6412, "weir_lake_kill", "") + "[lake]\nflush_rows = 211\n";
+    let toml = mysql_source_toml(&url, 6412, "weir_lake_kill", "") + "[lake]\nflush_rows = 1500\n";
     std::fs::write(d.join("weir.toml"), toml).unwrap();
     ok(weir(d, BUS, &["ingest", "--once"], None)); // an empty snapshot; the changes come from the binlog
     mariadb(
@@ -110,8 +110,11 @@ fn kill_9_of_the_lake_writer_neither_loses_nor_duplicates() {
             .spawn()
             .unwrap()
     };
-    let committed =
-        || -> i64 { query_rows(d, "SELECT count(*) FROM raw.shop_weir_lake_kill_t").trim().parse().unwrap_or(0) };
+    // Until the first commit there is no table to count.
+    let committed = || -> i64 {
+        let out = weir(d, BUS, &["query", "--format", "csv", "SELECT count(*) FROM raw.shop_weir_lake_kill_t"], None);
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
     let mut seed = std::process::id() as u64 | 1;
     let mut interrupted = 0;
     for _ in 0..8 {
@@ -119,7 +122,7 @@ fn kill_9_of_the_lake_writer_neither_loses_nor_duplicates() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(150 + seed % 500));
+        std::thread::sleep(Duration::from_millis(300 + seed % 700));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let n = committed();

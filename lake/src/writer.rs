@@ -29,7 +29,10 @@ use deltalake::{
     protocol::{DeltaOperation, SaveMode},
 };
 use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, Producer, Record, TopicPartition};
-use weir_schemas::{registry::SchemaRegistry, wire};
+use weir_schemas::{
+    registry::{RegistryError, SchemaRegistry},
+    wire,
+};
 
 use crate::{
     avro_arrow::{BatchBuilder, Layout},
@@ -63,6 +66,14 @@ pub enum WriterError {
         table_type: String,
         /// Its type in the new rows.
         new_type: String,
+    },
+    /// The schema registry could not be reached.
+    #[error("lake writer for {topic}: {source}")]
+    Registry {
+        /// The topic.
+        topic: String,
+        /// Cause.
+        source: Box<RegistryError>,
     },
     /// The Delta table could not be read or written.
     #[error("lake writer for {topic}: Delta table {table}: {source}")]
@@ -141,8 +152,10 @@ pub struct TopicWriter {
     buffered_bytes: usize,
     /// Records sent to the DLQ since the last commit.
     dead_since_commit: u64,
-    /// The primary-key columns, from the first keyed record's key schema.
+    /// The primary-key columns, from the first keyed record's key schema…
     key: Option<Vec<String>>,
+    /// … once that record has been seen.
+    key_known: bool,
     oldest: Option<Instant>,
     policy: FlushPolicy,
     stats: DrainStats,
@@ -204,6 +217,7 @@ impl TopicWriter {
             buffered_bytes: 0,
             dead_since_commit: 0,
             key: None,
+            key_known: false,
             oldest: None,
             policy,
             stats: DrainStats::default(),
@@ -263,14 +277,26 @@ impl TopicWriter {
             || self.oldest.is_some_and(|t| t.elapsed() >= self.policy.age)
     }
 
-    async fn layout(&mut self, id: u32) -> Result<Arc<Layout>, String> {
+    /// The layout of schema `id`: `Ok(Err(reason))` when the record cannot be decoded (unknown
+    /// id, not an envelope: a dead letter), `Err` when the registry cannot be reached (the writer
+    /// stops and resumes from the table later; nothing is dead-lettered for an outage).
+    async fn layout(&mut self, id: u32) -> Result<Result<Arc<Layout>, String>, WriterError> {
         if let Some(l) = self.layouts.get(&id) {
-            return Ok(l.clone());
+            return Ok(Ok(l.clone()));
         }
-        let json = self.registry.schema_by_id(id).await.map_err(|e| format!("schema id {id}: {e}"))?;
-        let layout = Arc::new(Layout::new(&json).map_err(|e| format!("schema id {id}: {e}"))?);
+        let json = match self.registry.schema_by_id(id).await {
+            Ok(json) => json,
+            Err(e @ (RegistryError::SchemaNotFound(_) | RegistryError::InvalidSchema(_))) => {
+                return Ok(Err(format!("schema id {id}: {e}")));
+            }
+            Err(e) => return Err(WriterError::Registry { topic: self.topic.clone(), source: Box::new(e) }),
+        };
+        let layout = match Layout::new(&json) {
+            Ok(l) => Arc::new(l),
+            Err(e) => return Ok(Err(format!("schema id {id}: {e}"))),
+        };
         self.layouts.insert(id, layout.clone());
-        Ok(layout)
+        Ok(Ok(layout))
     }
 
     /// Buffers a polled batch.
@@ -285,7 +311,7 @@ impl TopicWriter {
                     continue;
                 }
             };
-            let layout = match self.layout(id).await {
+            let layout = match self.layout(id).await? {
                 Ok(l) => l,
                 Err(reason) => {
                     self.dead_letter(&m, &reason).await?;
@@ -314,10 +340,11 @@ impl TopicWriter {
                 Ok(false) => {}
                 Err(e) => self.dead_letter(&m, &format!("schema id {id}: {e}")).await?,
             }
-            if self.key.is_none()
+            if !self.key_known
                 && let Some(key) = &m.key
             {
                 self.key = self.key_columns(key).await;
+                self.key_known = true;
             }
             if self.buffered >= self.policy.rows || self.buffered_bytes >= self.policy.bytes {
                 self.commit().await?;
@@ -409,6 +436,8 @@ impl TopicWriter {
             .with_partition_columns(["_date"])
             .with_configuration(key.map(|(k, v)| (k, Some(v))))
             .with_raise_if_key_not_exists(false)
+            // Losing the race for version 0 must fail, not create the table a second time.
+            .with_commit_properties(CommitProperties::default().with_max_retries(0))
             .await;
         match created {
             Ok(table) => self.table = table,

@@ -174,8 +174,8 @@ async fn two_writers_race_on_one_s3_table_and_write_every_row_once() {
     };
     let lake = Lake::new(&config);
     produce(&s, 0, 2000, false).await;
-    let mut a = writer(&s, &lake, Some(vec![0]), 40).await;
-    let mut b = writer(&s, &lake, Some(vec![1]), 40).await;
+    let mut a = writer(&s, &lake, Some(vec![0]), 100).await;
+    let mut b = writer(&s, &lake, Some(vec![1]), 100).await;
     let (ra, rb) = tokio::join!(a.drain(Duration::from_millis(300)), b.drain(Duration::from_millis(300)));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ra.rows + rb.rows, 2000);
@@ -190,7 +190,7 @@ async fn two_writers_race_on_one_s3_table_and_write_every_row_once() {
         2000
     );
     // Restarted writers find their offsets in the table and write nothing twice.
-    let mut a = writer(&s, &lake, Some(vec![0]), 40).await;
+    let mut a = writer(&s, &lake, Some(vec![0]), 100).await;
     assert_eq!(a.drain(Duration::from_millis(200)).await.unwrap().rows, 0);
     assert_eq!(lake.tables().await.unwrap()[0].name, "raw.shop_inv_orders");
 }
