@@ -389,14 +389,13 @@ impl Layout {
         offset: i64,
         batch: &mut BatchBuilder,
     ) -> Result<bool, DecodeError> {
-        // Check the whole envelope against the schema first, so a bad record changes no builder.
-        let mut check = Reader { buf: body, at: 0 };
-        for (_, avro) in &self.envelope {
-            check.skip(avro)?;
-        }
+        // One pass over the whole envelope checks it against the schema (so a bad record changes
+        // no builder), notes where the row images are and reads the few fields needed; a second
+        // pass decodes the image into the builders.
         let mut r = Reader { buf: body, at: 0 };
         let mut ranges = [(0usize, 0usize); 2];
-        let mut op = String::new();
+        let mut op = [0u8; 1];
+        let mut op_len = 0;
         let (mut ts_ms, mut file, mut pos, mut row) = (None, None, None, None);
         for (i, (_, avro)) in self.envelope.iter().enumerate() {
             if i == self.before || i == self.after {
@@ -407,37 +406,46 @@ impl Layout {
                 for (name, f) in &self.source_fields {
                     match name.as_str() {
                         "ts_ms" => ts_ms = r.long_in(f)?,
-                        "file" => file = r.string_in(f)?,
+                        "file" => file = r.str_in(f)?,
                         "pos" => pos = r.long_in(f)?,
                         "row" => row = r.long_in(f)?,
                         _ => r.skip(f)?,
                     }
                 }
             } else if i == self.op {
-                op = r.string_in(avro)?.unwrap_or_default();
+                let s = r.str_in(avro)?.unwrap_or_default();
+                op_len = s.len().min(1);
+                op[..op_len].copy_from_slice(&s.as_bytes()[..op_len]);
             } else {
                 r.skip(avro)?;
             }
         }
-        let image = if op == "d" { ranges[0] } else { ranges[1] };
+        let op = std::str::from_utf8(&op[..op_len]).unwrap_or_default();
+        let is_delete = op == "d";
+        let image = if is_delete { ranges[0] } else { ranges[1] };
         let mut ir = Reader { buf: &body[..image.1], at: image.0 };
         // The image is a union [null, record]: null means there is none (a truncate, say).
         let branch = ir.long()?;
-        let union = match &self.envelope[if op == "d" { self.before } else { self.after }].1 {
-            Avro::Union(b) => b.clone(),
-            other => vec![other.clone()],
+        let image_schema = &self.envelope[if is_delete { self.before } else { self.after }].1;
+        let is_record = match image_schema {
+            Avro::Union(branches) => matches!(branches.get(branch as usize), Some(Avro::Record(_))),
+            other => branch == 0 && matches!(other, Avro::Record(_)),
         };
-        match union.get(branch as usize) {
-            Some(Avro::Record(_)) => {}
-            _ => return Ok(false),
+        if !is_record {
+            return Ok(false);
         }
         for ((_, avro, _), column) in self.row.iter().zip(batch.columns.iter_mut()) {
             column.append(&mut ir, avro)?;
         }
-        batch.op.append_value(&op);
+        batch.op.append_value(op);
         batch.source_ts.append_option(ts_ms);
-        match (&file, pos) {
-            (Some(f), Some(p)) => batch.pos.append_value(format!("{f}:{p}:{}", row.unwrap_or(0))),
+        match (file, pos) {
+            (Some(f), Some(p)) => {
+                use std::fmt::Write as _;
+                // Written straight into the builder's buffer; `append_value("")` ends the value.
+                let _ = write!(batch.pos, "{f}:{p}:{}", row.unwrap_or(0));
+                batch.pos.append_value("");
+            }
             _ => batch.pos.append_null(),
         }
         batch.topic.append_value(topic);
@@ -679,12 +687,16 @@ impl<'a> Reader<'a> {
     }
 
     /// A string, possibly inside a `[null, string]` union.
-    fn string_in(&mut self, avro: &Avro) -> Result<Option<String>, DecodeError> {
+    fn str_in(&mut self, avro: &Avro) -> Result<Option<&'a str>, DecodeError> {
         match avro {
-            Avro::String => Ok(Some(String::from_utf8_lossy(self.bytes()?).into_owned())),
+            Avro::String => {
+                let at = self.at;
+                let bytes = self.bytes()?;
+                std::str::from_utf8(bytes).map(Some).map_err(|_| DecodeError::Data { at, reason: "not UTF-8".into() })
+            }
             Avro::Union(b) => match b.get(self.long()? as usize) {
                 Some(Avro::Null) => Ok(None),
-                Some(inner) => self.string_in(inner),
+                Some(inner) => self.str_in(inner),
                 None => Err(self.error("bad union branch".into())),
             },
             other => {
