@@ -109,10 +109,21 @@ impl Lake {
 
     /// Every table of the lake, with its latest version.
     pub async fn tables(&self) -> Result<Vec<TableInfo>, LakeError> {
+        let mut out = Vec::new();
+        for (name, table) in self.open_all().await? {
+            let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
+            let (files, bytes) = snapshot.log_data().iter().fold((0, 0u64), |(n, b), f| (n + 1, b + f.size() as u64));
+            out.push(TableInfo { name, version: snapshot.version(), files, bytes });
+        }
+        Ok(out)
+    }
+
+    /// Every table of the lake, opened at its latest version, in listing order.
+    pub async fn open_all(&self) -> Result<Vec<(String, DeltaTable)>, LakeError> {
         let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
         let lake = self.url.to_string();
+        // The store is rooted at the lake's root.
         let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
-        // The store is rooted at the lake's root already.
         let mut out = Vec::new();
         for ns in NAMESPACES {
             let listing = store
@@ -123,11 +134,10 @@ impl Lake {
                 listing.common_prefixes.iter().filter_map(|p| p.filename().map(|n| format!("{ns}.{n}"))).collect();
             names.sort();
             for name in names {
-                let Some(table) = self.try_open(&name, None).await? else { continue };
-                let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
-                let files = snapshot.log_data();
-                let (count, bytes) = files.iter().fold((0, 0u64), |(n, b), f| (n + 1, b + f.size() as u64));
-                out.push(TableInfo { name, version: snapshot.version(), files: count, bytes });
+                // A directory without a first commit yet is not a table.
+                if let Some(table) = self.try_open(&name, None).await? {
+                    out.push((name, table));
+                }
             }
         }
         Ok(out)

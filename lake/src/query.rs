@@ -32,13 +32,13 @@ pub async fn session(lake: &Lake, version: Option<u64>) -> Result<SessionContext
     for ns in NAMESPACES {
         catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
     }
-    for info in lake.tables().await? {
-        let table = match version {
-            None => lake.open(&info.name, None).await?,
-            Some(v) if v <= info.version => lake.open(&info.name, Some(v)).await?,
-            Some(_) => continue,
-        };
-        register(&ctx, &info.name, &info.name, &table).await?;
+    for (name, mut table) in lake.open_all().await? {
+        match version {
+            Some(v) if table.version().is_some_and(|latest| v > latest) => continue,
+            Some(v) => table.load_version(v).await.map_err(|e| LakeError::delta(&name, e))?,
+            None => {}
+        }
+        register(&ctx, &name, &name, &table).await?;
     }
     Ok(ctx)
 }
