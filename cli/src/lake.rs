@@ -234,7 +234,15 @@ async fn write(
                 continue;
             }
             let name = table_name(&topic);
-            let w = writers.open(&topic).await.with_context(|| name.clone())?;
+            let w = match writers.open(&topic).await {
+                Ok(w) => w,
+                Err(e) => {
+                    // A table that cannot be opened stops alone, like one that fails while running.
+                    tracing::error!(table = %name, error = %format!("{e:#}"), "lake table stopped");
+                    metrics::gauge!("weir_lake_table_stopped", "table" => name).set(1.0);
+                    continue;
+                }
+            };
             let mut stopped = stopped.clone();
             tasks.spawn(async move {
                 let result = w
@@ -246,6 +254,7 @@ async fn write(
             });
             running += 1;
         }
+        anyhow::ensure!(!fixed || running > 0, "every lake table stopped");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             result = &mut server => {
@@ -259,9 +268,6 @@ async fn write(
                 if let Err(e) = result {
                     tracing::error!(table = %name, error = %e, "lake table stopped");
                     metrics::gauge!("weir_lake_table_stopped", "table" => name).set(1.0);
-                }
-                if running == 0 && fixed {
-                    anyhow::bail!("every lake table stopped");
                 }
             }
             _ = rescan.tick(), if !fixed => {
