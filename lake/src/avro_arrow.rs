@@ -650,18 +650,24 @@ impl<'a> Reader<'a> {
     }
 
     fn long(&mut self) -> Result<i64, DecodeError> {
-        let (mut v, mut shift) = (0u64, 0u32);
-        loop {
-            let b = self.byte()?;
-            if shift >= 64 {
-                return Err(self.error("varint longer than 10 bytes".into()));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok((v >> 1) as i64 ^ -((v & 1) as i64));
-            }
-            shift += 7;
+        let zigzag = |v: u64| (v >> 1) as i64 ^ -((v & 1) as i64);
+        let rest = self.buf.get(self.at..).unwrap_or_default();
+        // Most values (lengths, union branches, small numbers) fit in one byte.
+        if let Some(&b) = rest.first()
+            && b < 0x80
+        {
+            self.at += 1;
+            return Ok(zigzag(u64::from(b)));
         }
+        let mut v = 0u64;
+        for (i, &b) in rest.iter().take(10).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.at += i + 1;
+                return Ok(zigzag(v));
+            }
+        }
+        Err(self.error(if rest.len() >= 10 { "varint longer than 10 bytes".into() } else { "varint cut short".into() }))
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {

@@ -159,6 +159,14 @@ pub struct TopicWriter {
     oldest: Option<Instant>,
     policy: FlushPolicy,
     stats: DrainStats,
+    /// The commit being written in the background while the next rows decode (at most one).
+    in_flight: Option<tokio::task::JoinHandle<Result<Committed, WriterError>>>,
+}
+
+/// What a background commit hands back: the table at its new version and the rows it added.
+struct Committed {
+    table: DeltaTable,
+    rows: usize,
 }
 
 impl TopicWriter {
@@ -221,6 +229,7 @@ impl TopicWriter {
             oldest: None,
             policy,
             stats: DrainStats::default(),
+            in_flight: None,
         })
     }
 
@@ -252,6 +261,7 @@ impl TopicWriter {
             }
         }
         self.commit().await?;
+        self.settle().await?;
         Ok(self.stats)
     }
 
@@ -268,7 +278,8 @@ impl TopicWriter {
                 self.commit().await?;
             }
         }
-        self.commit().await
+        self.commit().await?;
+        self.settle().await
     }
 
     fn due(&self) -> bool {
@@ -388,36 +399,6 @@ impl TopicWriter {
         Ok(())
     }
 
-    /// New columns are welcome (they merge into the table: returns true); a column whose type
-    /// changed is not.
-    fn check_compatible(&self, schema: &deltalake::arrow::datatypes::SchemaRef) -> Result<bool, WriterError> {
-        use deltalake::kernel::{
-            StructType, engine::arrow_conversion::TryIntoKernel as _, schema::normalize_for_delta,
-        };
-        let new: StructType = normalize_for_delta(schema)
-            .as_ref()
-            .try_into_kernel()
-            .map_err(|e| self.delta_err(DeltaTableError::from(e)))?;
-        let table = self.table.snapshot().map_err(|e| self.delta_err(e))?.schema();
-        let mut added = false;
-        for field in new.fields() {
-            let Some(old) = table.field(field.name()) else {
-                added = true;
-                continue;
-            };
-            if old.data_type() != field.data_type() {
-                return Err(WriterError::Incompatible {
-                    topic: self.topic.clone(),
-                    table: self.table_url.clone(),
-                    column: field.name().clone(),
-                    table_type: old.data_type().to_string(),
-                    new_type: field.data_type().to_string(),
-                });
-            }
-        }
-        Ok(added)
-    }
-
     /// Creates the table with the columns of the first rows, partitioned by `_date`, recording
     /// the primary key. Another writer may create it first; then that table is used.
     async fn create(&mut self, schema: &deltalake::arrow::datatypes::SchemaRef) -> Result<(), WriterError> {
@@ -449,11 +430,34 @@ impl TopicWriter {
         Ok(())
     }
 
-    /// Commits what is buffered, with the partitions' next offsets as `txn` actions.
+    /// Waits for the commit in flight, if any, and takes the table it produced.
+    async fn settle(&mut self) -> Result<(), WriterError> {
+        let Some(handle) = self.in_flight.take() else { return Ok(()) };
+        let committed = match handle.await {
+            Ok(result) => result?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
+                return Err(WriterError::Delta {
+                    topic: self.topic.clone(),
+                    table: self.table_url.clone(),
+                    source: Box::new(DeltaTableError::Generic(format!("the commit task ended: {e}"))),
+                });
+            }
+        };
+        self.table = committed.table;
+        self.stats.rows += committed.rows as u64;
+        self.stats.commits += 1;
+        Ok(())
+    }
+
+    /// Commits what is buffered, with the partitions' next offsets as `txn` actions. The Parquet
+    /// files are written and the commit made by a background task while the writer decodes the
+    /// next rows (the two use different cores); the commit before it is awaited first, so
+    /// commits land in offset order and at most one is in flight. [`Self::settle`] awaits it.
     async fn commit(&mut self) -> Result<(), WriterError> {
         self.seal();
+        self.settle().await?;
         let batches = std::mem::take(&mut self.batches);
-        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let txns: Vec<Transaction> =
             self.next.iter().map(|(&p, &o)| Transaction::new(app_id(&self.topic, p), o)).collect();
         if batches.is_empty() {
@@ -474,11 +478,43 @@ impl TopicWriter {
             self.oldest = None;
             return Ok(());
         }
-        let started = Instant::now();
-        let schema = batches[0].schema();
         if self.table.version().is_none() {
-            self.create(&schema).await?;
+            self.create(&batches[0].schema()).await?;
         }
+        let job = CommitJob {
+            topic: self.topic.clone(),
+            table_url: self.table_url.clone(),
+            table: self.table.clone(),
+            batches,
+            txns,
+        };
+        self.in_flight = Some(tokio::spawn(job.run()));
+        self.dead_since_commit = 0;
+        self.buffered = 0;
+        self.buffered_bytes = 0;
+        self.oldest = None;
+        Ok(())
+    }
+}
+
+/// One commit's work, owned so that it can run beside the decoding of the next rows.
+struct CommitJob {
+    topic: String,
+    table_url: String,
+    table: DeltaTable,
+    batches: Vec<RecordBatch>,
+    txns: Vec<Transaction>,
+}
+
+impl CommitJob {
+    fn delta_err(&self, e: DeltaTableError) -> WriterError {
+        WriterError::Delta { topic: self.topic.clone(), table: self.table_url.clone(), source: Box::new(e) }
+    }
+
+    async fn run(mut self) -> Result<Committed, WriterError> {
+        let started = Instant::now();
+        let rows: usize = self.batches.iter().map(RecordBatch::num_rows).sum();
+        let schema = self.batches[0].schema();
         // Another writer (other partitions of the topic) may commit in between; appends do not
         // conflict, but a concurrent schema change does: then read the table again and retry.
         let mut attempt = 0;
@@ -487,11 +523,11 @@ impl TopicWriter {
             let mut write = self
                 .table
                 .clone()
-                .write(batches.clone())
+                .write(self.batches.clone())
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(["_date"])
                 .with_writer_properties(parquet_properties())
-                .with_commit_properties(CommitProperties::default().with_application_transactions(txns.clone()));
+                .with_commit_properties(CommitProperties::default().with_application_transactions(self.txns.clone()));
             if evolve {
                 write = write.with_schema_mode(SchemaMode::Merge);
             }
@@ -507,15 +543,38 @@ impl TopicWriter {
                 Err(e) => return Err(self.delta_err(e)),
             }
         };
-        self.table = table;
-        self.dead_since_commit = 0;
-        self.buffered = 0;
-        self.buffered_bytes = 0;
-        self.oldest = None;
-        self.stats.rows += rows as u64;
-        self.stats.commits += 1;
         metrics::counter!("weir_lake_rows_total", "topic" => self.topic.clone()).increment(rows as u64);
-        tracing::info!(topic = %self.topic, rows, version = ?self.table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
-        Ok(())
+        tracing::info!(topic = %self.topic, rows, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
+        Ok(Committed { table, rows })
+    }
+
+    /// New columns are welcome (they merge into the table: returns true); a column whose type
+    /// changed is not.
+    fn check_compatible(&self, schema: &deltalake::arrow::datatypes::SchemaRef) -> Result<bool, WriterError> {
+        use deltalake::kernel::{
+            StructType, engine::arrow_conversion::TryIntoKernel as _, schema::normalize_for_delta,
+        };
+        let new: StructType = normalize_for_delta(schema)
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| self.delta_err(DeltaTableError::from(e)))?;
+        let table = self.table.snapshot().map_err(|e| self.delta_err(e))?.schema();
+        let mut added = false;
+        for field in new.fields() {
+            let Some(old) = table.field(field.name()) else {
+                added = true;
+                continue;
+            };
+            if old.data_type() != field.data_type() {
+                return Err(WriterError::Incompatible {
+                    topic: self.topic.clone(),
+                    table: self.table_url.clone(),
+                    column: field.name().clone(),
+                    table_type: old.data_type().to_string(),
+                    new_type: field.data_type().to_string(),
+                });
+            }
+        }
+        Ok(added)
     }
 }
