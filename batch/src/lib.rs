@@ -1,5 +1,8 @@
 //! # weir-batch — batch computation over the lake
 //!
-//! Will own the DataFusion session over the lake's catalogue and the runtimes of batch tasks:
-//! SQL (results written as new versions of `views.*` tables) and arbitrary executables.
-//! Not built yet: see the orchestration issue.
+//! The runtimes of batch tasks, independent of any scheduler: [`script`] runs an executable
+//! with its output captured into a log file, [`sql`] runs a DataFusion query over the lake and
+//! writes its result as a new version of a `views.*` Delta table.
+
+pub mod script;
+pub mod sql;

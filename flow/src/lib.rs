@@ -1,5 +1,28 @@
 //! # weir-flow — the orchestrator
 //!
-//! Will own DAG files and their model, the scheduler and its task-instance state machine, the
-//! metadata store (sqlx, SQLite or PostgreSQL), executors, remote workers, leader election and
-//! the task event stream. Not built yet: see the orchestration issues.
+//! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), trigger
+//! rules and states ([`rules`]), templating ([`template`]), the metadata store ([`store`]), the
+//! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
+//! local executor ([`scheduler`]).
+
+pub mod dag;
+pub mod rules;
+pub mod runs;
+pub mod schedule;
+pub mod scheduler;
+pub mod store;
+pub mod template;
+
+/// Why an orchestrator operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The metadata database.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A DAG file.
+    #[error(transparent)]
+    Dag(#[from] dag::DagError),
+    /// A request that cannot be carried out (the message says why).
+    #[error("{0}")]
+    Invalid(String),
+}

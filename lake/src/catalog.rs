@@ -52,7 +52,8 @@ pub enum LakeError {
 }
 
 impl LakeError {
-    pub(crate) fn delta(table: &str, source: DeltaTableError) -> LakeError {
+    /// A Delta error about `table`.
+    pub fn delta(table: &str, source: DeltaTableError) -> LakeError {
         LakeError::Delta { table: table.to_string(), source: Box::new(source) }
     }
 }

@@ -1,0 +1,185 @@
+//! Runs one executable for a task: arguments and environment given, standard output and error
+//! appended to the try's log file line by line (stderr lines marked), killed when it runs past
+//! its timeout. The tail of standard output is returned (branch tasks read their choice there).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    process::Command,
+};
+
+/// Why a script did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// It could not be started.
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        /// argv[0].
+        program: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// It exited with a non-zero status.
+    #[error("{program:?} exited with status {code}")]
+    Exit {
+        /// argv[0].
+        program: String,
+        /// The status.
+        code: i32,
+    },
+    /// A signal ended it.
+    #[error("{program:?} was killed by a signal")]
+    Signal {
+        /// argv[0].
+        program: String,
+    },
+    /// It ran past its time limit and was killed.
+    #[error("{program:?} ran longer than its execution_timeout of {limit:?} and was killed")]
+    Timeout {
+        /// argv[0].
+        program: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The log file could not be written.
+    #[error("log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// One execution.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// argv.
+    pub command: Vec<String>,
+    /// Added to the inherited environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// The log file (created with its directories; appended to).
+    pub log: PathBuf,
+    /// Killed after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// The last this many bytes of standard output are kept.
+const STDOUT_TAIL: usize = 64 << 10;
+
+impl Script {
+    /// Runs it to the end; `Ok` holds the tail of its standard output.
+    pub async fn run(&self) -> Result<String, ScriptError> {
+        let program = self.command.first().cloned().unwrap_or_default();
+        let log_err = |source| ScriptError::Log { path: self.log.display().to_string(), source };
+        if let Some(dir) = self.log.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(log_err)?;
+        }
+        let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log).await.map_err(log_err)?;
+        let started = Instant::now();
+        let mut cmd = Command::new(resolve(&program, &self.cwd));
+        cmd.args(&self.command[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
+        let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let mut tail = String::new();
+        let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+        let (mut out_open, mut err_open) = (true, true);
+        let status = loop {
+            tokio::select! {
+                line = out.next_line(), if out_open => match line {
+                    Ok(Some(l)) => {
+                        log.write_all(format!("{l}\n").as_bytes()).await.map_err(log_err)?;
+                        tail.push_str(&l);
+                        tail.push('\n');
+                        if tail.len() > STDOUT_TAIL {
+                            let cut = tail.len() - STDOUT_TAIL;
+                            let cut = (cut..tail.len()).find(|&i| tail.is_char_boundary(i)).unwrap_or(tail.len());
+                            tail.drain(..cut);
+                        }
+                    }
+                    _ => out_open = false,
+                },
+                line = err.next_line(), if err_open => match line {
+                    Ok(Some(l)) => log.write_all(format!("[stderr] {l}\n").as_bytes()).await.map_err(log_err)?,
+                    _ => err_open = false,
+                },
+                status = child.wait(), if !out_open && !err_open => break status,
+                _ = sleep_until(deadline) => {
+                    let _ = child.kill().await;
+                    let limit = self.timeout.unwrap_or_default();
+                    log.write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).await.map_err(log_err)?;
+                    return Err(ScriptError::Timeout { program, limit });
+                }
+            }
+        };
+        let status = status.map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
+        let line = format!("[weir] {program} ended with {status} after {:.3} s\n", started.elapsed().as_secs_f64());
+        log.write_all(line.as_bytes()).await.map_err(log_err)?;
+        log.flush().await.map_err(log_err)?;
+        match status.code() {
+            Some(0) => Ok(tail),
+            Some(code) => Err(ScriptError::Exit { program, code }),
+            None => Err(ScriptError::Signal { program }),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A program named with a path (`./x.sh`, `bin/x`) is relative to `cwd`; a bare name is looked
+/// up on `PATH`.
+fn resolve(program: &str, cwd: &Path) -> PathBuf {
+    if program.contains('/') && !Path::new(program).is_absolute() { cwd.join(program) } else { PathBuf::from(program) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(dir: &Path, command: &[&str], timeout: Option<Duration>) -> Script {
+        Script {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            env: vec![("WEIR_DS".into(), "2026-11-22".into())],
+            cwd: dir.to_path_buf(),
+            log: dir.join("logs/t/1.log"),
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn output_goes_to_the_log_and_failures_say_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = script(dir.path(), &["sh", "-c", "echo day $WEIR_DS; echo oops >&2"], None);
+        assert_eq!(ok.run().await.unwrap(), "day 2026-11-22\n");
+        let log = std::fs::read_to_string(dir.path().join("logs/t/1.log")).unwrap();
+        assert!(log.contains("day 2026-11-22\n") && log.contains("[stderr] oops\n"), "{log}");
+
+        let err = script(dir.path(), &["sh", "-c", "exit 3"], None).run().await.unwrap_err();
+        assert!(matches!(err, ScriptError::Exit { code: 3, .. }), "{err}");
+        let err = script(dir.path(), &["no-such-program-weir"], None).run().await.unwrap_err();
+        assert!(err.to_string().contains("no-such-program-weir"), "{err}");
+        let started = Instant::now();
+        let err = script(dir.path(), &["sleep", "30"], Some(Duration::from_millis(300))).run().await.unwrap_err();
+        assert!(matches!(err, ScriptError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

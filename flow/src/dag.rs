@@ -1,0 +1,653 @@
+//! DAG files: the YAML a data engineer drops into `dags/`, parsed and checked into a [`Dag`].
+//!
+//! One file holds one DAG. Everything is checked when the file is read — unknown keys, task ids,
+//! upstream references, cycles, schedules, time zones, durations — and an error names the file,
+//! the line when the YAML parser knows it, and the reason, so one broken file never hides the
+//! others ([`load_dir`] returns the good DAGs and the errors side by side).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone as _, Utc};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::{rules::TriggerRule, schedule::Schedule};
+
+/// Why a DAG file was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct DagError {
+    /// The file.
+    pub file: String,
+    /// The line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A checked DAG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dag {
+    /// Its id (the file's `dag_id`, or the file name without `.yaml`).
+    pub id: String,
+    /// Free text.
+    pub description: String,
+    /// When runs are due.
+    pub schedule: Schedule,
+    /// The time zone of the schedule and of dates written without one.
+    pub timezone: Tz,
+    /// The first data interval starts at or after this.
+    pub start_date: DateTime<Utc>,
+    /// No data interval starts after this.
+    pub end_date: Option<DateTime<Utc>>,
+    /// Whether missed intervals since `start_date` are all run (true) or only the latest.
+    pub catchup: bool,
+    /// Runs of this DAG running at once.
+    pub max_active_runs: usize,
+    /// Task instances of one run running at once.
+    pub max_active_tasks: usize,
+    /// Defaults of `{{ params.* }}`, overridden by a manual run's `--conf`.
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Tasks in file order.
+    pub tasks: Vec<Task>,
+    /// Paused when first seen.
+    pub paused_at_creation: bool,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// SHA-256 of the file's bytes: the DAG version a run records.
+    pub hash: String,
+    /// The file's text (kept with each version so a run finishes with the version it began with).
+    pub source: String,
+}
+
+impl Dag {
+    /// The task with id `id`.
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+
+    /// The tasks that list `id` as upstream.
+    pub fn downstream(&self, id: &str) -> impl Iterator<Item = &Task> {
+        self.tasks.iter().filter(move |t| t.upstream.iter().any(|u| u == id))
+    }
+
+    /// `id` and every task downstream of it, transitively.
+    pub fn downstream_closure(&self, id: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![id.to_string()];
+        while let Some(t) = todo.pop() {
+            if out.insert(t.clone()) {
+                todo.extend(self.downstream(&t).map(|d| d.id.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// One task of a DAG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// Unique within the DAG.
+    pub id: String,
+    /// What it runs.
+    pub kind: TaskKind,
+    /// Tasks that must finish first.
+    pub upstream: Vec<String>,
+    /// When it runs, given how its upstream tasks ended.
+    pub trigger_rule: TriggerRule,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// Wait before the first retry.
+    pub retry_delay: Duration,
+    /// Double the wait on each further retry…
+    pub retry_exponential_backoff: bool,
+    /// … up to this.
+    pub max_retry_delay: Duration,
+    /// A try running longer than this is killed and failed.
+    pub execution_timeout: Option<Duration>,
+    /// The queue a worker takes it from.
+    pub queue: String,
+    /// Higher runs first when slots are short.
+    pub priority: i64,
+    /// The pool whose slots it takes.
+    pub pool: String,
+}
+
+impl Task {
+    /// The wait before try `next_try` (2 = the first retry).
+    pub fn retry_wait(&self, next_try: u32) -> Duration {
+        if !self.retry_exponential_backoff {
+            return self.retry_delay;
+        }
+        let factor = 2u32.saturating_pow(next_try.saturating_sub(2));
+        self.retry_delay.saturating_mul(factor).min(self.max_retry_delay)
+    }
+}
+
+/// What a task runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskKind {
+    /// An executable with arguments (templated) and environment.
+    Script {
+        /// argv; the first is looked up on `PATH` or relative to the DAG file's directory.
+        command: Vec<String>,
+        /// Extra environment (values templated).
+        env: BTreeMap<String, String>,
+    },
+    /// A DataFusion query over the lake whose result becomes a new version of `views.<view>`.
+    Sql {
+        /// The query (templated).
+        sql: String,
+        /// The view it writes.
+        view: String,
+        /// Replace the view's rows (default) or append to them.
+        append: bool,
+    },
+    /// An executable whose standard output names the downstream tasks to follow (one per line,
+    /// or separated by commas or spaces); the other direct downstream tasks are skipped.
+    Branch {
+        /// argv (templated).
+        command: Vec<String>,
+    },
+    /// Rebuilds `current.<table>` from `raw.<table>`.
+    LakeSnapshot {
+        /// The raw table's name (without `raw.`).
+        table: String,
+    },
+}
+
+impl TaskKind {
+    /// The kind's name as written in DAG files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::Script { .. } => "script",
+            TaskKind::Sql { .. } => "sql",
+            TaskKind::Branch { .. } => "branch",
+            TaskKind::LakeSnapshot { .. } => "lake_snapshot",
+        }
+    }
+}
+
+// ---- the file's shape ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DagFile {
+    dag_id: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    timezone: Option<String>,
+    start_date: Option<String>,
+    end_date: Option<String>,
+    #[serde(default)]
+    catchup: bool,
+    max_active_runs: Option<usize>,
+    max_active_tasks: Option<usize>,
+    #[serde(default)]
+    params: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    default_args: TaskDefaults,
+    #[serde(default)]
+    is_paused_upon_creation: bool,
+    tasks: Vec<TaskFile>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct TaskDefaults {
+    retries: Option<u32>,
+    retry_delay: Option<String>,
+    retry_exponential_backoff: Option<bool>,
+    max_retry_delay: Option<String>,
+    execution_timeout: Option<String>,
+    queue: Option<String>,
+    priority: Option<i64>,
+    pool: Option<String>,
+    trigger_rule: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskFile {
+    id: String,
+    #[serde(default)]
+    upstream: Vec<String>,
+    retries: Option<u32>,
+    retry_delay: Option<String>,
+    retry_exponential_backoff: Option<bool>,
+    max_retry_delay: Option<String>,
+    execution_timeout: Option<String>,
+    queue: Option<String>,
+    priority: Option<i64>,
+    pool: Option<String>,
+    trigger_rule: Option<String>,
+    script: Option<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    sql: Option<String>,
+    view: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    branch: Option<Vec<String>>,
+    lake_snapshot: Option<String>,
+}
+
+/// Reads and checks one DAG file.
+pub fn load_file(path: &Path) -> Result<Dag, DagError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DagError {
+        file: path.display().to_string(),
+        line: None,
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Checks the DAG in `text` (the contents of `path`).
+pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
+    let file = path.display().to_string();
+    let err = |reason: String| DagError { file: file.clone(), line: None, reason };
+    let raw: DagFile = serde_yaml_ng::from_str(text).map_err(|e| DagError {
+        file: file.clone(),
+        line: e.location().map(|l| l.line()),
+        reason: strip_location(&e.to_string()),
+    })?;
+    let id = match raw.dag_id {
+        Some(id) => id,
+        None => path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string(),
+    };
+    check_id("dag_id", &id).map_err(err)?;
+    let timezone: Tz = match &raw.timezone {
+        None => Tz::UTC,
+        Some(name) => name.parse().map_err(|_| err(format!("timezone {name:?}: not an IANA time zone name")))?,
+    };
+    let schedule = Schedule::parse(raw.schedule.as_deref()).map_err(|e| err(format!("schedule: {e}")))?;
+    let start_date = match &raw.start_date {
+        Some(s) => parse_instant(s, timezone).map_err(|e| err(format!("start_date {s:?}: {e}")))?,
+        None if matches!(schedule, Schedule::None) => DateTime::<Utc>::UNIX_EPOCH,
+        None => return Err(err("start_date is required when there is a schedule".into())),
+    };
+    let end_date = match &raw.end_date {
+        Some(s) => Some(parse_instant(s, timezone).map_err(|e| err(format!("end_date {s:?}: {e}")))?),
+        None => None,
+    };
+    if raw.tasks.is_empty() {
+        return Err(err("tasks: a DAG needs at least one task".into()));
+    }
+    let defaults = raw.default_args;
+    let mut tasks = Vec::with_capacity(raw.tasks.len());
+    let mut seen = HashMap::new();
+    for (i, t) in raw.tasks.into_iter().enumerate() {
+        let task = task(t, &defaults).map_err(|reason| err(format!("tasks[{i}]: {reason}")))?;
+        if seen.insert(task.id.clone(), i).is_some() {
+            return Err(err(format!("tasks[{i}]: task id {:?} is used twice", task.id)));
+        }
+        tasks.push(task);
+    }
+    for t in &tasks {
+        for u in &t.upstream {
+            if !seen.contains_key(u) {
+                return Err(err(format!("task {:?}: upstream {u:?} is not a task of this DAG", t.id)));
+            }
+            if u == &t.id {
+                return Err(err(format!("task {:?} lists itself as upstream", t.id)));
+            }
+        }
+    }
+    let dag = Dag {
+        id,
+        description: raw.description,
+        schedule,
+        timezone,
+        start_date,
+        end_date,
+        catchup: raw.catchup,
+        max_active_runs: raw.max_active_runs.unwrap_or(16).max(1),
+        max_active_tasks: raw.max_active_tasks.unwrap_or(16).max(1),
+        params: raw.params,
+        tasks,
+        paused_at_creation: raw.is_paused_upon_creation,
+        file: path.to_path_buf(),
+        hash: hex(&Sha256::digest(text.as_bytes())),
+        source: text.to_string(),
+    };
+    if let Some(cycle) = find_cycle(&dag) {
+        return Err(err(format!("the tasks form a cycle: {}", cycle.join(" → "))));
+    }
+    for t in &dag.tasks {
+        if let TaskKind::Branch { .. } = t.kind
+            && dag.downstream(&t.id).next().is_none()
+        {
+            return Err(err(format!("branch task {:?} has no downstream tasks to choose from", t.id)));
+        }
+    }
+    Ok(dag)
+}
+
+/// Every `*.yaml` / `*.yml` file of `dir` (not recursive), sorted by name: the DAGs that are
+/// fine, and an error for each file that is not (a broken file never stops the others). Two files
+/// claiming one `dag_id` are both refused.
+pub fn load_dir(dir: &Path) -> (Vec<Dag>, Vec<DagError>) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![DagError { file: dir.display().to_string(), line: None, reason: format!("cannot list: {e}") }],
+            );
+        }
+    };
+    files.sort();
+    let (mut dags, mut errors) = (Vec::<Dag>::new(), Vec::new());
+    for f in files {
+        match load_file(&f) {
+            Ok(d) => dags.push(d),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for d in &dags {
+        *count.entry(d.id.clone()).or_default() += 1;
+    }
+    dags.retain(|d| {
+        if count[&d.id] > 1 {
+            errors.push(DagError {
+                file: d.file.display().to_string(),
+                line: None,
+                reason: format!("dag_id {:?} is declared by more than one file", d.id),
+            });
+            false
+        } else {
+            true
+        }
+    });
+    (dags, errors)
+}
+
+fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
+    check_id("id", &t.id)?;
+    // A task's own settings win over the DAG's default_args.
+    let a = TaskDefaults {
+        retries: t.retries,
+        retry_delay: t.retry_delay.clone(),
+        retry_exponential_backoff: t.retry_exponential_backoff,
+        max_retry_delay: t.max_retry_delay.clone(),
+        execution_timeout: t.execution_timeout.clone(),
+        queue: t.queue.clone(),
+        priority: t.priority,
+        pool: t.pool.clone(),
+        trigger_rule: t.trigger_rule.clone(),
+    };
+    let dur = |key: &str, v: Option<&String>, default: Duration| -> Result<Duration, String> {
+        match v {
+            Some(s) => parse_duration(s).map_err(|e| format!("{key} {s:?}: {e}")),
+            None => Ok(default),
+        }
+    };
+    let retry_delay = dur("retry_delay", a.retry_delay.as_ref().or(d.retry_delay.as_ref()), Duration::from_secs(300))?;
+    let max_retry_delay =
+        dur("max_retry_delay", a.max_retry_delay.as_ref().or(d.max_retry_delay.as_ref()), Duration::from_secs(86_400))?;
+    let execution_timeout = match a.execution_timeout.as_ref().or(d.execution_timeout.as_ref()) {
+        Some(s) => Some(parse_duration(s).map_err(|e| format!("execution_timeout {s:?}: {e}"))?),
+        None => None,
+    };
+    let trigger_rule = match a.trigger_rule.as_ref().or(d.trigger_rule.as_ref()) {
+        Some(s) => s.parse()?,
+        None => TriggerRule::AllSuccess,
+    };
+    let mut kinds = Vec::new();
+    if let Some(command) = t.script {
+        kinds.push(TaskKind::Script { command, env: t.env.clone() });
+    }
+    if let Some(sql) = t.sql {
+        let append = match t.mode.as_deref() {
+            None | Some("overwrite") => false,
+            Some("append") => true,
+            Some(other) => return Err(format!("mode {other:?}: expected overwrite or append")),
+        };
+        let view = t.view.clone().unwrap_or_else(|| t.id.clone());
+        check_id("view", &view)?;
+        kinds.push(TaskKind::Sql { sql, view, append });
+    }
+    if let Some(command) = t.branch {
+        kinds.push(TaskKind::Branch { command });
+    }
+    if let Some(table) = t.lake_snapshot {
+        let table = table.strip_prefix("raw.").unwrap_or(&table).to_string();
+        kinds.push(TaskKind::LakeSnapshot { table });
+    }
+    let kind = match kinds.len() {
+        1 => kinds.pop().expect("one"),
+        0 => return Err(format!("task {:?} has no kind: give one of script, sql, branch, lake_snapshot", t.id)),
+        _ => {
+            let names: Vec<_> = kinds.iter().map(TaskKind::name).collect();
+            return Err(format!("task {:?} has several kinds ({}): give exactly one", t.id, names.join(", ")));
+        }
+    };
+    if let TaskKind::Script { command, .. } | TaskKind::Branch { command } = &kind
+        && command.is_empty()
+    {
+        return Err(format!("task {:?}: the command is empty", t.id));
+    }
+    if !matches!(kind, TaskKind::Sql { .. }) && (t.view.is_some() || t.mode.is_some()) {
+        return Err(format!("task {:?}: view and mode belong to sql tasks", t.id));
+    }
+    if !matches!(kind, TaskKind::Script { .. }) && !t.env.is_empty() {
+        return Err(format!("task {:?}: env belongs to script tasks", t.id));
+    }
+    Ok(Task {
+        id: t.id,
+        kind,
+        upstream: t.upstream,
+        trigger_rule,
+        retries: a.retries.or(d.retries).unwrap_or(0),
+        retry_delay,
+        retry_exponential_backoff: a.retry_exponential_backoff.or(d.retry_exponential_backoff).unwrap_or(false),
+        max_retry_delay,
+        execution_timeout,
+        queue: a.queue.clone().or_else(|| d.queue.clone()).unwrap_or_else(|| "default".into()),
+        priority: a.priority.or(d.priority).unwrap_or(1),
+        pool: a.pool.clone().or_else(|| d.pool.clone()).unwrap_or_else(|| "default_pool".into()),
+    })
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && !id.starts_with('.');
+    if ok { Ok(()) } else { Err(format!("{what} {id:?}: use letters, digits, '_', '-' and '.' only")) }
+}
+
+/// A task id path in a cycle, if the graph has one.
+fn find_cycle(dag: &Dag) -> Option<Vec<String>> {
+    // Depth-first search with colours: 1 = on the stack, 2 = done.
+    fn visit<'a>(dag: &'a Dag, id: &'a str, colour: &mut HashMap<&'a str, u8>, stack: &mut Vec<&'a str>) -> bool {
+        match colour.get(id) {
+            Some(2) => return false,
+            Some(1) => {
+                stack.push(id);
+                return true;
+            }
+            _ => {}
+        }
+        colour.insert(id, 1);
+        stack.push(id);
+        let task = dag.task(id).expect("checked ids");
+        for u in &task.upstream {
+            if visit(dag, u, colour, stack) {
+                return true;
+            }
+        }
+        stack.pop();
+        colour.insert(id, 2);
+        false
+    }
+    let mut colour = HashMap::new();
+    for t in &dag.tasks {
+        let mut stack = Vec::new();
+        if visit(dag, &t.id, &mut colour, &mut stack) {
+            let last = stack.last().copied().expect("a cycle");
+            let start = stack.iter().position(|s| *s == last).expect("on the stack");
+            let mut cycle: Vec<String> = stack[start..].iter().rev().map(|s| s.to_string()).collect();
+            cycle.dedup();
+            cycle.push(cycle[0].clone());
+            return Some(cycle);
+        }
+    }
+    None
+}
+
+/// `2026-11-01`, `2026-11-01 06:00`, `2026-11-01T06:00:00` (in `tz`) or RFC 3339 with an offset.
+pub fn parse_instant(s: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let naive = if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0).expect("midnight")
+    } else {
+        ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+            .ok_or("expected a date (2026-11-01), a local time (2026-11-01 06:00) or RFC 3339")?
+    };
+    tz.from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| format!("{s} does not exist in {tz} (a daylight-saving gap)"))
+}
+
+/// `30s`, `5m`, `1h 30m`, `2days` (humantime), or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(n) = s.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn strip_location(msg: &str) -> String {
+    // serde_yaml_ng appends " at line L column C"; the line is reported separately.
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Dag, DagError> {
+        parse(Path::new("dags/example.yaml"), text)
+    }
+
+    #[test]
+    fn a_full_dag_file() {
+        let dag = parse_str(
+            r#"
+description: orders per day
+schedule: "0 3 * * *"
+timezone: Europe/Paris
+start_date: 2026-11-01
+catchup: true
+params: {region: eu}
+default_args:
+  retries: 2
+  retry_delay: 30s
+  retry_exponential_backoff: true
+  max_retry_delay: 2m
+tasks:
+  - id: extract
+    script: ["./extract.sh", "{{ ds }}"]
+    env: {MODE: full}
+  - id: facts
+    upstream: [extract]
+    sql: SELECT 1 AS x
+    view: order_facts
+    retries: 0
+  - id: cleanup
+    upstream: [facts]
+    trigger_rule: all_done
+    lake_snapshot: raw.shop_orders
+"#,
+        )
+        .unwrap();
+        assert_eq!(dag.id, "example");
+        assert_eq!(dag.timezone, chrono_tz::Europe::Paris);
+        assert_eq!(dag.start_date.to_rfc3339(), "2026-10-31T23:00:00+00:00");
+        assert_eq!(dag.tasks.len(), 3);
+        let extract = dag.task("extract").unwrap();
+        assert_eq!(extract.retries, 2);
+        assert_eq!(extract.retry_wait(2), Duration::from_secs(30));
+        assert_eq!(extract.retry_wait(3), Duration::from_secs(60));
+        assert_eq!(extract.retry_wait(5), Duration::from_secs(120), "capped by max_retry_delay");
+        assert_eq!(dag.task("facts").unwrap().retries, 0);
+        assert_eq!(
+            dag.task("facts").unwrap().kind,
+            TaskKind::Sql { sql: "SELECT 1 AS x".into(), view: "order_facts".into(), append: false }
+        );
+        assert_eq!(dag.task("cleanup").unwrap().kind, TaskKind::LakeSnapshot { table: "shop_orders".into() });
+        assert_eq!(dag.task("cleanup").unwrap().trigger_rule, TriggerRule::AllDone);
+        assert_eq!(dag.downstream_closure("extract").len(), 3);
+        assert_eq!(dag.hash.len(), 64);
+    }
+
+    #[test]
+    fn mistakes_are_named_with_file_and_line() {
+        let err = |text: &str| parse_str(text).unwrap_err().to_string();
+        let e = err("tasks:\n  - id: a\n    script: [true]\n    retires: 3\n");
+        assert!(e.starts_with("dags/example.yaml:") && e.contains("retires"), "{e}");
+        let e = err("tasks:\n  - id: a\n    script: [true]\n  - id: b\n    upstream: [c]\n    script: [true]\n");
+        assert!(e.contains("upstream \"c\" is not a task"), "{e}");
+        let e = err(
+            "tasks:\n  - {id: a, upstream: [c], script: [true]}\n  - {id: b, upstream: [a], script: [true]}\n  - {id: c, upstream: [b], script: [true]}\n",
+        );
+        assert!(e.contains("cycle") && e.contains("a → ") && e.contains("b → "), "{e}");
+        let e = err("tasks:\n  - {id: a, script: [true], sql: SELECT 1}\n");
+        assert!(e.contains("several kinds (script, sql)"), "{e}");
+        let e = err("tasks:\n  - {id: a}\n");
+        assert!(e.contains("has no kind"), "{e}");
+        let e = err("schedule: '61 * * * *'\nstart_date: 2026-11-01\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("schedule") && e.contains("minute 61"), "{e}");
+        let e = err("schedule: '@daily'\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("start_date is required"), "{e}");
+        let e = err("timezone: Mars/Olympus\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("Mars/Olympus"), "{e}");
+        let e = err("tasks:\n  - {id: a, script: [true], trigger_rule: sometimes}\n");
+        assert!(e.contains("sometimes") && e.contains("all_success"), "{e}");
+        let e = err("tasks: [\n");
+        assert!(parse_str("tasks: [\n").unwrap_err().line.is_some(), "{e}");
+        let e = err("tasks:\n  - {id: a, branch: [echo, b]}\n");
+        assert!(e.contains("no downstream"), "{e}");
+    }
+
+    #[test]
+    fn a_broken_file_does_not_hide_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("good.yaml"), "tasks:\n  - {id: a, script: [true]}\n").unwrap();
+        std::fs::write(dir.path().join("bad.yaml"), "tasks:\n  - {id: a, script: [true]\n").unwrap();
+        std::fs::write(dir.path().join("twin1.yml"), "dag_id: twin\ntasks:\n  - {id: a, script: [true]}\n").unwrap();
+        std::fs::write(dir.path().join("twin2.yml"), "dag_id: twin\ntasks:\n  - {id: a, script: [true]}\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a DAG").unwrap();
+        let (dags, errors) = load_dir(dir.path());
+        assert_eq!(dags.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["good"]);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].file.ends_with("bad.yaml") && errors[0].line.is_some(), "{errors:?}");
+        assert!(errors.iter().filter(|e| e.reason.contains("more than one file")).count() == 2);
+    }
+}

@@ -1,0 +1,121 @@
+//! What users do to runs from the command line or the API: trigger a manual run, backfill a
+//! date range, clear task instances so they run again. Each writes to the metadata DB; the
+//! scheduler picks the change up on its next poll.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    FlowError,
+    dag::Dag,
+    schedule::{Interval, Schedule},
+    store::Store,
+};
+
+/// Creates a manual run of `dag` (its current version) with `conf` over its params; the data
+/// interval is the latest complete one (or the instant `logical_date` when given or when the DAG
+/// has no schedule). Returns the run id.
+pub async fn trigger(
+    store: &Store,
+    dag: &Dag,
+    conf: serde_json::Map<String, serde_json::Value>,
+    logical_date: Option<DateTime<Utc>>,
+) -> Result<String, FlowError> {
+    store.upsert_dag(dag).await?;
+    let now = Utc::now();
+    let interval = match logical_date {
+        Some(t) => {
+            dag.schedule.first(t, dag.timezone).filter(|i| i.start == t).unwrap_or(Interval { start: t, end: t })
+        }
+        None => {
+            dag.schedule.latest_complete(dag.start_date, dag.timezone, now).unwrap_or(Interval { start: now, end: now })
+        }
+    };
+    let run_id = format!("manual__{}", now.to_rfc3339());
+    if !store.create_run(dag, &run_id, "manual", interval, &conf).await? {
+        return Err(FlowError::Invalid(format!("DAG {}: run {run_id} exists already", dag.id)));
+    }
+    Ok(run_id)
+}
+
+/// Creates a backfill run for every data interval of `dag` that starts in `[from, to]` and has
+/// no run yet. Returns the run ids created.
+pub async fn backfill(
+    store: &Store,
+    dag: &Dag,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<String>, FlowError> {
+    if matches!(dag.schedule, Schedule::None | Schedule::Once) {
+        return Err(FlowError::Invalid(format!("DAG {} has no recurring schedule to backfill", dag.id)));
+    }
+    if from > to {
+        return Err(FlowError::Invalid(format!("backfill --from {from} is after --to {to}")));
+    }
+    store.upsert_dag(dag).await?;
+    let existing: Vec<Interval> = store.runs(&dag.id, usize::MAX >> 1).await?.iter().map(|r| r.interval).collect();
+    let mut created = Vec::new();
+    let mut next = dag.schedule.first(from.max(dag.start_date), dag.timezone);
+    while let Some(interval) = next {
+        if interval.start > to || interval.end > Utc::now() {
+            break;
+        }
+        if !existing.iter().any(|i| i.start == interval.start) {
+            let run_id = format!("backfill__{}", interval.start.to_rfc3339());
+            if store.create_run(dag, &run_id, "backfill", interval, &serde_json::Map::new()).await? {
+                created.push(run_id);
+            }
+        }
+        next = dag.schedule.next(interval, dag.timezone);
+    }
+    Ok(created)
+}
+
+/// Which task instances a clear resets.
+#[derive(Debug, Clone, Default)]
+pub struct ClearSpec {
+    /// Only this task (and, with `downstream`, what depends on it); all tasks when `None`.
+    pub task: Option<String>,
+    /// Include tasks downstream of `task`.
+    pub downstream: bool,
+    /// Only instances that failed or failed upstream.
+    pub only_failed: bool,
+    /// Only this run; every run of the DAG when `None`.
+    pub run_id: Option<String>,
+}
+
+/// Clears task instances so the scheduler runs them again (a new try each; earlier tries stay
+/// in the history). Returns (run id, task ids) of what was cleared.
+pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(String, Vec<String>)>, FlowError> {
+    let tasks: Vec<String> = match &spec.task {
+        Some(t) => {
+            if dag.task(t).is_none() {
+                return Err(FlowError::Invalid(format!("DAG {} has no task {t:?}", dag.id)));
+            }
+            if spec.downstream { dag.downstream_closure(t).into_iter().collect() } else { vec![t.clone()] }
+        }
+        None => dag.tasks.iter().map(|t| t.id.clone()).collect(),
+    };
+    let runs = match &spec.run_id {
+        Some(r) => vec![store.run(&dag.id, r).await?],
+        None => store.runs(&dag.id, usize::MAX >> 1).await?,
+    };
+    let mut cleared = Vec::new();
+    for run in runs {
+        let instances = store.tasks(&dag.id, &run.run_id).await?;
+        let chosen: Vec<(String, u32)> = instances
+            .iter()
+            .filter(|ti| tasks.contains(&ti.task_id))
+            .filter(|ti| {
+                !spec.only_failed
+                    || matches!(ti.state, crate::rules::TaskState::Failed | crate::rules::TaskState::UpstreamFailed)
+            })
+            .map(|ti| (ti.task_id.clone(), dag.task(&ti.task_id).map_or(0, |t| t.retries)))
+            .collect();
+        if chosen.is_empty() {
+            continue;
+        }
+        store.clear(&dag.id, &run.run_id, &chosen).await?;
+        cleared.push((run.run_id.clone(), chosen.into_iter().map(|(t, _)| t).collect()));
+    }
+    Ok(cleared)
+}

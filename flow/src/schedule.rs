@@ -1,0 +1,353 @@
+//! Schedules and data intervals, with Airflow's meaning: a scheduled run covers the data
+//! interval `[start, end)` between two consecutive schedule ticks, carries `start` as its logical
+//! date, and becomes due when `end` has passed.
+//!
+//! A schedule is a five-field cron expression (`minute hour day-of-month month day-of-week`, with
+//! `*`, lists, ranges, steps, month and weekday names), a preset (`@hourly`, `@daily`,
+//! `@weekly`, `@monthly`, `@yearly`), a fixed interval (`@every 15m`), `@once`, or none (manual
+//! runs only). Cron ticks are evaluated in the DAG's time zone: a daily run at 02:30 in a zone
+//! that skips 02:30 one night fires at the first minute after the gap; a repeated hour fires once.
+
+use std::{fmt, time::Duration};
+
+use chrono::{
+    DateTime, Datelike as _, Duration as ChronoDuration, NaiveDate, NaiveDateTime, TimeZone as _, Timelike as _, Utc,
+};
+use chrono_tz::Tz;
+
+/// A data interval `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Interval {
+    /// Inclusive start; the run's logical date.
+    pub start: DateTime<Utc>,
+    /// Exclusive end; the run is due once it has passed.
+    pub end: DateTime<Utc>,
+}
+
+/// When runs of a DAG are due.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// Manual runs only.
+    None,
+    /// One run, for the instant `start_date`.
+    Once,
+    /// Cron ticks.
+    Cron(Cron),
+    /// Every fixed duration from `start_date`.
+    Every(Duration),
+}
+
+impl Schedule {
+    /// Parses a DAG file's `schedule` (absent or `null`: manual runs only).
+    pub fn parse(s: Option<&str>) -> Result<Schedule, String> {
+        let Some(s) = s.map(str::trim) else { return Ok(Schedule::None) };
+        let cron = match s {
+            "" | "@none" | "None" => return Ok(Schedule::None),
+            "@once" => return Ok(Schedule::Once),
+            "@hourly" => "0 * * * *",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@weekly" => "0 0 * * 0",
+            "@monthly" => "0 0 1 * *",
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            _ => {
+                if let Some(d) = s.strip_prefix("@every ") {
+                    let d = crate::dag::parse_duration(d)?;
+                    if d < Duration::from_secs(1) {
+                        return Err(format!("{s:?}: the interval must be at least 1s"));
+                    }
+                    return Ok(Schedule::Every(d));
+                }
+                if s.starts_with('@') {
+                    return Err(format!(
+                        "{s:?}: unknown preset (use @once, @hourly, @daily, @weekly, @monthly, @yearly or @every <duration>)"
+                    ));
+                }
+                s
+            }
+        };
+        Ok(Schedule::Cron(Cron::parse(cron).map_err(|e| format!("{s:?}: {e}"))?))
+    }
+
+    /// The first data interval at or after `start_date`.
+    pub fn first(&self, start_date: DateTime<Utc>, tz: Tz) -> Option<Interval> {
+        match self {
+            Schedule::None => None,
+            Schedule::Once => Some(Interval { start: start_date, end: start_date }),
+            Schedule::Every(d) => Some(Interval { start: start_date, end: start_date + chrono_dur(*d) }),
+            Schedule::Cron(c) => {
+                let start = c.next_at_or_after(start_date, tz)?;
+                let end = c.next_at_or_after(start + ChronoDuration::minutes(1), tz)?;
+                Some(Interval { start, end })
+            }
+        }
+    }
+
+    /// The interval after `prev`.
+    pub fn next(&self, prev: Interval, tz: Tz) -> Option<Interval> {
+        match self {
+            Schedule::None | Schedule::Once => None,
+            Schedule::Every(d) => Some(Interval { start: prev.end, end: prev.end + chrono_dur(*d) }),
+            Schedule::Cron(c) => {
+                let end = c.next_at_or_after(prev.end + ChronoDuration::minutes(1), tz)?;
+                Some(Interval { start: prev.end, end })
+            }
+        }
+    }
+
+    /// The latest interval that has ended by `now` (catchup off), not before `start_date`.
+    pub fn latest_complete(&self, start_date: DateTime<Utc>, tz: Tz, now: DateTime<Utc>) -> Option<Interval> {
+        let first = self.first(start_date, tz)?;
+        if first.end > now {
+            return None;
+        }
+        match self {
+            Schedule::None => None,
+            Schedule::Once => Some(first),
+            Schedule::Every(d) => {
+                let step = chrono_dur(*d);
+                let n = ((now - first.start).num_milliseconds() / step.num_milliseconds().max(1)).max(1);
+                let start = first.start + step * (n as i32 - 1).max(0);
+                let start = if start + step > now { start - step } else { start };
+                Some(Interval { start: start.max(first.start), end: start.max(first.start) + step })
+            }
+            Schedule::Cron(_) => {
+                // Walk from a recent tick rather than from start_date: look back further and
+                // further until two ticks are found before `now`.
+                for back in [1i64, 26, 24 * 32, 24 * 370, 24 * 366 * 10] {
+                    let from = (now - ChronoDuration::hours(back)).max(start_date);
+                    let Some(mut cur) = self.first(from, tz) else { continue };
+                    if cur.end > now {
+                        if from == start_date {
+                            return None;
+                        }
+                        continue;
+                    }
+                    while let Some(n) = self.next(cur, tz) {
+                        if n.end > now {
+                            break;
+                        }
+                        cur = n;
+                    }
+                    return Some(cur);
+                }
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::None => f.write_str("none"),
+            Schedule::Once => f.write_str("@once"),
+            Schedule::Every(d) => write!(f, "@every {}", humantime::format_duration(*d)),
+            Schedule::Cron(c) => f.write_str(&c.text),
+        }
+    }
+}
+
+fn chrono_dur(d: Duration) -> ChronoDuration {
+    ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
+}
+
+/// A parsed five-field cron expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cron {
+    text: String,
+    minutes: u64,
+    hours: u64,
+    days: u64,
+    months: u64,
+    weekdays: u64,
+    /// Both day fields restricted: a day matches either (as in Vixie cron).
+    either_day: bool,
+}
+
+impl Cron {
+    /// Parses `minute hour day-of-month month day-of-week`.
+    pub fn parse(s: &str) -> Result<Cron, String> {
+        let fields: Vec<&str> = s.split_whitespace().collect();
+        if fields.len() != 5 {
+            return Err(format!(
+                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
+                fields.len()
+            ));
+        }
+        const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+        const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+        let minutes = field(fields[0], "minute", 0, 59, &[], 0)?;
+        let hours = field(fields[1], "hour", 0, 23, &[], 0)?;
+        let days = field(fields[2], "day-of-month", 1, 31, &[], 0)?;
+        let months = field(fields[3], "month", 1, 12, MONTHS, 1)?;
+        let mut weekdays = field(fields[4], "day-of-week", 0, 7, DAYS, 0)?;
+        if weekdays & (1 << 7) != 0 {
+            weekdays = (weekdays | 1) & !(1 << 7); // 7 is Sunday too
+        }
+        Ok(Cron {
+            text: s.split_whitespace().collect::<Vec<_>>().join(" "),
+            minutes,
+            hours,
+            days,
+            months,
+            weekdays,
+            either_day: !fields[2].starts_with('*') && !fields[4].starts_with('*'),
+        })
+    }
+
+    fn day_matches(&self, d: NaiveDate) -> bool {
+        let dom = self.days & (1 << d.day()) != 0;
+        let dow = self.weekdays & (1 << d.weekday().num_days_from_sunday()) != 0;
+        if self.either_day { dom || dow } else { dom && dow }
+    }
+
+    /// The first tick at or after `t` (seconds are rounded up to the next minute).
+    pub fn next_at_or_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+        let local = t.with_timezone(&tz).naive_local();
+        let mut cur = local.with_second(0)?.with_nanosecond(0)?;
+        if cur < local {
+            cur += ChronoDuration::minutes(1);
+        }
+        let limit = cur + ChronoDuration::days(366 * 5);
+        while cur < limit {
+            if self.months & (1 << cur.month()) == 0 {
+                let (y, m) = if cur.month() == 12 { (cur.year() + 1, 1) } else { (cur.year(), cur.month() + 1) };
+                cur = NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)?;
+                continue;
+            }
+            if !self.day_matches(cur.date()) {
+                cur = cur.date().succ_opt()?.and_hms_opt(0, 0, 0)?;
+                continue;
+            }
+            if self.hours & (1 << cur.hour()) == 0 {
+                cur = cur.with_minute(0)? + ChronoDuration::hours(1);
+                continue;
+            }
+            if self.minutes & (1 << cur.minute()) == 0 {
+                cur += ChronoDuration::minutes(1);
+                continue;
+            }
+            match resolve(tz, cur) {
+                Some(at) if at >= t => return Some(at),
+                _ => cur += ChronoDuration::minutes(1),
+            }
+        }
+        None
+    }
+}
+
+/// A local time in `tz` as an instant: the earlier of a repeated time; a time inside a gap moves
+/// to the gap's end.
+fn resolve(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    if let Some(t) = tz.from_local_datetime(&local).earliest() {
+        return Some(t.with_timezone(&Utc));
+    }
+    (1..=180).find_map(|m| {
+        tz.from_local_datetime(&(local + ChronoDuration::minutes(m))).earliest().map(|t| t.with_timezone(&Utc))
+    })
+}
+
+/// One cron field as a bit set.
+fn field(s: &str, what: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result<u64, String> {
+    let value = |v: &str| -> Result<u32, String> {
+        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(v)) {
+            return Ok(i as u32 + name_base);
+        }
+        let n: u32 = v.parse().map_err(|_| format!("{what} {v:?} is not a number"))?;
+        if n < lo || n > hi {
+            return Err(format!("{what} {n} is outside {lo}-{hi}"));
+        }
+        Ok(n)
+    };
+    let mut bits = 0u64;
+    for part in s.split(',') {
+        let (range, step) = match part.split_once('/') {
+            Some((r, st)) => {
+                let st: u32 = st.parse().map_err(|_| format!("{what} step {st:?} is not a number"))?;
+                if st == 0 {
+                    return Err(format!("{what} step must be positive"));
+                }
+                (r, st)
+            }
+            None => (part, 1),
+        };
+        let (a, b) = if range == "*" {
+            (lo, hi)
+        } else if let Some((a, b)) = range.split_once('-') {
+            (value(a)?, value(b)?)
+        } else {
+            let a = value(range)?;
+            (a, if step > 1 { hi } else { a })
+        };
+        if a > b {
+            return Err(format!("{what} range {range:?} runs backwards"));
+        }
+        for v in (a..=b).step_by(step as usize) {
+            bits |= 1 << v;
+        }
+    }
+    Ok(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn daily_intervals_follow_each_other() {
+        let s = Schedule::parse(Some("@daily")).unwrap();
+        let first = s.first(utc("2026-11-01T05:00:00Z"), Tz::UTC).unwrap();
+        assert_eq!(first, Interval { start: utc("2026-11-02T00:00:00Z"), end: utc("2026-11-03T00:00:00Z") });
+        let next = s.next(first, Tz::UTC).unwrap();
+        assert_eq!(next.start, first.end);
+        assert_eq!(next.end, utc("2026-11-04T00:00:00Z"));
+        let latest = s.latest_complete(utc("2026-01-01T00:00:00Z"), Tz::UTC, utc("2026-11-23T10:00:00Z")).unwrap();
+        assert_eq!(latest, Interval { start: utc("2026-11-22T00:00:00Z"), end: utc("2026-11-23T00:00:00Z") });
+    }
+
+    #[test]
+    fn cron_fields_lists_ranges_steps_and_names() {
+        let c = Cron::parse("*/15 9-17 * * mon-fri").unwrap();
+        // Friday 2026-11-20 17:50 → Monday 09:00.
+        let t = c.next_at_or_after(utc("2026-11-20T17:50:00Z"), Tz::UTC).unwrap();
+        assert_eq!(t, utc("2026-11-23T09:00:00Z"));
+        let c = Cron::parse("30 2 1,15 * *").unwrap();
+        assert_eq!(c.next_at_or_after(utc("2026-11-02T00:00:00Z"), Tz::UTC).unwrap(), utc("2026-11-15T02:30:00Z"));
+        // Both day fields restricted: either matches.
+        let c = Cron::parse("0 0 13 * fri").unwrap();
+        assert_eq!(c.next_at_or_after(utc("2026-11-01T00:00:00Z"), Tz::UTC).unwrap(), utc("2026-11-06T00:00:00Z"));
+        assert!(Cron::parse("61 * * * *").unwrap_err().contains("minute 61"));
+        assert!(Cron::parse("* * *").unwrap_err().contains("5 fields"));
+    }
+
+    #[test]
+    fn time_zones_and_daylight_saving() {
+        let paris: Tz = "Europe/Paris".parse().unwrap();
+        let c = Cron::parse("30 2 * * *").unwrap();
+        // 2026-03-29: 02:00 → 03:00 in Paris; 02:30 does not exist and fires at 03:00 local (01:00Z).
+        assert_eq!(c.next_at_or_after(utc("2026-03-28T12:00:00Z"), paris).unwrap(), utc("2026-03-29T01:00:00Z"));
+        // An ordinary day: 02:30 CET = 01:30Z.
+        assert_eq!(c.next_at_or_after(utc("2026-02-01T00:00:00Z"), paris).unwrap(), utc("2026-02-01T01:30:00Z"));
+        // 2026-10-25: 02:30 happens twice; it fires once, at the first (00:30Z).
+        let t = c.next_at_or_after(utc("2026-10-24T12:00:00Z"), paris).unwrap();
+        assert_eq!(t, utc("2026-10-25T00:30:00Z"));
+        assert_eq!(c.next_at_or_after(t + ChronoDuration::minutes(1), paris).unwrap(), utc("2026-10-26T01:30:00Z"));
+    }
+
+    #[test]
+    fn fixed_intervals_and_presets() {
+        let s = Schedule::parse(Some("@every 15m")).unwrap();
+        let start = utc("2026-11-23T10:07:00Z");
+        assert_eq!(s.first(start, Tz::UTC).unwrap().end, utc("2026-11-23T10:22:00Z"));
+        let latest = s.latest_complete(start, Tz::UTC, utc("2026-11-23T11:00:00Z")).unwrap();
+        assert_eq!(latest, Interval { start: utc("2026-11-23T10:37:00Z"), end: utc("2026-11-23T10:52:00Z") });
+        assert_eq!(Schedule::parse(None).unwrap(), Schedule::None);
+        assert!(Schedule::parse(Some("@fortnightly")).unwrap_err().contains("unknown preset"));
+        let weekly = Schedule::parse(Some("@weekly")).unwrap();
+        assert_eq!(weekly.first(utc("2026-11-23T00:00:01Z"), Tz::UTC).unwrap().start, utc("2026-11-29T00:00:00Z"));
+    }
+}

@@ -1,0 +1,619 @@
+//! The scheduler: parses the DAG folder, creates runs when their data intervals end, decides
+//! task instances by trigger rule, and runs them on a local executor with a fixed number of slots.
+//!
+//! Scheduling is event driven: when a try ends, its run's downstream tasks are decided and
+//! started in the same turn of the loop — the critical path has no polling sleep. The loop also
+//! wakes every `poll_interval` to pick up what other processes wrote (manual runs, clears, pauses)
+//! and retries whose delay has passed, and every `parse_interval` to re-read the DAG folder.
+//!
+//! Every state change is written to the metadata DB before anything depends on it; a scheduler
+//! that stops and starts again resumes from the DB (tries it had running count as failed).
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use weir_lake::catalog::Lake;
+
+use crate::{
+    FlowError,
+    dag::{self, Dag, TaskKind},
+    rules::{Decision, RunState, TaskState, decide},
+    store::{RunRow, Store, TaskKey, TaskRow},
+    template::Context,
+};
+
+/// `[flow]` in `weir.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlowConfig {
+    /// The folder of DAG files.
+    pub dags_dir: PathBuf,
+    /// Tasks run at once by this scheduler's local executor.
+    pub slots: usize,
+    /// How often the DAG folder is read again.
+    #[serde(with = "humantime_serde")]
+    pub parse_interval: Duration,
+    /// How often the metadata DB is read for work other processes created (manual runs, clears)
+    /// and for retries that are due.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Where task logs go (`<dir>/<dag>/<run>/<task>/<try>.log`); by default `logs/` beside the
+    /// lake's tables when the lake is a local directory, else `./weir-data/logs`.
+    pub logs_dir: Option<PathBuf>,
+    /// Pools and their slots; a task names one (`default_pool` has `slots` slots).
+    pub pools: BTreeMap<String, usize>,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            dags_dir: PathBuf::from("dags"),
+            slots: 16,
+            parse_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            logs_dir: None,
+            pools: BTreeMap::new(),
+        }
+    }
+}
+
+impl FlowConfig {
+    /// The log folder for a lake at `lake`.
+    pub fn logs_dir_for(&self, lake: &Lake) -> PathBuf {
+        if let Some(d) = &self.logs_dir {
+            return d.clone();
+        }
+        match lake.url().root_url().ok().and_then(|u| u.to_file_path().ok()) {
+            Some(p) => p.join("logs"),
+            None => PathBuf::from("weir-data/logs"),
+        }
+    }
+}
+
+/// The log file of one try.
+pub fn log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
+    logs_dir.join(&key.dag_id).join(&key.run_id).join(&key.task_id).join(format!("{try_number}.log"))
+}
+
+/// How a try ended.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Success,
+    /// A branch chose these downstream tasks.
+    Follow(Vec<String>),
+    Failed(String),
+}
+
+#[derive(Clone)]
+struct Completion {
+    key: TaskKey,
+    try_number: u32,
+    outcome: Outcome,
+}
+
+/// The scheduler and its local executor.
+pub struct Scheduler {
+    store: Store,
+    lake: Arc<Lake>,
+    config: FlowConfig,
+    logs_dir: PathBuf,
+    /// The DAG folder as last read.
+    dags: HashMap<String, Arc<Dag>>,
+    /// DAG versions runs are pinned to, by (dag, hash).
+    versions: HashMap<(String, String), Arc<Dag>>,
+    /// Tries running on the executor, with their pool.
+    running: HashMap<TaskKey, String>,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    /// A task waited for a slot in the last pass: free slots call for a full pass.
+    starved: bool,
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, running tasks against `lake`.
+    pub fn new(store: Store, lake: Arc<Lake>, config: FlowConfig) -> Scheduler {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let logs_dir = config.logs_dir_for(&lake);
+        Scheduler {
+            store,
+            lake,
+            config,
+            logs_dir,
+            dags: HashMap::new(),
+            versions: HashMap::new(),
+            running: HashMap::new(),
+            done_tx,
+            done_rx,
+            starved: false,
+        }
+    }
+
+    /// Runs until `shutdown`, then waits for the tries it started.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), FlowError> {
+        let orphans = self.store.reset_orphans().await?;
+        if orphans > 0 {
+            tracing::warn!(orphans, "task instances left running by a stopped scheduler were reset");
+        }
+        tokio::pin!(shutdown);
+        let mut next_parse = tokio::time::Instant::now();
+        let mut next_poll = tokio::time::Instant::now();
+        // Completions whose recording failed (the metadata DB was unreachable): retried.
+        let mut unrecorded: Vec<Completion> = Vec::new();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_parse {
+                if let Err(e) = self.parse().await {
+                    tracing::error!(error = %e, "reading the DAG folder failed; trying again");
+                }
+                next_parse = now + self.config.parse_interval;
+            }
+            if now >= next_poll {
+                for c in std::mem::take(&mut unrecorded) {
+                    self.record(c, &mut unrecorded).await;
+                }
+                let pass = async {
+                    self.create_scheduled_runs().await?;
+                    self.schedule_all().await
+                };
+                if let Err(e) = pass.await {
+                    tracing::error!(error = %e, "scheduling pass failed; trying again");
+                }
+                next_poll = now + self.config.poll_interval;
+            }
+            tokio::select! {
+                Some(c) = self.done_rx.recv() => {
+                    let mut touched = HashSet::new();
+                    touched.insert((c.key.dag_id.clone(), c.key.run_id.clone()));
+                    self.record(c, &mut unrecorded).await;
+                    while let Ok(c) = self.done_rx.try_recv() {
+                        touched.insert((c.key.dag_id.clone(), c.key.run_id.clone()));
+                        self.record(c, &mut unrecorded).await;
+                    }
+                    let next = async {
+                        if self.starved {
+                            self.schedule_all().await
+                        } else {
+                            for (dag_id, run_id) in touched {
+                                let run = self.store.run(&dag_id, &run_id).await?;
+                                self.schedule_run(&run).await?;
+                            }
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = next.await {
+                        tracing::error!(error = %e, "scheduling after a task ended failed; the next pass retries");
+                    }
+                }
+                _ = tokio::time::sleep_until(next_parse.min(next_poll)) => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!(running = self.running.len(), "scheduler stopping; waiting for running tasks");
+        while !self.running.is_empty() {
+            match self.done_rx.recv().await {
+                Some(c) => {
+                    let key = c.key.clone();
+                    if let Err(e) = self.complete(c).await {
+                        tracing::error!(error = %e, task = ?key, "recording a task's end failed; it is reset on the next start");
+                    }
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a completion, or keeps it for the next pass when the metadata DB fails.
+    async fn record(&mut self, c: Completion, unrecorded: &mut Vec<Completion>) {
+        let kept = c.clone();
+        if let Err(e) = self.complete(c).await {
+            tracing::error!(error = %e, task = ?kept.key, "recording a task's end failed; retrying");
+            unrecorded.push(kept); // still holds its slot in `running`
+        }
+    }
+
+    /// Reads the DAG folder and records what it found.
+    async fn parse(&mut self) -> Result<(), FlowError> {
+        let (dags, errors) = dag::load_dir(&self.config.dags_dir);
+        for e in &errors {
+            tracing::error!(file = %e.file, line = ?e.line, reason = %e.reason, "DAG file refused");
+        }
+        self.store.sync_dags(&dags, &errors).await?;
+        metrics::gauge!("weir_flow_dags").set(dags.len() as f64);
+        metrics::gauge!("weir_flow_dag_import_errors").set(errors.len() as f64);
+        self.dags = dags
+            .into_iter()
+            .map(|d| {
+                let d = Arc::new(d);
+                self.versions.insert((d.id.clone(), d.hash.clone()), d.clone());
+                (d.id.clone(), d)
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Creates the runs whose data intervals have ended.
+    async fn create_scheduled_runs(&mut self) -> Result<(), FlowError> {
+        let now = Utc::now();
+        let active = self.store.active_runs().await?;
+        for row in self.store.dags().await? {
+            let Some(dag) = self.dags.get(&row.dag_id).cloned() else { continue };
+            if row.paused {
+                continue;
+            }
+            let mut queued = active.iter().filter(|r| r.dag_id == dag.id).count();
+            let mut cursor = row.last_interval_end;
+            loop {
+                // Enough runs waiting: more are created as these finish.
+                if queued >= dag.max_active_runs {
+                    break;
+                }
+                let next = match cursor {
+                    None if dag.catchup => dag.schedule.first(dag.start_date, dag.timezone),
+                    None => dag.schedule.latest_complete(dag.start_date, dag.timezone, now),
+                    Some(end) if dag.catchup => {
+                        dag.schedule.next(crate::schedule::Interval { start: end, end }, dag.timezone)
+                    }
+                    Some(end) => {
+                        dag.schedule.latest_complete(dag.start_date, dag.timezone, now).filter(|i| i.end > end).or_else(
+                            || {
+                                // Not caught up and nothing newer has ended: the next one, when due.
+                                dag.schedule.next(crate::schedule::Interval { start: end, end }, dag.timezone)
+                            },
+                        )
+                    }
+                };
+                let Some(interval) = next else { break };
+                if interval.end > now || dag.end_date.is_some_and(|e| interval.start > e) {
+                    break;
+                }
+                if cursor.is_some_and(|c| interval.end <= c) && !matches!(dag.schedule, crate::schedule::Schedule::Once)
+                {
+                    break;
+                }
+                let run_id = format!("scheduled__{}", interval.start.to_rfc3339());
+                if self.store.create_run(&dag, &run_id, "scheduled", interval, &serde_json::Map::new()).await? {
+                    tracing::info!(dag = %dag.id, run_id, "scheduled run created");
+                    queued += 1;
+                }
+                cursor = Some(interval.end);
+                if matches!(dag.schedule, crate::schedule::Schedule::Once) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides and starts what it can in every active run.
+    async fn schedule_all(&mut self) -> Result<(), FlowError> {
+        self.starved = false;
+        for run in self.store.active_runs().await? {
+            self.schedule_run(&run).await?;
+        }
+        Ok(())
+    }
+
+    /// The DAG version `run` started with.
+    async fn dag_of(&mut self, run: &RunRow) -> Result<Option<Arc<Dag>>, FlowError> {
+        let key = (run.dag_id.clone(), run.dag_hash.clone());
+        if let Some(d) = self.versions.get(&key) {
+            return Ok(Some(d.clone()));
+        }
+        let Some((source, file)) = self.store.version_source(&run.dag_id, &run.dag_hash).await? else {
+            return Ok(None);
+        };
+        match dag::parse(Path::new(&file), &source) {
+            Ok(d) => {
+                let d = Arc::new(d);
+                self.versions.insert(key, d.clone());
+                Ok(Some(d))
+            }
+            Err(e) => {
+                tracing::error!(dag = %run.dag_id, hash = %run.dag_hash, error = %e, "stored DAG version no longer parses");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Decides the task instances of one run, starts those that may run, and ends the run when
+    /// every task has finished.
+    async fn schedule_run(&mut self, run: &RunRow) -> Result<(), FlowError> {
+        if !matches!(run.state, RunState::Queued | RunState::Running) {
+            return Ok(());
+        }
+        let Some(dag) = self.dag_of(run).await? else {
+            tracing::error!(dag = %run.dag_id, run_id = %run.run_id, "the DAG version of this run is unknown; failing it");
+            self.store.set_run_state(&run.dag_id, &run.run_id, RunState::Failed).await?;
+            return Ok(());
+        };
+        if run.state == RunState::Queued {
+            let active = self
+                .store
+                .active_runs()
+                .await?
+                .iter()
+                .filter(|r| r.dag_id == run.dag_id && r.state == RunState::Running)
+                .count();
+            if active >= dag.max_active_runs {
+                return Ok(());
+            }
+            self.store.set_run_state(&run.dag_id, &run.run_id, RunState::Running).await?;
+        }
+        let mut tasks: HashMap<String, TaskRow> =
+            self.store.tasks(&run.dag_id, &run.run_id).await?.into_iter().map(|t| (t.task_id.clone(), t)).collect();
+        // Decide until nothing changes: a skip or upstream failure can settle tasks further down.
+        let now = Utc::now();
+        let mut changes = Vec::new();
+        loop {
+            let mut changed = false;
+            for task in &dag.tasks {
+                let Some(ti) = tasks.get(&task.id) else { continue };
+                let new = match ti.state {
+                    TaskState::None => {
+                        let upstream: Vec<TaskState> =
+                            task.upstream.iter().filter_map(|u| tasks.get(u)).map(|t| t.state).collect();
+                        match decide(task.trigger_rule, &upstream) {
+                            Decision::Wait => None,
+                            Decision::Run => Some(TaskState::Scheduled),
+                            Decision::Skip => Some(TaskState::Skipped),
+                            Decision::UpstreamFailed => Some(TaskState::UpstreamFailed),
+                        }
+                    }
+                    TaskState::UpForRetry if ti.next_try_at.is_none_or(|t| t <= now) => Some(TaskState::Scheduled),
+                    _ => None,
+                };
+                if let Some(state) = new {
+                    changes.push((task.id.clone(), state));
+                    tasks.get_mut(&task.id).expect("present").state = state;
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        self.store.set_task_states(&run.dag_id, &run.run_id, &changes).await?;
+
+        // Start scheduled tasks, highest priority first, within the slots, pools and the DAG's
+        // max_active_tasks.
+        let mut ready: Vec<&TaskRow> = tasks.values().filter(|t| t.state == TaskState::Scheduled).collect();
+        ready.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.task_id.cmp(&b.task_id)));
+        let mut in_run = tasks.values().filter(|t| matches!(t.state, TaskState::Running | TaskState::Queued)).count();
+        let mut starts = Vec::new();
+        for ti in ready {
+            if in_run >= dag.max_active_tasks {
+                break;
+            }
+            if self.running.len() + starts.len() >= self.config.slots {
+                self.starved = true;
+                break;
+            }
+            let pool_slots = self.config.pools.get(&ti.pool).copied().unwrap_or(self.config.slots);
+            let pool_used = self.running.values().filter(|p| **p == ti.pool).count()
+                + starts.iter().filter(|(t, _): &&(&TaskRow, u32)| t.pool == ti.pool).count();
+            if pool_used >= pool_slots {
+                self.starved = true;
+                continue;
+            }
+            in_run += 1;
+            starts.push((ti, ti.try_number + 1));
+        }
+        let starts: Vec<(TaskRow, u32)> = starts.into_iter().map(|(t, n)| (t.clone(), n)).collect();
+        for (ti, try_number) in starts {
+            self.start(&dag, run, &ti, try_number).await?;
+            tasks.get_mut(&ti.task_id).expect("present").state = TaskState::Running;
+        }
+
+        if tasks.values().all(|t| t.state.is_finished()) {
+            // The run's outcome is its leaves' (tasks nothing depends on), as in Airflow.
+            let failed = dag.tasks.iter().filter(|t| dag.downstream(&t.id).next().is_none()).any(|t| {
+                tasks.get(&t.id).is_some_and(|ti| matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed))
+            });
+            let state = if failed { RunState::Failed } else { RunState::Success };
+            self.store.set_run_state(&run.dag_id, &run.run_id, state).await?;
+            metrics::counter!("weir_flow_dag_runs_total", "dag" => run.dag_id.clone(), "state" => state.as_str())
+                .increment(1);
+            tracing::info!(dag = %run.dag_id, run_id = %run.run_id, %state, "DAG run finished");
+        }
+        Ok(())
+    }
+
+    /// Starts try `try_number` of `ti` on the executor.
+    async fn start(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow, try_number: u32) -> Result<(), FlowError> {
+        let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
+        let log = log_path(&self.logs_dir, &key, try_number);
+        self.store.start_try(&key, try_number, &log.display().to_string()).await?;
+        self.running.insert(key.clone(), ti.pool.clone());
+        let mut params = dag.params.clone();
+        params.extend(run.conf.clone());
+        let ctx = Context::new(
+            &run.dag_id,
+            &run.run_id,
+            &ti.task_id,
+            try_number,
+            run.interval.start,
+            (run.interval.start, run.interval.end),
+            &params,
+        );
+        let task = dag.task(&ti.task_id).expect("instances are made from the DAG's tasks").clone();
+        let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let lake = self.lake.clone();
+        let done = self.done_tx.clone();
+        tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
+        tokio::spawn(async move {
+            let outcome = execute(&task, &ctx, &cwd, &log, &lake, &key).await;
+            let _ = done.send(Completion { key, try_number, outcome });
+        });
+        Ok(())
+    }
+
+    /// Records how a try ended.
+    async fn complete(&mut self, c: Completion) -> Result<(), FlowError> {
+        let run = self.store.run(&c.key.dag_id, &c.key.run_id).await?;
+        let dag = self.dag_of(&run).await?;
+        let task = dag.as_ref().and_then(|d| d.task(&c.key.task_id)).cloned();
+        let ti = self.store.tasks(&c.key.dag_id, &c.key.run_id).await?.into_iter().find(|t| t.task_id == c.key.task_id);
+        let max_tries = ti.map_or(1, |t| t.max_tries);
+        let outcome = match (c.outcome, &dag) {
+            (Outcome::Follow(chosen), Some(dag)) => {
+                let downstream: Vec<String> = dag.downstream(&c.key.task_id).map(|t| t.id.clone()).collect();
+                match chosen.iter().find(|id| !downstream.contains(id)) {
+                    Some(bad) => Outcome::Failed(format!(
+                        "the branch chose {bad:?}, which is not directly downstream (choices: {})",
+                        downstream.join(", ")
+                    )),
+                    None => {
+                        let skip: Vec<(String, TaskState)> = downstream
+                            .into_iter()
+                            .filter(|d| !chosen.contains(d))
+                            .map(|d| (d, TaskState::Skipped))
+                            .collect();
+                        self.store.set_task_states(&c.key.dag_id, &c.key.run_id, &skip).await?;
+                        Outcome::Success
+                    }
+                }
+            }
+            (o, _) => o,
+        };
+        let labels = |state: &'static str| {
+            metrics::counter!("weir_flow_task_tries_total", "dag" => c.key.dag_id.clone(), "state" => state)
+                .increment(1)
+        };
+        match outcome {
+            Outcome::Success | Outcome::Follow(_) => {
+                labels("success");
+                self.store.finish_try(&c.key, c.try_number, TaskState::Success, None, None).await?;
+            }
+            Outcome::Failed(reason) => {
+                labels("failed");
+                if c.try_number < max_tries {
+                    let wait = task.as_ref().map_or(Duration::ZERO, |t| t.retry_wait(c.try_number + 1));
+                    let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    tracing::warn!(dag = %c.key.dag_id, run_id = %c.key.run_id, task = %c.key.task_id, try_number = c.try_number, %reason, ?wait, "task failed; will retry");
+                    self.store.finish_try(&c.key, c.try_number, TaskState::UpForRetry, Some(&reason), Some(at)).await?;
+                } else {
+                    tracing::error!(dag = %c.key.dag_id, run_id = %c.key.run_id, task = %c.key.task_id, try_number = c.try_number, %reason, "task failed");
+                    self.store.finish_try(&c.key, c.try_number, TaskState::Failed, Some(&reason), None).await?;
+                }
+            }
+        }
+        self.running.remove(&c.key);
+        Ok(())
+    }
+}
+
+/// Runs one try of `task`.
+async fn execute(task: &dag::Task, ctx: &Context, cwd: &Path, log: &Path, lake: &Lake, key: &TaskKey) -> Outcome {
+    let render_all = |args: &[String]| args.iter().map(|a| ctx.render(a)).collect::<Result<Vec<_>, _>>();
+    let timeout = task.execution_timeout;
+    let result: Result<Option<Vec<String>>, String> = match &task.kind {
+        TaskKind::Script { command, env } => {
+            let run = async {
+                let command = render_all(command)?;
+                let mut all_env = ctx.env();
+                for (k, v) in env {
+                    all_env.push((k.clone(), ctx.render(v)?));
+                }
+                let script =
+                    weir_batch::script::Script { command, env: all_env, cwd: cwd.into(), log: log.into(), timeout };
+                script.run().await.map(|_| None).map_err(|e| e.to_string())
+            };
+            run.await
+        }
+        TaskKind::Branch { command } => {
+            let run = async {
+                let command = render_all(command)?;
+                let script =
+                    weir_batch::script::Script { command, env: ctx.env(), cwd: cwd.into(), log: log.into(), timeout };
+                let out = script.run().await.map_err(|e| e.to_string())?;
+                let chosen: Vec<String> = out
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default()
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                Ok(Some(chosen))
+            };
+            run.await
+        }
+        TaskKind::Sql { sql, view, append } => {
+            let run = async {
+                let sql = ctx.render(sql)?;
+                write_log(log, &format!("[weir] views.{view} ← {sql}\n")).await;
+                let source = serde_json::json!({"dag": key.dag_id, "run": key.run_id, "task": key.task_id});
+                let written = with_timeout(timeout, weir_batch::sql::write_view(lake, &sql, view, *append, source))
+                    .await?
+                    .map_err(|e| e.to_string())?;
+                write_log(
+                    log,
+                    &format!(
+                        "[weir] wrote {} rows as version {} of {}\n",
+                        written.rows, written.version, written.table
+                    ),
+                )
+                .await;
+                Ok(None)
+            };
+            run.await
+        }
+        TaskKind::LakeSnapshot { table } => {
+            let run = async {
+                let built =
+                    with_timeout(timeout, weir_lake::current::build(lake, table)).await?.map_err(|e| e.to_string())?;
+                write_log(
+                    log,
+                    &format!(
+                        "[weir] current.{} version {}: {} rows from raw version {}\n",
+                        table, built.version, built.rows, built.raw_version
+                    ),
+                )
+                .await;
+                Ok(None)
+            };
+            run.await
+        }
+    };
+    match result {
+        Ok(None) => Outcome::Success,
+        Ok(Some(chosen)) => Outcome::Follow(chosen),
+        Err(reason) => {
+            write_log(log, &format!("[weir] failed: {reason}\n")).await;
+            Outcome::Failed(reason)
+        }
+    }
+}
+
+async fn with_timeout<T>(limit: Option<Duration>, f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    match limit {
+        Some(d) => {
+            tokio::time::timeout(d, f).await.map_err(|_| format!("ran longer than its execution_timeout of {d:?}"))
+        }
+        None => Ok(f.await),
+    }
+}
+
+/// Appends to a try's log (a failure to log is itself logged, never fatal).
+async fn write_log(path: &Path, text: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let write = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+        f.write_all(text.as_bytes()).await
+    };
+    if let Err(e) = write.await {
+        tracing::warn!(log = %path.display(), error = %e, "cannot write the task log");
+    }
+}

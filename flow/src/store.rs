@@ -1,0 +1,626 @@
+//! The orchestrator's state in the metadata database (SQLite or PostgreSQL through sqlx's `Any`
+//! driver): DAGs and their versions, import errors, DAG runs, task instances and every try.
+//! Each state change is one statement or one transaction; the scheduler keeps nothing that a
+//! restart would need outside these tables.
+
+use chrono::{DateTime, Utc};
+use sqlx::{AnyPool, Row as _, any::AnyRow};
+
+use crate::{
+    dag::{Dag, DagError},
+    rules::{RunState, TaskState},
+    schedule::Interval,
+};
+
+/// A metadata-database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query failed.
+    #[error("metadata DB: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// The migrations failed.
+    #[error("metadata DB migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A DAG the command names is not known.
+    #[error("no DAG {0:?} (is its file in the DAG folder, and free of errors? see `weir dags list`)")]
+    NoDag(String),
+    /// A run the command names is not known.
+    #[error("DAG {dag}: no run {run:?}")]
+    NoRun {
+        /// The DAG.
+        dag: String,
+        /// The run id.
+        run: String,
+    },
+    /// A stored value could not be read back.
+    #[error("metadata DB: bad stored value: {0}")]
+    Corrupt(String),
+}
+
+/// Microseconds since the epoch.
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// The instant of `us` microseconds since the epoch.
+pub fn instant(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn now() -> i64 {
+    micros(Utc::now())
+}
+
+/// A DAG as the database knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DagRow {
+    /// Its id.
+    pub dag_id: String,
+    /// Its file.
+    pub file: String,
+    /// The current version.
+    pub hash: String,
+    /// Its schedule, as text.
+    pub schedule: String,
+    /// Paused DAGs get no scheduled runs (manual ones still run).
+    pub paused: bool,
+    /// The end of the last scheduled interval created.
+    pub last_interval_end: Option<DateTime<Utc>>,
+}
+
+/// A DAG run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    /// The DAG.
+    pub dag_id: String,
+    /// Unique within the DAG: `scheduled__<logical date>`, `manual__…`, `backfill__…`.
+    pub run_id: String,
+    /// `scheduled`, `manual` or `backfill`.
+    pub run_type: String,
+    /// The data interval.
+    pub interval: Interval,
+    /// Its state.
+    pub state: RunState,
+    /// The manual run's conf (JSON object), merged over the DAG's params.
+    pub conf: serde_json::Map<String, serde_json::Value>,
+    /// The DAG version it runs.
+    pub dag_hash: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its first task started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A task instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    /// The task.
+    pub task_id: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Tries started.
+    pub try_number: u32,
+    /// The last try number allowed.
+    pub max_tries: u32,
+    /// Its priority.
+    pub priority: i64,
+    /// Its pool.
+    pub pool: String,
+    /// Its queue.
+    pub queue: String,
+    /// When an up_for_retry task may start again.
+    pub next_try_at: Option<DateTime<Utc>>,
+    /// When its last try started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When its last try ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// One try of a task instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TryRow {
+    /// 1, 2, …
+    pub try_number: u32,
+    /// How it ended (or `running`).
+    pub state: TaskState,
+    /// Start.
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Where its log is.
+    pub log: String,
+}
+
+/// Identifies a task instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    /// The DAG.
+    pub dag_id: String,
+    /// The run.
+    pub run_id: String,
+    /// The task.
+    pub task_id: String,
+}
+
+/// The orchestrator's tables.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Uses `pool`, creating or upgrading the orchestrator's tables.
+    pub async fn open(pool: AnyPool) -> Result<Store, StoreError> {
+        let mut migrator = sqlx::migrate!("./migrations");
+        // The schema registry keeps its own migrations in the same database.
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Records the DAGs and import errors of one parse of the DAG folder (see [`Self::upsert_dag`]).
+    pub async fn sync_dags(&self, dags: &[Dag], errors: &[DagError]) -> Result<(), StoreError> {
+        for d in dags {
+            self.upsert_dag(d).await?;
+        }
+        let mut tx = self.pool.begin().await?;
+        let t = now();
+        sqlx::query("DELETE FROM flow_import_errors").execute(&mut *tx).await?;
+        for e in errors {
+            sqlx::query(
+                "INSERT INTO flow_import_errors (file, line, reason, seen_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (file) DO UPDATE SET line = excluded.line, reason = excluded.reason, seen_at = excluded.seen_at",
+            )
+            .bind(&e.file)
+            .bind(e.line.map(|l| l as i64))
+            .bind(&e.reason)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a DAG and its current version. A DAG keeps its paused flag and schedule cursor; a
+    /// new one starts paused if its file says so. Safe to run from several processes at once.
+    pub async fn upsert_dag(&self, d: &Dag) -> Result<(), StoreError> {
+        let t = now();
+        sqlx::query(
+            "INSERT INTO flow_dags (dag_id, file, hash, schedule, paused, seen_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (dag_id) DO UPDATE SET file = excluded.file, hash = excluded.hash, \
+             schedule = excluded.schedule, seen_at = excluded.seen_at",
+        )
+        .bind(&d.id)
+        .bind(d.file.display().to_string())
+        .bind(&d.hash)
+        .bind(d.schedule.to_string())
+        .bind(i64::from(d.paused_at_creation))
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO flow_dag_versions (dag_id, hash, source, file, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (dag_id, hash) DO NOTHING",
+        )
+        .bind(&d.id)
+        .bind(&d.hash)
+        .bind(&d.source)
+        .bind(d.file.display().to_string())
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The import errors of the last parse.
+    pub async fn import_errors(&self) -> Result<Vec<DagError>, StoreError> {
+        let rows = sqlx::query("SELECT file, line, reason FROM flow_import_errors ORDER BY file")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DagError {
+                file: r.get(0),
+                line: r.get::<Option<i64>, _>(1).map(|l| l as usize),
+                reason: r.get(2),
+            })
+            .collect())
+    }
+
+    /// Every DAG known.
+    pub async fn dags(&self) -> Result<Vec<DagRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT dag_id, file, hash, schedule, paused, last_interval_end FROM flow_dags ORDER BY dag_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DagRow {
+                dag_id: r.get(0),
+                file: r.get(1),
+                hash: r.get(2),
+                schedule: r.get(3),
+                paused: r.get::<i64, _>(4) != 0,
+                last_interval_end: r.get::<Option<i64>, _>(5).map(instant),
+            })
+            .collect())
+    }
+
+    /// One DAG.
+    pub async fn dag(&self, dag_id: &str) -> Result<DagRow, StoreError> {
+        self.dags().await?.into_iter().find(|d| d.dag_id == dag_id).ok_or_else(|| StoreError::NoDag(dag_id.into()))
+    }
+
+    /// Pauses or unpauses a DAG.
+    pub async fn set_paused(&self, dag_id: &str, paused: bool) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE flow_dags SET paused = $1 WHERE dag_id = $2")
+            .bind(i64::from(paused))
+            .bind(dag_id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::NoDag(dag_id.into()));
+        }
+        Ok(())
+    }
+
+    /// The DAG file text of version `hash`.
+    pub async fn version_source(&self, dag_id: &str, hash: &str) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query("SELECT source, file FROM flow_dag_versions WHERE dag_id = $1 AND hash = $2")
+            .bind(dag_id)
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Creates a run of `dag` (version `dag.hash`) with its task instances, and for a scheduled
+    /// run moves the DAG's cursor to the interval's end, in one transaction. Returns false when
+    /// the run id exists already (nothing is changed then).
+    pub async fn create_run(
+        &self,
+        dag: &Dag,
+        run_id: &str,
+        run_type: &str,
+        interval: Interval,
+        conf: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        // Writing first takes SQLite's write lock at once (a read first could not be upgraded
+        // while another connection writes).
+        let mut tx = self.pool.begin().await?;
+        let t = now();
+        let inserted = sqlx::query(
+            "INSERT INTO flow_dag_runs (dag_id, run_id, run_type, logical_date, interval_start, interval_end, state, \
+             conf, dag_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (dag_id, run_id) DO NOTHING",
+        )
+        .bind(&dag.id)
+        .bind(run_id)
+        .bind(run_type)
+        .bind(micros(interval.start))
+        .bind(micros(interval.start))
+        .bind(micros(interval.end))
+        .bind(RunState::Queued.as_str())
+        .bind(serde_json::Value::Object(conf.clone()).to_string())
+        .bind(&dag.hash)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for task in &dag.tasks {
+            sqlx::query(
+                "INSERT INTO flow_task_instances (dag_id, run_id, task_id, state, try_number, max_tries, queue, pool, \
+                 priority) VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8)",
+            )
+            .bind(&dag.id)
+            .bind(run_id)
+            .bind(&task.id)
+            .bind(TaskState::None.as_str())
+            .bind(i64::from(task.retries) + 1)
+            .bind(&task.queue)
+            .bind(&task.pool)
+            .bind(task.priority)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if run_type == "scheduled" {
+            sqlx::query(
+                "UPDATE flow_dags SET last_interval_end = $1 WHERE dag_id = $2 AND (last_interval_end IS NULL OR last_interval_end < $1)",
+            )
+            .bind(micros(interval.end))
+            .bind(&dag.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    const RUN_COLUMNS: &str = "dag_id, run_id, run_type, interval_start, interval_end, state, conf, dag_hash, created_at, \
+                               started_at, ended_at";
+
+    fn run_row(r: &AnyRow) -> Result<RunRow, StoreError> {
+        let state: String = r.get(5);
+        let conf: String = r.get(6);
+        Ok(RunRow {
+            dag_id: r.get(0),
+            run_id: r.get(1),
+            run_type: r.get(2),
+            interval: Interval { start: instant(r.get(3)), end: instant(r.get(4)) },
+            state: state.parse().map_err(StoreError::Corrupt)?,
+            conf: match serde_json::from_str(&conf) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => return Err(StoreError::Corrupt(format!("run conf {conf:?}"))),
+            },
+            dag_hash: r.get(7),
+            created_at: instant(r.get(8)),
+            started_at: r.get::<Option<i64>, _>(9).map(instant),
+            ended_at: r.get::<Option<i64>, _>(10).map(instant),
+        })
+    }
+
+    /// Runs that are queued or running, oldest logical date first.
+    pub async fn active_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM flow_dag_runs WHERE state IN ('queued', 'running') ORDER BY interval_start, created_at",
+            Self::RUN_COLUMNS
+        );
+        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(Self::run_row).collect()
+    }
+
+    /// The runs of a DAG, newest logical date first.
+    pub async fn runs(&self, dag_id: &str, limit: usize) -> Result<Vec<RunRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM flow_dag_runs WHERE dag_id = $1 ORDER BY interval_start DESC, created_at DESC LIMIT $2",
+            Self::RUN_COLUMNS
+        );
+        sqlx::query(&sql)
+            .bind(dag_id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(Self::run_row)
+            .collect()
+    }
+
+    /// One run.
+    pub async fn run(&self, dag_id: &str, run_id: &str) -> Result<RunRow, StoreError> {
+        let sql = format!("SELECT {} FROM flow_dag_runs WHERE dag_id = $1 AND run_id = $2", Self::RUN_COLUMNS);
+        let row = sqlx::query(&sql).bind(dag_id).bind(run_id).fetch_optional(&self.pool).await?;
+        match row {
+            Some(r) => Self::run_row(&r),
+            None => Err(StoreError::NoRun { dag: dag_id.into(), run: run_id.into() }),
+        }
+    }
+
+    /// Sets a run's state (a finished state also sets its end; running sets its start once).
+    pub async fn set_run_state(&self, dag_id: &str, run_id: &str, state: RunState) -> Result<(), StoreError> {
+        let sql = match state {
+            RunState::Running => {
+                "UPDATE flow_dag_runs SET state = $1, started_at = COALESCE(started_at, $2), ended_at = NULL \
+                 WHERE dag_id = $3 AND run_id = $4"
+            }
+            RunState::Success | RunState::Failed => {
+                "UPDATE flow_dag_runs SET state = $1, ended_at = $2 WHERE dag_id = $3 AND run_id = $4"
+            }
+            RunState::Queued => {
+                "UPDATE flow_dag_runs SET state = $1, ended_at = NULL WHERE $2 = $2 AND dag_id = $3 AND run_id = $4"
+            }
+        };
+        sqlx::query(sql).bind(state.as_str()).bind(now()).bind(dag_id).bind(run_id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The task instances of a run.
+    pub async fn tasks(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at \
+             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.get(1);
+                Ok(TaskRow {
+                    task_id: r.get(0),
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    try_number: r.get::<i64, _>(2) as u32,
+                    max_tries: r.get::<i64, _>(3) as u32,
+                    priority: r.get(4),
+                    pool: r.get(5),
+                    queue: r.get(6),
+                    next_try_at: r.get::<Option<i64>, _>(7).map(instant),
+                    started_at: r.get::<Option<i64>, _>(8).map(instant),
+                    ended_at: r.get::<Option<i64>, _>(9).map(instant),
+                })
+            })
+            .collect()
+    }
+
+    /// Sets task instances' state (for none, scheduled, queued, skipped, upstream_failed).
+    pub async fn set_task_states(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        changes: &[(String, TaskState)],
+    ) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let t = now();
+        for (task_id, state) in changes {
+            let ended = state.is_finished().then_some(t);
+            sqlx::query("UPDATE flow_task_instances SET state = $1, ended_at = COALESCE($2, ended_at) WHERE dag_id = $3 AND run_id = $4 AND task_id = $5")
+                .bind(state.as_str())
+                .bind(ended)
+                .bind(dag_id)
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Starts try `try_number` of a task instance, whose log will be at `log`.
+    pub async fn start_try(&self, key: &TaskKey, try_number: u32, log: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let t = now();
+        sqlx::query(
+            "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, \
+             next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5",
+        )
+        .bind(i64::from(try_number))
+        .bind(t)
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, log) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $6)",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(try_number))
+        .bind(t)
+        .bind(log)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends try `try_number` in `state` (success, failed, up_for_retry or skipped); an
+    /// up_for_retry instance may start again at `next_try_at`.
+    pub async fn finish_try(
+        &self,
+        key: &TaskKey,
+        try_number: u32,
+        state: TaskState,
+        reason: Option<&str>,
+        next_try_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let t = now();
+        sqlx::query(
+            "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 AND run_id = $5 \
+             AND task_id = $6 AND try_number = $7",
+        )
+        .bind(state.as_str())
+        .bind(t)
+        .bind(next_try_at.map(micros))
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(try_number))
+        .execute(&mut *tx)
+        .await?;
+        let try_state = if state == TaskState::UpForRetry { TaskState::Failed } else { state };
+        sqlx::query(
+            "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3 WHERE dag_id = $4 AND run_id = $5 \
+             AND task_id = $6 AND try_number = $7",
+        )
+        .bind(try_state.as_str())
+        .bind(t)
+        .bind(reason)
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(i64::from(try_number))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The tries of a task instance, first first.
+    pub async fn tries(&self, key: &TaskKey) -> Result<Vec<TryRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT try_number, state, started_at, ended_at, reason, log FROM flow_task_tries WHERE dag_id = $1 \
+             AND run_id = $2 AND task_id = $3 ORDER BY try_number",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.get(1);
+                Ok(TryRow {
+                    try_number: r.get::<i64, _>(0) as u32,
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    started_at: instant(r.get(2)),
+                    ended_at: r.get::<Option<i64>, _>(3).map(instant),
+                    reason: r.get(4),
+                    log: r.get(5),
+                })
+            })
+            .collect()
+    }
+
+    /// Clears task instances of a run so they run again: state none, and retries counted afresh
+    /// from the current try (the tries so far stay in the history). The run becomes queued.
+    pub async fn clear(&self, dag_id: &str, run_id: &str, tasks: &[(String, u32)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (task_id, retries) in tasks {
+            sqlx::query(
+                "UPDATE flow_task_instances SET state = 'none', max_tries = try_number + $1, next_try_at = NULL, \
+                 ended_at = NULL WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued')",
+            )
+            .bind(i64::from(*retries) + 1)
+            .bind(dag_id)
+            .bind(run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE flow_dag_runs SET state = 'queued', ended_at = NULL WHERE dag_id = $1 AND run_id = $2")
+            .bind(dag_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Task instances left running or queued by a scheduler that stopped: back to none (their
+    /// try stays in the history, failed, and counts against the retries).
+    pub async fn reset_orphans(&self) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let t = now();
+        sqlx::query(
+            "UPDATE flow_task_tries SET state = 'failed', ended_at = $1, reason = 'the scheduler stopped while it ran' \
+             WHERE state = 'running'",
+        )
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        let r = sqlx::query(
+            "UPDATE flow_task_instances SET state = CASE WHEN try_number < max_tries THEN 'none' ELSE 'failed' END, \
+             ended_at = $1 WHERE state IN ('running', 'queued', 'scheduled')",
+        )
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected())
+    }
+}

@@ -1,0 +1,539 @@
+//! The scheduler end to end with real processes, a real lake directory and a real metadata DB —
+//! every test on SQLite and on PostgreSQL (`WEIR_TEST_POSTGRES_URL`, started by `scripts/test`).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use weir_flow::{
+    dag,
+    rules::{RunState, TaskState},
+    runs::{self, ClearSpec},
+    scheduler::{FlowConfig, Scheduler},
+    store::{RunRow, Store, TaskKey},
+};
+use weir_lake::{Lake, LakeConfig};
+use weir_schemas::metadata;
+
+/// A scheduler running on a temporary DAG folder and lake, and the store it writes.
+struct Setup {
+    dir: tempfile::TempDir,
+    store: Store,
+    lake: Arc<Lake>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Setup {
+    async fn new(db: Db) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+        let pool = match db {
+            Db::Sqlite => {
+                metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            }
+            Db::Postgres => postgres_database().await,
+        };
+        let store = Store::open(pool).await.unwrap();
+        let lake_url = url::Url::from_directory_path(dir.path().join("lake")).unwrap();
+        let lake =
+            Arc::new(Lake::new(&LakeConfig { url: lake_url.as_str().parse().unwrap(), ..LakeConfig::default() }));
+        Setup { dir, store, lake, stop: None, task: None }
+    }
+
+    fn dags(&self) -> PathBuf {
+        self.dir.path().join("dags")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write_dag(&self, name: &str, text: &str) -> dag::Dag {
+        let path = self.dags().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        dag::load_file(&path).unwrap()
+    }
+
+    fn config(&self) -> FlowConfig {
+        FlowConfig {
+            dags_dir: self.dags(),
+            slots: 4,
+            parse_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(50),
+            logs_dir: Some(self.dir.path().join("logs")),
+            ..FlowConfig::default()
+        }
+    }
+
+    fn start(&mut self) {
+        self.start_with(self.config());
+    }
+
+    fn start_with(&mut self, config: FlowConfig) {
+        let scheduler = Scheduler::new(self.store.clone(), self.lake.clone(), config);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.stop = Some(tx);
+        self.task = Some(tokio::spawn(async move {
+            scheduler.run(async { rx.await.unwrap_or(()) }).await.expect("the scheduler fails");
+        }));
+    }
+
+    async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    /// Waits until the run has finished.
+    async fn finished(&self, dag_id: &str, run_id: &str, limit: Duration) -> RunRow {
+        let started = Instant::now();
+        loop {
+            let run = self.store.run(dag_id, run_id).await.unwrap();
+            if matches!(run.state, RunState::Success | RunState::Failed) {
+                return run;
+            }
+            assert!(started.elapsed() < limit, "run {run_id} of {dag_id} still {} after {limit:?}", run.state);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn states(&self, dag_id: &str, run_id: &str) -> Vec<(String, TaskState)> {
+        let mut t: Vec<_> =
+            self.store.tasks(dag_id, run_id).await.unwrap().into_iter().map(|t| (t.task_id, t.state)).collect();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    }
+
+    async fn state(&self, dag_id: &str, run_id: &str, task: &str) -> TaskState {
+        self.states(dag_id, run_id).await.into_iter().find(|(t, _)| t == task).unwrap().1
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database for one test.
+async fn postgres_database() -> sqlx::AnyPool {
+    let base = std::env::var("WEIR_TEST_POSTGRES_URL")
+        .expect("WEIR_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL on loopback");
+    let admin = metadata::connect(&base, Duration::from_secs(10)).await.unwrap();
+    let name = format!(
+        "flow_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    metadata::connect(&url, Duration::from_secs(10)).await.unwrap()
+}
+
+fn key(dag: &str, run: &str, task: &str) -> TaskKey {
+    TaskKey { dag_id: dag.into(), run_id: run.into(), task_id: task.into() }
+}
+
+/// A script counting its calls in `file`, failing until the `n`th call.
+fn succeed_on_call(file: &Path, n: u32) -> String {
+    format!(
+        "[sh, -c, 'c=$(cat {f} 2>/dev/null || echo 0); c=$((c+1)); echo $c > {f}; echo call $c; [ $c -ge {n} ]']",
+        f = file.display()
+    )
+}
+
+async fn retries_back_off_and_a_failure_fails_downstream(db: Db) {
+    let mut s = Setup::new(db).await;
+    let flaky = succeed_on_call(&s.path("flaky.count"), 3);
+    let d = s.write_dag(
+        "retry",
+        &format!(
+            "tasks:
+  - id: flaky
+    script: {flaky}
+    retries: 3
+    retry_delay: 300ms
+    retry_exponential_backoff: true
+  - id: doomed
+    script: [sh, -c, 'echo nope >&2; exit 7']
+    retries: 1
+    retry_delay: 100ms
+  - id: after_doomed
+    upstream: [doomed]
+    script: [true]
+  - id: after_flaky
+    upstream: [flaky]
+    script: [true]
+"
+        ),
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    let run = s.finished("retry", &run_id, Duration::from_secs(30)).await;
+    assert_eq!(run.state, RunState::Failed, "a leaf failed upstream");
+    assert_eq!(
+        s.states("retry", &run_id).await,
+        [
+            ("after_doomed".into(), TaskState::UpstreamFailed),
+            ("after_flaky".into(), TaskState::Success),
+            ("doomed".into(), TaskState::Failed),
+            ("flaky".into(), TaskState::Success),
+        ]
+    );
+    let tries = s.store.tries(&key("retry", &run_id, "flaky")).await.unwrap();
+    assert_eq!(
+        tries.iter().map(|t| t.state).collect::<Vec<_>>(),
+        [TaskState::Failed, TaskState::Failed, TaskState::Success]
+    );
+    let gap = |a: usize| (tries[a + 1].started_at - tries[a].ended_at.unwrap()).to_std().unwrap();
+    assert!(gap(0) >= Duration::from_millis(300), "first retry after {:?}", gap(0));
+    assert!(gap(1) >= Duration::from_millis(600), "second retry after {:?} (doubled)", gap(1));
+    assert!(gap(1) < Duration::from_secs(3), "{:?}", gap(1));
+    let doomed = s.store.tries(&key("retry", &run_id, "doomed")).await.unwrap();
+    assert_eq!(doomed.len(), 2, "one retry");
+    assert!(doomed[1].reason.as_deref().unwrap().contains("exited with status 7"), "{doomed:?}");
+    let log = std::fs::read_to_string(&doomed[1].log).unwrap();
+    assert!(log.contains("[stderr] nope"), "{log}");
+    assert!(doomed[1].log.ends_with(&format!("/retry/{run_id}/doomed/2.log")), "{}", doomed[1].log);
+    s.stop().await;
+}
+
+async fn a_try_past_its_timeout_is_killed(db: Db) {
+    let mut s = Setup::new(db).await;
+    let d = s.write_dag("slow", "tasks:\n  - {id: sleepy, script: [sleep, '30'], execution_timeout: 500ms}\n");
+    s.start();
+    let started = Instant::now();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    let run = s.finished("slow", &run_id, Duration::from_secs(20)).await;
+    assert_eq!(run.state, RunState::Failed);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let tries = s.store.tries(&key("slow", &run_id, "sleepy")).await.unwrap();
+    assert!(tries[0].reason.as_deref().unwrap().contains("execution_timeout"), "{tries:?}");
+    s.stop().await;
+}
+
+async fn every_trigger_rule(db: Db) {
+    let mut s = Setup::new(db).await;
+    let mut text = String::from("tasks:\n  - {id: ok, script: [true]}\n  - {id: bad, script: [false]}\n");
+    let rules =
+        ["all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed", "none_skipped", "always"];
+    for r in rules {
+        text.push_str(&format!("  - {{id: {r}, upstream: [ok, bad], trigger_rule: {r}, script: [true]}}\n"));
+    }
+    // Skips: a branch that follows `ok2`, skipping `skipped`; rules downstream of a skip.
+    text.push_str("  - {id: pick, branch: [echo, ok2]}\n  - {id: ok2, upstream: [pick], script: [true]}\n");
+    text.push_str("  - {id: skipped, upstream: [pick], script: [true]}\n");
+    for r in ["all_success", "none_failed", "none_skipped", "one_success"] {
+        text.push_str(&format!("  - {{id: s_{r}, upstream: [ok2, skipped], trigger_rule: {r}, script: [true]}}\n"));
+    }
+    let d = s.write_dag("rules", &text);
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    s.finished("rules", &run_id, Duration::from_secs(30)).await;
+    use TaskState::{Skipped, Success, UpstreamFailed};
+    let want = [
+        ("all_success", UpstreamFailed),
+        ("all_failed", Skipped),
+        ("all_done", Success),
+        ("one_success", Success),
+        ("one_failed", Success),
+        ("none_failed", UpstreamFailed),
+        ("none_skipped", Success),
+        ("always", Success),
+        ("ok2", Success),
+        ("skipped", Skipped),
+        ("s_all_success", Skipped),
+        ("s_none_failed", Success),
+        ("s_none_skipped", Skipped),
+        ("s_one_success", Success),
+    ];
+    for (task, state) in want {
+        assert_eq!(s.state("rules", &run_id, task).await, state, "task {task}");
+    }
+    s.stop().await;
+}
+
+async fn a_branch_that_names_a_stranger_fails(db: Db) {
+    let mut s = Setup::new(db).await;
+    let d = s.write_dag(
+        "badbranch",
+        "tasks:\n  - {id: pick, branch: [echo, elsewhere]}\n  - {id: a, upstream: [pick], script: [true]}\n",
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    s.finished("badbranch", &run_id, Duration::from_secs(20)).await;
+    assert_eq!(s.state("badbranch", &run_id, "pick").await, TaskState::Failed);
+    let tries = s.store.tries(&key("badbranch", &run_id, "pick")).await.unwrap();
+    assert!(tries[0].reason.as_deref().unwrap().contains("\"elsewhere\""), "{tries:?}");
+    s.stop().await;
+}
+
+fn days_ago(n: i64) -> String {
+    (Utc::now() - chrono::Duration::days(n)).format("%Y-%m-%d").to_string()
+}
+
+async fn catchup_backfill_and_templated_dates(db: Db) {
+    let mut s = Setup::new(db).await;
+    let out = s.path("dates.txt");
+    // Catchup: one run per day since the start date, each writing its own ds.
+    s.write_dag(
+        "daily",
+        &format!(
+            "schedule: '@daily'\nstart_date: {}\ncatchup: true\nmax_active_runs: 2\ntasks:\n  - id: t\n    script: [sh, -c, 'echo {{{{ ds }}}} {{{{ data_interval_end }}}} >> {}']\n",
+            days_ago(5),
+            out.display()
+        ),
+    );
+    // No catchup: only the latest interval.
+    s.write_dag(
+        "latest",
+        &format!("schedule: '@daily'\nstart_date: {}\ntasks:\n  - {{id: t, script: [true]}}\n", days_ago(5)),
+    );
+    // Paused, then backfilled.
+    let paused = s.write_dag(
+        "paused",
+        &format!(
+            "schedule: '@daily'\nstart_date: {}\ncatchup: true\nis_paused_upon_creation: true\ntasks:\n  - {{id: t, script: [true]}}\n",
+            days_ago(10)
+        ),
+    );
+    s.start();
+    let all_done = |runs: &[RunRow], n: usize| runs.len() == n && runs.iter().all(|r| r.state == RunState::Success);
+    let started = Instant::now();
+    loop {
+        let daily = s.store.runs("daily", 100).await.unwrap();
+        let latest = s.store.runs("latest", 100).await.unwrap();
+        if all_done(&daily, 5) && all_done(&latest, 1) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "daily {daily:?} latest {latest:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut lines: Vec<String> = std::fs::read_to_string(&out).unwrap().lines().map(str::to_string).collect();
+    lines.sort();
+    let want: Vec<String> = (1..=5).rev().map(|n| format!("{} {}T00:00:00Z", days_ago(n), days_ago(n - 1))).collect();
+    assert_eq!(lines, want);
+    let latest = s.store.runs("latest", 10).await.unwrap();
+    assert_eq!(latest[0].interval.start.format("%Y-%m-%d").to_string(), days_ago(1));
+    assert!(s.store.runs("paused", 10).await.unwrap().is_empty(), "a paused DAG gets no scheduled runs");
+
+    let from: DateTime<Utc> = format!("{}T00:00:00Z", days_ago(8)).parse().unwrap();
+    let to: DateTime<Utc> = format!("{}T00:00:00Z", days_ago(6)).parse().unwrap();
+    let created = runs::backfill(&s.store, &paused, from, to).await.unwrap();
+    assert_eq!(created.len(), 3, "{created:?}");
+    for r in &created {
+        assert_eq!(s.finished("paused", r, Duration::from_secs(30)).await.state, RunState::Success);
+    }
+    assert!(runs::backfill(&s.store, &paused, from, to).await.unwrap().is_empty(), "intervals with runs are skipped");
+    s.stop().await;
+}
+
+async fn clear_reruns_with_a_new_try_and_keeps_history(db: Db) {
+    let mut s = Setup::new(db).await;
+    let flag = s.path("fixed");
+    let d = s.write_dag(
+        "fix",
+        &format!(
+            "tasks:\n  - {{id: a, script: [true]}}\n  - {{id: b, upstream: [a], script: [test, -e, '{}']}}\n  - {{id: c, upstream: [b], script: [true]}}\n",
+            flag.display()
+        ),
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("fix", &run_id, Duration::from_secs(20)).await.state, RunState::Failed);
+    assert_eq!(s.state("fix", &run_id, "c").await, TaskState::UpstreamFailed);
+    std::fs::write(&flag, "").unwrap();
+    let spec = ClearSpec { only_failed: true, run_id: Some(run_id.clone()), ..ClearSpec::default() };
+    let cleared = runs::clear(&s.store, &d, &spec).await.unwrap();
+    assert_eq!(cleared, [(run_id.clone(), vec!["b".to_string(), "c".to_string()])]);
+    assert_eq!(s.finished("fix", &run_id, Duration::from_secs(20)).await.state, RunState::Success);
+    let tries = s.store.tries(&key("fix", &run_id, "b")).await.unwrap();
+    assert_eq!(
+        tries.iter().map(|t| (t.try_number, t.state)).collect::<Vec<_>>(),
+        [(1, TaskState::Failed), (2, TaskState::Success)]
+    );
+    assert_eq!(s.store.tries(&key("fix", &run_id, "a")).await.unwrap().len(), 1, "a succeeded and was not cleared");
+    // Clear a task and its downstream regardless of state.
+    let spec =
+        ClearSpec { task: Some("b".into()), downstream: true, run_id: Some(run_id.clone()), ..ClearSpec::default() };
+    runs::clear(&s.store, &d, &spec).await.unwrap();
+    s.finished("fix", &run_id, Duration::from_secs(20)).await;
+    assert_eq!(s.store.tries(&key("fix", &run_id, "c")).await.unwrap().len(), 2);
+    s.stop().await;
+}
+
+/// Tasks append `start end` (ns) to a file; returns the most that overlapped.
+fn max_overlap(file: &Path) -> usize {
+    let spans: Vec<(u128, u128)> = std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    spans.iter().map(|(a, _)| spans.iter().filter(|(s, e)| s <= a && a < e).count()).max().unwrap_or(0)
+}
+
+async fn concurrency_limits_hold(db: Db) {
+    let mut s = Setup::new(db).await;
+    let spans = s.path("spans");
+    let pooled = s.path("pooled");
+    let task = |id: String, extra: &str, file: &Path| {
+        format!(
+            "  - {{id: {id}, {extra}script: [sh, -c, 'a=$(date +%s%N); sleep 0.3; echo $a $(date +%s%N) >> {}']}}\n",
+            file.display()
+        )
+    };
+    let mut text = String::from("max_active_tasks: 2\ntasks:\n");
+    for i in 0..6 {
+        text.push_str(&task(format!("t{i}"), "", &spans));
+    }
+    let limited = s.write_dag("limited", &text);
+    let mut text = String::from("tasks:\n");
+    for i in 0..4 {
+        text.push_str(&task(format!("p{i}"), "pool: single, ", &pooled));
+    }
+    let pool_dag = s.write_dag("pooled", &text);
+    let mut config = s.config();
+    config.pools.insert("single".into(), 1);
+    s.start_with(config);
+    let a = runs::trigger(&s.store, &limited, Default::default(), None).await.unwrap();
+    let b = runs::trigger(&s.store, &pool_dag, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("limited", &a, Duration::from_secs(30)).await.state, RunState::Success);
+    assert_eq!(s.finished("pooled", &b, Duration::from_secs(30)).await.state, RunState::Success);
+    assert_eq!(max_overlap(&spans), 2, "max_active_tasks 2");
+    assert_eq!(max_overlap(&pooled), 1, "a pool of one slot");
+    s.stop().await;
+}
+
+async fn a_run_finishes_with_the_dag_version_it_started_with(db: Db) {
+    let mut s = Setup::new(db).await;
+    let out = s.path("version.txt");
+    let text = |v: &str| {
+        format!(
+            "tasks:\n  - {{id: first, script: [sleep, '1']}}\n  - {{id: second, upstream: [first], script: [sh, -c, 'echo {v} > {}']}}\n",
+            out.display()
+        )
+    };
+    let d = s.write_dag("versioned", &text("A"));
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v2 = s.write_dag("versioned", &text("B"));
+    assert_ne!(v2.hash, d.hash);
+    tokio::time::sleep(Duration::from_millis(400)).await; // the scheduler reads the new version
+    let run = s.finished("versioned", &run_id, Duration::from_secs(20)).await;
+    assert_eq!(run.state, RunState::Success);
+    assert_eq!(run.dag_hash, d.hash);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "A");
+    // A new run uses the new version.
+    let run2 = runs::trigger(&s.store, &v2, Default::default(), None).await.unwrap();
+    s.finished("versioned", &run2, Duration::from_secs(20)).await;
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "B");
+    s.stop().await;
+}
+
+async fn broken_files_are_reported_and_the_rest_runs(db: Db) {
+    let mut s = Setup::new(db).await;
+    std::fs::write(s.dags().join("broken.yaml"), "tasks:\n  - id: x\n    script: [true\n").unwrap();
+    let d = s.write_dag("fine", "params: {who: world}\ntasks:\n  - {id: hello, script: [sh, -c, 'echo hello {{ params.who }} $WEIR_PARAM_WHO']}\n");
+    s.start();
+    let mut conf = serde_json::Map::new();
+    conf.insert("who".into(), "weir".into());
+    let run_id = runs::trigger(&s.store, &d, conf, None).await.unwrap();
+    assert_eq!(s.finished("fine", &run_id, Duration::from_secs(20)).await.state, RunState::Success);
+    let tries = s.store.tries(&key("fine", &run_id, "hello")).await.unwrap();
+    let log = std::fs::read_to_string(&tries[0].log).unwrap();
+    assert!(log.contains("hello weir weir"), "conf overrides params, in templates and env: {log}");
+    let errors = s.store.import_errors().await.unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].file.ends_with("broken.yaml") && errors[0].line.is_some(), "{errors:?}");
+    s.stop().await;
+}
+
+async fn a_sql_task_writes_a_view_version(db: Db) {
+    let mut s = Setup::new(db).await;
+    // A source table written straight with deltalake (as the lake writer would).
+    let orders = {
+        use deltalake::arrow::{
+            array::{Int64Array, StringArray},
+            datatypes::{DataType, Field, Schema},
+            record_batch::RecordBatch,
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("customer", DataType::Utf8, false),
+            Field::new("amount", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(StringArray::from(vec!["ann", "bob", "ann", "cy"])),
+                Arc::new(Int64Array::from(vec![10, 20, 30, 40])),
+            ],
+        )
+        .unwrap()
+    };
+    let url = s.lake.table_url("current.orders").unwrap();
+    deltalake::DeltaTable::try_from_url(url).await.unwrap().write(vec![orders]).await.unwrap();
+    let d = s.write_dag(
+        "spend",
+        "params: {min: 15}\ntasks:\n  - id: per_customer\n    view: spend\n    sql: SELECT customer, sum(amount) AS total FROM current.orders WHERE amount >= {{ params.min }} GROUP BY customer\n",
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("spend", &run_id, Duration::from_secs(60)).await.state, RunState::Success);
+    let batches = weir_lake::query::run(&s.lake, "SELECT customer, total FROM views.spend ORDER BY customer", None)
+        .await
+        .unwrap();
+    let text = deltalake::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    assert!(
+        text.contains("| ann      | 30    |")
+            && text.contains("| bob      | 20    |")
+            && text.contains("| cy       | 40    |"),
+        "{text}"
+    );
+    let history = s.lake.history("views.spend", None).await.unwrap();
+    assert_eq!(history.len(), 1);
+    let tries = s.store.tries(&key("spend", &run_id, "per_customer")).await.unwrap();
+    let log = std::fs::read_to_string(&tries[0].log).unwrap();
+    assert!(log.contains("wrote 3 rows as version 0 of views.spend"), "{log}");
+    s.stop().await;
+}
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Db::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Db::Postgres).await } )*
+        }
+    };
+}
+
+on_both_databases!(
+    retries_back_off_and_a_failure_fails_downstream,
+    a_try_past_its_timeout_is_killed,
+    every_trigger_rule,
+    a_branch_that_names_a_stranger_fails,
+    catchup_backfill_and_templated_dates,
+    clear_reruns_with_a_new_try_and_keeps_history,
+    concurrency_limits_hold,
+    a_run_finishes_with_the_dag_version_it_started_with,
+    broken_files_are_reported_and_the_rest_runs,
+    a_sql_task_writes_a_view_version,
+);
