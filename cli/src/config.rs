@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use weir_bus::BusConfig;
+use weir_flow::scheduler::FlowConfig;
 use weir_ingest::{IngestConfig, SourceConfig};
 use weir_lake::LakeConfig;
 use weir_schemas::metadata::MetadataConfig;
@@ -40,6 +41,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// `[[sources]]`: what `weir ingest` captures.
     pub sources: Vec<SourceConfig>,
+    /// `[flow]`: the orchestrator.
+    pub flow: FlowConfig,
 }
 
 /// `[registry]`: the schema registry.

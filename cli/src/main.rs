@@ -8,6 +8,7 @@ mod bench;
 mod cassandra;
 mod config;
 mod console;
+mod dags;
 mod ingest;
 mod lake;
 mod query;
@@ -57,6 +58,11 @@ enum Command {
     /// Cassandra commit-log tools.
     #[command(subcommand)]
     Cassandra(cassandra::CassandraCommand),
+    /// DAGs: list, show, trigger, pause, backfill, clear, runs, tasks, logs.
+    #[command(subcommand)]
+    Dags(dags::DagsCommand),
+    /// Run the orchestrator: schedule DAG runs and execute their tasks.
+    Scheduler(dags::SchedulerArgs),
     /// Run a benchmark and print its result as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,8 +71,13 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let is_service =
-        matches!(cli.command, Command::Registry(_) | Command::Ingest(_) | Command::Lake(lake::LakeCommand::Run { .. }));
+    let is_service = matches!(
+        cli.command,
+        Command::Registry(_)
+            | Command::Ingest(_)
+            | Command::Lake(lake::LakeCommand::Run { .. })
+            | Command::Scheduler(_)
+    );
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
     if let Err(e) = run(cli).await {
@@ -86,6 +97,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lake(c) => lake::run(&config, c).await,
         Command::Query(a) => query::run(&config, a).await,
         Command::Cassandra(c) => cassandra::run(c),
+        Command::Dags(c) => dags::run(&config, c).await,
+        Command::Scheduler(a) => dags::scheduler(&config, a).await,
         Command::Bench(b) => bench::run(&config, b).await,
     }
 }

@@ -1,0 +1,324 @@
+//! `weir dags …` (DAG files, runs, tasks, logs) and `weir scheduler` (the orchestrator role).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use weir_flow::{
+    dag::{self, Dag},
+    runs::{self, ClearSpec},
+    scheduler::Scheduler,
+    store::{Store, TaskKey},
+};
+use weir_lake::Lake;
+
+use crate::{config::Config, telemetry};
+
+/// `weir dags …`.
+#[derive(Subcommand)]
+pub enum DagsCommand {
+    /// List the DAGs of the DAG folder with their schedule and state, then the files refused.
+    List,
+    /// Show one DAG: schedule, tasks, their kinds, upstream tasks and trigger rules.
+    Show {
+        /// The DAG.
+        dag: String,
+    },
+    /// Start a manual run now.
+    Trigger {
+        /// The DAG.
+        dag: String,
+        /// A JSON object merged over the DAG's params.
+        #[arg(long)]
+        conf: Option<String>,
+        /// The run's logical date (default: the start of the latest complete interval).
+        #[arg(long)]
+        logical_date: Option<String>,
+    },
+    /// Stop creating scheduled runs of a DAG (manual runs still run).
+    Pause {
+        /// The DAG.
+        dag: String,
+    },
+    /// Resume a paused DAG's schedule.
+    Unpause {
+        /// The DAG.
+        dag: String,
+    },
+    /// Create runs for every data interval starting between two dates that has no run yet.
+    Backfill {
+        /// The DAG.
+        dag: String,
+        /// First logical date (a date, local time in the DAG's zone, or RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// Last logical date.
+        #[arg(long)]
+        to: String,
+    },
+    /// Clear task instances so they run again (a new try; the history stays).
+    Clear {
+        /// The DAG.
+        dag: String,
+        /// Only this task…
+        #[arg(long)]
+        task: Option<String>,
+        /// … and every task downstream of it.
+        #[arg(long)]
+        downstream: bool,
+        /// Only instances that failed or failed upstream.
+        #[arg(long)]
+        failed: bool,
+        /// Only this run (default: every run of the DAG).
+        #[arg(long)]
+        run: Option<String>,
+    },
+    /// The DAG's runs, newest first.
+    Runs {
+        /// The DAG.
+        dag: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+    },
+    /// The task instances of a run (the latest run when none is named).
+    Tasks {
+        /// The DAG.
+        dag: String,
+        /// The run id.
+        run: Option<String>,
+    },
+    /// Print the log of a task's try (the last try when none is named).
+    Logs {
+        /// The DAG.
+        dag: String,
+        /// The run id.
+        run: String,
+        /// The task.
+        task: String,
+        /// The try number.
+        #[arg(long = "try")]
+        try_number: Option<u32>,
+    },
+}
+
+/// `weir scheduler`.
+#[derive(Args)]
+pub struct SchedulerArgs {
+    /// Where to serve /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9096")]
+    listen: SocketAddr,
+}
+
+async fn store(config: &Config) -> anyhow::Result<Store> {
+    let pool = config.metadata.connect().await?;
+    Ok(Store::open(pool).await?)
+}
+
+/// The DAG `id` from the DAG folder, or an error naming why it is not there.
+fn load(config: &Config, id: &str) -> anyhow::Result<Dag> {
+    let (dags, errors) = dag::load_dir(&config.flow.dags_dir);
+    if let Some(d) = dags.into_iter().find(|d| d.id == id) {
+        return Ok(d);
+    }
+    let stem_matches =
+        |e: &&dag::DagError| PathBuf::from(&e.file).file_stem().is_some_and(|s| s.to_string_lossy() == id);
+    match errors.iter().find(stem_matches) {
+        Some(e) => bail!("DAG {id} cannot be used: {e}"),
+        None => bail!("no DAG {id:?} in {} (see `weir dags list`)", config.flow.dags_dir.display()),
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+}
+
+/// Runs a `weir dags` command.
+pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
+    let store = store(config).await?;
+    match command {
+        DagsCommand::List => {
+            let (dags, errors) = dag::load_dir(&config.flow.dags_dir);
+            store.sync_dags(&dags, &errors).await?;
+            let rows = store.dags().await?;
+            println!("{:<28} {:<22} {:<7} {:>5}  {:<9} file", "dag", "schedule", "paused", "tasks", "last run");
+            for d in &dags {
+                let row = rows.iter().find(|r| r.dag_id == d.id);
+                let last = store.runs(&d.id, 1).await?.first().map_or("-".to_string(), |r| r.state.to_string());
+                println!(
+                    "{:<28} {:<22} {:<7} {:>5}  {:<9} {}",
+                    d.id,
+                    d.schedule.to_string(),
+                    row.is_some_and(|r| r.paused),
+                    d.tasks.len(),
+                    last,
+                    d.file.display()
+                );
+            }
+            if !errors.is_empty() {
+                eprintln!("\n{} DAG file(s) refused:", errors.len());
+                for e in &errors {
+                    eprintln!("  {e}");
+                }
+            }
+            Ok(())
+        }
+        DagsCommand::Show { dag } => {
+            let d = load(config, &dag)?;
+            println!("dag:       {}", d.id);
+            if !d.description.is_empty() {
+                println!("about:     {}", d.description);
+            }
+            println!("schedule:  {} ({})", d.schedule, d.timezone);
+            println!("start:     {}  catchup: {}  max_active_runs: {}", d.start_date, d.catchup, d.max_active_runs);
+            println!("version:   {}", &d.hash[..12]);
+            println!("tasks:");
+            for t in &d.tasks {
+                let upstream =
+                    if t.upstream.is_empty() { String::new() } else { format!(" ← {}", t.upstream.join(", ")) };
+                println!(
+                    "  {:<24} {:<14} retries {} rule {}{}",
+                    t.id,
+                    t.kind.name(),
+                    t.retries,
+                    t.trigger_rule,
+                    upstream
+                );
+            }
+            Ok(())
+        }
+        DagsCommand::Trigger { dag, conf, logical_date } => {
+            let d = load(config, &dag)?;
+            let conf = match conf {
+                Some(text) => match serde_json::from_str(&text).context("--conf")? {
+                    serde_json::Value::Object(m) => m,
+                    _ => bail!("--conf must be a JSON object"),
+                },
+                None => serde_json::Map::new(),
+            };
+            let logical_date = match logical_date {
+                Some(s) => {
+                    Some(dag::parse_instant(&s, d.timezone).map_err(|e| anyhow::anyhow!("--logical-date {s:?}: {e}"))?)
+                }
+                None => None,
+            };
+            let run_id = runs::trigger(&store, &d, conf, logical_date).await?;
+            println!("{run_id}");
+            Ok(())
+        }
+        DagsCommand::Pause { dag } => {
+            store.upsert_dag(&load(config, &dag)?).await?;
+            store.set_paused(&dag, true).await?;
+            println!("{dag} paused");
+            Ok(())
+        }
+        DagsCommand::Unpause { dag } => {
+            store.upsert_dag(&load(config, &dag)?).await?;
+            store.set_paused(&dag, false).await?;
+            println!("{dag} unpaused");
+            Ok(())
+        }
+        DagsCommand::Backfill { dag, from, to } => {
+            let d = load(config, &dag)?;
+            let parse = |flag: &str, s: &str| {
+                dag::parse_instant(s, d.timezone).map_err(|e| anyhow::anyhow!("--{flag} {s:?}: {e}"))
+            };
+            let created = runs::backfill(&store, &d, parse("from", &from)?, parse("to", &to)?).await?;
+            for r in &created {
+                println!("{r}");
+            }
+            eprintln!("{} backfill run(s) created; `weir scheduler` runs them", created.len());
+            Ok(())
+        }
+        DagsCommand::Clear { dag, task, downstream, failed, run } => {
+            let d = load(config, &dag)?;
+            let spec = ClearSpec { task, downstream, only_failed: failed, run_id: run };
+            let cleared = runs::clear(&store, &d, &spec).await?;
+            for (run, tasks) in &cleared {
+                println!("{run}: {}", tasks.join(", "));
+            }
+            eprintln!("{} run(s) cleared", cleared.len());
+            Ok(())
+        }
+        DagsCommand::Runs { dag, limit } => {
+            store.dag(&dag).await?;
+            println!(
+                "{:<48} {:<9} {:<9} {:<20} {:<20} {:<20} version",
+                "run", "type", "state", "interval start", "started", "ended"
+            );
+            for r in store.runs(&dag, limit).await? {
+                println!(
+                    "{:<48} {:<9} {:<9} {:<20} {:<20} {:<20} {}",
+                    r.run_id,
+                    r.run_type,
+                    r.state,
+                    time(Some(r.interval.start)),
+                    time(r.started_at),
+                    time(r.ended_at),
+                    &r.dag_hash[..12.min(r.dag_hash.len())]
+                );
+            }
+            Ok(())
+        }
+        DagsCommand::Tasks { dag, run } => {
+            let run = match run {
+                Some(r) => r,
+                None => {
+                    store.runs(&dag, 1).await?.into_iter().next().map(|r| r.run_id).context("the DAG has no runs")?
+                }
+            };
+            let r = store.run(&dag, &run).await?;
+            println!("{} {} ({})", r.dag_id, r.run_id, r.state);
+            let mut tasks = store.tasks(&dag, &run).await?;
+            tasks.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.task_id.cmp(&b.task_id)));
+            println!("{:<28} {:<16} {:>5}  {:<20} {:<20}", "task", "state", "try", "started", "ended");
+            for t in tasks {
+                println!(
+                    "{:<28} {:<16} {:>5}  {:<20} {:<20}",
+                    t.task_id,
+                    t.state.to_string(),
+                    t.try_number,
+                    time(t.started_at),
+                    time(t.ended_at)
+                );
+            }
+            Ok(())
+        }
+        DagsCommand::Logs { dag, run, task, try_number } => {
+            let key = TaskKey { dag_id: dag, run_id: run, task_id: task };
+            let tries = store.tries(&key).await?;
+            let chosen = match try_number {
+                Some(n) => tries.iter().find(|t| t.try_number == n),
+                None => tries.last(),
+            };
+            let Some(t) = chosen else {
+                bail!("{} {} {}: no such try (tries: {})", key.dag_id, key.run_id, key.task_id, tries.len());
+            };
+            eprintln!("# try {} — {} — {}", t.try_number, t.state, t.log);
+            let text = std::fs::read_to_string(&t.log).with_context(|| format!("reading {}", t.log))?;
+            print!("{text}");
+            if let Some(reason) = &t.reason {
+                eprintln!("# {reason}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `weir scheduler`: runs DAGs until Ctrl-C, serving /healthz and /metrics.
+pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<()> {
+    let store = store(config).await?;
+    let lake = Arc::new(Lake::new(&config.lake));
+    let metrics = telemetry::init_metrics()?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, dags = %config.flow.dags_dir.display(), slots = config.flow.slots, "scheduler running");
+    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let scheduler = Scheduler::new(store, lake, config.flow.clone());
+    tokio::select! {
+        r = scheduler.run(async { let _ = tokio::signal::ctrl_c().await; }) => r?,
+        r = server => r.context("health and metrics server")?,
+    }
+    Ok(())
+}
