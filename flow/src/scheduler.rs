@@ -112,8 +112,18 @@ pub struct Scheduler {
     running: HashMap<TaskKey, String>,
     done_tx: mpsc::UnboundedSender<Completion>,
     done_rx: mpsc::UnboundedReceiver<Completion>,
-    /// A task waited for a slot in the last pass: free slots call for a full pass.
-    starved: bool,
+    /// Scheduled task instances waiting for a slot, in the order they start.
+    waiting: BTreeMap<WaitOrder, Waiting>,
+}
+
+/// Higher priority first, then the older run, then by key.
+type WaitOrder = (std::cmp::Reverse<i64>, chrono::DateTime<Utc>, TaskKey);
+
+/// What starting a waiting task needs.
+struct Waiting {
+    dag: Arc<Dag>,
+    run: RunRow,
+    ti: TaskRow,
 }
 
 impl Scheduler {
@@ -131,7 +141,7 @@ impl Scheduler {
             running: HashMap::new(),
             done_tx,
             done_rx,
-            starved: false,
+            waiting: BTreeMap::new(),
         }
     }
 
@@ -177,15 +187,11 @@ impl Scheduler {
                         self.record(c, &mut unrecorded).await;
                     }
                     let next = async {
-                        if self.starved {
-                            self.schedule_all().await
-                        } else {
-                            for (dag_id, run_id) in touched {
-                                let run = self.store.run(&dag_id, &run_id).await?;
-                                self.schedule_run(&run).await?;
-                            }
-                            Ok(())
+                        for (dag_id, run_id) in touched {
+                            let run = self.store.run(&dag_id, &run_id).await?;
+                            self.schedule_run(&run).await?;
                         }
+                        self.dispatch().await
                     };
                     if let Err(e) = next.await {
                         tracing::error!(error = %e, "scheduling after a task ended failed; the next pass retries");
@@ -294,11 +300,10 @@ impl Scheduler {
 
     /// Decides and starts what it can in every active run.
     async fn schedule_all(&mut self) -> Result<(), FlowError> {
-        self.starved = false;
         for run in self.store.active_runs().await? {
             self.schedule_run(&run).await?;
         }
-        Ok(())
+        self.dispatch().await
     }
 
     /// The DAG version `run` started with.
@@ -382,34 +387,14 @@ impl Scheduler {
         }
         self.store.set_task_states(&run.dag_id, &run.run_id, &changes).await?;
 
-        // Start scheduled tasks, highest priority first, within the slots, pools and the DAG's
-        // max_active_tasks.
-        let mut ready: Vec<&TaskRow> = tasks.values().filter(|t| t.state == TaskState::Scheduled).collect();
-        ready.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.task_id.cmp(&b.task_id)));
-        let mut in_run = tasks.values().filter(|t| matches!(t.state, TaskState::Running | TaskState::Queued)).count();
-        let mut starts = Vec::new();
-        for ti in ready {
-            if in_run >= dag.max_active_tasks {
-                break;
-            }
-            if self.running.len() + starts.len() >= self.config.slots {
-                self.starved = true;
-                break;
-            }
-            let pool_slots = self.config.pools.get(&ti.pool).copied().unwrap_or(self.config.slots);
-            let pool_used = self.running.values().filter(|p| **p == ti.pool).count()
-                + starts.iter().filter(|(t, _): &&(&TaskRow, u32)| t.pool == ti.pool).count();
-            if pool_used >= pool_slots {
-                self.starved = true;
+        // Scheduled tasks wait in memory for a slot (see `dispatch`).
+        for ti in tasks.values().filter(|t| t.state == TaskState::Scheduled) {
+            let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
+            if self.running.contains_key(&key) {
                 continue;
             }
-            in_run += 1;
-            starts.push((ti, ti.try_number + 1));
-        }
-        let starts: Vec<(TaskRow, u32)> = starts.into_iter().map(|(t, n)| (t.clone(), n)).collect();
-        for (ti, try_number) in starts {
-            self.start(&dag, run, &ti, try_number).await?;
-            tasks.get_mut(&ti.task_id).expect("present").state = TaskState::Running;
+            let order = (std::cmp::Reverse(ti.priority), run.interval.start, key);
+            self.waiting.entry(order).or_insert_with(|| Waiting { dag: dag.clone(), run: run.clone(), ti: ti.clone() });
         }
 
         if tasks.values().all(|t| t.state.is_finished()) {
@@ -426,11 +411,52 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Starts waiting tasks, highest priority (then oldest run) first, within the executor's
+    /// slots, the pools and each DAG's max_active_tasks.
+    async fn dispatch(&mut self) -> Result<(), FlowError> {
+        let mut chosen = Vec::new();
+        let mut per_run: HashMap<(String, String), usize> = HashMap::new();
+        for k in self.running.keys() {
+            *per_run.entry((k.dag_id.clone(), k.run_id.clone())).or_default() += 1;
+        }
+        let mut per_pool: HashMap<&str, usize> = HashMap::new();
+        for p in self.running.values() {
+            *per_pool.entry(p.as_str()).or_default() += 1;
+        }
+        for (order, w) in &self.waiting {
+            if self.running.len() + chosen.len() >= self.config.slots {
+                break;
+            }
+            let run_key = (w.run.dag_id.clone(), w.run.run_id.clone());
+            if per_run.get(&run_key).copied().unwrap_or(0) >= w.dag.max_active_tasks {
+                continue;
+            }
+            let pool_slots = self.config.pools.get(&w.ti.pool).copied().unwrap_or(self.config.slots);
+            let used = per_pool.entry(w.ti.pool.as_str()).or_default();
+            if *used >= pool_slots {
+                continue;
+            }
+            *used += 1;
+            *per_run.entry(run_key).or_default() += 1;
+            chosen.push(order.clone());
+        }
+        for order in chosen {
+            let w = self.waiting.remove(&order).expect("chosen from the map");
+            self.start(&w.dag, &w.run, &w.ti, w.ti.try_number + 1).await?;
+        }
+        metrics::gauge!("weir_flow_tasks_waiting").set(self.waiting.len() as f64);
+        metrics::gauge!("weir_flow_tasks_running").set(self.running.len() as f64);
+        Ok(())
+    }
+
     /// Starts try `try_number` of `ti` on the executor.
     async fn start(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow, try_number: u32) -> Result<(), FlowError> {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
         let log = log_path(&self.logs_dir, &key, try_number);
-        self.store.start_try(&key, try_number, &log.display().to_string()).await?;
+        if !self.store.start_try(&key, try_number, &log.display().to_string()).await? {
+            // Changed since it was scheduled (cleared, or finished elsewhere): not started.
+            return Ok(());
+        }
         self.running.insert(key.clone(), ti.pool.clone());
         let mut params = dag.params.clone();
         params.extend(run.conf.clone());
@@ -460,8 +486,7 @@ impl Scheduler {
         let run = self.store.run(&c.key.dag_id, &c.key.run_id).await?;
         let dag = self.dag_of(&run).await?;
         let task = dag.as_ref().and_then(|d| d.task(&c.key.task_id)).cloned();
-        let ti = self.store.tasks(&c.key.dag_id, &c.key.run_id).await?.into_iter().find(|t| t.task_id == c.key.task_id);
-        let max_tries = ti.map_or(1, |t| t.max_tries);
+        let max_tries = self.store.task(&c.key).await?.map_or(1, |t| t.max_tries);
         let outcome = match (c.outcome, &dag) {
             (Outcome::Follow(chosen), Some(dag)) => {
                 let downstream: Vec<String> = dag.downstream(&c.key.task_id).map(|t| t.id.clone()).collect();

@@ -422,12 +422,17 @@ impl Store {
 
     /// The task instances of a run.
     pub async fn tasks(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+        self.tasks_where(dag_id, run_id, None).await
+    }
+
+    async fn tasks_where(&self, dag_id: &str, run_id: &str, task_id: Option<&str>) -> Result<Vec<TaskRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at \
-             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2",
+             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND ($3 IS NULL OR task_id = $3)",
         )
         .bind(dag_id)
         .bind(run_id)
+        .bind(task_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -447,6 +452,11 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// One task instance.
+    pub async fn task(&self, key: &TaskKey) -> Result<Option<TaskRow>, StoreError> {
+        Ok(self.tasks_where(&key.dag_id, &key.run_id, Some(&key.task_id)).await?.pop())
     }
 
     /// Sets task instances' state (for none, scheduled, queued, skipped, upstream_failed).
@@ -476,13 +486,14 @@ impl Store {
         Ok(())
     }
 
-    /// Starts try `try_number` of a task instance, whose log will be at `log`.
-    pub async fn start_try(&self, key: &TaskKey, try_number: u32, log: &str) -> Result<(), StoreError> {
+    /// Starts try `try_number` of a scheduled task instance, whose log will be at `log`. False
+    /// (and nothing changed) when the instance is no longer scheduled.
+    pub async fn start_try(&self, key: &TaskKey, try_number: u32, log: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let t = now();
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, \
-             next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5",
+             next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5 AND state = 'scheduled'",
         )
         .bind(i64::from(try_number))
         .bind(t)
@@ -491,6 +502,9 @@ impl Store {
         .bind(&key.task_id)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, log) \
              VALUES ($1, $2, $3, $4, 'running', $5, $6)",
@@ -504,7 +518,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Ends try `try_number` in `state` (success, failed, up_for_retry or skipped); an

@@ -82,9 +82,24 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataEr
     } else {
         return Err(MetadataError::UnsupportedUrl(url.to_string()));
     };
+    let sqlite = url.starts_with("sqlite://");
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // Write-ahead log: readers do not block the writer; NORMAL sync is safe
+                    // against corruption and loses nothing when the process crashes (only a
+                    // power cut can drop the last commits). Writers wait for the lock instead
+                    // of failing at once.
+                    sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
         .connect(&connect_url)
         .await
         .map_err(|source| MetadataError::Connect { url: redact(url), timeout_s: timeout.as_secs(), source })

@@ -4,6 +4,7 @@ mod bus;
 mod cdc_cassandra;
 mod cdc_mysql;
 mod lake;
+mod scheduler;
 
 use clap::Subcommand;
 
@@ -20,6 +21,8 @@ pub enum BenchCommand {
     CdcMysql(cdc_mysql::CdcMysqlArgs),
     /// Change events from the embedded bus into a Delta table, against Parquet's ArrowWriter.
     Lake(lake::LakeBenchArgs),
+    /// The orchestrator: task-to-task latency along a chain, tasks/s across parallel DAGs.
+    Scheduler(scheduler::SchedulerBenchArgs),
 }
 
 pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
@@ -28,6 +31,7 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
         BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
         BenchCommand::Lake(args) => lake::run(args).await?,
+        BenchCommand::Scheduler(args) => scheduler::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -1,0 +1,192 @@
+//! `weir bench scheduler`: the orchestrator's own overhead, on the embedded metadata DB.
+//!
+//! (a) chain: one DAG of N `script: [true]` tasks in a line — the time from one task's recorded
+//! end to the next one's recorded start (p50/p99), and the whole chain's time per task;
+//! (b) fan-out: D DAGs × W parallel `true` tasks triggered at once — tasks per second.
+//! Baseline in the same run: spawning `true` directly (one after another; then with the same
+//! number of slots), the floor any executor of processes has.
+
+use std::{sync::Arc, time::Instant};
+
+use clap::Args;
+use serde_json::{Value, json};
+use weir_flow::{
+    dag,
+    rules::RunState,
+    runs,
+    scheduler::{FlowConfig, Scheduler},
+    store::{Store, TaskKey},
+};
+use weir_lake::{Lake, LakeConfig};
+
+use super::machine;
+
+/// `weir bench scheduler`.
+#[derive(Args)]
+pub struct SchedulerBenchArgs {
+    /// Tasks in the linear chain.
+    #[arg(long, default_value_t = 1000)]
+    chain: usize,
+    /// DAGs in the fan-out part…
+    #[arg(long, default_value_t = 100)]
+    dags: usize,
+    /// … each with this many parallel tasks.
+    #[arg(long, default_value_t = 100)]
+    width: usize,
+    /// Executor slots.
+    #[arg(long, default_value_t = 16)]
+    slots: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(args.chain > 1 && args.dags > 0 && args.width > 0 && args.slots > 0, "arguments must be positive");
+    let tmp = tempfile::tempdir()?;
+    let dags_dir = tmp.path().join("dags");
+    std::fs::create_dir_all(&dags_dir)?;
+    let pool = weir_schemas::metadata::connect(
+        &format!("sqlite://{}/weir.db", tmp.path().display()),
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
+    let store = Store::open(pool).await?;
+    let lake_url = url::Url::from_directory_path(tmp.path().join("lake")).map_err(|()| anyhow::anyhow!("lake path"))?;
+    let lake = Arc::new(Lake::new(&LakeConfig {
+        url: lake_url.as_str().parse().map_err(anyhow::Error::msg)?,
+        ..LakeConfig::default()
+    }));
+
+    // The DAG files.
+    let mut chain = String::from("dag_id: chain\nmax_active_tasks: 1\ntasks:\n  - {id: t0, script: [\"true\"]}\n");
+    for i in 1..args.chain {
+        chain.push_str(&format!("  - {{id: t{i}, upstream: [t{}], script: [\"true\"]}}\n", i - 1));
+    }
+    std::fs::write(dags_dir.join("chain.yaml"), chain)?;
+    for d in 0..args.dags {
+        let mut text = format!("dag_id: fan{d}\nmax_active_tasks: {}\ntasks:\n", args.width);
+        for i in 0..args.width {
+            text.push_str(&format!("  - {{id: t{i}, script: [\"true\"]}}\n"));
+        }
+        std::fs::write(dags_dir.join(format!("fan{d}.yaml")), text)?;
+    }
+    let (dags, errors) = dag::load_dir(&dags_dir);
+    anyhow::ensure!(errors.is_empty(), "bench DAGs refused: {errors:?}");
+
+    let config = FlowConfig {
+        dags_dir: dags_dir.clone(),
+        slots: args.slots,
+        logs_dir: Some(tmp.path().join("logs")),
+        ..FlowConfig::default()
+    };
+    let scheduler = Scheduler::new(store.clone(), lake, config);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(scheduler.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // (a) the chain.
+    eprintln!("chain: {} tasks in a line", args.chain);
+    let chain_dag = dags.iter().find(|d| d.id == "chain").expect("written above");
+    let started = Instant::now();
+    let run_id = runs::trigger(&store, chain_dag, Default::default(), None).await?;
+    wait(&store, "chain", &[run_id.clone()]).await?;
+    let chain_secs = started.elapsed().as_secs_f64();
+    let mut gaps = Vec::with_capacity(args.chain);
+    let mut prev_end: Option<chrono::DateTime<chrono::Utc>> = None;
+    for i in 0..args.chain {
+        let key = TaskKey { dag_id: "chain".into(), run_id: run_id.clone(), task_id: format!("t{i}") };
+        let tries = store.tries(&key).await?;
+        let t = tries.last().ok_or_else(|| anyhow::anyhow!("t{i} never ran"))?;
+        if let Some(end) = prev_end {
+            gaps.push((t.started_at - end).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        prev_end = t.ended_at;
+    }
+    gaps.sort_by(f64::total_cmp);
+
+    // (b) the fan-out.
+    let total = args.dags * args.width;
+    eprintln!("fan-out: {} DAGs × {} parallel tasks", args.dags, args.width);
+    let started = Instant::now();
+    let mut fan_runs = Vec::new();
+    for d in dags.iter().filter(|d| d.id.starts_with("fan")) {
+        fan_runs.push((d.id.clone(), runs::trigger(&store, d, Default::default(), None).await?));
+    }
+    for (dag_id, run) in &fan_runs {
+        wait(&store, dag_id, std::slice::from_ref(run)).await?;
+    }
+    let fan_secs = started.elapsed().as_secs_f64();
+    let _ = stop.send(());
+    handle.await??;
+
+    // Baselines: `true` spawned directly.
+    let n = args.chain.min(1000);
+    let started = Instant::now();
+    for _ in 0..n {
+        tokio::process::Command::new("true").status().await?;
+    }
+    let spawn_serial_ms = started.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    let started = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.slots));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..total {
+        let permit = sem.clone().acquire_owned().await?;
+        set.spawn(async move {
+            let r = tokio::process::Command::new("true").status().await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    let spawn_parallel_rate = total as f64 / started.elapsed().as_secs_f64();
+
+    let fan_rate = total as f64 / fan_secs;
+    Ok(json!({
+        "benchmark": "scheduler",
+        "machine": machine(),
+        "metadata_db": "sqlite (embedded default)",
+        "slots": args.slots,
+        "chain": {
+            "tasks": args.chain,
+            "task_to_task_ms": {"p50": percentile(&gaps, 0.5), "p99": percentile(&gaps, 0.99), "max": percentile(&gaps, 1.0)},
+            "seconds": chain_secs,
+            "ms_per_task_including_process": chain_secs * 1000.0 / args.chain as f64,
+        },
+        "fan_out": {
+            "dags": args.dags,
+            "tasks_per_dag": args.width,
+            "tasks": total,
+            "seconds": fan_secs,
+            "tasks_per_s": fan_rate.round(),
+        },
+        "baseline": {
+            "spawn_true_serial_ms": spawn_serial_ms,
+            "spawn_true_parallel_per_s": spawn_parallel_rate.round(),
+            "fan_out_ratio_to_spawning": fan_rate / spawn_parallel_rate,
+        },
+        "goals": {"task_to_task_p50_ms": 10, "tasks_per_s": 1000},
+    }))
+}
+
+/// Waits until the runs have finished; a failed run is an error.
+async fn wait(store: &Store, dag_id: &str, run_ids: &[String]) -> anyhow::Result<()> {
+    for run_id in run_ids {
+        loop {
+            let run = store.run(dag_id, run_id).await?;
+            match run.state {
+                RunState::Success => break,
+                RunState::Failed => anyhow::bail!("{dag_id} {run_id} failed"),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+    Ok(())
+}
