@@ -18,12 +18,23 @@ pub struct ViewWritten {
     pub rows: u64,
 }
 
+/// How a SQL task's result lands in its view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Replace every row.
+    Overwrite,
+    /// Replace the rows matching a predicate (Delta's replaceWhere; the result must match it too).
+    ReplaceWhere(String),
+    /// Add the rows.
+    Append,
+}
+
 /// Runs `sql` and writes its result to `views.<view>`; `source` goes into the commit's metadata.
 pub async fn write_view(
     lake: &Lake,
     sql: &str,
     view: &str,
-    append: bool,
+    mode: WriteMode,
     source: serde_json::Value,
 ) -> Result<ViewWritten, LakeError> {
     let name = format!("views.{view}");
@@ -33,34 +44,28 @@ pub async fn write_view(
     let frame = ctx.sql(&sql).await.map_err(|e| LakeError::Query(Box::new(e)))?;
     let table = DeltaTable::try_from_url(url).await.map_err(|e| LakeError::delta(&name, e))?;
     let before = table.version();
-    let (mode, schema_mode) =
-        if append { (SaveMode::Append, SchemaMode::Merge) } else { (SaveMode::Overwrite, SchemaMode::Overwrite) };
-    let table = table
+    let mut write = table
         .write(Vec::new())
         .with_input_plan(frame.logical_plan().clone())
         .with_session_state(Arc::new(ctx.state()))
-        .with_save_mode(mode)
-        .with_schema_mode(schema_mode)
-        .with_commit_properties(CommitProperties::default().with_metadata([("weir.source".to_string(), source)]))
-        .await
-        .map_err(|e| LakeError::delta(&name, e))?;
-    let version = table.version().unwrap_or_default();
-    let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
-    // Rows of the files this commit added.
-    let rows = if append || before.is_none() {
-        let old = match before {
-            Some(v) => weir_lake::catalog::Lake::open(lake, &name, Some(v)).await.ok(),
-            None => None,
-        };
-        let count = |t: &DeltaTable| -> u64 {
-            t.snapshot()
-                .map(|s| s.log_data().iter().filter_map(|f| f.num_records()).map(|n| n as u64).sum())
-                .unwrap_or(0)
-        };
-        let all: u64 = snapshot.log_data().iter().filter_map(|f| f.num_records()).map(|n| n as u64).sum();
-        all - old.as_ref().map(count).unwrap_or(0)
-    } else {
-        snapshot.log_data().iter().filter_map(|f| f.num_records()).map(|n| n as u64).sum()
+        .with_commit_properties(CommitProperties::default().with_metadata([("weir.source".to_string(), source)]));
+    write = match (mode, before.is_some()) {
+        (WriteMode::Append, _) => write.with_save_mode(SaveMode::Append).with_schema_mode(SchemaMode::Merge),
+        (WriteMode::ReplaceWhere(predicate), true) => {
+            write.with_save_mode(SaveMode::Overwrite).with_replace_where(predicate)
+        }
+        // A new view, or a whole replacement (whose columns may change).
+        _ => write.with_save_mode(SaveMode::Overwrite).with_schema_mode(SchemaMode::Overwrite),
     };
+    let table = write.await.map_err(|e| LakeError::delta(&name, e))?;
+    let version = table.version().unwrap_or_default();
+    // Rows added, from the commit's own metrics.
+    let history = lake.history(&name, Some(1)).await?;
+    let rows = history
+        .first()
+        .and_then(|c| c.info.get("operationMetrics"))
+        .and_then(|m| m.get("num_added_rows"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
     Ok(ViewWritten { table: name, version, rows })
 }

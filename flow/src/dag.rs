@@ -147,6 +147,9 @@ pub enum TaskKind {
         view: String,
         /// Replace the view's rows (default) or append to them.
         append: bool,
+        /// Replace only the rows matching this predicate (templated; Delta's replaceWhere), so
+        /// that each data interval's run rewrites its own rows and a rerun duplicates nothing.
+        replace_where: Option<String>,
     },
     /// An executable whose standard output names the downstream tasks to follow (one per line,
     /// or separated by commas or spaces); the other direct downstream tasks are skipped.
@@ -236,6 +239,7 @@ struct TaskFile {
     view: Option<String>,
     #[serde(default)]
     mode: Option<String>,
+    replace_where: Option<String>,
     branch: Option<Vec<String>>,
     lake_snapshot: Option<String>,
 }
@@ -418,7 +422,10 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         };
         let view = t.view.clone().unwrap_or_else(|| t.id.clone());
         check_id("view", &view)?;
-        kinds.push(TaskKind::Sql { sql, view, append });
+        if append && t.replace_where.is_some() {
+            return Err(format!("task {:?}: replace_where needs mode overwrite", t.id));
+        }
+        kinds.push(TaskKind::Sql { sql, view, append, replace_where: t.replace_where.clone() });
     }
     if let Some(command) = t.branch {
         kinds.push(TaskKind::Branch { command });
@@ -440,8 +447,8 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
     {
         return Err(format!("task {:?}: the command is empty", t.id));
     }
-    if !matches!(kind, TaskKind::Sql { .. }) && (t.view.is_some() || t.mode.is_some()) {
-        return Err(format!("task {:?}: view and mode belong to sql tasks", t.id));
+    if !matches!(kind, TaskKind::Sql { .. }) && (t.view.is_some() || t.mode.is_some() || t.replace_where.is_some()) {
+        return Err(format!("task {:?}: view, mode and replace_where belong to sql tasks", t.id));
     }
     if !matches!(kind, TaskKind::Script { .. }) && !t.env.is_empty() {
         return Err(format!("task {:?}: env belongs to script tasks", t.id));
@@ -599,7 +606,12 @@ tasks:
         assert_eq!(dag.task("facts").unwrap().retries, 0);
         assert_eq!(
             dag.task("facts").unwrap().kind,
-            TaskKind::Sql { sql: "SELECT 1 AS x".into(), view: "order_facts".into(), append: false }
+            TaskKind::Sql {
+                sql: "SELECT 1 AS x".into(),
+                view: "order_facts".into(),
+                append: false,
+                replace_where: None
+            }
         );
         assert_eq!(dag.task("cleanup").unwrap().kind, TaskKind::LakeSnapshot { table: "shop_orders".into() });
         assert_eq!(dag.task("cleanup").unwrap().trigger_rule, TriggerRule::AllDone);

@@ -10,7 +10,7 @@
 //! that stops and starts again resumes from the DB (tries it had running count as failed).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -19,6 +19,7 @@ use std::{
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use weir_batch::sql::WriteMode;
 use weir_lake::catalog::Lake;
 
 use crate::{
@@ -114,6 +115,8 @@ pub struct Scheduler {
     done_rx: mpsc::UnboundedReceiver<Completion>,
     /// Scheduled task instances waiting for a slot, in the order they start.
     waiting: BTreeMap<WaitOrder, Waiting>,
+    /// The earliest retry this scheduler set up: a full pass is due then.
+    next_retry: Option<tokio::time::Instant>,
 }
 
 /// Higher priority first, then the older run, then by key.
@@ -142,6 +145,7 @@ impl Scheduler {
             done_tx,
             done_rx,
             waiting: BTreeMap::new(),
+            next_retry: None,
         }
     }
 
@@ -158,6 +162,10 @@ impl Scheduler {
         let mut unrecorded: Vec<Completion> = Vec::new();
         loop {
             let now = tokio::time::Instant::now();
+            if self.next_retry.is_some_and(|t| now >= t) {
+                self.next_retry = None;
+                next_poll = now;
+            }
             if now >= next_parse {
                 if let Err(e) = self.parse().await {
                     tracing::error!(error = %e, "reading the DAG folder failed; trying again");
@@ -179,17 +187,15 @@ impl Scheduler {
             }
             tokio::select! {
                 Some(c) = self.done_rx.recv() => {
-                    let mut touched = HashSet::new();
-                    touched.insert((c.key.dag_id.clone(), c.key.run_id.clone()));
+                    let mut ended = vec![c.key.clone()];
                     self.record(c, &mut unrecorded).await;
                     while let Ok(c) = self.done_rx.try_recv() {
-                        touched.insert((c.key.dag_id.clone(), c.key.run_id.clone()));
+                        ended.push(c.key.clone());
                         self.record(c, &mut unrecorded).await;
                     }
                     let next = async {
-                        for (dag_id, run_id) in touched {
-                            let run = self.store.run(&dag_id, &run_id).await?;
-                            self.schedule_run(&run).await?;
+                        for key in &ended {
+                            self.schedule_after(key).await?;
                         }
                         self.dispatch().await
                     };
@@ -197,7 +203,7 @@ impl Scheduler {
                         tracing::error!(error = %e, "scheduling after a task ended failed; the next pass retries");
                     }
                 }
-                _ = tokio::time::sleep_until(next_parse.min(next_poll)) => {}
+                _ = tokio::time::sleep_until(next_parse.min(next_poll).min(self.next_retry.unwrap_or(next_poll))) => {}
                 _ = &mut shutdown => break,
             }
         }
@@ -398,16 +404,91 @@ impl Scheduler {
         }
 
         if tasks.values().all(|t| t.state.is_finished()) {
-            // The run's outcome is its leaves' (tasks nothing depends on), as in Airflow.
-            let failed = dag.tasks.iter().filter(|t| dag.downstream(&t.id).next().is_none()).any(|t| {
-                tasks.get(&t.id).is_some_and(|ti| matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed))
-            });
-            let state = if failed { RunState::Failed } else { RunState::Success };
-            self.store.set_run_state(&run.dag_id, &run.run_id, state).await?;
-            metrics::counter!("weir_flow_dag_runs_total", "dag" => run.dag_id.clone(), "state" => state.as_str())
-                .increment(1);
-            tracing::info!(dag = %run.dag_id, run_id = %run.run_id, %state, "DAG run finished");
+            self.finish_run(&dag, run).await?;
         }
+        Ok(())
+    }
+
+    /// After `key`'s try ended: decides its downstream tasks — and, through skips and upstream
+    /// failures, theirs — from their own rows only, queues what may run, and ends the run when
+    /// nothing is left. Work per completion follows the task's edges, not the DAG's size.
+    async fn schedule_after(&mut self, key: &TaskKey) -> Result<(), FlowError> {
+        let run = self.store.run(&key.dag_id, &key.run_id).await?;
+        let dag = match self.dag_of(&run).await? {
+            Some(d) if run.state == RunState::Running => d,
+            // Queued again by a clear, or its version is gone: the full pass handles it.
+            _ => return self.schedule_run(&run).await,
+        };
+        let mut rows: HashMap<String, TaskRow> = HashMap::new();
+        let mut changes = Vec::new();
+        let mut frontier: Vec<String> = dag.downstream(&key.task_id).map(|t| t.id.clone()).collect();
+        while !frontier.is_empty() {
+            frontier.sort();
+            frontier.dedup();
+            let mut need: Vec<String> = Vec::new();
+            for id in &frontier {
+                let task = dag.task(id).expect("downstream of a task of the DAG");
+                for t in std::iter::once(id).chain(task.upstream.iter()) {
+                    if !rows.contains_key(t) && !need.contains(t) {
+                        need.push(t.clone());
+                    }
+                }
+            }
+            for ti in self.store.tasks_in(&run.dag_id, &run.run_id, &need).await? {
+                rows.insert(ti.task_id.clone(), ti);
+            }
+            let mut next = Vec::new();
+            for id in &frontier {
+                let task = dag.task(id).expect("downstream of a task of the DAG");
+                if rows.get(id).is_none_or(|ti| ti.state != TaskState::None) {
+                    continue;
+                }
+                let upstream: Vec<TaskState> =
+                    task.upstream.iter().filter_map(|u| rows.get(u)).map(|t| t.state).collect();
+                let state = match decide(task.trigger_rule, &upstream) {
+                    Decision::Wait => continue,
+                    Decision::Run => TaskState::Scheduled,
+                    Decision::Skip => TaskState::Skipped,
+                    Decision::UpstreamFailed => TaskState::UpstreamFailed,
+                };
+                if state != TaskState::Scheduled {
+                    next.extend(dag.downstream(id).map(|t| t.id.clone()));
+                }
+                rows.get_mut(id).expect("loaded").state = state;
+                changes.push((id.clone(), state));
+            }
+            frontier = next;
+        }
+        self.store.set_task_states(&run.dag_id, &run.run_id, &changes).await?;
+        for (id, state) in &changes {
+            if *state == TaskState::Scheduled {
+                let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: id.clone() };
+                let order = (std::cmp::Reverse(rows[id].priority), run.interval.start, key);
+                self.waiting.insert(order, Waiting { dag: dag.clone(), run: run.clone(), ti: rows[id].clone() });
+            }
+        }
+        if self.store.unfinished(&run.dag_id, &run.run_id).await? == 0 {
+            self.finish_run(&dag, &run).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a run whose tasks have all finished: its outcome is its leaves' (tasks nothing
+    /// depends on), as in Airflow.
+    async fn finish_run(&mut self, dag: &Dag, run: &RunRow) -> Result<(), FlowError> {
+        let tasks = self.store.tasks(&run.dag_id, &run.run_id).await?;
+        if !tasks.iter().all(|t| t.state.is_finished()) {
+            return Ok(()); // cleared meanwhile
+        }
+        let failed = tasks.iter().any(|ti| {
+            dag.downstream(&ti.task_id).next().is_none()
+                && matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed)
+        });
+        let state = if failed { RunState::Failed } else { RunState::Success };
+        self.store.set_run_state(&run.dag_id, &run.run_id, state).await?;
+        metrics::counter!("weir_flow_dag_runs_total", "dag" => run.dag_id.clone(), "state" => state.as_str())
+            .increment(1);
+        tracing::info!(dag = %run.dag_id, run_id = %run.run_id, %state, "DAG run finished");
         Ok(())
     }
 
@@ -522,6 +603,8 @@ impl Scheduler {
                 if c.try_number < max_tries {
                     let wait = task.as_ref().map_or(Duration::ZERO, |t| t.retry_wait(c.try_number + 1));
                     let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                    let wake = tokio::time::Instant::now() + wait;
+                    self.next_retry = Some(self.next_retry.map_or(wake, |t| t.min(wake)));
                     tracing::warn!(dag = %c.key.dag_id, run_id = %c.key.run_id, task = %c.key.task_id, try_number = c.try_number, %reason, ?wait, "task failed; will retry");
                     self.store.finish_try(&c.key, c.try_number, TaskState::UpForRetry, Some(&reason), Some(at)).await?;
                 } else {
@@ -572,12 +655,17 @@ async fn execute(task: &dag::Task, ctx: &Context, cwd: &Path, log: &Path, lake: 
             };
             run.await
         }
-        TaskKind::Sql { sql, view, append } => {
+        TaskKind::Sql { sql, view, append, replace_where } => {
             let run = async {
                 let sql = ctx.render(sql)?;
+                let mode = match (append, replace_where) {
+                    (true, _) => WriteMode::Append,
+                    (false, Some(p)) => WriteMode::ReplaceWhere(ctx.render(p)?),
+                    (false, None) => WriteMode::Overwrite,
+                };
                 write_log(log, &format!("[weir] views.{view} ← {sql}\n")).await;
                 let source = serde_json::json!({"dag": key.dag_id, "run": key.run_id, "task": key.task_id});
-                let written = with_timeout(timeout, weir_batch::sql::write_view(lake, &sql, view, *append, source))
+                let written = with_timeout(timeout, weir_batch::sql::write_view(lake, &sql, view, mode, source))
                     .await?
                     .map_err(|e| e.to_string())?;
                 write_log(

@@ -422,41 +422,67 @@ impl Store {
 
     /// The task instances of a run.
     pub async fn tasks(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-        self.tasks_where(dag_id, run_id, None).await
-    }
-
-    async fn tasks_where(&self, dag_id: &str, run_id: &str, task_id: Option<&str>) -> Result<Vec<TaskRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at \
-             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND ($3 IS NULL OR task_id = $3)",
+             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2",
         )
         .bind(dag_id)
         .bind(run_id)
-        .bind(task_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.get(1);
-                Ok(TaskRow {
-                    task_id: r.get(0),
-                    state: state.parse().map_err(StoreError::Corrupt)?,
-                    try_number: r.get::<i64, _>(2) as u32,
-                    max_tries: r.get::<i64, _>(3) as u32,
-                    priority: r.get(4),
-                    pool: r.get(5),
-                    queue: r.get(6),
-                    next_try_at: r.get::<Option<i64>, _>(7).map(instant),
-                    started_at: r.get::<Option<i64>, _>(8).map(instant),
-                    ended_at: r.get::<Option<i64>, _>(9).map(instant),
-                })
-            })
-            .collect()
+        rows.iter().map(Self::task_row).collect()
+    }
+
+    fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {
+        let state: String = r.get(1);
+        Ok(TaskRow {
+            task_id: r.get(0),
+            state: state.parse().map_err(StoreError::Corrupt)?,
+            try_number: r.get::<i64, _>(2) as u32,
+            max_tries: r.get::<i64, _>(3) as u32,
+            priority: r.get(4),
+            pool: r.get(5),
+            queue: r.get(6),
+            next_try_at: r.get::<Option<i64>, _>(7).map(instant),
+            started_at: r.get::<Option<i64>, _>(8).map(instant),
+            ended_at: r.get::<Option<i64>, _>(9).map(instant),
+        })
+    }
+
+    /// The task instances `ids` of a run.
+    pub async fn tasks_in(&self, dag_id: &str, run_id: &str, ids: &[String]) -> Result<Vec<TaskRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at \
+             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND task_id IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(dag_id).bind(run_id);
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.pool).await?.iter().map(Self::task_row).collect()
+    }
+
+    /// How many task instances of a run have not finished.
+    pub async fn unfinished(&self, dag_id: &str, run_id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 \
+             AND state NOT IN ('success', 'failed', 'upstream_failed', 'skipped')",
+        )
+        .bind(dag_id)
+        .bind(run_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get::<i64, _>(0))
     }
 
     /// One task instance.
     pub async fn task(&self, key: &TaskKey) -> Result<Option<TaskRow>, StoreError> {
-        Ok(self.tasks_where(&key.dag_id, &key.run_id, Some(&key.task_id)).await?.pop())
+        Ok(self.tasks_in(&key.dag_id, &key.run_id, std::slice::from_ref(&key.task_id)).await?.pop())
     }
 
     /// Sets task instances' state (for none, scheduled, queued, skipped, upstream_failed).

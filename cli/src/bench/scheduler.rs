@@ -95,7 +95,7 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
     let chain_dag = dags.iter().find(|d| d.id == "chain").expect("written above");
     let started = Instant::now();
     let run_id = runs::trigger(&store, chain_dag, Default::default(), None).await?;
-    wait(&store, "chain", &[run_id.clone()]).await?;
+    wait(&store, "chain", std::slice::from_ref(&run_id)).await?;
     let chain_secs = started.elapsed().as_secs_f64();
     let mut gaps = Vec::with_capacity(args.chain);
     let mut prev_end: Option<chrono::DateTime<chrono::Utc>> = None;

@@ -1,0 +1,161 @@
+//! `weir dags` and `weir scheduler` as a user runs them: DAG files in `dags/`, the embedded
+//! metadata DB, the scheduler as its own process (stopped with Ctrl-C, or killed with -9).
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{ok, weir};
+
+fn dags(dir: &Path, args: &[&str]) -> std::process::Output {
+    weir(dir, "local:./weir-data/bus", args, None)
+}
+
+fn scheduler(dir: &Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["scheduler", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `weir dags runs` until the run's state is final.
+fn wait_for_run(dir: &Path, dag: &str, run: &str, limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let out = ok(dags(dir, &["dags", "runs", dag]));
+        if let Some(line) = out.lines().find(|l| l.starts_with(run)) {
+            let state = line.split_whitespace().nth(2).unwrap().to_string();
+            if state == "success" || state == "failed" {
+                return state;
+            }
+        }
+        assert!(started.elapsed() < limit, "run {run} not finished after {limit:?}:\n{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; the whole response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn interrupt(child: &mut Child) {
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the scheduler did not stop on Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn list_trigger_run_inspect_and_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(
+        d.join("dags/report.yaml"),
+        "description: a daily report\nschedule: '@daily'\nstart_date: 2026-01-01\nis_paused_upon_creation: true\n\
+         tasks:\n  - id: extract\n    script: [sh, -c, 'echo extracting {{ ds }} for {{ params.who }}']\n  \
+         - id: check\n    upstream: [extract]\n    script: [test, -e, ready]\n  \
+         - id: publish\n    upstream: [check]\n    script: [echo, published]\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("dags/broken.yaml"), "tasks:\n  - id: a\n    script: [true]\n  - id: b\n    upstreem: [a]\n")
+        .unwrap();
+
+    let out = dags(d, &["dags", "list"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("report") && stdout.contains("true"), "paused on creation: {stdout}");
+    assert!(stderr.contains("broken.yaml:5:") && stderr.contains("upstreem"), "file, line and key named: {stderr}");
+    let shown = ok(dags(d, &["dags", "show", "report"]));
+    assert!(shown.contains("check") && shown.contains("← extract"), "{shown}");
+    let err = dags(d, &["dags", "trigger", "nope"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no DAG \"nope\""));
+
+    let port = free_port();
+    let mut sched = scheduler(d, port);
+    let run = ok(dags(d, &["dags", "trigger", "report", "--conf", r#"{"who": "ops"}"#])).trim().to_string();
+    assert!(run.starts_with("manual__"), "{run}");
+    assert_eq!(wait_for_run(d, "report", &run, Duration::from_secs(30)), "failed");
+    let tasks = ok(dags(d, &["dags", "tasks", "report", &run]));
+    assert!(tasks.contains("check") && tasks.contains("failed") && tasks.contains("upstream_failed"), "{tasks}");
+    let log = ok(dags(d, &["dags", "logs", "report", &run, "extract"]));
+    assert!(log.contains("extracting ") && log.contains(" for ops"), "{log}");
+
+    // Health and metrics while it runs.
+    assert!(http_get(port, "/healthz").ends_with("\r\n\r\nok\n"));
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.contains("weir_flow_task_tries_total"), "{metrics}");
+
+    // Fix the cause, clear the failed tasks: they run again as try 2.
+    std::fs::write(d.join("dags/ready"), "").unwrap(); // scripts run in their DAG file's folder
+    let cleared = ok(dags(d, &["dags", "clear", "report", "--failed", "--run", &run]));
+    assert!(cleared.contains("check, publish"), "{cleared}");
+    assert_eq!(wait_for_run(d, "report", &run, Duration::from_secs(30)), "success");
+    let log = ok(dags(d, &["dags", "logs", "report", &run, "publish"]));
+    assert!(log.contains("published"), "{log}");
+    let first = dags(d, &["dags", "logs", "report", &run, "check", "--try", "1"]);
+    assert!(String::from_utf8_lossy(&first.stderr).contains("try 1 — failed"), "the failed try is kept");
+
+    // Paused: no scheduled runs; unpaused: the latest interval runs.
+    assert!(!ok(dags(d, &["dags", "runs", "report"])).contains("scheduled__"));
+    ok(dags(d, &["dags", "unpause", "report"]));
+    let started = Instant::now();
+    while !ok(dags(d, &["dags", "runs", "report"])).contains("scheduled__") {
+        assert!(started.elapsed() < Duration::from_secs(30), "no scheduled run after unpausing");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    interrupt(&mut sched);
+}
+
+#[test]
+fn a_scheduler_killed_mid_task_reruns_it_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(
+        d.join("dags/long.yaml"),
+        "default_args: {retries: 1, retry_delay: 1s}\ntasks:\n  \
+         - id: slow\n    script: [sh, -c, 'echo started >> calls; sleep 3; echo done >> calls']\n  \
+         - id: after\n    upstream: [slow]\n    script: [sh, -c, 'echo after >> calls']\n",
+    )
+    .unwrap();
+    let mut sched = scheduler(d, free_port());
+    let run = ok(dags(d, &["dags", "trigger", "long"])).trim().to_string();
+    let started = Instant::now();
+    while !std::fs::read_to_string(d.join("dags/calls")).unwrap_or_default().contains("started") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the task never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sched.kill().unwrap(); // SIGKILL
+    sched.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(3500)); // the orphaned script finishes on its own
+    let mut sched = scheduler(d, free_port());
+    assert_eq!(wait_for_run(d, "long", &run, Duration::from_secs(30)), "success");
+    interrupt(&mut sched);
+    let calls = std::fs::read_to_string(d.join("dags/calls")).unwrap();
+    assert_eq!(calls.matches("started").count(), 2, "the interrupted try is run again: {calls}");
+    assert_eq!(calls.matches("after").count(), 1, "{calls}");
+    let tasks = ok(dags(d, &["dags", "tasks", "long", &run]));
+    let slow = tasks.lines().find(|l| l.starts_with("slow")).unwrap();
+    assert!(slow.contains("success") && slow.split_whitespace().nth(2) == Some("2"), "{tasks}");
+}
