@@ -162,6 +162,32 @@ pub enum TaskKind {
         /// The raw table's name (without `raw.`).
         table: String,
     },
+    /// Waits (checking every `poke_interval`, failing after `timeout`) until a condition holds.
+    Sensor {
+        /// What it waits for.
+        until: SensorCondition,
+        /// Between checks.
+        poke_interval: Duration,
+        /// Fails when the condition still does not hold after this long.
+        timeout: Duration,
+    },
+    /// POSTs a JSON message about the run to a webhook; a non-2xx answer fails the try.
+    Notify {
+        /// The webhook.
+        url: String,
+        /// Text (templated).
+        message: String,
+    },
+}
+
+/// What a sensor waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SensorCondition {
+    /// The lake table has data up to the data interval's end: for `raw.*` a change whose source
+    /// time is at or after it; for other tables a commit made at or after it.
+    TableFresh(String),
+    /// A run of this DAG with the same logical date succeeded.
+    DagSucceeded(String),
 }
 
 impl TaskKind {
@@ -172,6 +198,8 @@ impl TaskKind {
             TaskKind::Sql { .. } => "sql",
             TaskKind::Branch { .. } => "branch",
             TaskKind::LakeSnapshot { .. } => "lake_snapshot",
+            TaskKind::Sensor { .. } => "sensor",
+            TaskKind::Notify { .. } => "notify",
         }
     }
 }
@@ -242,6 +270,25 @@ struct TaskFile {
     replace_where: Option<String>,
     branch: Option<Vec<String>>,
     lake_snapshot: Option<String>,
+    sensor: Option<SensorFile>,
+    poke_interval: Option<String>,
+    timeout: Option<String>,
+    notify: Option<NotifyFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorFile {
+    table: Option<String>,
+    dag: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifyFile {
+    url: String,
+    #[serde(default)]
+    message: String,
 }
 
 /// Reads and checks one DAG file.
@@ -434,9 +481,35 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         let table = table.strip_prefix("raw.").unwrap_or(&table).to_string();
         kinds.push(TaskKind::LakeSnapshot { table });
     }
+    if let Some(sensor) = t.sensor {
+        let until = match (sensor.table, sensor.dag) {
+            (Some(table), None) => {
+                crate::dag::check_table(&table)?;
+                SensorCondition::TableFresh(table)
+            }
+            (None, Some(dag)) => SensorCondition::DagSucceeded(dag),
+            _ => return Err(format!("task {:?}: a sensor waits for exactly one of table or dag", t.id)),
+        };
+        let poke_interval = dur("poke_interval", t.poke_interval.as_ref(), Duration::from_secs(60))?;
+        let timeout = dur("timeout", t.timeout.as_ref(), Duration::from_secs(24 * 3600))?;
+        kinds.push(TaskKind::Sensor { until, poke_interval, timeout });
+    } else if t.poke_interval.is_some() || t.timeout.is_some() {
+        return Err(format!("task {:?}: poke_interval and timeout belong to sensor tasks", t.id));
+    }
+    if let Some(n) = t.notify {
+        if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+            return Err(format!("task {:?}: notify url {:?} is not http(s)", t.id, n.url));
+        }
+        kinds.push(TaskKind::Notify { url: n.url, message: n.message });
+    }
     let kind = match kinds.len() {
         1 => kinds.pop().expect("one"),
-        0 => return Err(format!("task {:?} has no kind: give one of script, sql, branch, lake_snapshot", t.id)),
+        0 => {
+            return Err(format!(
+                "task {:?} has no kind: give one of script, sql, branch, lake_snapshot, sensor, notify",
+                t.id
+            ));
+        }
         _ => {
             let names: Vec<_> = kinds.iter().map(TaskKind::name).collect();
             return Err(format!("task {:?} has several kinds ({}): give exactly one", t.id, names.join(", ")));
@@ -467,6 +540,14 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         priority: a.priority.or(d.priority).unwrap_or(1),
         pool: a.pool.clone().or_else(|| d.pool.clone()).unwrap_or_else(|| "default_pool".into()),
     })
+}
+
+/// A lake table name as sensors take it: `raw.x`, `current.x` or `views.x`.
+fn check_table(name: &str) -> Result<(), String> {
+    match name.split_once('.') {
+        Some(("raw" | "current" | "views", rest)) => check_id("table", rest),
+        _ => Err(format!("table {name:?}: expected raw.<name>, current.<name> or views.<name>")),
+    }
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), String> {
@@ -646,6 +727,14 @@ tasks:
         assert!(parse_str("tasks: [\n").unwrap_err().line.is_some(), "{e}");
         let e = err("tasks:\n  - {id: a, branch: [echo, b]}\n");
         assert!(e.contains("no downstream"), "{e}");
+        let e = err("tasks:\n  - {id: a, sensor: {table: views.x, dag: d}}\n");
+        assert!(e.contains("exactly one of table or dag"), "{e}");
+        let e = err("tasks:\n  - {id: a, sensor: {table: orders}}\n");
+        assert!(e.contains("raw.<name>"), "{e}");
+        let e = err("tasks:\n  - {id: a, script: [true], timeout: 5s}\n");
+        assert!(e.contains("belong to sensor tasks"), "{e}");
+        let e = err("tasks:\n  - {id: a, notify: {url: 'ftp://x'}}\n");
+        assert!(e.contains("not http(s)"), "{e}");
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct FlowConfig {
     /// and for retries that are due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Where task logs go (`<dir>/<dag>/<run>/<task>/<try>.log`); by default `logs/` beside the
+    /// Where task logs go (`<dir>/<dag>/<run>/<task>.<try>.log`); by default `logs/` beside the
     /// lake's tables when the lake is a local directory, else `./weir-data/logs`.
     pub logs_dir: Option<PathBuf>,
     /// Pools and their slots; a task names one (`default_pool` has `slots` slots).
@@ -78,9 +78,10 @@ impl FlowConfig {
     }
 }
 
-/// The log file of one try.
+/// The log file of one try: `<dag>/<run>/<task>.<try>.log` (one folder per run, not per task:
+/// creating folders is most of what a short task costs the file system).
 pub fn log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
-    logs_dir.join(&key.dag_id).join(&key.run_id).join(&key.task_id).join(format!("{try_number}.log"))
+    logs_dir.join(&key.dag_id).join(&key.run_id).join(format!("{}.{try_number}.log", key.task_id))
 }
 
 /// How a try ended.
@@ -109,8 +110,8 @@ pub struct Scheduler {
     dags: HashMap<String, Arc<Dag>>,
     /// DAG versions runs are pinned to, by (dag, hash).
     versions: HashMap<(String, String), Arc<Dag>>,
-    /// Tries running on the executor, with their pool.
-    running: HashMap<TaskKey, String>,
+    /// Tries running on the executor.
+    running: HashMap<TaskKey, Running>,
     done_tx: mpsc::UnboundedSender<Completion>,
     done_rx: mpsc::UnboundedReceiver<Completion>,
     /// Scheduled task instances waiting for a slot, in the order they start.
@@ -121,6 +122,13 @@ pub struct Scheduler {
 
 /// Higher priority first, then the older run, then by key.
 type WaitOrder = (std::cmp::Reverse<i64>, chrono::DateTime<Utc>, TaskKey);
+
+/// What the scheduler keeps of a running try: what recording its end needs.
+struct Running {
+    pool: String,
+    dag: Arc<Dag>,
+    max_tries: u32,
+}
 
 /// What starting a waiting task needs.
 struct Waiting {
@@ -501,8 +509,8 @@ impl Scheduler {
             *per_run.entry((k.dag_id.clone(), k.run_id.clone())).or_default() += 1;
         }
         let mut per_pool: HashMap<&str, usize> = HashMap::new();
-        for p in self.running.values() {
-            *per_pool.entry(p.as_str()).or_default() += 1;
+        for r in self.running.values() {
+            *per_pool.entry(r.pool.as_str()).or_default() += 1;
         }
         for (order, w) in &self.waiting {
             if self.running.len() + chosen.len() >= self.config.slots {
@@ -538,7 +546,7 @@ impl Scheduler {
             // Changed since it was scheduled (cleared, or finished elsewhere): not started.
             return Ok(());
         }
-        self.running.insert(key.clone(), ti.pool.clone());
+        self.running.insert(key.clone(), Running { pool: ti.pool.clone(), dag: dag.clone(), max_tries: ti.max_tries });
         let mut params = dag.params.clone();
         params.extend(run.conf.clone());
         let ctx = Context::new(
@@ -553,10 +561,13 @@ impl Scheduler {
         let task = dag.task(&ti.task_id).expect("instances are made from the DAG's tasks").clone();
         let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
         let lake = self.lake.clone();
+        let store = self.store.clone();
+        let interval = run.interval;
         let done = self.done_tx.clone();
         tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
         tokio::spawn(async move {
-            let outcome = execute(&task, &ctx, &cwd, &log, &lake, &key).await;
+            let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake: &lake, store: &store, key: &key, interval };
+            let outcome = execute(&task, &env).await;
             let _ = done.send(Completion { key, try_number, outcome });
         });
         Ok(())
@@ -564,10 +575,11 @@ impl Scheduler {
 
     /// Records how a try ended.
     async fn complete(&mut self, c: Completion) -> Result<(), FlowError> {
-        let run = self.store.run(&c.key.dag_id, &c.key.run_id).await?;
-        let dag = self.dag_of(&run).await?;
+        let (dag, max_tries) = match self.running.get(&c.key) {
+            Some(r) => (Some(r.dag.clone()), r.max_tries),
+            None => (None, 1),
+        };
         let task = dag.as_ref().and_then(|d| d.task(&c.key.task_id)).cloned();
-        let max_tries = self.store.task(&c.key).await?.map_or(1, |t| t.max_tries);
         let outcome = match (c.outcome, &dag) {
             (Outcome::Follow(chosen), Some(dag)) => {
                 let downstream: Vec<String> = dag.downstream(&c.key.task_id).map(|t| t.id.clone()).collect();
@@ -618,8 +630,20 @@ impl Scheduler {
     }
 }
 
+/// What a try runs with.
+struct Env<'a> {
+    ctx: &'a Context,
+    cwd: &'a Path,
+    log: &'a Path,
+    lake: &'a Lake,
+    store: &'a Store,
+    key: &'a TaskKey,
+    interval: crate::schedule::Interval,
+}
+
 /// Runs one try of `task`.
-async fn execute(task: &dag::Task, ctx: &Context, cwd: &Path, log: &Path, lake: &Lake, key: &TaskKey) -> Outcome {
+async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
+    let Env { ctx, cwd, log, lake, key, .. } = *env;
     let render_all = |args: &[String]| args.iter().map(|a| ctx.render(a)).collect::<Result<Vec<_>, _>>();
     let timeout = task.execution_timeout;
     let result: Result<Option<Vec<String>>, String> = match &task.kind {
@@ -696,6 +720,33 @@ async fn execute(task: &dag::Task, ctx: &Context, cwd: &Path, log: &Path, lake: 
             };
             run.await
         }
+        TaskKind::Sensor { until, poke_interval, timeout } => {
+            with_timeout(Some(*timeout), sense(until, *poke_interval, env))
+                .await
+                .unwrap_or_else(|_| Err(format!("sensor timed out after {}", humantime::format_duration(*timeout))))
+        }
+        TaskKind::Notify { url, message } => {
+            let run = async {
+                let message = ctx.render(message)?;
+                let body = serde_json::json!({
+                    "dag_id": key.dag_id,
+                    "run_id": key.run_id,
+                    "task_id": key.task_id,
+                    "logical_date": env.interval.start,
+                    "data_interval_start": env.interval.start,
+                    "data_interval_end": env.interval.end,
+                    "message": message,
+                });
+                let send = reqwest::Client::new().post(url).json(&body).send();
+                let response = with_timeout(timeout.or(Some(Duration::from_secs(30))), send)
+                    .await?
+                    .map_err(|e| format!("notify {url}: {e}"))?;
+                let status = response.status();
+                write_log(log, &format!("[weir] POST {url} → {status}\n")).await;
+                if status.is_success() { Ok(None) } else { Err(format!("notify {url}: the webhook answered {status}")) }
+            };
+            run.await
+        }
     };
     match result {
         Ok(None) => Outcome::Success,
@@ -704,6 +755,47 @@ async fn execute(task: &dag::Task, ctx: &Context, cwd: &Path, log: &Path, lake: 
             write_log(log, &format!("[weir] failed: {reason}\n")).await;
             Outcome::Failed(reason)
         }
+    }
+}
+
+/// Checks a sensor's condition every `poke` until it holds.
+async fn sense(until: &dag::SensorCondition, poke: Duration, env: &Env<'_>) -> Result<Option<Vec<String>>, String> {
+    let end_ms = env.interval.end.timestamp_millis();
+    let mut pokes = 0u64;
+    loop {
+        pokes += 1;
+        let (ok, seen) = match until {
+            dag::SensorCondition::TableFresh(table) if table.starts_with("raw.") => {
+                let sql = format!("SELECT max(_source_ts_ms) FROM {table}");
+                let batches = weir_lake::query::run(env.lake, &sql, None).await;
+                let newest = batches.ok().and_then(|b| {
+                    use deltalake::arrow::{
+                        array::{Array as _, AsArray as _},
+                        datatypes::Int64Type,
+                    };
+                    b.first().filter(|b| b.num_rows() > 0).and_then(|b| {
+                        let col = b.column(0).as_primitive::<Int64Type>();
+                        (!col.is_null(0)).then(|| col.value(0))
+                    })
+                });
+                (newest.is_some_and(|t| t >= end_ms), format!("newest change at {newest:?} ms"))
+            }
+            dag::SensorCondition::TableFresh(table) => {
+                let last =
+                    env.lake.history(table, Some(1)).await.ok().and_then(|h| h.first().and_then(|c| c.timestamp));
+                (last.is_some_and(|t| t >= end_ms), format!("last commit at {last:?} ms"))
+            }
+            dag::SensorCondition::DagSucceeded(dag_id) => {
+                let runs = env.store.runs(dag_id, 1000).await.map_err(|e| e.to_string())?;
+                let done = runs.iter().any(|r| r.interval.start == env.interval.start && r.state == RunState::Success);
+                (done, format!("{} run(s) of {dag_id}", runs.len()))
+            }
+        };
+        write_log(env.log, &format!("[weir] poke {pokes}: {} ({seen})\n", if ok { "met" } else { "not yet" })).await;
+        if ok {
+            return Ok(None);
+        }
+        tokio::time::sleep(poke).await;
     }
 }
 

@@ -203,7 +203,7 @@ async fn retries_back_off_and_a_failure_fails_downstream(db: Db) {
     assert!(doomed[1].reason.as_deref().unwrap().contains("exited with status 7"), "{doomed:?}");
     let log = std::fs::read_to_string(&doomed[1].log).unwrap();
     assert!(log.contains("[stderr] nope"), "{log}");
-    assert!(doomed[1].log.ends_with(&format!("/retry/{run_id}/doomed/2.log")), "{}", doomed[1].log);
+    assert!(doomed[1].log.ends_with(&format!("/retry/{run_id}/doomed.2.log")), "{}", doomed[1].log);
     s.stop().await;
 }
 
@@ -512,6 +512,97 @@ async fn a_sql_task_writes_a_view_version(db: Db) {
     s.stop().await;
 }
 
+async fn sensors_wait_for_a_dag_run_and_a_fresh_table_or_time_out(db: Db) {
+    let mut s = Setup::new(db).await;
+    let up = s.write_dag("up", "tasks:\n  - {id: work, script: [true]}\n");
+    let down = s.write_dag(
+        "down",
+        "tasks:\n  - {id: wait, sensor: {dag: up}, poke_interval: 100ms, timeout: 20s}\n  - {id: after, upstream: [wait], script: [true]}\n",
+    );
+    let never =
+        s.write_dag("never", "tasks:\n  - {id: wait, sensor: {dag: ghost}, poke_interval: 100ms, timeout: 600ms}\n");
+    let fresh = s.write_dag(
+        "fresh",
+        "tasks:\n  - {id: wait, sensor: {table: views.landing}, poke_interval: 100ms, timeout: 20s}\n",
+    );
+    s.start();
+    let day: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+    let down_run = runs::trigger(&s.store, &down, Default::default(), Some(day)).await.unwrap();
+    let never_run = runs::trigger(&s.store, &never, Default::default(), None).await.unwrap();
+    let fresh_run = runs::trigger(&s.store, &fresh, Default::default(), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(s.state("down", &down_run, "wait").await, TaskState::Running, "no run of `up` for that day yet");
+    assert_eq!(s.state("fresh", &fresh_run, "wait").await, TaskState::Running, "no views.landing yet");
+    runs::trigger(&s.store, &up, Default::default(), Some(day)).await.unwrap();
+    assert_eq!(s.finished("down", &down_run, Duration::from_secs(20)).await.state, RunState::Success);
+    // A commit to the table after the interval's end satisfies the freshness sensor.
+    let batch = {
+        use deltalake::arrow::{
+            array::Int64Array,
+            datatypes::{DataType, Field, Schema},
+            record_batch::RecordBatch,
+        };
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap()
+    };
+    let url = s.lake.table_url("views.landing").unwrap();
+    deltalake::DeltaTable::try_from_url(url).await.unwrap().write(vec![batch]).await.unwrap();
+    assert_eq!(s.finished("fresh", &fresh_run, Duration::from_secs(20)).await.state, RunState::Success);
+    let run = s.finished("never", &never_run, Duration::from_secs(20)).await;
+    assert_eq!(run.state, RunState::Failed);
+    let tries = s.store.tries(&key("never", &never_run, "wait")).await.unwrap();
+    assert!(tries[0].reason.as_deref().unwrap().contains("sensor timed out after 600ms"), "{tries:?}");
+    let log = std::fs::read_to_string(&tries[0].log).unwrap();
+    assert!(log.matches("not yet").count() >= 3, "it poked repeatedly: {log}");
+    s.stop().await;
+}
+
+async fn notify_posts_the_run_to_a_webhook(db: Db) {
+    use axum::{Json, Router, http::StatusCode, routing::post};
+    let received = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = Router::new()
+        .route(
+            "/hook",
+            post(move |Json(body): Json<serde_json::Value>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().unwrap().push(body);
+                    StatusCode::OK
+                }
+            }),
+        )
+        .route("/broken", post(|| async { StatusCode::INTERNAL_SERVER_ERROR }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut s = Setup::new(db).await;
+    let d = s.write_dag(
+        "told",
+        &format!(
+            "tasks:\n  - {{id: tell, notify: {{url: 'http://{addr}/hook', message: 'report for {{{{ ds }}}} is ready'}}}}\n  \
+             - {{id: fail, notify: {{url: 'http://{addr}/broken'}}, retries: 1, retry_delay: 100ms}}\n"
+        ),
+    );
+    s.start();
+    let day: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), Some(day)).await.unwrap();
+    s.finished("told", &run_id, Duration::from_secs(20)).await;
+    assert_eq!(s.state("told", &run_id, "tell").await, TaskState::Success);
+    assert_eq!(s.state("told", &run_id, "fail").await, TaskState::Failed);
+    let tries = s.store.tries(&key("told", &run_id, "fail")).await.unwrap();
+    assert_eq!(tries.len(), 2);
+    assert!(tries[1].reason.as_deref().unwrap().contains("500"), "{tries:?}");
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["dag_id"], "told");
+    assert_eq!(got[0]["run_id"], run_id.as_str());
+    assert_eq!(got[0]["message"], "report for 2026-11-20 is ready");
+    assert_eq!(got[0]["data_interval_start"], "2026-11-20T00:00:00Z");
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -536,4 +627,6 @@ on_both_databases!(
     a_run_finishes_with_the_dag_version_it_started_with,
     broken_files_are_reported_and_the_rest_runs,
     a_sql_task_writes_a_view_version,
+    sensors_wait_for_a_dag_run_and_a_fresh_table_or_time_out,
+    notify_posts_the_run_to_a_webhook,
 );
