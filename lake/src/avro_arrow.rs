@@ -17,9 +17,9 @@ use std::{collections::HashMap, sync::Arc};
 
 use deltalake::arrow::{
     array::{
-        ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
-        Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
-        TimestampMillisecondBuilder, TimestampNanosecondBuilder,
+        ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+        Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+        TimestampMicrosecondBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
     },
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
     record_batch::RecordBatch,
@@ -285,6 +285,7 @@ pub struct Layout {
     op: usize,
     row: Vec<(String, Avro, Kind)>,
     source_fields: Vec<(String, Avro)>,
+    source_roles: Vec<SourceRole>,
     schema: SchemaRef,
 }
 
@@ -356,7 +357,27 @@ impl Layout {
             Field::new("_offset", DataType::Int64, false),
             Field::new("_date", DataType::Date32, false),
         ]);
-        Ok(Layout { envelope, before, after, source, op, row, source_fields, schema: Arc::new(Schema::new(fields)) })
+        let source_roles = source_fields
+            .iter()
+            .map(|(name, _)| match name.as_str() {
+                "ts_ms" => SourceRole::TsMs,
+                "file" => SourceRole::File,
+                "pos" => SourceRole::Pos,
+                "row" => SourceRole::Row,
+                _ => SourceRole::Other,
+            })
+            .collect();
+        Ok(Layout {
+            envelope,
+            before,
+            after,
+            source,
+            op,
+            row,
+            source_fields,
+            source_roles,
+            schema: Arc::new(Schema::new(fields)),
+        })
     }
 
     /// The Arrow schema of the change-log rows.
@@ -376,11 +397,18 @@ impl Layout {
             offset: Int64Builder::with_capacity(capacity),
             date: Date32Builder::with_capacity(capacity),
             rows: 0,
+            scratch: Vec::with_capacity(64),
+            void: Vec::new(),
         }
     }
 
     /// Appends the change in `body` (the Avro body after the 5-byte wire header) to `batch`.
     /// A tombstone or an envelope with neither image appends nothing and returns `false`.
+    ///
+    /// One pass: the `after` image (the row of creates, updates and reads) is decoded straight
+    /// into the builders while the rest of the envelope is checked around it; `before` is decoded
+    /// only for deletes. A record that turns out bad part-way leaves a void row that
+    /// [`BatchBuilder::finish`] drops, so it changes nothing in the batch.
     pub fn append(
         &self,
         body: &[u8],
@@ -389,27 +417,44 @@ impl Layout {
         offset: i64,
         batch: &mut BatchBuilder,
     ) -> Result<bool, DecodeError> {
-        // One pass over the whole envelope checks it against the schema (so a bad record changes
-        // no builder), notes where the row images are and reads the few fields needed; a second
-        // pass decodes the image into the builders.
+        let mut filled = 0usize;
+        let result = self.append_inner(body, topic, partition, offset, batch, &mut filled);
+        if result.is_err() && filled > 0 {
+            batch.void_row(filled);
+        }
+        result
+    }
+
+    fn append_inner(
+        &self,
+        body: &[u8],
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        batch: &mut BatchBuilder,
+        filled: &mut usize,
+    ) -> Result<bool, DecodeError> {
         let mut r = Reader { buf: body, at: 0 };
-        let mut ranges = [(0usize, 0usize); 2];
+        let mut before = (0usize, 0usize);
+        let mut after_decoded = false;
         let mut op = [0u8; 1];
         let mut op_len = 0;
         let (mut ts_ms, mut file, mut pos, mut row) = (None, None, None, None);
         for (i, (_, avro)) in self.envelope.iter().enumerate() {
-            if i == self.before || i == self.after {
+            if i == self.before {
                 let start = r.at;
                 r.skip(avro)?;
-                ranges[usize::from(i == self.after)] = (start, r.at);
+                before = (start, r.at);
+            } else if i == self.after {
+                after_decoded = self.image(&mut r, avro, batch, filled)?;
             } else if i == self.source {
-                for (name, f) in &self.source_fields {
-                    match name.as_str() {
-                        "ts_ms" => ts_ms = r.long_in(f)?,
-                        "file" => file = r.str_in(f)?,
-                        "pos" => pos = r.long_in(f)?,
-                        "row" => row = r.long_in(f)?,
-                        _ => r.skip(f)?,
+                for ((_, f), role) in self.source_fields.iter().zip(&self.source_roles) {
+                    match role {
+                        SourceRole::TsMs => ts_ms = r.long_in(f)?,
+                        SourceRole::File => file = r.str_in(f)?,
+                        SourceRole::Pos => pos = r.long_in(f)?,
+                        SourceRole::Row => row = r.long_in(f)?,
+                        SourceRole::Other => r.skip(f)?,
                     }
                 }
             } else if i == self.op {
@@ -421,30 +466,31 @@ impl Layout {
             }
         }
         let op = std::str::from_utf8(&op[..op_len]).unwrap_or_default();
-        let is_delete = op == "d";
-        let image = if is_delete { ranges[0] } else { ranges[1] };
-        let mut ir = Reader { buf: &body[..image.1], at: image.0 };
-        // The image is a union [null, record]: null means there is none (a truncate, say).
-        let branch = ir.long()?;
-        let image_schema = &self.envelope[if is_delete { self.before } else { self.after }].1;
-        let is_record = match image_schema {
-            Avro::Union(branches) => matches!(branches.get(branch as usize), Some(Avro::Record(_))),
-            other => branch == 0 && matches!(other, Avro::Record(_)),
-        };
-        if !is_record {
-            return Ok(false);
-        }
-        for ((_, avro, _), column) in self.row.iter().zip(batch.columns.iter_mut()) {
-            column.append(&mut ir, avro)?;
+        if op == "d" {
+            if after_decoded {
+                // A delete that carries an `after` image (not Debezium's shape): its row is `before`.
+                batch.void_row(self.row.len());
+                *filled = 0;
+            }
+            let mut br = Reader { buf: &body[..before.1], at: before.0 };
+            if !self.image(&mut br, &self.envelope[self.before].1, batch, filled)? {
+                return Ok(false);
+            }
+        } else if !after_decoded {
+            return Ok(false); // no row image: a truncate, say
         }
         batch.op.append_value(op);
         batch.source_ts.append_option(ts_ms);
         match (file, pos) {
             (Some(f), Some(p)) => {
-                use std::fmt::Write as _;
-                // Written straight into the builder's buffer; `append_value("")` ends the value.
-                let _ = write!(batch.pos, "{f}:{p}:{}", row.unwrap_or(0));
-                batch.pos.append_value("");
+                let scratch = &mut batch.scratch;
+                scratch.clear();
+                scratch.extend_from_slice(f.as_bytes());
+                scratch.push(b':');
+                push_decimal(scratch, p);
+                scratch.push(b':');
+                push_decimal(scratch, row.unwrap_or(0));
+                batch.pos.append_value(std::str::from_utf8(scratch).unwrap_or_default());
             }
             _ => batch.pos.append_null(),
         }
@@ -453,8 +499,66 @@ impl Layout {
         batch.offset.append_value(offset);
         batch.date.append_value(ts_ms.unwrap_or(0).div_euclid(86_400_000) as i32);
         batch.rows += 1;
+        *filled = 0;
         Ok(true)
     }
+
+    /// Decodes a row image (a `[null, record]` union) into the row columns: `Ok(false)` for null.
+    /// `filled` counts the columns appended so far, for [`BatchBuilder::void_row`].
+    fn image(
+        &self,
+        r: &mut Reader<'_>,
+        avro: &Avro,
+        batch: &mut BatchBuilder,
+        filled: &mut usize,
+    ) -> Result<bool, DecodeError> {
+        let branch = r.long()?;
+        let is_record = match avro {
+            Avro::Union(branches) => match branches.get(branch as usize) {
+                Some(Avro::Record(_)) => true,
+                Some(_) => false,
+                None => return Err(r.error(format!("union branch {branch} of {}", branches.len()))),
+            },
+            other => branch == 0 && matches!(other, Avro::Record(_)),
+        };
+        if !is_record {
+            return Ok(false);
+        }
+        for ((_, avro, _), column) in self.row.iter().zip(batch.columns.iter_mut()) {
+            column.append(r, avro)?;
+            *filled += 1;
+        }
+        Ok(true)
+    }
+}
+
+/// What the writer takes from a `source` field.
+#[derive(Debug, Clone, Copy)]
+enum SourceRole {
+    TsMs,
+    File,
+    Pos,
+    Row,
+    Other,
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    let mut digits = [0u8; 20];
+    let mut v = n.unsigned_abs();
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Column builders of one batch.
@@ -468,12 +572,32 @@ pub struct BatchBuilder {
     offset: Int64Builder,
     date: Date32Builder,
     rows: usize,
+    /// Reused to format `_pos`.
+    scratch: Vec<u8>,
+    /// Rows left by records that failed part-way: dropped by `finish`.
+    void: Vec<usize>,
 }
 
 impl BatchBuilder {
     /// Rows appended so far.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// Completes the row a bad record left part-way (its first `filled` columns appended) so
+    /// that every builder has the same length, and marks it to be dropped.
+    fn void_row(&mut self, filled: usize) {
+        for c in &mut self.columns[filled..] {
+            c.append_null();
+        }
+        self.op.append_value("");
+        self.source_ts.append_null();
+        self.pos.append_null();
+        self.topic.append_value("");
+        self.partition.append_value(0);
+        self.offset.append_value(0);
+        self.date.append_value(0);
+        self.void.push(self.rows + self.void.len());
     }
 
     /// The finished batch (the builders are reset).
@@ -487,7 +611,13 @@ impl BatchBuilder {
         arrays.push(Arc::new(self.offset.finish()));
         arrays.push(Arc::new(self.date.finish()));
         self.rows = 0;
-        RecordBatch::try_new(schema, arrays).expect("builders match the layout's schema")
+        let batch = RecordBatch::try_new(schema, arrays).expect("builders match the layout's schema");
+        if self.void.is_empty() {
+            return batch;
+        }
+        let keep: BooleanArray = (0..batch.num_rows()).map(|i| Some(!self.void.contains(&i))).collect();
+        self.void.clear();
+        deltalake::arrow::compute::filter_record_batch(&batch, &keep).expect("a mask of the batch's length")
     }
 }
 
@@ -597,7 +727,13 @@ impl Column {
             Column::Int64(b) => b.append_value(r.long()?),
             Column::Float32(b) => b.append_value(f32::from_le_bytes(r.take(4)?.try_into().unwrap())),
             Column::Float64(b) => b.append_value(f64::from_le_bytes(r.take(8)?.try_into().unwrap())),
-            Column::Utf8(b) => b.append_value(String::from_utf8_lossy(r.bytes()?)),
+            Column::Utf8(b) => {
+                let bytes = r.bytes()?;
+                match std::str::from_utf8(bytes) {
+                    Ok(text) => b.append_value(text),
+                    Err(_) => b.append_value(String::from_utf8_lossy(bytes)),
+                }
+            }
             Column::Binary(b) => b.append_value(r.bytes()?),
             Column::Date32(b) => b.append_value(r.long()? as i32),
             Column::TimestampMs(b) => b.append_value(r.long()?),
@@ -819,4 +955,101 @@ impl<'a> Reader<'a> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use deltalake::arrow::array::{AsArray as _, Int64Array};
+    use weir_schemas::{
+        avro::AvroSchema,
+        connect::{Field as CField, Value as V, schema},
+        envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker, TableSchemas, binlog_source_schema},
+    };
+
+    use super::*;
+
+    /// Avro bodies of `orders(id, note)` change events, and the envelope schema's JSON.
+    struct Events {
+        t: TableSchemas,
+        avro: AvroSchema,
+        source: weir_schemas::connect::ConnectSchema,
+    }
+
+    impl Events {
+        fn new() -> Events {
+            let source = binlog_source_schema(BinlogFlavor::Mariadb);
+            let columns = vec![CField::new("id", schema::int64()), CField::new("note", schema::string().optional())];
+            let t = TableSchemas::new("s.db.orders", columns, vec![CField::new("id", schema::int64())], source.clone());
+            let avro = AvroSchema::new(t.envelope.clone()).unwrap();
+            Events { t, avro, source }
+        }
+
+        fn body(&self, op: Op, id: i64, note: &str, pos: i64) -> Vec<u8> {
+            let row = V::Struct(vec![V::Int64(id), V::String(note.into())]);
+            let (before, after) = match op {
+                Op::Delete => (row, V::Null),
+                Op::Update => (V::Struct(vec![V::Int64(id), V::Null]), row),
+                _ => (V::Null, row),
+            };
+            let src = BinlogSource {
+                flavor: BinlogFlavor::Mariadb,
+                name: "s".into(),
+                ts_us: 1_795_428_000_000_000,
+                snapshot: SnapshotMarker::False,
+                db: "db".into(),
+                table: Some("orders".into()),
+                server_id: 1,
+                gtid: None,
+                file: "mysql-bin.000007".into(),
+                pos,
+                row: 2,
+                thread: None,
+                query: None,
+            };
+            let envelope = self.t.envelope_value(op, before, after, src.to_value(&self.source), None, 0);
+            self.avro.encode(&envelope).unwrap()
+        }
+    }
+
+    #[test]
+    fn creates_updates_and_deletes_become_rows() {
+        let e = Events::new();
+        let layout = Layout::new(&e.avro.json).unwrap();
+        let mut b = layout.batch(16);
+        assert!(layout.append(&e.body(Op::Create, 1, "new", 4), "t", 0, 10, &mut b).unwrap());
+        assert!(layout.append(&e.body(Op::Update, 1, "changed", 120), "t", 0, 11, &mut b).unwrap());
+        assert!(layout.append(&e.body(Op::Delete, 1, "changed", -1), "t", 1, 12, &mut b).unwrap());
+        let batch = b.finish(layout.schema());
+        assert_eq!(batch.num_rows(), 3);
+        let notes: Vec<_> = batch.column(1).as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+        assert_eq!(notes, ["new", "changed", "changed"], "a delete's row is its before image");
+        let ops: Vec<_> = batch.column_by_name("_op").unwrap().as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+        assert_eq!(ops, ["c", "u", "d"]);
+        let pos: Vec<_> = batch.column_by_name("_pos").unwrap().as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+        assert_eq!(pos, ["mysql-bin.000007:4:2", "mysql-bin.000007:120:2", "mysql-bin.000007:-1:2"]);
+    }
+
+    #[test]
+    fn a_record_bad_part_way_leaves_nothing_behind() {
+        let e = Events::new();
+        let layout = Layout::new(&e.avro.json).unwrap();
+        let mut b = layout.batch(16);
+        layout.append(&e.body(Op::Create, 1, "one", 4), "t", 0, 0, &mut b).unwrap();
+        // Cut inside the `after` image (after its id, inside the note) and inside `source`.
+        let full = e.body(Op::Create, 2, "a longer note that gets cut", 8);
+        for cut in [full.len() / 4, full.len() / 2, full.len() - 3] {
+            assert!(layout.append(&full[..cut], "t", 0, 1, &mut b).is_err(), "cut at {cut}");
+        }
+        layout.append(&e.body(Op::Create, 3, "three", 12), "t", 0, 2, &mut b).unwrap();
+        assert_eq!(b.rows(), 2);
+        let batch = b.finish(layout.schema());
+        assert_eq!(batch.num_rows(), 2);
+        let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values().to_vec(), vec![1, 3]);
+        let offsets = batch.column_by_name("_offset").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(offsets.values().to_vec(), vec![0, 2]);
+        // The builder is clean for the next batch.
+        layout.append(&e.body(Op::Create, 4, "four", 16), "t", 0, 3, &mut b).unwrap();
+        assert_eq!(b.finish(layout.schema()).num_rows(), 1);
+    }
 }
