@@ -6,10 +6,11 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use weir_flow::{
-    dag::{self, Dag},
+    dag::{self, Dag, TaskKind},
     runs::{self, ClearSpec},
     scheduler::Scheduler,
     store::{Store, TaskKey},
+    template::Context as TemplateContext,
 };
 use weir_lake::Lake;
 
@@ -24,6 +25,15 @@ pub enum DagsCommand {
     Show {
         /// The DAG.
         dag: String,
+    },
+    /// Show how DataFusion runs the DAG's SQL tasks (templates rendered for the latest
+    /// interval): the physical plan with its partitioned, parallel stages.
+    Explain {
+        /// The DAG.
+        dag: String,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
     },
     /// Start a manual run now.
     Trigger {
@@ -185,6 +195,45 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                     t.trigger_rule,
                     upstream
                 );
+            }
+            Ok(())
+        }
+        DagsCommand::Explain { dag, task } => {
+            let d = load(config, &dag)?;
+            let lake = Lake::new(&config.lake);
+            let now = Utc::now();
+            let interval = d
+                .schedule
+                .latest_complete(d.start_date, d.timezone, now)
+                .unwrap_or(weir_flow::schedule::Interval { start: now, end: now });
+            let mut shown = 0;
+            for t in d.tasks.iter().filter(|t| task.as_ref().is_none_or(|id| *id == t.id)) {
+                let TaskKind::Sql { sql, view, .. } = &t.kind else { continue };
+                let ctx = TemplateContext::new(
+                    &d.id,
+                    "explain",
+                    &t.id,
+                    1,
+                    interval.start,
+                    (interval.start, interval.end),
+                    &d.params,
+                );
+                let sql = ctx.render(sql).map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
+                println!("== task {} → views.{view}  (interval {} – {})", t.id, interval.start, interval.end);
+                let batches = weir_lake::query::run(&lake, &format!("EXPLAIN {sql}"), None)
+                    .await
+                    .with_context(|| format!("task {}", t.id))?;
+                for b in &batches {
+                    use deltalake::arrow::array::AsArray as _;
+                    let (kinds, plans) = (b.column(0).as_string::<i32>(), b.column(1).as_string::<i32>());
+                    for i in 0..b.num_rows() {
+                        println!("-- {}\n{}", kinds.value(i), plans.value(i));
+                    }
+                }
+                shown += 1;
+            }
+            if shown == 0 {
+                bail!("DAG {} has no sql task{}", d.id, task.map(|t| format!(" {t:?}")).unwrap_or_default());
             }
             Ok(())
         }

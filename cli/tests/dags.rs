@@ -86,6 +86,14 @@ fn list_trigger_run_inspect_and_clear() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("report") && stdout.contains("true"), "paused on creation: {stdout}");
     assert!(stderr.contains("broken.yaml:5:") && stderr.contains("upstreem"), "file, line and key named: {stderr}");
+    std::fs::write(
+        d.join("dags/counts.yaml"),
+        "params: {min: 1}\ntasks:\n  - id: big\n    sql: SELECT count(*) AS n FROM (VALUES (1), (2), (3)) AS t(x) WHERE x > {{ params.min }}\n",
+    )
+    .unwrap();
+    let plan = ok(dags(d, &["dags", "explain", "counts"]));
+    assert!(plan.contains("== task big → views.big") && plan.contains("physical_plan"), "{plan}");
+    assert!(plan.contains("mode=Partial") && plan.contains("column1@0 > 1"), "templated and planned: {plan}");
     let shown = ok(dags(d, &["dags", "show", "report"]));
     assert!(shown.contains("check") && shown.contains("← extract"), "{shown}");
     let err = dags(d, &["dags", "trigger", "nope"]);
