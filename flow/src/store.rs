@@ -155,10 +155,8 @@ pub struct Store {
 impl Store {
     /// Uses `pool`, creating or upgrading the orchestrator's tables.
     pub async fn open(pool: AnyPool) -> Result<Store, StoreError> {
-        let mut migrator = sqlx::migrate!("./migrations");
         // The schema registry keeps its own migrations in the same database.
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await?;
+        weir_schemas::metadata::migrate(sqlx::migrate!("./migrations"), &pool).await?;
         Ok(Store { pool })
     }
 

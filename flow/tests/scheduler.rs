@@ -630,3 +630,26 @@ on_both_databases!(
     sensors_wait_for_a_dag_run_and_a_fresh_table_or_time_out,
     notify_posts_the_run_to_a_webhook,
 );
+
+/// Several processes opening a fresh database at once (a scheduler and a `weir dags` command,
+/// say) each run the migrations; all of them must come up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_opening_a_fresh_database_together_all_start() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/weir.db", dir.path().display());
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            set.spawn(async move {
+                let pool = metadata::connect(&url, Duration::from_secs(10)).await.unwrap();
+                let store = Store::open(pool.clone()).await?;
+                weir_schemas::registry::store::SqlRegistry::open(pool).await.unwrap();
+                store.dags().await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap().expect("every opener starts");
+        }
+    }
+}

@@ -105,6 +105,27 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataEr
         .map_err(|source| MetadataError::Connect { url: redact(url), timeout_s: timeout.as_secs(), source })
 }
 
+/// Runs `migrator` on `pool`, next to other components' migrations in the same database.
+///
+/// Two processes starting on a fresh database (say `weir scheduler` and `weir dags trigger`) can
+/// both see a migration as missing; one applies it, the other fails on its tables. The loser
+/// runs the migrator again, which then finds the migration applied.
+pub async fn migrate(mut migrator: sqlx::migrate::Migrator, pool: &AnyPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator.set_ignore_missing(true);
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "migration raced with another process; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The URL with any password replaced by `***`.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -22,10 +22,10 @@ pub struct SqlRegistry {
 impl SqlRegistry {
     /// Uses `pool`, creating the registry's tables if they are missing.
     pub async fn open(pool: AnyPool) -> Result<Self, RegistryError> {
-        let mut migrator = sqlx::migrate!("./migrations");
         // Other components keep their own migrations in the same database.
-        migrator.set_ignore_missing(true);
-        migrator.run(&pool).await.map_err(|e| RegistryError::Store(e.into()))?;
+        crate::metadata::migrate(sqlx::migrate!("./migrations"), &pool)
+            .await
+            .map_err(|e| RegistryError::Store(e.into()))?;
         Ok(SqlRegistry { pool })
     }
 
