@@ -1,6 +1,8 @@
 //! Runs one executable for a task: arguments and environment given, standard output and error
-//! appended to the try's log file line by line (stderr lines marked), killed when it runs past
-//! its timeout. The tail of standard output is returned (branch tasks read their choice there).
+//! appended to the try's log file, killed when it runs past its timeout. By default the process
+//! writes straight into the log (no pipes, no copying); with [`Script::capture_stdout`] its
+//! output is read line by line instead (stderr lines marked) and the tail of standard output is
+//! returned — branch tasks read their choice there.
 
 use std::{
     path::{Path, PathBuf},
@@ -69,6 +71,8 @@ pub struct Script {
     pub log: PathBuf,
     /// Killed after this long.
     pub timeout: Option<Duration>,
+    /// Read the output through pipes and return the tail of standard output.
+    pub capture_stdout: bool,
 }
 
 /// The last this many bytes of standard output are kept.
@@ -89,9 +93,25 @@ impl Script {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if !self.capture_stdout {
+            // The process appends to the log itself.
+            let file = log.try_clone().await.map_err(log_err)?.into_std().await;
+            let err_file = file.try_clone().map_err(log_err)?;
+            cmd.stdout(Stdio::from(file)).stderr(Stdio::from(err_file));
+            let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = sleep_until(self.timeout.map(|t| tokio::time::Instant::now() + t)) => {
+                    let _ = child.kill().await;
+                    let limit = self.timeout.unwrap_or_default();
+                    log.write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).await.map_err(log_err)?;
+                    return Err(ScriptError::Timeout { program, limit });
+                }
+            };
+            return self.ended(&mut log, program, status, started).await.map(|()| String::new());
+        }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
         let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
@@ -126,12 +146,24 @@ impl Script {
                 }
             }
         };
+        self.ended(&mut log, program, status, started).await.map(|()| tail)
+    }
+
+    /// Notes the end in the log; a non-zero status or a signal is an error.
+    async fn ended(
+        &self,
+        log: &mut tokio::fs::File,
+        program: String,
+        status: std::io::Result<std::process::ExitStatus>,
+        started: Instant,
+    ) -> Result<(), ScriptError> {
+        let log_err = |source| ScriptError::Log { path: self.log.display().to_string(), source };
         let status = status.map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
         let line = format!("[weir] {program} ended with {status} after {:.3} s\n", started.elapsed().as_secs_f64());
         log.write_all(line.as_bytes()).await.map_err(log_err)?;
         log.flush().await.map_err(log_err)?;
         match status.code() {
-            Some(0) => Ok(tail),
+            Some(0) => Ok(()),
             Some(code) => Err(ScriptError::Exit { program, code }),
             None => Err(ScriptError::Signal { program }),
         }
@@ -162,6 +194,7 @@ mod tests {
             cwd: dir.to_path_buf(),
             log: dir.join("logs/t/1.log"),
             timeout,
+            capture_stdout: true,
         }
     }
 
@@ -172,6 +205,16 @@ mod tests {
         assert_eq!(ok.run().await.unwrap(), "day 2026-11-22\n");
         let log = std::fs::read_to_string(dir.path().join("logs/t/1.log")).unwrap();
         assert!(log.contains("day 2026-11-22\n") && log.contains("[stderr] oops\n"), "{log}");
+
+        // Straight into the log: both streams, nothing returned.
+        let direct =
+            Script { capture_stdout: false, ..script(dir.path(), &["sh", "-c", "echo direct; echo bad >&2"], None) };
+        assert_eq!(direct.run().await.unwrap(), "");
+        let log = std::fs::read_to_string(dir.path().join("logs/t/1.log")).unwrap();
+        assert!(log.contains("direct\n") && log.contains("bad\n"), "{log}");
+        let slow =
+            Script { capture_stdout: false, ..script(dir.path(), &["sleep", "30"], Some(Duration::from_millis(300))) };
+        assert!(matches!(slow.run().await.unwrap_err(), ScriptError::Timeout { .. }));
 
         let err = script(dir.path(), &["sh", "-c", "exit 3"], None).run().await.unwrap_err();
         assert!(matches!(err, ScriptError::Exit { code: 3, .. }), "{err}");

@@ -654,8 +654,14 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                 for (k, v) in env {
                     all_env.push((k.clone(), ctx.render(v)?));
                 }
-                let script =
-                    weir_batch::script::Script { command, env: all_env, cwd: cwd.into(), log: log.into(), timeout };
+                let script = weir_batch::script::Script {
+                    command,
+                    env: all_env,
+                    cwd: cwd.into(),
+                    log: log.into(),
+                    timeout,
+                    capture_stdout: false,
+                };
                 script.run().await.map(|_| None).map_err(|e| e.to_string())
             };
             run.await
@@ -663,8 +669,14 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
         TaskKind::Branch { command } => {
             let run = async {
                 let command = render_all(command)?;
-                let script =
-                    weir_batch::script::Script { command, env: ctx.env(), cwd: cwd.into(), log: log.into(), timeout };
+                let script = weir_batch::script::Script {
+                    command,
+                    env: ctx.env(),
+                    cwd: cwd.into(),
+                    log: log.into(),
+                    timeout,
+                    capture_stdout: true,
+                };
                 let out = script.run().await.map_err(|e| e.to_string())?;
                 let chosen: Vec<String> = out
                     .lines()
