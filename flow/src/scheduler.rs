@@ -529,23 +529,38 @@ impl Scheduler {
             *per_run.entry(run_key).or_default() += 1;
             chosen.push(order.clone());
         }
-        for order in chosen {
-            let w = self.waiting.remove(&order).expect("chosen from the map");
-            self.start(&w.dag, &w.run, &w.ti, w.ti.try_number + 1).await?;
+        // One transaction records every start.
+        let chosen: Vec<Waiting> =
+            chosen.into_iter().map(|order| self.waiting.remove(&order).expect("chosen from the map")).collect();
+        let starts: Vec<(TaskKey, u32, String)> = chosen
+            .iter()
+            .map(|w| {
+                let key = TaskKey {
+                    dag_id: w.run.dag_id.clone(),
+                    run_id: w.run.run_id.clone(),
+                    task_id: w.ti.task_id.clone(),
+                };
+                let try_number = w.ti.try_number + 1;
+                let log = log_path(&self.logs_dir, &key, try_number).display().to_string();
+                (key, try_number, log)
+            })
+            .collect();
+        let started = self.store.start_tries(&starts).await?;
+        for (w, ok) in chosen.iter().zip(started) {
+            // Not started when changed since it was scheduled (cleared, or finished elsewhere).
+            if ok {
+                self.spawn(&w.dag, &w.run, &w.ti, w.ti.try_number + 1);
+            }
         }
         metrics::gauge!("weir_flow_tasks_waiting").set(self.waiting.len() as f64);
         metrics::gauge!("weir_flow_tasks_running").set(self.running.len() as f64);
         Ok(())
     }
 
-    /// Starts try `try_number` of `ti` on the executor.
-    async fn start(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow, try_number: u32) -> Result<(), FlowError> {
+    /// Runs try `try_number` of `ti` (its start recorded) on the executor.
+    fn spawn(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow, try_number: u32) {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
         let log = log_path(&self.logs_dir, &key, try_number);
-        if !self.store.start_try(&key, try_number, &log.display().to_string()).await? {
-            // Changed since it was scheduled (cleared, or finished elsewhere): not started.
-            return Ok(());
-        }
         self.running.insert(key.clone(), Running { pool: ti.pool.clone(), dag: dag.clone(), max_tries: ti.max_tries });
         let mut params = dag.params.clone();
         params.extend(run.conf.clone());
@@ -570,7 +585,6 @@ impl Scheduler {
             let outcome = execute(&task, &env).await;
             let _ = done.send(Completion { key, try_number, outcome });
         });
-        Ok(())
     }
 
     /// Records how a try ended.

@@ -510,39 +510,47 @@ impl Store {
         Ok(())
     }
 
-    /// Starts try `try_number` of a scheduled task instance, whose log will be at `log`. False
-    /// (and nothing changed) when the instance is no longer scheduled.
-    pub async fn start_try(&self, key: &TaskKey, try_number: u32, log: &str) -> Result<bool, StoreError> {
+    /// Starts tries of scheduled task instances — (instance, try number, log file) — in one
+    /// transaction. For each: false (and nothing changed) when it is no longer scheduled.
+    pub async fn start_tries(&self, starts: &[(TaskKey, u32, String)]) -> Result<Vec<bool>, StoreError> {
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
         let t = now();
-        let updated = sqlx::query(
-            "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, \
-             next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5 AND state = 'scheduled'",
-        )
-        .bind(i64::from(try_number))
-        .bind(t)
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
+        let mut started = Vec::with_capacity(starts.len());
+        for (key, try_number, log) in starts {
+            let updated = sqlx::query(
+                "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, \
+                 next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5 AND state = 'scheduled'",
+            )
+            .bind(i64::from(*try_number))
+            .bind(t)
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                started.push(false);
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, log) \
+                 VALUES ($1, $2, $3, $4, 'running', $5, $6)",
+            )
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(*try_number))
+            .bind(t)
+            .bind(log)
+            .execute(&mut *tx)
+            .await?;
+            started.push(true);
         }
-        sqlx::query(
-            "INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, log) \
-             VALUES ($1, $2, $3, $4, 'running', $5, $6)",
-        )
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(try_number))
-        .bind(t)
-        .bind(log)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(started)
     }
 
     /// Ends try `try_number` in `state` (success, failed, up_for_retry or skipped); an
