@@ -26,7 +26,7 @@ use crate::{
     FlowError,
     dag::{self, Dag, TaskKind},
     rules::{Decision, RunState, TaskState, decide},
-    store::{RunRow, Store, TaskKey, TaskRow},
+    store::{Finish, RunRow, Store, TaskKey, TaskRow},
     template::Context,
 };
 
@@ -181,8 +181,9 @@ impl Scheduler {
                 next_parse = now + self.config.parse_interval;
             }
             if now >= next_poll {
-                for c in std::mem::take(&mut unrecorded) {
-                    self.record(c, &mut unrecorded).await;
+                let retry = std::mem::take(&mut unrecorded);
+                if !retry.is_empty() {
+                    self.record_all(retry, &mut unrecorded).await;
                 }
                 let pass = async {
                     self.create_scheduled_runs().await?;
@@ -195,15 +196,18 @@ impl Scheduler {
             }
             tokio::select! {
                 Some(c) = self.done_rx.recv() => {
-                    let mut ended = vec![c.key.clone()];
-                    self.record(c, &mut unrecorded).await;
+                    let mut ended = vec![c];
                     while let Ok(c) = self.done_rx.try_recv() {
-                        ended.push(c.key.clone());
-                        self.record(c, &mut unrecorded).await;
+                        ended.push(c);
                     }
+                    let mut by_run: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+                    for c in &ended {
+                        by_run.entry((c.key.dag_id.clone(), c.key.run_id.clone())).or_default().push(c.key.task_id.clone());
+                    }
+                    self.record_all(ended, &mut unrecorded).await;
                     let next = async {
-                        for key in &ended {
-                            self.schedule_after(key).await?;
+                        for ((dag_id, run_id), tasks) in &by_run {
+                            self.schedule_after(dag_id, run_id, tasks).await?;
                         }
                         self.dispatch().await
                     };
@@ -219,9 +223,11 @@ impl Scheduler {
         while !self.running.is_empty() {
             match self.done_rx.recv().await {
                 Some(c) => {
-                    let key = c.key.clone();
-                    if let Err(e) = self.complete(c).await {
-                        tracing::error!(error = %e, task = ?key, "recording a task's end failed; it is reset on the next start");
+                    let mut lost = Vec::new();
+                    self.record_all(vec![c], &mut lost).await;
+                    for c in lost {
+                        // Reset to a retry when this scheduler (or another) starts again.
+                        self.running.remove(&c.key);
                     }
                 }
                 None => break,
@@ -230,12 +236,23 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Records a completion, or keeps it for the next pass when the metadata DB fails.
-    async fn record(&mut self, c: Completion, unrecorded: &mut Vec<Completion>) {
-        let kept = c.clone();
-        if let Err(e) = self.complete(c).await {
-            tracing::error!(error = %e, task = ?kept.key, "recording a task's end failed; retrying");
-            unrecorded.push(kept); // still holds its slot in `running`
+    /// Records the ends of tries in one transaction, or keeps them for the next pass when the
+    /// metadata DB fails (they keep their slots meanwhile).
+    async fn record_all(&mut self, ended: Vec<Completion>, unrecorded: &mut Vec<Completion>) {
+        let finishes: Vec<Finish> = ended.iter().map(|c| self.finish_of(c)).collect();
+        match self.store.finish_tries(&finishes).await {
+            Ok(()) => {
+                for f in &finishes {
+                    self.running.remove(&f.key);
+                    let state = if f.state == TaskState::Success { "success" } else { "failed" };
+                    metrics::counter!("weir_flow_task_tries_total", "dag" => f.key.dag_id.clone(), "state" => state)
+                        .increment(1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, tries = ended.len(), "recording the end of tries failed; retrying");
+                unrecorded.extend(ended);
+            }
         }
     }
 
@@ -417,11 +434,11 @@ impl Scheduler {
         Ok(())
     }
 
-    /// After `key`'s try ended: decides its downstream tasks — and, through skips and upstream
+    /// After the tries of `ended` in one run ended: decides their downstream tasks — and, through skips and upstream
     /// failures, theirs — from their own rows only, queues what may run, and ends the run when
     /// nothing is left. Work per completion follows the task's edges, not the DAG's size.
-    async fn schedule_after(&mut self, key: &TaskKey) -> Result<(), FlowError> {
-        let run = self.store.run(&key.dag_id, &key.run_id).await?;
+    async fn schedule_after(&mut self, dag_id: &str, run_id: &str, ended: &[String]) -> Result<(), FlowError> {
+        let run = self.store.run(dag_id, run_id).await?;
         let dag = match self.dag_of(&run).await? {
             Some(d) if run.state == RunState::Running => d,
             // Queued again by a clear, or its version is gone: the full pass handles it.
@@ -429,7 +446,8 @@ impl Scheduler {
         };
         let mut rows: HashMap<String, TaskRow> = HashMap::new();
         let mut changes = Vec::new();
-        let mut frontier: Vec<String> = dag.downstream(&key.task_id).map(|t| t.id.clone()).collect();
+        let mut frontier: Vec<String> =
+            ended.iter().flat_map(|id| dag.downstream(id).map(|t| t.id.clone()).collect::<Vec<_>>()).collect();
         while !frontier.is_empty() {
             frontier.sort();
             frontier.dedup();
@@ -587,14 +605,14 @@ impl Scheduler {
         });
     }
 
-    /// Records how a try ended.
-    async fn complete(&mut self, c: Completion) -> Result<(), FlowError> {
+    /// How a try's end is to be recorded: its state, and the retry or the branch's skips.
+    fn finish_of(&mut self, c: &Completion) -> Finish {
         let (dag, max_tries) = match self.running.get(&c.key) {
             Some(r) => (Some(r.dag.clone()), r.max_tries),
             None => (None, 1),
         };
-        let task = dag.as_ref().and_then(|d| d.task(&c.key.task_id)).cloned();
-        let outcome = match (c.outcome, &dag) {
+        let mut skip = Vec::new();
+        let outcome = match (&c.outcome, &dag) {
             (Outcome::Follow(chosen), Some(dag)) => {
                 let downstream: Vec<String> = dag.downstream(&c.key.task_id).map(|t| t.id.clone()).collect();
                 match chosen.iter().find(|id| !downstream.contains(id)) {
@@ -603,44 +621,38 @@ impl Scheduler {
                         downstream.join(", ")
                     )),
                     None => {
-                        let skip: Vec<(String, TaskState)> = downstream
-                            .into_iter()
-                            .filter(|d| !chosen.contains(d))
-                            .map(|d| (d, TaskState::Skipped))
-                            .collect();
-                        self.store.set_task_states(&c.key.dag_id, &c.key.run_id, &skip).await?;
+                        skip = downstream.into_iter().filter(|d| !chosen.contains(d)).collect();
                         Outcome::Success
                     }
                 }
             }
-            (o, _) => o,
+            (o, _) => o.clone(),
         };
-        let labels = |state: &'static str| {
-            metrics::counter!("weir_flow_task_tries_total", "dag" => c.key.dag_id.clone(), "state" => state)
-                .increment(1)
+        let finish = |state, reason, next_try_at, skip| Finish {
+            key: c.key.clone(),
+            try_number: c.try_number,
+            state,
+            reason,
+            next_try_at,
+            skip,
         };
+        let (dag_id, run_id, task_id, try_number) = (&c.key.dag_id, &c.key.run_id, &c.key.task_id, c.try_number);
         match outcome {
-            Outcome::Success | Outcome::Follow(_) => {
-                labels("success");
-                self.store.finish_try(&c.key, c.try_number, TaskState::Success, None, None).await?;
+            Outcome::Success | Outcome::Follow(_) => finish(TaskState::Success, None, None, skip),
+            Outcome::Failed(reason) if c.try_number < max_tries => {
+                let task = dag.as_ref().and_then(|d| d.task(task_id));
+                let wait = task.map_or(Duration::ZERO, |t| t.retry_wait(c.try_number + 1));
+                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                let wake = tokio::time::Instant::now() + wait;
+                self.next_retry = Some(self.next_retry.map_or(wake, |t| t.min(wake)));
+                tracing::warn!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, ?wait, "task failed; will retry");
+                finish(TaskState::UpForRetry, Some(reason), Some(at), Vec::new())
             }
             Outcome::Failed(reason) => {
-                labels("failed");
-                if c.try_number < max_tries {
-                    let wait = task.as_ref().map_or(Duration::ZERO, |t| t.retry_wait(c.try_number + 1));
-                    let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                    let wake = tokio::time::Instant::now() + wait;
-                    self.next_retry = Some(self.next_retry.map_or(wake, |t| t.min(wake)));
-                    tracing::warn!(dag = %c.key.dag_id, run_id = %c.key.run_id, task = %c.key.task_id, try_number = c.try_number, %reason, ?wait, "task failed; will retry");
-                    self.store.finish_try(&c.key, c.try_number, TaskState::UpForRetry, Some(&reason), Some(at)).await?;
-                } else {
-                    tracing::error!(dag = %c.key.dag_id, run_id = %c.key.run_id, task = %c.key.task_id, try_number = c.try_number, %reason, "task failed");
-                    self.store.finish_try(&c.key, c.try_number, TaskState::Failed, Some(&reason), None).await?;
-                }
+                tracing::error!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, "task failed");
+                finish(TaskState::Failed, Some(reason), None, Vec::new())
             }
         }
-        self.running.remove(&c.key);
-        Ok(())
     }
 }
 

@@ -135,6 +135,22 @@ pub struct TryRow {
     pub log: String,
 }
 
+/// The end of a try, as the metadata DB records it.
+pub struct Finish {
+    /// The instance.
+    pub key: TaskKey,
+    /// The try.
+    pub try_number: u32,
+    /// success, failed or up_for_retry.
+    pub state: TaskState,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// When an up_for_retry instance may start again.
+    pub next_try_at: Option<chrono::DateTime<Utc>>,
+    /// Downstream tasks a branch did not choose: skipped.
+    pub skip: Vec<String>,
+}
+
 /// Identifies a task instance.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskKey {
@@ -553,45 +569,55 @@ impl Store {
         Ok(started)
     }
 
-    /// Ends try `try_number` in `state` (success, failed, up_for_retry or skipped); an
-    /// up_for_retry instance may start again at `next_try_at`.
-    pub async fn finish_try(
-        &self,
-        key: &TaskKey,
-        try_number: u32,
-        state: TaskState,
-        reason: Option<&str>,
-        next_try_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+    /// Records the ends of tries in one transaction (see [`Finish`]).
+    pub async fn finish_tries(&self, finishes: &[Finish]) -> Result<(), StoreError> {
+        if finishes.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await?;
         let t = now();
-        sqlx::query(
-            "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 AND run_id = $5 \
-             AND task_id = $6 AND try_number = $7",
-        )
-        .bind(state.as_str())
-        .bind(t)
-        .bind(next_try_at.map(micros))
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(try_number))
-        .execute(&mut *tx)
-        .await?;
-        let try_state = if state == TaskState::UpForRetry { TaskState::Failed } else { state };
-        sqlx::query(
-            "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3 WHERE dag_id = $4 AND run_id = $5 \
-             AND task_id = $6 AND try_number = $7",
-        )
-        .bind(try_state.as_str())
-        .bind(t)
-        .bind(reason)
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(try_number))
-        .execute(&mut *tx)
-        .await?;
+        for f in finishes {
+            let key = &f.key;
+            for task_id in &f.skip {
+                sqlx::query(
+                    "UPDATE flow_task_instances SET state = 'skipped', ended_at = $1 WHERE dag_id = $2 AND run_id = $3 \
+                     AND task_id = $4 AND state = 'none'",
+                )
+                .bind(t)
+                .bind(&key.dag_id)
+                .bind(&key.run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 \
+                 AND run_id = $5 AND task_id = $6 AND try_number = $7",
+            )
+            .bind(f.state.as_str())
+            .bind(t)
+            .bind(f.next_try_at.map(micros))
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(f.try_number))
+            .execute(&mut *tx)
+            .await?;
+            let try_state = if f.state == TaskState::UpForRetry { TaskState::Failed } else { f.state };
+            sqlx::query(
+                "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3 WHERE dag_id = $4 AND run_id = $5 \
+                 AND task_id = $6 AND try_number = $7",
+            )
+            .bind(try_state.as_str())
+            .bind(t)
+            .bind(f.reason.as_deref())
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(f.try_number))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
