@@ -231,6 +231,9 @@ struct DagFile {
     tasks: Vec<TaskFile>,
 }
 
+/// `default_args`. A task repeats these keys in [`TaskFile`] rather than flattening this struct:
+/// serde cannot refuse unknown keys of a struct with a flattened field, and a misspelt key must be
+/// an error that names it.
 #[derive(Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct TaskDefaults {
@@ -245,6 +248,7 @@ struct TaskDefaults {
     trigger_rule: Option<String>,
 }
 
+/// One entry of `tasks` (its settings override `default_args`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TaskFile {

@@ -393,16 +393,7 @@ impl Scheduler {
             for task in &dag.tasks {
                 let Some(ti) = tasks.get(&task.id) else { continue };
                 let new = match ti.state {
-                    TaskState::None => {
-                        let upstream: Vec<TaskState> =
-                            task.upstream.iter().filter_map(|u| tasks.get(u)).map(|t| t.state).collect();
-                        match decide(task.trigger_rule, &upstream) {
-                            Decision::Wait => None,
-                            Decision::Run => Some(TaskState::Scheduled),
-                            Decision::Skip => Some(TaskState::Skipped),
-                            Decision::UpstreamFailed => Some(TaskState::UpstreamFailed),
-                        }
-                    }
+                    TaskState::None => decided(task, &tasks),
                     TaskState::UpForRetry if ti.next_try_at.is_none_or(|t| t <= now) => Some(TaskState::Scheduled),
                     _ => None,
                 };
@@ -418,14 +409,8 @@ impl Scheduler {
         }
         self.store.set_task_states(&run.dag_id, &run.run_id, &changes).await?;
 
-        // Scheduled tasks wait in memory for a slot (see `dispatch`).
         for ti in tasks.values().filter(|t| t.state == TaskState::Scheduled) {
-            let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
-            if self.running.contains_key(&key) {
-                continue;
-            }
-            let order = (std::cmp::Reverse(ti.priority), run.interval.start, key);
-            self.waiting.entry(order).or_insert_with(|| Waiting { dag: dag.clone(), run: run.clone(), ti: ti.clone() });
+            self.enqueue(&dag, run, ti);
         }
 
         if tasks.values().all(|t| t.state.is_finished()) {
@@ -469,14 +454,7 @@ impl Scheduler {
                 if rows.get(id).is_none_or(|ti| ti.state != TaskState::None) {
                     continue;
                 }
-                let upstream: Vec<TaskState> =
-                    task.upstream.iter().filter_map(|u| rows.get(u)).map(|t| t.state).collect();
-                let state = match decide(task.trigger_rule, &upstream) {
-                    Decision::Wait => continue,
-                    Decision::Run => TaskState::Scheduled,
-                    Decision::Skip => TaskState::Skipped,
-                    Decision::UpstreamFailed => TaskState::UpstreamFailed,
-                };
+                let Some(state) = decided(task, &rows) else { continue };
                 if state != TaskState::Scheduled {
                     next.extend(dag.downstream(id).map(|t| t.id.clone()));
                 }
@@ -488,15 +466,23 @@ impl Scheduler {
         self.store.set_task_states(&run.dag_id, &run.run_id, &changes).await?;
         for (id, state) in &changes {
             if *state == TaskState::Scheduled {
-                let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: id.clone() };
-                let order = (std::cmp::Reverse(rows[id].priority), run.interval.start, key);
-                self.waiting.insert(order, Waiting { dag: dag.clone(), run: run.clone(), ti: rows[id].clone() });
+                self.enqueue(&dag, &run, &rows[id]);
             }
         }
         if self.store.unfinished(&run.dag_id, &run.run_id).await? == 0 {
             self.finish_run(&dag, &run).await?;
         }
         Ok(())
+    }
+
+    /// Puts a scheduled instance in the queue of those waiting for a slot (see `dispatch`).
+    fn enqueue(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow) {
+        let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
+        if self.running.contains_key(&key) {
+            return;
+        }
+        let order = (std::cmp::Reverse(ti.priority), run.interval.start, key);
+        self.waiting.entry(order).or_insert_with(|| Waiting { dag: dag.clone(), run: run.clone(), ti: ti.clone() });
     }
 
     /// Ends a run whose tasks have all finished: its outcome is its leaves' (tasks nothing
@@ -653,6 +639,18 @@ impl Scheduler {
                 finish(TaskState::Failed, Some(reason), None, Vec::new())
             }
         }
+    }
+}
+
+/// The state a `none` instance of `task` moves to, given its upstream instances in `rows`
+/// (`None`: it waits).
+fn decided(task: &dag::Task, rows: &HashMap<String, TaskRow>) -> Option<TaskState> {
+    let upstream: Vec<TaskState> = task.upstream.iter().filter_map(|u| rows.get(u)).map(|t| t.state).collect();
+    match decide(task.trigger_rule, &upstream) {
+        Decision::Wait => None,
+        Decision::Run => Some(TaskState::Scheduled),
+        Decision::Skip => Some(TaskState::Skipped),
+        Decision::UpstreamFailed => Some(TaskState::UpstreamFailed),
     }
 }
 

@@ -436,17 +436,15 @@ impl Store {
 
     /// The task instances of a run.
     pub async fn tasks(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at \
-             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2",
-        )
-        .bind(dag_id)
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!("SELECT {} FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2", Self::TASK_COLUMNS);
+        let rows = sqlx::query(&sql).bind(dag_id).bind(run_id).fetch_all(&self.pool).await?;
         rows.iter().map(Self::task_row).collect()
     }
 
+    const TASK_COLUMNS: &str =
+        "task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at";
+
+    /// A row of [`Self::TASK_COLUMNS`].
     fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {
         let state: String = r.get(1);
         Ok(TaskRow {
@@ -470,8 +468,8 @@ impl Store {
         }
         let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 3)).collect();
         let sql = format!(
-            "SELECT task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at \
-             FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND task_id IN ({})",
+            "SELECT {} FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND task_id IN ({})",
+            Self::TASK_COLUMNS,
             marks.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(dag_id).bind(run_id);
