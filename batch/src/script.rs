@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::io::Write as _;
+
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     process::Command,
@@ -83,10 +85,12 @@ impl Script {
     pub async fn run(&self) -> Result<String, ScriptError> {
         let program = self.command.first().cloned().unwrap_or_default();
         let log_err = |source| ScriptError::Log { path: self.log.display().to_string(), source };
+        // Local file operations this small are done in place: tokio::fs would hand each one to
+        // its blocking thread pool and back, several hops per task.
         if let Some(dir) = self.log.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(log_err)?;
+            std::fs::create_dir_all(dir).map_err(log_err)?;
         }
-        let mut log = tokio::fs::OpenOptions::new().create(true).append(true).open(&self.log).await.map_err(log_err)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(log_err)?;
         let started = Instant::now();
         let mut cmd = Command::new(resolve(&program, &self.cwd));
         cmd.args(&self.command[1..])
@@ -96,21 +100,21 @@ impl Script {
             .kill_on_drop(true);
         if !self.capture_stdout {
             // The process appends to the log itself.
-            let file = log.try_clone().await.map_err(log_err)?.into_std().await;
-            let err_file = file.try_clone().map_err(log_err)?;
-            cmd.stdout(Stdio::from(file)).stderr(Stdio::from(err_file));
+            cmd.stdout(Stdio::from(log.try_clone().map_err(log_err)?))
+                .stderr(Stdio::from(log.try_clone().map_err(log_err)?));
             let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
             let status = tokio::select! {
                 status = child.wait() => status,
                 _ = sleep_until(self.timeout.map(|t| tokio::time::Instant::now() + t)) => {
                     let _ = child.kill().await;
                     let limit = self.timeout.unwrap_or_default();
-                    log.write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).await.map_err(log_err)?;
+                    (&log).write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).map_err(log_err)?;
                     return Err(ScriptError::Timeout { program, limit });
                 }
             };
-            return self.ended(&mut log, program, status, started).await.map(|()| String::new());
+            return self.ended(&log, program, status, started).map(|()| String::new());
         }
+        let mut lines = tokio::fs::File::from_std(log.try_clone().map_err(log_err)?);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
         let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
@@ -122,7 +126,7 @@ impl Script {
             tokio::select! {
                 line = out.next_line(), if out_open => match line {
                     Ok(Some(l)) => {
-                        log.write_all(format!("{l}\n").as_bytes()).await.map_err(log_err)?;
+                        lines.write_all(format!("{l}\n").as_bytes()).await.map_err(log_err)?;
                         tail.push_str(&l);
                         tail.push('\n');
                         if tail.len() > STDOUT_TAIL {
@@ -134,25 +138,26 @@ impl Script {
                     _ => out_open = false,
                 },
                 line = err.next_line(), if err_open => match line {
-                    Ok(Some(l)) => log.write_all(format!("[stderr] {l}\n").as_bytes()).await.map_err(log_err)?,
+                    Ok(Some(l)) => lines.write_all(format!("[stderr] {l}\n").as_bytes()).await.map_err(log_err)?,
                     _ => err_open = false,
                 },
                 status = child.wait(), if !out_open && !err_open => break status,
                 _ = sleep_until(deadline) => {
                     let _ = child.kill().await;
                     let limit = self.timeout.unwrap_or_default();
-                    log.write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).await.map_err(log_err)?;
+                    lines.write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).await.map_err(log_err)?;
                     return Err(ScriptError::Timeout { program, limit });
                 }
             }
         };
-        self.ended(&mut log, program, status, started).await.map(|()| tail)
+        lines.flush().await.map_err(log_err)?;
+        self.ended(&log, program, status, started).map(|()| tail)
     }
 
     /// Notes the end in the log; a non-zero status or a signal is an error.
-    async fn ended(
+    fn ended(
         &self,
-        log: &mut tokio::fs::File,
+        mut log: &std::fs::File,
         program: String,
         status: std::io::Result<std::process::ExitStatus>,
         started: Instant,
@@ -160,8 +165,7 @@ impl Script {
         let log_err = |source| ScriptError::Log { path: self.log.display().to_string(), source };
         let status = status.map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
         let line = format!("[weir] {program} ended with {status} after {:.3} s\n", started.elapsed().as_secs_f64());
-        log.write_all(line.as_bytes()).await.map_err(log_err)?;
-        log.flush().await.map_err(log_err)?;
+        log.write_all(line.as_bytes()).map_err(log_err)?;
         match status.code() {
             Some(0) => Ok(()),
             Some(code) => Err(ScriptError::Exit { program, code }),
