@@ -45,8 +45,9 @@ pub struct FlowConfig {
     /// and for retries that are due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Where task logs go (`<dir>/<dag>/<run>/<task>.<try>.log`); by default `logs/` beside the
-    /// lake's tables when the lake is a local directory, else `./weir-data/logs`.
+    /// Where task logs are written (`<dir>/<dag>/<run>/<task>.<try>.log`); by default `logs/`
+    /// beside the lake's tables when the lake is a local directory. With a lake on S3 they are
+    /// written to `./weir-data/logs` by default and moved to the lake's `logs/` when the try ends.
     pub logs_dir: Option<PathBuf>,
     /// Pools and their slots; a task names one (`default_pool` has `slots` slots).
     pub pools: BTreeMap<String, usize>,
@@ -98,6 +99,8 @@ struct Completion {
     key: TaskKey,
     try_number: u32,
     outcome: Outcome,
+    /// Where the log went, when it moved to the lake's object storage.
+    log: Option<String>,
 }
 
 /// The scheduler and its local executor.
@@ -587,7 +590,11 @@ impl Scheduler {
         tokio::spawn(async move {
             let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake: &lake, store: &store, key: &key, interval };
             let outcome = execute(&task, &env).await;
-            let _ = done.send(Completion { key, try_number, outcome });
+            let log = match lake.url() {
+                weir_lake::LakeUrl::S3 { .. } => move_log(&lake, &key, try_number, &log).await,
+                weir_lake::LakeUrl::File(_) => None,
+            };
+            let _ = done.send(Completion { key, try_number, outcome, log });
         });
     }
 
@@ -621,6 +628,7 @@ impl Scheduler {
             reason,
             next_try_at,
             skip,
+            log: c.log.clone(),
         };
         let (dag_id, run_id, task_id, try_number) = (&c.key.dag_id, &c.key.run_id, &c.key.task_id, c.try_number);
         match outcome {
@@ -841,6 +849,29 @@ async fn with_timeout<T>(limit: Option<Duration>, f: impl std::future::Future<Ou
             tokio::time::timeout(d, f).await.map_err(|_| format!("ran longer than its execution_timeout of {d:?}"))
         }
         None => Ok(f.await),
+    }
+}
+
+/// Moves a finished try's log from the local folder into the lake's `logs/`; returns its URL.
+/// A failure leaves the log where it is (logged, never fatal to the try).
+async fn move_log(lake: &Lake, key: &TaskKey, try_number: u32, local: &Path) -> Option<String> {
+    let rel = format!("logs/{}/{}/{}.{try_number}.log", key.dag_id, key.run_id, key.task_id);
+    let bytes = match std::fs::read(local) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(log = %local.display(), error = %e, "cannot read the task log to upload it");
+            return None;
+        }
+    };
+    match lake.put_object(&rel, bytes).await {
+        Ok(url) => {
+            let _ = std::fs::remove_file(local);
+            Some(url.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(log = %local.display(), error = %e, "cannot upload the task log to the lake; it stays local");
+            None
+        }
     }
 }
 

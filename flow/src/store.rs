@@ -149,6 +149,8 @@ pub struct Finish {
     pub next_try_at: Option<chrono::DateTime<Utc>>,
     /// Downstream tasks a branch did not choose: skipped.
     pub skip: Vec<String>,
+    /// Where the try's log is now, when it moved (to the lake's object storage).
+    pub log: Option<String>,
 }
 
 /// Identifies a task instance.
@@ -603,8 +605,8 @@ impl Store {
             .await?;
             let try_state = if f.state == TaskState::UpForRetry { TaskState::Failed } else { f.state };
             sqlx::query(
-                "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3 WHERE dag_id = $4 AND run_id = $5 \
-                 AND task_id = $6 AND try_number = $7",
+                "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3, log = COALESCE($8, log) \
+                 WHERE dag_id = $4 AND run_id = $5 AND task_id = $6 AND try_number = $7",
             )
             .bind(try_state.as_str())
             .bind(t)
@@ -613,6 +615,7 @@ impl Store {
             .bind(&key.run_id)
             .bind(&key.task_id)
             .bind(i64::from(f.try_number))
+            .bind(f.log.as_deref())
             .execute(&mut *tx)
             .await?;
         }

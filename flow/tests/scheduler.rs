@@ -653,3 +653,41 @@ async fn processes_opening_a_fresh_database_together_all_start() {
         }
     }
 }
+
+/// With the lake on S3 (a local S3-compatible server), a try's log is written locally and moved
+/// into the lake's `logs/` when the try ends; the try records the object's URL. SQL tasks write
+/// their views there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_s3_lake_logs_and_views_land_in_the_bucket() {
+    let endpoint = std::env::var("WEIR_TEST_S3_ENDPOINT")
+        .expect("WEIR_TEST_S3_ENDPOINT is not set: run scripts/test, which starts a local S3 server");
+    let bucket = format!("weir-flow-{}", std::process::id());
+    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    let mut s = Setup::new(Db::Sqlite).await;
+    s.lake = Arc::new(Lake::new(&LakeConfig {
+        url: format!("s3://{bucket}/lake").parse().unwrap(),
+        s3: weir_lake::S3Options { endpoint: Some(endpoint), allow_http: true, ..Default::default() },
+        ..LakeConfig::default()
+    }));
+    let d = s.write_dag(
+        "on_s3",
+        "tasks:\n  - {id: say, script: [sh, -c, 'echo hello from {{ ds }}']}\n  - {id: count, upstream: [say], sql: SELECT 42 AS answer, view: answers}\n",
+    );
+    let mut config = s.config();
+    config.logs_dir = Some(s.path("spool"));
+    s.start_with(config);
+    let day: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), Some(day)).await.unwrap();
+    assert_eq!(s.finished("on_s3", &run_id, Duration::from_secs(60)).await.state, RunState::Success);
+    let tries = s.store.tries(&key("on_s3", &run_id, "say")).await.unwrap();
+    let url = url::Url::parse(&tries[0].log).unwrap();
+    assert!(url.as_str().starts_with(&format!("s3://{bucket}/lake/logs/on_s3/manual__")), "{url}");
+    assert!(url.as_str().ends_with("/say.1.log"), "{url}");
+    let text = String::from_utf8(s.lake.get_object(&url).await.unwrap()).unwrap();
+    assert!(text.contains("hello from 2026-11-20"), "{text}");
+    assert!(!s.path(&format!("spool/on_s3/{run_id}/say.1.log")).exists(), "the local copy is removed");
+    let batches = weir_lake::query::run(&s.lake, "SELECT answer FROM views.answers", None).await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    s.stop().await;
+}

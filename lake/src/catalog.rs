@@ -7,7 +7,10 @@ use std::{collections::HashMap, time::Duration};
 use deltalake::{
     DeltaTable, DeltaTableError,
     kernel::CommitInfo,
-    logstore::{object_store::path::Path, store_for},
+    logstore::{
+        object_store::{ObjectStoreExt as _, path::Path},
+        store_for,
+    },
 };
 use futures::TryStreamExt;
 
@@ -106,6 +109,30 @@ impl Lake {
     pub fn table_url(&self, name: &str) -> Result<url::Url, LakeError> {
         check_name(name)?;
         self.url.table_url(name).map_err(|reason| LakeError::Table { table: name.into(), reason })
+    }
+
+    /// Stores `bytes` as the object `rel` (a `/`-separated path below the lake's root, outside
+    /// the table namespaces: task logs under `logs/`, say); returns its URL.
+    pub async fn put_object(&self, rel: &str, bytes: Vec<u8>) -> Result<url::Url, LakeError> {
+        let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
+        let lake = self.url.to_string();
+        let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
+        store.put(&Path::from(rel), bytes.into()).await.map_err(|e| LakeError::delta(&lake, e.into()))?;
+        root.join(rel).map_err(|e| LakeError::Table { table: lake, reason: e.to_string() })
+    }
+
+    /// The bytes of the object at `url`, one of this lake's (see [`Self::put_object`]).
+    pub async fn get_object(&self, url: &url::Url) -> Result<Vec<u8>, LakeError> {
+        let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
+        let lake = self.url.to_string();
+        let rel = url
+            .as_str()
+            .strip_prefix(root.as_str())
+            .ok_or_else(|| LakeError::Table { table: lake.clone(), reason: format!("{url} is not in this lake") })?;
+        let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
+        let got = store.get(&Path::from(rel)).await.map_err(|e| LakeError::delta(&lake, e.into()))?;
+        let bytes = got.bytes().await.map_err(|e| LakeError::delta(&lake, e.into()))?;
+        Ok(bytes.to_vec())
     }
 
     /// Every table of the lake, with its latest version.
