@@ -247,6 +247,11 @@ impl Scheduler {
             Ok(()) => {
                 for f in &finishes {
                     self.running.remove(&f.key);
+                    if let Some(wait) = f.retry_wait {
+                        // Just after the retry becomes due by the recorded end time.
+                        let wake = tokio::time::Instant::now() + wait + Duration::from_millis(1);
+                        self.next_retry = Some(self.next_retry.map_or(wake, |t| t.min(wake)));
+                    }
                     let state = if f.state == TaskState::Success { "success" } else { "failed" };
                     metrics::counter!("weir_flow_task_tries_total", "dag" => f.key.dag_id.clone(), "state" => state)
                         .increment(1);
@@ -621,12 +626,12 @@ impl Scheduler {
             }
             (o, _) => o.clone(),
         };
-        let finish = |state, reason, next_try_at, skip| Finish {
+        let finish = |state, reason, retry_wait, skip| Finish {
             key: c.key.clone(),
             try_number: c.try_number,
             state,
             reason,
-            next_try_at,
+            retry_wait,
             skip,
             log: c.log.clone(),
         };
@@ -636,11 +641,8 @@ impl Scheduler {
             Outcome::Failed(reason) if c.try_number < max_tries => {
                 let task = dag.as_ref().and_then(|d| d.task(task_id));
                 let wait = task.map_or(Duration::ZERO, |t| t.retry_wait(c.try_number + 1));
-                let at = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-                let wake = tokio::time::Instant::now() + wait;
-                self.next_retry = Some(self.next_retry.map_or(wake, |t| t.min(wake)));
                 tracing::warn!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, ?wait, "task failed; will retry");
-                finish(TaskState::UpForRetry, Some(reason), Some(at), Vec::new())
+                finish(TaskState::UpForRetry, Some(reason), Some(wait), Vec::new())
             }
             Outcome::Failed(reason) => {
                 tracing::error!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, "task failed");

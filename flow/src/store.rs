@@ -145,8 +145,8 @@ pub struct Finish {
     pub state: TaskState,
     /// Why it failed.
     pub reason: Option<String>,
-    /// When an up_for_retry instance may start again.
-    pub next_try_at: Option<chrono::DateTime<Utc>>,
+    /// For up_for_retry: how long after this end the next try may start.
+    pub retry_wait: Option<std::time::Duration>,
     /// Downstream tasks a branch did not choose: skipped.
     pub skip: Vec<String>,
     /// Where the try's log is now, when it moved (to the lake's object storage).
@@ -596,7 +596,8 @@ impl Store {
             )
             .bind(f.state.as_str())
             .bind(t)
-            .bind(f.next_try_at.map(micros))
+            // Counted from the end as recorded, so the wait is never shorter than asked.
+            .bind(f.retry_wait.map(|w| t + i64::try_from(w.as_micros()).unwrap_or(i64::MAX / 2)))
             .bind(&key.dag_id)
             .bind(&key.run_id)
             .bind(&key.task_id)
