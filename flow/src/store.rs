@@ -494,11 +494,6 @@ impl Store {
         Ok(row.get::<i64, _>(0))
     }
 
-    /// One task instance.
-    pub async fn task(&self, key: &TaskKey) -> Result<Option<TaskRow>, StoreError> {
-        Ok(self.tasks_in(&key.dag_id, &key.run_id, std::slice::from_ref(&key.task_id)).await?.pop())
-    }
-
     /// Sets task instances' state (for none, scheduled, queued, skipped, upstream_failed).
     pub async fn set_task_states(
         &self,
