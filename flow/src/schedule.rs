@@ -65,7 +65,11 @@ impl Schedule {
                 s
             }
         };
-        Ok(Schedule::Cron(Cron::parse(cron).map_err(|e| format!("{s:?}: {e}"))?))
+        let mut parsed = Cron::parse(cron).map_err(|e| format!("{s:?}: {e}"))?;
+        if s.starts_with('@') {
+            parsed.text = s.to_string(); // shown as the user wrote it
+        }
+        Ok(Schedule::Cron(parsed))
     }
 
     /// The first data interval at or after `start_date`.
@@ -347,6 +351,8 @@ mod tests {
         assert_eq!(latest, Interval { start: utc("2026-11-23T10:37:00Z"), end: utc("2026-11-23T10:52:00Z") });
         assert_eq!(Schedule::parse(None).unwrap(), Schedule::None);
         assert!(Schedule::parse(Some("@fortnightly")).unwrap_err().contains("unknown preset"));
+        assert_eq!(Schedule::parse(Some("@daily")).unwrap().to_string(), "@daily");
+        assert_eq!(Schedule::parse(Some("*/5  *  * * *")).unwrap().to_string(), "*/5 * * * *");
         let weekly = Schedule::parse(Some("@weekly")).unwrap();
         assert_eq!(weekly.first(utc("2026-11-23T00:00:01Z"), Tz::UTC).unwrap().start, utc("2026-11-29T00:00:00Z"));
     }
