@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use futures::TryStreamExt as _;
+
 use deltalake::{DeltaTable, kernel::transaction::CommitProperties, operations::write::SchemaMode, protocol::SaveMode};
 use weir_lake::catalog::{Lake, LakeError};
 
@@ -59,8 +61,8 @@ pub async fn write_view(
     };
     let table = write.await.map_err(|e| LakeError::delta(&name, e))?;
     let version = table.version().unwrap_or_default();
-    // Rows added, from the commit's own metrics.
-    let history = lake.history(&name, Some(1)).await?;
+    // Rows added, from the commit's own metrics (read from the table just written, not reopened).
+    let history: Vec<_> = table.history(Some(1)).try_collect().await.map_err(|e| LakeError::delta(&name, e))?;
     let rows = history
         .first()
         .and_then(|c| c.info.get("operationMetrics"))

@@ -52,7 +52,7 @@ pub async fn backfill(
         return Err(FlowError::Invalid(format!("backfill --from {from} is after --to {to}")));
     }
     store.upsert_dag(dag).await?;
-    let existing: Vec<Interval> = store.runs(&dag.id, usize::MAX >> 1).await?.iter().map(|r| r.interval).collect();
+    let existing: Vec<Interval> = store.all_runs(&dag.id).await?.iter().map(|r| r.interval).collect();
     let mut created = Vec::new();
     let mut next = dag.schedule.first(from.max(dag.start_date), dag.timezone);
     while let Some(interval) = next {
@@ -97,7 +97,7 @@ pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(St
     };
     let runs = match &spec.run_id {
         Some(r) => vec![store.run(&dag.id, r).await?],
-        None => store.runs(&dag.id, usize::MAX >> 1).await?,
+        None => store.all_runs(&dag.id).await?,
     };
     let mut cleared = Vec::new();
     for run in runs {

@@ -319,19 +319,13 @@ impl Scheduler {
                 if interval.end > now || dag.end_date.is_some_and(|e| interval.start > e) {
                     break;
                 }
-                if cursor.is_some_and(|c| interval.end <= c) && !matches!(dag.schedule, crate::schedule::Schedule::Once)
-                {
-                    break;
-                }
                 let run_id = format!("scheduled__{}", interval.start.to_rfc3339());
                 if self.store.create_run(&dag, &run_id, "scheduled", interval, &serde_json::Map::new()).await? {
                     tracing::info!(dag = %dag.id, run_id, "scheduled run created");
                     queued += 1;
                 }
+                // Past the cursor, the next interval is a new one (`@once` has none).
                 cursor = Some(interval.end);
-                if matches!(dag.schedule, crate::schedule::Schedule::Once) {
-                    break;
-                }
             }
         }
         Ok(())
@@ -379,14 +373,7 @@ impl Scheduler {
             return Ok(());
         };
         if run.state == RunState::Queued {
-            let active = self
-                .store
-                .active_runs()
-                .await?
-                .iter()
-                .filter(|r| r.dag_id == run.dag_id && r.state == RunState::Running)
-                .count();
-            if active >= dag.max_active_runs {
+            if self.store.running_runs(&run.dag_id).await? >= dag.max_active_runs {
                 return Ok(());
             }
             self.store.set_run_state(&run.dag_id, &run.run_id, RunState::Running).await?;
@@ -832,9 +819,8 @@ async fn sense(until: &dag::SensorCondition, poke: Duration, env: &Env<'_>) -> R
                 (last.is_some_and(|t| t >= end_ms), format!("last commit at {last:?} ms"))
             }
             dag::SensorCondition::DagSucceeded(dag_id) => {
-                let runs = env.store.runs(dag_id, 1000).await.map_err(|e| e.to_string())?;
-                let done = runs.iter().any(|r| r.interval.start == env.interval.start && r.state == RunState::Success);
-                (done, format!("{} run(s) of {dag_id}", runs.len()))
+                let done = env.store.succeeded_at(dag_id, env.interval.start).await.map_err(|e| e.to_string())?;
+                (done, format!("{dag_id} for {}", env.interval.start))
             }
         };
         write_log(env.log, &format!("[weir] poke {pokes}: {} ({seen})\n", if ok { "met" } else { "not yet" })).await;

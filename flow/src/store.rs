@@ -408,6 +408,32 @@ impl Store {
             .collect()
     }
 
+    /// Every run of a DAG, newest logical date first.
+    pub async fn all_runs(&self, dag_id: &str) -> Result<Vec<RunRow>, StoreError> {
+        self.runs(dag_id, i64::MAX as usize).await
+    }
+
+    /// How many runs of a DAG are running.
+    pub async fn running_runs(&self, dag_id: &str) -> Result<usize, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM flow_dag_runs WHERE dag_id = $1 AND state = 'running'")
+            .bind(dag_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<i64, _>(0) as usize)
+    }
+
+    /// Whether a run of a DAG with this logical date succeeded.
+    pub async fn succeeded_at(&self, dag_id: &str, logical_date: DateTime<Utc>) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT 1 FROM flow_dag_runs WHERE dag_id = $1 AND interval_start = $2 AND state = 'success' LIMIT 1",
+        )
+        .bind(dag_id)
+        .bind(micros(logical_date))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
     /// One run.
     pub async fn run(&self, dag_id: &str, run_id: &str) -> Result<RunRow, StoreError> {
         let sql = format!("SELECT {} FROM flow_dag_runs WHERE dag_id = $1 AND run_id = $2", Self::RUN_COLUMNS);
