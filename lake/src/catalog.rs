@@ -129,10 +129,23 @@ impl Lake {
             .as_str()
             .strip_prefix(root.as_str())
             .ok_or_else(|| LakeError::Table { table: lake.clone(), reason: format!("{url} is not in this lake") })?;
+        self.read_object(rel)
+            .await?
+            .ok_or_else(|| LakeError::Table { table: lake, reason: format!("{url} does not exist") })
+    }
+
+    /// The bytes of the object `rel` below the lake's root, `None` when there is none.
+    pub async fn read_object(&self, rel: &str) -> Result<Option<Vec<u8>>, LakeError> {
+        let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
+        let lake = self.url.to_string();
         let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
-        let got = store.get(&Path::from(rel)).await.map_err(|e| LakeError::delta(&lake, e.into()))?;
+        let got = match store.get(&Path::from(rel)).await {
+            Ok(got) => got,
+            Err(deltalake::ObjectStoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(LakeError::delta(&lake, e.into())),
+        };
         let bytes = got.bytes().await.map_err(|e| LakeError::delta(&lake, e.into()))?;
-        Ok(bytes.to_vec())
+        Ok(Some(bytes.to_vec()))
     }
 
     /// Every table of the lake, with its latest version.

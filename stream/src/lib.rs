@@ -1,5 +1,27 @@
 //! # weir-stream — the speed layer
 //!
-//! Will own streaming pipelines over bus topics: event-time windows with watermarks, aggregates,
-//! checkpoints to object storage, and alert rules with their notifiers. Not built yet: see the
-//! streaming issue.
+//! Streaming pipelines over bus topics: event-time windows with watermarks, aggregates,
+//! checkpoints to the lake's object storage, and alert rules with their notifiers.
+//!
+//! - [`pipeline`]: pipeline files (`pipelines/*.yaml`) — source, filter, key, event time,
+//!   window, aggregates, watermark.
+//! - [`decode`]: bus messages (Debezium Avro envelopes, JSON) into Arrow batches.
+//! - [`eval`]: the pipeline's SQL expressions compiled by DataFusion and evaluated per batch.
+//! - [`window`]: tumbling, hopping and session window state; closing, lateness, early results.
+//! - [`sketch`]: mergeable quantile and distinct-count summaries.
+//! - [`engine`]: runs one pipeline: watermark per partition, results topic, dead letters,
+//!   checkpoints.
+//! - [`alert`]: alert rules with Prometheus semantics over results; `weir.alerts`.
+//! - [`notify`]: webhook (Alertmanager payload), Slack and Jira notifiers with retries.
+
+pub mod alert;
+pub mod decode;
+pub mod engine;
+pub mod eval;
+pub mod notify;
+pub mod pipeline;
+pub mod sketch;
+pub mod window;
+
+pub use engine::{Engine, EngineConfig, EngineError, Stats};
+pub use pipeline::Pipeline;

@@ -1,0 +1,567 @@
+//! Runs one pipeline: reads every partition of its source topic, decodes and evaluates whole
+//! batches, feeds the window state, tracks the watermark per partition, emits results to the
+//! pipeline's topic (and to its alert rules), dead-letters bad and late events, and checkpoints
+//! state + offsets to the lake's object storage.
+//!
+//! Exactly-once state: a checkpoint is one object (`checkpoints/stream/<pipeline>.json`, replaced
+//! atomically) holding the window state and the next offset of every partition together. After a
+//! crash the pipeline restores it and re-reads from those offsets, so no event is counted twice
+//! or lost. Results emitted between that checkpoint and the crash are emitted again with the same
+//! identity (key, window) and the same values: the results topic is an upsert stream.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use deltalake::arrow::{
+    array::{Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, TimestampMillisecondArray},
+    datatypes::{DataType, Field, Schema, TimeUnit},
+    json::{WriterBuilder, writer::JsonArray},
+    row::RowConverter,
+};
+use serde::{Deserialize, Serialize};
+use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, Producer, Record, TopicPartition};
+use weir_lake::{Lake, catalog::LakeError};
+use weir_schemas::registry::{RegistryError, SchemaRegistry};
+
+use crate::{
+    alert::RuleSet,
+    decode::Decoder,
+    eval::{Compiled, ExprError},
+    pipeline::{AggFn, Pipeline},
+    sketch::stable_hash,
+    window::{Emitted, Snapshot, Value, Windows},
+};
+
+/// Why a pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The bus failed.
+    #[error("pipeline {pipeline}: bus: {source}")]
+    Bus {
+        /// The pipeline.
+        pipeline: String,
+        /// The bus error.
+        #[source]
+        source: BusError,
+    },
+    /// The schema registry could not be reached.
+    #[error("pipeline {pipeline}: schema registry: {source}")]
+    Registry {
+        /// The pipeline.
+        pipeline: String,
+        /// The registry error.
+        #[source]
+        source: RegistryError,
+    },
+    /// An expression does not compile or evaluate.
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+    /// A checkpoint could not be read or written.
+    #[error("pipeline {pipeline}: checkpoint: {reason}")]
+    Checkpoint {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// How a pipeline runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Checkpoint state and offsets this often.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Longest wait for new events before the watermark and timers are looked at.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { checkpoint_interval: Duration::from_secs(10), poll_interval: Duration::from_millis(100) }
+    }
+}
+
+/// Counters of one pipeline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Events read (after decoding).
+    pub events: u64,
+    /// Events that passed the filter and went into windows.
+    pub aggregated: u64,
+    /// Events too late for every window they belong to.
+    pub late: u64,
+    /// Messages dead-lettered for any reason (late included).
+    pub dead_letters: u64,
+    /// Result rows emitted.
+    pub results: u64,
+    /// Checkpoints written.
+    pub checkpoints: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct PartitionState {
+    /// The next offset to read.
+    next: i64,
+    /// The largest event time seen.
+    max_time: Option<i64>,
+    #[serde(skip, default = "Instant::now")]
+    last_seen: Instant,
+}
+
+/// What a checkpoint holds.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    pipeline: String,
+    /// A hash of the pipeline's definition: state of another definition is not restored.
+    fingerprint: String,
+    taken_at_ms: i64,
+    partitions: BTreeMap<u32, PartitionState>,
+    watermark: i64,
+    windows: Snapshot,
+    alerts: serde_json::Value,
+    stats: Stats,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One running pipeline.
+pub struct Engine {
+    p: Pipeline,
+    config: EngineConfig,
+    bus: Arc<dyn Bus>,
+    lake: Lake,
+    consumer: Box<dyn Consumer>,
+    producer: Box<dyn Producer>,
+    decoder: Decoder,
+    compiled: Option<(Compiled, RowConverter)>,
+    windows: Windows,
+    partitions: BTreeMap<u32, PartitionState>,
+    watermark: i64,
+    stats: Stats,
+    rules: RuleSet,
+    dlq_ready: bool,
+    last_checkpoint: Instant,
+    last_early: Instant,
+    fingerprint: String,
+}
+
+/// The object a pipeline's checkpoint lives at, below the lake's root.
+pub fn checkpoint_path(pipeline: &str) -> String {
+    format!("checkpoints/stream/{pipeline}.json")
+}
+
+impl Engine {
+    /// Opens pipeline `p`: restores its checkpoint (if any) and positions the reader after it.
+    /// `rules` are the alert rules over this pipeline's results.
+    pub async fn open(
+        p: Pipeline,
+        config: EngineConfig,
+        bus: Arc<dyn Bus>,
+        registry: Option<Arc<dyn SchemaRegistry>>,
+        lake: Lake,
+        rules: RuleSet,
+    ) -> Result<Engine, EngineError> {
+        let bus_err = |source| EngineError::Bus { pipeline: p.id.clone(), source };
+        let info = bus.topic(&p.source.topic).await.map_err(bus_err)?;
+        let mut outputs = vec![p.output_topic.as_str()];
+        if !rules.is_empty() {
+            outputs.push(crate::alert::ALERTS_TOPIC);
+        }
+        for topic in outputs {
+            match bus.create_topic(topic, 1).await {
+                Ok(()) | Err(BusError::TopicExists(_)) => {}
+                Err(e) => return Err(bus_err(e)),
+            }
+        }
+        let fingerprint = format!(
+            "{:016x}",
+            stable_hash(
+                format!("{:?}{:?}{:?}{:?}{:?}{:?}", p.source, p.filter, p.key, p.event_time, p.window, p.aggregates)
+                    .as_bytes()
+            )
+        );
+        let funcs: Vec<(AggFn, f64)> = p.aggregates.iter().map(|a| (a.func, a.q)).collect();
+        let mut engine = Engine {
+            windows: Windows::new(p.window, p.watermark.allowed_lateness, funcs),
+            decoder: Decoder::new(&p.source, registry),
+            consumer: bus.consumer(ConsumerConfig::new(format!("weir-stream-{}", p.id))).await.map_err(bus_err)?,
+            producer: bus.producer().await.map_err(bus_err)?,
+            partitions: (0..info.partitions)
+                .map(|n| (n, PartitionState { next: 0, max_time: None, last_seen: Instant::now() }))
+                .collect(),
+            watermark: i64::MIN,
+            stats: Stats::default(),
+            rules,
+            dlq_ready: false,
+            last_checkpoint: Instant::now(),
+            last_early: Instant::now(),
+            compiled: None,
+            fingerprint,
+            p,
+            config,
+            bus,
+            lake,
+        };
+        engine.restore().await?;
+        let tps: Vec<TopicPartition> =
+            engine.partitions.keys().map(|&n| TopicPartition::new(engine.p.source.topic.clone(), n)).collect();
+        engine.consumer.assign(&tps).await.map_err(|e| engine.bus_err(e))?;
+        for tp in &tps {
+            let next = engine.partitions[&tp.partition].next;
+            engine.consumer.seek(tp, next).await.map_err(|e| engine.bus_err(e))?;
+        }
+        Ok(engine)
+    }
+
+    fn bus_err(&self, source: BusError) -> EngineError {
+        EngineError::Bus { pipeline: self.p.id.clone(), source }
+    }
+
+    fn checkpoint_err(&self, reason: impl std::fmt::Display) -> EngineError {
+        EngineError::Checkpoint { pipeline: self.p.id.clone(), reason: reason.to_string() }
+    }
+
+    /// The pipeline.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.p
+    }
+
+    /// Counters so far (restored ones included).
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The current watermark (ms since the epoch; `i64::MIN` before any event).
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    async fn restore(&mut self) -> Result<(), EngineError> {
+        let path = checkpoint_path(&self.p.id);
+        let Some(bytes) = self.lake.read_object(&path).await.map_err(|e: LakeError| self.checkpoint_err(e))? else {
+            tracing::info!(pipeline = %self.p.id, "no checkpoint: reading the source from its start");
+            return Ok(());
+        };
+        let c: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| self.checkpoint_err(format!("{path}: {e}")))?;
+        for (n, state) in &c.partitions {
+            if let Some(p) = self.partitions.get_mut(n) {
+                p.next = state.next;
+                p.max_time = state.max_time;
+            }
+        }
+        if c.fingerprint == self.fingerprint {
+            self.windows.restore(c.windows).map_err(|e| self.checkpoint_err(e))?;
+            self.rules.restore(c.alerts);
+            self.watermark = c.watermark;
+            self.stats = c.stats;
+        } else {
+            tracing::warn!(
+                pipeline = %self.p.id,
+                "the pipeline's definition changed since its checkpoint: its window state is discarded; \
+                 reading resumes at the checkpoint's offsets"
+            );
+        }
+        tracing::info!(pipeline = %self.p.id, watermark = self.watermark, "restored the checkpoint of {}", c.taken_at_ms);
+        Ok(())
+    }
+
+    /// Writes a checkpoint now.
+    pub async fn checkpoint(&mut self) -> Result<(), EngineError> {
+        let started = Instant::now();
+        self.stats.checkpoints += 1;
+        let c = Checkpoint {
+            pipeline: self.p.id.clone(),
+            fingerprint: self.fingerprint.clone(),
+            taken_at_ms: now_ms(),
+            partitions: self.partitions.clone(),
+            watermark: self.watermark,
+            windows: self.windows.snapshot(),
+            alerts: self.rules.snapshot(),
+            stats: self.stats,
+        };
+        let bytes = serde_json::to_vec(&c).map_err(|e| self.checkpoint_err(e))?;
+        let size = bytes.len();
+        self.lake.put_object(&checkpoint_path(&self.p.id), bytes).await.map_err(|e| self.checkpoint_err(e))?;
+        self.last_checkpoint = Instant::now();
+        let id = self.p.id.clone();
+        metrics::counter!("weir_stream_checkpoints_total", "pipeline" => id.clone()).increment(1);
+        metrics::histogram!("weir_stream_checkpoint_seconds", "pipeline" => id).record(started.elapsed().as_secs_f64());
+        tracing::debug!(pipeline = %self.p.id, bytes = size, "checkpoint written");
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves, then writes a last checkpoint.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<Stats, EngineError> {
+        tokio::pin!(shutdown);
+        loop {
+            let polled = tokio::select! {
+                _ = &mut shutdown => break,
+                polled = self.consumer.poll(self.config.poll_interval) => polled.map_err(|e| self.bus_err(e))?,
+            };
+            self.step(polled).await?;
+        }
+        self.checkpoint().await?;
+        Ok(self.stats)
+    }
+
+    /// Processes what is on the source now, closes every window the (idle-advanced) watermark
+    /// passes and checkpoints; for tests and benchmarks. Returns once a poll finds nothing.
+    pub async fn drain(&mut self) -> Result<Stats, EngineError> {
+        loop {
+            let polled = self.consumer.poll(self.config.poll_interval).await.map_err(|e| self.bus_err(e))?;
+            let empty = polled.is_empty();
+            self.step(polled).await?;
+            if empty {
+                break;
+            }
+        }
+        self.checkpoint().await?;
+        Ok(self.stats)
+    }
+
+    /// One poll's worth of work: take the messages, then the watermark, timers and checkpoint.
+    pub async fn step(&mut self, polled: Vec<Message>) -> Result<(), EngineError> {
+        if !polled.is_empty() {
+            self.take(&polled).await?;
+        }
+        self.advance().await?;
+        if let Some(every) = self.p.early_results
+            && self.last_early.elapsed() >= every
+        {
+            self.last_early = Instant::now();
+            let early = self.windows.early();
+            self.emit(early).await?;
+        }
+        if self.last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+            self.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    async fn take(&mut self, messages: &[Message]) -> Result<(), EngineError> {
+        let now = Instant::now();
+        for m in messages {
+            if let Some(p) = self.partitions.get_mut(&m.partition) {
+                p.next = p.next.max(m.offset + 1);
+                p.last_seen = now;
+            }
+        }
+        self.stats.events += messages.len() as u64;
+        metrics::counter!("weir_stream_events_total", "pipeline" => self.p.id.clone()).increment(messages.len() as u64);
+        let polled = self
+            .decoder
+            .decode(messages)
+            .await
+            .map_err(|source| EngineError::Registry { pipeline: self.p.id.clone(), source })?;
+        let mut dead: Vec<(usize, String)> = polled.dead;
+        let mut late = 0u64;
+        for d in polled.batches {
+            if self.compiled.as_ref().is_none_or(|(c, _)| c.schema() != &d.batch.schema()) {
+                let c = Compiled::new(&self.p, d.batch.schema())?;
+                let conv = c.key_converter();
+                self.compiled = Some((c, conv));
+            }
+            let (compiled, converter) = self.compiled.as_ref().expect("compiled above");
+            let prepared = compiled.prepare(&d.batch, converter)?;
+            for (row, &msg) in d.rows.iter().enumerate() {
+                if prepared.keep.as_ref().is_some_and(|k| !k.is_valid(row) || !k.value(row)) {
+                    continue;
+                }
+                let Some(t) = prepared.times[row] else {
+                    dead.push((msg, format!("event_time {:?} is null", self.p.event_time)));
+                    continue;
+                };
+                let key: &[u8] = prepared.keys.as_ref().map_or(&[], |k| k.row(row).data());
+                if self.windows.add(key, t, &prepared.columns, row, self.watermark) {
+                    self.stats.aggregated += 1;
+                    let part = self.partitions.get_mut(&messages[msg].partition).expect("an assigned partition");
+                    part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
+                } else {
+                    late += 1;
+                    let reason = format!(
+                        "late: event time {} is more than the allowed lateness ({}) behind the watermark {}",
+                        fmt_ms(t),
+                        humantime::format_duration(self.p.watermark.allowed_lateness),
+                        fmt_ms(self.watermark)
+                    );
+                    dead.push((msg, reason));
+                }
+            }
+        }
+        if late > 0 {
+            self.stats.late += late;
+            metrics::counter!("weir_stream_late_events_total", "pipeline" => self.p.id.clone()).increment(late);
+        }
+        if !dead.is_empty() {
+            self.dead_letter(messages, dead).await?;
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, messages: &[Message], dead: Vec<(usize, String)>) -> Result<(), EngineError> {
+        let topic = format!("{}.dlq", self.p.source.topic);
+        if !self.dlq_ready {
+            match self.bus.create_topic(&topic, 1).await {
+                Ok(()) | Err(BusError::TopicExists(_)) => self.dlq_ready = true,
+                Err(e) => return Err(self.bus_err(e)),
+            }
+        }
+        let records: Vec<Record> = dead
+            .iter()
+            .map(|(i, reason)| {
+                let m = &messages[*i];
+                Record {
+                    key: m.key.clone(),
+                    value: m.value.clone(),
+                    timestamp_ms: Some(m.timestamp_ms),
+                    ..Record::default()
+                }
+                .with_header("weir.dlq.reason", reason.clone())
+                .with_header("weir.dlq.topic", m.topic.clone())
+                .with_header("weir.dlq.partition", m.partition.to_string())
+                .with_header("weir.dlq.offset", m.offset.to_string())
+                .with_header("weir.dlq.pipeline", self.p.id.clone())
+            })
+            .collect();
+        if let Some((_, reason)) = dead.first() {
+            tracing::warn!(pipeline = %self.p.id, count = dead.len(), first = %reason, "events sent to {topic}");
+        }
+        self.stats.dead_letters += records.len() as u64;
+        metrics::counter!("weir_stream_dead_letters_total", "pipeline" => self.p.id.clone())
+            .increment(records.len() as u64);
+        self.producer.send(&topic, records).await.map_err(|e| self.bus_err(e))?;
+        Ok(())
+    }
+
+    /// Moves the watermark: the smallest (largest event time − out-of-orderness) over the
+    /// partitions that are not idle; when all are idle, the wall clock minus the idle timeout.
+    fn next_watermark(&self) -> i64 {
+        let w = &self.p.watermark;
+        let idle = w.idle_timeout;
+        let ooo = w.max_out_of_orderness.as_millis() as i64;
+        let active: Vec<&PartitionState> = self.partitions.values().filter(|p| p.last_seen.elapsed() < idle).collect();
+        let candidate = if active.is_empty() {
+            now_ms() - idle.as_millis() as i64
+        } else if active.iter().any(|p| p.max_time.is_none()) {
+            i64::MIN
+        } else {
+            active.iter().filter_map(|p| p.max_time).min().map_or(i64::MIN, |t| t - ooo)
+        };
+        self.watermark.max(candidate)
+    }
+
+    async fn advance(&mut self) -> Result<(), EngineError> {
+        let wm = self.next_watermark();
+        if wm > self.watermark {
+            self.watermark = wm;
+            let closed = self.windows.advance(wm);
+            self.emit(closed).await?;
+            let (windows, pairs) = self.windows.size();
+            let id = self.p.id.clone();
+            metrics::gauge!("weir_stream_watermark_ms", "pipeline" => id.clone()).set(wm as f64);
+            metrics::gauge!("weir_stream_open_windows", "pipeline" => id.clone()).set(windows as f64);
+            metrics::gauge!("weir_stream_window_keys", "pipeline" => id).set(pairs as f64);
+        }
+        let changes = self.rules.on_watermark(wm);
+        self.rules.publish(changes, &*self.producer).await.map_err(|e| self.bus_err(e))?;
+        Ok(())
+    }
+
+    /// The result rows as one batch: key columns, window_start, window_end, final, aggregates.
+    fn results_batch(&self, out: &[Emitted]) -> RecordBatch {
+        let mut fields = Vec::new();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if let Some((compiled, converter)) = &self.compiled
+            && !compiled.key_fields.is_empty()
+        {
+            let parser = converter.parser();
+            let keys = converter
+                .convert_rows(out.iter().map(|e| parser.parse(&e.key)))
+                .expect("keys were made by this converter");
+            fields.extend(compiled.key_fields.iter().cloned());
+            columns.extend(keys);
+        }
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        fields.push(Field::new("window_start", ts.clone(), false));
+        fields.push(Field::new("window_end", ts, false));
+        fields.push(Field::new("final", DataType::Boolean, false));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(out.iter().map(|e| e.start)).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(
+            TimestampMillisecondArray::from_iter_values(out.iter().map(|e| e.end)).with_timezone("UTC"),
+        ));
+        columns.push(Arc::new(BooleanArray::from_iter(out.iter().map(|e| Some(e.is_final)))));
+        for (i, a) in self.p.aggregates.iter().enumerate() {
+            match a.func {
+                AggFn::Count | AggFn::CountDistinct => {
+                    fields.push(Field::new(&a.name, DataType::Int64, false));
+                    columns.push(Arc::new(Int64Array::from_iter_values(out.iter().map(|e| match e.values[i] {
+                        Value::Int(n) => n,
+                        Value::Float(_) => 0,
+                    }))));
+                }
+                _ => {
+                    fields.push(Field::new(&a.name, DataType::Float64, true));
+                    columns.push(Arc::new(Float64Array::from_iter(out.iter().map(|e| match e.values[i] {
+                        Value::Float(x) => x,
+                        Value::Int(n) => Some(n as f64),
+                    }))));
+                }
+            }
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns match their fields")
+    }
+
+    async fn emit(&mut self, out: Vec<Emitted>) -> Result<(), EngineError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let batch = self.results_batch(&out);
+        let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(Vec::new());
+        writer.write(&batch).expect("JSON encoding of plain columns");
+        writer.finish().expect("JSON encoding of plain columns");
+        let rows: Vec<serde_json::Map<String, serde_json::Value>> =
+            serde_json::from_slice(&writer.into_inner()).expect("arrow-json writes JSON");
+        let key_count = self.compiled.as_ref().map_or(0, |(c, _)| c.key_fields.len());
+        let records: Vec<Record> = rows
+            .into_iter()
+            .zip(&out)
+            .map(|(mut row, e)| {
+                // The record key names the result's identity: a later emission replaces it.
+                let key: serde_json::Map<String, serde_json::Value> =
+                    row.iter().take(key_count + 1).map(|(k, v)| (k.clone(), v.clone())).collect();
+                row.insert("pipeline".into(), self.p.id.clone().into());
+                Record {
+                    key: Some(serde_json::to_vec(&key).expect("JSON").into()),
+                    value: Some(serde_json::to_vec(&row).expect("JSON").into()),
+                    timestamp_ms: Some(e.end),
+                    ..Record::default()
+                }
+            })
+            .collect();
+        self.stats.results += records.len() as u64;
+        metrics::counter!("weir_stream_results_total", "pipeline" => self.p.id.clone()).increment(records.len() as u64);
+        self.producer.send(&self.p.output_topic, records).await.map_err(|e| self.bus_err(e))?;
+        let changes = self.rules.on_results(&batch, self.watermark);
+        self.rules.publish(changes, &*self.producer).await.map_err(|e| self.bus_err(e))?;
+        Ok(())
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 text.
+pub fn fmt_ms(ms: i64) -> String {
+    if ms == i64::MIN {
+        return "(none yet)".into();
+    }
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,492 @@
+//! Pipeline files (`pipelines/*.yaml`): what a streaming pipeline reads, how it windows and
+//! aggregates, and where its results go. Parsing and checking only; [`crate::engine`] runs them.
+//!
+//! ```yaml
+//! id: payment_failures
+//! source: {topic: shop.shop.payments}          # Debezium envelopes (Avro) by default
+//! filter: "status <> 'pending'"                # DataFusion SQL expressions over the row
+//! key: [merchant_id]
+//! event_time: created_at                       # default: the change's source timestamp
+//! window: {tumbling: 1m}                       # or {hopping: {size: 5m, slide: 1m}}, {session: {gap: 30s}}
+//! aggregates:
+//!   - {name: payments, fn: count}
+//!   - {name: failed, fn: sum, expr: "CASE WHEN status = 'failed' THEN 1 ELSE 0 END"}
+//!   - {name: p95_amount, fn: percentile, expr: amount, q: 0.95}
+//! watermark: {max_out_of_orderness: 2s, allowed_lateness: 1m, idle_timeout: 5s}
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// A pipeline file that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct PipelineError {
+    /// The file.
+    pub file: String,
+    /// The line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A checked pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// Its id (`id:` or the file name without `.yaml`).
+    pub id: String,
+    /// Free text.
+    pub description: String,
+    /// What it reads.
+    pub source: Source,
+    /// Rows for which this is not true are dropped (SQL expression).
+    pub filter: Option<String>,
+    /// Grouping expressions; none means one global group.
+    pub key: Vec<String>,
+    /// Expression giving the event time (a timestamp, or milliseconds since the epoch); by
+    /// default the change's `_source_ts_ms` (Debezium) or the record's `_timestamp` (JSON).
+    pub event_time: String,
+    /// The windows.
+    pub window: Window,
+    /// Aggregates, in output order.
+    pub aggregates: Vec<Aggregate>,
+    /// Watermark and lateness.
+    pub watermark: Watermark,
+    /// Topic the results go to.
+    pub output_topic: String,
+    /// Also emit open windows' running results this often (none: only when a window closes).
+    pub early_results: Option<Duration>,
+    /// The file it came from.
+    pub file: PathBuf,
+}
+
+/// Where a pipeline's events come from.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// The topic.
+    pub topic: String,
+    /// How its values are encoded.
+    #[serde(default)]
+    pub format: Format,
+    /// For `json`: the fields to read and their types (`string`, `int`, `float`, `bool`,
+    /// `timestamp`); others are ignored.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldType>,
+    /// For `debezium`: which operations count (default `c`, `u`, `r`; add `d` to see deletes,
+    /// whose row is the `before` image).
+    #[serde(default = "default_ops")]
+    pub ops: Vec<String>,
+}
+
+fn default_ops() -> Vec<String> {
+    vec!["c".into(), "u".into(), "r".into()]
+}
+
+/// The encoding of a source topic's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Debezium change-event envelopes, Avro in the Confluent wire format; the row's columns plus
+    /// `_op`, `_source_ts_ms`, `_topic`, `_partition`, `_offset`.
+    #[default]
+    Debezium,
+    /// One JSON object per record.
+    Json,
+}
+
+/// A JSON field's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit integer.
+    Int,
+    /// 64-bit float.
+    Float,
+    /// true / false.
+    Bool,
+    /// RFC 3339 text or milliseconds since the epoch.
+    Timestamp,
+}
+
+/// Window shapes (event time, aligned to the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Fixed, non-overlapping windows of this length.
+    Tumbling(Duration),
+    /// Windows of `size` starting every `slide`; an event is in `size / slide` of them.
+    Hopping {
+        /// Length of each window.
+        size: Duration,
+        /// Distance between window starts.
+        slide: Duration,
+    },
+    /// Per key: events closer than `gap` share a window.
+    Session {
+        /// Inactivity that ends a session.
+        gap: Duration,
+    },
+}
+
+/// `window:` as written: exactly one of the three shapes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    #[serde(default, with = "humantime_serde")]
+    tumbling: Option<Duration>,
+    hopping: Option<HoppingFile>,
+    session: Option<SessionFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoppingFile {
+    #[serde(with = "humantime_serde")]
+    size: Duration,
+    #[serde(with = "humantime_serde")]
+    slide: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFile {
+    #[serde(with = "humantime_serde")]
+    gap: Duration,
+}
+
+impl WindowFile {
+    fn shape(self) -> Result<Window, String> {
+        match (self.tumbling, self.hopping, self.session) {
+            (Some(size), None, None) => Ok(Window::Tumbling(size)),
+            (None, Some(h), None) => Ok(Window::Hopping { size: h.size, slide: h.slide }),
+            (None, None, Some(s)) => Ok(Window::Session { gap: s.gap }),
+            _ => Err("window: give exactly one of tumbling, hopping, session".into()),
+        }
+    }
+}
+
+/// Aggregate functions.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggFn {
+    /// Rows (or non-null values of `expr`).
+    Count,
+    /// Sum of `expr` (Float64).
+    Sum,
+    /// Smallest `expr`.
+    Min,
+    /// Largest `expr`.
+    Max,
+    /// Mean of `expr`.
+    Avg,
+    /// Distinct values of `expr`, estimated (HyperLogLog, ~1.6 % standard error).
+    CountDistinct,
+    /// The `q` quantile of `expr`, estimated (log-bucket sketch, ≤ 1 % relative error).
+    Percentile,
+}
+
+/// One output column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aggregate {
+    /// Output column name.
+    pub name: String,
+    /// The function.
+    pub func: AggFn,
+    /// Its input expression (`count` without one counts rows).
+    pub expr: Option<String>,
+    /// For `percentile`: the quantile in (0, 1).
+    pub q: f64,
+}
+
+/// Event-time progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Watermark {
+    /// The watermark trails the largest event time seen by this much.
+    #[serde(with = "humantime_serde")]
+    pub max_out_of_orderness: Duration,
+    /// A closed window keeps its state this long after its end; events for it update and
+    /// re-emit it. Later events are counted as late and sent to `<topic>.dlq`.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// A partition with no events for this long (wall clock) stops holding the watermark back;
+    /// when every partition is idle the watermark follows the wall clock minus this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Watermark {
+    fn default() -> Self {
+        Watermark {
+            max_out_of_orderness: Duration::from_secs(1),
+            allowed_lateness: Duration::ZERO,
+            idle_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    id: Option<String>,
+    #[serde(default)]
+    description: String,
+    source: Source,
+    filter: Option<String>,
+    #[serde(default)]
+    key: KeyList,
+    event_time: Option<String>,
+    window: WindowFile,
+    aggregates: Vec<AggregateFile>,
+    #[serde(default)]
+    watermark: Watermark,
+    output: Option<OutputFile>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum KeyList {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputFile {
+    topic: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    early_results: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AggregateFile {
+    name: String,
+    #[serde(rename = "fn")]
+    func: AggFn,
+    expr: Option<String>,
+    q: Option<f64>,
+}
+
+/// Reads and checks one pipeline file.
+pub fn load_file(path: &Path) -> Result<Pipeline, PipelineError> {
+    let err = |line: Option<usize>, reason: String| PipelineError { file: path.display().to_string(), line, reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+    let f: PipelineFile =
+        serde_yaml_ng::from_str(&text).map_err(|e| err(e.location().map(|l| l.line()), e.to_string()))?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    check(f, stem, path).map_err(|reason| err(None, reason))
+}
+
+fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String> {
+    let id = f.id.unwrap_or(stem);
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("id {id:?}: use letters, digits, '_' and '-'"));
+    }
+    weir_bus::validate_topic_name(&f.source.topic).map_err(|e| format!("source.topic: {e}"))?;
+    for op in &f.source.ops {
+        if !matches!(op.as_str(), "c" | "u" | "d" | "r") {
+            return Err(format!("source.ops: {op:?} is not one of c, u, d, r"));
+        }
+    }
+    match (f.source.format, f.source.fields.is_empty()) {
+        (Format::Json, true) => return Err("source.fields: a json source lists its fields and their types".into()),
+        (Format::Debezium, false) => return Err("source.fields: only a json source lists fields".into()),
+        _ => {}
+    }
+    let positive = |what: &str, d: Duration| {
+        if d.as_millis() == 0 { Err(format!("window.{what} must be at least 1ms")) } else { Ok(()) }
+    };
+    let window = f.window.shape()?;
+    match window {
+        Window::Tumbling(size) => positive("tumbling", size)?,
+        Window::Hopping { size, slide } => {
+            positive("size", size)?;
+            positive("slide", slide)?;
+            if slide > size || size.as_millis() % slide.as_millis() != 0 {
+                return Err(format!(
+                    "window: size {} must be a multiple of slide {}",
+                    humantime::format_duration(size),
+                    humantime::format_duration(slide)
+                ));
+            }
+        }
+        Window::Session { gap } => positive("gap", gap)?,
+    }
+    if f.aggregates.is_empty() {
+        return Err("aggregates: at least one".into());
+    }
+    let mut aggregates = Vec::new();
+    let mut names: HashMap<String, ()> = HashMap::new();
+    for a in f.aggregates {
+        if names.insert(a.name.clone(), ()).is_some() {
+            return Err(format!("aggregates: {:?} appears twice", a.name));
+        }
+        if matches!(a.name.as_str(), "window_start" | "window_end" | "final") {
+            return Err(format!("aggregates: {:?} is a reserved output column", a.name));
+        }
+        if a.expr.is_none() && a.func != AggFn::Count {
+            return Err(format!("aggregates.{}: {:?} needs an expr", a.name, a.func));
+        }
+        let q = match (a.func, a.q) {
+            (AggFn::Percentile, Some(q)) if q > 0.0 && q < 1.0 => q,
+            (AggFn::Percentile, _) => return Err(format!("aggregates.{}: percentile needs q in (0, 1)", a.name)),
+            (_, Some(_)) => return Err(format!("aggregates.{}: q is only for percentile", a.name)),
+            (_, None) => 0.0,
+        };
+        aggregates.push(Aggregate { name: a.name, func: a.func, expr: a.expr, q });
+    }
+    let key = match f.key {
+        KeyList::None => Vec::new(),
+        KeyList::One(k) => vec![k],
+        KeyList::Many(k) => k,
+    };
+    let event_time = f.event_time.unwrap_or_else(|| match f.source.format {
+        Format::Debezium => "_source_ts_ms".into(),
+        Format::Json => "_timestamp".into(),
+    });
+    let output = f.output.unwrap_or(OutputFile { topic: None, early_results: None });
+    let output_topic = output.topic.unwrap_or_else(|| format!("weir.stream.{id}"));
+    weir_bus::validate_topic_name(&output_topic).map_err(|e| format!("output.topic: {e}"))?;
+    Ok(Pipeline {
+        id,
+        description: f.description,
+        source: f.source,
+        filter: f.filter,
+        key,
+        event_time,
+        window,
+        aggregates,
+        watermark: f.watermark,
+        output_topic,
+        early_results: output.early_results,
+        file: path.to_path_buf(),
+    })
+}
+
+/// Every `*.yaml` / `*.yml` pipeline in `dir`: the good ones, and an error for each bad one (a
+/// bad file never stops the others; two files with one id both fail).
+pub fn load_dir(dir: &Path) -> (Vec<Pipeline>, Vec<PipelineError>) {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect(),
+        Err(e) => {
+            let error =
+                PipelineError { file: dir.display().to_string(), line: None, reason: format!("cannot list: {e}") };
+            return (Vec::new(), vec![error]);
+        }
+    };
+    files.sort();
+    let (mut good, mut errors): (Vec<Pipeline>, Vec<PipelineError>) = (Vec::new(), Vec::new());
+    for f in files {
+        match load_file(&f) {
+            Ok(p) => good.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for p in &good {
+        *count.entry(p.id.clone()).or_default() += 1;
+    }
+    good.retain(|p| {
+        let unique = count[&p.id] == 1;
+        if !unique {
+            errors.push(PipelineError {
+                file: p.file.display().to_string(),
+                line: None,
+                reason: format!("pipeline id {:?} is declared by more than one file", p.id),
+            });
+        }
+        unique
+    });
+    (good, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Pipeline, PipelineError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, text).unwrap();
+        load_file(&path)
+    }
+
+    #[test]
+    fn a_full_pipeline_parses() {
+        let p = load(
+            "id: fails\nsource: {topic: shop.shop.payments}\nfilter: \"amount > 0\"\nkey: merchant_id\n\
+             window: {hopping: {size: 5m, slide: 1m}}\naggregates:\n  - {name: n, fn: count}\n  \
+             - {name: p95, fn: percentile, expr: amount, q: 0.95}\nwatermark: {allowed_lateness: 30s}\n",
+        )
+        .unwrap();
+        assert_eq!(p.id, "fails");
+        assert_eq!(p.key, vec!["merchant_id"]);
+        assert_eq!(p.event_time, "_source_ts_ms");
+        assert_eq!(p.window, Window::Hopping { size: Duration::from_secs(300), slide: Duration::from_secs(60) });
+        assert_eq!(p.aggregates[1].q, 0.95);
+        assert_eq!(p.watermark.allowed_lateness, Duration::from_secs(30));
+        assert_eq!(p.watermark.idle_timeout, Duration::from_secs(5));
+        assert_eq!(p.output_topic, "weir.stream.fails");
+        assert_eq!(p.source.ops, vec!["c", "u", "r"]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = "source: {topic: t.a.b}\nwindow: {tumbling: 1m}\n";
+        let cases = [
+            (format!("{base}aggregates: [{{name: n, fn: count}}]\nbogus: 1\n"), "unknown field `bogus`"),
+            (format!("{base}aggregates: [{{name: n, fn: median, expr: x}}]\n"), "unknown variant `median`"),
+            (format!("{base}aggregates: [{{name: n, fn: sum}}]\n"), "aggregates.n: Sum needs an expr"),
+            (format!("{base}aggregates: [{{name: p, fn: percentile, expr: x}}]\n"), "percentile needs q"),
+            (format!("{base}aggregates: [{{name: n, fn: count}}, {{name: n, fn: count}}]\n"), "appears twice"),
+            (format!("{base}aggregates: []\n"), "at least one"),
+            (
+                "source: {topic: t.a.b}\nwindow: {hopping: {size: 5m, slide: 2m}}\naggregates: [{name: n, fn: count}]\n"
+                    .to_string(),
+                "must be a multiple of slide",
+            ),
+            (
+                "source: {topic: t.a.b, format: json}\nwindow: {tumbling: 1m}\naggregates: [{name: n, fn: count}]\n"
+                    .to_string(),
+                "lists its fields",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = load(&text).unwrap_err();
+            assert!(e.to_string().contains(want), "{want:?} not in {e}");
+        }
+        let e = load("source: {topic: t.a.b}\nwindow: {tumbling: 1m}\naggregates:\n  - {name: n, fn: count, q: 3}\n")
+            .unwrap_err();
+        assert!(e.reason.contains("q is only for percentile"), "{e}");
+        let e = load("source: {topic: t.a.b}\nwindow: {tumbling: 1m}\naggregates: [{name: n, fn: count}]\nx: 1\n")
+            .unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+    }
+
+    #[test]
+    fn a_broken_file_does_not_hide_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "source: {topic: t.a.b}\nwindow: {session: {gap: 30s}}\naggregates: [{name: n, fn: count}]\n";
+        std::fs::write(dir.path().join("a.yaml"), good).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), "source: [").unwrap();
+        let (good, bad) = load_dir(dir.path());
+        assert_eq!(good.len(), 1);
+        assert_eq!(good[0].id, "a");
+        assert_eq!(bad.len(), 1);
+        assert!(bad[0].file.ends_with("b.yaml"));
+    }
+}
