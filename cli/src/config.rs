@@ -15,6 +15,7 @@ use weir_flow::scheduler::FlowConfig;
 use weir_ingest::{IngestConfig, SourceConfig};
 use weir_lake::LakeConfig;
 use weir_schemas::metadata::MetadataConfig;
+use weir_stream::StreamConfig;
 
 /// Environment variables that override one key each.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -43,6 +44,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[flow]`: the orchestrator.
     pub flow: FlowConfig,
+    /// `[stream]`: the speed layer.
+    pub stream: StreamConfig,
 }
 
 /// `[registry]`: the schema registry.

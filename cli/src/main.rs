@@ -13,6 +13,7 @@ mod ingest;
 mod lake;
 mod query;
 mod registry;
+mod stream;
 mod telemetry;
 mod topics;
 
@@ -63,6 +64,8 @@ enum Command {
     Dags(dags::DagsCommand),
     /// Run the orchestrator: schedule DAG runs and execute their tasks.
     Scheduler(dags::SchedulerArgs),
+    /// Run the streaming pipelines and alert rules (the speed layer).
+    Stream(stream::StreamArgs),
     /// Run a benchmark and print its result as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -77,6 +80,7 @@ async fn main() {
             | Command::Ingest(_)
             | Command::Lake(lake::LakeCommand::Run { .. })
             | Command::Scheduler(_)
+            | Command::Stream(_)
     );
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
@@ -99,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cassandra(c) => cassandra::run(c),
         Command::Dags(c) => dags::run(&config, c).await,
         Command::Scheduler(a) => dags::scheduler(&config, a).await,
+        Command::Stream(a) => stream::run(&config, a).await,
         Command::Bench(b) => bench::run(&config, b).await,
     }
 }

@@ -51,6 +51,9 @@ use crate::{
     sketch::stable_hash,
 };
 
+/// Label name → value.
+type Labels = BTreeMap<String, String>;
+
 /// The topic every alert state change goes to.
 pub const ALERTS_TOPIC: &str = "weir.alerts";
 
@@ -530,8 +533,17 @@ impl RuleSet {
             metrics::counter!("weir_stream_alert_changes_total", "alert" => c.alert.clone(), "state" => format!("{:?}", c.state).to_lowercase()).increment(1);
         }
         let Some(notifier) = &self.notifier else { return Ok(()) };
-        let mut groups: BTreeMap<(String, BTreeMap<String, String>), Vec<Alert>> = BTreeMap::new();
+        // An alert that changes twice in one batch (fired and resolved) is notified twice, in
+        // order: the n-th change of an alert goes out in the n-th round.
+        let mut rounds: Vec<BTreeMap<(String, Labels), Vec<Alert>>> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
         for c in changes.iter().filter(|c| matches!(c.state, State::Firing | State::Resolved) && !c.silenced) {
+            let round = seen.entry(c.fingerprint.as_str()).or_default();
+            if rounds.len() <= *round {
+                rounds.push(BTreeMap::new());
+            }
+            let groups = &mut rounds[*round];
+            *round += 1;
             let rule = &self.rules[c.rule];
             let group: BTreeMap<String, String> =
                 self.config.group_by.iter().filter_map(|l| c.labels.get(l).map(|v| (l.clone(), v.clone()))).collect();
@@ -553,7 +565,7 @@ impl RuleSet {
                 groups.entry((receiver.name.clone(), group.clone())).or_default().push(alert.clone());
             }
         }
-        for ((name, group_labels), alerts) in groups {
+        for ((name, group_labels), alerts) in rounds.into_iter().flatten() {
             let receiver =
                 self.config.receivers.iter().find(|r| r.name == name).expect("grouped by a known receiver").clone();
             notifier.send(Notification { receiver, group_labels, alerts });

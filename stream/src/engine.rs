@@ -70,14 +70,11 @@ pub enum EngineError {
 }
 
 /// How a pipeline runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {
     /// Checkpoint state and offsets this often.
-    #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
     /// Longest wait for new events before the watermark and timers are looked at.
-    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
 }
 
@@ -327,6 +324,15 @@ impl Engine {
         Ok(self.stats)
     }
 
+    /// Polls once and processes what came (no checkpoint unless one is due); returns how many
+    /// messages it read.
+    pub async fn poll_once(&mut self) -> Result<usize, EngineError> {
+        let polled = self.consumer.poll(self.config.poll_interval).await.map_err(|e| self.bus_err(e))?;
+        let n = polled.len();
+        self.step(polled).await?;
+        Ok(n)
+    }
+
     /// One poll's worth of work: take the messages, then the watermark, timers and checkpoint.
     pub async fn step(&mut self, polled: Vec<Message>) -> Result<(), EngineError> {
         if !polled.is_empty() {
@@ -406,7 +412,8 @@ impl Engine {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, messages: &[Message], dead: Vec<(usize, String)>) -> Result<(), EngineError> {
+    async fn dead_letter(&mut self, messages: &[Message], mut dead: Vec<(usize, String)>) -> Result<(), EngineError> {
+        dead.sort_by_key(|(i, _)| *i);
         let topic = format!("{}.dlq", self.p.source.topic);
         if !self.dlq_ready {
             match self.bus.create_topic(&topic, 1).await {
@@ -460,7 +467,7 @@ impl Engine {
 
     async fn advance(&mut self) -> Result<(), EngineError> {
         let wm = self.next_watermark();
-        if wm > self.watermark {
+        if wm > self.watermark || self.windows.has_late_updates() {
             self.watermark = wm;
             let closed = self.windows.advance(wm);
             self.emit(closed).await?;

@@ -3,6 +3,7 @@
 //! Streaming pipelines over bus topics: event-time windows with watermarks, aggregates,
 //! checkpoints to the lake's object storage, and alert rules with their notifiers.
 //!
+//! - [`config`]: `[stream]` in `weir.toml`.
 //! - [`pipeline`]: pipeline files (`pipelines/*.yaml`) — source, filter, key, event time,
 //!   window, aggregates, watermark.
 //! - [`decode`]: bus messages (Debezium Avro envelopes, JSON) into Arrow batches.
@@ -15,6 +16,7 @@
 //! - [`notify`]: webhook (Alertmanager payload), Slack and Jira notifiers with retries.
 
 pub mod alert;
+pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod eval;
@@ -23,5 +25,6 @@ pub mod pipeline;
 pub mod sketch;
 pub mod window;
 
+pub use config::StreamConfig;
 pub use engine::{Engine, EngineConfig, EngineError, Stats};
 pub use pipeline::Pipeline;

@@ -149,7 +149,8 @@ impl Notification {
     }
 }
 
-/// Hands notifications to background senders.
+/// Hands notifications to background senders: one per receiver, so each receiver gets its
+/// notifications in order and a slow one holds up only itself.
 #[derive(Clone)]
 pub struct Notifier {
     tx: mpsc::Sender<Notification>,
@@ -173,14 +174,24 @@ impl Default for Retry {
 }
 
 impl Notifier {
-    /// Starts the sender task; notifications queue up to 10,000 deep.
+    /// Starts the sender tasks; notifications queue up to 10,000 deep.
     pub fn start(retry: Retry) -> Notifier {
         let (tx, mut rx) = mpsc::channel::<Notification>(10_000);
         let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
         tokio::spawn(async move {
+            let mut senders: BTreeMap<String, mpsc::UnboundedSender<Notification>> = BTreeMap::new();
             while let Some(n) = rx.recv().await {
-                let client = client.clone();
-                tokio::spawn(async move { deliver(&client, &n, retry).await });
+                let sender = senders.entry(n.receiver.name.clone()).or_insert_with(|| {
+                    let (tx, mut queue) = mpsc::unbounded_channel::<Notification>();
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        while let Some(n) = queue.recv().await {
+                            deliver(&client, &n, retry).await;
+                        }
+                    });
+                    tx
+                });
+                let _ = sender.send(n);
             }
         });
         Notifier { tx }

@@ -201,6 +201,8 @@ pub struct Windows {
     fixed: BTreeMap<i64, KeyMap<Slot>>,
     /// Sessions by key, sorted by start, never overlapping.
     sessions: KeyMap<Vec<Session>>,
+    /// A window whose final result is out has changed (a late row within the lateness).
+    late_updates: bool,
 }
 
 fn ms(d: std::time::Duration) -> i64 {
@@ -210,7 +212,20 @@ fn ms(d: std::time::Duration) -> i64 {
 impl Windows {
     /// Empty state for windows of `shape` with these aggregates `(function, quantile)`.
     pub fn new(shape: Window, allowed_lateness: std::time::Duration, funcs: Vec<(AggFn, f64)>) -> Windows {
-        Windows { shape, lateness: ms(allowed_lateness), funcs, fixed: BTreeMap::new(), sessions: KeyMap::default() }
+        Windows {
+            shape,
+            lateness: ms(allowed_lateness),
+            funcs,
+            fixed: BTreeMap::new(),
+            sessions: KeyMap::default(),
+            late_updates: false,
+        }
+    }
+
+    /// Whether a closed window changed since the last [`Self::advance`] (its result is due again
+    /// even if the watermark does not move).
+    pub fn has_late_updates(&self) -> bool {
+        self.late_updates
     }
 
     fn slot(&self) -> Slot {
@@ -261,6 +276,7 @@ impl Windows {
             acc.update(column, row);
         }
         slot.dirty = true;
+        self.late_updates |= slot.closed;
         true
     }
 
@@ -283,6 +299,7 @@ impl Windows {
             let s = &list[i];
             if s.start < new.end && new.start < s.end {
                 let s = list.remove(i);
+                self.late_updates |= s.slot.closed;
                 new.start = new.start.min(s.start);
                 new.end = new.end.max(s.end);
                 for (a, b) in new.slot.accs.iter_mut().zip(&s.slot.accs) {
@@ -303,6 +320,7 @@ impl Windows {
     pub fn advance(&mut self, wm: i64) -> Vec<Emitted> {
         let mut out = Vec::new();
         let lateness = self.lateness;
+        self.late_updates = false;
         match self.shape {
             Window::Tumbling(_) | Window::Hopping { .. } => {
                 let size = match self.shape {

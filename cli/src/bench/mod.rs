@@ -5,6 +5,7 @@ mod cdc_cassandra;
 mod cdc_mysql;
 mod lake;
 mod scheduler;
+mod stream;
 
 use clap::Subcommand;
 
@@ -23,6 +24,8 @@ pub enum BenchCommand {
     Lake(lake::LakeBenchArgs),
     /// The orchestrator: task-to-task latency along a chain, tasks/s across parallel DAGs.
     Scheduler(scheduler::SchedulerBenchArgs),
+    /// Windowed aggregation of change events: events/s per core, against decoding alone.
+    Stream(stream::StreamBenchArgs),
 }
 
 pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
@@ -32,6 +35,7 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
         BenchCommand::Lake(args) => lake::run(args).await?,
         BenchCommand::Scheduler(args) => scheduler::run(args).await?,
+        BenchCommand::Stream(args) => stream::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())

@@ -1,0 +1,208 @@
+//! `weir bench stream`: N payment change events (Debezium Avro envelopes) over K merchants on
+//! the embedded bus, through a pipeline with 1-minute tumbling windows per merchant computing
+//! count, sum, avg and p95 of the amount. Reports events/s of wall time and per CPU-second of
+//! the process (the goal is per core), and, in the same run, the rate of decoding alone (the
+//! same events into the same Arrow batches) as the baseline the window work adds to.
+
+use std::{sync::Arc, time::Instant};
+
+use clap::Args;
+use serde_json::{Value, json};
+use weir_bus::{Bus, ConsumerConfig, Record, local::LocalBus};
+use weir_lake::{Lake, config::LakeConfig};
+use weir_schemas::{
+    avro::AvroSchema,
+    connect::{Field, Value as V, decimal_bytes, schema},
+    envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker, TableSchemas, binlog_source_schema},
+    registry::{SchemaRegistry, store::SqlRegistry},
+    serializer::AvroSerializer,
+};
+use weir_stream::{Engine, EngineConfig, alert::RuleSet, decode::Decoder, pipeline};
+
+use super::{Progress, machine};
+
+const TOPIC: &str = "bench.shop.payments";
+/// Event time of the first event: 2026-11-23T00:00:00Z.
+const T0_MS: i64 = 1_795_392_000_000;
+
+/// `weir bench stream`.
+#[derive(Args)]
+pub struct StreamBenchArgs {
+    /// Change events to aggregate.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: usize,
+    /// Distinct keys (merchants).
+    #[arg(long, default_value_t = 10_000)]
+    keys: i64,
+    /// Events per second of event time (10M events at 2,000/s span 83 one-minute windows of
+    /// about 12 events per key).
+    #[arg(long, default_value_t = 2_000)]
+    events_per_second: i64,
+    /// Partitions of the topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
+    anyhow::ensure!(args.events > 0 && args.keys > 0 && args.partitions > 0, "arguments must be positive");
+    let tmp = tempfile::tempdir()?;
+    let bus = Arc::new(LocalBus::open(&tmp.path().join("bus"), Default::default())?);
+    bus.create_topic(TOPIC, args.partitions).await?;
+    let pool = weir_schemas::metadata::connect(
+        &format!("sqlite://{}/weir.db", tmp.path().display()),
+        std::time::Duration::from_secs(5),
+    )
+    .await?;
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await?);
+    let bytes = produce(&bus, registry.clone(), &args).await?;
+
+    let pipelines = tmp.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines)?;
+    std::fs::write(
+        pipelines.join("payments_per_minute.yaml"),
+        format!(
+            "source: {{topic: {TOPIC}}}\nkey: merchant_id\nwindow: {{tumbling: 1m}}\naggregates:\n  \
+             - {{name: payments, fn: count}}\n  - {{name: amount, fn: sum, expr: amount}}\n  \
+             - {{name: avg_amount, fn: avg, expr: amount}}\n  \
+             - {{name: p95_amount, fn: percentile, expr: amount, q: 0.95}}\n"
+        ),
+    )?;
+    let (mut loaded, errors) = pipeline::load_dir(&pipelines);
+    anyhow::ensure!(errors.is_empty(), "bench pipeline refused: {errors:?}");
+    let p = loaded.pop().expect("one pipeline");
+    let lake_dir = tmp.path().join("lake");
+    std::fs::create_dir_all(&lake_dir)?;
+    let url = format!("file://{}", lake_dir.display()).parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let lake = Lake::new(&LakeConfig { url, ..Default::default() });
+
+    // Baseline: decoding alone, the same events into the same batches.
+    eprintln!("baseline: decoding {} events", args.events);
+    let (decode_secs, decode_cpu) = {
+        let mut consumer = bus.consumer(ConsumerConfig::new("bench-decode")).await?;
+        consumer.subscribe(&[TOPIC]).await?;
+        let mut decoder = Decoder::new(&p.source, Some(registry.clone()));
+        let (started, cpu) = (Instant::now(), cpu_seconds());
+        let mut seen = 0;
+        while seen < args.events {
+            let polled = consumer.poll(std::time::Duration::from_secs(2)).await?;
+            anyhow::ensure!(!polled.is_empty(), "the topic ran dry after {seen} events");
+            seen += polled.len();
+            let out = decoder.decode(&polled).await?;
+            anyhow::ensure!(out.dead.is_empty(), "bench events failed to decode: {:?}", out.dead.first());
+        }
+        (started.elapsed().as_secs_f64(), cpu_seconds() - cpu)
+    };
+
+    eprintln!("pipeline: {} events, {} keys, 1-minute windows", args.events, args.keys);
+    let config = EngineConfig { checkpoint_interval: std::time::Duration::from_secs(10), ..EngineConfig::default() };
+    let mut engine = Engine::open(p, config, bus.clone(), Some(registry), lake, RuleSet::empty()).await?;
+    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let stats = engine.drain().await?;
+    let (secs, cpu_secs) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    anyhow::ensure!(
+        stats.aggregated as usize == args.events,
+        "the pipeline aggregated {} of {} events",
+        stats.aggregated,
+        args.events
+    );
+    let per_core = args.events as f64 / cpu_secs;
+    Ok(json!({
+        "benchmark": "stream",
+        "machine": machine(),
+        "events": args.events,
+        "keys": args.keys,
+        "partitions": args.partitions,
+        "avro_bytes": bytes,
+        "windows_closed_results": stats.results,
+        "checkpoints": stats.checkpoints,
+        "pipeline": {
+            "seconds": secs,
+            "cpu_seconds": cpu_secs,
+            "events_per_s": (args.events as f64 / secs).round(),
+            "events_per_cpu_s": per_core.round(),
+        },
+        "baseline_decode_only": {
+            "seconds": decode_secs,
+            "cpu_seconds": decode_cpu,
+            "events_per_cpu_s": (args.events as f64 / decode_cpu).round(),
+        },
+        "ratio_pipeline_to_decode_only": decode_cpu / cpu_secs,
+        "goals": {"events_per_cpu_s": 500_000},
+    }))
+}
+
+/// A `payments` row: id, merchant, amount, status.
+fn columns() -> Vec<Field> {
+    vec![
+        Field::new("id", schema::int64()),
+        Field::new("merchant_id", schema::int64()),
+        Field::new("amount", schema::decimal(12, 2)),
+        Field::new("status", schema::string()),
+    ]
+}
+
+/// Produces the events (inserts of payments, in event-time order); returns their Avro bytes.
+async fn produce(
+    bus: &Arc<LocalBus>,
+    registry: Arc<dyn SchemaRegistry>,
+    args: &StreamBenchArgs,
+) -> anyhow::Result<u64> {
+    let serializer = AvroSerializer::new(registry);
+    let source_schema = binlog_source_schema(BinlogFlavor::Mariadb);
+    let t = TableSchemas::new(TOPIC, columns(), vec![Field::new("id", schema::int64())], source_schema.clone());
+    let value_schema = AvroSchema::new(t.envelope.clone())?;
+    let key_schema = AvroSchema::new(t.key.clone().expect("a key"))?;
+    let producer = bus.producer().await?;
+    let statuses = ["paid", "paid", "paid", "failed"];
+    let mut progress = Progress::new("producing events", args.events);
+    let (mut bytes, mut records) = (0u64, Vec::with_capacity(10_000));
+    for i in 0..args.events as i64 {
+        let merchant = (i * 7_919) % args.keys;
+        let row = V::Struct(vec![
+            V::Int64(i),
+            V::Int64(merchant),
+            V::Bytes(decimal_bytes(i128::from(i % 50_000) + 100)),
+            V::String(statuses[(i % 4) as usize].into()),
+        ]);
+        let source = BinlogSource {
+            flavor: BinlogFlavor::Mariadb,
+            name: "bench".into(),
+            ts_us: (T0_MS + i * 1000 / args.events_per_second) * 1000,
+            snapshot: SnapshotMarker::False,
+            db: "shop".into(),
+            table: Some("payments".into()),
+            server_id: 1,
+            gtid: None,
+            file: "mysql-bin.000001".into(),
+            pos: 4 + i * 200,
+            row: 0,
+            thread: None,
+            query: None,
+        };
+        let envelope = t.envelope_value(Op::Create, V::Null, row, source.to_value(&source_schema), None, 0);
+        let key = serializer.serialize(TOPIC, true, &key_schema, &V::Struct(vec![V::Int64(i)])).await?;
+        let value = serializer.serialize(TOPIC, false, &value_schema, &envelope).await?;
+        bytes += value.len() as u64;
+        records.push(Record::keyed(key, value));
+        if records.len() == 10_000 {
+            producer.send(TOPIC, std::mem::take(&mut records)).await?;
+            progress.update(i as usize + 1);
+        }
+    }
+    if !records.is_empty() {
+        producer.send(TOPIC, records).await?;
+    }
+    progress.update(args.events);
+    Ok(bytes)
+}

@@ -1,0 +1,145 @@
+//! `weir stream`: the speed-layer role. Runs every pipeline of the pipeline folder with the
+//! alert rules of the alert folder; a pipeline that fails is restarted from its checkpoint
+//! alone, a broken file is reported and skipped.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Args;
+use weir_bus::Bus;
+use weir_lake::Lake;
+use weir_schemas::registry::SchemaRegistry;
+use weir_stream::{
+    Engine, Pipeline,
+    alert::{self, AlertConfig, RuleSet},
+    notify::{Notifier, Retry},
+    pipeline::{self, Format},
+};
+
+use crate::{config::Config, ingest::registry, telemetry};
+
+/// `weir stream`.
+#[derive(Args)]
+pub struct StreamArgs {
+    /// Process what is on the source topics now, close every window, checkpoint, then exit.
+    #[arg(long)]
+    once: bool,
+    /// List the pipelines and alert rules (and the files refused), then exit.
+    #[arg(long)]
+    check: bool,
+    /// Where to serve /healthz and /metrics (default: stream.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+/// Everything a pipeline needs to (re)start.
+struct Shared {
+    bus: Arc<dyn Bus>,
+    registry: Option<Arc<dyn SchemaRegistry>>,
+    lake: Lake,
+    alerts: Arc<AlertConfig>,
+    notifier: Notifier,
+    config: Config,
+}
+
+impl Shared {
+    async fn open(&self, p: &Pipeline) -> anyhow::Result<Engine> {
+        let rules = RuleSet::for_pipeline(p, self.alerts.clone(), Some(self.notifier.clone()));
+        let registry = (p.source.format == Format::Debezium).then(|| self.registry.clone()).flatten();
+        Ok(Engine::open(p.clone(), self.config.stream.engine(), self.bus.clone(), registry, self.lake.clone(), rules)
+            .await?)
+    }
+}
+
+pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
+    let s = &config.stream;
+    let (pipelines, mut errors) = pipeline::load_dir(&s.pipelines_dir);
+    let (alerts, alert_errors) = alert::load_dir(&s.alerts_dir);
+    errors.extend(alert_errors);
+    if args.check {
+        for p in &pipelines {
+            println!("pipeline {:<28} {} → {}", p.id, p.source.topic, p.output_topic);
+        }
+        for r in &alerts.rules {
+            println!("alert    {:<28} on {}: {}", r.name, r.pipeline, r.expr);
+        }
+        for e in &errors {
+            println!("refused  {e}");
+        }
+        return Ok(());
+    }
+    for e in &errors {
+        tracing::error!("refused: {e}");
+    }
+    for r in alerts.rules.iter().filter(|r| !pipelines.iter().any(|p| p.id == r.pipeline)) {
+        tracing::error!(alert = %r.name, "rule watches pipeline {:?}, which is not loaded", r.pipeline);
+    }
+    anyhow::ensure!(!pipelines.is_empty(), "no pipelines in {}", s.pipelines_dir.display());
+    let needs_registry = pipelines.iter().any(|p| p.source.format == Format::Debezium);
+    let shared = Arc::new(Shared {
+        bus: weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?,
+        registry: if needs_registry { Some(registry(config).await?) } else { None },
+        lake: Lake::new(&config.lake),
+        alerts: Arc::new(alerts),
+        notifier: Notifier::start(Retry::default()),
+        config: config.clone(),
+    });
+    if args.once {
+        for p in &pipelines {
+            let mut engine = shared.open(p).await?;
+            let stats = engine.drain().await?;
+            println!("{}: {}", p.id, serde_json::to_string(&stats)?);
+        }
+        // Let queued notifications go out before the process ends.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        return Ok(());
+    }
+    let metrics = telemetry::init_metrics()?;
+    let listen = args.listen.unwrap_or(s.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "stream running");
+    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in pipelines {
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move { supervise(shared, p, &mut stop).await });
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("stopping: writing checkpoints"),
+        r = server => r.context("health and metrics server")?,
+    }
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Runs one pipeline until told to stop, reopening it from its checkpoint after a failure.
+async fn supervise(shared: Arc<Shared>, p: Pipeline, stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let mut wait = Duration::from_secs(1);
+    while !*stop.borrow() {
+        let result = async {
+            let engine = shared.open(&p).await?;
+            let mut s = stop.clone();
+            let stats = engine.run(async move { while s.changed().await.is_ok() && !*s.borrow() {} }).await?;
+            anyhow::Ok(stats)
+        }
+        .await;
+        match result {
+            Ok(stats) => {
+                tracing::info!(pipeline = %p.id, ?stats, "pipeline stopped");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %p.id, error = %format!("{e:#}"), "pipeline failed; restarting from its checkpoint in {wait:?}");
+                metrics::counter!("weir_stream_pipeline_restarts_total", "pipeline" => p.id.clone()).increment(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The stream engine end to end on the embedded bus, registry and a local lake: real Debezium
+//! Avro envelopes in; results, dead letters, alerts and notifications out; checkpoints restored.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::Value as Json;
+use weir_bus::{Bus, ConsumerConfig, Record, TopicPartition, local::LocalBus};
+use weir_lake::{Lake, LakeConfig, LakeUrl};
+use weir_schemas::{
+    avro::AvroSchema,
+    connect::{Field, Value, decimal_bytes, schema},
+    envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker, TableSchemas, binlog_source_schema},
+    metadata,
+    registry::{SchemaRegistry, store::SqlRegistry},
+    serializer::AvroSerializer,
+};
+use weir_stream::{
+    Engine, EngineConfig, Pipeline,
+    alert::{self, RuleSet},
+    notify::{Notifier, Retry},
+    pipeline,
+};
+
+const TOPIC: &str = "shop.shop.payments";
+/// 2026-01-01T00:00:00Z: event times well in the past, so an idle source closes every window.
+const T0: i64 = 1_767_225_600_000;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    bus: Arc<LocalBus>,
+    registry: Arc<dyn SchemaRegistry>,
+    serializer: AvroSerializer,
+    lake: Lake,
+}
+
+async fn setup(partitions: u32) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Arc::new(LocalBus::open(&dir.path().join("bus"), Default::default()).unwrap());
+    bus.create_topic(TOPIC, partitions).await.unwrap();
+    let pool =
+        metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await.unwrap();
+    let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await.unwrap());
+    let serializer = AvroSerializer::new(registry.clone());
+    let lake = Lake::new(&LakeConfig { url: LakeUrl::File(dir.path().join("lake")), ..LakeConfig::default() });
+    Setup { dir, bus, registry, serializer, lake }
+}
+
+/// A payment: id, merchant, amount in cents, status, event time (ms).
+#[derive(Debug, Clone, Copy)]
+struct Payment {
+    id: i64,
+    merchant: i64,
+    cents: i64,
+    failed: bool,
+    at: i64,
+}
+
+impl Setup {
+    async fn produce(&self, payments: &[Payment]) {
+        let t = TableSchemas::new(
+            TOPIC,
+            vec![
+                Field::new("id", schema::int64()),
+                Field::new("merchant_id", schema::int64()),
+                Field::new("amount", schema::decimal(10, 2)),
+                Field::new("status", schema::string()),
+            ],
+            vec![Field::new("id", schema::int64())],
+            binlog_source_schema(BinlogFlavor::Mariadb),
+        );
+        let value_schema = AvroSchema::new(t.envelope.clone()).unwrap();
+        let key_schema = AvroSchema::new(t.key.clone().unwrap()).unwrap();
+        let mut records = Vec::new();
+        for p in payments {
+            let row = Value::Struct(vec![
+                Value::Int64(p.id),
+                Value::Int64(p.merchant),
+                Value::Bytes(decimal_bytes(i128::from(p.cents))),
+                Value::String(if p.failed { "failed" } else { "paid" }.into()),
+            ]);
+            let source = BinlogSource {
+                flavor: BinlogFlavor::Mariadb,
+                name: "shop".into(),
+                ts_us: p.at * 1000,
+                snapshot: SnapshotMarker::False,
+                db: "shop".into(),
+                table: Some("payments".into()),
+                server_id: 1,
+                gtid: None,
+                file: "mysql-bin.000001".into(),
+                pos: 4 + p.id,
+                row: 0,
+                thread: None,
+                query: None,
+            };
+            let source = source.to_value(&binlog_source_schema(BinlogFlavor::Mariadb));
+            let envelope = t.envelope_value(Op::Create, Value::Null, row, source, None, 0);
+            let key_value = Value::Struct(vec![Value::Int64(p.id)]);
+            let key = self.serializer.serialize(TOPIC, true, &key_schema, &key_value).await.unwrap();
+            let value = self.serializer.serialize(TOPIC, false, &value_schema, &envelope).await.unwrap();
+            records.push(Record::keyed(key, value));
+        }
+        self.bus.producer().await.unwrap().send(TOPIC, records).await.unwrap();
+    }
+
+    fn pipeline(&self, yaml: &str) -> Pipeline {
+        let path = self.dir.path().join("p.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        pipeline::load_file(&path).unwrap()
+    }
+
+    async fn engine(&self, p: &Pipeline, rules: RuleSet) -> Engine {
+        let config =
+            EngineConfig { checkpoint_interval: Duration::from_secs(3600), poll_interval: Duration::from_millis(50) };
+        Engine::open(p.clone(), config, self.bus.clone(), Some(self.registry.clone()), self.lake.clone(), rules)
+            .await
+            .unwrap()
+    }
+
+    /// Every record of a single-partition topic: (headers, value as JSON or raw text).
+    async fn read(&self, topic: &str) -> Vec<(HashMap<String, String>, Json)> {
+        let mut c = self.bus.consumer(ConsumerConfig::new(format!("read-{}", rand_suffix()))).await.unwrap();
+        c.assign(&[TopicPartition::new(topic, 0)]).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let polled = c.poll(Duration::from_millis(200)).await.unwrap();
+            if polled.is_empty() {
+                return out;
+            }
+            for m in polled {
+                let headers =
+                    m.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect();
+                let value = m.value.as_deref().unwrap_or_default();
+                let json = serde_json::from_slice(value).unwrap_or(Json::Null);
+                out.push((headers, json));
+            }
+        }
+    }
+
+    /// The latest result per (merchant, window start) on the results topic.
+    async fn results(&self, p: &Pipeline) -> BTreeMap<(i64, String), Json> {
+        let mut latest = BTreeMap::new();
+        for (_, r) in self.read(&p.output_topic).await {
+            latest
+                .insert((r["merchant_id"].as_i64().unwrap_or(-1), r["window_start"].as_str().unwrap().to_string()), r);
+        }
+        latest
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// Closes every window: lets the source go idle, then drains (the watermark follows the clock).
+async fn drain_idle(engine: &mut Engine, idle: Duration) {
+    tokio::time::sleep(idle + Duration::from_millis(50)).await;
+    engine.drain().await.unwrap();
+}
+
+const PER_MINUTE: &str = "source: {topic: shop.shop.payments}\nkey: merchant_id\nwindow: {tumbling: 1m}\n\
+    aggregates:\n  - {name: payments, fn: count}\n  - {name: failed, fn: sum, expr: \"CASE WHEN status = 'failed' THEN 1 ELSE 0 END\"}\n  \
+    - {name: amount, fn: sum, expr: amount}\n  - {name: p95_amount, fn: percentile, expr: amount, q: 0.95}\n  \
+    - {name: ids, fn: count_distinct, expr: id}\n";
+
+fn minute(m: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis((T0 + m * 60_000) as u64);
+    humantime::format_rfc3339(t).to_string()
+}
+
+#[tokio::test]
+async fn windows_follow_event_time_and_late_events_go_to_the_dlq() {
+    let s = setup(1).await;
+    let p = s.pipeline(&format!(
+        "{PER_MINUTE}watermark: {{max_out_of_orderness: 5s, allowed_lateness: 30s, idle_timeout: 300ms}}\n"
+    ));
+    let mut engine = s.engine(&p, RuleSet::empty()).await;
+    // Minute 0: merchant 1 pays 1.00 … 20.00 (every 4th fails), out of order; merchant 2 once.
+    let mut payments: Vec<Payment> = (1..=20)
+        .map(|i| Payment { id: i, merchant: 1, cents: i * 100, failed: i % 4 == 0, at: T0 + (20 - i) * 2_000 })
+        .collect();
+    payments.push(Payment { id: 21, merchant: 2, cents: 999, failed: false, at: T0 + 59_999 });
+    // Minute 1 starts; the watermark (max − 5 s) passes minute 0's end only with the event at 1:06.
+    payments.push(Payment { id: 22, merchant: 1, cents: 500, failed: true, at: T0 + 66_000 });
+    s.produce(&payments).await;
+    engine.drain().await.unwrap();
+    let r = s.results(&p).await;
+    let m1 = &r[&(1, minute(0))];
+    assert_eq!(m1["payments"], 20);
+    assert_eq!(m1["failed"], 5.0);
+    assert_eq!(m1["amount"], 210.0);
+    assert_eq!(m1["ids"], 20);
+    assert_eq!(m1["final"], true);
+    assert_eq!(m1["window_end"], minute(1));
+    let p95 = m1["p95_amount"].as_f64().unwrap();
+    assert!((p95 - 19.0).abs() / 19.0 <= 0.011, "p95 {p95}");
+    assert_eq!(r[&(2, minute(0))]["payments"], 1);
+    assert!(!r.contains_key(&(1, minute(1))), "minute 1 is still open");
+
+    // Late but within the allowed lateness: minute 0 is updated and emitted again.
+    s.produce(&[Payment { id: 23, merchant: 1, cents: 100, failed: false, at: T0 + 30_000 }]).await;
+    engine.drain().await.unwrap();
+    assert_eq!(s.results(&p).await[&(1, minute(0))]["payments"], 21);
+    // Move the watermark past 0:60 + 30 s, then an event for minute 0 is too late.
+    s.produce(&[Payment { id: 24, merchant: 3, cents: 100, failed: false, at: T0 + 100_000 }]).await;
+    engine.drain().await.unwrap();
+    s.produce(&[Payment { id: 25, merchant: 1, cents: 100, failed: false, at: T0 + 10_000 }]).await;
+    // And a record that is not Avro at all.
+    s.bus.producer().await.unwrap().send(TOPIC, vec![Record::keyed("k", "not avro")]).await.unwrap();
+    engine.drain().await.unwrap();
+    assert_eq!(s.results(&p).await[&(1, minute(0))]["payments"], 21, "the late event changed nothing");
+    let dlq = s.read(&format!("{TOPIC}.dlq")).await;
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    assert!(dlq[0].0["weir.dlq.reason"].starts_with("late: event time 2026-01-01T00:00:10"), "{:?}", dlq[0].0);
+    assert_eq!(dlq[0].0["weir.dlq.pipeline"], "p");
+    assert!(dlq[1].0["weir.dlq.reason"].contains("Confluent wire format"), "{:?}", dlq[1].0);
+    let stats = engine.stats();
+    assert_eq!((stats.late, stats.dead_letters), (1, 2));
+
+    // The source goes idle: the watermark follows the clock and closes every window.
+    drain_idle(&mut engine, Duration::from_millis(300)).await;
+    let r = s.results(&p).await;
+    assert_eq!(r[&(1, minute(1))]["payments"], 1);
+    assert_eq!(r[&(1, minute(1))]["failed"], 1.0);
+    assert_eq!(r[&(3, minute(1))]["payments"], 1);
+}
+
+#[tokio::test]
+async fn a_restart_from_the_checkpoint_neither_loses_nor_double_counts() {
+    let s = setup(3).await;
+    let p = s.pipeline(&format!("{PER_MINUTE}watermark: {{idle_timeout: 300ms}}\n"));
+    let payments: Vec<Payment> = (0..3_000)
+        .map(|i| Payment { id: i, merchant: i % 7, cents: 100 + i % 13, failed: i % 5 == 0, at: T0 + i * 100 })
+        .collect();
+    let mut expected: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    for p in &payments {
+        let e = expected.entry((p.merchant, minute((p.at - T0) / 60_000))).or_default();
+        e.0 += 1;
+        e.1 += p.cents;
+    }
+    // Engine A: the first third, checkpointed at the end of its drain.
+    s.produce(&payments[..1_000]).await;
+    let mut a = s.engine(&p, RuleSet::empty()).await;
+    a.drain().await.unwrap();
+    // It takes the second third into its windows, then dies without a checkpoint.
+    s.produce(&payments[1_000..2_000]).await;
+    a.poll_once().await.unwrap();
+    assert!(a.stats().aggregated > 1_000, "engine A saw more than its checkpoint holds");
+    drop(a);
+    // Engine B restores the checkpoint, re-reads from its offsets and takes the rest.
+    s.produce(&payments[2_000..]).await;
+    let mut b = s.engine(&p, RuleSet::empty()).await;
+    b.drain().await.unwrap();
+    drain_idle(&mut b, Duration::from_millis(300)).await;
+    assert_eq!(b.stats().aggregated, 3_000, "every event exactly once");
+    let got: BTreeMap<(i64, String), (i64, i64)> = s
+        .results(&p)
+        .await
+        .into_iter()
+        .map(|(k, r)| (k, (r["payments"].as_i64().unwrap(), (r["amount"].as_f64().unwrap() * 100.0).round() as i64)))
+        .collect();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test]
+async fn alerts_fire_and_resolve_with_an_alertmanager_webhook() {
+    let s = setup(1).await;
+    let received: Arc<Mutex<Vec<Json>>> = Arc::default();
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Json>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let alerts_dir = s.dir.path().join("alerts");
+    std::fs::create_dir_all(&alerts_dir).unwrap();
+    std::fs::write(
+        alerts_dir.join("payments.yaml"),
+        format!(
+            "rules:\n  - alert: PaymentFailuresHigh\n    pipeline: p\n    expr: \"failed / payments > 0.5\"\n    \
+             value: \"failed / payments\"\n    labels: {{severity: page}}\n    \
+             annotations: {{summary: \"merchant {{{{ $labels.merchant_id }}}} failed {{{{ $value }}}}\"}}\n\
+             receivers:\n  - {{name: oncall, webhook: \"http://{addr}/hook\"}}\n"
+        ),
+    )
+    .unwrap();
+    let (config, errors) = alert::load_dir(&alerts_dir);
+    assert!(errors.is_empty(), "{errors:?}");
+    let p = s.pipeline(&format!("{PER_MINUTE}watermark: {{max_out_of_orderness: 0s, idle_timeout: 300ms}}\n"));
+    let notifier = Notifier::start(Retry { initial: Duration::from_millis(50), ..Retry::default() });
+    let rules = RuleSet::for_pipeline(&p, Arc::new(config), Some(notifier));
+    let mut engine = s.engine(&p, rules).await;
+    // Minute 0: merchant 1 fails 3 of 4, merchant 2 none. Minute 1: merchant 1 recovers.
+    let mut payments = Vec::new();
+    for i in 0..4 {
+        payments.push(Payment { id: i, merchant: 1, cents: 100, failed: i < 3, at: T0 + i * 1000 });
+        payments.push(Payment { id: 10 + i, merchant: 2, cents: 100, failed: false, at: T0 + i * 1000 });
+        payments.push(Payment { id: 20 + i, merchant: 1, cents: 100, failed: false, at: T0 + 60_000 + i * 1000 });
+    }
+    payments.push(Payment { id: 99, merchant: 2, cents: 100, failed: false, at: T0 + 120_000 });
+    s.produce(&payments).await;
+    engine.drain().await.unwrap();
+    let changes: Vec<Json> = s.read("weir.alerts").await.into_iter().map(|(_, v)| v).collect();
+    let seen: Vec<(&str, &str)> =
+        changes.iter().map(|c| (c["labels"]["merchant_id"].as_str().unwrap(), c["state"].as_str().unwrap())).collect();
+    assert_eq!(seen, vec![("1", "firing"), ("1", "resolved")]);
+    assert_eq!(changes[0]["annotations"]["summary"], "merchant 1 failed 0.75");
+    assert_eq!(changes[0]["labels"]["severity"], "page");
+    assert_eq!(changes[1]["evaluated_at"], format!("{}.000Z", minute(2).trim_end_matches('Z')));
+    // The webhook got Alertmanager's payload for each change.
+    for _ in 0..100 {
+        if received.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["version"], "4");
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[0]["receiver"], "oncall");
+    assert_eq!(got[0]["groupLabels"]["alertname"], "PaymentFailuresHigh");
+    assert_eq!(got[0]["alerts"][0]["labels"]["merchant_id"], "1");
+    assert_eq!(got[0]["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(got[1]["status"], "resolved");
+    assert_eq!(got[1]["alerts"][0]["fingerprint"], got[0]["alerts"][0]["fingerprint"]);
+}
