@@ -15,12 +15,44 @@ use crate::{config::Config, telemetry};
 /// `weir ingest`.
 #[derive(Args)]
 pub struct IngestArgs {
+    /// `weir ingest http`: accept JSON events over HTTP instead of running [[sources]].
+    #[command(subcommand)]
+    endpoint: Option<Endpoint>,
     /// Read what is there now, then exit (instead of following the sources).
     #[arg(long)]
     once: bool,
     /// Where to serve /healthz and /metrics (default: ingest.listen, 127.0.0.1:9091).
     #[arg(long)]
     listen: Option<SocketAddr>,
+}
+
+/// Other ways in than the configured sources.
+#[derive(clap::Subcommand)]
+enum Endpoint {
+    /// Accept JSON events on `POST /topics/{topic}` (REST Proxy v2, NDJSON or JSON arrays) and
+    /// produce them to the bus; answers once the bus acknowledged them.
+    Http {
+        /// Where to listen (default: ingest.http.listen, 127.0.0.1:8090); also serves /healthz
+        /// and /metrics.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+}
+
+/// `weir ingest http`.
+async fn http(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics()?;
+    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
+    let routes = weir_ingest::http::router(bus, &config.ingest.http).await?.merge(telemetry::router(metrics));
+    let addr = listen.unwrap_or(config.ingest.http.listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(listen = %listener.local_addr()?, "HTTP event ingestion running");
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("HTTP ingestion server")
 }
 
 /// The registry the configuration names: `registry.url`, else the embedded one in the metadata DB.
@@ -34,6 +66,9 @@ pub async fn registry(config: &Config) -> anyhow::Result<Arc<dyn SchemaRegistry>
 }
 
 pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
+    if let Some(Endpoint::Http { listen }) = args.endpoint {
+        return http(config, listen).await;
+    }
     anyhow::ensure!(!config.sources.is_empty(), "no [[sources]] in the configuration: nothing to ingest");
     let metrics = telemetry::init_metrics()?;
     let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;

@@ -8,9 +8,11 @@
 //! - [`cassandra`]: commit-log segments from a node's `cdc_raw` directory (decoder, events, source).
 //! - [`mysql`]: the MySQL/MariaDB binlog (snapshot, replication stream, schema history, source).
 //!
-//! Still to come: HTTP event ingestion.
+//! Services that own no database send events straight in through [`http`]: JSON over HTTP onto
+//! a topic.
 
 pub mod cassandra;
+pub mod http;
 pub mod mysql;
 mod produce;
 
@@ -44,10 +46,12 @@ impl SourceConfig {
 pub struct IngestConfig {
     /// Where `weir ingest` serves `/healthz` and `/metrics`.
     pub listen: SocketAddr,
+    /// `[ingest.http]`: `weir ingest http`.
+    pub http: http::HttpIngestConfig,
 }
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        IngestConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9091)) }
+        IngestConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9091)), http: http::HttpIngestConfig::default() }
     }
 }

@@ -337,3 +337,28 @@ async fn alerts_fire_and_resolve_with_an_alertmanager_webhook() {
     assert_eq!(got[1]["status"], "resolved");
     assert_eq!(got[1]["alerts"][0]["fingerprint"], got[0]["alerts"][0]["fingerprint"]);
 }
+
+#[tokio::test]
+async fn a_changed_pipeline_starts_afresh_at_its_checkpoint() {
+    let s = setup(3).await;
+    let payments: Vec<Payment> =
+        (0..2_000).map(|i| Payment { id: i, merchant: i % 7, cents: 100, failed: false, at: T0 + i * 100 }).collect();
+    s.produce(&payments[..1_000]).await;
+    let before = s.pipeline(&format!("{PER_MINUTE}watermark: {{idle_timeout: 300ms}}\n"));
+    s.engine(&before, RuleSet::empty()).await.drain().await.unwrap();
+    // The file changes (one more aggregate): the old state cannot be used, reading resumes after
+    // what the old definition consumed, and new windows are complete.
+    s.produce(&payments[1_000..]).await;
+    let after = s.pipeline(&format!(
+        "{PER_MINUTE}  - {{name: biggest, fn: max, expr: amount}}\nwatermark: {{idle_timeout: 300ms}}\n"
+    ));
+    let mut engine = s.engine(&after, RuleSet::empty()).await;
+    engine.drain().await.unwrap();
+    drain_idle(&mut engine, Duration::from_millis(300)).await;
+    assert_eq!(engine.stats().aggregated, 1_000);
+    // Events 1,000.. are at 100 s.. : minute 2 (120 s ..) onwards holds only new events.
+    let r = s.results(&after).await;
+    let minute_2: i64 = (0..7).map(|m| r[&(m, minute(2))]["payments"].as_i64().unwrap()).sum();
+    assert_eq!(minute_2, 600);
+    assert_eq!(r[&(0, minute(2))]["biggest"], 1.0);
+}

@@ -1,0 +1,188 @@
+//! `weir ingest http` and `weir stream` as a user runs them, as separate processes on the test
+//! Kafka-protocol broker: JSON events POSTed by a service, a pipeline file, the stream role
+//! killed with -9 again and again while events arrive — and every window's result still counts
+//! every event exactly once.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{ok, weir};
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn kafka() -> String {
+    let brokers = std::env::var("WEIR_TEST_KAFKA")
+        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
+    format!("kafka://{brokers}")
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(dir)
+        .env("WEIR_BUS_URL", kafka())
+        .env("WEIR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(port: u16) {
+    let started = Instant::now();
+    while reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "nothing answers on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// 2026-01-01T00:00:00Z: event times in the past, so an idle source closes every window.
+const T0: i64 = 1_767_225_600_000;
+const CITIES: [&str; 3] = ["lyon", "oslo", "pune"];
+
+fn order(i: i64) -> Value {
+    let at = T0 + i * 1_500; // 40 orders a minute
+    json!({"order_id": i, "city": CITIES[(i % 3) as usize], "amount": (i % 17) as f64 + 0.5, "at": at})
+}
+
+/// The latest result per (city, window start) on the results topic.
+fn results(dir: &Path, topic: &str) -> BTreeMap<(String, String), Value> {
+    let group = format!("check-{}", rand_id());
+    let out = ok(weir(dir, &kafka(), &["consume", topic, "--group", &group, "--timeout-ms", "1000"], None));
+    let mut latest = BTreeMap::new();
+    for line in out.lines() {
+        let value = line.splitn(4, '\t').nth(3).unwrap();
+        let r: Value = serde_json::from_str(value).unwrap();
+        latest.insert((r["city"].as_str().unwrap().to_string(), r["window_start"].as_str().unwrap().to_string()), r);
+    }
+    latest
+}
+
+fn rand_id() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+#[tokio::test]
+async fn posted_events_are_windowed_exactly_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ingest_port, stream_port) = (free_port(), free_port());
+    std::fs::write(d.join("weir.toml"), "[stream]\ncheckpoint_interval = \"300ms\"\npoll_interval = \"50ms\"\n")
+        .unwrap();
+    // Names of this run: the broker outlives the test.
+    let run = rand_id() % 1_000_000_000;
+    let (topic, pipeline) = (format!("app-orders-{run}"), format!("orders_{run}"));
+    let output = format!("weir.stream.{pipeline}");
+    std::fs::create_dir_all(d.join("pipelines")).unwrap();
+    std::fs::write(
+        d.join("pipelines/orders.yaml"),
+        format!("id: {pipeline}\nsource:\n  topic: {topic}\n  format: json\n  fields: {{order_id: int, city: string, amount: float, at: timestamp}}\n\
+         key: city\nevent_time: at\nwindow: {{tumbling: 1m}}\naggregates:\n  - {{name: orders, fn: count}}\n  \
+         - {{name: revenue, fn: sum, expr: amount}}\n  - {{name: distinct_orders, fn: count_distinct, expr: order_id}}\n\
+         watermark: {{max_out_of_orderness: 0s, idle_timeout: 1s}}\n"
+        ),
+    )
+    .unwrap();
+    let mut ingest = spawn(d, &["ingest", "http", "--listen", &format!("127.0.0.1:{ingest_port}")]);
+    wait_healthy(ingest_port).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{ingest_port}/topics/{topic}?key=city");
+
+    // A bad request is refused whole, naming the event; nothing lands.
+    let resp = http.post(&url).json(&json!([order(0), 5])).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["message"], "events[1]: an event is a JSON object");
+    assert_eq!(
+        http.post("http://127.0.0.1:".to_string() + &ingest_port.to_string() + "/topics/weir.alerts")
+            .json(&json!({"a": 1}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+
+    // The first batch creates the topic; the stream role starts on it.
+    let total = 1_200;
+    let batch = 50;
+    let post = |from: i64| {
+        let events: Vec<Value> = (from..from + batch).map(order).collect();
+        http.post(&url).json(&events).send()
+    };
+    let resp = post(0).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["offsets"].as_array().unwrap().len(), batch as usize);
+    let stream_args = ["stream", "--listen", &format!("127.0.0.1:{stream_port}")];
+    let mut stream = spawn(d, &stream_args);
+    let mut kills = 0;
+    let mut from = batch;
+    while from < total {
+        post(from).await.unwrap().error_for_status().unwrap();
+        from += batch;
+        if from % 200 == 0 {
+            // Let it get some way (a checkpoint or not), then kill it at a random moment.
+            tokio::time::sleep(Duration::from_millis(150 + (from as u64 * 37) % 400)).await;
+            stream.kill().unwrap(); // SIGKILL
+            stream.wait().unwrap();
+            kills += 1;
+            stream = spawn(d, &stream_args);
+        }
+    }
+    // One event of the wrong type: dead-lettered with the reason, the rest unaffected.
+    let bad = json!({"order_id": 9_999, "city": "lyon", "amount": "lots", "at": T0});
+    http.post(&url).json(&bad).send().await.unwrap().error_for_status().unwrap();
+
+    // Every window closes once the source is idle; wait for the results to be complete.
+    let mut expected: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
+    for i in 0..total {
+        let o = order(i);
+        let e = expected
+            .entry((o["city"].as_str().unwrap().to_string(), (o["at"].as_i64().unwrap() - T0) / 60_000))
+            .or_default();
+        e.0 += 1;
+        e.1 += o["amount"].as_f64().unwrap();
+    }
+    wait_healthy(stream_port).await;
+    let started = Instant::now();
+    let got = loop {
+        let r = results(d, &output);
+        if r.len() == expected.len() && r.values().all(|v| v["final"] == true) {
+            break r;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "results incomplete: {} of {}", r.len(), expected.len());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for ((city, minute), (orders, revenue)) in &expected {
+        let start =
+            humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_millis((T0 + minute * 60_000) as u64));
+        let r = &got[&(city.clone(), start.to_string())];
+        assert_eq!(r["orders"], *orders, "{city} minute {minute} after {kills} kill -9s: {r}");
+        assert_eq!(r["distinct_orders"], *orders, "{city} minute {minute}");
+        assert!((r["revenue"].as_f64().unwrap() - revenue).abs() < 1e-6, "{city} minute {minute}: {r}");
+    }
+    assert!(kills >= 5);
+
+    // The dead letter names its problem; the role reports health and metrics.
+    let dlq =
+        ok(weir(d, &kafka(), &["consume", &format!("{topic}.dlq"), "--group", "c", "--timeout-ms", "1000"], None));
+    assert!(dlq.contains("lots"), "{dlq}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{stream_port}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("weir_stream_events_total{{pipeline=\"{pipeline}\"}}")), "{metrics}");
+    assert!(metrics.contains(&format!("weir_stream_dead_letters_total{{pipeline=\"{pipeline}\"}} 1")), "{metrics}");
+    let check = ok(weir(d, &kafka(), &["stream", "--check"], None));
+    assert!(check.contains(&format!("{topic} → {output}")), "{check}");
+    Command::new("kill").args(["-INT", &stream.id().to_string()]).status().unwrap();
+    assert!(stream.wait().unwrap().success(), "weir stream stops cleanly on Ctrl-C");
+    ingest.kill().unwrap();
+    ingest.wait().unwrap();
+}
