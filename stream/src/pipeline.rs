@@ -489,4 +489,15 @@ mod tests {
         assert_eq!(bad.len(), 1);
         assert!(bad[0].file.ends_with("b.yaml"));
     }
+
+    #[test]
+    fn the_shipped_examples_load() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let (pipelines, errors) = load_dir(&examples.join("pipelines"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(pipelines.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), vec!["payment_failures"]);
+        let (alerts, errors) = crate::alert::load_dir(&examples.join("alerts"));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(alerts.rules[0].pipeline, "payment_failures");
+    }
 }

@@ -269,7 +269,7 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
 }
 
 /// The `id` of an Avro key `{id: long}` in the Confluent wire format.
-fn avro_long_key(bytes: &[u8]) -> Option<i64> {
+pub fn avro_long_key(bytes: &[u8]) -> Option<i64> {
     let body = bytes.get(5..)?;
     let (mut value, mut shift) = (0u64, 0);
     for &b in body {

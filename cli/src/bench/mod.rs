@@ -1,5 +1,6 @@
 //! `weir bench <name>`: benchmarks that print one JSON document on stdout (progress on stderr).
 
+mod alert_latency;
 mod bus;
 mod cdc_cassandra;
 mod cdc_mysql;
@@ -24,6 +25,8 @@ pub enum BenchCommand {
     Lake(lake::LakeBenchArgs),
     /// The orchestrator: task-to-task latency along a chain, tasks/s across parallel DAGs.
     Scheduler(scheduler::SchedulerBenchArgs),
+    /// Commit on MariaDB → CDC → bus → stream → alert → webhook: latency p50/p99.
+    AlertLatency(alert_latency::AlertLatencyArgs),
     /// Windowed aggregation of change events: events/s per core, against decoding alone.
     Stream(stream::StreamBenchArgs),
 }
@@ -36,6 +39,7 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Lake(args) => lake::run(args).await?,
         BenchCommand::Scheduler(args) => scheduler::run(args).await?,
         BenchCommand::Stream(args) => stream::run(args).await?,
+        BenchCommand::AlertLatency(args) => alert_latency::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
