@@ -266,33 +266,53 @@ async fn a_restart_from_the_checkpoint_neither_loses_nor_double_counts() {
     assert_eq!(got, expected);
 }
 
-#[tokio::test]
-async fn alerts_fire_and_resolve_with_an_alertmanager_webhook() {
-    let s = setup(1).await;
-    let received: Arc<Mutex<Vec<Json>>> = Arc::default();
+/// What a receiver on loopback got: (path, Authorization header, JSON body).
+type Received = Arc<Mutex<Vec<(String, String, Json)>>>;
+
+/// An HTTP server recording every POST; the first call to `/hook` fails with 500 (the notifier
+/// must retry).
+async fn receiver() -> (std::net::SocketAddr, Received) {
+    let received: Received = Arc::default();
     let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(body): axum::Json<Json>| {
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Json>| {
             let sink = sink.clone();
             async move {
-                sink.lock().unwrap().push(body);
-                "ok"
+                let mut got = sink.lock().unwrap();
+                let path = uri.path().to_string();
+                let failed_before = got.iter().any(|(p, a, _)| p == "/hook" && a == "refused");
+                if path == "/hook" && !failed_before {
+                    got.push((path, "refused".into(), body));
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                got.push((path, auth, body));
+                axum::http::StatusCode::OK
             }
-        }),
+        },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn alerts_fire_and_resolve_and_every_notifier_delivers() {
+    let s = setup(1).await;
+    let (addr, received) = receiver().await;
     let alerts_dir = s.dir.path().join("alerts");
     std::fs::create_dir_all(&alerts_dir).unwrap();
+    // The Jira token comes from an environment variable; cargo sets CARGO_PKG_NAME for tests.
     std::fs::write(
         alerts_dir.join("payments.yaml"),
         format!(
             "rules:\n  - alert: PaymentFailuresHigh\n    pipeline: p\n    expr: \"failed / payments > 0.5\"\n    \
              value: \"failed / payments\"\n    labels: {{severity: page}}\n    \
              annotations: {{summary: \"merchant {{{{ $labels.merchant_id }}}} failed {{{{ $value }}}}\"}}\n\
-             receivers:\n  - {{name: oncall, webhook: \"http://{addr}/hook\"}}\n"
+             receivers:\n  - {{name: oncall, webhook: \"http://{addr}/hook\"}}\n  \
+             - {{name: chat, slack: \"http://{addr}/slack\"}}\n  \
+             - {{name: tickets, jira: {{url: \"http://{addr}/jira\", project: OPS, token_env: CARGO_PKG_NAME}}}}\n"
         ),
     )
     .unwrap();
@@ -319,23 +339,45 @@ async fn alerts_fire_and_resolve_with_an_alertmanager_webhook() {
     assert_eq!(changes[0]["annotations"]["summary"], "merchant 1 failed 0.75");
     assert_eq!(changes[0]["labels"]["severity"], "page");
     assert_eq!(changes[1]["evaluated_at"], format!("{}.000Z", minute(2).trim_end_matches('Z')));
-    // The webhook got Alertmanager's payload for each change.
-    for _ in 0..100 {
-        if received.lock().unwrap().len() >= 2 {
-            break;
-        }
+    // Webhook: refused once, then both changes in order. Slack: both. Jira: the firing one only.
+    let started = std::time::Instant::now();
+    let by_path = |path: &str| -> Vec<(String, Json)> {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, a, _)| p == path && a != "refused")
+            .map(|(_, a, b)| (a.clone(), b.clone()))
+            .collect()
+    };
+    while by_path("/hook").len() < 2 || by_path("/slack").len() < 2 || by_path("/jira/rest/api/2/issue").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "notifications missing: {:?}", received.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = received.lock().unwrap().clone();
-    assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got[0]["version"], "4");
-    assert_eq!(got[0]["status"], "firing");
-    assert_eq!(got[0]["receiver"], "oncall");
-    assert_eq!(got[0]["groupLabels"]["alertname"], "PaymentFailuresHigh");
-    assert_eq!(got[0]["alerts"][0]["labels"]["merchant_id"], "1");
-    assert_eq!(got[0]["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
-    assert_eq!(got[1]["status"], "resolved");
-    assert_eq!(got[1]["alerts"][0]["fingerprint"], got[0]["alerts"][0]["fingerprint"]);
+    let hook = by_path("/hook");
+    assert_eq!(hook[0].1["version"], "4");
+    assert_eq!(hook[0].1["status"], "firing");
+    assert_eq!(hook[0].1["receiver"], "oncall");
+    assert_eq!(hook[0].1["groupLabels"]["alertname"], "PaymentFailuresHigh");
+    assert_eq!(hook[0].1["commonLabels"]["severity"], "page");
+    assert_eq!(hook[0].1["alerts"][0]["labels"]["merchant_id"], "1");
+    assert_eq!(hook[0].1["alerts"][0]["annotations"]["summary"], "merchant 1 failed 0.75");
+    assert_eq!(hook[0].1["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(hook[1].1["status"], "resolved");
+    assert_eq!(hook[1].1["alerts"][0]["endsAt"], "2026-01-01T00:02:00.000Z");
+    assert_eq!(hook[1].1["alerts"][0]["fingerprint"], hook[0].1["alerts"][0]["fingerprint"]);
+    let slack = by_path("/slack");
+    let text = slack[0].1["text"].as_str().unwrap();
+    assert!(text.starts_with("[FIRING:1] PaymentFailuresHigh"), "{text}");
+    assert!(text.contains("merchant_id=1") && text.contains("merchant 1 failed 0.75"), "{text}");
+    assert!(slack[1].1["text"].as_str().unwrap().starts_with("[RESOLVED:1]"), "{slack:?}");
+    let jira = by_path("/jira/rest/api/2/issue");
+    assert_eq!(jira.len(), 1, "a resolved group opens no issue");
+    assert_eq!(jira[0].0, "Bearer weir-stream");
+    let fields = &jira[0].1["fields"];
+    assert_eq!(fields["project"]["key"], "OPS");
+    assert_eq!(fields["issuetype"]["name"], "Bug");
+    assert_eq!(fields["summary"], "merchant 1 failed 0.75");
 }
 
 #[tokio::test]
