@@ -45,7 +45,7 @@ struct Shared {
 impl Shared {
     async fn open(&self, p: &Pipeline) -> anyhow::Result<Engine> {
         let rules = RuleSet::for_pipeline(p, self.alerts.clone(), Some(self.notifier.clone()));
-        let registry = (p.source.format == Format::Debezium).then(|| self.registry.clone()).flatten();
+        let registry = (p.source.format != Format::Json).then(|| self.registry.clone()).flatten();
         Ok(Engine::open(p.clone(), self.config.stream.engine(), self.bus.clone(), registry, self.lake.clone(), rules)
             .await?)
     }
@@ -75,7 +75,7 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
         tracing::error!(alert = %r.name, "rule watches pipeline {:?}, which is not loaded", r.pipeline);
     }
     anyhow::ensure!(!pipelines.is_empty(), "no pipelines in {}", s.pipelines_dir.display());
-    let needs_registry = pipelines.iter().any(|p| p.source.format == Format::Debezium);
+    let needs_registry = pipelines.iter().any(|p| p.source.format != Format::Json);
     let shared = Arc::new(Shared {
         bus: weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?,
         registry: if needs_registry { Some(registry(config).await?) } else { None },

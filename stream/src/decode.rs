@@ -1,8 +1,9 @@
 //! Bus messages into Arrow batches for a pipeline: Debezium envelopes through the lake's
 //! single-pass Avro decoder (row image plus `_op`, `_source_ts_ms`, `_topic`, `_partition`,
-//! `_offset`…), JSON objects through arrow-json with the pipeline's declared fields plus
-//! `_partition`, `_offset` and `_timestamp` (the record's timestamp). A message that cannot be
-//! decoded is returned with the reason, for the dead-letter topic.
+//! `_offset`…), JSON objects through arrow-json with the pipeline's declared fields, plain Avro
+//! records through apache-avro into the same JSON path with fields taken from the registry's
+//! schema; the last two plus `_partition`, `_offset` and `_timestamp` (the record's timestamp). A
+//! message that cannot be decoded is returned with the reason, for the dead-letter topic.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -37,18 +38,24 @@ pub struct Polled {
     pub dead: Vec<(usize, String)>,
 }
 
+/// Consecutive plain-Avro messages of one schema id: the id, the batch schema, the messages'
+/// indices and their values as JSON.
+type AvroRun = (u32, SchemaRef, Vec<usize>, Vec<Vec<u8>>);
+
 /// Decodes one source topic's messages.
 pub struct Decoder {
     format: Format,
     registry: Option<Arc<dyn SchemaRegistry>>,
     layouts: HashMap<u32, Arc<Layout>>,
     json_schema: SchemaRef,
+    /// Plain Avro: per schema id, the writer schema and the batch schema it decodes into.
+    avro: HashMap<u32, Arc<(apache_avro::Schema, SchemaRef)>>,
 }
 
 impl Decoder {
-    /// A decoder for `source`; Debezium sources need the schema registry.
+    /// A decoder for `source`; Debezium and Avro sources need the schema registry.
     pub fn new(source: &Source, registry: Option<Arc<dyn SchemaRegistry>>) -> Decoder {
-        let mut fields: Vec<Field> = source
+        let fields: Vec<Field> = source
             .fields
             .iter()
             .map(|(name, t)| {
@@ -57,17 +64,18 @@ impl Decoder {
                     FieldType::Int => DataType::Int64,
                     FieldType::Float => DataType::Float64,
                     FieldType::Bool => DataType::Boolean,
-                    FieldType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    FieldType::Timestamp => timestamp(),
                 };
                 Field::new(name, ty, true)
             })
             .collect();
-        fields.extend([
-            Field::new("_partition", DataType::Int32, false),
-            Field::new("_offset", DataType::Int64, false),
-            Field::new("_timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
-        ]);
-        Decoder { format: source.format, registry, layouts: HashMap::new(), json_schema: Arc::new(Schema::new(fields)) }
+        Decoder {
+            format: source.format,
+            registry,
+            layouts: HashMap::new(),
+            json_schema: with_meta(fields),
+            avro: HashMap::new(),
+        }
     }
 
     /// Decodes `messages`; `Err` only when the schema registry cannot be reached (nothing is
@@ -76,7 +84,88 @@ impl Decoder {
         match self.format {
             Format::Debezium => self.debezium(messages).await,
             Format::Json => Ok(self.json(messages)),
+            Format::Avro => self.avro(messages).await,
         }
+    }
+
+    /// The writer schema of plain-Avro schema `id` and the batch schema it decodes into.
+    async fn avro_schema(
+        &mut self,
+        id: u32,
+    ) -> Result<Result<Arc<(apache_avro::Schema, SchemaRef)>, String>, RegistryError> {
+        if let Some(s) = self.avro.get(&id) {
+            return Ok(Ok(s.clone()));
+        }
+        let registry = self.registry.as_ref().expect("an Avro source has a registry");
+        let json = match registry.schema_by_id(id).await {
+            Ok(json) => json,
+            Err(e @ (RegistryError::SchemaNotFound(_) | RegistryError::InvalidSchema(_))) => {
+                return Ok(Err(format!("schema id {id}: {e}")));
+            }
+            Err(e) => return Err(e),
+        };
+        let schema = match apache_avro::Schema::parse_str(&json) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(format!("schema id {id}: {e}"))),
+        };
+        let apache_avro::Schema::Record(record) = &schema else {
+            return Ok(Err(format!("schema id {id} is not a record")));
+        };
+        let fields = record.fields.iter().map(|f| Field::new(&f.name, arrow_type(&f.schema), true)).collect();
+        let entry = Arc::new((schema.clone(), with_meta(fields)));
+        self.avro.insert(id, entry.clone());
+        Ok(Ok(entry))
+    }
+
+    async fn avro(&mut self, messages: &[Message]) -> Result<Polled, RegistryError> {
+        let mut out = Polled::default();
+        // Runs of one schema id: (batch schema, message indices, their values as JSON).
+        let mut runs: Vec<AvroRun> = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let Some(value) = &m.value else { continue };
+            let (id, mut body) = match wire::unframe(value) {
+                Ok(x) => x,
+                Err(e) => {
+                    out.dead.push((i, format!("not the Confluent wire format: {e}")));
+                    continue;
+                }
+            };
+            let schema = match self.avro_schema(id).await? {
+                Ok(s) => s,
+                Err(reason) => {
+                    out.dead.push((i, reason));
+                    continue;
+                }
+            };
+            let record = match apache_avro::from_avro_datum(&schema.0, &mut body, None) {
+                Ok(apache_avro::types::Value::Record(fields)) => fields,
+                Ok(_) => {
+                    out.dead.push((i, format!("schema id {id}: not a record")));
+                    continue;
+                }
+                Err(e) => {
+                    out.dead.push((i, format!("schema id {id}: {e}")));
+                    continue;
+                }
+            };
+            let object: serde_json::Map<String, serde_json::Value> =
+                record.into_iter().map(|(k, v)| (k, avro_json(v))).collect();
+            let json = serde_json::to_vec(&object).expect("JSON");
+            match runs.last_mut() {
+                Some((run_id, _, rows, values)) if *run_id == id => {
+                    rows.push(i);
+                    values.push(json);
+                }
+                _ => runs.push((id, schema.1.clone(), vec![i], vec![json])),
+            }
+        }
+        for (_, schema, rows, values) in runs {
+            match json_batch(&schema, messages, &rows, &values) {
+                Ok(batch) => out.batches.push(Decoded { batch, rows }),
+                Err(e) => out.dead.extend(rows.into_iter().map(|i| (i, e.clone()))),
+            }
+        }
+        Ok(out)
     }
 
     async fn layout(&mut self, id: u32) -> Result<Result<Arc<Layout>, String>, RegistryError> {
@@ -159,52 +248,108 @@ impl Decoder {
         if good.is_empty() {
             return out;
         }
-        match self.json_batch(messages, &good) {
+        let value = |i: usize| messages[i].value.as_deref().unwrap_or_default().to_vec();
+        let values: Vec<Vec<u8>> = good.iter().map(|&i| value(i)).collect();
+        match json_batch(&self.json_schema, messages, &good, &values) {
             Ok(batch) => out.batches.push(Decoded { batch, rows: good }),
             Err(_) => {
                 // Some value has the wrong type for its field: find which, one by one.
                 let mut kept = Vec::new();
                 for i in good {
-                    match self.json_batch(messages, &[i]) {
+                    match json_batch(&self.json_schema, messages, &[i], &[value(i)]) {
                         Ok(_) => kept.push(i),
                         Err(e) => out.dead.push((i, e)),
                     }
                 }
                 if !kept.is_empty() {
-                    let batch = self.json_batch(messages, &kept).expect("every one decoded alone");
+                    let values: Vec<Vec<u8>> = kept.iter().map(|&i| value(i)).collect();
+                    let batch = json_batch(&self.json_schema, messages, &kept, &values).expect("each decoded alone");
                     out.batches.push(Decoded { batch, rows: kept });
                 }
             }
         }
         out
     }
+}
 
-    fn json_batch(&self, messages: &[Message], which: &[usize]) -> Result<RecordBatch, String> {
-        let data_fields: Vec<Field> = self
-            .json_schema
-            .fields()
-            .iter()
-            .take(self.json_schema.fields().len() - 3)
-            .map(|f| f.as_ref().clone())
-            .collect();
-        let data_schema = Arc::new(Schema::new(data_fields));
-        let mut decoder = ReaderBuilder::new(data_schema)
-            .with_batch_size(which.len().max(1))
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
-        for &i in which {
-            let bytes = messages[i].value.as_deref().unwrap_or_default();
-            decoder.decode(bytes).map_err(|e| format!("JSON does not match the declared fields: {e}"))?;
-        }
-        let batch =
-            decoder.flush().map_err(|e| format!("JSON does not match the declared fields: {e}"))?.ok_or("no rows")?;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(Int32Array::from_iter_values(which.iter().map(|&i| messages[i].partition as i32))));
-        columns.push(Arc::new(Int64Array::from_iter_values(which.iter().map(|&i| messages[i].offset))));
-        columns.push(Arc::new(
-            TimestampMillisecondArray::from_iter_values(which.iter().map(|&i| messages[i].timestamp_ms))
-                .with_timezone("UTC"),
-        ));
-        RecordBatch::try_new(self.json_schema.clone(), columns).map_err(|e| e.to_string())
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// `fields` plus the record's `_partition`, `_offset` and `_timestamp`.
+fn with_meta(mut fields: Vec<Field>) -> SchemaRef {
+    fields.extend([
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new("_timestamp", timestamp(), false),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// The Arrow type a plain-Avro field decodes into: numbers, text, booleans and timestamps as
+/// themselves (a `[null, T]` union as a nullable `T`), anything else as JSON text.
+fn arrow_type(schema: &apache_avro::Schema) -> DataType {
+    use apache_avro::Schema as S;
+    match schema {
+        S::Boolean => DataType::Boolean,
+        S::Int | S::Long => DataType::Int64,
+        S::Float | S::Double => DataType::Float64,
+        S::String | S::Enum(_) | S::Uuid => DataType::Utf8,
+        S::TimestampMillis | S::TimestampMicros | S::TimestampNanos => timestamp(),
+        S::Union(u) => match u.variants().iter().filter(|v| !matches!(v, S::Null)).collect::<Vec<_>>()[..] {
+            [one] => arrow_type(one),
+            _ => DataType::Utf8,
+        },
+        _ => DataType::Utf8,
     }
+}
+
+/// An Avro value as the JSON arrow-json reads into [`arrow_type`]'s columns.
+fn avro_json(v: apache_avro::types::Value) -> serde_json::Value {
+    use apache_avro::types::Value as V;
+    use serde_json::Value as J;
+    match v {
+        V::Null => J::Null,
+        V::Boolean(b) => J::Bool(b),
+        V::Int(n) => n.into(),
+        V::Long(n) => n.into(),
+        V::Float(x) => f64::from(x).into(),
+        V::Double(x) => x.into(),
+        V::String(s) | V::Enum(_, s) => J::String(s),
+        V::Uuid(u) => J::String(u.to_string()),
+        V::TimestampMillis(ms) => ms.into(),
+        V::TimestampMicros(us) => us.div_euclid(1000).into(),
+        V::TimestampNanos(ns) => ns.div_euclid(1_000_000).into(),
+        V::Union(_, inner) => avro_json(*inner),
+        // Nested and binary values: their JSON text, kept whole.
+        other => J::String(J::try_from(other).map(|j| j.to_string()).unwrap_or_default()),
+    }
+}
+
+/// Decodes JSON `values` (of messages `which`) into a batch of `schema` (whose last three fields
+/// are the record's partition, offset and timestamp).
+fn json_batch(
+    schema: &SchemaRef,
+    messages: &[Message],
+    which: &[usize],
+    values: &[Vec<u8>],
+) -> Result<RecordBatch, String> {
+    let data_fields: Vec<Field> =
+        schema.fields().iter().take(schema.fields().len() - 3).map(|f| f.as_ref().clone()).collect();
+    let mut decoder = ReaderBuilder::new(Arc::new(Schema::new(data_fields)))
+        .with_batch_size(which.len().max(1))
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    for v in values {
+        decoder.decode(v).map_err(|e| format!("does not match the declared fields: {e}"))?;
+    }
+    let batch = decoder.flush().map_err(|e| format!("does not match the declared fields: {e}"))?.ok_or("no rows")?;
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns.push(Arc::new(Int32Array::from_iter_values(which.iter().map(|&i| messages[i].partition as i32))));
+    columns.push(Arc::new(Int64Array::from_iter_values(which.iter().map(|&i| messages[i].offset))));
+    columns.push(Arc::new(
+        TimestampMillisecondArray::from_iter_values(which.iter().map(|&i| messages[i].timestamp_ms))
+            .with_timezone("UTC"),
+    ));
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
 }

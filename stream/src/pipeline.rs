@@ -98,6 +98,10 @@ pub enum Format {
     Debezium,
     /// One JSON object per record.
     Json,
+    /// One Avro record per record, in the Confluent wire format (schema from the registry);
+    /// its fields become columns (nested values as JSON text), plus `_partition`, `_offset`,
+    /// `_timestamp`.
+    Avro,
 }
 
 /// A JSON field's type.
@@ -300,7 +304,9 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
     }
     match (f.source.format, f.source.fields.is_empty()) {
         (Format::Json, true) => return Err("source.fields: a json source lists its fields and their types".into()),
-        (Format::Debezium, false) => return Err("source.fields: only a json source lists fields".into()),
+        (Format::Debezium | Format::Avro, false) => {
+            return Err("source.fields: only a json source lists fields (Avro ones come from the registry)".into());
+        }
         _ => {}
     }
     let positive = |what: &str, d: Duration| {
@@ -352,7 +358,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
     };
     let event_time = f.event_time.unwrap_or_else(|| match f.source.format {
         Format::Debezium => "_source_ts_ms".into(),
-        Format::Json => "_timestamp".into(),
+        Format::Json | Format::Avro => "_timestamp".into(),
     });
     let output = f.output.unwrap_or(OutputFile { topic: None, early_results: None });
     let output_topic = output.topic.unwrap_or_else(|| format!("weir.stream.{id}"));

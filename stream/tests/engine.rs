@@ -404,3 +404,55 @@ async fn a_changed_pipeline_starts_afresh_at_its_checkpoint() {
     assert_eq!(minute_2, 600);
     assert_eq!(r[&(0, minute(2))]["biggest"], 1.0);
 }
+
+#[tokio::test]
+async fn plain_avro_events_in_session_windows() {
+    let s = setup(1).await;
+    let topic = "app.clicks";
+    s.bus.create_topic(topic, 1).await.unwrap();
+    let value_schema = weir_schemas::connect::ConnectSchema::struct_of(
+        "app.clicks.Value",
+        vec![
+            Field::new("user", schema::string()),
+            Field::new("page", schema::string()),
+            Field::new("at", schema::int64()),
+            Field::new("referrer", schema::string().optional()),
+        ],
+    );
+    let avro = AvroSchema::new(value_schema).unwrap();
+    let clicks =
+        [("a", "home", 0), ("b", "home", 5_000), ("a", "cart", 10_000), ("a", "cart", 38_000), ("a", "pay", 200_000)];
+    let mut records = Vec::new();
+    for (user, page, at) in clicks {
+        let v = Value::Struct(vec![user.into(), page.into(), Value::Int64(T0 + at), Value::Null]);
+        records.push(Record::keyed(user, s.serializer.serialize(topic, false, &avro, &v).await.unwrap()));
+    }
+    records.push(Record::keyed("x", "not avro"));
+    s.bus.producer().await.unwrap().send(topic, records).await.unwrap();
+    let p = s.pipeline(
+        "source: {topic: app.clicks, format: avro}\nkey: user\nevent_time: at\nwindow: {session: {gap: 30s}}\n\
+         aggregates:\n  - {name: clicks, fn: count}\n  - {name: pages, fn: count_distinct, expr: page}\n  \
+         - {name: referred, fn: count, expr: referrer}\nwatermark: {max_out_of_orderness: 0s}\n",
+    );
+    let mut engine = s.engine(&p, RuleSet::empty()).await;
+    engine.drain().await.unwrap();
+    let results: Vec<Json> = s.read(&p.output_topic).await.into_iter().map(|(_, v)| v).collect();
+    let mut got: Vec<(String, String, String, i64, i64, i64)> = results
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap().to_string();
+            let n = |k: &str| r[k].as_i64().unwrap();
+            (text("user"), text("window_start"), text("window_end"), n("clicks"), n("pages"), n("referred"))
+        })
+        .collect();
+    let at = |ms: i64| {
+        humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_millis((T0 + ms) as u64)).to_string()
+    };
+    got.sort();
+    // a: 0, 10 s and 38 s chain into one session (each within 30 s of the last); the click at
+    // 200 s opens another, still open.
+    assert_eq!(got, vec![("a".into(), at(0), at(68_000), 3, 2, 0), ("b".into(), at(5_000), at(35_000), 1, 1, 0)]);
+    let dlq = s.read("app.clicks.dlq").await;
+    assert_eq!(dlq.len(), 1);
+    assert!(dlq[0].0["weir.dlq.reason"].contains("Confluent wire format"));
+}

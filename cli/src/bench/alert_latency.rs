@@ -174,8 +174,9 @@ pub async fn run(args: AlertLatencyArgs) -> anyhow::Result<Value> {
                 _ = tick.tick() => {}
                 _ = writer_stop.wait_for(|s| *s) => return anyhow::Ok(id - 1),
             }
-            let values: Vec<String> =
-                (0..per_tick).map(|k| format!("({}, {}, 9.99, 'paid')", id + k as i64, (id + k as i64) % 1000)).collect();
+            let values: Vec<String> = (0..per_tick)
+                .map(|k| format!("({}, {}, 9.99, 'paid')", id + k as i64, (id + k as i64) % 1000))
+                .collect();
             writer_conn.query_drop(format!("INSERT INTO {wdb}.payments VALUES {}", values.join(","))).await?;
             id += per_tick as i64;
         }
