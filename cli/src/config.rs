@@ -15,6 +15,7 @@ use weir_flow::scheduler::FlowConfig;
 use weir_ingest::{IngestConfig, SourceConfig};
 use weir_lake::LakeConfig;
 use weir_schemas::metadata::MetadataConfig;
+use weir_serving::ServingConfig;
 use weir_stream::StreamConfig;
 
 /// Environment variables that override one key each.
@@ -46,6 +47,8 @@ pub struct Config {
     pub flow: FlowConfig,
     /// `[stream]`: the speed layer.
     pub stream: StreamConfig,
+    /// `[serving]`: the query API.
+    pub serving: ServingConfig,
 }
 
 /// `[registry]`: the schema registry.

@@ -13,6 +13,7 @@ mod ingest;
 mod lake;
 mod query;
 mod registry;
+mod serve;
 mod stream;
 mod telemetry;
 mod topics;
@@ -64,6 +65,8 @@ enum Command {
     Dags(dags::DagsCommand),
     /// Run the orchestrator: schedule DAG runs and execute their tasks.
     Scheduler(dags::SchedulerArgs),
+    /// Serve SQL over HTTP on the lake and the real-time views (the serving layer).
+    Serve(serve::ServeArgs),
     /// Run the streaming pipelines and alert rules (the speed layer).
     Stream(stream::StreamArgs),
     /// Run a benchmark and print its result as JSON.
@@ -81,6 +84,7 @@ async fn main() {
             | Command::Lake(lake::LakeCommand::Run { .. })
             | Command::Scheduler(_)
             | Command::Stream(_)
+            | Command::Serve(_)
     );
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
@@ -104,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dags(c) => dags::run(&config, c).await,
         Command::Scheduler(a) => dags::scheduler(&config, a).await,
         Command::Stream(a) => stream::run(&config, a).await,
+        Command::Serve(a) => serve::run(&config, a).await,
         Command::Bench(b) => bench::run(&config, b).await,
     }
 }

@@ -28,6 +28,12 @@ fn query_err(e: deltalake::datafusion::error::DataFusionError) -> LakeError {
 /// when given (tables younger than it are left out).
 pub async fn session(lake: &Lake, version: Option<u64>) -> Result<SessionContext, LakeError> {
     let ctx: SessionContext = deltalake::delta_datafusion::create_session().into_inner();
+    register_tables(&ctx, lake, version).await?;
+    Ok(ctx)
+}
+
+/// Registers every table of `lake` in `ctx` under its namespace (see [`session`]).
+pub async fn register_tables(ctx: &SessionContext, lake: &Lake, version: Option<u64>) -> Result<(), LakeError> {
     let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
     for ns in NAMESPACES {
         catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
@@ -38,9 +44,9 @@ pub async fn session(lake: &Lake, version: Option<u64>) -> Result<SessionContext
             Some(v) => table.load_version(v).await.map_err(|e| LakeError::delta(&name, e))?,
             None => {}
         }
-        register(&ctx, &name, &name, &table).await?;
+        register(ctx, &name, &name, &table).await?;
     }
-    Ok(ctx)
+    Ok(())
 }
 
 async fn register(

@@ -1,0 +1,71 @@
+//! `weir serve`: the serving role. Builds the query catalogue (lake tables, real-time views from
+//! the results topics, merged `serving.*` views), refreshes it every `serving.refresh_interval`,
+//! and serves the HTTP API with /healthz, /readyz and /metrics.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use clap::Args;
+use weir_lake::Lake;
+use weir_serving::{
+    catalog::Catalog,
+    http,
+    realtime::{self, Realtime},
+};
+
+use crate::{config::Config, telemetry};
+
+/// `weir serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Where to serve the API (default: serving.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
+    let s = &config.serving;
+    let tokens: Vec<String> = std::env::var(&s.tokens_env)
+        .unwrap_or_default()
+        .split(',')
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.is_empty() {
+        tracing::warn!("{} is not set: the API will refuse every query", s.tokens_env);
+    }
+    let metrics = telemetry::init_metrics()?;
+    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
+    let realtime = Arc::new(Realtime::new(s.realtime_retention));
+    let catalog = Arc::new(Catalog::new(Lake::new(&config.lake), realtime.clone(), s.clone()));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(realtime::follow(bus, realtime, s.refresh_interval, stop.clone()));
+    let refresher = {
+        let (catalog, every, mut stop) = (catalog.clone(), s.refresh_interval, stop.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = catalog.refresh().await {
+                    tracing::error!(error = %e, "refreshing the catalogue failed; the previous one stays");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
+    let listen = args.listen.unwrap_or(s.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(listen = %listener.local_addr()?, "serving");
+    let routes = http::router(catalog, tokens).merge(telemetry::router(metrics));
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("HTTP server")?;
+    let _ = stop_tx.send(true);
+    refresher.await?;
+    follower.await??;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! `[serving]` in `weir.toml`: where `weir serve` listens, who may query, and the limits every
+//! query runs under.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// `[serving]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingConfig {
+    /// The HTTP API (and /healthz, /readyz, /metrics).
+    pub listen: SocketAddr,
+    /// Environment variable holding the API's bearer tokens, comma-separated (tokens never sit
+    /// in the file). Unset or empty: the API refuses every query.
+    pub tokens_env: String,
+    /// A query running longer is cancelled.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Rows a query returns at most (the answer says when it was cut).
+    pub max_rows: usize,
+    /// Memory one query may use for sorts, joins and aggregations.
+    pub query_memory_bytes: usize,
+    /// How often new lake versions and real-time results are picked up.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Real-time results older than this (by window end, behind the newest) are dropped.
+    #[serde(with = "humantime_serde")]
+    pub realtime_retention: Duration,
+    /// Column that orders batch and real-time rows in `serving.*` views.
+    pub time_column: String,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        ServingConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            tokens_env: "WEIR_SERVING_TOKENS".into(),
+            query_timeout: Duration::from_secs(30),
+            max_rows: 100_000,
+            query_memory_bytes: 1 << 30,
+            refresh_interval: Duration::from_secs(2),
+            realtime_retention: Duration::from_secs(86_400),
+            time_column: "window_start".into(),
+        }
+    }
+}

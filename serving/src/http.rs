@@ -1,0 +1,213 @@
+//! The HTTP API: `POST /api/v1/query` (JSON or Arrow IPC), `GET /api/v1/tables`, the OpenAPI
+//! document at `GET /api/v1/openapi.json`, and `/readyz`. Every `/api` route but the spec wants
+//! `Authorization: Bearer <token>`; errors are JSON `{"error": "…"}` with a fitting status.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use deltalake::arrow::{
+    ipc::writer::StreamWriter,
+    json::{WriterBuilder, writer::JsonArray},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::catalog::{Catalog, QueryError};
+
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+struct Api {
+    catalog: Arc<Catalog>,
+    tokens: Vec<String>,
+}
+
+/// The API's routes over `catalog`, accepting these bearer `tokens`.
+pub fn router(catalog: Arc<Catalog>, tokens: Vec<String>) -> Router {
+    let api = Arc::new(Api { catalog, tokens });
+    Router::new()
+        .route("/api/v1/query", post(query))
+        .route("/api/v1/tables", get(tables))
+        .route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
+        .route("/readyz", get(readyz))
+        .with_state(api)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+/// Why a request is not authorized, if it is not.
+fn unauthorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let reason = match given {
+        Some(t) if api.tokens.iter().any(|k| k == t) => return None,
+        Some(_) => "the bearer token is not valid",
+        None if api.tokens.is_empty() => "no API tokens are configured (serving.tokens_env): every query is refused",
+        None => "send Authorization: Bearer <token>",
+    };
+    Some(error(StatusCode::UNAUTHORIZED, reason))
+}
+
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    if api.catalog.ready() {
+        "ready\n".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "loading the catalogue")
+    }
+}
+
+async fn tables(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&api, &headers) {
+        return refused;
+    }
+    let tables: Vec<Value> = api
+        .catalog
+        .tables()
+        .await
+        .into_iter()
+        .map(|t| {
+            let columns: Vec<Value> = t.columns.into_iter().map(|(n, ty)| json!({"name": n, "type": ty})).collect();
+            json!({"name": t.name, "columns": columns})
+        })
+        .collect();
+    Json(json!({"tables": tables})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn query(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Some(refused) = unauthorized(&api, &headers) {
+        return refused;
+    }
+    let body: QueryBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"sql\": \"…\", \"format\": \"json\"|\"arrow\"}}: {e}"),
+            );
+        }
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let arrow = match body.format.as_deref() {
+        Some("arrow") => true,
+        Some("json") => false,
+        Some(other) => return error(StatusCode::BAD_REQUEST, format!("format {other:?}: use json or arrow")),
+        None => accept.contains(ARROW_STREAM),
+    };
+    let answer = match api.catalog.query(&body.sql).await {
+        Ok(a) => a,
+        Err(e) => {
+            let (status, outcome) = match &e {
+                QueryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+                QueryError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                QueryError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+            };
+            metrics::counter!("weir_serving_queries_total", "outcome" => outcome).increment(1);
+            return error(status, e);
+        }
+    };
+    metrics::counter!("weir_serving_queries_total", "outcome" => "ok").increment(1);
+    metrics::histogram!("weir_serving_query_seconds").record(answer.elapsed.as_secs_f64());
+    if arrow {
+        let mut out = Vec::new();
+        let written = StreamWriter::try_new(&mut out, &answer.schema).and_then(|mut w| {
+            for b in &answer.batches {
+                w.write(b)?;
+            }
+            w.finish()
+        });
+        if let Err(e) = written {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+        let truncated = if answer.truncated { "true" } else { "false" };
+        return (
+            [(header::CONTENT_TYPE, ARROW_STREAM), (header::HeaderName::from_static("x-weir-truncated"), truncated)],
+            out,
+        )
+            .into_response();
+    }
+    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(Vec::new());
+    for b in &answer.batches {
+        if let Err(e) = writer.write(b) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    }
+    if let Err(e) = writer.finish() {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+    }
+    let bytes = writer.into_inner();
+    let rows: Value = if answer.rows == 0 { json!([]) } else { serde_json::from_slice(&bytes).unwrap_or(json!([])) };
+    let columns: Vec<Value> =
+        answer.schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect();
+    Json(json!({
+        "columns": columns,
+        "rows": rows,
+        "row_count": answer.rows,
+        "truncated": answer.truncated,
+        "elapsed_ms": answer.elapsed.as_secs_f64() * 1000.0,
+    }))
+    .into_response()
+}
+
+/// The OpenAPI 3.0 description of this API.
+pub fn openapi() -> Value {
+    let error = json!({"type": "object", "properties": {"error": {"type": "string"}}});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Weir serving API", "version": env!("CARGO_PKG_VERSION")},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": error},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/query": {"post": {
+                "summary": "Run one read-only SQL query (DataFusion dialect) over raw.*, current.*, views.*, realtime.*, serving.*",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["sql"],
+                    "properties": {"sql": {"type": "string"}, "format": {"type": "string", "enum": ["json", "arrow"]}}
+                }}}},
+                "responses": {
+                    "200": {"description": "rows", "content": {
+                        "application/json": {"schema": {"type": "object", "properties": {
+                            "columns": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "type": {"type": "string"}}}},
+                            "rows": {"type": "array", "items": {"type": "object"}},
+                            "row_count": {"type": "integer"},
+                            "truncated": {"type": "boolean"},
+                            "elapsed_ms": {"type": "number"}
+                        }}},
+                        ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}
+                    }},
+                    "400": {"description": "invalid or not read-only SQL", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                    "401": {"description": "missing or wrong bearer token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                    "504": {"description": "cancelled at the query timeout", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+                }
+            }},
+            "/api/v1/tables": {"get": {
+                "summary": "The catalogue: every table and view with its columns",
+                "responses": {"200": {"description": "tables"}, "401": {"description": "missing or wrong bearer token"}}
+            }},
+            "/readyz": {"get": {"summary": "200 once the catalogue is loaded", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}},
+            "/healthz": {"get": {"summary": "the process is up", "security": [], "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}}
+        }
+    })
+}

@@ -1,0 +1,227 @@
+//! The serving API over a real lake table and real-time results read from the embedded bus:
+//! the lambda merge, tokens, read-only SQL, limits, JSON and Arrow answers.
+
+use std::{sync::Arc, time::Duration};
+
+use deltalake::{
+    DeltaTable,
+    arrow::{
+        array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray},
+        datatypes::{DataType, Field, Schema, TimeUnit},
+        ipc::reader::StreamReader,
+    },
+    kernel::{StructType, engine::arrow_conversion::TryIntoKernel},
+};
+use serde_json::{Value, json};
+use weir_bus::{Bus, Record, local::LocalBus};
+use weir_lake::{Lake, LakeConfig, LakeUrl};
+use weir_serving::{
+    ServingConfig,
+    catalog::Catalog,
+    http,
+    realtime::{self, Realtime},
+};
+
+/// 2026-11-23T10:00:00Z in µs.
+const T10: i64 = 1_795_428_000_000_000;
+
+fn minute(m: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_micros((T10 + m * 60_000_000) as u64);
+    humantime::format_rfc3339(t).to_string()
+}
+
+/// `views.pay`: the batch side, minutes 0 and 1 per method.
+async fn batch_view(lake: &Lake) {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("method", DataType::Utf8, true),
+        Field::new("window_start", ts, true),
+        Field::new("payments", DataType::Int64, true),
+    ]));
+    let columns: StructType = schema.as_ref().try_into_kernel().unwrap();
+    let table = DeltaTable::try_from_url(lake.table_url("views.pay").unwrap())
+        .await
+        .unwrap()
+        .create()
+        .with_columns(columns.fields().cloned())
+        .await
+        .unwrap();
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["card", "card", "cash"])),
+        Arc::new(TimestampMicrosecondArray::from(vec![T10, T10 + 60_000_000, T10]).with_timezone("UTC")),
+        Arc::new(Int64Array::from(vec![100, 110, 7])),
+    ];
+    table.write(vec![RecordBatch::try_new(schema, arrays).unwrap()]).await.unwrap();
+}
+
+/// A result record as the speed layer writes it.
+fn result(method: &str, m: i64, payments: i64) -> Record {
+    let start = minute(m);
+    let key = json!({"method": method, "window_start": start});
+    let value = json!({"method": method, "window_start": start, "window_end": minute(m + 1), "final": true,
+        "payments": payments, "pipeline": "pay"});
+    Record {
+        key: Some(serde_json::to_vec(&key).unwrap().into()),
+        value: Some(serde_json::to_vec(&value).unwrap().into()),
+        timestamp_ms: Some((T10 / 1000) + (m + 1) * 60_000),
+        ..Record::default()
+    }
+}
+
+struct Server {
+    _dir: tempfile::TempDir,
+    base: String,
+    catalog: Arc<Catalog>,
+}
+
+async fn server(config: ServingConfig) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(&LakeConfig { url: LakeUrl::File(dir.path().join("lake")), ..LakeConfig::default() });
+    batch_view(&lake).await;
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::open(&dir.path().join("bus"), Default::default()).unwrap());
+    bus.create_topic("weir.stream.pay", 1).await.unwrap();
+    // Minute 1 is in the batch view too (the batch value wins); minute 1 of card arrives twice
+    // (the later result replaces the earlier); minutes 2 and 3 are only real-time.
+    let records = vec![
+        result("card", 1, 90),
+        result("card", 1, 95),
+        result("card", 2, 120),
+        result("card", 3, 5),
+        result("cash", 2, 3),
+    ];
+    bus.producer().await.unwrap().send("weir.stream.pay", records).await.unwrap();
+    let realtime = Arc::new(Realtime::new(Duration::from_secs(86_400)));
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(realtime::follow(bus, realtime.clone(), Duration::from_millis(100), stop));
+    for _ in 0..100 {
+        if realtime.batch("pay").is_some_and(|b| b.num_rows() == 4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let catalog = Arc::new(Catalog::new(lake, realtime, config));
+    catalog.refresh().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = http::router(catalog.clone(), vec!["secret".into()]);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    std::mem::forget(_stop);
+    Server { _dir: dir, base, catalog }
+}
+
+async fn post(s: &Server, token: Option<&str>, body: Value) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
+    let mut req = reqwest::Client::new().post(format!("{}/api/v1/query", s.base)).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.bytes().await.unwrap())
+}
+
+async fn rows(s: &Server, sql: &str) -> Vec<Value> {
+    let (status, _, body) = post(s, Some("secret"), json!({"sql": sql})).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    v["rows"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn serving_views_merge_batch_rows_up_to_the_watermark_with_real_time_after_it() {
+    let s = server(ServingConfig::default()).await;
+    let got = rows(&s, "SELECT method, window_start, payments FROM serving.pay ORDER BY method, window_start").await;
+    let got: Vec<(String, String, i64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap().into(),
+                r["window_start"].as_str().unwrap().into(),
+                r["payments"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let at = minute;
+    assert_eq!(
+        got,
+        vec![
+            ("card".into(), at(0), 100),
+            ("card".into(), at(1), 110), // batch wins up to its watermark (minute 1)
+            ("card".into(), at(2), 120),
+            ("card".into(), at(3), 5),
+            ("cash".into(), at(0), 7),
+            ("cash".into(), at(2), 3),
+        ]
+    );
+    // The real-time view alone holds the latest result per key and window.
+    let rt = rows(&s, "SELECT payments FROM realtime.pay WHERE method = 'card' ORDER BY window_start").await;
+    assert_eq!(rt.iter().map(|r| r["payments"].as_i64().unwrap()).collect::<Vec<_>>(), vec![95, 120, 5]);
+    let names: Vec<String> = s.catalog.tables().await.into_iter().map(|t| t.name).collect();
+    assert_eq!(names, vec!["views.pay", "realtime.pay", "serving.pay"]);
+}
+
+#[tokio::test]
+async fn tokens_read_only_sql_limits_and_formats() {
+    let config = ServingConfig { max_rows: 3, query_timeout: Duration::from_millis(300), ..ServingConfig::default() };
+    let s = server(config).await;
+    let sql = json!({"sql": "SELECT 1 AS one"});
+    let (status, _, body) = post(&s, None, sql.clone()).await;
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(post(&s, Some("guess"), sql.clone()).await.0, 401);
+    assert_eq!(post(&s, Some("secret"), sql).await.0, 200);
+
+    for (sql, want) in [
+        ("CREATE TABLE t AS SELECT 1", "DDL not supported"),
+        ("INSERT INTO views.pay VALUES ('x', now(), 1)", "DML not supported"),
+        ("COPY (SELECT 1) TO '/tmp/weir-should-not-exist.csv'", "DML not supported"),
+        ("SET datafusion.execution.batch_size = 1", "Statement not supported"),
+        ("SELEC 1", "Expected"),
+        ("SELECT * FROM views.nope", "views.nope"),
+    ] {
+        let (status, _, body) = post(&s, Some("secret"), json!({"sql": sql})).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 400, "{sql}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{sql}: {v}");
+    }
+    assert!(!std::path::Path::new("/tmp/weir-should-not-exist.csv").exists());
+
+    // Row limit: 3 of 6 rows, said so.
+    let (_, _, body) = post(&s, Some("secret"), json!({"sql": "SELECT * FROM serving.pay"})).await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["row_count"].as_i64(), v["truncated"].as_bool()), (Some(3), Some(true)), "{v}");
+    // Timeout: a billion-row count is cancelled.
+    let (status, _, body) =
+        post(&s, Some("secret"), json!({"sql": "SELECT count(*) FROM generate_series(1, 10000000000)"})).await;
+    assert_eq!(status, 504, "{}", String::from_utf8_lossy(&body));
+    // Arrow IPC.
+    let (status, headers, body) = post(
+        &s,
+        Some("secret"),
+        json!({"sql": "SELECT method, payments FROM views.pay ORDER BY payments", "format": "arrow"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], http::ARROW_STREAM);
+    let batches: Vec<RecordBatch> =
+        StreamReader::try_new(std::io::Cursor::new(body), None).unwrap().map(Result::unwrap).collect();
+    let payments: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| b.column(1).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+        .collect();
+    assert_eq!(payments, vec![7, 100, 110]);
+    // The catalogue and the spec.
+    let tables: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/tables", s.base))
+        .bearer_auth("secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tables["tables"][0]["name"], "views.pay");
+    assert_eq!(tables["tables"][0]["columns"][2]["name"], "payments");
+    let spec: Value = reqwest::get(format!("{}/api/v1/openapi.json", s.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.0.3");
+    assert!(spec["paths"]["/api/v1/query"]["post"].is_object());
+}
