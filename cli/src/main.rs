@@ -9,6 +9,7 @@ mod cassandra;
 mod config;
 mod console;
 mod dags;
+mod demo;
 mod ingest;
 mod lake;
 mod query;
@@ -65,6 +66,8 @@ enum Command {
     Dags(dags::DagsCommand),
     /// Run the orchestrator: schedule DAG runs and execute their tasks.
     Scheduler(dags::SchedulerArgs),
+    /// Every role in one process with a built-in food-delivery workload: the quickest look at Weir.
+    Demo(demo::DemoArgs),
     /// Serve SQL over HTTP on the lake and the real-time views (the serving layer).
     Serve(serve::ServeArgs),
     /// Run the streaming pipelines and alert rules (the speed layer).
@@ -85,9 +88,15 @@ async fn main() {
             | Command::Scheduler(_)
             | Command::Stream(_)
             | Command::Serve(_)
+            | Command::Demo(_)
     );
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
-    telemetry::init_logs(if is_service { "info,librdkafka=warn" } else { "warn,librdkafka=off" });
+    // delta_kernel logs a table that does not exist yet (a writer's first open) as an error.
+    telemetry::init_logs(if is_service {
+        "info,librdkafka=warn,delta_kernel=off"
+    } else {
+        "warn,librdkafka=off,delta_kernel=off"
+    });
     if let Err(e) = run(cli).await {
         eprintln!("weir: {e:#}");
         std::process::exit(1);
@@ -109,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(a) => dags::scheduler(&config, a).await,
         Command::Stream(a) => stream::run(&config, a).await,
         Command::Serve(a) => serve::run(&config, a).await,
+        Command::Demo(a) => demo::run(&config, a).await,
         Command::Bench(b) => bench::run(&config, b).await,
     }
 }
