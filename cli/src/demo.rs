@@ -19,6 +19,7 @@ use std::{
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
 use clap::Args;
+use futures::FutureExt as _;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{sync::watch, task::JoinSet};
 use weir_bus::{Bus, BusError, Record};
@@ -36,7 +37,7 @@ use weir_schemas::{
 };
 use weir_serving::{
     catalog::Catalog,
-    http,
+    http, pg,
     realtime::{self, Realtime},
 };
 use weir_stream::{
@@ -60,6 +61,9 @@ pub struct DemoArgs {
     /// Where the serving API listens.
     #[arg(long, default_value = "127.0.0.1:8088")]
     listen: SocketAddr,
+    /// Where the PostgreSQL wire listens.
+    #[arg(long, default_value = "127.0.0.1:5433")]
+    pg_listen: SocketAddr,
     /// The folder with `dags/`, `pipelines/` and `alerts/`.
     #[arg(long, default_value = "examples")]
     examples: PathBuf,
@@ -177,6 +181,12 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let pg_listener =
+        tokio::net::TcpListener::bind(args.pg_listen).await.with_context(|| format!("binding {}", args.pg_listen))?;
+    let pg_addr = pg_listener.local_addr()?;
+    let pg_serve =
+        pg::serve(pg_listener, catalog.clone(), config.serving.pg_user.clone(), vec![token.clone()], stop.clone());
+    tasks.spawn(pg_serve.map(|r| Ok(r?)));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let api = listener.local_addr()?;
@@ -236,6 +246,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     );
     println!("  SQL API     http://{api}/api/v1/query   (bearer token {token})");
     println!("  catalogue   http://{api}/api/v1/tables   OpenAPI http://{api}/api/v1/openapi.json");
+    println!(
+        "  psql        psql 'postgresql://{}:{token}@{pg_addr}/weir' -c 'SELECT * FROM serving.payment_failures LIMIT 5'",
+        config.serving.pg_user
+    );
     println!("  metrics     http://{api}/metrics   health http://{api}/healthz");
     println!(
         "  try         curl -s -H 'Authorization: Bearer {token}' -d '{{\"sql\": \"SELECT * FROM serving.payment_failures ORDER BY window_start DESC LIMIT 5\"}}' http://{api}/api/v1/query"

@@ -9,7 +9,7 @@ use clap::Args;
 use weir_lake::Lake;
 use weir_serving::{
     catalog::Catalog,
-    http,
+    http, pg,
     realtime::{self, Realtime},
 };
 
@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Where to serve the API (default: serving.listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Where to serve the PostgreSQL wire (default: serving.pg_listen).
+    #[arg(long)]
+    pg_listen: Option<SocketAddr>,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
@@ -54,6 +57,15 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let pg = match tokens.is_empty() {
+        false => {
+            let addr = args.pg_listen.unwrap_or(s.pg_listen);
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+            tracing::info!(listen = %listener.local_addr()?, user = %s.pg_user, "PostgreSQL wire");
+            Some(tokio::spawn(pg::serve(listener, catalog.clone(), s.pg_user.clone(), tokens.clone(), stop.clone())))
+        }
+        true => None,
+    };
     let listen = args.listen.unwrap_or(s.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "serving");
@@ -67,5 +79,8 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     refresher.await?;
     follower.await??;
+    if let Some(pg) = pg {
+        pg.await??;
+    }
     Ok(())
 }

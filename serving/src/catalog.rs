@@ -106,6 +106,14 @@ impl Catalog {
         for ns in ["realtime", "serving"] {
             catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(df_err)?;
         }
+        // PostgreSQL's catalogue, for clients that introspect over the wire (psql, Grafana).
+        if let Err(e) = datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog(
+            &ctx,
+            "datafusion",
+            Arc::new(datafusion_postgres::auth::AuthManager::default()),
+        ) {
+            tracing::warn!(error = %e, "pg_catalog is unavailable");
+        }
         for pipeline in self.realtime.pipelines() {
             let Some(batch) = self.realtime.batch(&pipeline) else { continue };
             let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(df_err)?;
@@ -194,23 +202,24 @@ impl Catalog {
         out
     }
 
-    /// Runs one read-only query under the configured limits.
-    pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
-        let started = Instant::now();
-        let ctx = self
-            .current
-            .read()
-            .expect("not poisoned")
-            .clone()
-            .ok_or_else(|| QueryError::Failed("the catalogue is still loading".into()))?;
-        // Its own memory pool; the object stores the lake's tables registered are shared.
+    /// A session over the current catalogue with its own memory pool (the object stores the
+    /// lake's tables registered are shared); `None` before the first refresh.
+    pub fn connection_context(&self) -> Option<SessionContext> {
+        let ctx = self.current.read().expect("not poisoned").clone()?;
         let runtime = RuntimeEnvBuilder::new()
             .with_object_store_registry(ctx.runtime_env().object_store_registry.clone())
             .with_memory_limit(self.config.query_memory_bytes, 1.0)
             .build_arc()
-            .map_err(|e| QueryError::Failed(e.to_string()))?;
+            .ok()?;
         let state = SessionStateBuilder::new_from_existing(ctx.state()).with_runtime_env(runtime).build();
-        let qctx = SessionContext::new_with_state(state);
+        Some(SessionContext::new_with_state(state))
+    }
+
+    /// Runs one read-only query under the configured limits.
+    pub async fn query(&self, sql: &str) -> Result<Answer, QueryError> {
+        let started = Instant::now();
+        let qctx =
+            self.connection_context().ok_or_else(|| QueryError::Failed("the catalogue is still loading".into()))?;
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let timeout = self.config.query_timeout;
         let max_rows = self.config.max_rows;

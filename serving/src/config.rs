@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub struct ServingConfig {
     /// The HTTP API (and /healthz, /readyz, /metrics).
     pub listen: SocketAddr,
+    /// The PostgreSQL wire endpoint.
+    pub pg_listen: SocketAddr,
+    /// The PostgreSQL user; its password is any API token.
+    pub pg_user: String,
     /// Environment variable holding the API's bearer tokens, comma-separated (tokens never sit
     /// in the file). Unset or empty: the API refuses every query.
     pub tokens_env: String,
@@ -35,6 +39,8 @@ impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            pg_listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
+            pg_user: "weir".into(),
             tokens_env: "WEIR_SERVING_TOKENS".into(),
             query_timeout: Duration::from_secs(30),
             max_rows: 100_000,

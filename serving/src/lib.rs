@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod config;
 pub mod http;
+pub mod pg;
 pub mod realtime;
 
 pub use config::ServingConfig;

@@ -18,7 +18,7 @@ use weir_lake::{Lake, LakeConfig, LakeUrl};
 use weir_serving::{
     ServingConfig,
     catalog::Catalog,
-    http,
+    http, pg,
     realtime::{self, Realtime},
 };
 
@@ -72,6 +72,7 @@ struct Server {
     _dir: tempfile::TempDir,
     base: String,
     catalog: Arc<Catalog>,
+    pg_port: u16,
 }
 
 async fn server(config: ServingConfig) -> Server {
@@ -105,8 +106,11 @@ async fn server(config: ServingConfig) -> Server {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = http::router(catalog.clone(), vec!["secret".into()]);
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pg_port = pg_listener.local_addr().unwrap().port();
+    tokio::spawn(pg::serve(pg_listener, catalog.clone(), "weir".into(), vec!["secret".into()], _stop.subscribe()));
     std::mem::forget(_stop);
-    Server { _dir: dir, base, catalog }
+    Server { _dir: dir, base, catalog, pg_port }
 }
 
 async fn post(s: &Server, token: Option<&str>, body: Value) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
@@ -224,4 +228,41 @@ async fn tokens_read_only_sql_limits_and_formats() {
     let spec: Value = reqwest::get(format!("{}/api/v1/openapi.json", s.base)).await.unwrap().json().await.unwrap();
     assert_eq!(spec["openapi"], "3.0.3");
     assert!(spec["paths"]["/api/v1/query"]["post"].is_object());
+}
+
+/// `psql` (the Debian client) with `args`, as user `weir` with `password`: (success, stdout, stderr).
+async fn psql(s: &Server, password: &str, sql: &str) -> (bool, String, String) {
+    let url = format!("postgresql://weir:{password}@127.0.0.1:{}/weir?sslmode=disable", s.pg_port);
+    let out = tokio::process::Command::new("psql")
+        .args([url.as_str(), "-X", "-A", "-t", "-F", ",", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .await
+        .expect("psql (Debian postgresql-client, installed by scripts/test)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn psql_reads_the_same_catalogue_and_nothing_else() {
+    let s = server(ServingConfig::default()).await;
+    let (ok, out, err) =
+        psql(&s, "secret", "SELECT method, payments FROM serving.pay WHERE method = 'card' ORDER BY window_start")
+            .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "card,100\ncard,110\ncard,120\ncard,5");
+    let (ok, _, err) = psql(&s, "wrong", "SELECT 1").await;
+    assert!(!ok);
+    assert!(err.contains("Password authentication failed for user \"weir\""), "{err}");
+    for sql in ["CREATE TABLE t (a INT)", "INSERT INTO views.pay VALUES ('x', now(), 1)", "DROP TABLE views.pay"] {
+        let (ok, _, err) = psql(&s, "secret", sql).await;
+        assert!(!ok, "{sql} ran");
+        assert!(err.contains("read-only SQL"), "{sql}: {err}");
+    }
+    // Introspection clients use pg_catalog.
+    let (ok, out, err) = psql(&s, "secret", "SELECT count(*) > 0 FROM pg_catalog.pg_tables").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "t");
 }
