@@ -54,7 +54,7 @@ impl StartupHandler for TokenAuth {
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
                 let given = pwd.into_password()?.password;
                 let user = LoginInfo::from_client_info(client).user().unwrap_or_default().to_string();
-                if user != self.user || !self.tokens.iter().any(|t| *t == given) {
+                if user != self.user || !self.tokens.contains(&given) {
                     metrics::counter!("weir_serving_pg_auth_failures_total").increment(1);
                     return Err(PgWireError::InvalidPassword(user));
                 }
