@@ -345,12 +345,7 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                 bail!("{} {} {}: no such try (tries: {})", key.dag_id, key.run_id, key.task_id, tries.len());
             };
             eprintln!("# try {} — {} — {}", t.try_number, t.state, t.log);
-            let bytes = if t.log.starts_with("s3://") {
-                let url = url::Url::parse(&t.log).with_context(|| format!("log URL {}", t.log))?;
-                Lake::new(&config.lake).get_object(&url).await.with_context(|| format!("reading {}", t.log))?
-            } else {
-                std::fs::read(&t.log).with_context(|| format!("reading {}", t.log))?
-            };
+            let bytes = runs::read_log(&Lake::new(&config.lake), &t.log).await?;
             print!("{}", String::from_utf8_lossy(&bytes));
             if let Some(reason) = &t.reason {
                 eprintln!("# {reason}");

@@ -67,7 +67,7 @@ pub struct DemoArgs {
     /// The folder with `dags/`, `pipelines/` and `alerts/`.
     #[arg(long, default_value = "examples")]
     examples: PathBuf,
-    /// When to run `orders_daily` for today (the lake has rows by then).
+    /// When to run `orders_daily` for today (at the earliest: it waits for all four change logs).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     dag_after: Duration,
     /// When the first card outage starts (20 s long, then every 2 minutes).
@@ -190,7 +190,11 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let api = listener.local_addr()?;
-    let routes = http::router(catalog, vec![token.clone()]).merge(telemetry::router(metrics));
+    let store = Store::open(config.metadata.connect().await?).await?;
+    let dag_routes = weir_flow::api::router(store, Arc::new(lake.clone()), args.examples.join("dags"));
+    let routes = http::router(catalog, vec![token.clone()])
+        .merge(http::protect(dag_routes, vec![token.clone()]))
+        .merge(telemetry::router(metrics));
     {
         let stop = stop.clone();
         tasks.spawn(async move {
@@ -209,6 +213,18 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = tokio::time::sleep(after) => {}
                 _ = until(stop.clone()) => return Ok(()),
+            }
+            // The DAG snapshots all four change logs: wait until each has its first commit.
+            loop {
+                let tables = lake.tables().await?;
+                let have = |t: &str| tables.iter().any(|i| i.name == table_name(&topic(t)));
+                if TABLES.iter().all(|t| have(t)) {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = until(stop.clone()) => return Ok(()),
+                }
             }
             let store = Store::open(metadata.connect().await?).await?;
             let flow = weir_flow::scheduler::FlowConfig { dags_dir: dags_dir.clone(), ..flow };
@@ -244,6 +260,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         "Weir demo: all roles in one process (bus {}, lake {}, metadata {})",
         config.bus.url, config.lake.url, config.metadata.url
     );
+    println!("  dashboard   http://{api}/#token={token}");
     println!("  SQL API     http://{api}/api/v1/query   (bearer token {token})");
     println!("  catalogue   http://{api}/api/v1/tables   OpenAPI http://{api}/api/v1/openapi.json");
     println!(

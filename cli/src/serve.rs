@@ -1,6 +1,7 @@
 //! `weir serve`: the serving role. Builds the query catalogue (lake tables, real-time views from
 //! the results topics, merged `serving.*` views), refreshes it every `serving.refresh_interval`,
-//! and serves the HTTP API with /healthz, /readyz and /metrics.
+//! and serves the HTTP API (SQL, and the orchestrator's DAG routes), the PostgreSQL wire and the
+//! web dashboard, with /healthz, /readyz and /metrics.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -69,7 +70,11 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or(s.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "serving");
-    let routes = http::router(catalog, tokens).merge(telemetry::router(metrics));
+    let store = weir_flow::store::Store::open(config.metadata.connect().await?).await?;
+    let dag_routes = weir_flow::api::router(store, Arc::new(Lake::new(&config.lake)), config.flow.dags_dir.clone());
+    let routes = http::router(catalog, tokens.clone())
+        .merge(http::protect(dag_routes, tokens))
+        .merge(telemetry::router(metrics));
     axum::serve(listener, routes)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

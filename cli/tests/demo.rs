@@ -14,16 +14,19 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn the_demo_runs_every_role_and_answers_queries() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, pg_port) = (free(), free());
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["demo", "--duration", "40s", "--dag-after", "8s", "--outage-after", "3s", "--listen"])
+        .args(["demo", "--duration", "60s", "--dag-after", "8s", "--outage-after", "3s", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--pg-listen")
+        .arg(format!("127.0.0.1:{pg_port}"))
         .arg("--examples")
         .arg(&examples)
         .current_dir(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
         .spawn()
         .unwrap();
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -44,12 +47,38 @@ async fn the_demo_runs_every_role_and_answers_queries() {
         if let Some(t) = found {
             break t;
         }
+        if child.try_wait().unwrap().is_some() {
+            panic!("weir demo exited:\n{}", std::fs::read_to_string(dir.path().join("demo.log")).unwrap_or_default());
+        }
         assert!(started.elapsed() < Duration::from_secs(30), "no banner: {:?}", lines.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    // Mid-run: real-time results and (once the DAG ran) the batch view answer over HTTP.
-    tokio::time::sleep(Duration::from_secs(25).saturating_sub(started.elapsed())).await;
+    // Mid-run, once today's orders_daily run succeeded (the orchestrator's routes, behind the
+    // same token, say so): real-time results and the batch view answer over HTTP.
+    let runs = loop {
+        let resp = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/api/v1/dags/orders_daily/runs"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        // The demo's manual run for today (the scheduler may also run yesterday's interval).
+        if let Ok(r) = resp
+            && let Ok(v) = r.json::<Value>().await
+            && let Some(run) = v["runs"].as_array().and_then(|runs| {
+                runs.iter().find(|r| r["run_id"].as_str().is_some_and(|id| id.starts_with("manual__")))
+            })
+            && run["state"] == "success"
+        {
+            break run.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(50),
+            "orders_daily did not succeed: {:?}",
+            lines.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let query = |sql: &str| {
         let body = json!({"sql": sql});
         let token = token.clone();
@@ -63,18 +92,70 @@ async fn the_demo_runs_every_role_and_answers_queries() {
                 .unwrap();
             let status = resp.status();
             let v: Value = resp.json().await.unwrap();
-            assert!(status.is_success(), "{v}");
-            v
+            (status.is_success(), v)
         }
     };
-    let rt =
+    // The serving catalogue picks the new view version up within its refresh interval (2 s).
+    let started_wait = Instant::now();
+    let facts = loop {
+        let (ok, v) = query("SELECT count(*) AS n, count(payment_method) AS paid FROM views.order_facts").await;
+        if ok && v["rows"][0]["n"].as_i64().is_some_and(|n| n > 10) {
+            break v;
+        }
+        assert!(started_wait.elapsed() < Duration::from_secs(10), "views.order_facts not served: {v}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(facts["rows"][0]["paid"].as_i64().unwrap() > 0, "{facts}");
+    let (_, rt) =
         query("SELECT method, sum(payments) AS n FROM serving.payment_failures GROUP BY method ORDER BY method").await;
     let methods: Vec<&str> = rt["rows"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert_eq!(methods, vec!["card", "cash", "wallet"], "{rt}");
-    let facts = query("SELECT count(*) AS n, count(payment_method) AS paid FROM views.order_facts").await;
-    assert!(facts["rows"][0]["n"].as_i64().unwrap() > 10, "{facts}");
-    let raw = query("SELECT count(*) AS n FROM raw.food_delivery_orders").await;
-    assert!(raw["rows"][0]["n"].as_i64().unwrap() > 50, "{raw}");
+    let (_, raw) = query("SELECT count(*) AS n FROM raw.food_delivery_orders").await;
+    // Every order in the day's facts is in the change log, which keeps growing.
+    assert!(raw["rows"][0]["n"].as_i64().unwrap() >= facts["rows"][0]["n"].as_i64().unwrap(), "{raw} {facts}");
+    let run_id = runs["run_id"].as_str().unwrap();
+    let tasks: Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/v1/dags/orders_daily/runs/{run_id}/tasks"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tasks["tasks"].as_array().unwrap().len(), 5, "{tasks}");
+    let anonymous = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/dags")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // The dashboard in headless Chromium: its DOM after the page's queries ran, and a screenshot.
+    let page = format!("http://127.0.0.1:{port}/#token={token}");
+    let chromium = |extra: &[String]| {
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1200",
+            "--virtual-time-budget=12000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        args.push(page.clone());
+        Command::new("chromium").args(args).output().expect("chromium (Debian package, installed by scripts/test)")
+    };
+    let dom = String::from_utf8_lossy(&chromium(&["--dump-dom".into()]).stdout).into_owned();
+    for want in ["raw.food_delivery_orders", "payment_failures", "orders_daily", "success", "<path d=\"M", "card"] {
+        assert!(dom.contains(want), "the dashboard lacks {want:?}:\n{dom}");
+    }
+    let shot = dir.path().join("dashboard.png");
+    let out = chromium(&[format!("--screenshot={}", shot.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    // A blank 1280×1200 page compresses to a few KB; tables, text and a chart do not.
+    assert!(png.len() > 40_000, "the screenshot looks empty: {} bytes", png.len());
 
     assert!(child.wait().unwrap().success());
     reader.join().unwrap();

@@ -3,8 +3,9 @@
 //! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), trigger
 //! rules and states ([`rules`]), templating ([`template`]), the metadata store ([`store`]), the
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
-//! local executor ([`scheduler`]).
+//! local executor ([`scheduler`]), and the HTTP routes over runs and logs ([`api`]).
 
+pub mod api;
 pub mod dag;
 pub mod rules;
 pub mod runs;

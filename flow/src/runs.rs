@@ -119,3 +119,13 @@ pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(St
     }
     Ok(cleared)
 }
+
+/// The text of a try's log: a file for a local lake, an object for a lake on S3.
+pub async fn read_log(lake: &weir_lake::Lake, log: &str) -> Result<Vec<u8>, FlowError> {
+    if log.starts_with("s3://") {
+        let url = url::Url::parse(log).map_err(|e| FlowError::Invalid(format!("log URL {log}: {e}")))?;
+        lake.get_object(&url).await.map_err(|e| FlowError::Invalid(format!("reading {log}: {e}")))
+    } else {
+        tokio::fs::read(log).await.map_err(|e| FlowError::Invalid(format!("reading {log}: {e}")))
+    }
+}

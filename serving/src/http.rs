@@ -28,10 +28,11 @@ struct Api {
     tokens: Vec<String>,
 }
 
-/// The API's routes over `catalog`, accepting these bearer `tokens`.
+/// The API's routes over `catalog`, accepting these bearer `tokens`, and the web dashboard at `/`.
 pub fn router(catalog: Arc<Catalog>, tokens: Vec<String>) -> Router {
     let api = Arc::new(Api { catalog, tokens });
     Router::new()
+        .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route("/api/v1/query", post(query))
         .route("/api/v1/tables", get(tables))
         .route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
@@ -39,21 +40,41 @@ pub fn router(catalog: Arc<Catalog>, tokens: Vec<String>) -> Router {
         .with_state(api)
 }
 
+/// The web dashboard: one page that queries this API (the token comes from `#token=…`).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `routes` behind the same bearer tokens as the query API (for routes other crates own, such
+/// as the orchestrator's).
+pub fn protect(routes: Router, tokens: Vec<String>) -> Router {
+    routes.layer(axum::middleware::from_fn_with_state(Arc::new(tokens), check_token))
+}
+
+async fn check_token(
+    State(tokens): State<Arc<Vec<String>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match unauthorized(&tokens, request.headers()) {
+        Some(refused) => refused,
+        None => next.run(request).await,
+    }
+}
+
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 
 /// Why a request is not authorized, if it is not.
-fn unauthorized(api: &Api, headers: &HeaderMap) -> Option<Response> {
+fn unauthorized(tokens: &[String], headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let reason = match given {
-        Some(t) if api.tokens.iter().any(|k| k == t) => return None,
+        Some(t) if tokens.iter().any(|k| k == t) => return None,
         Some(_) => "the bearer token is not valid",
-        None if api.tokens.is_empty() => "no API tokens are configured (serving.tokens_env): every query is refused",
+        None if tokens.is_empty() => "no API tokens are configured (serving.tokens_env): every query is refused",
         None => "send Authorization: Bearer <token>",
     };
     Some(error(StatusCode::UNAUTHORIZED, reason))
@@ -68,7 +89,7 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn tables(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = unauthorized(&api, &headers) {
+    if let Some(refused) = unauthorized(&api.tokens, &headers) {
         return refused;
     }
     let tables: Vec<Value> = api
@@ -93,7 +114,7 @@ struct QueryBody {
 }
 
 async fn query(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refused) = unauthorized(&api, &headers) {
+    if let Some(refused) = unauthorized(&api.tokens, &headers) {
         return refused;
     }
     let body: QueryBody = match serde_json::from_slice(&body) {

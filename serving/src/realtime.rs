@@ -1,7 +1,7 @@
 //! Real-time views: every results topic of the speed layer (`weir.stream.<pipeline>`) read from
 //! its start into an upsert table — the latest result per key and window — that queries see as
-//! `realtime.<pipeline>`. Results older than the retention (by window end, behind the newest)
-//! are dropped.
+//! `realtime.<pipeline>`, and `weir.alerts` into `realtime.alerts`, the latest state change of
+//! each alert. Records older than the retention (by record time, behind the newest) are dropped.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,6 +20,8 @@ use weir_bus::{Bus, BusError, ConsumerConfig, TopicPartition};
 
 /// The prefix of the speed layer's results topics.
 pub const RESULTS_PREFIX: &str = "weir.stream.";
+/// The speed layer's alert state changes.
+pub const ALERTS_TOPIC: &str = "weir.alerts";
 
 #[derive(Default)]
 struct View {
@@ -112,7 +114,10 @@ pub async fn follow(
     let mut followed: BTreeMap<String, tokio::task::JoinHandle<Result<(), BusError>>> = BTreeMap::new();
     loop {
         for t in bus.list_topics().await? {
-            if let Some(pipeline) = t.name.strip_prefix(RESULTS_PREFIX)
+            // Results become realtime.<pipeline>; alert state changes realtime.alerts (the
+            // latest change of each alert).
+            let view = if t.name == ALERTS_TOPIC { Some("alerts") } else { t.name.strip_prefix(RESULTS_PREFIX) };
+            if let Some(pipeline) = view
                 && !followed.contains_key(&t.name)
             {
                 let task = tokio::spawn(follow_topic(

@@ -1,0 +1,185 @@
+//! The orchestrator's HTTP routes, mounted by the serving API (which adds its bearer tokens):
+//!
+//! - `GET /api/v1/dags`: DAGs with schedule and paused flag, and the files refused;
+//! - `GET /api/v1/dags/{dag}/runs`: the newest 50 runs;
+//! - `POST /api/v1/dags/{dag}/runs` with `{"conf": {…}, "logical_date": "…"}` (both optional):
+//!   a manual run, as `weir dags trigger`;
+//! - `GET /api/v1/dags/{dag}/runs/{run}/tasks`: its task instances;
+//! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs[?try=N]`: a try's log (the last try by
+//!   default), as text.
+
+use std::{path::PathBuf, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use weir_lake::Lake;
+
+use crate::{
+    FlowError, dag, runs,
+    store::{Store, StoreError, TaskKey},
+};
+
+struct Api {
+    store: Store,
+    lake: Arc<Lake>,
+    dags_dir: PathBuf,
+}
+
+/// The routes over `store`; manual runs load DAG files from `dags_dir`.
+pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
+    Router::new()
+        .route("/api/v1/dags", get(dags))
+        .route("/api/v1/dags/{dag}/runs", get(list_runs).post(trigger))
+        .route("/api/v1/dags/{dag}/runs/{run}/tasks", get(tasks))
+        .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs", get(logs))
+        .with_state(Arc::new(Api { store, lake, dags_dir }))
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+fn failed(e: FlowError) -> Response {
+    match e {
+        FlowError::Store(e @ (StoreError::NoDag(_) | StoreError::NoRun { .. })) => error(StatusCode::NOT_FOUND, e),
+        FlowError::Invalid(m) => error(StatusCode::BAD_REQUEST, m),
+        other => error(StatusCode::INTERNAL_SERVER_ERROR, other),
+    }
+}
+
+fn time(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
+}
+
+async fn dags(State(api): State<Arc<Api>>) -> Response {
+    let rows = match api.store.dags().await {
+        Ok(r) => r,
+        Err(e) => return failed(e.into()),
+    };
+    let errors = api.store.import_errors().await.unwrap_or_default();
+    let dags: Vec<Value> = rows
+        .into_iter()
+        .map(|d| json!({"dag_id": d.dag_id, "file": d.file, "schedule": d.schedule, "paused": d.paused, "version": d.hash}))
+        .collect();
+    let errors: Vec<Value> =
+        errors.into_iter().map(|e| json!({"file": e.file, "line": e.line, "reason": e.reason})).collect();
+    Json(json!({"dags": dags, "import_errors": errors})).into_response()
+}
+
+async fn list_runs(State(api): State<Arc<Api>>, Path(dag_id): Path<String>) -> Response {
+    match api.store.runs(&dag_id, 50).await {
+        Ok(runs) => {
+            let runs: Vec<Value> = runs
+                .into_iter()
+                .map(|r| {
+                    json!({
+                        "run_id": r.run_id, "run_type": r.run_type, "state": r.state.to_string(),
+                        "data_interval_start": r.interval.start.to_rfc3339(), "data_interval_end": r.interval.end.to_rfc3339(),
+                        "conf": r.conf, "version": r.dag_hash, "created_at": r.created_at.to_rfc3339(),
+                        "started_at": time(r.started_at), "ended_at": time(r.ended_at),
+                    })
+                })
+                .collect();
+            Json(json!({"runs": runs})).into_response()
+        }
+        Err(e) => failed(e.into()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TriggerBody {
+    #[serde(default)]
+    conf: serde_json::Map<String, Value>,
+    logical_date: Option<String>,
+}
+
+async fn trigger(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
+    let body: TriggerBody = if body.is_empty() {
+        TriggerBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"conf\": {{…}}, \"logical_date\": \"…\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let (dags, _) = dag::load_dir(&api.dags_dir);
+    let Some(d) = dags.into_iter().find(|d| d.id == dag_id) else {
+        return error(StatusCode::NOT_FOUND, format!("no DAG {dag_id} in {}", api.dags_dir.display()));
+    };
+    let logical = match body.logical_date.as_deref().map(|t| dag::parse_instant(t, d.timezone)).transpose() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("logical_date: {e}")),
+    };
+    match runs::trigger(&api.store, &d, body.conf, logical).await {
+        Ok(run_id) => (StatusCode::CREATED, Json(json!({"dag_id": dag_id, "run_id": run_id}))).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn tasks(State(api): State<Arc<Api>>, Path((dag_id, run_id)): Path<(String, String)>) -> Response {
+    if let Err(e) = api.store.run(&dag_id, &run_id).await {
+        return failed(e.into());
+    }
+    match api.store.tasks(&dag_id, &run_id).await {
+        Ok(tasks) => {
+            let tasks: Vec<Value> = tasks
+                .into_iter()
+                .map(|t| {
+                    json!({
+                        "task_id": t.task_id, "state": t.state.to_string(), "try_number": t.try_number,
+                        "max_tries": t.max_tries, "pool": t.pool, "queue": t.queue,
+                        "started_at": time(t.started_at), "ended_at": time(t.ended_at),
+                    })
+                })
+                .collect();
+            Json(json!({"tasks": tasks})).into_response()
+        }
+        Err(e) => failed(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(rename = "try")]
+    try_number: Option<u32>,
+}
+
+async fn logs(
+    State(api): State<Arc<Api>>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let key = TaskKey { dag_id, run_id, task_id };
+    let tries = match api.store.tries(&key).await {
+        Ok(t) => t,
+        Err(e) => return failed(e.into()),
+    };
+    let chosen = match q.try_number {
+        Some(n) => tries.iter().find(|t| t.try_number == n),
+        None => tries.last(),
+    };
+    let Some(t) = chosen else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{} {} {}: no such try ({} tries)", key.dag_id, key.run_id, key.task_id, tries.len()),
+        );
+    };
+    match runs::read_log(&api.lake, &t.log).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
+        Err(e) => failed(e),
+    }
+}
