@@ -91,11 +91,12 @@ async fn main() {
             | Command::Demo(_)
     );
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
-    // delta_kernel logs a table that does not exist yet (a writer's first open) as an error.
+    // The Delta kernel (crate buoyant_kernel) logs a table that does not exist yet, a writer's
+    // first open, as an error.
     telemetry::init_logs(if is_service {
-        "info,librdkafka=warn,delta_kernel=off"
+        "info,librdkafka=warn,buoyant_kernel=off"
     } else {
-        "warn,librdkafka=off,delta_kernel=off"
+        "warn,librdkafka=off,buoyant_kernel=off"
     });
     if let Err(e) = run(cli).await {
         eprintln!("weir: {e:#}");
