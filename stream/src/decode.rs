@@ -96,13 +96,9 @@ impl Decoder {
         if let Some(s) = self.avro.get(&id) {
             return Ok(Ok(s.clone()));
         }
-        let registry = self.registry.as_ref().expect("an Avro source has a registry");
-        let json = match registry.schema_by_id(id).await {
+        let json = match self.schema_json(id).await? {
             Ok(json) => json,
-            Err(e @ (RegistryError::SchemaNotFound(_) | RegistryError::InvalidSchema(_))) => {
-                return Ok(Err(format!("schema id {id}: {e}")));
-            }
-            Err(e) => return Err(e),
+            Err(reason) => return Ok(Err(reason)),
         };
         let schema = match apache_avro::Schema::parse_str(&json) {
             Ok(s) => s,
@@ -168,17 +164,26 @@ impl Decoder {
         Ok(out)
     }
 
+    /// The registry's schema `id`: `Ok(Err(reason))` when there is no such usable schema (the
+    /// message is a dead letter), `Err` when the registry cannot be reached.
+    async fn schema_json(&self, id: u32) -> Result<Result<String, String>, RegistryError> {
+        let registry = self.registry.as_ref().expect("Debezium and Avro sources have a registry");
+        match registry.schema_by_id(id).await {
+            Ok(json) => Ok(Ok(json)),
+            Err(e @ (RegistryError::SchemaNotFound(_) | RegistryError::InvalidSchema(_))) => {
+                Ok(Err(format!("schema id {id}: {e}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn layout(&mut self, id: u32) -> Result<Result<Arc<Layout>, String>, RegistryError> {
         if let Some(l) = self.layouts.get(&id) {
             return Ok(Ok(l.clone()));
         }
-        let registry = self.registry.as_ref().expect("a Debezium source has a registry");
-        let json = match registry.schema_by_id(id).await {
+        let json = match self.schema_json(id).await? {
             Ok(json) => json,
-            Err(e @ (RegistryError::SchemaNotFound(_) | RegistryError::InvalidSchema(_))) => {
-                return Ok(Err(format!("schema id {id}: {e}")));
-            }
-            Err(e) => return Err(e),
+            Err(reason) => return Ok(Err(reason)),
         };
         match Layout::new(&json) {
             Ok(l) => {

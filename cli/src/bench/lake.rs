@@ -20,7 +20,7 @@ use weir_schemas::{
     avro::AvroSchema,
     connect::{Field, Value as V, decimal_bytes, schema},
     envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker, TableSchemas, binlog_source_schema},
-    registry::{SchemaRegistry, store::SqlRegistry},
+    registry::SchemaRegistry,
     serializer::AvroSerializer,
     wire,
 };
@@ -45,15 +45,7 @@ pub struct LakeBenchArgs {
 
 pub async fn run(args: LakeBenchArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(args.events > 0 && args.partitions > 0 && args.commit_rows > 0, "arguments must be positive");
-    let tmp = tempfile::tempdir()?;
-    let bus = Arc::new(LocalBus::open(&tmp.path().join("bus"), Default::default())?);
-    bus.create_topic(TOPIC, args.partitions).await?;
-    let pool = weir_schemas::metadata::connect(
-        &format!("sqlite://{}/weir.db", tmp.path().display()),
-        std::time::Duration::from_secs(5),
-    )
-    .await?;
-    let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await?);
+    let super::Embedded { tmp, bus, registry } = super::embedded(TOPIC, args.partitions).await?;
     let bytes = produce(&bus, registry.clone(), args.events).await?;
 
     // The lake writer, timed from open to its last commit.

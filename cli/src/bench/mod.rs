@@ -6,6 +6,7 @@ mod cdc_cassandra;
 mod cdc_mysql;
 mod lake;
 mod scheduler;
+mod serve;
 mod stream;
 
 use clap::Subcommand;
@@ -27,6 +28,8 @@ pub enum BenchCommand {
     Scheduler(scheduler::SchedulerBenchArgs),
     /// Commit on MariaDB → CDC → bus → stream → alert → webhook: latency p50/p99.
     AlertLatency(alert_latency::AlertLatencyArgs),
+    /// The serving API under load from a second process: group-by p50/p99, point lookups/s.
+    Serve(serve::ServeBenchArgs),
     /// Windowed aggregation of change events: events/s per core, against decoding alone.
     Stream(stream::StreamBenchArgs),
 }
@@ -40,9 +43,33 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scheduler(args) => scheduler::run(args).await?,
         BenchCommand::Stream(args) => stream::run(args).await?,
         BenchCommand::AlertLatency(args) => alert_latency::run(args).await?,
+        BenchCommand::Serve(args) => serve::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
+}
+
+/// An embedded bus and schema registry in a temporary directory.
+pub struct Embedded {
+    /// Holds the bus log and the registry's SQLite file (and anything else a benchmark puts there).
+    pub tmp: tempfile::TempDir,
+    /// The embedded bus.
+    pub bus: std::sync::Arc<weir_bus::local::LocalBus>,
+    /// The embedded registry.
+    pub registry: std::sync::Arc<dyn weir_schemas::registry::SchemaRegistry>,
+}
+
+/// An [`Embedded`] bus and registry with `topic` created with `partitions`.
+pub async fn embedded(topic: &str, partitions: u32) -> anyhow::Result<Embedded> {
+    use weir_bus::Bus as _;
+    let tmp = tempfile::tempdir()?;
+    let bus = std::sync::Arc::new(weir_bus::local::LocalBus::open(&tmp.path().join("bus"), Default::default())?);
+    bus.create_topic(topic, partitions).await?;
+    let url = format!("sqlite://{}/weir.db", tmp.path().display());
+    let pool = weir_schemas::metadata::connect(&url, std::time::Duration::from_secs(5)).await?;
+    let registry: std::sync::Arc<dyn weir_schemas::registry::SchemaRegistry> =
+        std::sync::Arc::new(weir_schemas::registry::store::SqlRegistry::open(pool).await?);
+    Ok(Embedded { tmp, bus, registry })
 }
 
 /// Facts about the machine a figure was measured on.
