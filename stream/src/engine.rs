@@ -476,9 +476,10 @@ impl Engine {
             metrics::gauge!("weir_stream_watermark_ms", "pipeline" => id.clone()).set(wm as f64);
             metrics::gauge!("weir_stream_open_windows", "pipeline" => id.clone()).set(windows as f64);
             metrics::gauge!("weir_stream_window_keys", "pipeline" => id).set(pairs as f64);
+            // Series without a result for a whole window can only turn stale when time moves.
+            let changes = self.rules.on_watermark(wm);
+            self.rules.publish(changes, &*self.producer).await.map_err(|e| self.bus_err(e))?;
         }
-        let changes = self.rules.on_watermark(wm);
-        self.rules.publish(changes, &*self.producer).await.map_err(|e| self.bus_err(e))?;
         Ok(())
     }
 
