@@ -37,7 +37,7 @@ use weir_schemas::{
 };
 use weir_serving::{
     catalog::Catalog,
-    http, pg,
+    pg,
     realtime::{self, Realtime},
 };
 use weir_stream::{
@@ -168,17 +168,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         let (bus, views, follow_stop) = (bus.clone(), realtime_views.clone(), stop.clone());
         let every = config.serving.refresh_interval;
         tasks.spawn(async move { Ok(realtime::follow(bus, views, every, follow_stop).await?) });
-        let (catalog, mut stop) = (catalog.clone(), stop.clone());
+        let refresh = catalog.clone().keep_fresh(every, stop.clone());
         tasks.spawn(async move {
-            loop {
-                if let Err(e) = catalog.refresh().await {
-                    tracing::warn!(error = %e, "refreshing the catalogue failed");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|s| *s) => return Ok(()),
-                }
-            }
+            refresh.await;
+            Ok(())
         });
     }
     let pg_listener =
@@ -191,10 +184,14 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let api = listener.local_addr()?;
     let store = Store::open(config.metadata.connect().await?).await?;
-    let dag_routes = weir_flow::api::router(store, Arc::new(lake.clone()), args.examples.join("dags"));
-    let routes = http::router(catalog, vec![token.clone()])
-        .merge(http::protect(dag_routes, vec![token.clone()]))
-        .merge(telemetry::router(metrics));
+    let routes = crate::serve::routes(
+        catalog,
+        vec![token.clone()],
+        store,
+        Arc::new(lake.clone()),
+        args.examples.join("dags"),
+        metrics,
+    );
     {
         let stop = stop.clone();
         tasks.spawn(async move {

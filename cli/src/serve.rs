@@ -44,20 +44,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let catalog = Arc::new(Catalog::new(Lake::new(&config.lake), realtime.clone(), s.clone()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let follower = tokio::spawn(realtime::follow(bus, realtime, s.refresh_interval, stop.clone()));
-    let refresher = {
-        let (catalog, every, mut stop) = (catalog.clone(), s.refresh_interval, stop.clone());
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = catalog.refresh().await {
-                    tracing::error!(error = %e, "refreshing the catalogue failed; the previous one stays");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-            }
-        })
-    };
+    let refresher = tokio::spawn(catalog.clone().keep_fresh(s.refresh_interval, stop.clone()));
     let pg = match tokens.is_empty() {
         false => {
             let addr = args.pg_listen.unwrap_or(s.pg_listen);
@@ -71,10 +58,8 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "serving");
     let store = weir_flow::store::Store::open(config.metadata.connect().await?).await?;
-    let dag_routes = weir_flow::api::router(store, Arc::new(Lake::new(&config.lake)), config.flow.dags_dir.clone());
-    let routes = http::router(catalog, tokens.clone())
-        .merge(http::protect(dag_routes, tokens))
-        .merge(telemetry::router(metrics));
+    let routes =
+        routes(catalog, tokens, store, Arc::new(Lake::new(&config.lake)), config.flow.dags_dir.clone(), metrics);
     axum::serve(listener, routes)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -88,4 +73,18 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         pg.await??;
     }
     Ok(())
+}
+
+/// Every HTTP route of the serving role: the query API and dashboard, the orchestrator's DAG
+/// routes behind the same tokens, /healthz and /metrics.
+pub fn routes(
+    catalog: Arc<Catalog>,
+    tokens: Vec<String>,
+    store: weir_flow::store::Store,
+    lake: Arc<Lake>,
+    dags_dir: std::path::PathBuf,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> axum::Router {
+    let dag_routes = weir_flow::api::router(store, lake, dags_dir);
+    http::router(catalog, tokens.clone()).merge(http::protect(dag_routes, tokens)).merge(telemetry::router(metrics))
 }

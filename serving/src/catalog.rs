@@ -183,6 +183,20 @@ impl Catalog {
         Ok(())
     }
 
+    /// Refreshes now and then every `every` until `stop` turns true; a failed refresh keeps the
+    /// previous catalogue and is logged.
+    pub async fn keep_fresh(self: Arc<Self>, every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.refresh().await {
+                tracing::error!(error = %e, "refreshing the catalogue failed; the previous one stays");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
     /// Every table and view queries can name.
     pub async fn tables(&self) -> Vec<TableInfo> {
         let Some(ctx) = self.current.read().expect("not poisoned").clone() else { return Vec::new() };
