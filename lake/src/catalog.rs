@@ -148,6 +148,19 @@ impl Lake {
         Ok(Some(bytes.to_vec()))
     }
 
+    /// The objects directly below the folder `rel` (outside the table namespaces, like
+    /// [`Self::put_object`]'s), as paths relative to the lake's root, sorted.
+    pub async fn list_objects(&self, rel: &str) -> Result<Vec<String>, LakeError> {
+        let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
+        let lake = self.url.to_string();
+        let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
+        let listing =
+            store.list_with_delimiter(Some(&Path::from(rel))).await.map_err(|e| LakeError::delta(&lake, e.into()))?;
+        let mut out: Vec<String> = listing.objects.iter().map(|o| o.location.to_string()).collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// Every table of the lake, with its latest version.
     pub async fn tables(&self) -> Result<Vec<TableInfo>, LakeError> {
         let mut out = Vec::new();

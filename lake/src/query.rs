@@ -32,12 +32,28 @@ pub async fn session(lake: &Lake, version: Option<u64>) -> Result<SessionContext
     Ok(ctx)
 }
 
+/// A table [`register_tables`] registered: its name, version and the bytes of its data files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// `<namespace>.<table>`.
+    pub name: String,
+    /// The Delta version registered.
+    pub version: u64,
+    /// Sum of the sizes of the version's data files.
+    pub bytes: u64,
+}
+
 /// Registers every table of `lake` in `ctx` under its namespace (see [`session`]).
-pub async fn register_tables(ctx: &SessionContext, lake: &Lake, version: Option<u64>) -> Result<(), LakeError> {
+pub async fn register_tables(
+    ctx: &SessionContext,
+    lake: &Lake,
+    version: Option<u64>,
+) -> Result<Vec<Registered>, LakeError> {
     let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
     for ns in NAMESPACES {
         catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
     }
+    let mut registered = Vec::new();
     for (name, mut table) in lake.open_all().await? {
         match version {
             Some(v) if table.version().is_some_and(|latest| v > latest) => continue,
@@ -45,8 +61,11 @@ pub async fn register_tables(ctx: &SessionContext, lake: &Lake, version: Option<
             None => {}
         }
         register(ctx, &name, &name, &table).await?;
+        let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
+        let bytes = snapshot.log_data().iter().map(|f| f.size() as u64).sum();
+        registered.push(Registered { name, version: snapshot.version(), bytes });
     }
-    Ok(())
+    Ok(registered)
 }
 
 async fn register(

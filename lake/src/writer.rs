@@ -35,6 +35,7 @@ use weir_schemas::{
 };
 
 use crate::{
+    LakeError,
     avro_arrow::{BatchBuilder, Layout},
     current::KEY_PROPERTY,
 };
@@ -131,6 +132,27 @@ pub fn app_id(topic: &str, partition: u32) -> String {
 /// The lake table name of a topic: `raw.<topic with . as _>`.
 pub fn table_name(topic: &str) -> String {
     format!("raw.{}", topic.replace('.', "_"))
+}
+
+/// The next offsets of `partitions` of `topic` that its lake writer will read, from the `txn`
+/// actions of the topic's table (0 for a partition not written yet); `None` without a table.
+pub async fn committed_offsets(
+    lake: &crate::Lake,
+    topic: &str,
+    partitions: u32,
+) -> Result<Option<BTreeMap<u32, i64>>, LakeError> {
+    let name = table_name(topic);
+    let Some(table) = lake.try_open(&name, None).await? else { return Ok(None) };
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
+    let mut next = BTreeMap::new();
+    for p in 0..partitions {
+        let v = snapshot
+            .transaction_version(table.log_store().as_ref(), app_id(topic, p))
+            .await
+            .map_err(|e| LakeError::delta(&name, e))?;
+        next.insert(p, v.unwrap_or(0));
+    }
+    Ok(Some(next))
 }
 
 /// Writes one topic (or some of its partitions) into its Delta table.

@@ -84,6 +84,11 @@ async fn restarts_at_any_point_neither_lose_nor_repeat() {
     let ids: i64 = (0..produced).sum();
     let summary = python_summary(&s);
     assert_eq!(&summary[..3], [produced, produced, ids], "every change exactly once");
+    // The positions the table's txn actions hold (what consumer-lag views read) are the log's end.
+    let lake = weir_lake::Lake::new(&s.lake_config());
+    let next = weir_lake::writer::committed_offsets(&lake, TOPIC, 3).await.unwrap().unwrap();
+    assert_eq!(next.into_values().collect::<Vec<_>>(), s.bus.end_offsets(TOPIC).await.unwrap());
+    assert_eq!(weir_lake::writer::committed_offsets(&lake, "no.such.topic", 1).await.unwrap(), None);
 }
 
 #[tokio::test]
