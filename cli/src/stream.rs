@@ -14,6 +14,7 @@ use weir_stream::{
     alert::{self, AlertConfig, RuleSet},
     notify::{Notifier, Retry},
     pipeline::{self, Format},
+    silence,
 };
 
 use crate::{config::Config, ingest::registry, telemetry};
@@ -101,6 +102,8 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     let server = axum::serve(listener, telemetry::router(metrics)).into_future();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    // Silences made through the API hold notifications here too.
+    let silences = tokio::spawn(silence::follow(shared.bus.clone(), shared.alerts.silences.clone(), stop_rx.clone()));
     for p in pipelines {
         let shared = shared.clone();
         let mut stop = stop_rx.clone();
@@ -112,6 +115,9 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    if let Err(e) = silences.await? {
+        tracing::warn!(error = %e, "following {} failed", silence::SILENCES_TOPIC);
+    }
     Ok(())
 }
 

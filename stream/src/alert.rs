@@ -48,6 +48,7 @@ use crate::{
     engine::fmt_ms,
     notify::{Alert, Notification, Notifier, Receiver},
     pipeline::{Pipeline, PipelineError, Window},
+    silence::{Matcher, Silence, Silences},
     sketch::stable_hash,
 };
 
@@ -99,24 +100,19 @@ struct RuleFile {
     receivers: Vec<String>,
 }
 
-/// A silence: alerts whose labels match every matcher are not notified until `ends_at`.
+/// A silence in an alert file: alerts whose labels match every matcher are not notified until
+/// `ends_at` (the API's silences: [`crate::silence`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Silence {
+struct FileSilence {
     /// label → required value.
-    pub matchers: BTreeMap<String, String>,
+    matchers: BTreeMap<String, String>,
     /// RFC 3339 end.
     #[serde(with = "humantime_serde")]
-    pub ends_at: SystemTime,
+    ends_at: SystemTime,
     /// Why.
     #[serde(default)]
-    pub comment: String,
-}
-
-impl Silence {
-    fn silences(&self, labels: &BTreeMap<String, String>, now: SystemTime) -> bool {
-        now < self.ends_at && self.matchers.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
+    comment: String,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +125,7 @@ struct AlertsFile {
     #[serde(default)]
     group_by: Option<Vec<String>>,
     #[serde(default)]
-    silences: Vec<Silence>,
+    silences: Vec<FileSilence>,
 }
 
 /// Everything the `alerts/` folder defines.
@@ -141,8 +137,8 @@ pub struct AlertConfig {
     pub receivers: Vec<Arc<Receiver>>,
     /// Labels notifications are grouped by (default `alertname`).
     pub group_by: Vec<String>,
-    /// Active and expired silences.
-    pub silences: Vec<Silence>,
+    /// The files' silences and those published through the API.
+    pub silences: Arc<Silences>,
 }
 
 /// Reads every `*.yaml` in `dir`; a bad file is reported and the others still load.
@@ -164,6 +160,7 @@ pub fn load_dir(dir: &Path) -> (AlertConfig, Vec<PipelineError>) {
         }
     };
     files.sort();
+    let mut silences = Vec::new();
     for path in files {
         let err = |line, reason| PipelineError { file: path.display().to_string(), line, reason };
         let text = match std::fs::read_to_string(&path) {
@@ -183,7 +180,20 @@ pub fn load_dir(dir: &Path) -> (AlertConfig, Vec<PipelineError>) {
         if let Some(g) = f.group_by {
             config.group_by = g;
         }
-        config.silences.extend(f.silences);
+        silences.extend(f.silences.into_iter().enumerate().map(|(n, s)| {
+            Silence {
+                id: format!("file:{}#{n}", path.display()),
+                matchers: s
+                    .matchers
+                    .into_iter()
+                    .map(|(name, value)| Matcher { name, value, is_equal: true, is_regex: false })
+                    .collect(),
+                starts_at: SystemTime::UNIX_EPOCH,
+                ends_at: s.ends_at,
+                created_by: path.display().to_string(),
+                comment: s.comment,
+            }
+        }));
         config.receivers.extend(f.receivers.into_iter().map(Arc::new));
         for r in f.rules {
             config.rules.push(Rule {
@@ -211,6 +221,7 @@ pub fn load_dir(dir: &Path) -> (AlertConfig, Vec<PipelineError>) {
         }
         None => true,
     });
+    config.silences = Arc::new(Silences::with_files(silences));
     (config, errors)
 }
 
@@ -497,7 +508,6 @@ impl RuleSet {
 
     fn change(&self, i: &Instance, fp: &str, t: i64) -> Change {
         let rule = &self.rules[i.rule];
-        let now = SystemTime::now();
         Change {
             alert: rule.name.clone(),
             state: i.state,
@@ -508,7 +518,7 @@ impl RuleSet {
             active_at: fmt_ms(i.active_at),
             fired_at: i.fired_at.map(fmt_ms),
             fingerprint: fp.to_string(),
-            silenced: self.config.silences.iter().any(|s| s.silences(&i.labels, now)),
+            silenced: self.config.silences.silenced(&i.labels),
             rule: i.rule,
         }
     }
@@ -699,9 +709,13 @@ mod tests {
     #[test]
     fn state_survives_a_checkpoint_and_silences_hold_notifications() {
         let mut config = (*rule(0, 0)).clone();
-        config.silences.push(Silence {
-            matchers: [("m".to_string(), "2".to_string())].into(),
+        config.silences = Arc::new(Silences::default());
+        config.silences.apply(Silence {
+            id: "s".into(),
+            matchers: vec![Matcher { name: "m".into(), value: "2".into(), is_equal: true, is_regex: false }],
+            starts_at: SystemTime::now(),
             ends_at: SystemTime::now() + Duration::from_secs(3600),
+            created_by: String::new(),
             comment: String::new(),
         });
         let config = Arc::new(config);

@@ -115,6 +115,9 @@ struct PartitionState {
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     pipeline: String,
+    /// The source topic (empty in checkpoints written before it was recorded).
+    #[serde(default)]
+    topic: String,
     /// A hash of the pipeline's definition: state of another definition is not restored.
     fingerprint: String,
     taken_at_ms: i64,
@@ -148,6 +151,43 @@ pub struct Engine {
     last_checkpoint: Instant,
     last_early: Instant,
     fingerprint: String,
+}
+
+/// Where a pipeline's last checkpoint left its source topic (what consumer-lag views read).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Its source topic (empty for a checkpoint written before topics were recorded).
+    #[serde(default)]
+    pub topic: String,
+    /// When the checkpoint was taken (ms since the epoch).
+    pub taken_at_ms: i64,
+    /// Partition → the next offset to read.
+    #[serde(rename = "partitions", deserialize_with = "next_offsets")]
+    pub next: BTreeMap<u32, i64>,
+}
+
+fn next_offsets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Next {
+        next: i64,
+    }
+    Ok(BTreeMap::<u32, Next>::deserialize(d)?.into_iter().map(|(p, n)| (p, n.next)).collect())
+}
+
+/// The positions of every pipeline with a checkpoint in `lake` (a checkpoint that cannot be
+/// read is logged and left out).
+pub async fn positions(lake: &Lake) -> Result<Vec<Position>, LakeError> {
+    let mut out = Vec::new();
+    for path in lake.list_objects("checkpoints/stream").await? {
+        let Some(bytes) = lake.read_object(&path).await? else { continue };
+        match serde_json::from_slice::<Position>(&bytes) {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!(checkpoint = %path, error = %e, "unreadable checkpoint"),
+        }
+    }
+    Ok(out)
 }
 
 /// The object a pipeline's checkpoint lives at, below the lake's root.
@@ -276,6 +316,7 @@ impl Engine {
         self.stats.checkpoints += 1;
         let c = Checkpoint {
             pipeline: self.p.id.clone(),
+            topic: self.p.source.topic.clone(),
             fingerprint: self.fingerprint.clone(),
             taken_at_ms: now_ms(),
             partitions: self.partitions.clone(),

@@ -13,6 +13,7 @@
 //! - [`engine`]: runs one pipeline: watermark per partition, results topic, dead letters,
 //!   checkpoints.
 //! - [`alert`]: alert rules with Prometheus semantics over results; `weir.alerts`.
+//! - [`silence`]: silences from alert files and the API (`weir.alerts.silences`).
 //! - [`notify`]: webhook (Alertmanager payload), Slack and Jira notifiers with retries.
 
 pub mod alert;
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod eval;
 pub mod notify;
 pub mod pipeline;
+pub mod silence;
 pub mod sketch;
 pub mod window;
 

@@ -264,6 +264,12 @@ async fn a_restart_from_the_checkpoint_neither_loses_nor_double_counts() {
         .map(|(k, r)| (k, (r["payments"].as_i64().unwrap(), (r["amount"].as_f64().unwrap() * 100.0).round() as i64)))
         .collect();
     assert_eq!(got, expected);
+    // The checkpoint's positions (what consumer-lag views read) are the end of the source.
+    b.checkpoint().await.unwrap();
+    let positions = weir_stream::engine::positions(&s.lake).await.unwrap();
+    assert_eq!(positions.len(), 1, "{positions:?}");
+    assert_eq!((positions[0].pipeline.as_str(), positions[0].topic.as_str()), (p.id.as_str(), TOPIC));
+    assert_eq!(positions[0].next.values().copied().collect::<Vec<_>>(), s.bus.end_offsets(TOPIC).await.unwrap());
 }
 
 /// What a receiver on loopback got: (path, Authorization header, JSON body).
