@@ -44,7 +44,7 @@ use weir_stream::{
     Engine,
     alert::{self, RuleSet},
     notify::{Notifier, Receiver, Retry},
-    pipeline,
+    pipeline, silence,
 };
 
 use crate::{config::Config, ingest::registry, telemetry};
@@ -148,6 +148,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         r.receivers.clear();
     }
     let alerts = Arc::new(alerts);
+    {
+        let (bus, silences, stop) = (bus.clone(), alerts.silences.clone(), stop.clone());
+        tasks.spawn(async move { Ok(silence::follow(bus, silences, stop).await?) });
+    }
     let notifier = Notifier::start(Retry::default());
     for p in pipelines {
         let rules = RuleSet::for_pipeline(&p, alerts.clone(), Some(notifier.clone()));
@@ -184,6 +188,9 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let api = listener.local_addr()?;
     let store = Store::open(config.metadata.connect().await?).await?;
+    let protected =
+        weir_serving::alerts::router(realtime_views.clone(), alerts.silences.clone(), Arc::from(bus.producer().await?))
+            .merge(weir_serving::lag::router(bus.clone(), lake.clone()));
     let routes = crate::serve::routes(
         catalog,
         vec![token.clone()],
@@ -191,6 +198,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         Arc::new(lake.clone()),
         args.examples.join("dags"),
         metrics,
+        protected,
     );
     {
         let stop = stop.clone();

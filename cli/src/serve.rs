@@ -1,6 +1,6 @@
 //! `weir serve`: the serving role. Builds the query catalogue (lake tables, real-time views from
 //! the results topics, merged `serving.*` views), refreshes it every `serving.refresh_interval`,
-//! and serves the HTTP API (SQL, and the orchestrator's DAG routes), the PostgreSQL wire and the
+//! and serves the HTTP API (SQL, alerts and silences, and the orchestrator's DAG routes), the PostgreSQL wire and the
 //! web dashboard, with /healthz, /readyz and /metrics.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -13,6 +13,7 @@ use weir_serving::{
     http, pg,
     realtime::{self, Realtime},
 };
+use weir_stream::silence::{self, Silences};
 
 use crate::{config::Config, telemetry};
 
@@ -43,7 +44,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let realtime = Arc::new(Realtime::new(s.realtime_retention));
     let catalog = Arc::new(Catalog::new(Lake::new(&config.lake), realtime.clone(), s.clone()));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let follower = tokio::spawn(realtime::follow(bus, realtime, s.refresh_interval, stop.clone()));
+    let follower = tokio::spawn(realtime::follow(bus.clone(), realtime.clone(), s.refresh_interval, stop.clone()));
     let refresher = tokio::spawn(catalog.clone().keep_fresh(s.refresh_interval, stop.clone()));
     let pg = match tokens.is_empty() {
         false => {
@@ -57,9 +58,20 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or(s.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, "serving");
+    let silences = Arc::new(Silences::default());
+    let silence_follower = tokio::spawn(silence::follow(bus.clone(), silences.clone(), stop.clone()));
+    let protected = weir_serving::alerts::router(realtime, silences, Arc::from(bus.producer().await?))
+        .merge(weir_serving::lag::router(bus.clone(), Lake::new(&config.lake)));
     let store = weir_flow::store::Store::open(config.metadata.connect().await?).await?;
-    let routes =
-        routes(catalog, tokens, store, Arc::new(Lake::new(&config.lake)), config.flow.dags_dir.clone(), metrics);
+    let routes = routes(
+        catalog,
+        tokens,
+        store,
+        Arc::new(Lake::new(&config.lake)),
+        config.flow.dags_dir.clone(),
+        metrics,
+        protected,
+    );
     axum::serve(listener, routes)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -69,6 +81,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     refresher.await?;
     follower.await??;
+    silence_follower.await??;
     if let Some(pg) = pg {
         pg.await??;
     }
@@ -76,7 +89,8 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Every HTTP route of the serving role: the query API and dashboard, the orchestrator's DAG
-/// routes behind the same tokens, /healthz and /metrics.
+/// routes and the serving crate's `protected` ones (alerts, lag) behind the same tokens,
+/// /healthz and /metrics.
 pub fn routes(
     catalog: Arc<Catalog>,
     tokens: Vec<String>,
@@ -84,7 +98,8 @@ pub fn routes(
     lake: Arc<Lake>,
     dags_dir: std::path::PathBuf,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    protected: axum::Router,
 ) -> axum::Router {
-    let dag_routes = weir_flow::api::router(store, lake, dags_dir);
-    http::router(catalog, tokens.clone()).merge(http::protect(dag_routes, tokens)).merge(telemetry::router(metrics))
+    let protected = weir_flow::api::router(store, lake, dags_dir).merge(protected);
+    http::router(catalog, tokens.clone()).merge(http::protect(protected, tokens)).merge(telemetry::router(metrics))
 }

@@ -9,6 +9,9 @@
 //! which the recomputed batch results replace the streamed ones as soon as a batch run lands
 //! (Pinot's time boundary). Without a batch view it is the real-time view.
 //!
+//! `views.*` and `current.*` tables that fit in `hot_table_bytes` are held in memory with
+//! equality indexes built on first use, so point lookups do not decode Parquet ([`crate::hot`]).
+//!
 //! Every query is read-only (DataFusion refuses DDL, DML and other statements: no `CREATE`,
 //! `INSERT`, `COPY`, `SET`), runs with its own memory limit, is cancelled at `query_timeout`, and
 //! returns at most `max_rows` rows.
@@ -34,9 +37,13 @@ use deltalake::{
 };
 use futures::StreamExt;
 use serde::Serialize;
-use weir_lake::Lake;
+use weir_lake::{Lake, query::Registered};
 
-use crate::{ServingConfig, realtime::Realtime};
+use crate::{
+    ServingConfig,
+    hot::{self, HotTables},
+    realtime::Realtime,
+};
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +88,7 @@ pub struct Catalog {
     realtime: Arc<Realtime>,
     config: ServingConfig,
     current: RwLock<Option<Arc<SessionContext>>>,
+    hot: HotTables,
 }
 
 fn df_err(e: impl std::fmt::Display) -> String {
@@ -90,7 +98,12 @@ fn df_err(e: impl std::fmt::Display) -> String {
 impl Catalog {
     /// A catalogue over `lake` and `realtime`; empty until the first [`Self::refresh`].
     pub fn new(lake: Lake, realtime: Arc<Realtime>, config: ServingConfig) -> Catalog {
-        Catalog { lake, realtime, config, current: RwLock::new(None) }
+        Catalog { lake, realtime, config, current: RwLock::new(None), hot: HotTables::default() }
+    }
+
+    /// The per-query limits: (timeout, rows).
+    pub fn limits(&self) -> (std::time::Duration, usize) {
+        (self.config.query_timeout, self.config.max_rows)
     }
 
     /// Whether the catalogue has been built (what `/readyz` reports).
@@ -101,7 +114,8 @@ impl Catalog {
     /// Rebuilds the session: lake tables at their latest versions, real-time views, merges.
     pub async fn refresh(&self) -> Result<(), String> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-        weir_lake::query::register_tables(&ctx, &self.lake, None).await.map_err(df_err)?;
+        let registered = weir_lake::query::register_tables(&ctx, &self.lake, None).await.map_err(df_err)?;
+        self.heat(&ctx, &registered).await?;
         let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
         for ns in ["realtime", "serving"] {
             catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(df_err)?;
@@ -122,6 +136,24 @@ impl Catalog {
             self.merge(&ctx, &pipeline).await?;
         }
         *self.current.write().expect("not poisoned") = Some(Arc::new(ctx));
+        Ok(())
+    }
+
+    /// Swaps in hot copies of `views.*` and `current.*` tables (see [`crate::hot`]) while they
+    /// fit in `hot_table_bytes`.
+    async fn heat(&self, ctx: &SessionContext, registered: &[Registered]) -> Result<(), String> {
+        let mut budget = self.config.hot_table_bytes;
+        for t in registered.iter().filter(|t| hot::eligible(&t.name)) {
+            let (ns, name) = t.name.split_once('.').expect("lake names have a namespace");
+            let reference = TableReference::partial(ns, name);
+            let inner = ctx.table_provider(reference.clone()).await.map_err(df_err)?;
+            if let Some(copy) = self.hot.get(ctx, &t.name, t.version, t.bytes, inner, &mut budget).await {
+                ctx.deregister_table(reference.clone()).map_err(df_err)?;
+                ctx.register_table(reference, copy).map_err(df_err)?;
+            }
+        }
+        self.hot.retain(&registered.iter().map(|t| t.name.as_str()).collect::<Vec<_>>());
+        metrics::gauge!("weir_serving_hot_table_bytes").set(self.hot.bytes() as f64);
         Ok(())
     }
 

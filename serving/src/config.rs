@@ -31,6 +31,9 @@ pub struct ServingConfig {
     /// Real-time results older than this (by window end, behind the newest) are dropped.
     #[serde(with = "humantime_serde")]
     pub realtime_retention: Duration,
+    /// Memory for in-memory copies of `views.*` and `current.*` tables, which answer point
+    /// lookups through indexes built on first use (0: none; bigger tables are read from the lake).
+    pub hot_table_bytes: usize,
     /// Column that orders batch and real-time rows in `serving.*` views.
     pub time_column: String,
 }
@@ -47,6 +50,7 @@ impl Default for ServingConfig {
             query_memory_bytes: 1 << 30,
             refresh_interval: Duration::from_secs(2),
             realtime_retention: Duration::from_secs(86_400),
+            hot_table_bytes: 512 << 20,
             time_column: "window_start".into(),
         }
     }

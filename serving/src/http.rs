@@ -226,6 +226,44 @@ pub fn openapi() -> Value {
                 "summary": "The catalogue: every table and view with its columns",
                 "responses": {"200": {"description": "tables"}, "401": {"description": "missing or wrong bearer token"}}
             }},
+            "/api/v1/alerts": {"get": {
+                "summary": "The latest state of every alert (from weir.alerts) with the ids of the silences holding it now",
+                "parameters": [{"name": "state", "in": "query", "schema": {"type": "string", "enum": ["pending", "firing", "resolved", "inactive"]}}],
+                "responses": {"200": {"description": "{\"alerts\": [...]}"}, "401": {"description": "missing or wrong bearer token"}}
+            }},
+            "/api/v1/silences": {
+                "get": {"summary": "Every silence (alert files' and the API's) with status.state pending|active|expired", "responses": {"200": {"description": "silences"}}},
+                "post": {
+                    "summary": "Create a silence (Alertmanager API v2 shape); with an existing id, update it",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["matchers", "endsAt"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "matchers": {"type": "array", "items": {"type": "object", "required": ["name", "value"], "properties": {
+                                "name": {"type": "string"}, "value": {"type": "string"}, "isEqual": {"type": "boolean", "default": true}, "isRegex": {"type": "boolean", "enum": [false]}
+                            }}},
+                            "startsAt": {"type": "string", "format": "date-time"},
+                            "endsAt": {"type": "string", "format": "date-time"},
+                            "createdBy": {"type": "string"},
+                            "comment": {"type": "string"}
+                        }
+                    }}}},
+                    "responses": {
+                        "200": {"description": "{\"silenceID\": \"…\"}"},
+                        "400": {"description": "not a valid silence", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                        "404": {"description": "the id to update does not exist"}
+                    }
+                }
+            },
+            "/api/v1/silence/{id}": {"delete": {
+                "summary": "Expire a silence now",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "expired"}, "404": {"description": "no such silence"}}
+            }},
+            "/api/v1/lag": {"get": {
+                "summary": "Consumer lag per topic and partition: lake writers (positions in the tables' txn actions) and streaming pipelines (positions in their checkpoints)",
+                "responses": {"200": {"description": "{\"consumers\": [{consumer, target, topic, lag, position_age_s, partitions: [{partition, position, end, lag}]}]}"}}
+            }},
             "/readyz": {"get": {"summary": "200 once the catalogue is loaded", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}},
             "/healthz": {"get": {"summary": "the process is up", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}}

@@ -7,15 +7,19 @@
 //! - [`realtime`]: results topics (`weir.stream.*`) read into upsert tables, `realtime.*`.
 //! - [`catalog`]: the DataFusion session over `raw.*`, `current.*`, `views.*`, `realtime.*` and
 //!   the merged `serving.*` views; read-only queries under a timeout, a row and a memory limit.
+//! - [`hot`]: in-memory copies of `views.*`/`current.*` tables with indexes for point lookups.
 //! - [`http`]: `POST /api/v1/query` (JSON or Arrow IPC), `GET /api/v1/tables`, the OpenAPI
-//!   document, `/readyz`; bearer tokens.
-//!
-//! Still to come (the serving issue): the PostgreSQL wire, DAG/alert/pipeline routes, the web
-//! dashboard and `weir demo`.
+//!   document, `/readyz`, the web dashboard at `/`; bearer tokens.
+//! - [`alerts`]: alert states and silences (Alertmanager's silence format) over HTTP.
+//! - [`lag`]: consumer lag of the lake writers and streaming pipelines, per topic.
+//! - [`pg`]: the PostgreSQL wire (datafusion-postgres) over the same catalogue.
 
+pub mod alerts;
 pub mod catalog;
 pub mod config;
+pub mod hot;
 pub mod http;
+pub mod lag;
 pub mod pg;
 pub mod realtime;
 

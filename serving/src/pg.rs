@@ -3,9 +3,10 @@
 //! password: any API token); each connection gets its own session over the catalogue as it
 //! is when it connects, with PostgreSQL's `pg_catalog` for clients that introspect; only
 //! read statements run (queries, `EXPLAIN`, `SET`/`SHOW`, transactions and cursors), everything
-//! else is refused with SQLSTATE 25006 (read-only transaction).
+//! else is refused with SQLSTATE 25006 (read-only transaction). Statements run under the query
+//! timeout and row limit of the HTTP API ([`Limited`]).
 
-use std::{fmt::Debug, sync::Arc};
+use std::{fmt::Debug, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use datafusion_postgres::{
@@ -13,9 +14,12 @@ use datafusion_postgres::{
     hooks::{HookClient, cursor::CursorStatementHook, set_show::SetShowHook, transactions::TransactionStatementHook},
     pgwire::{
         api::{
-            ClientInfo, PgWireConnectionState, PgWireServerHandlers,
+            ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
             auth::{self, DefaultServerParameterProvider, LoginInfo, StartupHandler},
-            results::Response,
+            portal::Portal,
+            query::{ExtendedQueryHandler, SimpleQueryHandler},
+            results::{QueryResponse, Response},
+            store::PortalStore,
         },
         error::{ErrorInfo, PgWireError, PgWireResult},
         messages::{PgWireBackendMessage, PgWireFrontendMessage, startup::Authentication},
@@ -24,7 +28,8 @@ use datafusion_postgres::{
 use deltalake::datafusion::{
     common::ParamValues, logical_expr::LogicalPlan, prelude::SessionContext, sql::sqlparser::ast::Statement,
 };
-use futures::{Sink, SinkExt as _};
+use futures::{Sink, SinkExt as _, StreamExt as _};
+use tokio::time::Instant;
 
 use crate::catalog::Catalog;
 
@@ -127,17 +132,118 @@ impl QueryHook for ReadOnly {
     }
 }
 
+fn limit_error(code: &str, message: String) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
+}
+
+/// The session's statements under the serving limits: every statement (planning and the rows it
+/// streams) must finish within `query_timeout` (SQLSTATE 57014 otherwise), and an answer of more
+/// than `max_rows` rows ends with SQLSTATE 54000 after `max_rows` rows — an error rather than a
+/// silent cut, since the wire has no "truncated" flag. The memory limit is the connection
+/// session's own pool ([`Catalog::connection_context`]).
+struct Limited {
+    inner: Arc<DfSessionService>,
+    timeout: Duration,
+    max_rows: usize,
+}
+
+impl Limited {
+    fn timed_out(&self) -> PgWireError {
+        metrics::counter!("weir_serving_queries_total", "outcome" => "timeout").increment(1);
+        limit_error(
+            "57014",
+            format!("canceling statement: it ran longer than {:?} (serving.query_timeout)", self.timeout),
+        )
+    }
+
+    /// `response` with its rows cut off at the deadline and after `max_rows`.
+    fn limit(&self, response: Response, deadline: Instant) -> Response {
+        let Response::Query(mut query) = response else { return response };
+        let rows = std::mem::replace(query.data_rows(), Box::pin(futures::stream::empty()));
+        let (max_rows, timed_out) = (self.max_rows, self.timed_out());
+        let limited =
+            futures::stream::unfold((rows, 0usize, Some(timed_out)), move |(mut rows, n, timed_out)| async move {
+                let timed_out = timed_out?;
+                match tokio::time::timeout_at(deadline, rows.next()).await {
+                    Err(_) => Some((Err(timed_out), (rows, n, None))),
+                    Ok(None) => None,
+                    Ok(Some(Err(e))) => Some((Err(e), (rows, n, None))),
+                    Ok(Some(Ok(_))) if n >= max_rows => {
+                        let message = format!(
+                            "the answer has more than {max_rows} rows (serving.max_rows): add a LIMIT or aggregate"
+                        );
+                        Some((Err(limit_error("54000", message)), (rows, n, None)))
+                    }
+                    Ok(Some(Ok(row))) => Some((Ok(row), (rows, n + 1, Some(timed_out)))),
+                }
+            });
+        let mut out = QueryResponse::new(query.row_schema(), limited);
+        out.set_command_tag(query.command_tag());
+        Response::Query(out)
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Limited {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let planned =
+            tokio::time::timeout_at(deadline, SimpleQueryHandler::do_query(self.inner.as_ref(), client, query))
+                .await
+                .map_err(|_| self.timed_out())??;
+        Ok(planned.into_iter().map(|r| self.limit(r, deadline)).collect())
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Limited {
+    type Statement = <DfSessionService as ExtendedQueryHandler>::Statement;
+    type QueryParser = <DfSessionService as ExtendedQueryHandler>::QueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        self.inner.query_parser()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let planned = tokio::time::timeout_at(
+            deadline,
+            ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
+        )
+        .await
+        .map_err(|_| self.timed_out())??;
+        Ok(self.limit(planned, deadline))
+    }
+}
+
 /// One connection's handlers.
 struct Connection {
-    service: Arc<DfSessionService>,
+    service: Arc<Limited>,
     startup: Arc<TokenAuth>,
 }
 
 impl PgWireServerHandlers for Connection {
-    fn simple_query_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::query::SimpleQueryHandler> {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
         self.service.clone()
     }
-    fn extended_query_handler(&self) -> Arc<impl datafusion_postgres::pgwire::api::query::ExtendedQueryHandler> {
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
         self.service.clone()
     }
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
@@ -170,7 +276,11 @@ pub async fn serve(
             Arc::new(TransactionStatementHook),
         ];
         let connection = Connection {
-            service: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+            service: Arc::new(Limited {
+                inner: Arc::new(DfSessionService::new_with_hooks(Arc::new(ctx), hooks)),
+                timeout: catalog.limits().0,
+                max_rows: catalog.limits().1,
+            }),
             startup: auth.clone(),
         };
         tokio::spawn(async move {

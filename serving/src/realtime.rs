@@ -57,6 +57,13 @@ impl Realtime {
         self.views.lock().expect("not poisoned").keys().cloned().collect()
     }
 
+    /// `view`'s records as JSON values (the latest per key), in no particular order.
+    pub fn records(&self, view: &str) -> Vec<serde_json::Value> {
+        let views = self.views.lock().expect("not poisoned");
+        let Some(view) = views.get(view) else { return Vec::new() };
+        view.rows.values().filter_map(|(_, v)| serde_json::from_slice(v).ok()).collect()
+    }
+
     /// `pipeline`'s rows as one batch (window bounds as UTC timestamps), `None` without rows.
     pub fn batch(&self, pipeline: &str) -> Option<RecordBatch> {
         let mut views = self.views.lock().expect("not poisoned");

@@ -266,3 +266,31 @@ async fn psql_reads_the_same_catalogue_and_nothing_else() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "t");
 }
+
+#[tokio::test]
+async fn the_postgresql_wire_keeps_the_row_limit_and_the_timeout() {
+    let config = ServingConfig { max_rows: 3, query_timeout: Duration::from_millis(500), ..ServingConfig::default() };
+    let s = server(config).await;
+    // The simple query protocol (psql).
+    let (ok, out, err) = psql(&s, "secret", "SELECT payments FROM serving.pay ORDER BY payments LIMIT 3").await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "3\n5\n7");
+    let (ok, _, err) = psql(&s, "secret", "SELECT * FROM serving.pay").await;
+    assert!(!ok && err.contains("more than 3 rows (serving.max_rows)"), "{err}");
+    let (ok, _, err) = psql(&s, "secret", "SELECT count(*) FROM generate_series(1, 10000000000)").await;
+    assert!(!ok && err.contains("ran longer than 500ms"), "{err}");
+    // The extended protocol (sqlx prepares and binds, as Grafana's driver does).
+    let url = format!("postgresql://weir:secret@127.0.0.1:{}/weir?sslmode=disable", s.pg_port);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM serving.pay WHERE method = $1")
+        .bind("card")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    let too_many = sqlx::query("SELECT * FROM serving.pay").fetch_all(&mut conn).await.unwrap_err();
+    assert!(too_many.to_string().contains("more than 3 rows"), "{too_many}");
+    let slow =
+        sqlx::query("SELECT count(*) FROM generate_series(1, 10000000000)").fetch_all(&mut conn).await.unwrap_err();
+    assert!(slow.to_string().contains("ran longer than"), "{slow}");
+}
