@@ -190,7 +190,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let store = Store::open(config.metadata.connect().await?).await?;
     let protected =
         weir_serving::alerts::router(realtime_views.clone(), alerts.silences.clone(), Arc::from(bus.producer().await?))
-            .merge(weir_serving::lag::router(bus.clone(), lake.clone()));
+            .merge(weir_serving::lag::router(bus.clone(), lake.clone(), realtime_views.clone()));
     let routes = crate::serve::routes(
         catalog,
         vec![token.clone()],

@@ -60,8 +60,8 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "serving");
     let silences = Arc::new(Silences::default());
     let silence_follower = tokio::spawn(silence::follow(bus.clone(), silences.clone(), stop.clone()));
-    let protected = weir_serving::alerts::router(realtime, silences, Arc::from(bus.producer().await?))
-        .merge(weir_serving::lag::router(bus.clone(), Lake::new(&config.lake)));
+    let protected = weir_serving::alerts::router(realtime.clone(), silences, Arc::from(bus.producer().await?))
+        .merge(weir_serving::lag::router(bus.clone(), Lake::new(&config.lake), realtime.clone()));
     let store = weir_flow::store::Store::open(config.metadata.connect().await?).await?;
     let routes = routes(
         catalog,

@@ -126,6 +126,26 @@ async fn the_demo_runs_every_role_and_answers_queries() {
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 5, "{tasks}");
     let anonymous = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/dags")).await.unwrap();
     assert_eq!(anonymous.status(), 401);
+    // Consumer lag: the lake writer of every change-event topic, positioned by its commits.
+    let lag: Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/v1/lag"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for t in ["orders", "payments", "deliveries", "ratings"] {
+        let lake = lag["consumers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["consumer"] == "lake" && c["topic"] == format!("food.delivery.{t}"));
+        let lake = lake.unwrap_or_else(|| panic!("no lake writer lag for {t}: {lag}"));
+        assert_eq!(lake["target"], format!("raw.food_delivery_{t}"));
+        assert!(lake["partitions"][0]["position"].as_i64().unwrap() > 0, "{lake}");
+    }
 
     // The dashboard in headless Chromium: its DOM after the page's queries ran, and a screenshot.
     let page = format!("http://127.0.0.1:{port}/#token={token}");
@@ -146,7 +166,16 @@ async fn the_demo_runs_every_role_and_answers_queries() {
         Command::new("chromium").args(args).output().expect("chromium (Debian package, installed by scripts/test)")
     };
     let dom = String::from_utf8_lossy(&chromium(&["--dump-dom".into()]).stdout).into_owned();
-    for want in ["raw.food_delivery_orders", "payment_failures", "orders_daily", "success", "<path d=\"M", "card"] {
+    for want in [
+        "raw.food_delivery_orders",
+        "payment_failures",
+        "orders_daily",
+        "success",
+        "<path d=\"M",
+        "card",
+        "consumer lag",
+        "class=\"cell s-success\"",
+    ] {
         assert!(dom.contains(want), "the dashboard lacks {want:?}:\n{dom}");
     }
     let shot = dir.path().join("dashboard.png");

@@ -264,6 +264,10 @@ pub fn openapi() -> Value {
                 "summary": "Consumer lag per topic and partition: lake writers (positions in the tables' txn actions) and streaming pipelines (positions in their checkpoints)",
                 "responses": {"200": {"description": "{\"consumers\": [{consumer, target, topic, lag, position_age_s, partitions: [{partition, position, end, lag}]}]}"}}
             }},
+            "/api/v1/pipelines": {"get": {
+                "summary": "Streaming pipelines' status from their checkpoints: topic, lag, checkpoint age, watermark, counters, real-time rows",
+                "responses": {"200": {"description": "{\"pipelines\": [...]}"}}
+            }},
             "/readyz": {"get": {"summary": "200 once the catalogue is loaded", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "loading"}}}},
             "/healthz": {"get": {"summary": "the process is up", "security": [], "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text format"}}}}

@@ -2,7 +2,8 @@
 //! the lake writer (the next offsets in the `txn` actions of the topic's `raw.*` table, which
 //! commit with the data) and each streaming pipeline (the offsets of its last checkpoint). Both
 //! positions are durable ones: after a crash, reading resumes there. `GET /api/v1/lag` answers
-//! it, and every answer also sets the `weir_consumer_lag` gauge.
+//! it, and every answer also sets the `weir_consumer_lag` gauge. `GET /api/v1/pipelines` is the
+//! streaming pipelines' status: lag, checkpoint age, watermark, counters and real-time results.
 
 use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
@@ -17,6 +18,8 @@ use serde::Serialize;
 use serde_json::json;
 use weir_bus::Bus;
 use weir_lake::{Lake, writer};
+
+use crate::realtime::Realtime;
 
 /// One partition's position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -96,11 +99,54 @@ pub async fn lag(bus: &dyn Bus, lake: &Lake) -> Result<Vec<ConsumerLag>, String>
 struct LagApi {
     bus: Arc<dyn Bus>,
     lake: Lake,
+    realtime: Arc<Realtime>,
 }
 
-/// `GET /api/v1/lag` over `bus` and `lake` (mount behind the API's tokens).
-pub fn router(bus: Arc<dyn Bus>, lake: Lake) -> Router {
-    Router::new().route("/api/v1/lag", get(get_lag)).with_state(Arc::new(LagApi { bus, lake }))
+/// `GET /api/v1/lag` and `GET /api/v1/pipelines` over `bus`, `lake` and the real-time views
+/// (mount behind the API's tokens).
+pub fn router(bus: Arc<dyn Bus>, lake: Lake, realtime: Arc<Realtime>) -> Router {
+    Router::new()
+        .route("/api/v1/lag", get(get_lag))
+        .route("/api/v1/pipelines", get(get_pipelines))
+        .with_state(Arc::new(LagApi { bus, lake, realtime }))
+}
+
+async fn get_pipelines(State(api): State<Arc<LagApi>>) -> Response {
+    let (consumers, positions) = match tokio::try_join!(lag(api.bus.as_ref(), &api.lake), async {
+        weir_stream::engine::positions(&api.lake).await.map_err(|e| e.to_string())
+    }) {
+        Ok(got) => got,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e}))).into_response(),
+    };
+    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let pipelines: Vec<_> = positions
+        .into_iter()
+        .map(|p| {
+            let lag = consumers.iter().find(|c| c.consumer == "stream" && c.target == p.pipeline).map(|c| c.lag);
+            json!({
+                "pipeline": p.pipeline,
+                "topic": p.topic,
+                "results_topic": format!("{}{}", crate::realtime::RESULTS_PREFIX, p.pipeline),
+                "lag": lag,
+                "checkpoint_age_s": (now_ms - p.taken_at_ms).max(0) as f64 / 1000.0,
+                "watermark": chrono_ms(p.watermark),
+                "stats": p.stats,
+                "realtime_rows": api.realtime.batch(&p.pipeline).map_or(0, |b| b.num_rows()),
+            })
+        })
+        .collect();
+    Json(json!({"pipelines": pipelines})).into_response()
+}
+
+/// RFC 3339 of `ms` since the epoch (`null` before the first event).
+fn chrono_ms(ms: i64) -> serde_json::Value {
+    if ms <= 0 {
+        return serde_json::Value::Null;
+    }
+    json!(
+        humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
+            .to_string()
+    )
 }
 
 async fn get_lag(State(api): State<Arc<LagApi>>) -> Response {

@@ -52,7 +52,7 @@ async fn silences_reach_every_follower_and_mark_the_alerts_they_hold() {
     tokio::spawn(silence::follow(bus.clone(), api_silences.clone(), stop.clone()));
     tokio::spawn(silence::follow(bus.clone(), stream_silences.clone(), stop.clone()));
     let routes = alerts::router(views.clone(), api_silences, Arc::from(bus.producer().await.unwrap()))
-        .merge(lag::router(bus.clone(), lake.clone()));
+        .merge(lag::router(bus.clone(), lake.clone(), views.clone()));
     let app = http::protect(routes, vec!["secret".into()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -161,4 +161,12 @@ async fn silences_reach_every_follower_and_mark_the_alerts_they_hold() {
         .map(|p| (p["position"].as_i64().unwrap(), p["end"].as_i64().unwrap(), p["lag"].as_i64().unwrap()))
         .collect();
     assert_eq!(partitions, vec![(2, 5, 3), (3, 3, 0)]);
+    let (_, status) = get("/api/v1/pipelines").await;
+    let p = &status["pipelines"][0];
+    assert_eq!(
+        (&p["pipeline"], &p["topic"], &p["lag"], &p["watermark"]),
+        (&json!("pay"), &json!("shop.payments"), &json!(3), &Value::Null),
+        "{status}"
+    );
+    assert!(p["checkpoint_age_s"].as_f64().unwrap() > 1e6, "a checkpoint taken at the epoch: {status}");
 }

@@ -166,6 +166,12 @@ pub struct Position {
     /// Partition → the next offset to read.
     #[serde(rename = "partitions", deserialize_with = "next_offsets")]
     pub next: BTreeMap<u32, i64>,
+    /// The watermark (event time, ms) at the checkpoint.
+    #[serde(default)]
+    pub watermark: i64,
+    /// The pipeline's counters at the checkpoint.
+    #[serde(default)]
+    pub stats: Stats,
 }
 
 fn next_offsets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, i64>, D::Error> {

@@ -270,6 +270,7 @@ async fn a_restart_from_the_checkpoint_neither_loses_nor_double_counts() {
     assert_eq!(positions.len(), 1, "{positions:?}");
     assert_eq!((positions[0].pipeline.as_str(), positions[0].topic.as_str()), (p.id.as_str(), TOPIC));
     assert_eq!(positions[0].next.values().copied().collect::<Vec<_>>(), s.bus.end_offsets(TOPIC).await.unwrap());
+    assert_eq!((positions[0].watermark, positions[0].stats), (b.watermark(), b.stats()));
 }
 
 /// What a receiver on loopback got: (path, Authorization header, JSON body).
