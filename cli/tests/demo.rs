@@ -113,29 +113,17 @@ async fn the_demo_runs_every_role_and_answers_queries() {
     let (_, raw) = query("SELECT count(*) AS n FROM raw.food_delivery_orders").await;
     // Every order in the day's facts is in the change log, which keeps growing.
     assert!(raw["rows"][0]["n"].as_i64().unwrap() >= facts["rows"][0]["n"].as_i64().unwrap(), "{raw} {facts}");
+    let get = |path: String| {
+        let req = reqwest::Client::new().get(format!("http://127.0.0.1:{port}{path}")).bearer_auth(&token);
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
     let run_id = runs["run_id"].as_str().unwrap();
-    let tasks: Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/api/v1/dags/orders_daily/runs/{run_id}/tasks"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tasks = get(format!("/api/v1/dags/orders_daily/runs/{run_id}/tasks")).await;
     assert_eq!(tasks["tasks"].as_array().unwrap().len(), 5, "{tasks}");
     let anonymous = reqwest::get(format!("http://127.0.0.1:{port}/api/v1/dags")).await.unwrap();
     assert_eq!(anonymous.status(), 401);
     // Consumer lag: the lake writer of every change-event topic, positioned by its commits.
-    let lag: Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/api/v1/lag"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let lag = get("/api/v1/lag".into()).await;
     for t in ["orders", "payments", "deliveries", "ratings"] {
         let lake = lag["consumers"]
             .as_array()
