@@ -101,5 +101,7 @@ pub fn routes(
     protected: axum::Router,
 ) -> axum::Router {
     let protected = weir_flow::api::router(store, lake, dags_dir).merge(protected);
-    http::router(catalog, tokens.clone()).merge(http::protect(protected, tokens)).merge(telemetry::router(metrics))
+    http::router_with_paths(catalog, tokens.clone(), weir_flow::api::openapi_paths())
+        .merge(http::protect(protected, tokens))
+        .merge(telemetry::router(metrics))
 }

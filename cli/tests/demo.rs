@@ -124,6 +124,11 @@ async fn the_demo_runs_every_role_and_answers_queries() {
     assert_eq!(anonymous.status(), 401);
     // Consumer lag: the lake writer of every change-event topic, positioned by its commits.
     let lag = get("/api/v1/lag".into()).await;
+    // The published spec covers every route, the orchestrator's too.
+    let spec = get("/api/v1/openapi.json".into()).await;
+    for path in ["/api/v1/query", "/api/v1/dags/{dag}/runs", "/api/v1/silences", "/api/v1/lag", "/api/v1/pipelines"] {
+        assert!(spec["paths"][path].is_object(), "{path} is not in the OpenAPI spec");
+    }
     for t in ["orders", "payments", "deliveries", "ratings"] {
         let lake = lag["consumers"]
             .as_array()

@@ -43,6 +43,45 @@ pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
         .with_state(Arc::new(Api { store, lake, dags_dir }))
 }
 
+/// These routes in OpenAPI 3.0 (the `paths` entries), for the serving API's published spec.
+pub fn openapi_paths() -> Value {
+    let param = |name: &str| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}});
+    let errors = json!({
+        "401": {"description": "missing or wrong bearer token"},
+        "404": {"description": "no such DAG or run", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    });
+    let with = |ok: Value| {
+        let mut r = errors.clone();
+        r["200"] = ok;
+        r
+    };
+    json!({
+        "/api/v1/dags": {"get": {
+            "summary": "Every DAG (id, file, schedule, paused, version = file hash) and the DAG files refused (file, line, reason)",
+            "responses": with(json!({"description": "{\"dags\": [...], \"import_errors\": [...]}"}))
+        }},
+        "/api/v1/dags/{dag}/runs": {
+            "parameters": [param("dag")],
+            "get": {"summary": "The newest 50 runs of a DAG", "responses": with(json!({"description": "{\"runs\": [{run_id, state, logical_date, data_interval_start, data_interval_end, ...}]}"}))},
+            "post": {
+                "summary": "Trigger a manual run (as `weir dags trigger`)",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "conf": {"type": "object"}, "logical_date": {"type": "string", "format": "date-time"}
+                }}}}},
+                "responses": {"201": {"description": "{\"run_id\": \"manual__…\"}"}, "400": {"description": "invalid conf or date"}, "401": {"description": "missing or wrong bearer token"}, "404": {"description": "no such DAG"}}
+            }
+        },
+        "/api/v1/dags/{dag}/runs/{run}/tasks": {
+            "parameters": [param("dag"), param("run")],
+            "get": {"summary": "A run's task instances (task_id, state, try_number, times)", "responses": with(json!({"description": "{\"tasks\": [...]}"}))}
+        },
+        "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs": {
+            "parameters": [param("dag"), param("run"), param("task"), {"name": "try", "in": "query", "schema": {"type": "integer"}}],
+            "get": {"summary": "A try's log as text (the last try by default)", "responses": with(json!({"description": "the log", "content": {"text/plain": {}}}))}
+        }
+    })
+}
+
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }

@@ -30,12 +30,22 @@ struct Api {
 
 /// The API's routes over `catalog`, accepting these bearer `tokens`, and the web dashboard at `/`.
 pub fn router(catalog: Arc<Catalog>, tokens: Vec<String>) -> Router {
+    router_with_paths(catalog, tokens, json!({}))
+}
+
+/// [`router`], with the OpenAPI `paths` of routes other crates own added to the published spec.
+pub fn router_with_paths(catalog: Arc<Catalog>, tokens: Vec<String>, other_paths: Value) -> Router {
     let api = Arc::new(Api { catalog, tokens });
+    let mut spec = openapi();
+    if let (Some(paths), Value::Object(more)) = (spec["paths"].as_object_mut(), other_paths) {
+        paths.extend(more);
+    }
+    let spec = Arc::new(spec);
     Router::new()
         .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
         .route("/api/v1/query", post(query))
         .route("/api/v1/tables", get(tables))
-        .route("/api/v1/openapi.json", get(|| async { Json(openapi()) }))
+        .route("/api/v1/openapi.json", get(move || async move { Json(spec.as_ref().clone()) }))
         .route("/readyz", get(readyz))
         .with_state(api)
 }

@@ -147,36 +147,36 @@ struct Limited {
     max_rows: usize,
 }
 
-impl Limited {
-    fn timed_out(&self) -> PgWireError {
-        metrics::counter!("weir_serving_queries_total", "outcome" => "timeout").increment(1);
-        limit_error(
-            "57014",
-            format!("canceling statement: it ran longer than {:?} (serving.query_timeout)", self.timeout),
-        )
-    }
+/// The error of a statement cancelled at `timeout` (counted as a timed-out query).
+fn timed_out(timeout: Duration) -> PgWireError {
+    metrics::counter!("weir_serving_queries_total", "outcome" => "timeout").increment(1);
+    limit_error("57014", format!("canceling statement: it ran longer than {timeout:?} (serving.query_timeout)"))
+}
 
+impl Limited {
     /// `response` with its rows cut off at the deadline and after `max_rows`.
     fn limit(&self, response: Response, deadline: Instant) -> Response {
         let Response::Query(mut query) = response else { return response };
         let rows = std::mem::replace(query.data_rows(), Box::pin(futures::stream::empty()));
-        let (max_rows, timed_out) = (self.max_rows, self.timed_out());
-        let limited =
-            futures::stream::unfold((rows, 0usize, Some(timed_out)), move |(mut rows, n, timed_out)| async move {
-                let timed_out = timed_out?;
-                match tokio::time::timeout_at(deadline, rows.next()).await {
-                    Err(_) => Some((Err(timed_out), (rows, n, None))),
-                    Ok(None) => None,
-                    Ok(Some(Err(e))) => Some((Err(e), (rows, n, None))),
-                    Ok(Some(Ok(_))) if n >= max_rows => {
-                        let message = format!(
-                            "the answer has more than {max_rows} rows (serving.max_rows): add a LIMIT or aggregate"
-                        );
-                        Some((Err(limit_error("54000", message)), (rows, n, None)))
-                    }
-                    Ok(Some(Ok(row))) => Some((Ok(row), (rows, n + 1, Some(timed_out)))),
+        let (max_rows, timeout) = (self.max_rows, self.timeout);
+        // State: the rows, how many went out, whether the stream ended with an error.
+        let limited = futures::stream::unfold((rows, 0usize, false), move |(mut rows, n, ended)| async move {
+            if ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, rows.next()).await {
+                Err(_) => Some((Err(timed_out(timeout)), (rows, n, true))),
+                Ok(None) => None,
+                Ok(Some(Err(e))) => Some((Err(e), (rows, n, true))),
+                Ok(Some(Ok(_))) if n >= max_rows => {
+                    let message = format!(
+                        "the answer has more than {max_rows} rows (serving.max_rows): add a LIMIT or aggregate"
+                    );
+                    Some((Err(limit_error("54000", message)), (rows, n, true)))
                 }
-            });
+                Ok(Some(Ok(row))) => Some((Ok(row), (rows, n + 1, false))),
+            }
+        });
         let mut out = QueryResponse::new(query.row_schema(), limited);
         out.set_command_tag(query.command_tag());
         Response::Query(out)
@@ -196,7 +196,7 @@ impl SimpleQueryHandler for Limited {
         let planned =
             tokio::time::timeout_at(deadline, SimpleQueryHandler::do_query(self.inner.as_ref(), client, query))
                 .await
-                .map_err(|_| self.timed_out())??;
+                .map_err(|_| timed_out(self.timeout))??;
         Ok(planned.into_iter().map(|r| self.limit(r, deadline)).collect())
     }
 }
@@ -228,7 +228,7 @@ impl ExtendedQueryHandler for Limited {
             ExtendedQueryHandler::do_query(self.inner.as_ref(), client, portal, max_rows),
         )
         .await
-        .map_err(|_| self.timed_out())??;
+        .map_err(|_| timed_out(self.timeout))??;
         Ok(self.limit(planned, deadline))
     }
 }
