@@ -228,6 +228,33 @@ pub fn next_offsets(messages: &[Message]) -> Vec<(TopicPartition, i64)> {
     next.into_iter().collect()
 }
 
+/// Reads partitions `0..partitions` of `topic` from their first record, without committing (each
+/// caller builds the whole state, such as the latest record per key), handing every message to
+/// `apply`, until `stop` turns true.
+pub async fn follow_from_start(
+    bus: &dyn Bus,
+    topic: &str,
+    partitions: u32,
+    group: &str,
+    poll: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut apply: impl FnMut(Message) + Send,
+) -> Result<()> {
+    let mut consumer = bus.consumer(ConsumerConfig::new(group)).await?;
+    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();
+    consumer.assign(&tps).await?;
+    for tp in &tps {
+        consumer.seek(tp, 0).await?;
+    }
+    loop {
+        let polled = tokio::select! {
+            p = consumer.poll(poll) => p?,
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        };
+        polled.into_iter().for_each(&mut apply);
+    }
+}
+
 /// Opens the bus a URL names: `local:<dir>` or `kafka://host:port[,host:port…]`.
 pub async fn open(config: &BusConfig) -> Result<std::sync::Arc<dyn Bus>> {
     match &config.url {

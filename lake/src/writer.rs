@@ -143,16 +143,23 @@ pub async fn committed_offsets(
 ) -> Result<Option<BTreeMap<u32, i64>>, LakeError> {
     let name = table_name(topic);
     let Some(table) = lake.try_open(&name, None).await? else { return Ok(None) };
-    let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
+    let partitions: Vec<u32> = (0..partitions).collect();
+    stored_offsets(&table, topic, &partitions).await.map(Some).map_err(|e| LakeError::delta(&name, e))
+}
+
+/// The next offsets of `partitions` of `topic` stored in `table`'s `txn` actions (0 where none).
+async fn stored_offsets(
+    table: &DeltaTable,
+    topic: &str,
+    partitions: &[u32],
+) -> Result<BTreeMap<u32, i64>, DeltaTableError> {
+    let snapshot = table.snapshot()?;
     let mut next = BTreeMap::new();
-    for p in 0..partitions {
-        let v = snapshot
-            .transaction_version(table.log_store().as_ref(), app_id(topic, p))
-            .await
-            .map_err(|e| LakeError::delta(&name, e))?;
+    for &p in partitions {
+        let v = snapshot.transaction_version(table.log_store().as_ref(), app_id(topic, p)).await?;
         next.insert(p, v.unwrap_or(0));
     }
-    Ok(Some(next))
+    Ok(next)
 }
 
 /// Writes one topic (or some of its partitions) into its Delta table.
@@ -213,16 +220,10 @@ impl TopicWriter {
             Some(p) => p,
             None => (0..bus.topic(topic).await.map_err(bus_err)?.partitions).collect(),
         };
-        let mut next = BTreeMap::new();
-        for &p in &partitions {
-            let version = match table.snapshot() {
-                Ok(state) => {
-                    state.transaction_version(table.log_store().as_ref(), app_id(topic, p)).await.map_err(delta_err)?
-                }
-                Err(_) => None, // no table yet
-            };
-            next.insert(p, version.unwrap_or(0));
-        }
+        let next = match table.snapshot() {
+            Ok(_) => stored_offsets(&table, topic, &partitions).await.map_err(delta_err)?,
+            Err(_) => partitions.iter().map(|&p| (p, 0)).collect(), // no table yet
+        };
         let mut consumer = bus.consumer(ConsumerConfig::new(format!("weir-lake-{topic}"))).await.map_err(bus_err)?;
         let tps: Vec<TopicPartition> = partitions.iter().map(|&p| TopicPartition::new(topic, p)).collect();
         consumer.assign(&tps).await.map_err(bus_err)?;

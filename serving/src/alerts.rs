@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use weir_bus::Producer;
 use weir_stream::silence::{self, Silence, SilenceError, Silences};
 
-use crate::realtime::Realtime;
+use crate::{http::error, realtime::Realtime};
 
 struct Alerts {
     realtime: Arc<Realtime>,
@@ -36,10 +36,6 @@ pub fn router(realtime: Arc<Realtime>, silences: Arc<Silences>, producer: Arc<dy
         .route("/api/v1/silences", get(list_silences).post(post_silence))
         .route("/api/v1/silence/{id}", delete(expire_silence))
         .with_state(Arc::new(Alerts { realtime, silences, producer }))
-}
-
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 
 #[derive(Deserialize)]

@@ -70,7 +70,8 @@ async fn check_token(
     }
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+/// An error answer: `{"error": message}` with `status`.
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 

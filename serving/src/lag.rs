@@ -5,7 +5,7 @@
 //! it, and every answer also sets the `weir_consumer_lag` gauge. `GET /api/v1/pipelines` is the
 //! streaming pipelines' status: lag, checkpoint age, watermark, counters and real-time results.
 
-use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -19,7 +19,9 @@ use serde_json::json;
 use weir_bus::Bus;
 use weir_lake::{Lake, writer};
 
-use crate::realtime::Realtime;
+use weir_stream::engine::{Position, fmt_ms, now_ms};
+
+use crate::{http::error, realtime::Realtime};
 
 /// One partition's position.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -73,6 +75,11 @@ fn lag_of(consumer: &str, target: String, topic: &str, next: &BTreeMap<u32, i64>
 
 /// The lag of every lake writer and streaming pipeline, by topic.
 pub async fn lag(bus: &dyn Bus, lake: &Lake) -> Result<Vec<ConsumerLag>, String> {
+    Ok(lag_and_positions(bus, lake).await?.0)
+}
+
+/// [`lag`], and the pipelines' checkpoint positions it was computed from.
+async fn lag_and_positions(bus: &dyn Bus, lake: &Lake) -> Result<(Vec<ConsumerLag>, Vec<Position>), String> {
     let mut out = Vec::new();
     let mut ends: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for t in bus.list_topics().await.map_err(|e| e.to_string())? {
@@ -82,10 +89,11 @@ pub async fn lag(bus: &dyn Bus, lake: &Lake) -> Result<Vec<ConsumerLag>, String>
         }
         ends.insert(t.name, end);
     }
-    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    for p in weir_stream::engine::positions(lake).await.map_err(|e| e.to_string())? {
+    let now_ms = now_ms();
+    let positions = weir_stream::engine::positions(lake).await.map_err(|e| e.to_string())?;
+    for p in &positions {
         let Some(end) = ends.get(&p.topic) else { continue };
-        let mut l = lag_of("stream", p.pipeline, &p.topic, &p.next, end);
+        let mut l = lag_of("stream", p.pipeline.clone(), &p.topic, &p.next, end);
         l.position_age_s = Some((now_ms - p.taken_at_ms).max(0) as f64 / 1000.0);
         out.push(l);
     }
@@ -93,7 +101,7 @@ pub async fn lag(bus: &dyn Bus, lake: &Lake) -> Result<Vec<ConsumerLag>, String>
         metrics::gauge!("weir_consumer_lag", "consumer" => l.consumer.clone(), "target" => l.target.clone(), "topic" => l.topic.clone())
             .set(l.lag as f64);
     }
-    Ok(out)
+    Ok((out, positions))
 }
 
 struct LagApi {
@@ -111,16 +119,21 @@ pub fn router(bus: Arc<dyn Bus>, lake: Lake, realtime: Arc<Realtime>) -> Router 
         .with_state(Arc::new(LagApi { bus, lake, realtime }))
 }
 
+async fn get_lag(State(api): State<Arc<LagApi>>) -> Response {
+    match lag(api.bus.as_ref(), &api.lake).await {
+        Ok(consumers) => Json(json!({"consumers": consumers})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
 async fn get_pipelines(State(api): State<Arc<LagApi>>) -> Response {
-    let (consumers, positions) = match tokio::try_join!(lag(api.bus.as_ref(), &api.lake), async {
-        weir_stream::engine::positions(&api.lake).await.map_err(|e| e.to_string())
-    }) {
+    let (consumers, positions) = match lag_and_positions(api.bus.as_ref(), &api.lake).await {
         Ok(got) => got,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e}))).into_response(),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now_ms = now_ms();
     let pipelines: Vec<_> = positions
-        .into_iter()
+        .iter()
         .map(|p| {
             let lag = consumers.iter().find(|c| c.consumer == "stream" && c.target == p.pipeline).map(|c| c.lag);
             json!({
@@ -129,29 +142,11 @@ async fn get_pipelines(State(api): State<Arc<LagApi>>) -> Response {
                 "results_topic": format!("{}{}", crate::realtime::RESULTS_PREFIX, p.pipeline),
                 "lag": lag,
                 "checkpoint_age_s": (now_ms - p.taken_at_ms).max(0) as f64 / 1000.0,
-                "watermark": chrono_ms(p.watermark),
+                "watermark": (p.watermark > 0).then(|| fmt_ms(p.watermark)),
                 "stats": p.stats,
                 "realtime_rows": api.realtime.batch(&p.pipeline).map_or(0, |b| b.num_rows()),
             })
         })
         .collect();
     Json(json!({"pipelines": pipelines})).into_response()
-}
-
-/// RFC 3339 of `ms` since the epoch (`null` before the first event).
-fn chrono_ms(ms: i64) -> serde_json::Value {
-    if ms <= 0 {
-        return serde_json::Value::Null;
-    }
-    json!(
-        humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64))
-            .to_string()
-    )
-}
-
-async fn get_lag(State(api): State<Arc<LagApi>>) -> Response {
-    match lag(api.bus.as_ref(), &api.lake).await {
-        Ok(consumers) => Json(json!({"consumers": consumers})).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": e}))).into_response(),
-    }
 }

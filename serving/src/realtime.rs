@@ -16,7 +16,7 @@ use deltalake::arrow::{
     datatypes::{DataType, Field, Schema, TimeUnit},
     json::{ReaderBuilder, reader::infer_json_schema_from_seekable},
 };
-use weir_bus::{Bus, BusError, ConsumerConfig, TopicPartition};
+use weir_bus::{Bus, BusError};
 
 /// The prefix of the speed layer's results topics.
 pub const RESULTS_PREFIX: &str = "weir.stream.";
@@ -155,27 +155,17 @@ async fn follow_topic(
     topic: String,
     pipeline: String,
     partitions: u32,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), BusError> {
-    // Reads from the start without committing: every serving process builds the whole view.
-    let mut consumer = bus.consumer(ConsumerConfig::new(format!("weir-serving-{topic}"))).await?;
-    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(topic.clone(), p)).collect();
-    consumer.assign(&tps).await?;
-    for tp in &tps {
-        consumer.seek(tp, 0).await?;
-    }
     tracing::info!(topic, "following results");
-    loop {
-        let polled = tokio::select! {
-            p = consumer.poll(Duration::from_millis(200)) => p?,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-        };
-        for m in polled {
-            if let (Some(k), Some(v)) = (m.key, m.value) {
-                realtime.upsert(&pipeline, k.to_vec(), v.to_vec(), m.timestamp_ms);
-            }
+    // Every serving process builds the whole view.
+    let group = format!("weir-serving-{topic}");
+    weir_bus::follow_from_start(bus.as_ref(), &topic, partitions, &group, Duration::from_millis(200), stop, |m| {
+        if let (Some(k), Some(v)) = (m.key, m.value) {
+            realtime.upsert(&pipeline, k.to_vec(), v.to_vec(), m.timestamp_ms);
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

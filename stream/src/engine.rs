@@ -128,7 +128,8 @@ struct Checkpoint {
     stats: Stats,
 }
 
-fn now_ms() -> i64 {
+/// Wall-clock time in ms since the epoch.
+pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 

@@ -15,7 +15,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
+use weir_bus::{Bus, BusError, Producer, Record};
 
 /// The topic silences made through the API go to.
 pub const SILENCES_TOPIC: &str = "weir.alerts.silences";
@@ -177,7 +177,7 @@ pub async fn publish(producer: &dyn Producer, silences: &Silences, silence: Sile
 pub async fn follow(
     bus: Arc<dyn Bus>,
     silences: Arc<Silences>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), BusError> {
     let partitions = match bus.topic(SILENCES_TOPIC).await {
         Ok(t) => t.partitions,
@@ -188,28 +188,17 @@ pub async fn follow(
             bus.topic(SILENCES_TOPIC).await?.partitions
         }
     };
-    // Reads from the start without committing: every process holds every silence.
-    let mut consumer = bus.consumer(ConsumerConfig::new("weir-silences")).await?;
-    let tps: Vec<TopicPartition> = (0..partitions).map(|p| TopicPartition::new(SILENCES_TOPIC, p)).collect();
-    consumer.assign(&tps).await?;
-    for tp in &tps {
-        consumer.seek(tp, 0).await?;
-    }
-    loop {
-        let polled = tokio::select! {
-            p = consumer.poll(Duration::from_millis(500)) => p?,
-            _ = stop.wait_for(|s| *s) => return Ok(()),
-        };
-        for m in polled {
-            match m.value.as_deref().map(serde_json::from_slice::<Silence>) {
-                Some(Ok(s)) => silences.apply(s),
-                Some(Err(e)) => {
-                    tracing::warn!(offset = m.offset, error = %e, "skipping a record of {SILENCES_TOPIC} that is not a silence")
-                }
-                None => {}
+    // Every process holds every silence.
+    weir_bus::follow_from_start(bus.as_ref(), SILENCES_TOPIC, partitions, "weir-silences", Duration::from_millis(500), stop, |m| {
+        match m.value.as_deref().map(serde_json::from_slice::<Silence>) {
+            Some(Ok(s)) => silences.apply(s),
+            Some(Err(e)) => {
+                tracing::warn!(offset = m.offset, error = %e, "skipping a record of {SILENCES_TOPIC} that is not a silence")
             }
+            None => {}
         }
-    }
+    })
+    .await
 }
 
 #[cfg(test)]
