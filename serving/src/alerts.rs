@@ -53,7 +53,7 @@ async fn list_alerts(State(api): State<Arc<Alerts>>, Query(filter): Query<AlertF
         .filter(|a| filter.state.as_deref().is_none_or(|s| a["state"] == s))
         .map(|mut a| {
             let labels = serde_json::from_value(a["labels"].clone()).unwrap_or_default();
-            let by: Vec<String> = api.silences.matching(&labels, now).collect();
+            let by = api.silences.matching(&labels, now);
             a["silenced_by"] = json!(by);
             a
         })

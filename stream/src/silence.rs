@@ -130,20 +130,18 @@ impl Silences {
 
     /// Whether an active silence matches `labels` now.
     pub fn silenced(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matching(labels, SystemTime::now()).next().is_some()
+        !self.matching(labels, SystemTime::now()).is_empty()
     }
 
     /// Ids of the silences active at `now` that match `labels`.
-    pub fn matching(&self, labels: &BTreeMap<String, String>, now: SystemTime) -> impl Iterator<Item = String> {
+    pub fn matching(&self, labels: &BTreeMap<String, String>, now: SystemTime) -> Vec<String> {
         let published = self.published.read().expect("not poisoned");
-        let ids: Vec<String> = self
-            .from_files
+        self.from_files
             .iter()
             .chain(published.values())
             .filter(|s| s.silences(labels, now))
             .map(|s| s.id.clone())
-            .collect();
-        ids.into_iter()
+            .collect()
     }
 
     /// Takes in one published silence (the newest record of its id wins).
@@ -236,8 +234,7 @@ mod tests {
         s.apply(silence("s1", &[("alertname", "X", true), ("severity", "page", false)], 60));
         assert!(s.silenced(&labels(&[("alertname", "X"), ("severity", "ticket")])));
         assert!(!s.silenced(&labels(&[("alertname", "X"), ("severity", "page")])), "isEqual false");
-        let ids: Vec<String> =
-            s.matching(&labels(&[("alertname", "X"), ("merchant_id", "7")]), SystemTime::now()).collect();
+        let ids = s.matching(&labels(&[("alertname", "X"), ("merchant_id", "7")]), SystemTime::now());
         assert_eq!(ids, vec!["file:a.yaml#0".to_string(), "s1".to_string()]);
         // Expiring s1 (the same id again, ending in the past) lifts it.
         s.apply(silence("s1", &[("alertname", "X", true)], -1));
