@@ -19,6 +19,42 @@ use crate::config::{LakeConfig, LakeUrl};
 /// The namespaces a lake holds, in listing order.
 pub const NAMESPACES: [&str; 3] = ["raw", "current", "views"];
 
+/// Tables kept open between catalogue refreshes: [`OpenTables::refresh`] lists the lake and
+/// brings each kept table up to date with only the commits since its last refresh (a table seen
+/// for the first time is opened from its last checkpoint), so a refresh reads what changed, not
+/// every log again.
+#[derive(Default)]
+pub struct OpenTables {
+    kept: tokio::sync::Mutex<std::collections::BTreeMap<String, DeltaTable>>,
+}
+
+impl OpenTables {
+    /// Every table of `lake` at its latest version, in listing order (as [`Lake::open_all`]).
+    pub async fn refresh(&self, lake: &Lake) -> Result<Vec<(String, DeltaTable)>, LakeError> {
+        let names = lake.table_names().await?;
+        let mut kept = self.kept.lock().await;
+        kept.retain(|name, _| names.contains(name));
+        let mut out = Vec::new();
+        for name in names {
+            let updated = match kept.get_mut(&name) {
+                Some(table) => table.update_incremental(None).await.is_ok(),
+                None => false,
+            };
+            if !updated {
+                // New, or its log no longer continues the kept state (the table was recreated).
+                match lake.try_open(&name, None).await? {
+                    Some(table) => kept.insert(name.clone(), table),
+                    None => kept.remove(&name),
+                };
+            }
+            if let Some(table) = kept.get(&name) {
+                out.push((name, table.clone()));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Why a lake operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -174,6 +210,19 @@ impl Lake {
 
     /// Every table of the lake, opened at its latest version, in listing order.
     pub async fn open_all(&self) -> Result<Vec<(String, DeltaTable)>, LakeError> {
+        let mut out = Vec::new();
+        for name in self.table_names().await? {
+            // A directory without a first commit yet is not a table.
+            if let Some(table) = self.try_open(&name, None).await? {
+                out.push((name, table));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The names of the lake's table directories (some may have no first commit yet), by
+    /// namespace, sorted.
+    pub async fn table_names(&self) -> Result<Vec<String>, LakeError> {
         let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
         let lake = self.url.to_string();
         // The store is rooted at the lake's root.
@@ -187,12 +236,7 @@ impl Lake {
             let mut names: Vec<String> =
                 listing.common_prefixes.iter().filter_map(|p| p.filename().map(|n| format!("{ns}.{n}"))).collect();
             names.sort();
-            for name in names {
-                // A directory without a first commit yet is not a table.
-                if let Some(table) = self.try_open(&name, None).await? {
-                    out.push((name, table));
-                }
-            }
+            out.extend(names);
         }
         Ok(out)
     }

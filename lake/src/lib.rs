@@ -20,5 +20,5 @@ pub mod query;
 pub mod storage;
 pub mod writer;
 
-pub use catalog::{Lake, LakeError};
+pub use catalog::{Lake, LakeError, OpenTables};
 pub use config::{LakeConfig, LakeUrl, S3Options};

@@ -49,21 +49,33 @@ pub async fn register_tables(
     lake: &Lake,
     version: Option<u64>,
 ) -> Result<Vec<Registered>, LakeError> {
-    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
-    for ns in NAMESPACES {
-        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
-    }
-    let mut registered = Vec::new();
+    let mut tables = Vec::new();
     for (name, mut table) in lake.open_all().await? {
         match version {
             Some(v) if table.version().is_some_and(|latest| v > latest) => continue,
             Some(v) => table.load_version(v).await.map_err(|e| LakeError::delta(&name, e))?,
             None => {}
         }
-        register(ctx, &name, &name, &table).await?;
-        let snapshot = table.snapshot().map_err(|e| LakeError::delta(&name, e))?;
+        tables.push((name, table));
+    }
+    register_opened(ctx, &tables).await
+}
+
+/// Registers `tables` (as opened, each under its name's namespace) in `ctx`.
+pub async fn register_opened(
+    ctx: &SessionContext,
+    tables: &[(String, deltalake::DeltaTable)],
+) -> Result<Vec<Registered>, LakeError> {
+    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
+    for ns in NAMESPACES {
+        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
+    }
+    let mut registered = Vec::new();
+    for (name, table) in tables {
+        register(ctx, name, name, table).await?;
+        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
         let bytes = snapshot.log_data().iter().map(|f| f.size() as u64).sum();
-        registered.push(Registered { name, version: snapshot.version(), bytes });
+        registered.push(Registered { name: name.clone(), version: snapshot.version(), bytes });
     }
     Ok(registered)
 }

@@ -1,6 +1,6 @@
 //! What queries see, and how a query runs. The catalogue is a DataFusion session rebuilt every
 //! `refresh_interval`: the lake's `raw.*`, `current.*` and `views.*` tables at their latest
-//! versions, `realtime.<pipeline>` from the speed layer's results, and `serving.<pipeline>`, the
+//! versions (kept open between refreshes, which read only the commits since), `realtime.<pipeline>` from the speed layer's results, and `serving.<pipeline>`, the
 //! lambda merge of `views.<pipeline>` (batch) and `realtime.<pipeline>`.
 //!
 //! **Lambda merge.** The batch view's watermark W is the largest `time_column` value in
@@ -37,7 +37,7 @@ use deltalake::{
 };
 use futures::StreamExt;
 use serde::Serialize;
-use weir_lake::{Lake, query::Registered};
+use weir_lake::{Lake, OpenTables, query::Registered};
 
 use crate::{
     ServingConfig,
@@ -88,6 +88,8 @@ pub struct Catalog {
     realtime: Arc<Realtime>,
     config: ServingConfig,
     current: RwLock<Option<Arc<SessionContext>>>,
+    /// The lake's tables, kept open and updated with each refresh's new commits.
+    open: OpenTables,
     hot: HotTables,
 }
 
@@ -98,7 +100,14 @@ fn df_err(e: impl std::fmt::Display) -> String {
 impl Catalog {
     /// A catalogue over `lake` and `realtime`; empty until the first [`Self::refresh`].
     pub fn new(lake: Lake, realtime: Arc<Realtime>, config: ServingConfig) -> Catalog {
-        Catalog { lake, realtime, config, current: RwLock::new(None), hot: HotTables::default() }
+        Catalog {
+            lake,
+            realtime,
+            config,
+            current: RwLock::new(None),
+            open: OpenTables::default(),
+            hot: HotTables::default(),
+        }
     }
 
     /// The per-query limits: (timeout, rows).
@@ -114,7 +123,8 @@ impl Catalog {
     /// Rebuilds the session: lake tables at their latest versions, real-time views, merges.
     pub async fn refresh(&self) -> Result<(), String> {
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
-        let registered = weir_lake::query::register_tables(&ctx, &self.lake, None).await.map_err(df_err)?;
+        let tables = self.open.refresh(&self.lake).await.map_err(df_err)?;
+        let registered = weir_lake::query::register_opened(&ctx, &tables).await.map_err(df_err)?;
         self.heat(&ctx, &registered).await?;
         let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
         for ns in ["realtime", "serving"] {

@@ -30,15 +30,29 @@ fn minute(m: i64) -> String {
     humantime::format_rfc3339(t).to_string()
 }
 
-/// `views.pay`: the batch side, minutes 0 and 1 per method.
-async fn batch_view(lake: &Lake) {
+/// Rows of `views.pay`: (method, minute after T10, payments).
+fn pay_rows(rows: &[(&str, i64, i64)]) -> RecordBatch {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let schema = Arc::new(Schema::new(vec![
         Field::new("method", DataType::Utf8, true),
         Field::new("window_start", ts, true),
         Field::new("payments", DataType::Int64, true),
     ]));
-    let columns: StructType = schema.as_ref().try_into_kernel().unwrap();
+    let arrays: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| T10 + r.1 * 60_000_000))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+    ];
+    RecordBatch::try_new(schema, arrays).unwrap()
+}
+
+/// `views.pay`: the batch side, minutes 0 and 1 per method.
+async fn batch_view(lake: &Lake) {
+    let rows = pay_rows(&[("card", 0, 100), ("card", 1, 110), ("cash", 0, 7)]);
+    let columns: StructType = rows.schema().as_ref().try_into_kernel().unwrap();
     let table = DeltaTable::try_from_url(lake.table_url("views.pay").unwrap())
         .await
         .unwrap()
@@ -46,12 +60,7 @@ async fn batch_view(lake: &Lake) {
         .with_columns(columns.fields().cloned())
         .await
         .unwrap();
-    let arrays: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec!["card", "card", "cash"])),
-        Arc::new(TimestampMicrosecondArray::from(vec![T10, T10 + 60_000_000, T10]).with_timezone("UTC")),
-        Arc::new(Int64Array::from(vec![100, 110, 7])),
-    ];
-    table.write(vec![RecordBatch::try_new(schema, arrays).unwrap()]).await.unwrap();
+    table.write(vec![rows]).await.unwrap();
 }
 
 /// A result record as the speed layer writes it.
@@ -70,6 +79,7 @@ fn result(method: &str, m: i64, payments: i64) -> Record {
 
 struct Server {
     _dir: tempfile::TempDir,
+    lake: Lake,
     base: String,
     catalog: Arc<Catalog>,
     pg_port: u16,
@@ -100,7 +110,7 @@ async fn server(config: ServingConfig) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let catalog = Arc::new(Catalog::new(lake, realtime, config));
+    let catalog = Arc::new(Catalog::new(lake.clone(), realtime, config));
     catalog.refresh().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -110,7 +120,7 @@ async fn server(config: ServingConfig) -> Server {
     let pg_port = pg_listener.local_addr().unwrap().port();
     tokio::spawn(pg::serve(pg_listener, catalog.clone(), "weir".into(), vec!["secret".into()], _stop.subscribe()));
     std::mem::forget(_stop);
-    Server { _dir: dir, base, catalog, pg_port }
+    Server { _dir: dir, lake, base, catalog, pg_port }
 }
 
 async fn post(s: &Server, token: Option<&str>, body: Value) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
@@ -293,4 +303,24 @@ async fn the_postgresql_wire_keeps_the_row_limit_and_the_timeout() {
     let slow =
         sqlx::query("SELECT count(*) FROM generate_series(1, 10000000000)").fetch_all(&mut conn).await.unwrap_err();
     assert!(slow.to_string().contains("ran longer than"), "{slow}");
+}
+
+#[tokio::test]
+async fn a_refresh_serves_new_versions_through_scans_and_lookups() {
+    let s = server(ServingConfig::default()).await;
+    let lookup = "SELECT payments FROM views.pay WHERE method = 'cash' ORDER BY payments";
+    let payments = |rows: Vec<Value>| rows.iter().map(|r| r["payments"].as_i64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(payments(rows(&s, lookup).await), vec![7]);
+    // A DAG run appends to the view: the next refresh reads that commit and serves it, through
+    // the index of the new hot copy and through a scan.
+    let mut table = DeltaTable::try_from_url(s.lake.table_url("views.pay").unwrap()).await.unwrap();
+    table.load().await.unwrap();
+    table.write(vec![pay_rows(&[("cash", 1, 9), ("card", 2, 130)])]).await.unwrap();
+    assert_eq!(payments(rows(&s, lookup).await), vec![7], "served from the catalogue until it refreshes");
+    s.catalog.refresh().await.unwrap();
+    assert_eq!(payments(rows(&s, lookup).await), vec![7, 9]);
+    assert_eq!(rows(&s, "SELECT count(*) AS n FROM views.pay").await[0]["n"], 5);
+    // Refreshing again with nothing new keeps the same answers.
+    s.catalog.refresh().await.unwrap();
+    assert_eq!(payments(rows(&s, lookup).await), vec![7, 9]);
 }
