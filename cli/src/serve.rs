@@ -10,7 +10,9 @@ use clap::Args;
 use weir_lake::Lake;
 use weir_serving::{
     catalog::Catalog,
-    http, pg,
+    http,
+    lag::LagTracker,
+    pg,
     realtime::{self, Realtime},
 };
 use weir_stream::silence::{self, Silences};
@@ -60,8 +62,10 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "serving");
     let silences = Arc::new(Silences::default());
     let silence_follower = tokio::spawn(silence::follow(bus.clone(), silences.clone(), stop.clone()));
+    let lag = Arc::new(LagTracker::new(bus.clone(), Lake::new(&config.lake)));
+    let lag_tracker = tokio::spawn(lag.clone().keep_measuring(s.refresh_interval, stop.clone()));
     let protected = weir_serving::alerts::router(realtime.clone(), silences, Arc::from(bus.producer().await?))
-        .merge(weir_serving::lag::router(bus.clone(), Lake::new(&config.lake), realtime.clone()));
+        .merge(weir_serving::lag::router(lag, realtime.clone()));
     let store = weir_flow::store::Store::open(config.metadata.connect().await?).await?;
     let routes = routes(
         catalog,
@@ -80,6 +84,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         .context("HTTP server")?;
     let _ = stop_tx.send(true);
     refresher.await?;
+    lag_tracker.await?;
     follower.await??;
     silence_follower.await??;
     if let Some(pg) = pg {

@@ -134,17 +134,15 @@ pub fn table_name(topic: &str) -> String {
     format!("raw.{}", topic.replace('.', "_"))
 }
 
-/// The next offsets of `partitions` of `topic` that its lake writer will read, from the `txn`
-/// actions of the topic's table (0 for a partition not written yet); `None` without a table.
+/// The next offsets of partitions `0..partitions` of `topic` that its lake writer will read, from
+/// the `txn` actions of `table`, the topic's ([`table_name`]); 0 for a partition not written yet.
 pub async fn committed_offsets(
-    lake: &crate::Lake,
+    table: &DeltaTable,
     topic: &str,
     partitions: u32,
-) -> Result<Option<BTreeMap<u32, i64>>, LakeError> {
-    let name = table_name(topic);
-    let Some(table) = lake.try_open(&name, None).await? else { return Ok(None) };
+) -> Result<BTreeMap<u32, i64>, LakeError> {
     let partitions: Vec<u32> = (0..partitions).collect();
-    stored_offsets(&table, topic, &partitions).await.map(Some).map_err(|e| LakeError::delta(&name, e))
+    stored_offsets(table, topic, &partitions).await.map_err(|e| LakeError::delta(&table_name(topic), e))
 }
 
 /// The next offsets of `partitions` of `topic` stored in `table`'s `txn` actions (0 where none).

@@ -86,9 +86,9 @@ async fn restarts_at_any_point_neither_lose_nor_repeat() {
     assert_eq!(&summary[..3], [produced, produced, ids], "every change exactly once");
     // The positions the table's txn actions hold (what consumer-lag views read) are the log's end.
     let lake = weir_lake::Lake::new(&s.lake_config());
-    let next = weir_lake::writer::committed_offsets(&lake, TOPIC, 3).await.unwrap().unwrap();
+    let table = lake.open(&weir_lake::writer::table_name(TOPIC), None).await.unwrap();
+    let next = weir_lake::writer::committed_offsets(&table, TOPIC, 3).await.unwrap();
     assert_eq!(next.into_values().collect::<Vec<_>>(), s.bus.end_offsets(TOPIC).await.unwrap());
-    assert_eq!(weir_lake::writer::committed_offsets(&lake, "no.such.topic", 1).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
 //! Consumer lag: how far each reader of a topic is behind the end of its log, per partition —
 //! the lake writer (the next offsets in the `txn` actions of the topic's `raw.*` table, which
 //! commit with the data) and each streaming pipeline (the offsets of its last checkpoint). Both
-//! positions are durable ones: after a crash, reading resumes there. `GET /api/v1/lag` answers
-//! it, and every answer also sets the `weir_consumer_lag` gauge. `GET /api/v1/pipelines` is the
-//! streaming pipelines' status: lag, checkpoint age, watermark, counters and real-time results.
+//! positions are durable ones: after a crash, reading resumes there. A [`LagTracker`] measures
+//! it every interval (keeping the lake's tables open, so each measurement reads only new
+//! commits) and sets the `weir_consumer_lag` gauge; `GET /api/v1/lag` answers the latest
+//! measurement and `GET /api/v1/pipelines` the streaming pipelines' status from it: lag,
+//! checkpoint age, watermark, counters and real-time results.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -14,10 +16,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use deltalake::DeltaTable;
 use serde::Serialize;
 use serde_json::json;
 use weir_bus::Bus;
-use weir_lake::{Lake, writer};
+use weir_lake::{Lake, OpenTables, writer};
 
 use weir_stream::engine::{Position, fmt_ms, now_ms};
 
@@ -73,65 +76,109 @@ fn lag_of(consumer: &str, target: String, topic: &str, next: &BTreeMap<u32, i64>
     }
 }
 
-/// The lag of every lake writer and streaming pipeline, by topic.
-pub async fn lag(bus: &dyn Bus, lake: &Lake) -> Result<Vec<ConsumerLag>, String> {
-    Ok(lag_and_positions(bus, lake).await?.0)
+/// One measurement: the lag of every lake writer and pipeline, and the pipelines' positions.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// When it was taken (ms since the epoch).
+    pub at_ms: i64,
+    /// Every lake writer and streaming pipeline, by topic.
+    pub consumers: Vec<ConsumerLag>,
+    /// The pipelines' checkpoint positions.
+    pub positions: Vec<Position>,
 }
 
-/// [`lag`], and the pipelines' checkpoint positions it was computed from.
-async fn lag_and_positions(bus: &dyn Bus, lake: &Lake) -> Result<(Vec<ConsumerLag>, Vec<Position>), String> {
-    let mut out = Vec::new();
-    let mut ends: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for t in bus.list_topics().await.map_err(|e| e.to_string())? {
-        let end = bus.end_offsets(&t.name).await.map_err(|e| e.to_string())?;
-        if let Some(next) = writer::committed_offsets(lake, &t.name, t.partitions).await.map_err(|e| e.to_string())? {
-            out.push(lag_of("lake", writer::table_name(&t.name), &t.name, &next, &end));
+/// Measures consumer lag over a bus and a lake and keeps the latest measurement.
+pub struct LagTracker {
+    bus: Arc<dyn Bus>,
+    lake: Lake,
+    open: OpenTables,
+    latest: std::sync::RwLock<Option<Arc<Measurement>>>,
+}
+
+impl LagTracker {
+    /// A tracker with no measurement yet.
+    pub fn new(bus: Arc<dyn Bus>, lake: Lake) -> LagTracker {
+        LagTracker { bus, lake, open: OpenTables::default(), latest: Default::default() }
+    }
+
+    /// The latest measurement, if one was taken.
+    pub fn latest(&self) -> Option<Arc<Measurement>> {
+        self.latest.read().expect("not poisoned").clone()
+    }
+
+    /// Measures now: keeps the result and sets the `weir_consumer_lag` gauges.
+    pub async fn measure(&self) -> Result<Arc<Measurement>, String> {
+        let tables: BTreeMap<String, DeltaTable> =
+            self.open.refresh(&self.lake).await.map_err(|e| e.to_string())?.into_iter().collect();
+        let mut consumers = Vec::new();
+        let mut ends: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for t in self.bus.list_topics().await.map_err(|e| e.to_string())? {
+            let end = self.bus.end_offsets(&t.name).await.map_err(|e| e.to_string())?;
+            let name = writer::table_name(&t.name);
+            if let Some(table) = tables.get(&name) {
+                let next = writer::committed_offsets(table, &t.name, t.partitions).await.map_err(|e| e.to_string())?;
+                consumers.push(lag_of("lake", name, &t.name, &next, &end));
+            }
+            ends.insert(t.name, end);
         }
-        ends.insert(t.name, end);
+        let at_ms = now_ms();
+        let positions = weir_stream::engine::positions(&self.lake).await.map_err(|e| e.to_string())?;
+        for p in &positions {
+            let Some(end) = ends.get(&p.topic) else { continue };
+            let mut l = lag_of("stream", p.pipeline.clone(), &p.topic, &p.next, end);
+            l.position_age_s = Some((at_ms - p.taken_at_ms).max(0) as f64 / 1000.0);
+            consumers.push(l);
+        }
+        for l in &consumers {
+            metrics::gauge!("weir_consumer_lag", "consumer" => l.consumer.clone(), "target" => l.target.clone(), "topic" => l.topic.clone())
+                .set(l.lag as f64);
+        }
+        let measured = Arc::new(Measurement { at_ms, consumers, positions });
+        *self.latest.write().expect("not poisoned") = Some(measured.clone());
+        Ok(measured)
     }
-    let now_ms = now_ms();
-    let positions = weir_stream::engine::positions(lake).await.map_err(|e| e.to_string())?;
-    for p in &positions {
-        let Some(end) = ends.get(&p.topic) else { continue };
-        let mut l = lag_of("stream", p.pipeline.clone(), &p.topic, &p.next, end);
-        l.position_age_s = Some((now_ms - p.taken_at_ms).max(0) as f64 / 1000.0);
-        out.push(l);
+
+    /// Measures now and then every `every` until `stop` turns true; a failed measurement is
+    /// logged and the previous one stays.
+    pub async fn keep_measuring(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.measure().await {
+                tracing::warn!(error = %e, "measuring consumer lag failed");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
     }
-    for l in &out {
-        metrics::gauge!("weir_consumer_lag", "consumer" => l.consumer.clone(), "target" => l.target.clone(), "topic" => l.topic.clone())
-            .set(l.lag as f64);
-    }
-    Ok((out, positions))
 }
 
 struct LagApi {
-    bus: Arc<dyn Bus>,
-    lake: Lake,
+    tracker: Arc<LagTracker>,
     realtime: Arc<Realtime>,
 }
 
-/// `GET /api/v1/lag` and `GET /api/v1/pipelines` over `bus`, `lake` and the real-time views
-/// (mount behind the API's tokens).
-pub fn router(bus: Arc<dyn Bus>, lake: Lake, realtime: Arc<Realtime>) -> Router {
+/// `GET /api/v1/lag` and `GET /api/v1/pipelines` from `tracker`'s latest measurement and the
+/// real-time views (mount behind the API's tokens).
+pub fn router(tracker: Arc<LagTracker>, realtime: Arc<Realtime>) -> Router {
     Router::new()
         .route("/api/v1/lag", get(get_lag))
         .route("/api/v1/pipelines", get(get_pipelines))
-        .with_state(Arc::new(LagApi { bus, lake, realtime }))
+        .with_state(Arc::new(LagApi { tracker, realtime }))
+}
+
+fn not_yet() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "consumer lag has not been measured yet")
 }
 
 async fn get_lag(State(api): State<Arc<LagApi>>) -> Response {
-    match lag(api.bus.as_ref(), &api.lake).await {
-        Ok(consumers) => Json(json!({"consumers": consumers})).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
+    let Some(m) = api.tracker.latest() else { return not_yet() };
+    Json(json!({"measured_at": fmt_ms(m.at_ms), "consumers": m.consumers})).into_response()
 }
 
 async fn get_pipelines(State(api): State<Arc<LagApi>>) -> Response {
-    let (consumers, positions) = match lag_and_positions(api.bus.as_ref(), &api.lake).await {
-        Ok(got) => got,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
-    };
-    let now_ms = now_ms();
+    let Some(m) = api.tracker.latest() else { return not_yet() };
+    let (consumers, positions, now_ms) = (&m.consumers, &m.positions, m.at_ms);
     let pipelines: Vec<_> = positions
         .iter()
         .map(|p| {
@@ -148,5 +195,5 @@ async fn get_pipelines(State(api): State<Arc<LagApi>>) -> Response {
             })
         })
         .collect();
-    Json(json!({"pipelines": pipelines})).into_response()
+    Json(json!({"measured_at": fmt_ms(m.at_ms), "pipelines": pipelines})).into_response()
 }

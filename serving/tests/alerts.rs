@@ -51,8 +51,9 @@ async fn silences_reach_every_follower_and_mark_the_alerts_they_hold() {
     let (api_silences, stream_silences) = (Arc::new(Silences::default()), Arc::new(Silences::default()));
     tokio::spawn(silence::follow(bus.clone(), api_silences.clone(), stop.clone()));
     tokio::spawn(silence::follow(bus.clone(), stream_silences.clone(), stop.clone()));
+    let tracker = Arc::new(lag::LagTracker::new(bus.clone(), lake.clone()));
     let routes = alerts::router(views.clone(), api_silences, Arc::from(bus.producer().await.unwrap()))
-        .merge(lag::router(bus.clone(), lake.clone(), views.clone()));
+        .merge(lag::router(tracker.clone(), views.clone()));
     let app = http::protect(routes, vec!["secret".into()]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -136,6 +137,9 @@ async fn silences_reach_every_follower_and_mark_the_alerts_they_hold() {
 
     // Lag: a pipeline whose checkpoint holds partition 0 at offset 2 and partition 1 at 3, of a
     // topic with 5 and 3 records.
+    let (status, _) = get("/api/v1/lag").await;
+    assert_eq!(status, 503, "not measured yet");
+    tracker.measure().await.unwrap();
     let (status, lagging) = get("/api/v1/lag").await;
     assert_eq!((status, &lagging["consumers"]), (200, &json!([])), "no lake table, no checkpoint");
     bus.create_topic("shop.payments", 2).await.unwrap();
@@ -147,6 +151,7 @@ async fn silences_reach_every_follower_and_mark_the_alerts_they_hold() {
     let checkpoint = json!({"pipeline": "pay", "topic": "shop.payments", "taken_at_ms": 0,
         "partitions": {"0": {"next": 2, "max_time": null}, "1": {"next": 3, "max_time": null}}});
     lake.put_object("checkpoints/stream/pay.json", serde_json::to_vec(&checkpoint).unwrap()).await.unwrap();
+    tracker.measure().await.unwrap();
     let (_, lagging) = get("/api/v1/lag").await;
     let c = &lagging["consumers"][0];
     assert_eq!(
