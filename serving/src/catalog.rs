@@ -227,16 +227,16 @@ impl Catalog {
 
     /// Refreshes now and then every `every` until `stop` turns true; a failed refresh keeps the
     /// previous catalogue and is logged.
-    pub async fn keep_fresh(self: Arc<Self>, every: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            if let Err(e) = self.refresh().await {
-                tracing::error!(error = %e, "refreshing the catalogue failed; the previous one stays");
+    pub async fn keep_fresh(self: Arc<Self>, every: std::time::Duration, stop: tokio::sync::watch::Receiver<bool>) {
+        crate::every(every, stop, || {
+            let this = self.clone();
+            async move {
+                if let Err(e) = this.refresh().await {
+                    tracing::error!(error = %e, "refreshing the catalogue failed; the previous one stays");
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
+        })
+        .await
     }
 
     /// Every table and view queries can name.

@@ -140,16 +140,16 @@ impl LagTracker {
 
     /// Measures now and then every `every` until `stop` turns true; a failed measurement is
     /// logged and the previous one stays.
-    pub async fn keep_measuring(self: Arc<Self>, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            if let Err(e) = self.measure().await {
-                tracing::warn!(error = %e, "measuring consumer lag failed");
+    pub async fn keep_measuring(self: Arc<Self>, every: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+        crate::every(every, stop, || {
+            let this = self.clone();
+            async move {
+                if let Err(e) = this.measure().await {
+                    tracing::warn!(error = %e, "measuring consumer lag failed");
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
+        })
+        .await
     }
 }
 

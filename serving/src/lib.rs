@@ -24,3 +24,19 @@ pub mod pg;
 pub mod realtime;
 
 pub use config::ServingConfig;
+
+/// Runs `job` now and then every `period` until `stop` turns true (the catalogue refresh, the lag
+/// measurement).
+pub(crate) async fn every<F, Fut>(period: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>, mut job: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        job().await;
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
