@@ -188,17 +188,16 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let api = listener.local_addr()?;
     let store = Store::open(config.metadata.connect().await?).await?;
-    let lag = Arc::new(weir_serving::lag::LagTracker::new(bus.clone(), lake.clone()));
-    {
-        let (lag, every, stop) = (lag.clone(), config.serving.refresh_interval, stop.clone());
-        tasks.spawn(async move {
-            lag.keep_measuring(every, stop).await;
-            Ok(())
-        });
-    }
-    let protected =
-        weir_serving::alerts::router(realtime_views.clone(), alerts.silences.clone(), Arc::from(bus.producer().await?))
-            .merge(weir_serving::lag::router(lag.clone(), realtime_views.clone()));
+    let (protected, measure) = crate::serve::status_routes(
+        bus.clone(),
+        lake.clone(),
+        realtime_views.clone(),
+        alerts.silences.clone(),
+        config.serving.refresh_interval,
+        stop.clone(),
+    )
+    .await?;
+    tasks.spawn(measure.map(Ok));
     let routes = crate::serve::routes(
         catalog,
         vec![token.clone()],

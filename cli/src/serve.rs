@@ -1,7 +1,7 @@
 //! `weir serve`: the serving role. Builds the query catalogue (lake tables, real-time views from
 //! the results topics, merged `serving.*` views), refreshes it every `serving.refresh_interval`,
-//! and serves the HTTP API (SQL, alerts and silences, and the orchestrator's DAG routes), the PostgreSQL wire and the
-//! web dashboard, with /healthz, /readyz and /metrics.
+//! and serves the HTTP API (SQL, alerts and silences, lag, and the orchestrator's DAG routes), the
+//! PostgreSQL wire and the web dashboard, with /healthz, /readyz and /metrics.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -62,10 +62,10 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, "serving");
     let silences = Arc::new(Silences::default());
     let silence_follower = tokio::spawn(silence::follow(bus.clone(), silences.clone(), stop.clone()));
-    let lag = Arc::new(LagTracker::new(bus.clone(), Lake::new(&config.lake)));
-    let lag_tracker = tokio::spawn(lag.clone().keep_measuring(s.refresh_interval, stop.clone()));
-    let protected = weir_serving::alerts::router(realtime.clone(), silences, Arc::from(bus.producer().await?))
-        .merge(weir_serving::lag::router(lag, realtime.clone()));
+    let (protected, measure) =
+        status_routes(bus.clone(), Lake::new(&config.lake), realtime, silences, s.refresh_interval, stop.clone())
+            .await?;
+    let lag_tracker = tokio::spawn(measure);
     let store = weir_flow::store::Store::open(config.metadata.connect().await?).await?;
     let routes = routes(
         catalog,
@@ -91,6 +91,22 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         pg.await??;
     }
     Ok(())
+}
+
+/// The serving crate's routes that need the tokens — alerts and silences (over `silences`), lag
+/// and pipeline status — and the lag measurement feeding them, to run until `stop`.
+pub async fn status_routes(
+    bus: Arc<dyn weir_bus::Bus>,
+    lake: Lake,
+    realtime: Arc<Realtime>,
+    silences: Arc<Silences>,
+    every: std::time::Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<(axum::Router, impl std::future::Future<Output = ()> + Send + 'static)> {
+    let lag = Arc::new(LagTracker::new(bus.clone(), lake));
+    let routes = weir_serving::alerts::router(realtime.clone(), silences, Arc::from(bus.producer().await?))
+        .merge(weir_serving::lag::router(lag.clone(), realtime));
+    Ok((routes, lag.keep_measuring(every, stop)))
 }
 
 /// Every HTTP route of the serving role: the query API and dashboard, the orchestrator's DAG
