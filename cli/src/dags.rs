@@ -1,4 +1,5 @@
-//! `weir dags …` (DAG files, runs, tasks, logs) and `weir scheduler` (the orchestrator role).
+//! `weir dags …` (DAG files, runs, tasks, logs), `weir scheduler [status]` (the orchestrator
+//! role and who leads it) and `weir worker` (a remote worker).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -11,6 +12,7 @@ use weir_flow::{
     scheduler::Scheduler,
     store::{Store, TaskKey},
     template::Context as TemplateContext,
+    worker::Worker,
 };
 use weir_lake::Lake;
 
@@ -118,6 +120,29 @@ pub enum DagsCommand {
 pub struct SchedulerArgs {
     /// Where to serve /healthz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9096")]
+    listen: SocketAddr,
+    #[command(subcommand)]
+    pub command: Option<SchedulerCommand>,
+}
+
+/// `weir scheduler …`.
+#[derive(Subcommand)]
+pub enum SchedulerCommand {
+    /// Show which scheduler leads, its heirs, and the workers.
+    Status,
+}
+
+/// `weir worker`.
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// The queues to claim tasks from (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "default")]
+    queues: Vec<String>,
+    /// Tries run at once (default: `[flow] slots`).
+    #[arg(long)]
+    slots: Option<usize>,
+    /// Where to serve /healthz and /metrics.
+    #[arg(long, default_value = "127.0.0.1:9097")]
     listen: SocketAddr,
 }
 
@@ -355,8 +380,12 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `weir scheduler`: runs DAGs until Ctrl-C, serving /healthz and /metrics.
+/// `weir scheduler`: runs DAGs until Ctrl-C or SIGTERM, serving /healthz and /metrics; or,
+/// with `status`, shows the schedulers and workers.
 pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<()> {
+    if let Some(SchedulerCommand::Status) = args.command {
+        return status(config).await;
+    }
     let store = store(config).await?;
     let lake = Arc::new(Lake::new(&config.lake));
     let metrics = telemetry::init_metrics()?;
@@ -366,8 +395,55 @@ pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<(
     let server = axum::serve(listener, telemetry::router(metrics)).into_future();
     let scheduler = Scheduler::new(store, lake, config.flow.clone());
     tokio::select! {
-        r = scheduler.run(async { let _ = tokio::signal::ctrl_c().await; }) => r?,
+        r = scheduler.run(telemetry::stop_signal()) => r?,
         r = server => r.context("health and metrics server")?,
+    }
+    Ok(())
+}
+
+/// `weir worker`: claims and runs tasks from its queues until Ctrl-C or SIGTERM, then drains.
+pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<()> {
+    let store = store(config).await?;
+    let lake = Arc::new(Lake::new(&config.lake));
+    let metrics = telemetry::init_metrics()?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let slots = args.slots.unwrap_or(config.flow.slots);
+    tracing::info!(listen = %listener.local_addr()?, queues = %args.queues.join(","), slots, "worker running");
+    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let worker = Worker::new(store, lake, config.flow.clone(), args.queues, slots);
+    tokio::select! {
+        r = worker.run(telemetry::stop_signal()) => r?,
+        r = server => r.context("health and metrics server")?,
+    }
+    Ok(())
+}
+
+/// `weir scheduler status`: the lease, the schedulers (leader first, then heirs by age) and the
+/// workers. "Last beat" is by each machine's own clock.
+async fn status(config: &Config) -> anyhow::Result<()> {
+    let store = store(config).await?;
+    let lease = store.lease().await?;
+    let now = Utc::now();
+    let ago = |t: DateTime<Utc>| format!("{:.1} s ago", (now - t).num_milliseconds() as f64 / 1000.0);
+    match &lease.holder {
+        h if h.is_empty() => println!("lease: free (epoch {})", lease.epoch),
+        h => println!("lease: held by {h} (epoch {}, since {})", lease.epoch, time(lease.acquired_at)),
+    }
+    println!("{:<40} {:<7} {:<20} LAST BEAT", "SCHEDULER", "ROLE", "STARTED");
+    let schedulers = store.schedulers().await?;
+    let (leader, heirs): (Vec<_>, Vec<_>) = schedulers.iter().partition(|m| m.id == lease.holder);
+    for m in leader.iter().chain(heirs.iter()) {
+        let role = if m.id == lease.holder { "leader" } else { "heir" };
+        println!("{:<40} {role:<7} {:<20} {}", m.id, time(Some(m.started_at)), ago(m.heartbeat_at));
+    }
+    let workers = store.workers().await?;
+    if !workers.is_empty() {
+        println!();
+        println!("{:<40} {:<9} {:<20} {:>5} LAST BEAT", "WORKER", "STATE", "QUEUES", "SLOTS");
+        for w in &workers {
+            println!("{:<40} {:<9} {:<20} {:>5} {}", w.id, w.state, w.queues.join(","), w.slots, ago(w.heartbeat_at));
+        }
     }
     Ok(())
 }

@@ -64,8 +64,10 @@ enum Command {
     /// DAGs: list, show, trigger, pause, backfill, clear, runs, tasks, logs.
     #[command(subcommand)]
     Dags(dags::DagsCommand),
-    /// Run the orchestrator: schedule DAG runs and execute their tasks.
+    /// Run the orchestrator: schedule DAG runs and execute their tasks (`status`: who leads).
     Scheduler(dags::SchedulerArgs),
+    /// Run a remote worker: claim tasks from queues and run them (`[flow] executor = "workers"`).
+    Worker(dags::WorkerArgs),
     /// Every role in one process with a built-in food-delivery workload: the quickest look at Weir.
     Demo(demo::DemoArgs),
     /// Serve SQL over HTTP on the lake and the real-time views (the serving layer).
@@ -85,7 +87,8 @@ async fn main() {
         Command::Registry(_)
             | Command::Ingest(_)
             | Command::Lake(lake::LakeCommand::Run { .. })
-            | Command::Scheduler(_)
+            | Command::Scheduler(dags::SchedulerArgs { command: None, .. })
+            | Command::Worker(_)
             | Command::Stream(_)
             | Command::Serve(_)
             | Command::Demo(_)
@@ -117,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cassandra(c) => cassandra::run(c),
         Command::Dags(c) => dags::run(&config, c).await,
         Command::Scheduler(a) => dags::scheduler(&config, a).await,
+        Command::Worker(a) => dags::worker(&config, a).await,
         Command::Stream(a) => stream::run(&config, a).await,
         Command::Serve(a) => serve::run(&config, a).await,
         Command::Demo(a) => demo::run(&config, a).await,

@@ -3,16 +3,22 @@
 //! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), trigger
 //! rules and states ([`rules`]), templating ([`template`]), the metadata store ([`store`]), the
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
-//! local executor ([`scheduler`]), and the HTTP routes over runs and logs ([`api`]).
+//! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
+//! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
+//! the leader ([`lease`]), remote workers ([`worker`]) and the tables they share ([`cluster`]).
 
 pub mod api;
+pub mod cluster;
 pub mod dag;
+pub mod execute;
+pub mod lease;
 pub mod rules;
 pub mod runs;
 pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod template;
+pub mod worker;
 
 /// Why an orchestrator operation failed.
 #[derive(Debug, thiserror::Error)]

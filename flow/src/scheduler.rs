@@ -8,6 +8,12 @@
 //!
 //! Every state change is written to the metadata DB before anything depends on it; a scheduler
 //! that stops and starts again resumes from the DB (tries it had running count as failed).
+//!
+//! Several schedulers may run against one metadata DB: one leads ([`crate::lease`]), the others
+//! wait as heirs. With `executor = "workers"` the leader runs nothing itself: it queues task
+//! instances that remote workers ([`crate::worker`]) claim, learns of their ends (at once
+//! through PostgreSQL notifications, else by polling), and fails the tries of workers that stop
+//! beating (zombies) into their retries.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,17 +24,29 @@ use std::{
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
-use weir_batch::sql::WriteMode;
+use tokio::sync::{mpsc, watch};
 use weir_lake::catalog::Lake;
 
 use crate::{
     FlowError,
-    dag::{self, Dag, TaskKind},
+    cluster::{self, Background, Beats},
+    dag::{self, Dag},
+    execute::{self, Outcome, log_path},
+    lease,
     rules::{Decision, RunState, TaskState, decide},
-    store::{Finish, RunRow, Store, TaskKey, TaskRow},
-    template::Context,
+    store::{DONE_CHANNEL, Finish, RunRow, Store, StoreError, TaskKey, TaskRow},
 };
+
+/// Where task instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// On the leading scheduler, in `slots` slots.
+    #[default]
+    Local,
+    /// On `weir worker` processes, which claim them from their queues.
+    Workers,
+}
 
 /// `[flow]` in `weir.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +69,18 @@ pub struct FlowConfig {
     pub logs_dir: Option<PathBuf>,
     /// Pools and their slots; a task names one (`default_pool` has `slots` slots).
     pub pools: BTreeMap<String, usize>,
+    /// `local` (the scheduler runs tasks) or `workers` (`weir worker` processes do; `slots` then
+    /// bounds the tasks queued or running at once, and each worker has its own slots).
+    pub executor: Executor,
+    /// How often schedulers and workers beat, and the leader renews its lease.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// How long the leader's lease may go unrenewed before an heir takes over.
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// How long a worker may go without beating before its tries are failed into retries.
+    #[serde(with = "humantime_serde")]
+    pub zombie_timeout: Duration,
 }
 
 impl Default for FlowConfig {
@@ -62,6 +92,10 @@ impl Default for FlowConfig {
             poll_interval: Duration::from_secs(1),
             logs_dir: None,
             pools: BTreeMap::new(),
+            executor: Executor::Local,
+            heartbeat_interval: Duration::from_secs(1),
+            lease_timeout: Duration::from_secs(5),
+            zombie_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -77,21 +111,11 @@ impl FlowConfig {
             None => PathBuf::from("weir-data/logs"),
         }
     }
-}
 
-/// The log file of one try: `<dag>/<run>/<task>.<try>.log` (one folder per run, not per task:
-/// creating folders is most of what a short task costs the file system).
-pub fn log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
-    logs_dir.join(&key.dag_id).join(&key.run_id).join(format!("{}.{try_number}.log", key.task_id))
-}
-
-/// How a try ended.
-#[derive(Debug, Clone)]
-enum Outcome {
-    Success,
-    /// A branch chose these downstream tasks.
-    Follow(Vec<String>),
-    Failed(String),
+    /// The lease timing.
+    pub fn timing(&self) -> lease::Timing {
+        lease::Timing { heartbeat: self.heartbeat_interval, lease_timeout: self.lease_timeout }
+    }
 }
 
 #[derive(Clone)]
@@ -105,7 +129,10 @@ struct Completion {
 
 /// The scheduler and its local executor.
 pub struct Scheduler {
+    /// Writes under the lease while leading.
     store: Store,
+    /// The same database without the fence: membership and the lease itself.
+    base: Store,
     lake: Arc<Lake>,
     config: FlowConfig,
     logs_dir: PathBuf,
@@ -121,15 +148,25 @@ pub struct Scheduler {
     waiting: BTreeMap<WaitOrder, Waiting>,
     /// The earliest retry this scheduler set up: a full pass is due then.
     next_retry: Option<tokio::time::Instant>,
+    /// Workers' beats, to find those that stopped.
+    worker_beats: Beats,
+}
+
+/// Why leading ended.
+enum Ended {
+    Shutdown,
+    LostLease,
 }
 
 /// Higher priority first, then the older run, then by key.
 type WaitOrder = (std::cmp::Reverse<i64>, chrono::DateTime<Utc>, TaskKey);
 
-/// What the scheduler keeps of a running try: what recording its end needs.
+/// What the scheduler keeps of a try it runs (or, with workers, of an instance it handed out):
+/// what the limits and recording its end need.
 struct Running {
     pool: String,
-    dag: Arc<Dag>,
+    /// The DAG version of a local try.
+    dag: Option<Arc<Dag>>,
     max_tries: u32,
 }
 
@@ -146,6 +183,7 @@ impl Scheduler {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let logs_dir = config.logs_dir_for(&lake);
         Scheduler {
+            base: store.clone(),
             store,
             lake,
             config,
@@ -157,16 +195,98 @@ impl Scheduler {
             done_rx,
             waiting: BTreeMap::new(),
             next_retry: None,
+            worker_beats: Beats::default(),
         }
     }
 
-    /// Runs until `shutdown`, then waits for the tries it started.
+    /// Runs until `shutdown`: stands by as an heir, leads while it holds the lease, and stands
+    /// by again if it loses it. On shutdown it waits for the tries it started and gives the
+    /// lease up.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), FlowError> {
-        let orphans = self.store.reset_orphans().await?;
-        if orphans > 0 {
-            tracing::warn!(orphans, "task instances left running by a stopped scheduler were reset");
-        }
+        let (me, host, pid) = cluster::member_id();
+        self.base.register(&me, &host, pid, None).await?;
+        tracing::info!(id = %me, executor = ?self.config.executor, "scheduler started; waiting for the lease");
+        let (lead_tx, mut lead_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut keeper =
+            Background(tokio::spawn(lease::keep(self.base.clone(), me, self.config.timing(), lead_tx, stop_rx)));
         tokio::pin!(shutdown);
+        loop {
+            let fence = tokio::select! {
+                f = lead_rx.wait_for(Option::is_some) => match f {
+                    Ok(f) => f.clone().expect("waited for some"),
+                    Err(_) => break,
+                },
+                _ = &mut shutdown => break,
+            };
+            self.store = self.base.with_fence(fence.clone());
+            let ended = self.lead(&mut shutdown, &mut lead_rx).await;
+            self.waiting.clear();
+            self.next_retry = None;
+            self.worker_beats = Beats::default();
+            match ended {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::LostLease) => tracing::warn!(epoch = fence.epoch, "no longer leading; standing by"),
+                Err(e) => {
+                    let _ = stop_tx.send(true);
+                    let _ = (&mut keeper.0).await;
+                    return Err(e);
+                }
+            }
+        }
+        // The keeper gives the lease up, so an heir takes over at once.
+        let _ = stop_tx.send(true);
+        let _ = (&mut keeper.0).await;
+        Ok(())
+    }
+
+    /// Leads until `shutdown` or until the lease is lost.
+    async fn lead(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+        lead_rx: &mut watch::Receiver<Option<crate::store::Fence>>,
+    ) -> Result<Ended, FlowError> {
+        let remote = self.config.executor == Executor::Workers;
+        if !remote {
+            let orphans = self.store.reset_orphans().await?;
+            if orphans > 0 {
+                tracing::warn!(orphans, "task instances left running by a stopped scheduler were reset");
+            }
+        }
+        // Workers' ends, as PostgreSQL notifies them (SQLite: the poll finds them).
+        let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<TaskKey>();
+        let _listener = (remote && self.store.is_postgres())
+            .then(|| Background(tokio::spawn(listen_done(self.store.url(), remote_tx))));
+        let ended = self.lead_loop(shutdown, lead_rx, &mut remote_rx).await;
+        if matches!(ended, Ok(Ended::Shutdown)) && !remote {
+            tracing::info!(running = self.running.len(), "scheduler stopping; waiting for running tasks");
+            while !self.running.is_empty() {
+                match self.done_rx.recv().await {
+                    Some(c) => {
+                        let mut lost = Vec::new();
+                        self.record_all(vec![c], &mut lost).await;
+                        for c in lost {
+                            // Reset to a retry when this scheduler (or another) starts again.
+                            self.running.remove(&c.key);
+                        }
+                    }
+                    None => break,
+                }
+            }
+        }
+        // A new term starts from the database: local tries still running here are reset to
+        // retries by whoever leads next, and their late ends are refused.
+        self.running.clear();
+        ended
+    }
+
+    async fn lead_loop(
+        &mut self,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+        lead_rx: &mut watch::Receiver<Option<crate::store::Fence>>,
+        remote_rx: &mut mpsc::UnboundedReceiver<TaskKey>,
+    ) -> Result<Ended, FlowError> {
+        let remote = self.config.executor == Executor::Workers;
         let mut next_parse = tokio::time::Instant::now();
         let mut next_poll = tokio::time::Instant::now();
         // Completions whose recording failed (the metadata DB was unreachable): retried.
@@ -189,52 +309,93 @@ impl Scheduler {
                     self.record_all(retry, &mut unrecorded).await;
                 }
                 let pass = async {
+                    if remote {
+                        self.check_workers().await?;
+                        self.refresh_handed().await?;
+                    }
                     self.create_scheduled_runs().await?;
                     self.schedule_all().await
                 };
-                if let Err(e) = pass.await {
-                    tracing::error!(error = %e, "scheduling pass failed; trying again");
+                match pass.await {
+                    Err(FlowError::Store(StoreError::Fenced(_))) => return Ok(Ended::LostLease),
+                    Err(e) => tracing::error!(error = %e, "scheduling pass failed; trying again"),
+                    Ok(()) => {}
                 }
                 next_poll = now + self.config.poll_interval;
             }
-            tokio::select! {
+            let next = tokio::select! {
                 Some(c) = self.done_rx.recv() => {
                     let mut ended = vec![c];
                     while let Ok(c) = self.done_rx.try_recv() {
                         ended.push(c);
                     }
-                    let mut by_run: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-                    for c in &ended {
-                        by_run.entry((c.key.dag_id.clone(), c.key.run_id.clone())).or_default().push(c.key.task_id.clone());
-                    }
+                    let by_run = by_run(ended.iter().map(|c| &c.key));
                     self.record_all(ended, &mut unrecorded).await;
-                    let next = async {
-                        for ((dag_id, run_id), tasks) in &by_run {
-                            self.schedule_after(dag_id, run_id, tasks).await?;
-                        }
-                        self.dispatch().await
-                    };
-                    if let Err(e) = next.await {
-                        tracing::error!(error = %e, "scheduling after a task ended failed; the next pass retries");
-                    }
+                    Some(by_run)
                 }
-                _ = tokio::time::sleep_until(next_parse.min(next_poll).min(self.next_retry.unwrap_or(next_poll))) => {}
-                _ = &mut shutdown => break,
+                Some(key) = remote_rx.recv() => {
+                    let mut ended = vec![key];
+                    while let Ok(k) = remote_rx.try_recv() {
+                        ended.push(k);
+                    }
+                    for k in &ended {
+                        self.running.remove(k);
+                    }
+                    Some(by_run(ended.iter()))
+                }
+                changed = lead_rx.changed() => {
+                    if changed.is_err() || lead_rx.borrow().is_none() {
+                        return Ok(Ended::LostLease);
+                    }
+                    None
+                }
+                _ = tokio::time::sleep_until(next_parse.min(next_poll).min(self.next_retry.unwrap_or(next_poll))) => None,
+                _ = &mut *shutdown => return Ok(Ended::Shutdown),
+            };
+            if let Some(by_run) = next {
+                let next = async {
+                    for ((dag_id, run_id), tasks) in &by_run {
+                        self.schedule_after(dag_id, run_id, tasks).await?;
+                    }
+                    self.dispatch().await
+                };
+                match next.await {
+                    Err(FlowError::Store(StoreError::Fenced(_))) => return Ok(Ended::LostLease),
+                    Err(e) => {
+                        tracing::error!(error = %e, "scheduling after a task ended failed; the next pass retries")
+                    }
+                    Ok(()) => {}
+                }
             }
         }
-        tracing::info!(running = self.running.len(), "scheduler stopping; waiting for running tasks");
-        while !self.running.is_empty() {
-            match self.done_rx.recv().await {
-                Some(c) => {
-                    let mut lost = Vec::new();
-                    self.record_all(vec![c], &mut lost).await;
-                    for c in lost {
-                        // Reset to a retry when this scheduler (or another) starts again.
-                        self.running.remove(&c.key);
-                    }
-                }
-                None => break,
+    }
+
+    /// With workers: counts what is queued or running on them, as the database says.
+    async fn refresh_handed(&mut self) -> Result<(), FlowError> {
+        self.running = self
+            .store
+            .handed()
+            .await?
+            .into_iter()
+            .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0 }))
+            .collect();
+        Ok(())
+    }
+
+    /// With workers: fails the tries of workers that stopped beating (zombies) into retries.
+    async fn check_workers(&mut self) -> Result<(), FlowError> {
+        for w in self.store.workers().await? {
+            if !matches!(w.state.as_str(), "active" | "draining") {
+                continue;
             }
+            let silent = self.worker_beats.observe(&w.id, w.beats);
+            if silent < self.config.zombie_timeout {
+                continue;
+            }
+            let reason = format!("worker {} stopped heartbeating ({} s without a beat)", w.id, silent.as_secs());
+            let failed = self.store.fail_zombies(&w.id, &reason).await?;
+            tracing::warn!(worker = %w.id, tries = failed.len(), "{reason}; its tries were failed into retries");
+            metrics::counter!("weir_flow_zombie_tries_total").increment(failed.len() as u64);
         }
         Ok(())
     }
@@ -242,7 +403,13 @@ impl Scheduler {
     /// Records the ends of tries in one transaction, or keeps them for the next pass when the
     /// metadata DB fails (they keep their slots meanwhile).
     async fn record_all(&mut self, ended: Vec<Completion>, unrecorded: &mut Vec<Completion>) {
-        let finishes: Vec<Finish> = ended.iter().map(|c| self.finish_of(c)).collect();
+        let finishes: Vec<Finish> = ended
+            .iter()
+            .map(|c| {
+                let (dag, max_tries) = self.running.get(&c.key).map_or((None, 1), |r| (r.dag.clone(), r.max_tries));
+                execute::finish_of(&c.key, c.try_number, &c.outcome, c.log.clone(), dag.as_deref(), max_tries)
+            })
+            .collect();
         match self.store.finish_tries(&finishes).await {
             Ok(()) => {
                 for f in &finishes {
@@ -528,27 +695,39 @@ impl Scheduler {
             *per_run.entry(run_key).or_default() += 1;
             chosen.push(order.clone());
         }
-        // One transaction records every start.
         let chosen: Vec<Waiting> =
             chosen.into_iter().map(|order| self.waiting.remove(&order).expect("chosen from the map")).collect();
-        let starts: Vec<(TaskKey, u32, String)> = chosen
-            .iter()
-            .map(|w| {
-                let key = TaskKey {
-                    dag_id: w.run.dag_id.clone(),
-                    run_id: w.run.run_id.clone(),
-                    task_id: w.ti.task_id.clone(),
-                };
-                let try_number = w.ti.try_number + 1;
-                let log = log_path(&self.logs_dir, &key, try_number).display().to_string();
-                (key, try_number, log)
-            })
-            .collect();
-        let started = self.store.start_tries(&starts).await?;
-        for (w, ok) in chosen.iter().zip(started) {
-            // Not started when changed since it was scheduled (cleared, or finished elsewhere).
-            if ok {
-                self.spawn(&w.dag, &w.run, &w.ti, w.ti.try_number + 1);
+        let key_of = |w: &Waiting| TaskKey {
+            dag_id: w.run.dag_id.clone(),
+            run_id: w.run.run_id.clone(),
+            task_id: w.ti.task_id.clone(),
+        };
+        if self.config.executor == Executor::Workers {
+            // One transaction hands every chosen instance to the workers.
+            let keys: Vec<TaskKey> = chosen.iter().map(key_of).collect();
+            let queued = self.store.queue_tasks(&keys).await?;
+            for ((key, w), ok) in keys.into_iter().zip(&chosen).zip(queued) {
+                if ok {
+                    self.running.insert(key, Running { pool: w.ti.pool.clone(), dag: None, max_tries: w.ti.max_tries });
+                }
+            }
+        } else {
+            // One transaction records every start.
+            let starts: Vec<(TaskKey, u32, String)> = chosen
+                .iter()
+                .map(|w| {
+                    let key = key_of(w);
+                    let try_number = w.ti.try_number + 1;
+                    let log = log_path(&self.logs_dir, &key, try_number).display().to_string();
+                    (key, try_number, log)
+                })
+                .collect();
+            let started = self.store.start_tries(&starts).await?;
+            for (w, ok) in chosen.iter().zip(started) {
+                // Not started when changed since it was scheduled (cleared, or finished elsewhere).
+                if ok {
+                    self.spawn(&w.dag, &w.run, &w.ti, w.ti.try_number + 1);
+                }
             }
         }
         metrics::gauge!("weir_flow_tasks_waiting").set(self.waiting.len() as f64);
@@ -556,84 +735,62 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Runs try `try_number` of `ti` (its start recorded) on the executor.
+    /// Runs try `try_number` of `ti` (its start recorded) on the local executor.
     fn spawn(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow, try_number: u32) {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
-        let log = log_path(&self.logs_dir, &key, try_number);
-        self.running.insert(key.clone(), Running { pool: ti.pool.clone(), dag: dag.clone(), max_tries: ti.max_tries });
-        let mut params = dag.params.clone();
-        params.extend(run.conf.clone());
-        let ctx = Context::new(
-            &run.dag_id,
-            &run.run_id,
-            &ti.task_id,
-            try_number,
-            run.interval.start,
-            (run.interval.start, run.interval.end),
-            &params,
-        );
-        let task = dag.task(&ti.task_id).expect("instances are made from the DAG's tasks").clone();
-        let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let lake = self.lake.clone();
-        let store = self.store.clone();
-        let interval = run.interval;
+        self.running
+            .insert(key.clone(), Running { pool: ti.pool.clone(), dag: Some(dag.clone()), max_tries: ti.max_tries });
+        let (dag, run) = (dag.clone(), run.clone());
+        let (lake, store, logs_dir) = (self.lake.clone(), self.store.clone(), self.logs_dir.clone());
         let done = self.done_tx.clone();
-        tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
         tokio::spawn(async move {
-            let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake: &lake, store: &store, key: &key, interval };
-            let outcome = execute(&task, &env).await;
-            let log = match lake.url() {
-                weir_lake::LakeUrl::S3 { .. } => move_log(&lake, &key, try_number, &log).await,
-                weir_lake::LakeUrl::File(_) => None,
-            };
+            let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &lake, &store).await;
             let _ = done.send(Completion { key, try_number, outcome, log });
         });
     }
+}
 
-    /// How a try's end is to be recorded: its state, and the retry or the branch's skips.
-    fn finish_of(&mut self, c: &Completion) -> Finish {
-        let (dag, max_tries) = match self.running.get(&c.key) {
-            Some(r) => (Some(r.dag.clone()), r.max_tries),
-            None => (None, 1),
+/// Keys grouped by run: (dag, run) → tasks.
+fn by_run<'a>(keys: impl Iterator<Item = &'a TaskKey>) -> BTreeMap<(String, String), Vec<String>> {
+    let mut by_run: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for k in keys {
+        by_run.entry((k.dag_id.clone(), k.run_id.clone())).or_default().push(k.task_id.clone());
+    }
+    by_run
+}
+
+/// Forwards the ends workers record, as PostgreSQL notifies them, until the receiver is gone.
+/// The poll finds whatever a broken connection misses.
+async fn listen_done(url: String, ended: mpsc::UnboundedSender<TaskKey>) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for workers' notifications; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
         };
-        let mut skip = Vec::new();
-        let outcome = match (&c.outcome, &dag) {
-            (Outcome::Follow(chosen), Some(dag)) => {
-                let downstream: Vec<String> = dag.downstream(&c.key.task_id).map(|t| t.id.clone()).collect();
-                match chosen.iter().find(|id| !downstream.contains(id)) {
-                    Some(bad) => Outcome::Failed(format!(
-                        "the branch chose {bad:?}, which is not directly downstream (choices: {})",
-                        downstream.join(", ")
-                    )),
-                    None => {
-                        skip = downstream.into_iter().filter(|d| !chosen.contains(d)).collect();
-                        Outcome::Success
+        if let Err(e) = listener.listen(DONE_CHANNEL).await {
+            tracing::warn!(error = %e, "cannot listen for workers' notifications; polling meanwhile");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.recv().await {
+                Ok(n) => {
+                    let mut parts = n.payload().splitn(3, '\n');
+                    if let (Some(d), Some(r), Some(t)) = (parts.next(), parts.next(), parts.next()) {
+                        let key = TaskKey { dag_id: d.into(), run_id: r.into(), task_id: t.into() };
+                        if ended.send(key).is_err() {
+                            return;
+                        }
                     }
                 }
-            }
-            (o, _) => o.clone(),
-        };
-        let finish = |state, reason, retry_wait, skip| Finish {
-            key: c.key.clone(),
-            try_number: c.try_number,
-            state,
-            reason,
-            retry_wait,
-            skip,
-            log: c.log.clone(),
-        };
-        let (dag_id, run_id, task_id, try_number) = (&c.key.dag_id, &c.key.run_id, &c.key.task_id, c.try_number);
-        match outcome {
-            Outcome::Success | Outcome::Follow(_) => finish(TaskState::Success, None, None, skip),
-            Outcome::Failed(reason) if c.try_number < max_tries => {
-                let task = dag.as_ref().and_then(|d| d.task(task_id));
-                let wait = task.map_or(Duration::ZERO, |t| t.retry_wait(c.try_number + 1));
-                tracing::warn!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, ?wait, "task failed; will retry");
-                finish(TaskState::UpForRetry, Some(reason), Some(wait), Vec::new())
-            }
-            Outcome::Failed(reason) => {
-                tracing::error!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, "task failed");
-                finish(TaskState::Failed, Some(reason), None, Vec::new())
+                Err(e) => {
+                    tracing::warn!(error = %e, "workers' notifications interrupted; reconnecting");
+                    break;
+                }
             }
         }
     }
@@ -648,232 +805,5 @@ fn decided(task: &dag::Task, rows: &HashMap<String, TaskRow>) -> Option<TaskStat
         Decision::Run => Some(TaskState::Scheduled),
         Decision::Skip => Some(TaskState::Skipped),
         Decision::UpstreamFailed => Some(TaskState::UpstreamFailed),
-    }
-}
-
-/// What a try runs with.
-struct Env<'a> {
-    ctx: &'a Context,
-    cwd: &'a Path,
-    log: &'a Path,
-    lake: &'a Lake,
-    store: &'a Store,
-    key: &'a TaskKey,
-    interval: crate::schedule::Interval,
-}
-
-/// Runs one try of `task`.
-async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
-    let Env { ctx, cwd, log, lake, key, .. } = *env;
-    let render_all = |args: &[String]| args.iter().map(|a| ctx.render(a)).collect::<Result<Vec<_>, _>>();
-    let timeout = task.execution_timeout;
-    let result: Result<Option<Vec<String>>, String> = match &task.kind {
-        TaskKind::Script { command, env } => {
-            let run = async {
-                let command = render_all(command)?;
-                let mut all_env = ctx.env();
-                for (k, v) in env {
-                    all_env.push((k.clone(), ctx.render(v)?));
-                }
-                let script = weir_batch::script::Script {
-                    command,
-                    env: all_env,
-                    cwd: cwd.into(),
-                    log: log.into(),
-                    timeout,
-                    capture_stdout: false,
-                };
-                script.run().await.map(|_| None).map_err(|e| e.to_string())
-            };
-            run.await
-        }
-        TaskKind::Branch { command } => {
-            let run = async {
-                let command = render_all(command)?;
-                let script = weir_batch::script::Script {
-                    command,
-                    env: ctx.env(),
-                    cwd: cwd.into(),
-                    log: log.into(),
-                    timeout,
-                    capture_stdout: true,
-                };
-                let out = script.run().await.map_err(|e| e.to_string())?;
-                let chosen: Vec<String> = out
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or_default()
-                    .split([',', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                Ok(Some(chosen))
-            };
-            run.await
-        }
-        TaskKind::Sql { sql, view, append, replace_where } => {
-            let run = async {
-                let sql = ctx.render(sql)?;
-                let mode = match (append, replace_where) {
-                    (true, _) => WriteMode::Append,
-                    (false, Some(p)) => WriteMode::ReplaceWhere(ctx.render(p)?),
-                    (false, None) => WriteMode::Overwrite,
-                };
-                write_log(log, &format!("[weir] views.{view} ← {sql}\n")).await;
-                let source = serde_json::json!({"dag": key.dag_id, "run": key.run_id, "task": key.task_id});
-                let written = with_timeout(timeout, weir_batch::sql::write_view(lake, &sql, view, mode, source))
-                    .await?
-                    .map_err(|e| e.to_string())?;
-                write_log(
-                    log,
-                    &format!(
-                        "[weir] wrote {} rows as version {} of {}\n",
-                        written.rows, written.version, written.table
-                    ),
-                )
-                .await;
-                Ok(None)
-            };
-            run.await
-        }
-        TaskKind::LakeSnapshot { table } => {
-            let run = async {
-                let built =
-                    with_timeout(timeout, weir_lake::current::build(lake, table)).await?.map_err(|e| e.to_string())?;
-                write_log(
-                    log,
-                    &format!(
-                        "[weir] current.{} version {}: {} rows from raw version {}\n",
-                        table, built.version, built.rows, built.raw_version
-                    ),
-                )
-                .await;
-                Ok(None)
-            };
-            run.await
-        }
-        TaskKind::Sensor { until, poke_interval, timeout } => {
-            with_timeout(Some(*timeout), sense(until, *poke_interval, env))
-                .await
-                .unwrap_or_else(|_| Err(format!("sensor timed out after {}", humantime::format_duration(*timeout))))
-        }
-        TaskKind::Notify { url, message } => {
-            let run = async {
-                let message = ctx.render(message)?;
-                let body = serde_json::json!({
-                    "dag_id": key.dag_id,
-                    "run_id": key.run_id,
-                    "task_id": key.task_id,
-                    "logical_date": env.interval.start,
-                    "data_interval_start": env.interval.start,
-                    "data_interval_end": env.interval.end,
-                    "message": message,
-                });
-                let send = reqwest::Client::new().post(url).json(&body).send();
-                let response = with_timeout(timeout.or(Some(Duration::from_secs(30))), send)
-                    .await?
-                    .map_err(|e| format!("notify {url}: {e}"))?;
-                let status = response.status();
-                write_log(log, &format!("[weir] POST {url} → {status}\n")).await;
-                if status.is_success() { Ok(None) } else { Err(format!("notify {url}: the webhook answered {status}")) }
-            };
-            run.await
-        }
-    };
-    match result {
-        Ok(None) => Outcome::Success,
-        Ok(Some(chosen)) => Outcome::Follow(chosen),
-        Err(reason) => {
-            write_log(log, &format!("[weir] failed: {reason}\n")).await;
-            Outcome::Failed(reason)
-        }
-    }
-}
-
-/// Checks a sensor's condition every `poke` until it holds.
-async fn sense(until: &dag::SensorCondition, poke: Duration, env: &Env<'_>) -> Result<Option<Vec<String>>, String> {
-    let end_ms = env.interval.end.timestamp_millis();
-    let mut pokes = 0u64;
-    loop {
-        pokes += 1;
-        let (ok, seen) = match until {
-            dag::SensorCondition::TableFresh(table) if table.starts_with("raw.") => {
-                let sql = format!("SELECT max(_source_ts_ms) FROM {table}");
-                let batches = weir_lake::query::run(env.lake, &sql, None).await;
-                let newest = batches.ok().and_then(|b| {
-                    use deltalake::arrow::{
-                        array::{Array as _, AsArray as _},
-                        datatypes::Int64Type,
-                    };
-                    b.first().filter(|b| b.num_rows() > 0).and_then(|b| {
-                        let col = b.column(0).as_primitive::<Int64Type>();
-                        (!col.is_null(0)).then(|| col.value(0))
-                    })
-                });
-                (newest.is_some_and(|t| t >= end_ms), format!("newest change at {newest:?} ms"))
-            }
-            dag::SensorCondition::TableFresh(table) => {
-                let last =
-                    env.lake.history(table, Some(1)).await.ok().and_then(|h| h.first().and_then(|c| c.timestamp));
-                (last.is_some_and(|t| t >= end_ms), format!("last commit at {last:?} ms"))
-            }
-            dag::SensorCondition::DagSucceeded(dag_id) => {
-                let done = env.store.succeeded_at(dag_id, env.interval.start).await.map_err(|e| e.to_string())?;
-                (done, format!("{dag_id} for {}", env.interval.start))
-            }
-        };
-        write_log(env.log, &format!("[weir] poke {pokes}: {} ({seen})\n", if ok { "met" } else { "not yet" })).await;
-        if ok {
-            return Ok(None);
-        }
-        tokio::time::sleep(poke).await;
-    }
-}
-
-async fn with_timeout<T>(limit: Option<Duration>, f: impl std::future::Future<Output = T>) -> Result<T, String> {
-    match limit {
-        Some(d) => {
-            tokio::time::timeout(d, f).await.map_err(|_| format!("ran longer than its execution_timeout of {d:?}"))
-        }
-        None => Ok(f.await),
-    }
-}
-
-/// Moves a finished try's log from the local folder into the lake's `logs/`; returns its URL.
-/// A failure leaves the log where it is (logged, never fatal to the try).
-async fn move_log(lake: &Lake, key: &TaskKey, try_number: u32, local: &Path) -> Option<String> {
-    let rel = format!("logs/{}/{}/{}.{try_number}.log", key.dag_id, key.run_id, key.task_id);
-    let bytes = match std::fs::read(local) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(log = %local.display(), error = %e, "cannot read the task log to upload it");
-            return None;
-        }
-    };
-    match lake.put_object(&rel, bytes).await {
-        Ok(url) => {
-            let _ = std::fs::remove_file(local);
-            Some(url.to_string())
-        }
-        Err(e) => {
-            tracing::warn!(log = %local.display(), error = %e, "cannot upload the task log to the lake; it stays local");
-            None
-        }
-    }
-}
-
-/// Appends to a try's log (a failure to log is itself logged, never fatal).
-async fn write_log(path: &Path, text: &str) {
-    use tokio::io::AsyncWriteExt as _;
-    let write = async {
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
-        f.write_all(text.as_bytes()).await
-    };
-    if let Err(e) = write.await {
-        tracing::warn!(log = %path.display(), error = %e, "cannot write the task log");
     }
 }

@@ -35,6 +35,9 @@ pub enum StoreError {
     /// A stored value could not be read back.
     #[error("metadata DB: bad stored value: {0}")]
     Corrupt(String),
+    /// This scheduler no longer holds the lease it writes under: another one leads now.
+    #[error("scheduler lease epoch {0} is no longer held (another scheduler took over); nothing was written")]
+    Fenced(i64),
 }
 
 /// Microseconds since the epoch.
@@ -46,6 +49,11 @@ pub fn micros(t: DateTime<Utc>) -> i64 {
 pub fn instant(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
+
+/// The PostgreSQL channel a worker notifies when it records a try's end (`dag\nrun\ntask`).
+pub const DONE_CHANNEL: &str = "weir_flow_done";
+/// The PostgreSQL channel the scheduler notifies when it queues tasks (payload: the queue).
+pub const QUEUED_CHANNEL: &str = "weir_flow_queued";
 
 fn now() -> i64 {
     micros(Utc::now())
@@ -164,18 +172,84 @@ pub struct TaskKey {
     pub task_id: String,
 }
 
+/// The scheduler lease a leader writes under: its holder and epoch (see [`crate::lease`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The scheduler holding the lease.
+    pub holder: String,
+    /// Grows by one with each new leader.
+    pub epoch: i64,
+}
+
 /// The orchestrator's tables.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Set for a leading scheduler: every state change it makes checks the lease first.
+    fence: Option<Fence>,
+    /// PostgreSQL (row locks with SKIP LOCKED, LISTEN/NOTIFY) rather than SQLite.
+    postgres: bool,
 }
+
+/// A transaction on the metadata DB.
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 impl Store {
     /// Uses `pool`, creating or upgrading the orchestrator's tables.
     pub async fn open(pool: AnyPool) -> Result<Store, StoreError> {
         // The schema registry keeps its own migrations in the same database.
         weir_schemas::metadata::migrate(sqlx::migrate!("./migrations"), &pool).await?;
-        Ok(Store { pool })
+        let postgres = pool.connect_options().database_url.scheme().starts_with("postgres");
+        Ok(Store { pool, fence: None, postgres })
+    }
+
+    /// This store, every state change of which first checks that `fence` still holds the lease.
+    pub fn with_fence(&self, fence: Fence) -> Store {
+        Store { fence: Some(fence), ..self.clone() }
+    }
+
+    /// The database's URL (password included: not for display).
+    pub fn url(&self) -> String {
+        self.pool.connect_options().database_url.to_string()
+    }
+
+    /// Whether the database is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// The pool, for the other parts of the orchestrator that keep tables here.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins a state change. Under a fence, its first statement writes the lease row: that takes
+    /// the row's lock (PostgreSQL) or the write lock (SQLite) for the whole transaction, so no
+    /// takeover can commit between the check and this transaction's commit.
+    pub(crate) async fn begin(&self) -> Result<Tx<'_>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(f) = &self.fence {
+            let held = sqlx::query(
+                "UPDATE flow_lease SET epoch = epoch WHERE name = 'scheduler' AND holder = $1 AND epoch = $2",
+            )
+            .bind(&f.holder)
+            .bind(f.epoch)
+            .execute(&mut *tx)
+            .await?;
+            if held.rows_affected() == 0 {
+                return Err(StoreError::Fenced(f.epoch));
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Sends a PostgreSQL notification when the transaction commits (nothing on SQLite, where
+    /// everyone polls).
+    pub(crate) async fn notify(&self, tx: &mut Tx<'_>, channel: &str, payload: &str) -> Result<(), StoreError> {
+        if self.postgres {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// Records the DAGs and import errors of one parse of the DAG folder (see [`Self::upsert_dag`]).
@@ -309,7 +383,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         // Writing first takes SQLite's write lock at once (a read first could not be upgraded
         // while another connection writes).
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let t = now();
         let inserted = sqlx::query(
             "INSERT INTO flow_dag_runs (dag_id, run_id, run_type, logical_date, interval_start, interval_end, state, \
@@ -458,7 +532,9 @@ impl Store {
                 "UPDATE flow_dag_runs SET state = $1, ended_at = NULL WHERE $2 = $2 AND dag_id = $3 AND run_id = $4"
             }
         };
-        sqlx::query(sql).bind(state.as_str()).bind(now()).bind(dag_id).bind(run_id).execute(&self.pool).await?;
+        let mut tx = self.begin().await?;
+        sqlx::query(sql).bind(state.as_str()).bind(now()).bind(dag_id).bind(run_id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -530,7 +606,7 @@ impl Store {
         if changes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let t = now();
         for (task_id, state) in changes {
             let ended = state.is_finished().then_some(t);
@@ -553,12 +629,12 @@ impl Store {
         if starts.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let t = now();
         let mut started = Vec::with_capacity(starts.len());
         for (key, try_number, log) in starts {
             let updated = sqlx::query(
-                "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, \
+                "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, worker = NULL, \
                  next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5 AND state = 'scheduled'",
             )
             .bind(i64::from(*try_number))
@@ -590,15 +666,50 @@ impl Store {
         Ok(started)
     }
 
-    /// Records the ends of tries in one transaction (see [`Finish`]).
+    /// Records the ends of tries in one transaction (see [`Finish`]). A try whose instance is no
+    /// longer running that try (a zombie failed meanwhile) is left as it is.
     pub async fn finish_tries(&self, finishes: &[Finish]) -> Result<(), StoreError> {
+        self.finish(finishes, None).await.map(|_| ())
+    }
+
+    /// A worker records the ends of its tries: only tries it still holds are recorded (a try the
+    /// scheduler failed as a zombie stays failed). Returns, per finish, whether it was recorded;
+    /// on PostgreSQL the scheduler is notified in the same transaction.
+    pub async fn finish_tries_of(&self, worker: &str, finishes: &[Finish]) -> Result<Vec<bool>, StoreError> {
+        self.finish(finishes, Some(worker)).await
+    }
+
+    async fn finish(&self, finishes: &[Finish], worker: Option<&str>) -> Result<Vec<bool>, StoreError> {
         if finishes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let t = now();
+        let mut recorded = Vec::with_capacity(finishes.len());
+        let held = if worker.is_some() { "worker = $8" } else { "$8 = $8" };
+        let update = format!(
+            "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 \
+             AND run_id = $5 AND task_id = $6 AND try_number = $7 AND state = 'running' AND {held}"
+        );
         for f in finishes {
             let key = &f.key;
+            let done = sqlx::query(&update)
+                .bind(f.state.as_str())
+                .bind(t)
+                // Counted from the end as recorded, so the wait is never shorter than asked.
+                .bind(f.retry_wait.map(|w| t + i64::try_from(w.as_micros()).unwrap_or(i64::MAX / 2)))
+                .bind(&key.dag_id)
+                .bind(&key.run_id)
+                .bind(&key.task_id)
+                .bind(i64::from(f.try_number))
+                .bind(worker.unwrap_or(""))
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                recorded.push(false);
+                continue;
+            }
+            recorded.push(true);
             for task_id in &f.skip {
                 sqlx::query(
                     "UPDATE flow_task_instances SET state = 'skipped', ended_at = $1 WHERE dag_id = $2 AND run_id = $3 \
@@ -611,20 +722,6 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            sqlx::query(
-                "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 \
-                 AND run_id = $5 AND task_id = $6 AND try_number = $7",
-            )
-            .bind(f.state.as_str())
-            .bind(t)
-            // Counted from the end as recorded, so the wait is never shorter than asked.
-            .bind(f.retry_wait.map(|w| t + i64::try_from(w.as_micros()).unwrap_or(i64::MAX / 2)))
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .bind(i64::from(f.try_number))
-            .execute(&mut *tx)
-            .await?;
             let try_state = if f.state == TaskState::UpForRetry { TaskState::Failed } else { f.state };
             sqlx::query(
                 "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3, log = COALESCE($8, log) \
@@ -640,9 +737,12 @@ impl Store {
             .bind(f.log.as_deref())
             .execute(&mut *tx)
             .await?;
+            if worker.is_some() {
+                self.notify(&mut tx, DONE_CHANNEL, &format!("{}\n{}\n{}", key.dag_id, key.run_id, key.task_id)).await?;
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
     }
 
     /// The tries of a task instance, first first.
@@ -674,7 +774,7 @@ impl Store {
     /// Clears task instances of a run so they run again: state none, and retries counted afresh
     /// from the current try (the tries so far stay in the history). The run becomes queued.
     pub async fn clear(&self, dag_id: &str, run_id: &str, tasks: &[(String, u32)]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for (task_id, retries) in tasks {
             sqlx::query(
                 "UPDATE flow_task_instances SET state = 'none', max_tries = try_number + $1, next_try_at = NULL, \
@@ -696,21 +796,23 @@ impl Store {
         Ok(())
     }
 
-    /// Task instances left running or queued by a scheduler that stopped: back to none (their
-    /// try stays in the history, failed, and counts against the retries).
+    /// Task instances left running or scheduled by a scheduler's local executor that stopped:
+    /// back to none (their try stays in the history, failed, and counts against the retries).
+    /// Instances handed to workers are theirs: a worker that stopped is found by its beats.
     pub async fn reset_orphans(&self) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let t = now();
         sqlx::query(
             "UPDATE flow_task_tries SET state = 'failed', ended_at = $1, reason = 'the scheduler stopped while it ran' \
-             WHERE state = 'running'",
+             WHERE state = 'running' AND EXISTS (SELECT 1 FROM flow_task_instances i WHERE i.dag_id = flow_task_tries.dag_id \
+             AND i.run_id = flow_task_tries.run_id AND i.task_id = flow_task_tries.task_id AND i.worker IS NULL)",
         )
         .bind(t)
         .execute(&mut *tx)
         .await?;
         let r = sqlx::query(
             "UPDATE flow_task_instances SET state = CASE WHEN try_number < max_tries THEN 'none' ELSE 'failed' END, \
-             ended_at = $1 WHERE state IN ('running', 'queued', 'scheduled')",
+             ended_at = $1 WHERE state IN ('running', 'scheduled') AND worker IS NULL",
         )
         .bind(t)
         .execute(&mut *tx)

@@ -1,5 +1,6 @@
 //! The scheduler end to end with real processes, a real lake directory and a real metadata DB —
-//! every test on SQLite and on PostgreSQL (`WEIR_TEST_POSTGRES_URL`, started by `scripts/test`).
+//! every test on SQLite, on PostgreSQL (`WEIR_TEST_POSTGRES_URL`, started by `scripts/test`),
+//! and on PostgreSQL with the tasks run by two remote workers claiming from the queue.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,19 +13,24 @@ use weir_flow::{
     dag,
     rules::{RunState, TaskState},
     runs::{self, ClearSpec},
-    scheduler::{FlowConfig, Scheduler},
+    scheduler::{Executor, FlowConfig, Scheduler},
     store::{RunRow, Store, TaskKey},
+    worker::Worker,
 };
 use weir_lake::{Lake, LakeConfig};
 use weir_schemas::metadata;
+
+mod common;
+use common::postgres_database;
 
 /// A scheduler running on a temporary DAG folder and lake, and the store it writes.
 struct Setup {
     dir: tempfile::TempDir,
     store: Store,
     lake: Arc<Lake>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    db: Db,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Setup {
@@ -37,13 +43,13 @@ impl Setup {
                     .await
                     .unwrap()
             }
-            Db::Postgres => postgres_database().await,
+            Db::Postgres | Db::Workers => postgres_database().await,
         };
         let store = Store::open(pool).await.unwrap();
         let lake_url = url::Url::from_directory_path(dir.path().join("lake")).unwrap();
         let lake =
             Arc::new(Lake::new(&LakeConfig { url: lake_url.as_str().parse().unwrap(), ..LakeConfig::default() }));
-        Setup { dir, store, lake, stop: None, task: None }
+        Setup { dir, store, lake, db, stop: None, tasks: Vec::new() }
     }
 
     fn dags(&self) -> PathBuf {
@@ -67,6 +73,11 @@ impl Setup {
             parse_interval: Duration::from_millis(200),
             poll_interval: Duration::from_millis(50),
             logs_dir: Some(self.dir.path().join("logs")),
+            executor: match self.db {
+                Db::Workers => Executor::Workers,
+                Db::Sqlite | Db::Postgres => Executor::Local,
+            },
+            heartbeat_interval: Duration::from_millis(100),
             ..FlowConfig::default()
         }
     }
@@ -75,20 +86,39 @@ impl Setup {
         self.start_with(self.config());
     }
 
+    /// Starts the scheduler and, with remote workers, two of them (half the slots each).
     fn start_with(&mut self, config: FlowConfig) {
-        let scheduler = Scheduler::new(self.store.clone(), self.lake.clone(), config);
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::watch::channel(false);
         self.stop = Some(tx);
-        self.task = Some(tokio::spawn(async move {
-            scheduler.run(async { rx.await.unwrap_or(()) }).await.expect("the scheduler fails");
-        }));
+        let stopped = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        if config.executor == Executor::Workers {
+            for _ in 0..2 {
+                let worker = Worker::new(
+                    self.store.clone(),
+                    self.lake.clone(),
+                    config.clone(),
+                    vec!["default".into()],
+                    config.slots / 2,
+                );
+                let stop = stopped();
+                self.tasks.push(tokio::spawn(async move { worker.run(stop).await.expect("a worker fails") }));
+            }
+        }
+        let scheduler = Scheduler::new(self.store.clone(), self.lake.clone(), config);
+        let stop = stopped();
+        self.tasks.push(tokio::spawn(async move { scheduler.run(stop).await.expect("the scheduler fails") }));
     }
 
     async fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
-        if let Some(t) = self.task.take() {
+        for t in self.tasks.drain(..) {
             t.await.unwrap();
         }
     }
@@ -122,21 +152,8 @@ impl Setup {
 enum Db {
     Sqlite,
     Postgres,
-}
-
-/// A fresh PostgreSQL database for one test.
-async fn postgres_database() -> sqlx::AnyPool {
-    let base = std::env::var("WEIR_TEST_POSTGRES_URL")
-        .expect("WEIR_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL on loopback");
-    let admin = metadata::connect(&base, Duration::from_secs(10)).await.unwrap();
-    let name = format!(
-        "flow_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    metadata::connect(&url, Duration::from_secs(10)).await.unwrap()
+    /// PostgreSQL, with tasks run by remote workers.
+    Workers,
 }
 
 fn key(dag: &str, run: &str, task: &str) -> TaskKey {
@@ -612,6 +629,10 @@ macro_rules! on_both_databases {
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name(super::Db::Postgres).await } )*
+        }
+        mod workers {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Db::Workers).await } )*
         }
     };
 }

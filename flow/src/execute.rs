@@ -1,0 +1,353 @@
+//! Running one try of a task, wherever it runs (the scheduler's local executor or a remote
+//! worker): templating its context, executing its kind, keeping its log, and turning how it
+//! ended into the state the metadata DB records (retry, branch skips).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use weir_batch::sql::WriteMode;
+use weir_lake::catalog::Lake;
+
+use crate::{
+    dag::{self, Dag, TaskKind},
+    rules::TaskState,
+    store::{Finish, RunRow, Store, TaskKey},
+    template::Context,
+};
+
+/// The log file of one try: `<dag>/<run>/<task>.<try>.log` (one folder per run, not per task:
+/// creating folders is most of what a short task costs the file system).
+pub fn log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
+    logs_dir.join(&key.dag_id).join(&key.run_id).join(format!("{}.{try_number}.log", key.task_id))
+}
+
+/// How a try ended.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Success,
+    /// A branch chose these downstream tasks.
+    Follow(Vec<String>),
+    Failed(String),
+}
+
+/// Runs try `try_number` of task `task_id` in `run` of `dag` (its start already recorded), with
+/// its log under `logs_dir`. Returns how it ended and, when the log moved to the lake's object
+/// storage, its URL.
+pub(crate) async fn run_try(
+    dag: &Dag,
+    run: &RunRow,
+    task_id: &str,
+    try_number: u32,
+    logs_dir: &Path,
+    lake: &Lake,
+    store: &Store,
+) -> (Outcome, Option<String>) {
+    let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: task_id.to_string() };
+    let log = log_path(logs_dir, &key, try_number);
+    let Some(task) = dag.task(task_id) else {
+        let reason = format!("DAG {} version {} has no task {task_id:?}", dag.id, dag.hash);
+        write_log(&log, &format!("[weir] failed: {reason}\n")).await;
+        return (Outcome::Failed(reason), None);
+    };
+    let mut params = dag.params.clone();
+    params.extend(run.conf.clone());
+    let ctx = Context::new(
+        &run.dag_id,
+        &run.run_id,
+        task_id,
+        try_number,
+        run.interval.start,
+        (run.interval.start, run.interval.end),
+        &params,
+    );
+    let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
+    let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake, store, key: &key, interval: run.interval };
+    let outcome = execute(task, &env).await;
+    let moved = match lake.url() {
+        weir_lake::LakeUrl::S3 { .. } => move_log(lake, &key, try_number, &log).await,
+        weir_lake::LakeUrl::File(_) => None,
+    };
+    (outcome, moved)
+}
+
+/// How the end of try `try_number` of `key` is recorded: its state, and the retry (while it has
+/// tries left of `max_tries`) or the branch's skips. `dag` is the version the try ran.
+pub(crate) fn finish_of(
+    key: &TaskKey,
+    try_number: u32,
+    outcome: &Outcome,
+    log: Option<String>,
+    dag: Option<&Dag>,
+    max_tries: u32,
+) -> Finish {
+    let mut skip = Vec::new();
+    let outcome = match (outcome, dag) {
+        (Outcome::Follow(chosen), Some(dag)) => {
+            let downstream: Vec<String> = dag.downstream(&key.task_id).map(|t| t.id.clone()).collect();
+            match chosen.iter().find(|id| !downstream.contains(id)) {
+                Some(bad) => Outcome::Failed(format!(
+                    "the branch chose {bad:?}, which is not directly downstream (choices: {})",
+                    downstream.join(", ")
+                )),
+                None => {
+                    skip = downstream.into_iter().filter(|d| !chosen.contains(d)).collect();
+                    Outcome::Success
+                }
+            }
+        }
+        (o, _) => o.clone(),
+    };
+    let finish = |state, reason, retry_wait, skip| Finish {
+        key: key.clone(),
+        try_number,
+        state,
+        reason,
+        retry_wait,
+        skip,
+        log: log.clone(),
+    };
+    let (dag_id, run_id, task_id) = (&key.dag_id, &key.run_id, &key.task_id);
+    match outcome {
+        Outcome::Success | Outcome::Follow(_) => finish(TaskState::Success, None, None, skip),
+        Outcome::Failed(reason) if try_number < max_tries => {
+            let task = dag.and_then(|d| d.task(task_id));
+            let wait = task.map_or(Duration::ZERO, |t| t.retry_wait(try_number + 1));
+            tracing::warn!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, ?wait, "task failed; will retry");
+            finish(TaskState::UpForRetry, Some(reason), Some(wait), Vec::new())
+        }
+        Outcome::Failed(reason) => {
+            tracing::error!(dag = %dag_id, run_id = %run_id, task = %task_id, try_number, %reason, "task failed");
+            finish(TaskState::Failed, Some(reason), None, Vec::new())
+        }
+    }
+}
+
+/// What a try runs with.
+struct Env<'a> {
+    ctx: &'a Context,
+    cwd: &'a Path,
+    log: &'a Path,
+    lake: &'a Lake,
+    store: &'a Store,
+    key: &'a TaskKey,
+    interval: crate::schedule::Interval,
+}
+
+/// Runs one try of `task`.
+async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
+    let Env { ctx, cwd, log, lake, key, .. } = *env;
+    let render_all = |args: &[String]| args.iter().map(|a| ctx.render(a)).collect::<Result<Vec<_>, _>>();
+    let timeout = task.execution_timeout;
+    let result: Result<Option<Vec<String>>, String> = match &task.kind {
+        TaskKind::Script { command, env } => {
+            let run = async {
+                let command = render_all(command)?;
+                let mut all_env = ctx.env();
+                for (k, v) in env {
+                    all_env.push((k.clone(), ctx.render(v)?));
+                }
+                let script = weir_batch::script::Script {
+                    command,
+                    env: all_env,
+                    cwd: cwd.into(),
+                    log: log.into(),
+                    timeout,
+                    capture_stdout: false,
+                };
+                script.run().await.map(|_| None).map_err(|e| e.to_string())
+            };
+            run.await
+        }
+        TaskKind::Branch { command } => {
+            let run = async {
+                let command = render_all(command)?;
+                let script = weir_batch::script::Script {
+                    command,
+                    env: ctx.env(),
+                    cwd: cwd.into(),
+                    log: log.into(),
+                    timeout,
+                    capture_stdout: true,
+                };
+                let out = script.run().await.map_err(|e| e.to_string())?;
+                let chosen: Vec<String> = out
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or_default()
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                Ok(Some(chosen))
+            };
+            run.await
+        }
+        TaskKind::Sql { sql, view, append, replace_where } => {
+            let run = async {
+                let sql = ctx.render(sql)?;
+                let mode = match (append, replace_where) {
+                    (true, _) => WriteMode::Append,
+                    (false, Some(p)) => WriteMode::ReplaceWhere(ctx.render(p)?),
+                    (false, None) => WriteMode::Overwrite,
+                };
+                write_log(log, &format!("[weir] views.{view} ← {sql}\n")).await;
+                let source = serde_json::json!({"dag": key.dag_id, "run": key.run_id, "task": key.task_id});
+                let written = with_timeout(timeout, weir_batch::sql::write_view(lake, &sql, view, mode, source))
+                    .await?
+                    .map_err(|e| e.to_string())?;
+                write_log(
+                    log,
+                    &format!(
+                        "[weir] wrote {} rows as version {} of {}\n",
+                        written.rows, written.version, written.table
+                    ),
+                )
+                .await;
+                Ok(None)
+            };
+            run.await
+        }
+        TaskKind::LakeSnapshot { table } => {
+            let run = async {
+                let built =
+                    with_timeout(timeout, weir_lake::current::build(lake, table)).await?.map_err(|e| e.to_string())?;
+                write_log(
+                    log,
+                    &format!(
+                        "[weir] current.{} version {}: {} rows from raw version {}\n",
+                        table, built.version, built.rows, built.raw_version
+                    ),
+                )
+                .await;
+                Ok(None)
+            };
+            run.await
+        }
+        TaskKind::Sensor { until, poke_interval, timeout } => {
+            with_timeout(Some(*timeout), sense(until, *poke_interval, env))
+                .await
+                .unwrap_or_else(|_| Err(format!("sensor timed out after {}", humantime::format_duration(*timeout))))
+        }
+        TaskKind::Notify { url, message } => {
+            let run = async {
+                let message = ctx.render(message)?;
+                let body = serde_json::json!({
+                    "dag_id": key.dag_id,
+                    "run_id": key.run_id,
+                    "task_id": key.task_id,
+                    "logical_date": env.interval.start,
+                    "data_interval_start": env.interval.start,
+                    "data_interval_end": env.interval.end,
+                    "message": message,
+                });
+                let send = reqwest::Client::new().post(url).json(&body).send();
+                let response = with_timeout(timeout.or(Some(Duration::from_secs(30))), send)
+                    .await?
+                    .map_err(|e| format!("notify {url}: {e}"))?;
+                let status = response.status();
+                write_log(log, &format!("[weir] POST {url} → {status}\n")).await;
+                if status.is_success() { Ok(None) } else { Err(format!("notify {url}: the webhook answered {status}")) }
+            };
+            run.await
+        }
+    };
+    match result {
+        Ok(None) => Outcome::Success,
+        Ok(Some(chosen)) => Outcome::Follow(chosen),
+        Err(reason) => {
+            write_log(log, &format!("[weir] failed: {reason}\n")).await;
+            Outcome::Failed(reason)
+        }
+    }
+}
+
+/// Checks a sensor's condition every `poke` until it holds.
+async fn sense(until: &dag::SensorCondition, poke: Duration, env: &Env<'_>) -> Result<Option<Vec<String>>, String> {
+    let end_ms = env.interval.end.timestamp_millis();
+    let mut pokes = 0u64;
+    loop {
+        pokes += 1;
+        let (ok, seen) = match until {
+            dag::SensorCondition::TableFresh(table) if table.starts_with("raw.") => {
+                let sql = format!("SELECT max(_source_ts_ms) FROM {table}");
+                let batches = weir_lake::query::run(env.lake, &sql, None).await;
+                let newest = batches.ok().and_then(|b| {
+                    use deltalake::arrow::{
+                        array::{Array as _, AsArray as _},
+                        datatypes::Int64Type,
+                    };
+                    b.first().filter(|b| b.num_rows() > 0).and_then(|b| {
+                        let col = b.column(0).as_primitive::<Int64Type>();
+                        (!col.is_null(0)).then(|| col.value(0))
+                    })
+                });
+                (newest.is_some_and(|t| t >= end_ms), format!("newest change at {newest:?} ms"))
+            }
+            dag::SensorCondition::TableFresh(table) => {
+                let last =
+                    env.lake.history(table, Some(1)).await.ok().and_then(|h| h.first().and_then(|c| c.timestamp));
+                (last.is_some_and(|t| t >= end_ms), format!("last commit at {last:?} ms"))
+            }
+            dag::SensorCondition::DagSucceeded(dag_id) => {
+                let done = env.store.succeeded_at(dag_id, env.interval.start).await.map_err(|e| e.to_string())?;
+                (done, format!("{dag_id} for {}", env.interval.start))
+            }
+        };
+        write_log(env.log, &format!("[weir] poke {pokes}: {} ({seen})\n", if ok { "met" } else { "not yet" })).await;
+        if ok {
+            return Ok(None);
+        }
+        tokio::time::sleep(poke).await;
+    }
+}
+
+async fn with_timeout<T>(limit: Option<Duration>, f: impl std::future::Future<Output = T>) -> Result<T, String> {
+    match limit {
+        Some(d) => {
+            tokio::time::timeout(d, f).await.map_err(|_| format!("ran longer than its execution_timeout of {d:?}"))
+        }
+        None => Ok(f.await),
+    }
+}
+
+/// Moves a finished try's log from the local folder into the lake's `logs/`; returns its URL.
+/// A failure leaves the log where it is (logged, never fatal to the try).
+async fn move_log(lake: &Lake, key: &TaskKey, try_number: u32, local: &Path) -> Option<String> {
+    let rel = format!("logs/{}/{}/{}.{try_number}.log", key.dag_id, key.run_id, key.task_id);
+    let bytes = match std::fs::read(local) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(log = %local.display(), error = %e, "cannot read the task log to upload it");
+            return None;
+        }
+    };
+    match lake.put_object(&rel, bytes).await {
+        Ok(url) => {
+            let _ = std::fs::remove_file(local);
+            Some(url.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(log = %local.display(), error = %e, "cannot upload the task log to the lake; it stays local");
+            None
+        }
+    }
+}
+
+/// Appends to a try's log (a failure to log is itself logged, never fatal).
+async fn write_log(path: &Path, text: &str) {
+    use tokio::io::AsyncWriteExt as _;
+    let write = async {
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+        f.write_all(text.as_bytes()).await
+    };
+    if let Err(e) = write.await {
+        tracing::warn!(log = %path.display(), error = %e, "cannot write the task log");
+    }
+}

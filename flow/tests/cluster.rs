@@ -1,0 +1,304 @@
+//! Scale-out on a real PostgreSQL (`WEIR_TEST_POSTGRES_URL`): the lease and its fence, failover
+//! between schedulers, claims under contention, zombie workers and draining.
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use weir_flow::{
+    dag,
+    rules::{RunState, TaskState},
+    runs,
+    schedule::Interval,
+    scheduler::{Executor, FlowConfig, Scheduler},
+    store::{Store, StoreError, TaskKey},
+    worker::Worker,
+};
+use weir_lake::{Lake, LakeConfig};
+
+mod common;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    store: Store,
+    lake: Arc<Lake>,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dags")).unwrap();
+        let store = Store::open(common::postgres_database().await).await.unwrap();
+        let lake_url = url::Url::from_directory_path(dir.path().join("lake")).unwrap();
+        let lake =
+            Arc::new(Lake::new(&LakeConfig { url: lake_url.as_str().parse().unwrap(), ..LakeConfig::default() }));
+        Cluster { dir, store, lake }
+    }
+
+    fn config(&self) -> FlowConfig {
+        FlowConfig {
+            dags_dir: self.dir.path().join("dags"),
+            slots: 64,
+            parse_interval: Duration::from_millis(200),
+            poll_interval: Duration::from_millis(100),
+            logs_dir: Some(self.dir.path().join("logs")),
+            executor: Executor::Workers,
+            heartbeat_interval: Duration::from_millis(100),
+            lease_timeout: Duration::from_millis(600),
+            zombie_timeout: Duration::from_millis(800),
+            ..FlowConfig::default()
+        }
+    }
+
+    fn write_dag(&self, name: &str, text: &str) -> dag::Dag {
+        let path = self.dir.path().join("dags").join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        dag::load_file(&path).unwrap()
+    }
+
+    /// A scheduler task; aborting it is a crash (nothing is given up cleanly).
+    fn scheduler(&self) -> tokio::task::JoinHandle<()> {
+        let s = Scheduler::new(self.store.clone(), self.lake.clone(), self.config());
+        tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() })
+    }
+
+    /// A worker task with `slots` slots that drains when `stop` resolves.
+    fn worker(
+        &self,
+        slots: usize,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let w = Worker::new(self.store.clone(), self.lake.clone(), self.config(), vec!["default".into()], slots);
+        tokio::spawn(async move { w.run(stop).await.unwrap() })
+    }
+
+    async fn leader(&self) -> (String, i64) {
+        let l = self.store.lease().await.unwrap();
+        (l.holder, l.epoch)
+    }
+
+    async fn wait_until<F: std::future::Future<Output = bool>>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut f: impl FnMut() -> F,
+    ) {
+        let start = Instant::now();
+        while !f().await {
+            assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Lines of a side-effect file, one per execution.
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_leader_can_no_longer_write() {
+    let c = Cluster::new().await;
+    let dag = c.write_dag("fenced", "tasks:\n  - {id: a, script: [true]}\n");
+    let seen = c.store.lease().await.unwrap();
+    let a = c.store.acquire_lease("a", &seen).await.unwrap().expect("a free lease is taken");
+    assert_eq!(c.store.acquire_lease("b", &seen).await.unwrap(), None, "a second heir with the same view loses");
+    let as_a = c.store.with_fence(a.clone());
+    as_a.upsert_dag(&dag).await.unwrap();
+    let interval = Interval { start: chrono::Utc::now(), end: chrono::Utc::now() };
+    assert!(as_a.create_run(&dag, "r1", "manual", interval, &Default::default()).await.unwrap());
+
+    // b takes over (as after a's lease timed out); a, paused meanwhile, wakes up and writes.
+    let b = c.store.acquire_lease("b", &c.store.lease().await.unwrap()).await.unwrap().unwrap();
+    assert_eq!(b.epoch, a.epoch + 1);
+    let refused = as_a.set_run_state("fenced", "r1", RunState::Failed).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Fenced(e) if e == a.epoch), "{refused}");
+    assert!(refused.to_string().contains("another scheduler took over"), "{refused}");
+    assert!(matches!(
+        as_a.set_task_states("fenced", "r1", &[("a".into(), TaskState::Scheduled)]).await,
+        Err(StoreError::Fenced(_))
+    ));
+    assert!(!c.store.renew_lease(&a).await.unwrap());
+    assert_eq!(c.store.run("fenced", "r1").await.unwrap().state, RunState::Queued, "nothing written");
+    assert_eq!(c.store.tasks("fenced", "r1").await.unwrap()[0].state, TaskState::None);
+    // The new leader writes.
+    c.store.with_fence(b).set_run_state("fenced", "r1", RunState::Running).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_heir_takes_over_a_crashed_leader_and_the_dag_finishes_once() {
+    let c = Cluster::new().await;
+    let out = c.dir.path().join("out");
+    let mut text = String::from("tasks:\n");
+    for i in 0..30 {
+        let up = if i == 0 { String::new() } else { format!(", upstream: [t{}]", i - 1) };
+        text.push_str(&format!(
+            "  - {{id: t{i}{up}, script: [sh, -c, 'sleep 0.05; echo t{i} >> {}']}}\n",
+            out.display()
+        ));
+    }
+    let dag = c.write_dag("chain", &text);
+    let first = c.scheduler();
+    c.wait_until("the first scheduler leads", Duration::from_secs(5), || async { !c.leader().await.0.is_empty() })
+        .await;
+    let (first_id, first_epoch) = c.leader().await;
+    let heir = c.scheduler();
+    let worker = c.worker(4, std::future::pending());
+    c.store.upsert_dag(&dag).await.unwrap();
+    let run_id = runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
+    c.wait_until("ten tasks ran", Duration::from_secs(20), || async { lines(&out).len() >= 10 }).await;
+
+    first.abort();
+    let killed = Instant::now();
+    c.wait_until("an heir leads", Duration::from_secs(10), || async { c.leader().await.1 > first_epoch }).await;
+    let failover = killed.elapsed();
+    let (leader, _) = c.leader().await;
+    assert_ne!(leader, first_id);
+    // Lease timeout 0.6 s, beats every 0.1 s.
+    assert!(failover < Duration::from_secs(3), "failover took {failover:?}");
+
+    c.wait_until("the run finishes", Duration::from_secs(30), || async {
+        c.store.run("chain", &run_id).await.unwrap().state == RunState::Success
+    })
+    .await;
+    let ran = lines(&out);
+    let distinct: HashSet<&String> = ran.iter().collect();
+    assert_eq!((ran.len(), distinct.len()), (30, 30), "each task exactly once: {ran:?}");
+    heir.abort();
+    worker.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_never_share_an_instance() {
+    let c = Cluster::new().await;
+    let mut text = String::from("tasks:\n");
+    for i in 0..300 {
+        text.push_str(&format!("  - {{id: t{i}, script: [true]}}\n"));
+    }
+    let dag = c.write_dag("wide", &text);
+    c.store.upsert_dag(&dag).await.unwrap();
+    let interval = Interval { start: chrono::Utc::now(), end: chrono::Utc::now() };
+    c.store.create_run(&dag, "r", "manual", interval, &Default::default()).await.unwrap();
+    let ids: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    let scheduled: Vec<(String, TaskState)> = ids.iter().map(|id| (id.clone(), TaskState::Scheduled)).collect();
+    c.store.set_task_states("wide", "r", &scheduled).await.unwrap();
+    let keys: Vec<TaskKey> =
+        ids.iter().map(|id| TaskKey { dag_id: "wide".into(), run_id: "r".into(), task_id: id.clone() }).collect();
+    assert!(c.store.queue_tasks(&keys).await.unwrap().iter().all(|q| *q));
+
+    let claimers: Vec<_> = (0..6)
+        .map(|w| {
+            let store = c.store.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let claims =
+                        store.claim(&format!("w{w}"), &["default".into()], 7, |_, _| "-".into()).await.unwrap();
+                    if claims.is_empty() {
+                        return got;
+                    }
+                    got.extend(claims.into_iter().map(|c| (c.key.task_id, c.try_number)));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let distinct: HashSet<&(String, u32)> = all.iter().collect();
+    assert_eq!((all.len(), distinct.len()), (300, 300));
+    assert!(all.iter().all(|(_, t)| *t == 1));
+    assert!(c.store.claim("late", &["default".into()], 10, |_, _| "-".into()).await.unwrap().is_empty());
+    // Another queue's worker claims none of them.
+    let tasks = c.store.tasks("wide", "r").await.unwrap();
+    assert!(tasks.iter().all(|t| t.state == TaskState::Running && t.try_number == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_stops_beating_has_its_try_retried_elsewhere() {
+    let c = Cluster::new().await;
+    let out = c.dir.path().join("out");
+    let dag = c.write_dag(
+        "zombie",
+        &format!(
+            "default_args: {{retries: 1, retry_delay: 0s}}\ntasks:\n  - {{id: slow, script: [sh, -c, 'sleep 1.5; echo done >> {}']}}\n",
+            out.display()
+        ),
+    );
+    let scheduler = c.scheduler();
+    let doomed = c.worker(1, std::future::pending());
+    c.store.upsert_dag(&dag).await.unwrap();
+    let run_id = runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
+    let key = TaskKey { dag_id: "zombie".into(), run_id: run_id.clone(), task_id: "slow".into() };
+    c.wait_until("the first worker runs the try", Duration::from_secs(10), || async {
+        c.store.tries(&key).await.unwrap().len() == 1
+    })
+    .await;
+    // The worker dies: no more beats; its script is killed with it.
+    doomed.abort();
+    let rescuer = c.worker(1, std::future::pending());
+    c.wait_until("the run finishes", Duration::from_secs(20), || async {
+        c.store.run("zombie", &run_id).await.unwrap().state.to_string() != "running"
+            && c.store.run("zombie", &run_id).await.unwrap().state.to_string() != "queued"
+    })
+    .await;
+    assert_eq!(c.store.run("zombie", &run_id).await.unwrap().state, RunState::Success);
+    let tries = c.store.tries(&key).await.unwrap();
+    assert_eq!(tries.len(), 2, "{tries:?}");
+    assert_eq!(tries[0].state, TaskState::Failed);
+    assert!(tries[0].reason.as_deref().unwrap_or_default().contains("stopped heartbeating"), "{tries:?}");
+    assert_eq!(tries[1].state, TaskState::Success);
+    assert_eq!(lines(&out), vec!["done"], "the killed try never finished; the retry did, once");
+    let workers = c.store.workers().await.unwrap();
+    assert_eq!(workers.iter().filter(|w| w.state == "lost").count(), 1, "{workers:?}");
+    scheduler.abort();
+    rescuer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_finishes_its_try_and_claims_no_more() {
+    let c = Cluster::new().await;
+    let out = c.dir.path().join("out");
+    let dag = c.write_dag(
+        "drain",
+        &format!(
+            "tasks:\n  - {{id: a, script: [sh, -c, 'sleep 1; echo a >> {o}']}}\n  - {{id: b, script: [sh, -c, 'sleep 1; echo b >> {o}']}}\n",
+            o = out.display()
+        ),
+    );
+    let scheduler = c.scheduler();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = c.worker(1, async move {
+        let _ = stop_rx.await;
+    });
+    c.store.upsert_dag(&dag).await.unwrap();
+    let run_id = runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
+    c.wait_until("one task runs", Duration::from_secs(10), || async {
+        c.store.tasks("drain", &run_id).await.unwrap().iter().any(|t| t.state == TaskState::Running)
+    })
+    .await;
+    let running: Vec<String> = c
+        .store
+        .tasks("drain", &run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.state == TaskState::Running)
+        .map(|t| t.task_id)
+        .collect();
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), worker).await.expect("the worker drains and exits").unwrap();
+    let tasks = c.store.tasks("drain", &run_id).await.unwrap();
+    let state = |id: &str| tasks.iter().find(|t| t.task_id == id).unwrap().state;
+    assert_eq!(state(&running[0]), TaskState::Success, "the running try finished before the exit");
+    let other = if running[0] == "a" { "b" } else { "a" };
+    assert_eq!(state(other), TaskState::Queued, "nothing more was claimed");
+    assert_eq!(lines(&out).len(), 1);
+    let workers = c.store.workers().await.unwrap();
+    assert_eq!(workers[0].state, "stopped");
+    scheduler.abort();
+}
