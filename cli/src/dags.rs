@@ -393,7 +393,16 @@ pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<(
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(listen = %listener.local_addr()?, dags = %config.flow.dags_dir.display(), slots = config.flow.slots, "scheduler running");
     let server = axum::serve(listener, telemetry::router(metrics)).into_future();
-    let scheduler = Scheduler::new(store, lake, config.flow.clone());
+    let mut scheduler = Scheduler::new(store, lake, config.flow.clone());
+    match weir_bus::open(&config.bus).await {
+        Ok(bus) => scheduler = scheduler.with_bus(bus),
+        // Several schedulers on one machine share the embedded bus's directory, which one
+        // process owns: the others run without publishing (use Kafka for several schedulers).
+        Err(e @ weir_bus::BusError::Locked { .. }) => {
+            tracing::warn!(error = %e, "this scheduler does not publish weir.flow.events while another process owns the embedded bus");
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening bus {}", config.bus.url)),
+    }
     tokio::select! {
         r = scheduler.run(telemetry::stop_signal()) => r?,
         r = server => r.context("health and metrics server")?,

@@ -217,7 +217,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
 
     // The orchestrator starts once the lake has its first commits; then today's orders_daily.
     {
-        let (lake, flow, stop) = (Arc::new(lake.clone()), config.flow.clone(), stop.clone());
+        let (lake, flow, stop, bus) = (Arc::new(lake.clone()), config.flow.clone(), stop.clone(), bus.clone());
         let dags_dir = args.examples.join("dags");
         let metadata = config.metadata.clone();
         let after = args.dag_after;
@@ -240,7 +240,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
             }
             let store = Store::open(metadata.connect().await?).await?;
             let flow = weir_flow::scheduler::FlowConfig { dags_dir: dags_dir.clone(), ..flow };
-            let scheduler = Scheduler::new(store.clone(), lake, flow);
+            let scheduler = Scheduler::new(store.clone(), lake, flow).with_bus(bus);
             let sched = tokio::spawn(scheduler.run(until(stop.clone())));
             let d = dag::load_file(&dags_dir.join("orders_daily.yaml")).map_err(|e| anyhow::anyhow!("{e}"))?;
             let today = Utc::now().with_timezone(&d.timezone).date_naive().and_hms_opt(0, 0, 0).expect("midnight");

@@ -10,6 +10,7 @@ mod config;
 mod console;
 mod dags;
 mod demo;
+mod events;
 mod ingest;
 mod lake;
 mod query;
@@ -66,6 +67,9 @@ enum Command {
     Dags(dags::DagsCommand),
     /// Run the orchestrator: schedule DAG runs and execute their tasks (`status`: who leads).
     Scheduler(dags::SchedulerArgs),
+    /// The orchestrator's event stream (`weir.flow.events`).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
     /// Run a remote worker: claim tasks from queues and run them (`[flow] executor = "workers"`).
     Worker(dags::WorkerArgs),
     /// Every role in one process with a built-in food-delivery workload: the quickest look at Weir.
@@ -121,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dags(c) => dags::run(&config, c).await,
         Command::Scheduler(a) => dags::scheduler(&config, a).await,
         Command::Worker(a) => dags::worker(&config, a).await,
+        Command::Events(c) => events::run(&config, c).await,
         Command::Stream(a) => stream::run(&config, a).await,
         Command::Serve(a) => serve::run(&config, a).await,
         Command::Demo(a) => demo::run(&config, a).await,

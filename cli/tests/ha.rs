@@ -1,7 +1,8 @@
 //! The orchestrator scaled out, as processes: three `weir scheduler`s and two `weir worker`s on
 //! the test PostgreSQL (`WEIR_TEST_POSTGRES_URL`), each with its own host name as if on its own
-//! machine. The leading scheduler is killed with -9 twenty times while 500 tasks run; every task
-//! must run exactly once, and every failover is timed.
+//! machine, and the test Kafka broker (`WEIR_TEST_KAFKA`). The leading scheduler is killed with
+//! -9 twenty times while 500 tasks run; every task must run exactly once, every failover is
+//! timed, and `weir.flow.events` must carry every state change in order across the leaders.
 
 mod common;
 
@@ -22,12 +23,24 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn kafka() -> String {
+    let brokers = std::env::var("WEIR_TEST_KAFKA")
+        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts the Kafka broker on loopback");
+    format!("kafka://{brokers}")
+}
+
+/// `weir` with the test Kafka as its bus.
+fn cli(dir: &Path, args: &[&str]) -> String {
+    ok(weir(dir, &kafka(), args, None))
+}
+
 /// A role as its own process, with `host` as its machine's name.
 fn role(dir: &Path, args: &[&str], host: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .current_dir(dir)
+        .env("WEIR_BUS_URL", kafka())
         .env("HOSTNAME", host)
         .env("WEIR_LOG", "warn")
         .stdout(Stdio::null())
@@ -48,7 +61,7 @@ fn database() -> String {
 
 /// (holder, epoch) from `weir scheduler status`.
 fn lease(dir: &Path) -> (String, u64) {
-    let out = ok(weir(dir, "local:./weir-data/bus", &["scheduler", "status"], None));
+    let out = cli(dir, &["scheduler", "status"]);
     let first = out.lines().next().unwrap_or_default();
     let epoch = first.split("epoch ").nth(1).and_then(|r| r.split([',', ')']).next()).and_then(|e| e.parse().ok());
     let holder = first.strip_prefix("lease: held by ").and_then(|r| r.split(' ').next()).unwrap_or_default();
@@ -74,6 +87,8 @@ fn killing_the_leader_twenty_times_loses_and_repeats_nothing() {
     )
     .unwrap();
     // Five runs of a 100-task chain: each task appends its name to `out`.
+    // Named per test process: the broker's topic outlives the test.
+    let dag_id = format!("chain_{}", std::process::id());
     let mut dag = String::from("tasks:\n");
     for i in 0..CHAIN {
         let up = if i == 0 { String::new() } else { format!(", upstream: [t{}]", i - 1) };
@@ -82,7 +97,7 @@ fn killing_the_leader_twenty_times_loses_and_repeats_nothing() {
             d.join("out").display()
         ));
     }
-    std::fs::write(d.join("dags/chain.yaml"), dag).unwrap();
+    std::fs::write(d.join(format!("dags/{dag_id}.yaml")), dag).unwrap();
 
     let mut schedulers: Vec<Child> = (0..3).map(|i| role(d, &["scheduler"], &format!("sched-{i}"))).collect();
     let mut workers: Vec<Child> =
@@ -95,9 +110,7 @@ fn killing_the_leader_twenty_times_loses_and_repeats_nothing() {
     let runs: Vec<String> = (0..RUNS)
         .map(|i| {
             let date = format!("2026-11-{:02}", i + 1);
-            ok(weir(d, "local:./weir-data/bus", &["dags", "trigger", "chain", "--logical-date", &date], None))
-                .trim()
-                .to_string()
+            cli(d, &["dags", "trigger", &dag_id, "--logical-date", &date]).trim().to_string()
         })
         .collect();
 
@@ -136,7 +149,7 @@ fn killing_the_leader_twenty_times_loses_and_repeats_nothing() {
         let states: Vec<String> = runs
             .iter()
             .map(|r| {
-                let out = ok(weir(d, "local:./weir-data/bus", &["dags", "runs", "chain"], None));
+                let out = cli(d, &["dags", "runs", &dag_id]);
                 out.lines().find(|l| l.starts_with(r.as_str())).unwrap().split_whitespace().nth(2).unwrap().to_string()
             })
             .collect();
@@ -151,15 +164,44 @@ fn killing_the_leader_twenty_times_loses_and_repeats_nothing() {
     let distinct: HashSet<&String> = ran.iter().collect();
     assert_eq!((ran.len(), distinct.len()), (RUNS * CHAIN, RUNS * CHAIN), "every task exactly once");
     for r in &runs {
-        let tasks = ok(weir(d, "local:./weir-data/bus", &["dags", "tasks", "chain", r], None));
+        let tasks = cli(d, &["dags", "tasks", &dag_id, r]);
         let retried: Vec<&str> = tasks.lines().skip(2).filter(|l| l.split_whitespace().nth(2) != Some("1")).collect();
         assert!(retried.is_empty(), "no task needed a second try: {retried:?}");
     }
+    // The event stream: in order, complete, duplicates only as repeated `seq`s.
+    let started = Instant::now();
+    let events = loop {
+        let lines = cli(d, &["events", "tail", "--from-offset", "0", "--once", "--dag", &dag_id]);
+        let events: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let done = events.iter().filter(|e| e["kind"] == "run" && e["state"] == "success").count();
+        if done == RUNS {
+            break events;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{done} run successes published");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut last = 0i64;
+    let mut repeated = 0;
+    let mut successes = HashSet::new();
+    for e in &events {
+        let seq = e["seq"].as_i64().unwrap();
+        if seq <= last {
+            repeated += 1;
+            continue;
+        }
+        assert_eq!(seq, last + 1, "events are published in order, none missing");
+        last = seq;
+        if e["kind"] == "task" && e["state"] == "success" {
+            assert!(successes.insert((e["run_id"].to_string(), e["task_id"].to_string())), "two successes: {e}");
+        }
+    }
+    assert_eq!(successes.len(), RUNS * CHAIN, "a success event per task");
     let mut sorted = failovers.clone();
     sorted.sort_by(f64::total_cmp);
     println!(
-        "{{\"kills\": {KILLS}, \"tasks\": {}, \"failover_s\": {{\"min\": {:.2}, \"median\": {:.2}, \"max\": {:.2}}}, \"each_s\": {:?}}}",
+        "{{\"kills\": {KILLS}, \"tasks\": {}, \"events\": {}, \"events_repeated\": {repeated}, \"failover_s\": {{\"min\": {:.2}, \"median\": {:.2}, \"max\": {:.2}}}, \"each_s\": {:?}}}",
         RUNS * CHAIN,
+        events.len(),
         sorted[0],
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1],

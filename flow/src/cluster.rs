@@ -10,7 +10,10 @@ use std::{collections::HashMap, time::Duration};
 use chrono::{DateTime, Utc};
 use sqlx::Row as _;
 
-use crate::store::{Fence, QUEUED_CHANNEL, Store, StoreError, TaskKey, instant, micros};
+use crate::{
+    events::{self, Change},
+    store::{Fence, QUEUED_CHANNEL, Store, StoreError, TaskKey, instant, micros},
+};
 
 fn now() -> i64 {
     micros(Utc::now())
@@ -310,6 +313,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let t = now();
         let mut queued = Vec::with_capacity(keys.len());
+        let mut made = Vec::with_capacity(keys.len());
         for key in keys {
             let r = sqlx::query(
                 "UPDATE flow_task_instances SET state = 'queued', queued_at = $1, worker = NULL WHERE dag_id = $2 \
@@ -322,8 +326,12 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             queued.push(r.rows_affected() == 1);
+            if r.rows_affected() == 1 {
+                made.push(Change::task(&key.dag_id, &key.run_id, &key.task_id, None, "queued"));
+            }
         }
         self.notify(&mut tx, QUEUED_CHANNEL, "").await?;
+        events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
         Ok(queued)
     }
@@ -377,6 +385,11 @@ impl Store {
             .await?;
             claims.push(Claim { key, try_number, max_tries: r.get::<i64, _>(4) as u32 });
         }
+        let made: Vec<Change> = claims
+            .iter()
+            .map(|c| Change::task(&c.key.dag_id, &c.key.run_id, &c.key.task_id, Some(c.try_number), "running"))
+            .collect();
+        events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
         Ok(claims)
     }
@@ -423,14 +436,22 @@ impl Store {
             .await?;
             keys.push(key);
         }
-        sqlx::query(
+        let failed = sqlx::query(
             "UPDATE flow_task_instances SET state = CASE WHEN try_number < max_tries THEN 'up_for_retry' ELSE 'failed' END, \
-             next_try_at = $1, ended_at = $1 WHERE worker = $2 AND state = 'running'",
+             next_try_at = $1, ended_at = $1 WHERE worker = $2 AND state = 'running' \
+             RETURNING dag_id, run_id, task_id, try_number, state",
         )
         .bind(t)
         .bind(worker)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let failed: Vec<(String, String, String, i64, String)> =
+            failed.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect();
+        let made: Vec<Change> = failed
+            .iter()
+            .map(|(d, r, k, n, st)| Change::task(d, r, k, Some(*n as u32), st).because(Some(reason)))
+            .collect();
+        events::record(&mut tx, t, &made).await?;
         sqlx::query("UPDATE flow_workers SET state = 'lost' WHERE id = $1").bind(worker).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(keys)

@@ -178,6 +178,14 @@ pub enum TaskKind {
         /// Text (templated).
         message: String,
     },
+    /// Publishes an artifact on `weir.flow.events` for downstream systems: its files (path,
+    /// size, MD5) and the URI of its payload. A missing file fails the try.
+    Push {
+        /// Files (templated; relative to the DAG file's folder).
+        files: Vec<String>,
+        /// Where the payload is (templated), for consumers to fetch.
+        uri: String,
+    },
 }
 
 /// What a sensor waits for.
@@ -200,6 +208,7 @@ impl TaskKind {
             TaskKind::LakeSnapshot { .. } => "lake_snapshot",
             TaskKind::Sensor { .. } => "sensor",
             TaskKind::Notify { .. } => "notify",
+            TaskKind::Push { .. } => "push",
         }
     }
 }
@@ -278,6 +287,14 @@ struct TaskFile {
     poke_interval: Option<String>,
     timeout: Option<String>,
     notify: Option<NotifyFile>,
+    push: Option<PushFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushFile {
+    files: Vec<String>,
+    uri: String,
 }
 
 #[derive(Deserialize)]
@@ -506,11 +523,17 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         }
         kinds.push(TaskKind::Notify { url: n.url, message: n.message });
     }
+    if let Some(p) = t.push {
+        if p.files.is_empty() {
+            return Err(format!("task {:?}: push needs at least one file", t.id));
+        }
+        kinds.push(TaskKind::Push { files: p.files, uri: p.uri });
+    }
     let kind = match kinds.len() {
         1 => kinds.pop().expect("one"),
         0 => {
             return Err(format!(
-                "task {:?} has no kind: give one of script, sql, branch, lake_snapshot, sensor, notify",
+                "task {:?} has no kind: give one of script, sql, branch, lake_snapshot, sensor, notify, push",
                 t.id
             ));
         }

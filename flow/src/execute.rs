@@ -64,7 +64,7 @@ pub(crate) async fn run_try(
     );
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
-    let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake, store, key: &key, interval: run.interval };
+    let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake, store, key: &key, try_number, interval: run.interval };
     let outcome = execute(task, &env).await;
     let moved = match lake.url() {
         weir_lake::LakeUrl::S3 { .. } => move_log(lake, &key, try_number, &log).await,
@@ -133,6 +133,7 @@ struct Env<'a> {
     lake: &'a Lake,
     store: &'a Store,
     key: &'a TaskKey,
+    try_number: u32,
     interval: crate::schedule::Interval,
 }
 
@@ -254,6 +255,24 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
             };
             run.await
         }
+        TaskKind::Push { files, uri } => {
+            let run = async {
+                let uri = ctx.render(uri)?;
+                let mut listed = Vec::with_capacity(files.len());
+                for f in files {
+                    let rel = ctx.render(f)?;
+                    let path = cwd.join(&rel);
+                    let (size, md5) = file_md5(&path).await.map_err(|e| format!("push: {}: {e}", path.display()))?;
+                    write_log(log, &format!("[weir] {rel}: {size} bytes, md5 {md5}\n")).await;
+                    listed.push(serde_json::json!({"path": rel, "size": size, "md5": md5}));
+                }
+                let detail = serde_json::json!({"files": listed, "uri": uri});
+                env.store.record_artifact(key, env.try_number, detail).await.map_err(|e| e.to_string())?;
+                write_log(log, &format!("[weir] pushed {} file(s), payload {uri}\n", listed.len())).await;
+                Ok(None)
+            };
+            with_timeout(timeout, run).await.and_then(|r| r)
+        }
     };
     match result {
         Ok(None) => Outcome::Success,
@@ -335,6 +354,25 @@ async fn move_log(lake: &Lake, key: &TaskKey, try_number: u32, local: &Path) -> 
             None
         }
     }
+}
+
+/// A file's size and MD5 (hex), read in chunks.
+async fn file_md5(path: &Path) -> std::io::Result<(u64, String)> {
+    use md5::Digest as _;
+    use tokio::io::AsyncReadExt as _;
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut hasher = md5::Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// Appends to a try's log (a failure to log is itself logged, never fatal).

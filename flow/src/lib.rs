@@ -5,11 +5,13 @@
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
 //! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
 //! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
-//! the leader ([`lease`]), remote workers ([`worker`]) and the tables they share ([`cluster`]).
+//! the leader ([`lease`]), remote workers ([`worker`]) and the tables they share ([`cluster`]);
+//! every state change published in order on `weir.flow.events` ([`events`]).
 
 pub mod api;
 pub mod cluster;
 pub mod dag;
+pub mod events;
 pub mod execute;
 pub mod lease;
 pub mod rules;

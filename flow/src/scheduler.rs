@@ -31,6 +31,7 @@ use crate::{
     FlowError,
     cluster::{self, Background, Beats},
     dag::{self, Dag},
+    events,
     execute::{self, Outcome, log_path},
     lease,
     rules::{Decision, RunState, TaskState, decide},
@@ -150,6 +151,10 @@ pub struct Scheduler {
     next_retry: Option<tokio::time::Instant>,
     /// Workers' beats, to find those that stopped.
     worker_beats: Beats,
+    /// Where the leader publishes the event stream (none: events stay in the outbox).
+    bus: Option<Arc<dyn weir_bus::Bus>>,
+    /// Wakes the publisher after state changes.
+    events_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Why leading ended.
@@ -196,7 +201,15 @@ impl Scheduler {
             waiting: BTreeMap::new(),
             next_retry: None,
             worker_beats: Beats::default(),
+            bus: None,
+            events_wake: Arc::default(),
         }
+    }
+
+    /// Publishes every state change on `weir.flow.events` on `bus` while leading.
+    pub fn with_bus(mut self, bus: Arc<dyn weir_bus::Bus>) -> Scheduler {
+        self.bus = Some(bus);
+        self
     }
 
     /// Runs until `shutdown`: stands by as an heir, leads while it holds the lease, and stands
@@ -255,6 +268,10 @@ impl Scheduler {
         }
         // Workers' ends, as PostgreSQL notifies them (SQLite: the poll finds them).
         let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<TaskKey>();
+        let _publisher = self.bus.clone().map(|bus| {
+            let every = self.config.poll_interval.min(Duration::from_millis(200));
+            Background(tokio::spawn(events::publish(self.store.clone(), bus, self.events_wake.clone(), every)))
+        });
         let _listener = (remote && self.store.is_postgres())
             .then(|| Background(tokio::spawn(listen_done(self.store.url(), remote_tx))));
         let ended = self.lead_loop(shutdown, lead_rx, &mut remote_rx).await;
@@ -367,6 +384,8 @@ impl Scheduler {
                     Ok(()) => {}
                 }
             }
+            // This turn's state changes are in the outbox.
+            self.events_wake.notify_one();
         }
     }
 

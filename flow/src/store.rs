@@ -8,6 +8,7 @@ use sqlx::{AnyPool, Row as _, any::AnyRow};
 
 use crate::{
     dag::{Dag, DagError},
+    events::{self, Change},
     rules::{RunState, TaskState},
     schedule::Interval,
 };
@@ -430,6 +431,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        events::record(&mut tx, t, &[Change::run(&dag.id, run_id, RunState::Queued.as_str())]).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -533,7 +535,11 @@ impl Store {
             }
         };
         let mut tx = self.begin().await?;
-        sqlx::query(sql).bind(state.as_str()).bind(now()).bind(dag_id).bind(run_id).execute(&mut *tx).await?;
+        let t = now();
+        let r = sqlx::query(sql).bind(state.as_str()).bind(t).bind(dag_id).bind(run_id).execute(&mut *tx).await?;
+        if r.rows_affected() > 0 {
+            events::record(&mut tx, t, &[Change::run(dag_id, run_id, state.as_str())]).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -608,9 +614,10 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let t = now();
+        let mut made = Vec::with_capacity(changes.len());
         for (task_id, state) in changes {
             let ended = state.is_finished().then_some(t);
-            sqlx::query("UPDATE flow_task_instances SET state = $1, ended_at = COALESCE($2, ended_at) WHERE dag_id = $3 AND run_id = $4 AND task_id = $5")
+            let r = sqlx::query("UPDATE flow_task_instances SET state = $1, ended_at = COALESCE($2, ended_at) WHERE dag_id = $3 AND run_id = $4 AND task_id = $5")
                 .bind(state.as_str())
                 .bind(ended)
                 .bind(dag_id)
@@ -618,7 +625,11 @@ impl Store {
                 .bind(task_id)
                 .execute(&mut *tx)
                 .await?;
+            if r.rows_affected() > 0 {
+                made.push(Change::task(dag_id, run_id, task_id, None, state.as_str()));
+            }
         }
+        events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -632,6 +643,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let t = now();
         let mut started = Vec::with_capacity(starts.len());
+        let mut made = Vec::with_capacity(starts.len());
         for (key, try_number, log) in starts {
             let updated = sqlx::query(
                 "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, worker = NULL, \
@@ -661,7 +673,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             started.push(true);
+            made.push(Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(*try_number), "running"));
         }
+        events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
         Ok(started)
     }
@@ -686,6 +700,7 @@ impl Store {
         let mut tx = self.begin().await?;
         let t = now();
         let mut recorded = Vec::with_capacity(finishes.len());
+        let mut made = Vec::new();
         let held = if worker.is_some() { "worker = $8" } else { "$8 = $8" };
         let update = format!(
             "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 \
@@ -710,8 +725,12 @@ impl Store {
                 continue;
             }
             recorded.push(true);
+            made.push(
+                Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(f.try_number), f.state.as_str())
+                    .because(f.reason.as_deref()),
+            );
             for task_id in &f.skip {
-                sqlx::query(
+                let skipped = sqlx::query(
                     "UPDATE flow_task_instances SET state = 'skipped', ended_at = $1 WHERE dag_id = $2 AND run_id = $3 \
                      AND task_id = $4 AND state = 'none'",
                 )
@@ -721,6 +740,9 @@ impl Store {
                 .bind(task_id)
                 .execute(&mut *tx)
                 .await?;
+                if skipped.rows_affected() > 0 {
+                    made.push(Change::task(&key.dag_id, &key.run_id, task_id, None, TaskState::Skipped.as_str()));
+                }
             }
             let try_state = if f.state == TaskState::UpForRetry { TaskState::Failed } else { f.state };
             sqlx::query(
@@ -741,6 +763,7 @@ impl Store {
                 self.notify(&mut tx, DONE_CHANNEL, &format!("{}\n{}\n{}", key.dag_id, key.run_id, key.task_id)).await?;
             }
         }
+        events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
         Ok(recorded)
     }
@@ -775,8 +798,9 @@ impl Store {
     /// from the current try (the tries so far stay in the history). The run becomes queued.
     pub async fn clear(&self, dag_id: &str, run_id: &str, tasks: &[(String, u32)]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        let mut made = Vec::new();
         for (task_id, retries) in tasks {
-            sqlx::query(
+            let r = sqlx::query(
                 "UPDATE flow_task_instances SET state = 'none', max_tries = try_number + $1, next_try_at = NULL, \
                  ended_at = NULL WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued')",
             )
@@ -786,12 +810,17 @@ impl Store {
             .bind(task_id)
             .execute(&mut *tx)
             .await?;
+            if r.rows_affected() > 0 {
+                made.push(Change::task(dag_id, run_id, task_id, None, TaskState::None.as_str()));
+            }
         }
         sqlx::query("UPDATE flow_dag_runs SET state = 'queued', ended_at = NULL WHERE dag_id = $1 AND run_id = $2")
             .bind(dag_id)
             .bind(run_id)
             .execute(&mut *tx)
             .await?;
+        made.push(Change::run(dag_id, run_id, RunState::Queued.as_str()));
+        events::record(&mut tx, now(), &made).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -810,14 +839,19 @@ impl Store {
         .bind(t)
         .execute(&mut *tx)
         .await?;
-        let r = sqlx::query(
+        let orphans = sqlx::query(
             "UPDATE flow_task_instances SET state = CASE WHEN try_number < max_tries THEN 'none' ELSE 'failed' END, \
-             ended_at = $1 WHERE state IN ('running', 'scheduled') AND worker IS NULL",
+             ended_at = $1 WHERE state IN ('running', 'scheduled') AND worker IS NULL \
+             RETURNING dag_id, run_id, task_id, state",
         )
         .bind(t)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
+        let rows: Vec<(String, String, String, String)> =
+            orphans.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+        let made: Vec<Change> = rows.iter().map(|(d, r, k, st)| Change::task(d, r, k, None, st)).collect();
+        events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
-        Ok(r.rows_affected())
+        Ok(rows.len() as u64)
     }
 }

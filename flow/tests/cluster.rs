@@ -302,3 +302,92 @@ async fn a_draining_worker_finishes_its_try_and_claims_no_more() {
     assert_eq!(workers[0].state, "stopped");
     scheduler.abort();
 }
+
+/// Every state change reaches `weir.flow.events` in order, and a `push` task publishes its
+/// artifact with each file's MD5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_and_artifacts_are_published_in_order() {
+    use weir_bus::{Bus, ConsumerConfig, TopicPartition, local::LocalBus};
+    use weir_flow::events::{EVENTS_TOPIC, FlowEvent};
+
+    let c = Cluster::new().await;
+    std::fs::write(c.dir.path().join("dags/report.csv"), "day,orders\n2026-11-30,42\n").unwrap();
+    let flaky = c.dir.path().join("calls");
+    let dag = c.write_dag(
+        "publish",
+        &format!(
+            "tasks:\n  - {{id: flaky, retries: 1, retry_delay: 0s, script: [sh, -c, 'echo x >> {f}; [ $(wc -l < {f}) -ge 2 ]']}}\n  \
+             - {{id: ship, upstream: [flaky], push: {{files: [report.csv], uri: 's3://reports/{{{{ ds }}}}/report.csv'}}}}\n",
+            f = flaky.display()
+        ),
+    );
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::open(&c.dir.path().join("bus"), Default::default()).unwrap());
+    let s = Scheduler::new(c.store.clone(), c.lake.clone(), c.config()).with_bus(bus.clone());
+    let scheduler = tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() });
+    let worker = c.worker(2, std::future::pending());
+    c.store.upsert_dag(&dag).await.unwrap();
+    let logical = chrono::DateTime::parse_from_rfc3339("2026-11-30T00:00:00Z").unwrap().to_utc();
+    let run_id = runs::trigger(&c.store, &dag, serde_json::Map::new(), Some(logical)).await.unwrap();
+
+    let mut consumer = bus.consumer(ConsumerConfig::new("test")).await.unwrap();
+    let mut events: Vec<FlowEvent> = Vec::new();
+    let start = Instant::now();
+    while !events.iter().any(|e| e.kind == "run" && e.state == "success") {
+        assert!(start.elapsed() < Duration::from_secs(20), "no run success event: {events:#?}");
+        if consumer.assignment().is_empty() {
+            if bus.topic(EVENTS_TOPIC).await.is_ok() {
+                consumer.assign(&[TopicPartition::new(EVENTS_TOPIC, 0)]).await.unwrap();
+                consumer.seek(&TopicPartition::new(EVENTS_TOPIC, 0), 0).await.unwrap();
+            } else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        }
+        for m in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            assert_eq!(m.key.as_deref(), Some(&b"publish"[..]));
+            events.push(serde_json::from_slice(m.value.as_deref().unwrap()).unwrap());
+        }
+    }
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "in order, none missing");
+    assert!(events.iter().all(|e| e.run_id == run_id && e.logical_date == Some(logical)));
+    let of = |task: Option<&str>| -> Vec<(String, Option<u32>)> {
+        events
+            .iter()
+            .filter(|e| e.task_id.as_deref() == task && e.kind != "artifact")
+            .map(|e| (e.state.clone(), e.try_number))
+            .collect()
+    };
+    let st = |s: &str, t: Option<u32>| (s.to_string(), t);
+    assert_eq!(of(None), vec![st("queued", None), st("running", None), st("success", None)]);
+    assert_eq!(
+        of(Some("flaky")),
+        vec![
+            st("scheduled", None),
+            st("queued", None),
+            st("running", Some(1)),
+            st("up_for_retry", Some(1)),
+            st("scheduled", None),
+            st("queued", None),
+            st("running", Some(2)),
+            st("success", Some(2)),
+        ]
+    );
+    let retry = events.iter().find(|e| e.state == "up_for_retry").unwrap();
+    assert!(retry.detail.as_ref().unwrap()["reason"].as_str().unwrap().contains("exited with status 1"), "{retry:?}");
+    let artifact = events.iter().find(|e| e.kind == "artifact").expect("an artifact event");
+    assert_eq!((artifact.task_id.as_deref(), artifact.state.as_str()), (Some("ship"), "pushed"));
+    let md5 = std::process::Command::new("md5sum").arg(c.dir.path().join("dags/report.csv")).output().unwrap();
+    let md5 = String::from_utf8(md5.stdout).unwrap().split_whitespace().next().unwrap().to_string();
+    assert_eq!(
+        artifact.detail.as_ref().unwrap(),
+        &serde_json::json!({"files": [{"path": "report.csv", "size": 25, "md5": md5}], "uri": "s3://reports/2026-11-30/report.csv"})
+    );
+    // Published events leave the outbox.
+    c.wait_until("the outbox empties", Duration::from_secs(5), || async {
+        c.store.outbox(10).await.unwrap().is_empty()
+    })
+    .await;
+    scheduler.abort();
+    worker.abort();
+}
