@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::{AnyPool, any::AnyPoolOptions};
 
+/// A pool on the metadata database.
+pub type Pool = AnyPool;
+
 /// `[metadata]` in `weir.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -51,6 +54,15 @@ pub enum MetadataError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// A database could not be created.
+    #[error("creating database {name}: {source}")]
+    CreateDatabase {
+        /// The database.
+        name: String,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
     },
     /// Connecting failed.
     #[error("metadata.url {url}: cannot connect within {timeout_s} s: {source}")]
@@ -103,6 +115,19 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataEr
         .connect(&connect_url)
         .await
         .map_err(|source| MetadataError::Connect { url: redact(url), timeout_s: timeout.as_secs(), source })
+}
+
+/// Creates database `name` on the PostgreSQL server of `server_url` (a URL naming any database
+/// there) and returns the new database's URL. For tests and benchmarks that need a fresh one.
+pub async fn create_postgres_database(server_url: &str, name: &str) -> Result<String, MetadataError> {
+    let admin = connect(server_url, Duration::from_secs(10)).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .map_err(|source| MetadataError::CreateDatabase { name: name.to_string(), source })?;
+    admin.close().await;
+    let base = server_url.rsplit_once('/').map_or(server_url, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
 }
 
 /// Runs `migrator` on `pool`, next to other components' migrations in the same database.

@@ -31,14 +31,12 @@ async fn sqlite() -> (HttpRegistry, tempfile::TempDir) {
 async fn postgres() -> (HttpRegistry, ()) {
     let base = std::env::var("WEIR_TEST_POSTGRES_URL")
         .expect("WEIR_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL on loopback");
-    let admin = metadata::connect(&base, Duration::from_secs(10)).await.unwrap();
     let name = format!(
         "registry_{}_{}",
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     );
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = metadata::create_postgres_database(&base, &name).await.unwrap();
     let pool = metadata::connect(&url, Duration::from_secs(10)).await.unwrap();
     (serve(SqlRegistry::open(pool).await.unwrap()).await, ())
 }

@@ -5,6 +5,9 @@
 //! (b) fan-out: D DAGs × W parallel `true` tasks triggered at once — tasks per second.
 //! Baseline in the same run: spawning `true` directly (one after another; then with the same
 //! number of slots), the floor any executor of processes has.
+//!
+//! With `--schedulers N --workers M`: the same workload with remote workers, for 1, 2, … N
+//! schedulers (on PostgreSQL with `--metadata-url`); the baseline is one scheduler.
 
 use std::{sync::Arc, time::Instant};
 
@@ -14,8 +17,9 @@ use weir_flow::{
     dag,
     rules::RunState,
     runs,
-    scheduler::{FlowConfig, Scheduler},
+    scheduler::{Executor, FlowConfig, Scheduler},
     store::{Store, TaskKey},
+    worker::Worker,
 };
 use weir_lake::{Lake, LakeConfig};
 
@@ -33,9 +37,20 @@ pub struct SchedulerBenchArgs {
     /// … each with this many parallel tasks.
     #[arg(long, default_value_t = 100)]
     width: usize,
-    /// Executor slots.
+    /// Executor slots (with --workers: shared out among the workers).
     #[arg(long, default_value_t = 16)]
     slots: usize,
+    /// Scale-out: measure with 1, 2, … N schedulers (one leads, the others stand by) and
+    /// remote workers; the ratio to one scheduler is what high availability costs.
+    #[arg(long)]
+    schedulers: Option<usize>,
+    /// Scale-out: remote workers.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Scale-out: a PostgreSQL server (`postgres://user@host:port/db`) to create the benchmark's
+    /// databases on (default: SQLite files).
+    #[arg(long, env = "WEIR_BENCH_POSTGRES_URL")]
+    metadata_url: Option<String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -50,12 +65,6 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
     let tmp = tempfile::tempdir()?;
     let dags_dir = tmp.path().join("dags");
     std::fs::create_dir_all(&dags_dir)?;
-    let pool = weir_schemas::metadata::connect(
-        &format!("sqlite://{}/weir.db", tmp.path().display()),
-        std::time::Duration::from_secs(10),
-    )
-    .await?;
-    let store = Store::open(pool).await?;
     let lake_url = url::Url::from_directory_path(tmp.path().join("lake")).map_err(|()| anyhow::anyhow!("lake path"))?;
     let lake = Arc::new(Lake::new(&LakeConfig {
         url: lake_url.as_str().parse().map_err(anyhow::Error::msg)?,
@@ -77,53 +86,25 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
     }
     let (dags, errors) = dag::load_dir(&dags_dir);
     anyhow::ensure!(errors.is_empty(), "bench DAGs refused: {errors:?}");
-
     let config = FlowConfig {
         dags_dir: dags_dir.clone(),
         slots: args.slots,
         logs_dir: Some(tmp.path().join("logs")),
         ..FlowConfig::default()
     };
+
+    if let Some(schedulers) = args.schedulers {
+        return scale_out(&args, schedulers, &dags, lake, config, tmp.path()).await;
+    }
+
+    let store = Store::open(sqlite(tmp.path(), "weir").await?).await?;
     let scheduler = Scheduler::new(store.clone(), lake, config);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(scheduler.run(async move {
-        let _ = stopped.await;
-    }));
-
-    // (a) the chain.
-    eprintln!("chain: {} tasks in a line", args.chain);
-    let chain_dag = dags.iter().find(|d| d.id == "chain").expect("written above");
-    let started = Instant::now();
-    let run_id = runs::trigger(&store, chain_dag, Default::default(), None).await?;
-    wait(&store, "chain", std::slice::from_ref(&run_id)).await?;
-    let chain_secs = started.elapsed().as_secs_f64();
-    let mut gaps = Vec::with_capacity(args.chain);
-    let mut prev_end: Option<chrono::DateTime<chrono::Utc>> = None;
-    for i in 0..args.chain {
-        let key = TaskKey { dag_id: "chain".into(), run_id: run_id.clone(), task_id: format!("t{i}") };
-        let tries = store.tries(&key).await?;
-        let t = tries.last().ok_or_else(|| anyhow::anyhow!("t{i} never ran"))?;
-        if let Some(end) = prev_end {
-            gaps.push((t.started_at - end).num_microseconds().unwrap_or(0) as f64 / 1000.0);
-        }
-        prev_end = t.ended_at;
-    }
-    gaps.sort_by(f64::total_cmp);
-
-    // (b) the fan-out.
-    let total = args.dags * args.width;
-    eprintln!("fan-out: {} DAGs × {} parallel tasks", args.dags, args.width);
-    let started = Instant::now();
-    let mut fan_runs = Vec::new();
-    for d in dags.iter().filter(|d| d.id.starts_with("fan")) {
-        fan_runs.push((d.id.clone(), runs::trigger(&store, d, Default::default(), None).await?));
-    }
-    for (dag_id, run) in &fan_runs {
-        wait(&store, dag_id, std::slice::from_ref(run)).await?;
-    }
-    let fan_secs = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(scheduler.run(until(stopped)));
+    let measured = measure(&store, &dags, &args).await?;
+    let _ = stop.send(true);
     handle.await??;
+    let total = args.dags * args.width;
 
     // Baselines: `true` spawned directly.
     let n = args.chain.min(1000);
@@ -148,32 +129,164 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
     }
     let spawn_parallel_rate = total as f64 / started.elapsed().as_secs_f64();
 
-    let fan_rate = total as f64 / fan_secs;
     Ok(json!({
         "benchmark": "scheduler",
         "machine": machine(),
         "metadata_db": "sqlite (embedded default)",
         "slots": args.slots,
-        "chain": {
-            "tasks": args.chain,
-            "task_to_task_ms": {"p50": percentile(&gaps, 0.5), "p99": percentile(&gaps, 0.99), "max": percentile(&gaps, 1.0)},
-            "seconds": chain_secs,
-            "ms_per_task_including_process": chain_secs * 1000.0 / args.chain as f64,
-        },
-        "fan_out": {
-            "dags": args.dags,
-            "tasks_per_dag": args.width,
-            "tasks": total,
-            "seconds": fan_secs,
-            "tasks_per_s": fan_rate.round(),
-        },
+        "chain": measured.chain_json(&args),
+        "fan_out": measured.fan_json(&args),
         "baseline": {
             "spawn_true_serial_ms": spawn_serial_ms,
             "spawn_true_parallel_per_s": spawn_parallel_rate.round(),
-            "fan_out_ratio_to_spawning": fan_rate / spawn_parallel_rate,
+            "fan_out_ratio_to_spawning": measured.fan_rate / spawn_parallel_rate,
         },
         "goals": {"task_to_task_p50_ms": 10, "tasks_per_s": 1000},
     }))
+}
+
+/// `--schedulers N --workers M`: for n = 1..=N, n schedulers (one leads, the rest stand by as
+/// heirs) and M remote workers on a fresh metadata DB each; the ratio of each n's fan-out rate
+/// to n = 1's is what high availability costs.
+async fn scale_out(
+    args: &SchedulerBenchArgs,
+    schedulers: usize,
+    dags: &[dag::Dag],
+    lake: Arc<Lake>,
+    config: FlowConfig,
+    tmp: &std::path::Path,
+) -> anyhow::Result<Value> {
+    anyhow::ensure!(schedulers > 0 && args.workers > 0, "--schedulers and --workers must be positive");
+    let config = FlowConfig { executor: Executor::Workers, ..config };
+    let mut results = Vec::new();
+    let mut base_rate = None;
+    for n in 1..=schedulers {
+        eprintln!("{n} scheduler(s), {} worker(s)", args.workers);
+        let pool = match &args.metadata_url {
+            Some(url) => postgres(url, n).await?,
+            None => sqlite(tmp, &format!("ha{n}")).await?,
+        };
+        let store = Store::open(pool).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut roles = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let s = Scheduler::new(store.clone(), lake.clone(), config.clone());
+            roles.spawn(s.run(until(stopped.clone())));
+        }
+        let per_worker = args.slots.div_ceil(args.workers);
+        for _ in 0..args.workers {
+            let w = Worker::new(store.clone(), lake.clone(), config.clone(), vec!["default".into()], per_worker);
+            roles.spawn(w.run(until(stopped.clone())));
+        }
+        // Wait for a leader, so the figures measure scheduling rather than the first election.
+        while store.lease().await?.holder.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let measured = measure(&store, dags, args).await?;
+        let _ = stop.send(true);
+        while let Some(r) = roles.join_next().await {
+            r??;
+        }
+        let base = *base_rate.get_or_insert(measured.fan_rate);
+        results.push(json!({
+            "schedulers": n,
+            "chain": measured.chain_json(args),
+            "fan_out": measured.fan_json(args),
+            "fan_out_ratio_to_one_scheduler": measured.fan_rate / base,
+        }));
+    }
+    Ok(json!({
+        "benchmark": "scheduler",
+        "mode": "scale-out",
+        "machine": machine(),
+        "metadata_db": if args.metadata_url.is_some() { "postgresql" } else { "sqlite" },
+        "workers": args.workers,
+        "slots": args.slots,
+        "runs": results,
+        "goals": {"fan_out_ratio_to_one_scheduler": 0.9},
+    }))
+}
+
+/// What one measurement found.
+struct Measured {
+    gaps: Vec<f64>,
+    chain_secs: f64,
+    fan_secs: f64,
+    fan_rate: f64,
+}
+
+impl Measured {
+    fn chain_json(&self, args: &SchedulerBenchArgs) -> Value {
+        let g = &self.gaps;
+        json!({
+            "tasks": args.chain,
+            "task_to_task_ms": {"p50": percentile(g, 0.5), "p99": percentile(g, 0.99), "max": percentile(g, 1.0)},
+            "seconds": self.chain_secs,
+            "ms_per_task_including_process": self.chain_secs * 1000.0 / args.chain as f64,
+        })
+    }
+
+    fn fan_json(&self, args: &SchedulerBenchArgs) -> Value {
+        json!({
+            "dags": args.dags,
+            "tasks_per_dag": args.width,
+            "tasks": args.dags * args.width,
+            "seconds": self.fan_secs,
+            "tasks_per_s": self.fan_rate.round(),
+        })
+    }
+}
+
+/// Runs (a) the chain and (b) the fan-out on whatever schedules `store`.
+async fn measure(store: &Store, dags: &[dag::Dag], args: &SchedulerBenchArgs) -> anyhow::Result<Measured> {
+    eprintln!("chain: {} tasks in a line", args.chain);
+    let chain_dag = dags.iter().find(|d| d.id == "chain").expect("written above");
+    let started = Instant::now();
+    let run_id = runs::trigger(store, chain_dag, Default::default(), None).await?;
+    wait(store, "chain", std::slice::from_ref(&run_id)).await?;
+    let chain_secs = started.elapsed().as_secs_f64();
+    let mut gaps = Vec::with_capacity(args.chain);
+    let mut prev_end: Option<chrono::DateTime<chrono::Utc>> = None;
+    for i in 0..args.chain {
+        let key = TaskKey { dag_id: "chain".into(), run_id: run_id.clone(), task_id: format!("t{i}") };
+        let tries = store.tries(&key).await?;
+        let t = tries.last().ok_or_else(|| anyhow::anyhow!("t{i} never ran"))?;
+        if let Some(end) = prev_end {
+            gaps.push((t.started_at - end).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+        prev_end = t.ended_at;
+    }
+    gaps.sort_by(f64::total_cmp);
+
+    let total = args.dags * args.width;
+    eprintln!("fan-out: {} DAGs × {} parallel tasks", args.dags, args.width);
+    let started = Instant::now();
+    let mut fan_runs = Vec::new();
+    for d in dags.iter().filter(|d| d.id.starts_with("fan")) {
+        fan_runs.push((d.id.clone(), runs::trigger(store, d, Default::default(), None).await?));
+    }
+    for (dag_id, run) in &fan_runs {
+        wait(store, dag_id, std::slice::from_ref(run)).await?;
+    }
+    let fan_secs = started.elapsed().as_secs_f64();
+    Ok(Measured { gaps, chain_secs, fan_secs, fan_rate: total as f64 / fan_secs })
+}
+
+/// Resolves when `stop` turns true.
+async fn until(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn sqlite(dir: &std::path::Path, name: &str) -> anyhow::Result<weir_schemas::metadata::Pool> {
+    let url = format!("sqlite://{}/{name}.db", dir.display());
+    Ok(weir_schemas::metadata::connect(&url, std::time::Duration::from_secs(10)).await?)
+}
+
+/// A fresh database `weir_bench_<pid>_<n>` on the PostgreSQL server of `url`.
+async fn postgres(url: &str, n: usize) -> anyhow::Result<weir_schemas::metadata::Pool> {
+    let name = format!("weir_bench_{}_{n}", std::process::id());
+    let db = weir_schemas::metadata::create_postgres_database(url, &name).await?;
+    Ok(weir_schemas::metadata::connect(&db, std::time::Duration::from_secs(10)).await?)
 }
 
 /// Waits until the runs have finished; a failed run is an error.

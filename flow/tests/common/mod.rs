@@ -8,13 +8,11 @@ use weir_schemas::metadata;
 pub async fn postgres_database() -> sqlx::AnyPool {
     let base = std::env::var("WEIR_TEST_POSTGRES_URL")
         .expect("WEIR_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL on loopback");
-    let admin = metadata::connect(&base, Duration::from_secs(10)).await.unwrap();
     let name = format!(
         "flow_{}_{}",
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
     );
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let url = metadata::create_postgres_database(&base, &name).await.unwrap();
     metadata::connect(&url, Duration::from_secs(10)).await.unwrap()
 }
