@@ -454,5 +454,26 @@ async fn status(config: &Config) -> anyhow::Result<()> {
             println!("{:<40} {:<9} {:<20} {:>5} {}", w.id, w.state, w.queues.join(","), w.slots, ago(w.heartbeat_at));
         }
     }
+    let desired = store.desired().await?;
+    if !desired.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:>7} {:>7} {:>7} {:>7} {:>10} {:>11}",
+            "QUEUE", "DESIRED", "WORKERS", "QUEUED", "RUNNING", "AVG TASK", "OLDEST WAIT"
+        );
+        for d in &desired {
+            let ms = |v: Option<i64>| v.map_or_else(|| "-".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0));
+            println!(
+                "{:<20} {:>7} {:>7} {:>7} {:>7} {:>10} {:>11}",
+                d.queue,
+                d.desired,
+                d.workers,
+                d.queued,
+                d.running,
+                ms(d.avg_task_ms),
+                ms(d.oldest_queued_ms)
+            );
+        }
+    }
     Ok(())
 }

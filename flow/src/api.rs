@@ -6,7 +6,10 @@
 //!   a manual run, as `weir dags trigger`;
 //! - `GET /api/v1/dags/{dag}/runs/{run}/tasks`: its task instances;
 //! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs[?try=N]`: a try's log (the last try by
-//!   default), as text.
+//!   default), as text;
+//! - `GET /api/v1/workers/desired`: the autoscaling signal — desired workers per queue, with
+//!   the queue's depth, running tasks, live workers and average task time;
+//! - `GET /api/v1/schedulers`: the scheduler lease (leader, epoch), the schedulers and workers.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -40,6 +43,8 @@ pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
         .route("/api/v1/dags/{dag}/runs", get(list_runs).post(trigger))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks", get(tasks))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs", get(logs))
+        .route("/api/v1/workers/desired", get(desired))
+        .route("/api/v1/schedulers", get(schedulers))
         .with_state(Arc::new(Api { store, lake, dags_dir }))
 }
 
@@ -78,6 +83,12 @@ pub fn openapi_paths() -> Value {
         "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs": {
             "parameters": [param("dag"), param("run"), param("task"), {"name": "try", "in": "query", "schema": {"type": "integer"}}],
             "get": {"summary": "A try's log as text (the last try by default)", "responses": with(json!({"description": "the log", "content": {"text/plain": {}}}))}
+        },
+        "/api/v1/workers/desired": {
+            "get": {"summary": "The autoscaling signal: desired workers per queue (aggressive up, conservative down), with queued and running tasks, live workers, average task time and the oldest queued task's age", "responses": {"200": {"description": "{\"queues\": [{queue, desired, workers, queued, running, avg_task_ms, oldest_queued_ms, computed_at}]}"}, "401": {"description": "missing or wrong bearer token"}}}
+        },
+        "/api/v1/schedulers": {
+            "get": {"summary": "Who leads: the lease (holder, epoch), the schedulers (leader, heirs) and the workers with their state", "responses": {"200": {"description": "{\"lease\": {...}, \"schedulers\": [...], \"workers\": [...]}"}, "401": {"description": "missing or wrong bearer token"}}}
         }
     })
 }
@@ -111,6 +122,56 @@ async fn dags(State(api): State<Arc<Api>>) -> Response {
     let errors: Vec<Value> =
         errors.into_iter().map(|e| json!({"file": e.file, "line": e.line, "reason": e.reason})).collect();
     Json(json!({"dags": dags, "import_errors": errors})).into_response()
+}
+
+async fn desired(State(api): State<Arc<Api>>) -> Response {
+    match api.store.desired().await {
+        Ok(queues) => Json(json!({ "queues": queues })).into_response(),
+        Err(e) => failed(e.into()),
+    }
+}
+
+async fn schedulers(State(api): State<Arc<Api>>) -> Response {
+    let read = async {
+        let lease = api.store.lease().await?;
+        let schedulers = api.store.schedulers().await?;
+        let workers = api.store.workers().await?;
+        Ok::<_, StoreError>((lease, schedulers, workers))
+    };
+    match read.await {
+        Ok((lease, schedulers, workers)) => {
+            let member = |m: &crate::cluster::Member| {
+                json!({"id": m.id, "host": m.host, "pid": m.pid, "started_at": m.started_at.to_rfc3339(),
+                       "heartbeat_at": m.heartbeat_at.to_rfc3339(), "beats": m.beats})
+            };
+            let schedulers: Vec<Value> = schedulers
+                .iter()
+                .map(|m| {
+                    let mut v = member(m);
+                    v["role"] = json!(if m.id == lease.holder { "leader" } else { "heir" });
+                    v
+                })
+                .collect();
+            let workers: Vec<Value> = workers
+                .iter()
+                .map(|m| {
+                    let mut v = member(m);
+                    v["state"] = json!(m.state);
+                    v["queues"] = json!(m.queues);
+                    v["slots"] = json!(m.slots);
+                    v
+                })
+                .collect();
+            Json(json!({
+                "lease": {"holder": (!lease.holder.is_empty()).then_some(&lease.holder), "epoch": lease.epoch,
+                          "acquired_at": time(lease.acquired_at)},
+                "schedulers": schedulers,
+                "workers": workers,
+            }))
+            .into_response()
+        }
+        Err(e) => failed(e.into()),
+    }
 }
 
 async fn list_runs(State(api): State<Arc<Api>>, Path(dag_id): Path<String>) -> Response {

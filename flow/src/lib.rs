@@ -6,9 +6,11 @@
 //! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
 //! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
 //! the leader ([`lease`]), remote workers ([`worker`]) and the tables they share ([`cluster`]);
-//! every state change published in order on `weir.flow.events` ([`events`]).
+//! every state change published in order on `weir.flow.events` ([`events`]); the desired
+//! worker count per queue ([`autoscale`]).
 
 pub mod api;
+pub mod autoscale;
 pub mod cluster;
 pub mod dag;
 pub mod events;

@@ -29,6 +29,7 @@ use weir_lake::catalog::Lake;
 
 use crate::{
     FlowError,
+    autoscale::{self, AutoscaleConfig, Autoscaler},
     cluster::{self, Background, Beats},
     dag::{self, Dag},
     events,
@@ -82,6 +83,8 @@ pub struct FlowConfig {
     /// How long a worker may go without beating before its tries are failed into retries.
     #[serde(with = "humantime_serde")]
     pub zombie_timeout: Duration,
+    /// `[flow.autoscale]`: the desired worker count per queue (with `executor = "workers"`).
+    pub autoscale: AutoscaleConfig,
 }
 
 impl Default for FlowConfig {
@@ -97,6 +100,7 @@ impl Default for FlowConfig {
             heartbeat_interval: Duration::from_secs(1),
             lease_timeout: Duration::from_secs(5),
             zombie_timeout: Duration::from_secs(30),
+            autoscale: AutoscaleConfig::default(),
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct Scheduler {
     next_retry: Option<tokio::time::Instant>,
     /// Workers' beats, to find those that stopped.
     worker_beats: Beats,
+    /// The desired worker count per queue.
+    autoscaler: Autoscaler,
     /// Where the leader publishes the event stream (none: events stay in the outbox).
     bus: Option<Arc<dyn weir_bus::Bus>>,
     /// Wakes the publisher after state changes.
@@ -201,6 +207,7 @@ impl Scheduler {
             waiting: BTreeMap::new(),
             next_retry: None,
             worker_beats: Beats::default(),
+            autoscaler: Autoscaler::default(),
             bus: None,
             events_wake: Arc::default(),
         }
@@ -329,6 +336,7 @@ impl Scheduler {
                     if remote {
                         self.check_workers().await?;
                         self.refresh_handed().await?;
+                        self.autoscale().await?;
                     }
                     self.create_scheduled_runs().await?;
                     self.schedule_all().await
@@ -398,6 +406,30 @@ impl Scheduler {
             .into_iter()
             .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0 }))
             .collect();
+        Ok(())
+    }
+
+    /// With workers: the desired worker count per queue (see [`crate::autoscale`]).
+    async fn autoscale(&mut self) -> Result<(), FlowError> {
+        let config = &self.config.autoscale;
+        let mut signals = Vec::new();
+        for load in self.store.queue_loads().await? {
+            let wanted = autoscale::wanted(&load, self.config.slots, config);
+            let (desired, changed) =
+                self.autoscaler.desire(&load.queue, wanted, config.scale_down_after, std::time::Instant::now());
+            metrics::gauge!("weir_flow_workers_desired", "queue" => load.queue.clone()).set(desired as f64);
+            metrics::gauge!("weir_flow_queued_tasks", "queue" => load.queue.clone()).set(load.queued as f64);
+            metrics::gauge!("weir_flow_queued_oldest_seconds", "queue" => load.queue.clone())
+                .set(load.oldest_queued.map_or(0.0, |d| d.as_secs_f64()));
+            if changed {
+                tracing::info!(queue = %load.queue, desired, workers = load.workers, queued = load.queued, running = load.running, "desired workers changed");
+                if let Some(hook) = &config.hook {
+                    autoscale::run_hook(hook, &load.queue, desired);
+                }
+            }
+            signals.push((load, desired));
+        }
+        self.store.set_desired(&signals).await?;
         Ok(())
     }
 

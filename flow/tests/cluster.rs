@@ -391,3 +391,38 @@ async fn state_changes_and_artifacts_are_published_in_order() {
     scheduler.abort();
     worker.abort();
 }
+
+/// A deep queue raises the desired worker count at once, the hook hears of it, and the signal
+/// is stored for the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_queue_asks_for_more_workers() {
+    let c = Cluster::new().await;
+    let heard = c.dir.path().join("hook");
+    let mut text = String::from("max_active_tasks: 20\ntasks:\n");
+    for i in 0..12 {
+        text.push_str(&format!("  - {{id: t{i}, script: [sleep, '1']}}\n"));
+    }
+    let dag = c.write_dag("deep", &text);
+    let mut config = c.config();
+    config.autoscale.hook =
+        Some(vec!["sh".into(), "-c".into(), format!("echo $WEIR_QUEUE $WEIR_DESIRED_WORKERS >> {}", heard.display())]);
+    let s = Scheduler::new(c.store.clone(), c.lake.clone(), config);
+    let scheduler = tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() });
+    let worker = c.worker(2, std::future::pending());
+    c.store.upsert_dag(&dag).await.unwrap();
+    runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
+    // 2 running + 10 queued of unknown duration = 12 slots = 6 workers of 2 slots.
+    c.wait_until("the signal rises to 6", Duration::from_secs(10), || async {
+        c.store.desired().await.unwrap().first().is_some_and(|d| d.desired == 6)
+    })
+    .await;
+    let d = &c.store.desired().await.unwrap()[0];
+    assert_eq!((d.queue.as_str(), d.workers, d.running, d.queued), ("default", 1, 2, 10), "{d:?}");
+    assert!(d.oldest_queued_ms.is_some());
+    c.wait_until("the hook ran", Duration::from_secs(5), || async {
+        std::fs::read_to_string(&heard).unwrap_or_default().lines().any(|l| l == "default 6")
+    })
+    .await;
+    scheduler.abort();
+    worker.abort();
+}
