@@ -163,8 +163,8 @@ impl Store {
             }
         }
         let rows = sqlx::query(
-            "SELECT i.queue, AVG(t.ended_at - t.started_at) FROM flow_task_tries t JOIN flow_task_instances i \
-             ON i.dag_id = t.dag_id AND i.run_id = t.run_id AND i.task_id = t.task_id \
+            "SELECT i.queue, CAST(AVG(t.ended_at - t.started_at) AS BIGINT) FROM flow_task_tries t \
+             JOIN flow_task_instances i ON i.dag_id = t.dag_id AND i.run_id = t.run_id AND i.task_id = t.task_id \
              WHERE t.ended_at IS NOT NULL AND t.ended_at > $1 GROUP BY i.queue",
         )
         .bind(now - 600_000_000)
@@ -172,11 +172,8 @@ impl Store {
         .await?;
         for r in &rows {
             let q: String = r.get(0);
-            // AVG is a float in SQLite and a numeric in PostgreSQL: read it as text.
-            let avg =
-                r.try_get::<f64, _>(1).ok().or_else(|| r.try_get::<String, _>(1).ok().and_then(|s| s.parse().ok()));
-            if let Some(us) = avg {
-                entry(&mut loads, &q).avg_task = Some(Duration::from_micros(us.max(0.0) as u64));
+            if let Some(us) = r.get::<Option<i64>, _>(1) {
+                entry(&mut loads, &q).avg_task = Some(Duration::from_micros(us.max(0) as u64));
             }
         }
         for w in self.workers().await? {

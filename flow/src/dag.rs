@@ -16,6 +16,8 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use weir_stream::notify::Receiver;
+
 use crate::{rules::TriggerRule, schedule::Schedule};
 
 /// Why a DAG file was refused.
@@ -63,6 +65,26 @@ pub struct Dag {
     pub hash: String,
     /// The file's text (kept with each version so a run finishes with the version it began with).
     pub source: String,
+    /// A run not finished this long after its data interval's end has missed its deadline.
+    pub deadline: Option<Duration>,
+    /// Where notifications can go (webhook, Slack, Jira), by name.
+    pub receivers: Vec<Receiver>,
+    /// Who is told of what.
+    pub notifications: Notifications,
+}
+
+/// `notifications:` of a DAG file: receiver names per occasion.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notifications {
+    /// A task failed with no retry left, or the run failed.
+    pub on_failure: Vec<String>,
+    /// A task failed and will be tried again.
+    pub on_retry: Vec<String>,
+    /// The run succeeded.
+    pub on_success: Vec<String>,
+    /// The run had not finished `deadline` after its data interval's end.
+    pub on_deadline_missed: Vec<String>,
 }
 
 impl Dag {
@@ -237,6 +259,11 @@ struct DagFile {
     default_args: TaskDefaults,
     #[serde(default)]
     is_paused_upon_creation: bool,
+    deadline: Option<String>,
+    #[serde(default)]
+    receivers: Vec<Receiver>,
+    #[serde(default)]
+    notifications: Notifications,
     tasks: Vec<TaskFile>,
 }
 
@@ -353,6 +380,33 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
     if raw.tasks.is_empty() {
         return Err(err("tasks: a DAG needs at least one task".into()));
     }
+    let deadline = match &raw.deadline {
+        Some(d) => Some(humantime::parse_duration(d).map_err(|e| err(format!("deadline {d:?}: {e}")))?),
+        None => None,
+    };
+    let mut names = BTreeSet::new();
+    for r in &raw.receivers {
+        if !names.insert(r.name.as_str()) {
+            return Err(err(format!("receivers: {:?} is defined twice", r.name)));
+        }
+        if r.webhook.is_none() && r.slack.is_none() && r.jira.is_none() {
+            return Err(err(format!("receivers: {:?} has no webhook, slack or jira", r.name)));
+        }
+    }
+    let n = &raw.notifications;
+    for (key, list) in [
+        ("on_failure", &n.on_failure),
+        ("on_retry", &n.on_retry),
+        ("on_success", &n.on_success),
+        ("on_deadline_missed", &n.on_deadline_missed),
+    ] {
+        if let Some(unknown) = list.iter().find(|r| !names.contains(r.as_str())) {
+            return Err(err(format!("notifications.{key}: no receiver {unknown:?} in receivers")));
+        }
+    }
+    if !n.on_deadline_missed.is_empty() && deadline.is_none() {
+        return Err(err("notifications.on_deadline_missed needs a deadline".into()));
+    }
     let defaults = raw.default_args;
     let mut tasks = Vec::with_capacity(raw.tasks.len());
     let mut seen = HashMap::new();
@@ -389,6 +443,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
         file: path.to_path_buf(),
         hash: hex(&Sha256::digest(text.as_bytes())),
         source: text.to_string(),
+        deadline,
+        receivers: raw.receivers,
+        notifications: raw.notifications,
     };
     if let Some(cycle) = find_cycle(&dag) {
         return Err(err(format!("the tasks form a cycle: {}", cycle.join(" → "))));
@@ -762,6 +819,29 @@ tasks:
         assert!(e.contains("belong to sensor tasks"), "{e}");
         let e = err("tasks:\n  - {id: a, notify: {url: 'ftp://x'}}\n");
         assert!(e.contains("not http(s)"), "{e}");
+        let e = err("notifications: {on_failure: [pager]}\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("notifications.on_failure: no receiver \"pager\""), "{e}");
+        let e = err("receivers: [{name: pager}]\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("\"pager\" has no webhook, slack or jira"), "{e}");
+        let e = err(
+            "receivers: [{name: p, webhook: 'http://x'}]\nnotifications: {on_deadline_missed: [p]}\ntasks:\n  - {id: a, script: [true]}\n",
+        );
+        assert!(e.contains("needs a deadline"), "{e}");
+        let e = err("deadline: soon\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("deadline \"soon\""), "{e}");
+        let e = err("tasks:\n  - {id: a, push: {files: [], uri: 's3://b/k'}}\n");
+        assert!(e.contains("push needs at least one file"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_dags_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/dags");
+        let (dags, errors) = load_dir(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        let canary = dags.iter().find(|d| d.id == "canary").expect("the canary ships");
+        assert_eq!(canary.schedule.to_string(), "*/30 * * * *");
+        assert_eq!(canary.deadline, Some(Duration::from_secs(600)));
+        assert!(dags.iter().any(|d| d.id == "orders_daily"));
     }
 
     #[test]

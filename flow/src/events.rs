@@ -3,11 +3,11 @@
 //!
 //! A transactional outbox: each state change adds a `flow_outbox` row in the transaction that
 //! makes it ([`record`]), numbered from a counter row that the transaction updates last, so the
-//! numbers follow commit order. The leading scheduler publishes the rows in that order and then
-//! deletes them ([`publish`]). Publication is at least once — a leader that dies between the
+//! numbers follow commit order. The leading scheduler's relay publishes the rows in that order,
+//! hands them to the DAGs' notifications ([`crate::notices`]) and then deletes them ([`relay`]). Publication is at least once — a leader that dies between the
 //! send and the delete leaves the rows to its heir — so consumers drop a `seq` they have seen.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -15,7 +15,10 @@ use sqlx::Row as _;
 use tokio::sync::Notify;
 use weir_bus::{Bus, BusError, Record};
 
-use crate::store::{Store, StoreError, TaskKey, Tx, instant, micros};
+use crate::{
+    dag::Dag,
+    store::{Store, StoreError, TaskKey, Tx, instant, micros},
+};
 
 /// The topic of the orchestrator's events (one partition: one order).
 pub const EVENTS_TOPIC: &str = "weir.flow.events";
@@ -174,40 +177,73 @@ impl Store {
     }
 }
 
-/// Publishes the outbox to [`EVENTS_TOPIC`] until the leader loses its lease (`store` is fenced)
-/// — on `wake`, and every `every` for what other processes (workers) added.
-pub async fn publish(store: Store, bus: Arc<dyn Bus>, wake: Arc<Notify>, every: Duration) {
+/// Whom the relay tells of events: the notifier, and the DAGs (their `notifications:`) as the
+/// scheduler last read them.
+pub struct Notices {
+    /// Sends notifications in the background.
+    pub notifier: weir_stream::notify::Notifier,
+    /// The DAG folder as last read.
+    pub dags: Arc<std::sync::RwLock<HashMap<String, Arc<Dag>>>>,
+}
+
+/// Why a relay round stopped.
+enum Stop {
+    /// Another scheduler leads: this relay ends.
+    Fenced,
+    /// Anything else: logged, tried again.
+    Failed(String),
+}
+
+/// Relays the outbox until the leader loses its lease (`store` is fenced): publishes each batch
+/// of events to [`EVENTS_TOPIC`] on `bus` (when there is one), hands them to the DAGs'
+/// notifications, then deletes them — on `wake`, and every `every` for what other processes
+/// (workers) added.
+pub async fn relay(store: Store, bus: Option<Arc<dyn Bus>>, notices: Notices, wake: Arc<Notify>, every: Duration) {
     let mut producer = None;
     loop {
-        let sent = async {
-            if producer.is_none() {
-                match bus.create_topic(EVENTS_TOPIC, 1).await {
-                    Ok(()) | Err(BusError::TopicExists(_)) => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-                producer = Some(bus.producer().await.map_err(|e| e.to_string())?);
-            }
-            let events = store.outbox(1000).await.map_err(|e| e.to_string())?;
+        let round = async {
+            let events = store.outbox(1000).await.map_err(|e| Stop::Failed(e.to_string()))?;
             let Some(last) = events.last().map(|e| e.seq) else { return Ok(0) };
-            let records: Vec<Record> = events
-                .iter()
-                .map(|e| Record::keyed(e.dag_id.clone(), serde_json::to_vec(e).expect("events serialize")))
-                .collect();
-            producer.as_ref().expect("opened").send(EVENTS_TOPIC, records).await.map_err(|e| e.to_string())?;
+            if let Some(bus) = &bus {
+                if producer.is_none() {
+                    match bus.create_topic(EVENTS_TOPIC, 1).await {
+                        Ok(()) | Err(BusError::TopicExists(_)) => {}
+                        Err(e) => return Err(Stop::Failed(e.to_string())),
+                    }
+                    producer = Some(bus.producer().await.map_err(|e| Stop::Failed(e.to_string()))?);
+                }
+                let records: Vec<Record> = events
+                    .iter()
+                    .map(|e| Record::keyed(e.dag_id.clone(), serde_json::to_vec(e).expect("events serialize")))
+                    .collect();
+                let sent = producer.as_ref().expect("opened").send(EVENTS_TOPIC, records).await;
+                sent.map_err(|e| Stop::Failed(e.to_string()))?;
+            }
+            {
+                let dags = notices.dags.read().expect("not poisoned");
+                for e in &events {
+                    if let Some(dag) = dags.get(&e.dag_id) {
+                        for n in crate::notices::for_event(e, dag) {
+                            notices.notifier.send(n);
+                        }
+                    }
+                }
+            }
             match store.published(last).await {
-                Err(StoreError::Fenced(_)) => Err("fenced".to_string()),
-                r => r.map(|()| events.len()).map_err(|e| e.to_string()),
+                Ok(()) => Ok(events.len()),
+                Err(StoreError::Fenced(_)) => Err(Stop::Fenced),
+                Err(e) => Err(Stop::Failed(e.to_string())),
             }
         };
-        match sent.await {
+        match round.await {
             Ok(n) if n > 0 => {
                 metrics::counter!("weir_flow_events_published_total").increment(n as u64);
                 continue; // more may be waiting
             }
             Ok(_) => {}
-            Err(e) if e == "fenced" => return,
-            Err(e) => {
-                tracing::warn!(error = %e, topic = EVENTS_TOPIC, "publishing the orchestrator's events failed; retrying")
+            Err(Stop::Fenced) => return,
+            Err(Stop::Failed(e)) => {
+                tracing::warn!(error = %e, topic = EVENTS_TOPIC, "relaying the orchestrator's events failed; retrying")
             }
         }
         tokio::select! {

@@ -7,7 +7,8 @@
 //! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
 //! the leader ([`lease`]), remote workers ([`worker`]) and the tables they share ([`cluster`]);
 //! every state change published in order on `weir.flow.events` ([`events`]); the desired
-//! worker count per queue ([`autoscale`]).
+//! worker count per queue ([`autoscale`]); notifications of failures, retries, successes and
+//! missed deadlines, and the orchestrator's own alerts ([`notices`]).
 
 pub mod api;
 pub mod autoscale;
@@ -16,6 +17,7 @@ pub mod dag;
 pub mod events;
 pub mod execute;
 pub mod lease;
+pub mod notices;
 pub mod rules;
 pub mod runs;
 pub mod schedule;

@@ -26,6 +26,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use weir_lake::catalog::Lake;
+use weir_stream::notify::{Notifier, Receiver, Retry};
 
 use crate::{
     FlowError,
@@ -35,6 +36,7 @@ use crate::{
     events,
     execute::{self, Outcome, log_path},
     lease,
+    notices::QueueAlerts,
     rules::{Decision, RunState, TaskState, decide},
     store::{DONE_CHANNEL, Finish, RunRow, Store, StoreError, TaskKey, TaskRow},
 };
@@ -85,6 +87,12 @@ pub struct FlowConfig {
     pub zombie_timeout: Duration,
     /// `[flow.autoscale]`: the desired worker count per queue (with `executor = "workers"`).
     pub autoscale: AutoscaleConfig,
+    /// Where the orchestrator's own alerts go (`TaskQueuedTooLong`): `[[flow.receivers]]`
+    /// with a name and a webhook, slack or jira.
+    pub receivers: Vec<Receiver>,
+    /// `TaskQueuedTooLong` fires when a queue's oldest task has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub queued_alert_after: Duration,
 }
 
 impl Default for FlowConfig {
@@ -101,6 +109,8 @@ impl Default for FlowConfig {
             lease_timeout: Duration::from_secs(5),
             zombie_timeout: Duration::from_secs(30),
             autoscale: AutoscaleConfig::default(),
+            receivers: Vec::new(),
+            queued_alert_after: Duration::from_secs(600),
         }
     }
 }
@@ -157,6 +167,10 @@ pub struct Scheduler {
     worker_beats: Beats,
     /// The desired worker count per queue.
     autoscaler: Autoscaler,
+    /// `TaskQueuedTooLong` per queue.
+    queue_alerts: QueueAlerts,
+    /// The DAG folder as last read, for the relay's notifications.
+    shared_dags: Arc<std::sync::RwLock<HashMap<String, Arc<Dag>>>>,
     /// Where the leader publishes the event stream (none: events stay in the outbox).
     bus: Option<Arc<dyn weir_bus::Bus>>,
     /// Wakes the publisher after state changes.
@@ -208,6 +222,8 @@ impl Scheduler {
             next_retry: None,
             worker_beats: Beats::default(),
             autoscaler: Autoscaler::default(),
+            queue_alerts: QueueAlerts::default(),
+            shared_dags: Arc::default(),
             bus: None,
             events_wake: Arc::default(),
         }
@@ -275,13 +291,14 @@ impl Scheduler {
         }
         // Workers' ends, as PostgreSQL notifies them (SQLite: the poll finds them).
         let (remote_tx, mut remote_rx) = mpsc::unbounded_channel::<TaskKey>();
-        let _publisher = self.bus.clone().map(|bus| {
-            let every = self.config.poll_interval.min(Duration::from_millis(200));
-            Background(tokio::spawn(events::publish(self.store.clone(), bus, self.events_wake.clone(), every)))
-        });
+        let notifier = Notifier::start(Retry::default());
+        let notices = events::Notices { notifier: notifier.clone(), dags: self.shared_dags.clone() };
+        let every = self.config.poll_interval.min(Duration::from_millis(200));
+        let relay = events::relay(self.store.clone(), self.bus.clone(), notices, self.events_wake.clone(), every);
+        let _relay = Background(tokio::spawn(relay));
         let _listener = (remote && self.store.is_postgres())
             .then(|| Background(tokio::spawn(listen_done(self.store.url(), remote_tx))));
-        let ended = self.lead_loop(shutdown, lead_rx, &mut remote_rx).await;
+        let ended = self.lead_loop(shutdown, lead_rx, &mut remote_rx, &notifier).await;
         if matches!(ended, Ok(Ended::Shutdown)) && !remote {
             tracing::info!(running = self.running.len(), "scheduler stopping; waiting for running tasks");
             while !self.running.is_empty() {
@@ -309,6 +326,7 @@ impl Scheduler {
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
         lead_rx: &mut watch::Receiver<Option<crate::store::Fence>>,
         remote_rx: &mut mpsc::UnboundedReceiver<TaskKey>,
+        notifier: &Notifier,
     ) -> Result<Ended, FlowError> {
         let remote = self.config.executor == Executor::Workers;
         let mut next_parse = tokio::time::Instant::now();
@@ -332,19 +350,32 @@ impl Scheduler {
                 if !retry.is_empty() {
                     self.record_all(retry, &mut unrecorded).await;
                 }
-                let pass = async {
-                    if remote {
-                        self.check_workers().await?;
-                        self.refresh_handed().await?;
-                        self.autoscale().await?;
+                // Each step on its own: one that fails (logged, tried again next pass) does not
+                // hold up the others.
+                if remote {
+                    let workers = self.check_workers().await;
+                    if lost(workers, "checking the workers' heartbeats") {
+                        return Ok(Ended::LostLease);
                     }
+                    let handed = self.refresh_handed().await;
+                    if lost(handed, "counting the tasks handed to workers") {
+                        return Ok(Ended::LostLease);
+                    }
+                    let signal = self.autoscale(notifier).await;
+                    if lost(signal, "computing the autoscaling signal") {
+                        return Ok(Ended::LostLease);
+                    }
+                }
+                let deadlines = self.check_deadlines().await;
+                if lost(deadlines, "checking run deadlines") {
+                    return Ok(Ended::LostLease);
+                }
+                let pass = async {
                     self.create_scheduled_runs().await?;
                     self.schedule_all().await
                 };
-                match pass.await {
-                    Err(FlowError::Store(StoreError::Fenced(_))) => return Ok(Ended::LostLease),
-                    Err(e) => tracing::error!(error = %e, "scheduling pass failed; trying again"),
-                    Ok(()) => {}
+                if lost(pass.await, "scheduling pass") {
+                    return Ok(Ended::LostLease);
                 }
                 next_poll = now + self.config.poll_interval;
             }
@@ -410,10 +441,12 @@ impl Scheduler {
     }
 
     /// With workers: the desired worker count per queue (see [`crate::autoscale`]).
-    async fn autoscale(&mut self) -> Result<(), FlowError> {
+    async fn autoscale(&mut self, notifier: &Notifier) -> Result<(), FlowError> {
         let config = &self.config.autoscale;
         let mut signals = Vec::new();
-        for load in self.store.queue_loads().await? {
+        let loads = self.store.queue_loads().await?;
+        self.queue_alerts.check(&loads, self.config.queued_alert_after, &self.config.receivers, notifier);
+        for load in loads {
             let wanted = autoscale::wanted(&load, self.config.slots, config);
             let (desired, changed) =
                 self.autoscaler.desire(&load.queue, wanted, config.scale_down_after, std::time::Instant::now());
@@ -430,6 +463,22 @@ impl Scheduler {
             signals.push((load, desired));
         }
         self.store.set_desired(&signals).await?;
+        Ok(())
+    }
+
+    /// Marks the active runs that have passed their DAG's deadline (once each; the event
+    /// stream and the DAG's `on_deadline_missed` receivers hear of it).
+    async fn check_deadlines(&mut self) -> Result<(), FlowError> {
+        let now = Utc::now();
+        for run in self.store.active_runs().await? {
+            let Some(dag) = self.dag_of(&run).await? else { continue };
+            let Some(deadline) = dag.deadline else { continue };
+            let due = run.interval.end + chrono::Duration::from_std(deadline).unwrap_or(chrono::Duration::MAX);
+            if now > due && self.store.mark_deadline_missed(&run.dag_id, &run.run_id).await? {
+                tracing::warn!(dag = %run.dag_id, run_id = %run.run_id, deadline = %humantime::format_duration(deadline), "DAG run missed its deadline");
+                metrics::counter!("weir_flow_deadline_misses_total", "dag" => run.dag_id.clone()).increment(1);
+            }
+        }
         Ok(())
     }
 
@@ -499,6 +548,7 @@ impl Scheduler {
                 (d.id.clone(), d)
             })
             .collect();
+        *self.shared_dags.write().expect("not poisoned") = self.dags.clone();
         Ok(())
     }
 
@@ -798,6 +848,19 @@ impl Scheduler {
             let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &lake, &store).await;
             let _ = done.send(Completion { key, try_number, outcome, log });
         });
+    }
+}
+
+/// Whether a step failed because another scheduler leads now; other failures are logged (the
+/// next pass tries again).
+fn lost(step: Result<(), FlowError>, what: &str) -> bool {
+    match step {
+        Ok(()) => false,
+        Err(FlowError::Store(StoreError::Fenced(_))) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "{what} failed; trying again");
+            false
+        }
     }
 }
 

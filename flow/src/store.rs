@@ -544,6 +544,27 @@ impl Store {
         Ok(())
     }
 
+    /// Marks an active run as past its deadline; false when it was marked before or has ended.
+    pub async fn mark_deadline_missed(&self, dag_id: &str, run_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let t = now();
+        let r = sqlx::query(
+            "UPDATE flow_dag_runs SET deadline_missed_at = $1 WHERE dag_id = $2 AND run_id = $3 \
+             AND deadline_missed_at IS NULL AND state IN ('queued', 'running')",
+        )
+        .bind(t)
+        .bind(dag_id)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        let marked = r.rows_affected() == 1;
+        if marked {
+            events::record(&mut tx, t, &[Change::run(dag_id, run_id, "deadline_missed")]).await?;
+        }
+        tx.commit().await?;
+        Ok(marked)
+    }
+
     /// The task instances of a run.
     pub async fn tasks(&self, dag_id: &str, run_id: &str) -> Result<Vec<TaskRow>, StoreError> {
         let sql = format!("SELECT {} FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2", Self::TASK_COLUMNS);

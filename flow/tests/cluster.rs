@@ -423,6 +423,67 @@ async fn a_deep_queue_asks_for_more_workers() {
         std::fs::read_to_string(&heard).unwrap_or_default().lines().any(|l| l == "default 6")
     })
     .await;
+    // Once tasks have ended, their average time counts: twelve 1 s tasks.
+    c.wait_until("the average task time is known", Duration::from_secs(20), || async {
+        c.store.desired().await.unwrap()[0].avg_task_ms.is_some_and(|ms| (1000..3000).contains(&ms))
+    })
+    .await;
     scheduler.abort();
     worker.abort();
+}
+
+/// A queue nobody serves: `TaskQueuedTooLong` fires to the orchestrator's receivers, and
+/// resolves once a worker for it has taken the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_nobody_serves_raises_an_alert_that_resolves() {
+    use axum::{Json, Router, http::StatusCode, routing::post};
+    let received = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = received.clone();
+    let app = Router::new().route(
+        "/alerts",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let c = Cluster::new().await;
+    let dag = c.write_dag("orphan", "tasks:\n  - {id: t, queue: gpu, script: [true]}\n");
+    let mut config = c.config();
+    config.queued_alert_after = Duration::from_millis(300);
+    config.receivers = vec![weir_stream::notify::Receiver {
+        name: "ops".into(),
+        webhook: Some(format!("http://{addr}/alerts")),
+        slack: None,
+        jira: None,
+    }];
+    let s = Scheduler::new(c.store.clone(), c.lake.clone(), config);
+    let scheduler = tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() });
+    let _default = c.worker(1, std::future::pending());
+    c.store.upsert_dag(&dag).await.unwrap();
+    let run_id = runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
+    let alerts = || received.lock().unwrap().clone();
+    c.wait_until("the alert fires", Duration::from_secs(10), || async { !alerts().is_empty() }).await;
+    let firing = &alerts()[0];
+    assert_eq!(firing["status"], "firing");
+    assert_eq!(firing["commonLabels"]["alertname"], "TaskQueuedTooLong");
+    assert_eq!(firing["commonLabels"]["queue"], "gpu");
+    assert!(firing["commonAnnotations"]["summary"].as_str().unwrap().contains("0 workers claim from it"), "{firing}");
+
+    let w = Worker::new(c.store.clone(), c.lake.clone(), c.config(), vec!["gpu".into()], 1);
+    let gpu = tokio::spawn(async move { w.run(std::future::pending()).await.unwrap() });
+    c.wait_until("the run finishes", Duration::from_secs(10), || async {
+        c.store.run("orphan", &run_id).await.unwrap().state == RunState::Success
+    })
+    .await;
+    c.wait_until("the alert resolves", Duration::from_secs(10), || async { alerts().len() == 2 }).await;
+    assert_eq!(alerts()[1]["status"], "resolved");
+    scheduler.abort();
+    gpu.abort();
 }

@@ -131,7 +131,10 @@ impl Setup {
             if matches!(run.state, RunState::Success | RunState::Failed) {
                 return run;
             }
-            assert!(started.elapsed() < limit, "run {run_id} of {dag_id} still {} after {limit:?}", run.state);
+            if started.elapsed() >= limit {
+                let tasks = self.store.tasks(dag_id, run_id).await.unwrap();
+                panic!("run {run_id} of {dag_id} still {} after {limit:?}: {tasks:#?}", run.state);
+            }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -620,6 +623,68 @@ async fn notify_posts_the_run_to_a_webhook(db: Db) {
     s.stop().await;
 }
 
+/// A DAG's notifications: a retry to Slack, the missed deadline and the success to an
+/// Alertmanager-style webhook, each once.
+async fn failures_retries_successes_and_deadlines_are_notified(db: Db) {
+    use axum::{Json, Router, extract::Path as UrlPath, http::StatusCode, routing::post};
+    let received = Arc::new(std::sync::Mutex::new(Vec::<(String, serde_json::Value)>::new()));
+    let sink = received.clone();
+    let app = Router::new().route(
+        "/{who}",
+        post(move |UrlPath(who): UrlPath<String>, Json(body): Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((who, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut s = Setup::new(db).await;
+    let calls = s.path("calls");
+    let d = s.write_dag(
+        "watched",
+        &format!(
+            "deadline: 1s\nreceivers:\n  - {{name: pager, webhook: 'http://{addr}/pager'}}\n  - {{name: chat, slack: 'http://{addr}/chat'}}\n\
+             notifications: {{on_failure: [pager], on_retry: [chat], on_success: [pager, chat], on_deadline_missed: [pager]}}\n\
+             tasks:\n  - {{id: flaky, retries: 1, retry_delay: 0s, script: {}}}\n  \
+             - {{id: slow, upstream: [flaky], script: [sleep, '1.5']}}\n",
+            succeed_on_call(&calls, 2)
+        ),
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), Some(Utc::now())).await.unwrap();
+    assert_eq!(s.finished("watched", &run_id, Duration::from_secs(20)).await.state, RunState::Success);
+    let start = Instant::now();
+    while received.lock().unwrap().len() < 4 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{:#?}", received.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing more arrives
+    let got = received.lock().unwrap().clone();
+    let to = |who: &str| -> Vec<serde_json::Value> {
+        got.iter().filter(|(w, _)| w == who).map(|(_, b)| b.clone()).collect()
+    };
+    let pager: Vec<String> =
+        to("pager").iter().map(|b| b["commonLabels"]["alertname"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pager, ["DagRunDeadlineMissed", "DagRunSucceeded"], "{got:#?}");
+    let missed = &to("pager")[0];
+    assert_eq!(missed["commonLabels"]["dag"], "watched");
+    assert_eq!(missed["commonLabels"]["run_id"], run_id.as_str());
+    assert!(missed["commonAnnotations"]["summary"].as_str().unwrap().contains("not finished 1s after"), "{missed}");
+    let chat: Vec<String> = to("chat").iter().map(|b| b["text"].as_str().unwrap().to_string()).collect();
+    assert_eq!(chat.len(), 2, "{chat:?}");
+    assert!(
+        chat[0].contains("TaskRetrying") && chat[0].contains("task flaky failed (try 1) and will be retried"),
+        "{chat:?}"
+    );
+    assert!(chat[1].contains("DagRunSucceeded"), "{chat:?}");
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -650,6 +715,7 @@ on_both_databases!(
     a_sql_task_writes_a_view_version,
     sensors_wait_for_a_dag_run_and_a_fresh_table_or_time_out,
     notify_posts_the_run_to_a_webhook,
+    failures_retries_successes_and_deadlines_are_notified,
 );
 
 /// Several processes opening a fresh database at once (a scheduler and a `weir dags` command,

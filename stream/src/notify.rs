@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 
 /// A receiver of notifications (`receivers:` in an alerts file).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receiver {
     /// Its name, used by rules' `receivers:`.
@@ -24,7 +24,7 @@ pub struct Receiver {
 }
 
 /// Where and how to open Jira issues.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Jira {
     /// The Jira base URL (`https://jira.example.com`).
