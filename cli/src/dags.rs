@@ -442,8 +442,15 @@ async fn status(config: &Config) -> anyhow::Result<()> {
     println!("{:<40} {:<7} {:<20} LAST BEAT", "SCHEDULER", "ROLE", "STARTED");
     let schedulers = store.schedulers().await?;
     let (leader, heirs): (Vec<_>, Vec<_>) = schedulers.iter().partition(|m| m.id == lease.holder);
+    // Display only (by the members' own clocks): a member whose last beat is older than the
+    // lease timeout has probably stopped.
+    let silent = |t: DateTime<Utc>| (now - t).to_std().is_ok_and(|d| d > config.flow.lease_timeout);
     for m in leader.iter().chain(heirs.iter()) {
-        let role = if m.id == lease.holder { "leader" } else { "heir" };
+        let role = match (m.id == lease.holder, silent(m.heartbeat_at)) {
+            (true, _) => "leader",
+            (false, false) => "heir",
+            (false, true) => "silent",
+        };
         println!("{:<40} {role:<7} {:<20} {}", m.id, time(Some(m.started_at)), ago(m.heartbeat_at));
     }
     let workers = store.workers().await?;

@@ -284,9 +284,11 @@ impl Scheduler {
     ) -> Result<Ended, FlowError> {
         let remote = self.config.executor == Executor::Workers;
         if !remote {
-            let orphans = self.store.reset_orphans().await?;
-            if orphans > 0 {
-                tracing::warn!(orphans, "task instances left running by a stopped scheduler were reset");
+            match self.store.reset_orphans().await {
+                Ok(0) => {}
+                Ok(orphans) => tracing::warn!(orphans, "task instances left running by a stopped scheduler were reset"),
+                Err(StoreError::Fenced(_)) => return Ok(Ended::LostLease),
+                Err(e) => return Err(e.into()),
             }
         }
         // Workers' ends, as PostgreSQL notifies them (SQLite: the poll finds them).
@@ -342,6 +344,10 @@ impl Scheduler {
             if now >= next_parse {
                 if let Err(e) = self.parse().await {
                     tracing::error!(error = %e, "reading the DAG folder failed; trying again");
+                }
+                // Schedulers and workers gone for an hour leave `weir scheduler status`.
+                if let Err(e) = self.base.forget_members(Duration::from_secs(3600)).await {
+                    tracing::warn!(error = %e, "forgetting departed schedulers and workers failed");
                 }
                 next_parse = now + self.config.parse_interval;
             }

@@ -423,6 +423,22 @@ async fn a_deep_queue_asks_for_more_workers() {
         std::fs::read_to_string(&heard).unwrap_or_default().lines().any(|l| l == "default 6")
     })
     .await;
+    // The same signal over HTTP, and who leads.
+    let app = weir_flow::api::router(c.store.clone(), c.lake.clone(), c.dir.path().join("dags"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let body: serde_json::Value =
+        reqwest::get(format!("http://{addr}/api/v1/workers/desired")).await.unwrap().json().await.unwrap();
+    assert_eq!(body["queues"][0]["queue"], "default", "{body}");
+    assert!(body["queues"][0]["desired"].as_i64().unwrap() >= 1, "{body}");
+    let body: serde_json::Value =
+        reqwest::get(format!("http://{addr}/api/v1/schedulers")).await.unwrap().json().await.unwrap();
+    let leader = c.store.lease().await.unwrap().holder;
+    assert_eq!(body["lease"]["holder"], leader.as_str(), "{body}");
+    assert_eq!(body["schedulers"][0]["role"], "leader", "{body}");
+    assert_eq!(body["workers"][0]["state"], "active", "{body}");
+    assert_eq!(body["workers"][0]["queues"], serde_json::json!(["default"]), "{body}");
     // Once tasks have ended, their average time counts: twelve 1 s tasks.
     c.wait_until("the average task time is known", Duration::from_secs(20), || async {
         c.store.desired().await.unwrap()[0].avg_task_ms.is_some_and(|ms| (1000..3000).contains(&ms))

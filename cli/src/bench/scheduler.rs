@@ -47,6 +47,9 @@ pub struct SchedulerBenchArgs {
     /// Scale-out: remote workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Scale-out: rounds over 1..=N schedulers, alternately up and down.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
     /// Scale-out: a PostgreSQL server (`postgres://user@host:port/db`) to create the benchmark's
     /// databases on (default: SQLite files).
     #[arg(long, env = "WEIR_BENCH_POSTGRES_URL")]
@@ -146,8 +149,9 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
 }
 
 /// `--schedulers N --workers M`: for n = 1..=N, n schedulers (one leads, the rest stand by as
-/// heirs) and M remote workers on a fresh metadata DB each; the ratio of each n's fan-out rate
-/// to n = 1's is what high availability costs.
+/// heirs) and M remote workers on a fresh metadata DB each. The counts are measured in rounds,
+/// up then down (1, 2, 3, 3, 2, 1 …), so drift on a noisy machine falls on every n alike; the
+/// ratio of each n's mean fan-out rate to n = 1's is what high availability costs.
 async fn scale_out(
     args: &SchedulerBenchArgs,
     schedulers: usize,
@@ -156,45 +160,60 @@ async fn scale_out(
     config: FlowConfig,
     tmp: &std::path::Path,
 ) -> anyhow::Result<Value> {
-    anyhow::ensure!(schedulers > 0 && args.workers > 0, "--schedulers and --workers must be positive");
+    anyhow::ensure!(schedulers > 0 && args.workers > 0 && args.rounds > 0, "--schedulers, --workers and --rounds must be positive");
     let config = FlowConfig { executor: Executor::Workers, ..config };
-    let mut results = Vec::new();
-    let mut base_rate = None;
-    for n in 1..=schedulers {
-        eprintln!("{n} scheduler(s), {} worker(s)", args.workers);
-        let pool = match &args.metadata_url {
-            Some(url) => postgres(url, n).await?,
-            None => sqlite(tmp, &format!("ha{n}")).await?,
-        };
-        let store = Store::open(pool).await?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut roles = tokio::task::JoinSet::new();
-        for _ in 0..n {
-            let s = Scheduler::new(store.clone(), lake.clone(), config.clone());
-            roles.spawn(s.run(until(stopped.clone())));
+    let mut by_n: Vec<Vec<Measured>> = (0..schedulers).map(|_| Vec::new()).collect();
+    let mut db = 0;
+    for round in 0..args.rounds {
+        let order: Vec<usize> =
+            if round % 2 == 0 { (1..=schedulers).collect() } else { (1..=schedulers).rev().collect() };
+        for n in order {
+            eprintln!("round {}: {n} scheduler(s), {} worker(s)", round + 1, args.workers);
+            db += 1;
+            let pool = match &args.metadata_url {
+                Some(url) => postgres(url, db).await?,
+                None => sqlite(tmp, &format!("ha{db}")).await?,
+            };
+            let store = Store::open(pool).await?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut roles = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let s = Scheduler::new(store.clone(), lake.clone(), config.clone());
+                roles.spawn(s.run(until(stopped.clone())));
+            }
+            let per_worker = args.slots.div_ceil(args.workers);
+            for _ in 0..args.workers {
+                let w = Worker::new(store.clone(), lake.clone(), config.clone(), vec!["default".into()], per_worker);
+                roles.spawn(w.run(until(stopped.clone())));
+            }
+            // Wait for a leader, so the figures measure scheduling rather than the first election.
+            while store.lease().await?.holder.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            by_n[n - 1].push(measure(&store, dags, args).await?);
+            let _ = stop.send(true);
+            while let Some(r) = roles.join_next().await {
+                r??;
+            }
         }
-        let per_worker = args.slots.div_ceil(args.workers);
-        for _ in 0..args.workers {
-            let w = Worker::new(store.clone(), lake.clone(), config.clone(), vec!["default".into()], per_worker);
-            roles.spawn(w.run(until(stopped.clone())));
-        }
-        // Wait for a leader, so the figures measure scheduling rather than the first election.
-        while store.lease().await?.holder.is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let measured = measure(&store, dags, args).await?;
-        let _ = stop.send(true);
-        while let Some(r) = roles.join_next().await {
-            r??;
-        }
-        let base = *base_rate.get_or_insert(measured.fan_rate);
-        results.push(json!({
-            "schedulers": n,
-            "chain": measured.chain_json(args),
-            "fan_out": measured.fan_json(args),
-            "fan_out_ratio_to_one_scheduler": measured.fan_rate / base,
-        }));
     }
+    let mean = |ms: &[Measured], f: &dyn Fn(&Measured) -> f64| ms.iter().map(f).sum::<f64>() / ms.len() as f64;
+    let base = mean(&by_n[0], &|m| m.fan_rate);
+    let results: Vec<Value> = by_n
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| {
+            let rate = mean(ms, &|m| m.fan_rate);
+            json!({
+                "schedulers": i + 1,
+                "chain_task_to_task_p50_ms": ms.iter().map(|m| percentile(&m.gaps, 0.5)).collect::<Vec<_>>(),
+                "chain_task_to_task_p99_ms": ms.iter().map(|m| percentile(&m.gaps, 0.99)).collect::<Vec<_>>(),
+                "fan_out_tasks_per_s": ms.iter().map(|m| m.fan_rate.round()).collect::<Vec<_>>(),
+                "fan_out_tasks_per_s_mean": rate.round(),
+                "fan_out_ratio_to_one_scheduler": rate / base,
+            })
+        })
+        .collect();
     Ok(json!({
         "benchmark": "scheduler",
         "mode": "scale-out",
@@ -202,7 +221,10 @@ async fn scale_out(
         "metadata_db": if args.metadata_url.is_some() { "postgresql" } else { "sqlite" },
         "workers": args.workers,
         "slots": args.slots,
-        "runs": results,
+        "rounds": args.rounds,
+        "chain_tasks": args.chain,
+        "fan_out_tasks": args.dags * args.width,
+        "by_schedulers": results,
         "goals": {"fan_out_ratio_to_one_scheduler": 0.9},
     }))
 }
