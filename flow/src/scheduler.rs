@@ -177,6 +177,10 @@ pub struct Scheduler {
     events_wake: Arc<tokio::sync::Notify>,
 }
 
+/// How often, on SQLite (no notifications), the leader looks for the ends of workers' tries and
+/// workers look for queued tasks.
+pub const SQLITE_LOOK: Duration = Duration::from_millis(50);
+
 /// Why leading ended.
 enum Ended {
     Shutdown,
@@ -405,6 +409,17 @@ impl Scheduler {
                     }
                     Some(by_run(ended.iter()))
                 }
+                // SQLite has no notifications: look for workers' ends often (a cheap read).
+                _ = tokio::time::sleep(SQLITE_LOOK), if remote && !self.store.is_postgres() => {
+                    match self.ended_remotely().await {
+                        Ok(ended) if !ended.is_empty() => Some(by_run(ended.iter())),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "looking for the ends of workers' tries failed");
+                            None
+                        }
+                    }
+                }
                 changed = lead_rx.changed() => {
                     if changed.is_err() || lead_rx.borrow().is_none() {
                         return Ok(Ended::LostLease);
@@ -432,6 +447,18 @@ impl Scheduler {
             // This turn's state changes are in the outbox.
             self.events_wake.notify_one();
         }
+    }
+
+    /// With workers: the instances handed out that are no longer queued or running (their
+    /// tries ended), now forgotten here.
+    async fn ended_remotely(&mut self) -> Result<Vec<TaskKey>, FlowError> {
+        let handed: std::collections::HashSet<TaskKey> =
+            self.store.handed().await?.into_iter().map(|h| h.key).collect();
+        let ended: Vec<TaskKey> = self.running.keys().filter(|k| !handed.contains(*k)).cloned().collect();
+        for k in &ended {
+            self.running.remove(k);
+        }
+        Ok(ended)
     }
 
     /// With workers: counts what is queued or running on them, as the database says.

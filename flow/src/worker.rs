@@ -58,6 +58,12 @@ impl Worker {
         let listener =
             self.store.is_postgres().then(|| Background(tokio::spawn(listen_queued(self.store.url(), wake.clone()))));
         let versions: Versions = Arc::default();
+        // PostgreSQL notifies this worker when tasks are queued; on SQLite it looks often.
+        let look = if self.store.is_postgres() {
+            self.config.poll_interval
+        } else {
+            self.config.poll_interval.min(crate::scheduler::SQLITE_LOOK)
+        };
         let mut running = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -85,7 +91,7 @@ impl Worker {
             tokio::select! {
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = tokio::time::sleep(look) => {}
                 _ = lost_rx.changed() => {
                     tracing::error!("the scheduler declared this worker lost (it missed its heartbeats); draining");
                     break;

@@ -1,6 +1,6 @@
 //! The scheduler end to end with real processes, a real lake directory and a real metadata DB —
 //! every test on SQLite, on PostgreSQL (`WEIR_TEST_POSTGRES_URL`, started by `scripts/test`),
-//! and on PostgreSQL with the tasks run by two remote workers claiming from the queue.
+//! and on both with the tasks run by two remote workers claiming from the queue.
 
 use std::{
     path::{Path, PathBuf},
@@ -38,7 +38,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("dags")).unwrap();
         let pool = match db {
-            Db::Sqlite => {
+            Db::Sqlite | Db::SqliteWorkers => {
                 metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5))
                     .await
                     .unwrap()
@@ -74,7 +74,7 @@ impl Setup {
             poll_interval: Duration::from_millis(50),
             logs_dir: Some(self.dir.path().join("logs")),
             executor: match self.db {
-                Db::Workers => Executor::Workers,
+                Db::Workers | Db::SqliteWorkers => Executor::Workers,
                 Db::Sqlite | Db::Postgres => Executor::Local,
             },
             heartbeat_interval: Duration::from_millis(100),
@@ -157,6 +157,8 @@ enum Db {
     Postgres,
     /// PostgreSQL, with tasks run by remote workers.
     Workers,
+    /// SQLite, with tasks run by remote workers (no notifications: everyone looks often).
+    SqliteWorkers,
 }
 
 fn key(dag: &str, run: &str, task: &str) -> TaskKey {
@@ -698,6 +700,10 @@ macro_rules! on_both_databases {
         mod workers {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name(super::Db::Workers).await } )*
+        }
+        mod sqlite_workers {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::Db::SqliteWorkers).await } )*
         }
     };
 }

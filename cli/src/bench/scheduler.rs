@@ -160,7 +160,10 @@ async fn scale_out(
     config: FlowConfig,
     tmp: &std::path::Path,
 ) -> anyhow::Result<Value> {
-    anyhow::ensure!(schedulers > 0 && args.workers > 0 && args.rounds > 0, "--schedulers, --workers and --rounds must be positive");
+    anyhow::ensure!(
+        schedulers > 0 && args.workers > 0 && args.rounds > 0,
+        "--schedulers, --workers and --rounds must be positive"
+    );
     let config = FlowConfig { executor: Executor::Workers, ..config };
     let mut by_n: Vec<Vec<Measured>> = (0..schedulers).map(|_| Vec::new()).collect();
     let mut db = 0;
