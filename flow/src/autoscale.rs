@@ -16,7 +16,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
 
-use crate::store::{Store, StoreError, instant, micros};
+use crate::store::{Store, StoreError, instant, now};
 
 /// `[flow.autoscale]` in `weir.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,7 +142,7 @@ pub struct Desired {
 impl Store {
     /// Each queue's load: every queue with queued or running instances or live workers.
     pub async fn queue_loads(&self) -> Result<Vec<QueueLoad>, StoreError> {
-        let now = micros(Utc::now());
+        let t_now = now();
         let mut loads: BTreeMap<String, QueueLoad> = BTreeMap::new();
         let rows = sqlx::query(
             "SELECT queue, state, COUNT(*), MIN(queued_at) FROM flow_task_instances WHERE state IN ('queued', 'running') \
@@ -157,7 +157,7 @@ impl Store {
             let e = entry(&mut loads, &q);
             if state == "queued" {
                 e.queued = n;
-                e.oldest_queued = r.get::<Option<i64>, _>(3).map(|t| Duration::from_micros((now - t).max(0) as u64));
+                e.oldest_queued = r.get::<Option<i64>, _>(3).map(|t| Duration::from_micros((t_now - t).max(0) as u64));
             } else {
                 e.running = n;
             }
@@ -167,7 +167,7 @@ impl Store {
              JOIN flow_task_instances i ON i.dag_id = t.dag_id AND i.run_id = t.run_id AND i.task_id = t.task_id \
              WHERE t.ended_at IS NOT NULL AND t.ended_at > $1 GROUP BY i.queue",
         )
-        .bind(now - 600_000_000)
+        .bind(t_now - 600_000_000)
         .fetch_all(self.pool())
         .await?;
         for r in &rows {
@@ -192,7 +192,7 @@ impl Store {
     /// Stores each queue's signal (under the leader's fence).
     pub async fn set_desired(&self, signals: &[(QueueLoad, usize)]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let now = micros(Utc::now());
+        let at = now();
         for (l, desired) in signals {
             sqlx::query(
                 "INSERT INTO flow_autoscale (queue, desired, queued, running, workers, avg_task_ms, oldest_queued_ms, computed_at) \
@@ -207,7 +207,7 @@ impl Store {
             .bind(l.workers as i64)
             .bind(l.avg_task.map(|d| d.as_millis() as i64))
             .bind(l.oldest_queued.map(|d| d.as_millis() as i64))
-            .bind(now)
+            .bind(at)
             .execute(&mut *tx)
             .await?;
         }

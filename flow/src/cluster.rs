@@ -12,12 +12,8 @@ use sqlx::Row as _;
 
 use crate::{
     events::{self, Change},
-    store::{Fence, QUEUED_CHANNEL, Store, StoreError, TaskKey, instant, micros},
+    store::{Fence, QUEUED_CHANNEL, Store, StoreError, TaskKey, instant, now},
 };
-
-fn now() -> i64 {
-    micros(Utc::now())
-}
 
 /// The scheduler lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,35 +243,24 @@ impl Store {
 
     /// The registered schedulers, oldest first.
     pub async fn schedulers(&self) -> Result<Vec<Member>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, host, pid, started_at, beats, heartbeat_at FROM flow_schedulers ORDER BY started_at, id",
+        self.members(
+            "SELECT id, host, pid, started_at, beats, heartbeat_at, '' AS state, '' AS queues, 0 AS slots \
+                      FROM flow_schedulers ORDER BY started_at, id",
         )
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Member {
-                id: r.get(0),
-                host: r.get(1),
-                pid: r.get(2),
-                started_at: instant(r.get(3)),
-                beats: r.get(4),
-                heartbeat_at: instant(r.get(5)),
-                state: String::new(),
-                queues: Vec::new(),
-                slots: 0,
-            })
-            .collect())
+        .await
     }
 
     /// The registered workers, oldest first.
     pub async fn workers(&self) -> Result<Vec<Member>, StoreError> {
-        let rows = sqlx::query(
+        self.members(
             "SELECT id, host, pid, started_at, beats, heartbeat_at, state, queues, slots FROM flow_workers \
-             ORDER BY started_at, id",
+                      ORDER BY started_at, id",
         )
-        .fetch_all(self.pool())
-        .await?;
+        .await
+    }
+
+    async fn members(&self, sql: &str) -> Result<Vec<Member>, StoreError> {
+        let rows = sqlx::query(sql).fetch_all(self.pool()).await?;
         Ok(rows
             .iter()
             .map(|r| Member {

@@ -17,7 +17,7 @@ use weir_bus::{Bus, BusError, Record};
 
 use crate::{
     dag::Dag,
-    store::{Store, StoreError, TaskKey, Tx, instant, micros},
+    store::{Store, StoreError, TaskKey, Tx, instant, now},
 };
 
 /// The topic of the orchestrator's events (one partition: one order).
@@ -163,7 +163,7 @@ impl Store {
             state: "pushed",
             detail: Some(detail),
         };
-        record(&mut tx, micros(Utc::now()), &[change]).await?;
+        record(&mut tx, now(), &[change]).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -56,7 +56,8 @@ pub const DONE_CHANNEL: &str = "weir_flow_done";
 /// The PostgreSQL channel the scheduler notifies when it queues tasks (payload: the queue).
 pub const QUEUED_CHANNEL: &str = "weir_flow_queued";
 
-fn now() -> i64 {
+/// Now, in microseconds since the epoch.
+pub(crate) fn now() -> i64 {
     micros(Utc::now())
 }
 
