@@ -452,22 +452,7 @@ async fn a_deep_queue_asks_for_more_workers() {
 /// resolves once a worker for it has taken the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_nobody_serves_raises_an_alert_that_resolves() {
-    use axum::{Json, Router, http::StatusCode, routing::post};
-    let received = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = received.clone();
-    let app = Router::new().route(
-        "/alerts",
-        post(move |Json(body): Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push(body);
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, received) = common::receiver().await;
 
     let c = Cluster::new().await;
     let dag = c.write_dag("orphan", "tasks:\n  - {id: t, queue: gpu, script: [true]}\n");
@@ -484,7 +469,9 @@ async fn a_queue_nobody_serves_raises_an_alert_that_resolves() {
     let _default = c.worker(1, std::future::pending());
     c.store.upsert_dag(&dag).await.unwrap();
     let run_id = runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
-    let alerts = || received.lock().unwrap().clone();
+    let alerts = || -> Vec<serde_json::Value> {
+        received.lock().unwrap().iter().filter(|(to, _)| to == "alerts").map(|(_, b)| b.clone()).collect()
+    };
     c.wait_until("the alert fires", Duration::from_secs(10), || async { !alerts().is_empty() }).await;
     let firing = &alerts()[0];
     assert_eq!(firing["status"], "firing");

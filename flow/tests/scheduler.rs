@@ -580,24 +580,7 @@ async fn sensors_wait_for_a_dag_run_and_a_fresh_table_or_time_out(db: Db) {
 }
 
 async fn notify_posts_the_run_to_a_webhook(db: Db) {
-    use axum::{Json, Router, http::StatusCode, routing::post};
-    let received = Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = received.clone();
-    let app = Router::new()
-        .route(
-            "/hook",
-            post(move |Json(body): Json<serde_json::Value>| {
-                let sink = sink.clone();
-                async move {
-                    sink.lock().unwrap().push(body);
-                    StatusCode::OK
-                }
-            }),
-        )
-        .route("/broken", post(|| async { StatusCode::INTERNAL_SERVER_ERROR }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, received) = common::receiver().await;
 
     let mut s = Setup::new(db).await;
     let d = s.write_dag(
@@ -616,7 +599,7 @@ async fn notify_posts_the_run_to_a_webhook(db: Db) {
     let tries = s.store.tries(&key("told", &run_id, "fail")).await.unwrap();
     assert_eq!(tries.len(), 2);
     assert!(tries[1].reason.as_deref().unwrap().contains("500"), "{tries:?}");
-    let got = received.lock().unwrap().clone();
+    let got: Vec<serde_json::Value> = received.lock().unwrap().iter().map(|(_, b)| b.clone()).collect();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["dag_id"], "told");
     assert_eq!(got[0]["run_id"], run_id.as_str());
@@ -628,22 +611,7 @@ async fn notify_posts_the_run_to_a_webhook(db: Db) {
 /// A DAG's notifications: a retry to Slack, the missed deadline and the success to an
 /// Alertmanager-style webhook, each once.
 async fn failures_retries_successes_and_deadlines_are_notified(db: Db) {
-    use axum::{Json, Router, extract::Path as UrlPath, http::StatusCode, routing::post};
-    let received = Arc::new(std::sync::Mutex::new(Vec::<(String, serde_json::Value)>::new()));
-    let sink = received.clone();
-    let app = Router::new().route(
-        "/{who}",
-        post(move |UrlPath(who): UrlPath<String>, Json(body): Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().unwrap().push((who, body));
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, received) = common::receiver().await;
 
     let mut s = Setup::new(db).await;
     let calls = s.path("calls");
