@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ok, weir};
+use common::{free_port, ok, weir};
 
 fn dags(dir: &Path, args: &[&str]) -> std::process::Output {
     weir(dir, "local:./weir-data/bus", args, None)
@@ -24,10 +24,6 @@ fn scheduler(dir: &Path, port: u16) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `weir dags runs` until the run's state is final.

@@ -13,21 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ok, weir};
+use common::{free_port, kafka, ok, weir};
 
 const KILLS: usize = 20;
 const RUNS: usize = 5;
 const CHAIN: usize = 100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn kafka() -> String {
-    let brokers = std::env::var("WEIR_TEST_KAFKA")
-        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts the Kafka broker on loopback");
-    format!("kafka://{brokers}")
-}
 
 /// `weir` with the test Kafka as its bus.
 fn cli(dir: &Path, args: &[&str]) -> String {

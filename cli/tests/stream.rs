@@ -12,18 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ok, weir};
+use common::{free_port, kafka, ok, weir};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn kafka() -> String {
-    let brokers = std::env::var("WEIR_TEST_KAFKA")
-        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
-    format!("kafka://{brokers}")
-}
 
 fn spawn(dir: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_weir"))

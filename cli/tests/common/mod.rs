@@ -54,3 +54,15 @@ pub fn test_mysql_url() -> String {
     assert!(url.ends_with(":13306"), "the SQL client here assumes scripts/services' port: {url}");
     url
 }
+
+/// A port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The bus URL of the test Kafka broker (`WEIR_TEST_KAFKA`, started by `scripts/test`).
+pub fn kafka() -> String {
+    let brokers = std::env::var("WEIR_TEST_KAFKA")
+        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
+    format!("kafka://{brokers}")
+}
