@@ -101,11 +101,16 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// This process's id for the cluster tables: host, pid and start time, unique across restarts.
+/// An id for one scheduler or worker in the cluster tables: host, pid, start time and a count of
+/// the members this process made, so that it is unique across restarts and among several members
+/// of one process started within the same microsecond (as tests and `weir up` do).
 pub fn member_id() -> (String, String, i64) {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let host = host_name();
     let pid = i64::from(std::process::id());
-    (format!("{host}:{pid}:{}", Utc::now().timestamp_micros() % 1_000_000_000), host, pid)
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = Utc::now().timestamp_micros() % 1_000_000_000;
+    (format!("{host}:{pid}:{started}.{n}"), host, pid)
 }
 
 /// Whether member `id` ran on this machine and its process is gone: then nobody need wait for
@@ -450,5 +455,17 @@ pub(crate) struct Background(pub(crate) tokio::task::JoinHandle<()>);
 impl Drop for Background {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_made_at_once_get_different_ids() {
+        let ids: std::collections::HashSet<String> = (0..100).map(|_| member_id().0).collect();
+        assert_eq!(ids.len(), 100);
+        assert!(!gone_from_here(&member_id().0), "this process is alive");
     }
 }
