@@ -16,6 +16,7 @@ pub mod avro_arrow;
 pub mod catalog;
 pub mod config;
 pub mod current;
+pub mod files;
 pub mod query;
 pub mod storage;
 pub mod writer;

@@ -23,10 +23,10 @@ use deltalake::{
     arrow::record_batch::RecordBatch,
     kernel::{
         Transaction,
-        transaction::{CommitBuilder, CommitProperties, TransactionError},
+        transaction::{CommitProperties, TransactionError},
     },
     operations::write::SchemaMode,
-    protocol::{DeltaOperation, SaveMode},
+    protocol::SaveMode,
 };
 use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, Producer, Record, TopicPartition};
 use weir_schemas::{
@@ -38,6 +38,7 @@ use crate::{
     LakeError,
     avro_arrow::{BatchBuilder, Layout},
     current::KEY_PROPERTY,
+    files::{self, Appender},
 };
 
 /// Why the writer stopped.
@@ -173,8 +174,8 @@ pub struct TopicWriter {
     current: Option<(u32, Arc<Layout>, BatchBuilder)>,
     /// Next offset per partition, as far as rows are buffered.
     next: BTreeMap<u32, i64>,
-    /// Finished batches of the current schema, not yet committed.
-    batches: Vec<RecordBatch>,
+    /// Where the finished rows of the commit being gathered went.
+    pending: Pending,
     buffered: usize,
     buffered_bytes: usize,
     /// Records sent to the DLQ since the last commit.
@@ -241,7 +242,7 @@ impl TopicWriter {
             layouts: HashMap::new(),
             current: None,
             next,
-            batches: Vec::new(),
+            pending: Pending::Empty,
             buffered: 0,
             buffered_bytes: 0,
             dead_since_commit: 0,
@@ -267,11 +268,21 @@ impl TopicWriter {
         &self.table
     }
 
-    /// Reads until the topic has nothing more for `idle`, committing by the flush policy and
-    /// once at the end.
+    /// Reads what the topic held when called (up to its end offsets then), committing by the
+    /// flush policy and once at the end. Stops early if the topic has nothing more for `idle`
+    /// (a Kafka end offset can count control records that are never delivered).
     pub async fn drain(&mut self, idle: Duration) -> Result<DrainStats, WriterError> {
         self.stats = DrainStats::default();
-        loop {
+        let drained = self.drain_rows(idle).await;
+        self.landing(drained).await?;
+        Ok(self.stats)
+    }
+
+    async fn drain_rows(&mut self, idle: Duration) -> Result<(), WriterError> {
+        let ends = self.bus.end_offsets(&self.topic).await.map_err(|e| self.bus_err(e))?;
+        let at_end =
+            |next: &BTreeMap<u32, i64>| next.iter().all(|(&p, &o)| ends.get(p as usize).is_none_or(|&end| o >= end));
+        while !at_end(&self.next) {
             let batch = self.consumer.poll(idle).await.map_err(|e| self.bus_err(e))?;
             if batch.is_empty() {
                 break;
@@ -281,13 +292,16 @@ impl TopicWriter {
                 self.commit().await?;
             }
         }
-        self.commit().await?;
-        self.settle().await?;
-        Ok(self.stats)
+        self.commit().await
     }
 
     /// Follows the topic until `shutdown`, committing by the flush policy.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), WriterError> {
+        let followed = self.follow(shutdown).await;
+        self.landing(followed).await
+    }
+
+    async fn follow(&mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), WriterError> {
         tokio::pin!(shutdown);
         loop {
             let batch = tokio::select! {
@@ -299,8 +313,14 @@ impl TopicWriter {
                 self.commit().await?;
             }
         }
-        self.commit().await?;
-        self.settle().await
+        self.commit().await
+    }
+
+    /// Waits for the commit in flight, also when the writer stops on an error: what was read
+    /// before the record that stopped it is then in the lake.
+    async fn landing(&mut self, result: Result<(), WriterError>) -> Result<(), WriterError> {
+        let landed = self.settle().await;
+        result.and(landed)
     }
 
     fn due(&self) -> bool {
@@ -352,7 +372,7 @@ impl TopicWriter {
             };
             if self.current.as_ref().is_some_and(|(cur, ..)| *cur != id) {
                 // A new schema: what is buffered is committed under the old one first.
-                self.seal();
+                self.seal().await?;
                 let upto = self.next.clone();
                 self.next.insert(m.partition, m.offset); // this record is not in the commit
                 self.commit().await?;
@@ -366,7 +386,7 @@ impl TopicWriter {
                     self.buffered_bytes += value.len();
                     self.oldest.get_or_insert_with(Instant::now);
                     if builder.rows() >= 8192 {
-                        self.seal();
+                        self.seal().await?;
                     }
                 }
                 Ok(false) => {}
@@ -392,13 +412,34 @@ impl TopicWriter {
         crate::avro_arrow::record_field_names(&json)
     }
 
-    /// Moves the rows being built into the finished batches.
-    fn seal(&mut self) {
-        if let Some((_, layout, builder)) = self.current.as_mut()
-            && builder.rows() > 0
-        {
-            self.batches.push(builder.finish(layout.schema()));
+    /// Hands the rows being built on: to the commit's Parquet writers, or into memory when they
+    /// add columns to the table. The first rows of a commit decide which (and create the table
+    /// if there is none yet); an incompatible column type stops the writer here.
+    async fn seal(&mut self) -> Result<(), WriterError> {
+        let Some((_, layout, builder)) = self.current.as_mut() else { return Ok(()) };
+        if builder.rows() == 0 {
+            return Ok(());
         }
+        let batch = builder.finish(layout.schema());
+        if matches!(self.pending, Pending::Empty) {
+            if self.table.version().is_none() {
+                self.create(&batch.schema()).await?;
+            }
+            self.pending = if adds_columns(&self.table, &batch.schema(), &self.topic, &self.table_url)? {
+                Pending::Batches(Vec::new())
+            } else {
+                Pending::Files(Appender::new(&self.table))
+            };
+        }
+        match &mut self.pending {
+            Pending::Files(appender) => {
+                let written = appender.write(batch).await;
+                written.map_err(|e| self.delta_err(e))?;
+            }
+            Pending::Batches(batches) => batches.push(batch),
+            Pending::Empty => unreachable!("set above"),
+        }
+        Ok(())
     }
 
     async fn dead_letter(&mut self, m: &Message, reason: &str) -> Result<(), WriterError> {
@@ -476,37 +517,30 @@ impl TopicWriter {
     /// next rows (the two use different cores); the commit before it is awaited first, so
     /// commits land in offset order and at most one is in flight. [`Self::settle`] awaits it.
     async fn commit(&mut self) -> Result<(), WriterError> {
-        self.seal();
+        self.seal().await?;
         self.settle().await?;
-        let batches = std::mem::take(&mut self.batches);
         let txns: Vec<Transaction> =
             self.next.iter().map(|(&p, &o)| Transaction::new(app_id(&self.topic, p), o)).collect();
-        if batches.is_empty() {
-            // Nothing to add. Offsets past tombstones wait for the next commit with rows; past
-            // dead letters they are saved now (a commit of `txn` actions alone), so that a
-            // restart does not send them to the DLQ again.
-            if self.dead_since_commit > 0
-                && let Ok(snapshot) = self.table.snapshot()
-            {
-                let operation = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-                CommitBuilder::from(CommitProperties::default().with_application_transactions(txns))
-                    .build(Some(snapshot), self.table.log_store(), operation)
-                    .await
-                    .map_err(|e| self.delta_err(e))?;
-                self.table.update_incremental(None).await.map_err(|e| self.delta_err(e))?;
-                self.dead_since_commit = 0;
+        let rows = match std::mem::replace(&mut self.pending, Pending::Empty) {
+            Pending::Files(appender) => Rows::Files(appender),
+            Pending::Batches(batches) => Rows::Batches(batches),
+            Pending::Empty => {
+                // Nothing to add. Offsets past tombstones wait for the next commit with rows;
+                // past dead letters they are saved now (a commit of `txn` actions alone), so
+                // that a restart does not send them to the DLQ again.
+                if self.dead_since_commit > 0 && self.table.version().is_some() {
+                    self.table = files::commit(&self.table, Vec::new(), txns).await.map_err(|e| self.delta_err(e))?;
+                    self.dead_since_commit = 0;
+                }
+                self.oldest = None;
+                return Ok(());
             }
-            self.oldest = None;
-            return Ok(());
-        }
-        if self.table.version().is_none() {
-            self.create(&batches[0].schema()).await?;
-        }
+        };
         let job = CommitJob {
             topic: self.topic.clone(),
             table_url: self.table_url.clone(),
             table: self.table.clone(),
-            batches,
+            rows,
             txns,
         };
         self.in_flight = Some(tokio::spawn(job.run()));
@@ -518,14 +552,35 @@ impl TopicWriter {
     }
 }
 
+/// Where the rows of the commit being gathered go.
+enum Pending {
+    /// No rows yet.
+    Empty,
+    /// Streamed to Parquet writers as they are decoded (rows of the table's own columns).
+    Files(Appender),
+    /// Kept for deltalake's write operation, which evolves the table (rows that add columns).
+    Batches(Vec<RecordBatch>),
+}
+
+/// The rows a commit adds.
+enum Rows {
+    /// In files being written: the commit closes them and records them.
+    Files(Appender),
+    /// In memory: the commit writes them with schema evolution.
+    Batches(Vec<RecordBatch>),
+}
+
 /// One commit's work, owned so that it can run beside the decoding of the next rows.
 struct CommitJob {
     topic: String,
     table_url: String,
     table: DeltaTable,
-    batches: Vec<RecordBatch>,
+    rows: Rows,
     txns: Vec<Transaction>,
 }
+
+/// Attempts at a commit that conflicts with another writer's (a concurrent schema change).
+const COMMIT_ATTEMPTS: usize = 5;
 
 impl CommitJob {
     fn delta_err(&self, e: DeltaTableError) -> WriterError {
@@ -534,17 +589,53 @@ impl CommitJob {
 
     async fn run(mut self) -> Result<Committed, WriterError> {
         let started = Instant::now();
-        let rows: usize = self.batches.iter().map(RecordBatch::num_rows).sum();
-        let schema = self.batches[0].schema();
-        // Another writer (other partitions of the topic) may commit in between; appends do not
-        // conflict, but a concurrent schema change does: then read the table again and retry.
-        let mut attempt = 0;
-        let table = loop {
-            let evolve = self.check_compatible(&schema)?;
+        let (table, rows) = match std::mem::replace(&mut self.rows, Rows::Batches(Vec::new())) {
+            Rows::Files(appender) => {
+                let rows = appender.rows();
+                let adds = appender.finish().await.map_err(|e| self.delta_err(e))?;
+                (self.record(adds).await?, rows)
+            }
+            Rows::Batches(batches) => {
+                let rows = batches.iter().map(RecordBatch::num_rows).sum();
+                (self.evolve(batches).await?, rows)
+            }
+        };
+        metrics::counter!("weir_lake_rows_total", "topic" => self.topic.clone()).increment(rows as u64);
+        tracing::info!(topic = %self.topic, rows, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
+        Ok(Committed { table, rows })
+    }
+
+    /// Commits written files with the offsets. Another writer (other partitions of the topic)
+    /// may commit in between: appends do not conflict; a concurrent schema change does, and
+    /// then the files are recorded on the new version (they hold a subset of its columns).
+    async fn record(&mut self, adds: Vec<deltalake::kernel::Add>) -> Result<DeltaTable, WriterError> {
+        let mut attempt = 1;
+        loop {
+            match files::commit(&self.table, adds.clone(), self.txns.clone()).await {
+                Ok(table) => return Ok(table),
+                Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(conflict) })
+                    if attempt < COMMIT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                    tracing::info!(topic = %self.topic, %conflict, attempt, "commit conflict; recording the files on the new table version");
+                    self.table.update_state().await.map_err(|e| self.delta_err(e))?;
+                }
+                Err(e) => return Err(self.delta_err(e)),
+            }
+        }
+    }
+
+    /// Writes rows that add columns with deltalake's write operation, which merges the schema.
+    /// On a conflict (another writer changed the schema too) it reads the table and tries again.
+    async fn evolve(&mut self, batches: Vec<RecordBatch>) -> Result<DeltaTable, WriterError> {
+        let schema = batches[0].schema();
+        let mut attempt = 1;
+        loop {
+            let evolve = adds_columns(&self.table, &schema, &self.topic, &self.table_url)?;
             let mut write = self
                 .table
                 .clone()
-                .write(self.batches.clone())
+                .write(batches.clone())
                 .with_save_mode(SaveMode::Append)
                 .with_partition_columns(["_date"])
                 .with_writer_properties(parquet_properties())
@@ -553,9 +644,9 @@ impl CommitJob {
                 write = write.with_schema_mode(SchemaMode::Merge);
             }
             match write.await {
-                Ok(table) => break table,
+                Ok(table) => return Ok(table),
                 Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(conflict) })
-                    if attempt < 5 =>
+                    if attempt < COMMIT_ATTEMPTS =>
                 {
                     attempt += 1;
                     tracing::info!(topic = %self.topic, %conflict, attempt, "commit conflict; retrying on the new table version");
@@ -563,39 +654,39 @@ impl CommitJob {
                 }
                 Err(e) => return Err(self.delta_err(e)),
             }
-        };
-        metrics::counter!("weir_lake_rows_total", "topic" => self.topic.clone()).increment(rows as u64);
-        tracing::info!(topic = %self.topic, rows, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
-        Ok(Committed { table, rows })
-    }
-
-    /// New columns are welcome (they merge into the table: returns true); a column whose type
-    /// changed is not.
-    fn check_compatible(&self, schema: &deltalake::arrow::datatypes::SchemaRef) -> Result<bool, WriterError> {
-        use deltalake::kernel::{
-            StructType, engine::arrow_conversion::TryIntoKernel as _, schema::normalize_for_delta,
-        };
-        let new: StructType = normalize_for_delta(schema)
-            .as_ref()
-            .try_into_kernel()
-            .map_err(|e| self.delta_err(DeltaTableError::from(e)))?;
-        let table = self.table.snapshot().map_err(|e| self.delta_err(e))?.schema();
-        let mut added = false;
-        for field in new.fields() {
-            let Some(old) = table.field(field.name()) else {
-                added = true;
-                continue;
-            };
-            if old.data_type() != field.data_type() {
-                return Err(WriterError::Incompatible {
-                    topic: self.topic.clone(),
-                    table: self.table_url.clone(),
-                    column: field.name().clone(),
-                    table_type: old.data_type().to_string(),
-                    new_type: field.data_type().to_string(),
-                });
-            }
         }
-        Ok(added)
     }
+}
+
+/// Whether rows of `schema` add columns to `table` (they then evolve it); an error when a column
+/// they share has another type.
+fn adds_columns(
+    table: &DeltaTable,
+    schema: &deltalake::arrow::datatypes::SchemaRef,
+    topic: &str,
+    table_url: &str,
+) -> Result<bool, WriterError> {
+    use deltalake::kernel::{StructType, engine::arrow_conversion::TryIntoKernel as _, schema::normalize_for_delta};
+    let delta_err =
+        |e: DeltaTableError| WriterError::Delta { topic: topic.into(), table: table_url.into(), source: Box::new(e) };
+    let new: StructType =
+        normalize_for_delta(schema).as_ref().try_into_kernel().map_err(|e| delta_err(DeltaTableError::from(e)))?;
+    let existing = table.snapshot().map_err(delta_err)?.schema();
+    let mut added = false;
+    for field in new.fields() {
+        let Some(old) = existing.field(field.name()) else {
+            added = true;
+            continue;
+        };
+        if old.data_type() != field.data_type() {
+            return Err(WriterError::Incompatible {
+                topic: topic.into(),
+                table: table_url.into(),
+                column: field.name().clone(),
+                table_type: old.data_type().to_string(),
+                new_type: field.data_type().to_string(),
+            });
+        }
+    }
+    Ok(added)
 }
