@@ -1,8 +1,9 @@
 //! Runs one executable for a task: arguments and environment given, standard output and error
-//! appended to the try's log file, killed when it runs past its timeout. By default the process
-//! writes straight into the log (no pipes, no copying); with [`Script::capture_stdout`] its
-//! output is read line by line instead (stderr lines marked) and the tail of standard output is
-//! returned — branch tasks read their choice there.
+//! appended to the try's log file, killed when it runs past its timeout. By default both streams
+//! go through one pipe into the log, created when the first byte arrives (a silent success
+//! leaves no file); with [`Script::capture_stdout`] the output is read line by line instead
+//! (stderr lines marked) and the tail of standard output is returned — branch tasks read their
+//! choice there.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +14,7 @@ use std::{
 use std::io::Write as _;
 
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader},
     process::Command,
 };
 
@@ -69,7 +70,8 @@ pub struct Script {
     pub env: Vec<(String, String)>,
     /// Working directory.
     pub cwd: PathBuf,
-    /// The log file (created with its directories; appended to).
+    /// The log file (created with its directories when there is something to write; appended
+    /// to).
     pub log: PathBuf,
     /// Killed after this long.
     pub timeout: Option<Duration>,
@@ -85,12 +87,7 @@ impl Script {
     pub async fn run(&self) -> Result<String, ScriptError> {
         let program = self.command.first().cloned().unwrap_or_default();
         let log_err = |source| ScriptError::Log { path: self.log.display().to_string(), source };
-        // Local file operations this small are done in place: tokio::fs would hand each one to
-        // its blocking thread pool and back, several hops per task.
-        if let Some(dir) = self.log.parent() {
-            std::fs::create_dir_all(dir).map_err(log_err)?;
-        }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(log_err)?;
+        let mut log = Log::new(&self.log);
         let started = Instant::now();
         let mut cmd = Command::new(resolve(&program, &self.cwd));
         cmd.args(&self.command[1..])
@@ -99,22 +96,40 @@ impl Script {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if !self.capture_stdout {
-            // The process appends to the log itself.
-            cmd.stdout(Stdio::from(log.try_clone().map_err(log_err)?))
-                .stderr(Stdio::from(log.try_clone().map_err(log_err)?));
+            // One pipe for both streams, so they interleave as the process wrote them.
+            let (reader, writer) = std::io::pipe().map_err(log_err)?;
+            cmd.stdout(Stdio::from(writer.try_clone().map_err(log_err)?)).stderr(Stdio::from(writer));
             let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
-            let status = tokio::select! {
-                status = child.wait() => status,
-                _ = sleep_until(self.timeout.map(|t| tokio::time::Instant::now() + t)) => {
-                    let _ = child.kill().await;
-                    let limit = self.timeout.unwrap_or_default();
-                    (&log).write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).map_err(log_err)?;
-                    return Err(ScriptError::Timeout { program, limit });
+            drop(cmd); // its copies of the pipe's writing end: the pipe ends with the process
+            let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(log_err)?;
+            let mut buf = vec![0u8; 16 << 10];
+            let mut open = true;
+            let deadline = self.timeout.map(|t| tokio::time::Instant::now() + t);
+            let status = loop {
+                tokio::select! {
+                    read = pipe.read(&mut buf), if open => match read {
+                        Ok(n) if n > 0 => log.write(&buf[..n]).map_err(log_err)?,
+                        _ => open = false,
+                    },
+                    status = child.wait() => break status,
+                    _ = sleep_until(deadline) => {
+                        let _ = child.kill().await;
+                        let limit = self.timeout.unwrap_or_default();
+                        log.write(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).map_err(log_err)?;
+                        return Err(ScriptError::Timeout { program, limit });
+                    }
                 }
             };
-            return self.ended(&log, program, status, started).map(|()| String::new());
+            // What it wrote before exiting is in the pipe; processes it left behind holding
+            // the pipe are not waited for.
+            while open {
+                match pipe.try_read(&mut buf) {
+                    Ok(n) if n > 0 => log.write(&buf[..n]).map_err(log_err)?,
+                    _ => open = false,
+                }
+            }
+            return self.ended(&mut log, program, status, started).map(|()| String::new());
         }
-        let mut lines = tokio::fs::File::from_std(log.try_clone().map_err(log_err)?);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
         let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
@@ -126,7 +141,7 @@ impl Script {
             tokio::select! {
                 line = out.next_line(), if out_open => match line {
                     Ok(Some(l)) => {
-                        lines.write_all(format!("{l}\n").as_bytes()).await.map_err(log_err)?;
+                        log.write(format!("{l}\n").as_bytes()).map_err(log_err)?;
                         tail.push_str(&l);
                         tail.push('\n');
                         if tail.len() > STDOUT_TAIL {
@@ -138,39 +153,65 @@ impl Script {
                     _ => out_open = false,
                 },
                 line = err.next_line(), if err_open => match line {
-                    Ok(Some(l)) => lines.write_all(format!("[stderr] {l}\n").as_bytes()).await.map_err(log_err)?,
+                    Ok(Some(l)) => log.write(format!("[stderr] {l}\n").as_bytes()).map_err(log_err)?,
                     _ => err_open = false,
                 },
                 status = child.wait(), if !out_open && !err_open => break status,
                 _ = sleep_until(deadline) => {
                     let _ = child.kill().await;
                     let limit = self.timeout.unwrap_or_default();
-                    lines.write_all(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).await.map_err(log_err)?;
+                    log.write(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).map_err(log_err)?;
                     return Err(ScriptError::Timeout { program, limit });
                 }
             }
         };
-        lines.flush().await.map_err(log_err)?;
-        self.ended(&log, program, status, started).map(|()| tail)
+        self.ended(&mut log, program, status, started).map(|()| tail)
     }
 
-    /// Notes the end in the log; a non-zero status or a signal is an error.
+    /// Notes the end in the log, if the try wrote anything or failed (a silent success leaves
+    /// no log file: its end is in the metadata DB); a non-zero status or a signal is an error.
     fn ended(
         &self,
-        mut log: &std::fs::File,
+        log: &mut Log<'_>,
         program: String,
         status: std::io::Result<std::process::ExitStatus>,
         started: Instant,
     ) -> Result<(), ScriptError> {
         let log_err = |source| ScriptError::Log { path: self.log.display().to_string(), source };
         let status = status.map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
-        let line = format!("[weir] {program} ended with {status} after {:.3} s\n", started.elapsed().as_secs_f64());
-        log.write_all(line.as_bytes()).map_err(log_err)?;
+        if log.file.is_some() || !status.success() {
+            let line = format!("[weir] {program} ended with {status} after {:.3} s\n", started.elapsed().as_secs_f64());
+            log.write(line.as_bytes()).map_err(log_err)?;
+        }
         match status.code() {
             Some(0) => Ok(()),
             Some(code) => Err(ScriptError::Exit { program, code }),
             None => Err(ScriptError::Signal { program }),
         }
+    }
+}
+
+/// A try's log file, created (with its folders) when the first bytes come: creating a file for
+/// every try, silent ones included, was most of what a `true` task cost the machine.
+struct Log<'a> {
+    path: &'a Path,
+    file: Option<std::fs::File>,
+}
+
+impl<'a> Log<'a> {
+    fn new(path: &'a Path) -> Log<'a> {
+        Log { path, file: None }
+    }
+
+    /// Appends in place: tokio::fs would hand each small write to its blocking pool and back.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(std::fs::OpenOptions::new().create(true).append(true).open(self.path)?);
+        }
+        self.file.as_mut().expect("opened above").write_all(bytes)
     }
 }
 
@@ -216,6 +257,27 @@ mod tests {
         assert_eq!(direct.run().await.unwrap(), "");
         let log = std::fs::read_to_string(dir.path().join("logs/t/1.log")).unwrap();
         assert!(log.contains("direct\n") && log.contains("bad\n"), "{log}");
+        assert!(log.contains("ended with exit status: 0"), "{log}");
+
+        // A silent success leaves no file; a silent failure does, saying how it ended.
+        let quiet = |dir: &Path, command: &[&str], log: &str| Script {
+            capture_stdout: false,
+            log: dir.join(log),
+            ..script(dir, command, None)
+        };
+        quiet(dir.path(), &["true"], "quiet/ok.log").run().await.unwrap();
+        assert!(!dir.path().join("quiet").exists(), "no log folder or file for a silent success");
+        quiet(dir.path(), &["false"], "quiet/bad.log").run().await.unwrap_err();
+        let log = std::fs::read_to_string(dir.path().join("quiet/bad.log")).unwrap();
+        assert!(log.starts_with("[weir] false ended with exit status: 1"), "{log}");
+
+        // A process it leaves behind holding the output does not hold up the end.
+        let started = Instant::now();
+        quiet(dir.path(), &["sh", "-c", "sleep 5 & echo left"], "quiet/bg.log").run().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        let log = std::fs::read_to_string(dir.path().join("quiet/bg.log")).unwrap();
+        assert!(log.starts_with("left\n"), "{log}");
+
         let slow =
             Script { capture_stdout: false, ..script(dir.path(), &["sleep", "30"], Some(Duration::from_millis(300))) };
         assert!(matches!(slow.run().await.unwrap_err(), ScriptError::Timeout { .. }));

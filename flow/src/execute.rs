@@ -334,11 +334,13 @@ async fn with_timeout<T>(limit: Option<Duration>, f: impl std::future::Future<Ou
 }
 
 /// Moves a finished try's log from the local folder into the lake's `logs/`; returns its URL.
-/// A failure leaves the log where it is (logged, never fatal to the try).
+/// A failure leaves the log where it is (logged, never fatal to the try); a try that wrote
+/// nothing has no log to move.
 async fn move_log(lake: &Lake, key: &TaskKey, try_number: u32, local: &Path) -> Option<String> {
     let rel = format!("logs/{}/{}/{}.{try_number}.log", key.dag_id, key.run_id, key.task_id);
     let bytes = match std::fs::read(local) {
         Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None, // a silent try
         Err(e) => {
             tracing::warn!(log = %local.display(), error = %e, "cannot read the task log to upload it");
             return None;

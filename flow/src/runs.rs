@@ -120,12 +120,20 @@ pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(St
     Ok(cleared)
 }
 
-/// The text of a try's log: a file for a local lake, an object for a lake on S3.
+/// The text of a try's log: a file for a local lake, an object for a lake on S3. A try that has
+/// written nothing (so far) has no file; its log says so.
 pub async fn read_log(lake: &weir_lake::Lake, log: &str) -> Result<Vec<u8>, FlowError> {
     if log.starts_with("s3://") {
         let url = url::Url::parse(log).map_err(|e| FlowError::Invalid(format!("log URL {log}: {e}")))?;
         lake.get_object(&url).await.map_err(|e| FlowError::Invalid(format!("reading {log}: {e}")))
     } else {
-        tokio::fs::read(log).await.map_err(|e| FlowError::Invalid(format!("reading {log}: {e}")))
+        match tokio::fs::read(log).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NO_OUTPUT.as_bytes().to_vec()),
+            Err(e) => Err(FlowError::Invalid(format!("reading {log}: {e}"))),
+        }
     }
 }
+
+/// The log of a try that wrote nothing (its state and times are in `weir dags tasks`).
+pub const NO_OUTPUT: &str = "[weir] no output\n";

@@ -281,6 +281,14 @@ async fn every_trigger_rule(db: Db) {
     for (task, state) in want {
         assert_eq!(s.state("rules", &run_id, task).await, state, "task {task}");
     }
+    // A silent success leaves no log file and reads as "no output"; a silent failure's says how
+    // it ended.
+    let quiet = &s.store.tries(&key("rules", &run_id, "ok")).await.unwrap()[0];
+    assert!(!std::path::Path::new(&quiet.log).exists(), "{}", quiet.log);
+    assert_eq!(runs::read_log(&s.lake, &quiet.log).await.unwrap(), runs::NO_OUTPUT.as_bytes());
+    let failed = &s.store.tries(&key("rules", &run_id, "bad")).await.unwrap()[0];
+    let text = String::from_utf8(runs::read_log(&s.lake, &failed.log).await.unwrap()).unwrap();
+    assert!(text.contains("[weir] false ended with exit status: 1"), "{text}");
     s.stop().await;
 }
 
