@@ -30,7 +30,7 @@ use crate::writer::parquet_properties;
 pub const MIN_ROWS_PER_WRITER: usize = 100_000;
 
 /// Batches a writer may have queued before [`Appender::write`] waits for it.
-const QUEUED_PER_WRITER: usize = 4;
+const QUEUED_PER_WRITER: usize = 8;
 
 /// A writer's task: the `add` actions of the files it wrote.
 type Encoding = JoinHandle<Result<Vec<Add>, DeltaTableError>>;
@@ -80,7 +80,15 @@ impl Appender {
             self.writers.push((tx, tokio::spawn(encode(writer, rx))));
         }
         self.rows += batch.num_rows();
-        let i = self.turn % self.writers.len();
+        // The writer with the most room (the first from this turn's on a tie): one writer held
+        // up, by a slow upload say, does not hold up the others.
+        let n = self.writers.len();
+        let mut i = self.turn % n;
+        for j in (1..n).map(|k| (self.turn + k) % n) {
+            if self.writers[j].0.capacity() > self.writers[i].0.capacity() {
+                i = j;
+            }
+        }
         self.turn += 1;
         if self.writers[i].0.send(batch).await.is_err() {
             // The writer stopped: its task holds the reason.
@@ -224,8 +232,9 @@ mod tests {
         }
         assert_eq!(appender.rows(), 7);
         let adds = appender.finish().await.unwrap();
-        // Writers 0, 1, 2 take batches 1, 2, 3 and writer 0 batch 4: a file per writer and date.
-        assert_eq!(adds.len(), 5, "{adds:?}");
+        // Writers 0, 1, 2 take batches 1, 2, 3 and one of them batch 4: a file per writer and
+        // date, so 4 (batch 4 joining writer 1's day-20,423 file) or 5.
+        assert!((4..=5).contains(&adds.len()), "{adds:?}");
         let table = commit(&table, adds, vec![Transaction::new("weir-lake:t:0", 7)]).await.unwrap();
         assert_eq!(table.version(), Some(1));
         let log = table.log_store();
