@@ -613,14 +613,7 @@ impl CommitJob {
         loop {
             match files::commit(&self.table, adds.clone(), self.txns.clone()).await {
                 Ok(table) => return Ok(table),
-                Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(conflict) })
-                    if attempt < COMMIT_ATTEMPTS =>
-                {
-                    attempt += 1;
-                    tracing::info!(topic = %self.topic, %conflict, attempt, "commit conflict; recording the files on the new table version");
-                    self.table.update_state().await.map_err(|e| self.delta_err(e))?;
-                }
-                Err(e) => return Err(self.delta_err(e)),
+                Err(e) => self.conflicted(e, &mut attempt).await?,
             }
         }
     }
@@ -645,15 +638,23 @@ impl CommitJob {
             }
             match write.await {
                 Ok(table) => return Ok(table),
-                Err(DeltaTableError::Transaction { source: TransactionError::CommitConflict(conflict) })
-                    if attempt < COMMIT_ATTEMPTS =>
-                {
-                    attempt += 1;
-                    tracing::info!(topic = %self.topic, %conflict, attempt, "commit conflict; retrying on the new table version");
-                    self.table.update_state().await.map_err(|e| self.delta_err(e))?;
-                }
-                Err(e) => return Err(self.delta_err(e)),
+                Err(e) => self.conflicted(e, &mut attempt).await?,
             }
+        }
+    }
+
+    /// After a failed commit: `Ok` to try again (a conflict with attempts left; the table has
+    /// been read again), else the error.
+    async fn conflicted(&mut self, e: DeltaTableError, attempt: &mut usize) -> Result<(), WriterError> {
+        match e {
+            DeltaTableError::Transaction { source: TransactionError::CommitConflict(conflict) }
+                if *attempt < COMMIT_ATTEMPTS =>
+            {
+                *attempt += 1;
+                tracing::info!(topic = %self.topic, %conflict, attempt = *attempt, "commit conflict; trying again on the new table version");
+                self.table.update_state().await.map_err(|e| self.delta_err(e))
+            }
+            e => Err(self.delta_err(e)),
         }
     }
 }
