@@ -174,8 +174,8 @@ pub struct TopicWriter {
     current: Option<(u32, Arc<Layout>, BatchBuilder)>,
     /// Next offset per partition, as far as rows are buffered.
     next: BTreeMap<u32, i64>,
-    /// Where the finished rows of the commit being gathered went.
-    pending: Pending,
+    /// Where the finished rows of the commit being gathered went (`None`: no rows yet).
+    pending: Option<Rows>,
     buffered: usize,
     buffered_bytes: usize,
     /// Records sent to the DLQ since the last commit.
@@ -242,7 +242,7 @@ impl TopicWriter {
             layouts: HashMap::new(),
             current: None,
             next,
-            pending: Pending::Empty,
+            pending: None,
             buffered: 0,
             buffered_bytes: 0,
             dead_since_commit: 0,
@@ -421,23 +421,22 @@ impl TopicWriter {
             return Ok(());
         }
         let batch = builder.finish(layout.schema());
-        if matches!(self.pending, Pending::Empty) {
+        if self.pending.is_none() {
             if self.table.version().is_none() {
                 self.create(&batch.schema()).await?;
             }
-            self.pending = if adds_columns(&self.table, &batch.schema(), &self.topic, &self.table_url)? {
-                Pending::Batches(Vec::new())
+            self.pending = Some(if adds_columns(&self.table, &batch.schema(), &self.topic, &self.table_url)? {
+                Rows::Batches(Vec::new())
             } else {
-                Pending::Files(Appender::new(&self.table))
-            };
+                Rows::Files(Appender::new(&self.table))
+            });
         }
-        match &mut self.pending {
-            Pending::Files(appender) => {
+        match self.pending.as_mut().expect("set above") {
+            Rows::Files(appender) => {
                 let written = appender.write(batch).await;
                 written.map_err(|e| self.delta_err(e))?;
             }
-            Pending::Batches(batches) => batches.push(batch),
-            Pending::Empty => unreachable!("set above"),
+            Rows::Batches(batches) => batches.push(batch),
         }
         Ok(())
     }
@@ -513,18 +512,17 @@ impl TopicWriter {
     }
 
     /// Commits what is buffered, with the partitions' next offsets as `txn` actions. The Parquet
-    /// files are written and the commit made by a background task while the writer decodes the
-    /// next rows (the two use different cores); the commit before it is awaited first, so
+    /// files were written while the rows decoded; a background task closes them and makes the
+    /// commit while the writer decodes the next rows. The commit before it is awaited first, so
     /// commits land in offset order and at most one is in flight. [`Self::settle`] awaits it.
     async fn commit(&mut self) -> Result<(), WriterError> {
         self.seal().await?;
         self.settle().await?;
         let txns: Vec<Transaction> =
             self.next.iter().map(|(&p, &o)| Transaction::new(app_id(&self.topic, p), o)).collect();
-        let rows = match std::mem::replace(&mut self.pending, Pending::Empty) {
-            Pending::Files(appender) => Rows::Files(appender),
-            Pending::Batches(batches) => Rows::Batches(batches),
-            Pending::Empty => {
+        let rows = match self.pending.take() {
+            Some(rows) => rows,
+            None => {
                 // Nothing to add. Offsets past tombstones wait for the next commit with rows;
                 // past dead letters they are saved now (a commit of `txn` actions alone), so
                 // that a restart does not send them to the DLQ again.
@@ -536,14 +534,9 @@ impl TopicWriter {
                 return Ok(());
             }
         };
-        let job = CommitJob {
-            topic: self.topic.clone(),
-            table_url: self.table_url.clone(),
-            table: self.table.clone(),
-            rows,
-            txns,
-        };
-        self.in_flight = Some(tokio::spawn(job.run()));
+        let job =
+            CommitJob { topic: self.topic.clone(), table_url: self.table_url.clone(), table: self.table.clone(), txns };
+        self.in_flight = Some(tokio::spawn(job.run(rows)));
         self.dead_since_commit = 0;
         self.buffered = 0;
         self.buffered_bytes = 0;
@@ -552,21 +545,13 @@ impl TopicWriter {
     }
 }
 
-/// Where the rows of the commit being gathered go.
-enum Pending {
-    /// No rows yet.
-    Empty,
-    /// Streamed to Parquet writers as they are decoded (rows of the table's own columns).
-    Files(Appender),
-    /// Kept for deltalake's write operation, which evolves the table (rows that add columns).
-    Batches(Vec<RecordBatch>),
-}
-
 /// The rows a commit adds.
 enum Rows {
-    /// In files being written: the commit closes them and records them.
+    /// Streamed to Parquet writers as they were decoded (rows of the table's own columns): the
+    /// commit closes the files and records them.
     Files(Appender),
-    /// In memory: the commit writes them with schema evolution.
+    /// Kept in memory (rows that add columns): the commit writes them with deltalake's write
+    /// operation, which evolves the table.
     Batches(Vec<RecordBatch>),
 }
 
@@ -575,7 +560,6 @@ struct CommitJob {
     topic: String,
     table_url: String,
     table: DeltaTable,
-    rows: Rows,
     txns: Vec<Transaction>,
 }
 
@@ -587,9 +571,9 @@ impl CommitJob {
         WriterError::Delta { topic: self.topic.clone(), table: self.table_url.clone(), source: Box::new(e) }
     }
 
-    async fn run(mut self) -> Result<Committed, WriterError> {
+    async fn run(mut self, rows: Rows) -> Result<Committed, WriterError> {
         let started = Instant::now();
-        let (table, rows) = match std::mem::replace(&mut self.rows, Rows::Batches(Vec::new())) {
+        let (table, rows) = match rows {
             Rows::Files(appender) => {
                 let rows = appender.rows();
                 let adds = appender.finish().await.map_err(|e| self.delta_err(e))?;
