@@ -1,8 +1,11 @@
 //! The embedded registry's storage: two tables in the metadata database (SQLite or PostgreSQL),
 //! reached through sqlx's `Any` driver so one set of portable queries serves both.
 //!
-//! Ids are allocated as `MAX(id) + 1` inside the registering transaction; a concurrent
-//! registration that collides on the primary key is retried, so ids stay unique and dense.
+//! Ids are allocated as `MAX(id) + 1` inside the registering transaction, so ids stay unique and
+//! dense. On PostgreSQL registrations take a transaction-scoped advisory lock first, so that
+//! concurrent ones (a CDC start registering every table at once, from several processes) queue
+//! instead of colliding; on SQLite the database's write lock does that, and a registration that
+//! still collides (on the primary key, or "database is locked") is retried.
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
@@ -17,7 +20,11 @@ const REGISTER_ATTEMPTS: usize = 8;
 #[derive(Clone)]
 pub struct SqlRegistry {
     pool: AnyPool,
+    postgres: bool,
 }
+
+/// The PostgreSQL advisory lock that registrations hold (any fixed number: "weirreg\0").
+const REGISTER_LOCK: i64 = 0x7765_6972_7265_6700;
 
 impl SqlRegistry {
     /// Uses `pool`, creating the registry's tables if they are missing.
@@ -26,7 +33,8 @@ impl SqlRegistry {
         crate::metadata::migrate(sqlx::migrate!("./migrations"), &pool)
             .await
             .map_err(|e| RegistryError::Store(e.into()))?;
-        Ok(SqlRegistry { pool })
+        let postgres = pool.connect_options().database_url.scheme().starts_with("postgres");
+        Ok(SqlRegistry { pool, postgres })
     }
 
     async fn subject_exists(&self, subject: &str) -> Result<bool, RegistryError> {
@@ -39,6 +47,9 @@ impl SqlRegistry {
 
     async fn try_register(&self, subject: &str, canonical: &str, fingerprint: &str) -> Result<u32, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(REGISTER_LOCK).execute(&mut *tx).await?;
+        }
         let existing = sqlx::query(
             "SELECT v.schema_id FROM registry_versions v JOIN registry_schemas s ON s.id = v.schema_id \
              WHERE v.subject = $1 AND s.fingerprint = $2",
