@@ -1,14 +1,16 @@
-//! A commit's Parquet files, written while its rows are still being decoded: each finished
-//! batch goes at once to one of several Parquet writers (one more per
-//! [`MIN_ROWS_PER_WRITER`] rows, up to the machine's cores), cut into runs of one `_date`
-//! (zero-copy slices, no per-partition copy). At the commit the writers close their files and
-//! hand back the files' `add` actions, with statistics, which [`commit`] records in one Delta
-//! commit together with the writer's `txn` offsets.
+//! A commit's Parquet files, written while its records are still being read: each chunk of
+//! records goes at once to one of several writer tasks (up to the machine's cores), which decodes
+//! it ([`Chunk::decode`]) and encodes the rows, cut into runs of one `_date` (zero-copy slices, no
+//! per-partition copy). At the commit the writers close their files and hand back the files'
+//! `add` actions, with statistics, and the records they could not decode; [`commit`] records the
+//! files in one Delta commit together with the writer's `txn` offsets.
 //!
-//! Encoding after decoding, one commit at a time on one writer, was the lake writer's bound: a
-//! core decoded while the other encoded the previous commit, and each waited for the other.
-//! Streaming the batches to several writers keeps both cores busy. Files of a commit that never
-//! lands (a crash) are referenced by no version; `weir lake vacuum` removes them.
+//! Decoding on the reading task and encoding after it was the lake writer's bound: one core
+//! decoded while the other waited for rows. Decoding and encoding a chunk in the same task keeps
+//! both cores busy and the rows in the cache of the core that encodes them. A second writer starts
+//! only when the first falls behind (a chunk waits in every writer's queue), so a quiet topic's
+//! commit stays one file per date. Files of a commit that never lands (a crash) are referenced
+//! by no version; `weir lake vacuum` removes them.
 
 use deltalake::{
     DeltaTable, DeltaTableError, DeltaTablePartition,
@@ -22,64 +24,79 @@ use deltalake::{
 };
 use indexmap::IndexMap;
 use tokio::{sync::mpsc, task::JoinHandle};
+use weir_bus::Message;
 
-use crate::writer::parquet_properties;
+use crate::{
+    chunk::{Chunk, Decoded},
+    writer::parquet_properties,
+};
 
-/// A commit gets one more Parquet writer (and file per date) for every this many rows, so that
-/// small commits stay one file per date and files stay big enough to read well.
-pub const MIN_ROWS_PER_WRITER: usize = 100_000;
-
-/// Batches a writer may have queued before [`Appender::write`] waits for it.
+/// Chunks a writer may have queued before [`Appender::write`] waits for it.
 const QUEUED_PER_WRITER: usize = 8;
 
-/// A writer's task: the `add` actions of the files it wrote.
-type Encoding = JoinHandle<Result<Vec<Add>, DeltaTableError>>;
-
-/// The Parquet writers of one commit.
-pub struct Appender {
-    table: DeltaTable,
-    max_writers: usize,
-    rows_per_writer: usize,
-    /// Each writer's queue and task.
-    writers: Vec<(mpsc::Sender<RecordBatch>, Encoding)>,
-    turn: usize,
-    rows: usize,
+/// What a writer task turns into rows before encoding them.
+pub trait IntoBatch: Send + 'static {
+    /// The rows, and the records that could not be made rows (with the reason).
+    fn into_batch(self) -> Decoded;
 }
 
-impl Appender {
+impl IntoBatch for Chunk {
+    fn into_batch(self) -> Decoded {
+        self.decode()
+    }
+}
+
+impl IntoBatch for RecordBatch {
+    fn into_batch(self) -> Decoded {
+        Decoded { batch: self, dead: Vec::new() }
+    }
+}
+
+/// What a commit's writers wrote.
+#[derive(Default)]
+pub struct Written {
+    /// The files, as `add` actions.
+    pub adds: Vec<Add>,
+    /// Rows in them.
+    pub rows: usize,
+    /// Records that could not be decoded, with the reason.
+    pub dead: Vec<(Message, String)>,
+}
+
+/// A writer's task.
+type Encoding = JoinHandle<Result<Written, DeltaTableError>>;
+
+/// The Parquet writers of one commit.
+pub struct Appender<T> {
+    table: DeltaTable,
+    max_writers: usize,
+    /// Each writer's queue and task.
+    writers: Vec<(mpsc::Sender<T>, Encoding)>,
+    turn: usize,
+}
+
+impl<T: IntoBatch> Appender<T> {
     /// Writers for files of `table` (its schema, partitioning and statistics settings): as many
     /// as the machine has cores at most.
-    pub fn new(table: &DeltaTable) -> Appender {
+    pub fn new(table: &DeltaTable) -> Appender<T> {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Appender::with_spread(table, cores, MIN_ROWS_PER_WRITER)
+        Appender::with_writers(table, cores)
     }
 
-    /// Up to `max_writers` writers, one per `rows_per_writer` rows.
-    pub fn with_spread(table: &DeltaTable, max_writers: usize, rows_per_writer: usize) -> Appender {
-        Appender {
-            table: table.clone(),
-            max_writers: max_writers.max(1),
-            rows_per_writer: rows_per_writer.max(1),
-            writers: Vec::new(),
-            turn: 0,
-            rows: 0,
-        }
+    /// Up to `max_writers` writers.
+    pub fn with_writers(table: &DeltaTable, max_writers: usize) -> Appender<T> {
+        Appender { table: table.clone(), max_writers: max_writers.max(1), writers: Vec::new(), turn: 0 }
     }
 
-    /// Rows handed over so far.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Hands `batch` (rows of the change-log schema, `_date` included) to a writer, waiting
-    /// while every writer has a full queue.
-    pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
-        if self.writers.len() < self.max_writers && self.rows >= self.writers.len() * self.rows_per_writer {
+    /// Hands `work` (rows of the change-log schema, `_date` included, or records that decode to
+    /// them) to a writer, waiting while every writer has a full queue.
+    pub async fn write(&mut self, work: T) -> Result<(), DeltaTableError> {
+        let behind = self.writers.iter().all(|(tx, _)| tx.capacity() < QUEUED_PER_WRITER);
+        if self.writers.len() < self.max_writers && behind {
             let writer = RecordBatchWriter::for_table(&self.table)?.with_writer_properties(parquet_properties());
             let (tx, rx) = mpsc::channel(QUEUED_PER_WRITER);
             self.writers.push((tx, tokio::spawn(encode(writer, rx))));
         }
-        self.rows += batch.num_rows();
         // The writer with the most room (the first from this turn's on a tie): one writer held
         // up, by a slow upload say, does not hold up the others.
         let n = self.writers.len();
@@ -90,7 +107,7 @@ impl Appender {
             }
         }
         self.turn += 1;
-        if self.writers[i].0.send(batch).await.is_err() {
+        if self.writers[i].0.send(work).await.is_err() {
             // The writer stopped: its task holds the reason.
             let (_, task) = self.writers.swap_remove(i);
             return Err(joined(task.await).err().unwrap_or_else(|| {
@@ -100,27 +117,36 @@ impl Appender {
         Ok(())
     }
 
-    /// Closes every writer's files and returns their `add` actions.
-    pub async fn finish(self) -> Result<Vec<Add>, DeltaTableError> {
-        let mut adds = Vec::new();
+    /// Closes every writer's files and returns what they wrote.
+    pub async fn finish(self) -> Result<Written, DeltaTableError> {
+        let mut all = Written::default();
         let mut failed = None;
         for (tx, task) in self.writers {
             drop(tx);
             match joined(task.await) {
-                Ok(a) => adds.extend(a),
+                Ok(w) => {
+                    all.adds.extend(w.adds);
+                    all.rows += w.rows;
+                    all.dead.extend(w.dead);
+                }
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
-        failed.map_or(Ok(adds), Err)
+        failed.map_or(Ok(all), Err)
     }
 }
 
-/// One writer's task: encodes what it is handed, closes its files when the sender goes.
-async fn encode(
+/// One writer's task: decodes and encodes what it is handed, closes its files when the sender
+/// goes.
+async fn encode<T: IntoBatch>(
     mut writer: RecordBatchWriter,
-    mut batches: mpsc::Receiver<RecordBatch>,
-) -> Result<Vec<Add>, DeltaTableError> {
-    while let Some(batch) = batches.recv().await {
+    mut work: mpsc::Receiver<T>,
+) -> Result<Written, DeltaTableError> {
+    let mut written = Written::default();
+    while let Some(work) = work.recv().await {
+        let Decoded { batch, dead } = work.into_batch();
+        written.rows += batch.num_rows();
+        written.dead.extend(dead);
         for (day, rows) in date_runs(&batch) {
             // Partition values are strings in the Delta log; a date's is its ISO form.
             let partition = DeltaTablePartition::try_from(format!("_date={}", iso_date(day)).as_str())?;
@@ -128,12 +154,11 @@ async fn encode(
             writer.write_partition(rows, &values, WriteMode::Default).await?;
         }
     }
-    writer.flush().await
+    written.adds = writer.flush().await?;
+    Ok(written)
 }
 
-fn joined(
-    done: Result<Result<Vec<Add>, DeltaTableError>, tokio::task::JoinError>,
-) -> Result<Vec<Add>, DeltaTableError> {
+fn joined(done: Result<Result<Written, DeltaTableError>, tokio::task::JoinError>) -> Result<Written, DeltaTableError> {
     match done {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -225,17 +250,18 @@ mod tests {
             .with_partition_columns(["_date"])
             .await
             .unwrap();
-        // Day 20,422 then 20,423, four batches, a writer per two rows (at most three).
-        let mut appender = Appender::with_spread(&table, 3, 2);
+        // Day 20,422 then 20,423, four batches, at most three writers. On this test's
+        // single-threaded runtime no writer runs before the batches are handed over, so each
+        // finds every writer behind: writers 0, 1, 2 take batches 1, 2, 3, and writer 0 batch 4.
+        let mut appender = Appender::with_writers(&table, 3);
         for days in [&[20_422, 20_422, 20_422][..], &[20_422, 20_423], &[20_423], &[20_423]] {
             appender.write(batch(days)).await.unwrap();
         }
-        assert_eq!(appender.rows(), 7);
-        let adds = appender.finish().await.unwrap();
-        // Writers 0, 1, 2 take batches 1, 2, 3 and one of them batch 4: a file per writer and
-        // date, so 4 (batch 4 joining writer 1's day-20,423 file) or 5.
-        assert!((4..=5).contains(&adds.len()), "{adds:?}");
-        let table = commit(&table, adds, vec![Transaction::new("weir-lake:t:0", 7)]).await.unwrap();
+        let written = appender.finish().await.unwrap();
+        assert_eq!((written.rows, written.dead.len()), (7, 0));
+        // A file per writer and date: 2 + 2 + 1.
+        assert_eq!(written.adds.len(), 5, "{:?}", written.adds);
+        let table = commit(&table, written.adds, vec![Transaction::new("weir-lake:t:0", 7)]).await.unwrap();
         assert_eq!(table.version(), Some(1));
         let log = table.log_store();
         let offset = table.snapshot().unwrap().transaction_version(log.as_ref(), "weir-lake:t:0").await.unwrap();

@@ -8,14 +8,19 @@
 //! - [`storage`]: `s3://` through object_store, with conditional PUT for atomic commits.
 //! - [`catalog`]: the lake's named tables; listing, history, compaction, vacuum.
 //! - [`avro_arrow`]: envelopes (Avro, registry schemas) straight into Arrow columns.
-//! - [`writer`]: one topic → one Delta table, exactly once, with a dead-letter topic.
+//! - [`writer`]: one topic → one Delta table, exactly once.
+//! - [`chunk`]: records of one schema, decoded together by whichever Parquet writer takes them.
+//! - [`files`]: a commit's Parquet files, decoded and encoded on every core.
+//! - [`dlq`]: the dead-letter topic of records that cannot be decoded.
 //! - [`current`]: latest row per primary key, rebuilt from a change log.
 //! - [`query`]: DataFusion over the lake, with time travel.
 
 pub mod avro_arrow;
 pub mod catalog;
+pub mod chunk;
 pub mod config;
 pub mod current;
+pub mod dlq;
 pub mod files;
 pub mod query;
 pub mod storage;

@@ -10,7 +10,10 @@
 //!
 //! Records that cannot be decoded (not the Confluent wire format, unknown schema id, a body that
 //! does not follow its schema) go to `<topic>.dlq` with the reason and origin in headers; the
-//! writer continues. Tombstones carry no row and are skipped.
+//! writer continues. A bad header or schema id is found as the record is read and sent at once;
+//! a bad body is found where the record is decoded (by the commit's Parquet writers, see
+//! [`crate::files`]) and sent before the commit that moves past it. Tombstones carry no row
+//! and are skipped.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -28,7 +31,7 @@ use deltalake::{
     operations::write::SchemaMode,
     protocol::SaveMode,
 };
-use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, Producer, Record, TopicPartition};
+use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, TopicPartition};
 use weir_schemas::{
     registry::{RegistryError, SchemaRegistry},
     wire,
@@ -36,10 +39,15 @@ use weir_schemas::{
 
 use crate::{
     LakeError,
-    avro_arrow::{BatchBuilder, Layout},
+    avro_arrow::Layout,
+    chunk::Chunk,
     current::KEY_PROPERTY,
+    dlq::Dlq,
     files::{self, Appender},
 };
+
+/// Records per chunk: what one Parquet writer decodes and encodes at a time.
+const CHUNK_RECORDS: usize = 8192;
 
 /// Why the writer stopped.
 #[derive(Debug, thiserror::Error)]
@@ -167,15 +175,17 @@ pub struct TopicWriter {
     table_url: String,
     table: DeltaTable,
     consumer: Box<dyn Consumer>,
-    dlq: Box<dyn Producer>,
+    dlq: Dlq,
     bus: Arc<dyn Bus>,
     registry: Arc<dyn SchemaRegistry>,
     layouts: HashMap<u32, Arc<Layout>>,
-    current: Option<(u32, Arc<Layout>, BatchBuilder)>,
+    /// The records read since the last chunk was handed on (all of one schema).
+    current: Option<Chunk>,
     /// Next offset per partition, as far as rows are buffered.
     next: BTreeMap<u32, i64>,
-    /// Where the finished rows of the commit being gathered went (`None`: no rows yet).
+    /// Where the chunks of the commit being gathered went (`None`: none yet).
     pending: Option<Rows>,
+    /// Records (with a value) read since the last commit.
     buffered: usize,
     buffered_bytes: usize,
     /// Records sent to the DLQ since the last commit.
@@ -191,10 +201,12 @@ pub struct TopicWriter {
     in_flight: Option<tokio::task::JoinHandle<Result<Committed, WriterError>>>,
 }
 
-/// What a background commit hands back: the table at its new version and the rows it added.
+/// What a background commit hands back: the table at its new version, the rows it added and the
+/// records it sent to the DLQ.
 struct Committed {
     table: DeltaTable,
     rows: usize,
+    dead: usize,
 }
 
 impl TopicWriter {
@@ -229,7 +241,7 @@ impl TopicWriter {
         for tp in &tps {
             consumer.seek(tp, next[&tp.partition]).await.map_err(bus_err)?;
         }
-        let dlq = bus.producer().await.map_err(bus_err)?;
+        let dlq = Dlq::new(bus.clone(), topic).await.map_err(bus_err)?;
         tracing::info!(topic, table = %table_url, ?next, "lake writer positioned from the table's txn actions");
         Ok(TopicWriter {
             topic: topic.into(),
@@ -356,47 +368,45 @@ impl TopicWriter {
         for m in messages {
             self.next.insert(m.partition, m.offset + 1);
             let Some(value) = &m.value else { continue }; // tombstone
-            let (id, body) = match wire::unframe(value) {
-                Ok(x) => x,
+            let size = value.len();
+            let id = match wire::unframe(value) {
+                Ok((id, _)) => id,
                 Err(e) => {
-                    self.dead_letter(&m, &format!("not the Confluent wire format: {e}")).await?;
+                    self.dead_letter(m, format!("not the Confluent wire format: {e}")).await?;
                     continue;
                 }
             };
-            let layout = match self.layout(id).await? {
-                Ok(l) => l,
-                Err(reason) => {
-                    self.dead_letter(&m, &reason).await?;
-                    continue;
-                }
-            };
-            if self.current.as_ref().is_some_and(|(cur, ..)| *cur != id) {
-                // A new schema: what is buffered is committed under the old one first.
-                self.seal().await?;
-                let upto = self.next.clone();
-                self.next.insert(m.partition, m.offset); // this record is not in the commit
-                self.commit().await?;
-                self.next = upto;
-                self.current = None;
-            }
-            let (_, layout, builder) = self.current.get_or_insert_with(|| (id, layout.clone(), layout.batch(8192)));
-            match layout.append(body, &self.topic, m.partition as i32, m.offset, builder) {
-                Ok(true) => {
-                    self.buffered += 1;
-                    self.buffered_bytes += value.len();
-                    self.oldest.get_or_insert_with(Instant::now);
-                    if builder.rows() >= 8192 {
-                        self.seal().await?;
+            if self.current.as_ref().is_none_or(|c| c.schema_id() != id) {
+                let layout = match self.layout(id).await? {
+                    Ok(l) => l,
+                    Err(reason) => {
+                        self.dead_letter(m, reason).await?;
+                        continue;
                     }
+                };
+                if self.current.is_some() {
+                    // A new schema: what is buffered is committed under the old one first.
+                    self.seal().await?;
+                    let upto = self.next.clone();
+                    self.next.insert(m.partition, m.offset); // this record is not in the commit
+                    self.commit().await?;
+                    self.next = upto;
                 }
-                Ok(false) => {}
-                Err(e) => self.dead_letter(&m, &format!("schema id {id}: {e}")).await?,
+                self.current = Some(Chunk::new(id, layout, self.topic.as_str().into(), CHUNK_RECORDS));
             }
             if !self.key_known
                 && let Some(key) = &m.key
             {
                 self.key = self.key_columns(key).await;
                 self.key_known = true;
+            }
+            self.buffered += 1;
+            self.buffered_bytes += size;
+            self.oldest.get_or_insert_with(Instant::now);
+            let chunk = self.current.as_mut().expect("made for this record's schema above");
+            chunk.push(m);
+            if chunk.len() >= CHUNK_RECORDS {
+                self.seal().await?;
             }
             if self.buffered >= self.policy.rows || self.buffered_bytes >= self.policy.bytes {
                 self.commit().await?;
@@ -412,49 +422,39 @@ impl TopicWriter {
         crate::avro_arrow::record_field_names(&json)
     }
 
-    /// Hands the rows being built on: to the commit's Parquet writers, or into memory when they
-    /// add columns to the table. The first rows of a commit decide which (and create the table
-    /// if there is none yet); an incompatible column type stops the writer here.
+    /// Hands the records read on as a chunk: to the commit's Parquet writers, or decoded into
+    /// memory when they add columns to the table. The first chunk of a commit decides which (and
+    /// creates the table if there is none yet); an incompatible column type stops the writer here.
     async fn seal(&mut self) -> Result<(), WriterError> {
-        let Some((_, layout, builder)) = self.current.as_mut() else { return Ok(()) };
-        if builder.rows() == 0 {
-            return Ok(());
-        }
-        let batch = builder.finish(layout.schema());
+        let Some(chunk) = self.current.as_mut().filter(|c| !c.is_empty()).map(Chunk::take) else { return Ok(()) };
         if self.pending.is_none() {
+            let schema = chunk.layout().schema();
             if self.table.version().is_none() {
-                self.create(&batch.schema()).await?;
+                self.create(&schema).await?;
             }
-            self.pending = Some(if adds_columns(&self.table, &batch.schema(), &self.topic, &self.table_url)? {
-                Rows::Batches(Vec::new())
+            self.pending = Some(if adds_columns(&self.table, &schema, &self.topic, &self.table_url)? {
+                Rows::Batches(Vec::new(), Vec::new())
             } else {
                 Rows::Files(Appender::new(&self.table))
             });
         }
         match self.pending.as_mut().expect("set above") {
             Rows::Files(appender) => {
-                let written = appender.write(batch).await;
+                let written = appender.write(chunk).await;
                 written.map_err(|e| self.delta_err(e))?;
             }
-            Rows::Batches(batches) => batches.push(batch),
+            Rows::Batches(batches, dead) => {
+                let decoded = chunk.decode();
+                batches.push(decoded.batch);
+                dead.extend(decoded.dead);
+            }
         }
         Ok(())
     }
 
-    async fn dead_letter(&mut self, m: &Message, reason: &str) -> Result<(), WriterError> {
-        let dlq = format!("{}.dlq", self.topic);
-        match self.bus.create_topic(&dlq, 1).await {
-            Ok(()) | Err(BusError::TopicExists(_)) => {}
-            Err(e) => return Err(self.bus_err(e)),
-        }
-        let record = Record { key: m.key.clone(), value: m.value.clone(), ..Record::default() }
-            .with_header("weir.dlq.reason", reason.to_string())
-            .with_header("weir.dlq.topic", self.topic.clone())
-            .with_header("weir.dlq.partition", m.partition.to_string())
-            .with_header("weir.dlq.offset", m.offset.to_string());
-        self.dlq.send(&dlq, vec![record]).await.map_err(|e| self.bus_err(e))?;
-        tracing::warn!(topic = %self.topic, partition = m.partition, offset = m.offset, reason, "record sent to the DLQ");
-        metrics::counter!("weir_lake_dead_letters_total", "topic" => self.topic.clone()).increment(1);
+    /// Sends a record that cannot be decoded to the DLQ at once.
+    async fn dead_letter(&mut self, m: Message, reason: String) -> Result<(), WriterError> {
+        self.dlq.send(&[(m, reason)]).await.map_err(|e| self.bus_err(e))?;
         self.stats.dead_letters += 1;
         self.dead_since_commit += 1;
         Ok(())
@@ -507,13 +507,14 @@ impl TopicWriter {
         };
         self.table = committed.table;
         self.stats.rows += committed.rows as u64;
+        self.stats.dead_letters += committed.dead as u64;
         self.stats.commits += 1;
         Ok(())
     }
 
     /// Commits what is buffered, with the partitions' next offsets as `txn` actions. The Parquet
-    /// files were written while the rows decoded; a background task closes them and makes the
-    /// commit while the writer decodes the next rows. The commit before it is awaited first, so
+    /// files were written while the records were read; a background task closes them, sends the
+    /// records they could not decode to the DLQ and makes the commit while the writer reads on. The commit before it is awaited first, so
     /// commits land in offset order and at most one is in flight. [`Self::settle`] awaits it.
     async fn commit(&mut self) -> Result<(), WriterError> {
         self.seal().await?;
@@ -534,8 +535,13 @@ impl TopicWriter {
                 return Ok(());
             }
         };
-        let job =
-            CommitJob { topic: self.topic.clone(), table_url: self.table_url.clone(), table: self.table.clone(), txns };
+        let job = CommitJob {
+            topic: self.topic.clone(),
+            table_url: self.table_url.clone(),
+            table: self.table.clone(),
+            txns,
+            dlq: self.dlq.clone(),
+        };
         self.in_flight = Some(tokio::spawn(job.run(rows)));
         self.dead_since_commit = 0;
         self.buffered = 0;
@@ -547,12 +553,12 @@ impl TopicWriter {
 
 /// The rows a commit adds.
 enum Rows {
-    /// Streamed to Parquet writers as they were decoded (rows of the table's own columns): the
-    /// commit closes the files and records them.
-    Files(Appender),
-    /// Kept in memory (rows that add columns): the commit writes them with deltalake's write
-    /// operation, which evolves the table.
-    Batches(Vec<RecordBatch>),
+    /// Chunks streamed to Parquet writers, which decode and encode them (rows of the table's own
+    /// columns): the commit closes the files and records them.
+    Files(Appender<Chunk>),
+    /// Decoded into memory (rows that add columns), with the records that failed: the commit
+    /// writes them with deltalake's write operation, which evolves the table.
+    Batches(Vec<RecordBatch>, Vec<(Message, String)>),
 }
 
 /// One commit's work, owned so that it can run beside the decoding of the next rows.
@@ -561,6 +567,7 @@ struct CommitJob {
     table_url: String,
     table: DeltaTable,
     txns: Vec<Transaction>,
+    dlq: Dlq,
 }
 
 /// Attempts at a commit that conflicts with another writer's (a concurrent schema change).
@@ -571,22 +578,32 @@ impl CommitJob {
         WriterError::Delta { topic: self.topic.clone(), table: self.table_url.clone(), source: Box::new(e) }
     }
 
+    /// Sends the records that failed to decode to the DLQ, then commits the rows with the
+    /// offsets past them.
     async fn run(mut self, rows: Rows) -> Result<Committed, WriterError> {
         let started = Instant::now();
-        let (table, rows) = match rows {
+        let (table, rows, dead) = match rows {
             Rows::Files(appender) => {
-                let rows = appender.rows();
-                let adds = appender.finish().await.map_err(|e| self.delta_err(e))?;
-                (self.record(adds).await?, rows)
+                let written = appender.finish().await.map_err(|e| self.delta_err(e))?;
+                self.dead_letters(&written.dead).await?;
+                (self.record(written.adds).await?, written.rows, written.dead.len())
             }
-            Rows::Batches(batches) => {
+            Rows::Batches(mut batches, dead) => {
+                self.dead_letters(&dead).await?;
+                batches.retain(|b| b.num_rows() > 0);
                 let rows = batches.iter().map(RecordBatch::num_rows).sum();
-                (self.evolve(batches).await?, rows)
+                let table =
+                    if batches.is_empty() { self.record(Vec::new()).await? } else { self.evolve(batches).await? };
+                (table, rows, dead.len())
             }
         };
         metrics::counter!("weir_lake_rows_total", "topic" => self.topic.clone()).increment(rows as u64);
-        tracing::info!(topic = %self.topic, rows, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
-        Ok(Committed { table, rows })
+        tracing::info!(topic = %self.topic, rows, dead, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
+        Ok(Committed { table, rows, dead })
+    }
+
+    async fn dead_letters(&self, dead: &[(Message, String)]) -> Result<(), WriterError> {
+        self.dlq.send(dead).await.map_err(|e| WriterError::Bus { topic: self.topic.clone(), source: Box::new(e) })
     }
 
     /// Commits written files with the offsets. Another writer (other partitions of the topic)

@@ -98,10 +98,15 @@ async fn undecodable_records_go_to_the_dlq_with_the_reason() {
     let producer = s.bus.producer().await.unwrap();
     producer.send(TOPIC, vec![Record::keyed("k", "not avro at all")]).await.unwrap();
     producer.send(TOPIC, vec![Record::keyed("k", vec![0u8, 0, 0, 0, 99, 1, 2])]).await.unwrap(); // unknown schema id
+    // A registered schema id with its body cut short: found where the record is decoded.
+    let mut peek = s.bus.consumer(ConsumerConfig::new("peek")).await.unwrap();
+    peek.subscribe(&[TOPIC]).await.unwrap();
+    let first = peek.poll(Duration::from_secs(1)).await.unwrap().remove(0);
+    producer.send(TOPIC, vec![Record::keyed("k", first.value.unwrap().slice(..8))]).await.unwrap();
     produce(&s, 10, 10, false).await;
     let mut w = writer(&s, 1000).await;
     let stats = w.drain(Duration::from_millis(200)).await.unwrap();
-    assert_eq!((stats.rows, stats.dead_letters), (20, 2));
+    assert_eq!((stats.rows, stats.dead_letters), (20, 3));
     let mut c = s.bus.consumer(ConsumerConfig::new("dlq")).await.unwrap();
     c.subscribe(&["shop.inv.orders.dlq"]).await.unwrap();
     let dead = c.poll(Duration::from_secs(1)).await.unwrap();
@@ -114,6 +119,7 @@ async fn undecodable_records_go_to_the_dlq_with_the_reason() {
         .collect();
     assert!(reasons[0].contains("wire format"), "{reasons:?}");
     assert!(reasons[1].contains("schema id 99"), "{reasons:?}");
+    assert!(reasons[2].contains(": at byte 3: varint cut short"), "{reasons:?}");
     assert_eq!(python_summary(&s)[0], 20);
 
     // A bad record last on the topic: its offset is committed alone, so a restart skips it.

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use self::{
     groups::Groups,
     partition::{Cursor, PartitionLog},
+    record::StoredRecord,
 };
 use crate::{
     Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicInfo,
@@ -38,6 +39,9 @@ use crate::{
 
 /// Most partitions one topic may have.
 const MAX_PARTITIONS: u32 = 10_000;
+
+/// Room a poll reserves for its records at once (more grow as needed).
+const READ_AHEAD_RECORDS: usize = 10_000;
 
 /// The embedded log. Clones share the same state.
 #[derive(Clone)]
@@ -223,6 +227,7 @@ impl Bus for LocalBus {
             generation: 0,
             cursors: BTreeMap::new(),
             next: 0,
+            stored: Vec::new(),
         }))
     }
 }
@@ -284,6 +289,8 @@ struct LocalConsumer {
     cursors: BTreeMap<TopicPartition, (Arc<Topic>, Cursor)>,
     /// Which assigned partition the next poll reads first, so none starves.
     next: usize,
+    /// Records read from a partition, kept between polls so that its memory is reused.
+    stored: Vec<StoredRecord>,
 }
 
 impl LocalConsumer {
@@ -336,13 +343,14 @@ impl LocalConsumer {
 
     fn read_available(&mut self) -> Result<Vec<Message>> {
         let max = self.config.max_poll_records;
-        let mut out = Vec::new();
         let count = self.cursors.len();
         if count == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        // A poll usually returns `max` records: one allocation instead of doubling to it.
+        let mut out = Vec::with_capacity(max.min(READ_AHEAD_RECORDS));
         let start = self.next % count;
-        let mut stored = Vec::new();
+        let stored = &mut self.stored;
         let mut order: Vec<_> = self.cursors.iter_mut().collect();
         order.rotate_left(start);
         for (tp, (topic, cursor)) in order {
@@ -350,7 +358,7 @@ impl LocalConsumer {
                 break;
             }
             stored.clear();
-            topic.partitions[tp.partition as usize].read(cursor, max - out.len(), &mut stored)?;
+            topic.partitions[tp.partition as usize].read(cursor, max - out.len(), stored)?;
             out.extend(stored.drain(..).map(|r| Message {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
