@@ -1,16 +1,19 @@
-//! A commit's Parquet files, written while its records are still being read: each chunk of
-//! records goes at once to one of several writer tasks (up to the machine's cores), which decodes
-//! it ([`Chunk::decode`]) and encodes the rows, cut into runs of one `_date` (zero-copy slices, no
-//! per-partition copy). At the commit the writers close their files and hand back the files'
-//! `add` actions, with statistics, and the records they could not decode; [`commit`] records the
-//! files in one Delta commit together with the writer's `txn` offsets.
+//! A commit's Parquet files, written while its records are still being read: the commit's
+//! writer task takes each chunk of records as it is read, decodes it ([`Chunk::decode`]) and
+//! encodes the rows, cut into runs of one `_date` (zero-copy slices, no per-partition copy). At
+//! the commit it closes its files (one per date) and hands back their `add` actions, with
+//! statistics, and the records it could not decode; [`commit`] records the files in one Delta
+//! commit together with the writer's `txn` offsets.
 //!
-//! Decoding on the reading task and encoding after it was the lake writer's bound: one core
-//! decoded while the other waited for rows. Decoding and encoding a chunk in the same task keeps
-//! both cores busy and the rows in the cache of the core that encodes them. A second writer starts
-//! only when the first falls behind (a chunk waits in every writer's queue), so a quiet topic's
-//! commit stays one file per date. Files of a commit that never lands (a crash) are referenced
-//! by no version; `weir lake vacuum` removes them.
+//! Commits overlap: while one commit's writer works through its records, the next commit's
+//! writer already takes the records read since, so two cores decode and encode and each commit
+//! still gets one file per date, as big as the commit. (Splitting one commit across several
+//! writers also kept both cores busy, but every extra file costs a dictionary filled per column
+//! and a footer: measured slower.) The queue is unbounded; the flush policy bounds what a commit
+//! holds, and the writer waits for the previous commit before it starts another. The last
+//! commit of a drain has no next one to overlap with: there [`Appender::finish`] lets helper
+//! writers take chunks still queued (a file more per helper). Files of a commit that never lands
+//! (a crash) are referenced by no version; `weir lake vacuum` removes them.
 
 use deltalake::{
     DeltaTable, DeltaTableError, DeltaTablePartition,
@@ -23,16 +26,18 @@ use deltalake::{
     writer::{DeltaWriter as _, RecordBatchWriter, WriteMode},
 };
 use indexmap::IndexMap;
-use tokio::{sync::mpsc, task::JoinHandle};
+use std::sync::Arc;
+
+use tokio::{
+    sync::{Mutex, mpsc},
+    task::JoinHandle,
+};
 use weir_bus::Message;
 
 use crate::{
     chunk::{Chunk, Decoded},
     writer::parquet_properties,
 };
-
-/// Chunks a writer may have queued before [`Appender::write`] waits for it.
-const QUEUED_PER_WRITER: usize = 8;
 
 /// What a writer task turns into rows before encoding them.
 pub trait IntoBatch: Send + 'static {
@@ -52,7 +57,7 @@ impl IntoBatch for RecordBatch {
     }
 }
 
-/// What a commit's writers wrote.
+/// What a commit's writer wrote.
 #[derive(Default)]
 pub struct Written {
     /// The files, as `add` actions.
@@ -63,53 +68,38 @@ pub struct Written {
     pub dead: Vec<(Message, String)>,
 }
 
+/// Chunks waiting for a writer; each writer takes the next one.
+type Queue<T> = Arc<Mutex<mpsc::UnboundedReceiver<T>>>;
+
 /// A writer's task.
 type Encoding = JoinHandle<Result<Written, DeltaTableError>>;
 
-/// The Parquet writers of one commit.
+/// Chunks that must be waiting at [`Appender::finish`] for a helper to start.
+const CHUNKS_PER_HELPER: usize = 4;
+
+/// The Parquet writer of one commit, on its own task.
 pub struct Appender<T> {
     table: DeltaTable,
-    max_writers: usize,
-    /// Each writer's queue and task.
-    writers: Vec<(mpsc::Sender<T>, Encoding)>,
-    turn: usize,
+    sender: mpsc::UnboundedSender<T>,
+    queue: Queue<T>,
+    tasks: Vec<Encoding>,
 }
 
 impl<T: IntoBatch> Appender<T> {
-    /// Writers for files of `table` (its schema, partitioning and statistics settings): as many
-    /// as the machine has cores at most.
-    pub fn new(table: &DeltaTable) -> Appender<T> {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Appender::with_writers(table, cores)
-    }
-
-    /// Up to `max_writers` writers.
-    pub fn with_writers(table: &DeltaTable, max_writers: usize) -> Appender<T> {
-        Appender { table: table.clone(), max_writers: max_writers.max(1), writers: Vec::new(), turn: 0 }
+    /// A writer for files of `table` (its schema, partitioning and statistics settings).
+    pub fn new(table: &DeltaTable) -> Result<Appender<T>, DeltaTableError> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queue = Arc::new(Mutex::new(receiver));
+        let tasks = vec![start(table, &queue)?];
+        Ok(Appender { table: table.clone(), sender, queue, tasks })
     }
 
     /// Hands `work` (rows of the change-log schema, `_date` included, or records that decode to
-    /// them) to a writer, waiting while every writer has a full queue.
+    /// them) to the writer.
     pub async fn write(&mut self, work: T) -> Result<(), DeltaTableError> {
-        let behind = self.writers.iter().all(|(tx, _)| tx.capacity() < QUEUED_PER_WRITER);
-        if self.writers.len() < self.max_writers && behind {
-            let writer = RecordBatchWriter::for_table(&self.table)?.with_writer_properties(parquet_properties());
-            let (tx, rx) = mpsc::channel(QUEUED_PER_WRITER);
-            self.writers.push((tx, tokio::spawn(encode(writer, rx))));
-        }
-        // The writer with the most room (the first from this turn's on a tie): one writer held
-        // up, by a slow upload say, does not hold up the others.
-        let n = self.writers.len();
-        let mut i = self.turn % n;
-        for j in (1..n).map(|k| (self.turn + k) % n) {
-            if self.writers[j].0.capacity() > self.writers[i].0.capacity() {
-                i = j;
-            }
-        }
-        self.turn += 1;
-        if self.writers[i].0.send(work).await.is_err() {
+        if self.sender.send(work).is_err() {
             // The writer stopped: its task holds the reason.
-            let (_, task) = self.writers.swap_remove(i);
+            let task = self.tasks.swap_remove(0);
             return Err(joined(task.await).err().unwrap_or_else(|| {
                 DeltaTableError::Generic("a Parquet writer stopped before the end of its commit".into())
             }));
@@ -117,12 +107,19 @@ impl<T: IntoBatch> Appender<T> {
         Ok(())
     }
 
-    /// Closes every writer's files and returns what they wrote.
-    pub async fn finish(self) -> Result<Written, DeltaTableError> {
+    /// Closes the files and returns what was written. Up to `helpers` more writers take chunks
+    /// still queued, one per [`CHUNKS_PER_HELPER`] of them.
+    pub async fn finish(self, helpers: usize) -> Result<Written, DeltaTableError> {
+        let Appender { table, sender, queue, mut tasks } = self;
+        // Without a sender a writer waiting on the queue gives it up, so it can be looked at.
+        drop(sender);
+        let waiting = queue.lock().await.len();
+        for _ in 0..helpers.min(waiting / CHUNKS_PER_HELPER) {
+            tasks.push(start(&table, &queue)?);
+        }
         let mut all = Written::default();
         let mut failed = None;
-        for (tx, task) in self.writers {
-            drop(tx);
+        for task in tasks {
             match joined(task.await) {
                 Ok(w) => {
                     all.adds.extend(w.adds);
@@ -136,14 +133,19 @@ impl<T: IntoBatch> Appender<T> {
     }
 }
 
+/// A writer task for files of `table`, taking work from `queue`.
+fn start<T: IntoBatch>(table: &DeltaTable, queue: &Queue<T>) -> Result<Encoding, DeltaTableError> {
+    let writer = RecordBatchWriter::for_table(table)?.with_writer_properties(parquet_properties());
+    Ok(tokio::spawn(encode(writer, queue.clone())))
+}
+
 /// One writer's task: decodes and encodes what it is handed, closes its files when the sender
 /// goes.
-async fn encode<T: IntoBatch>(
-    mut writer: RecordBatchWriter,
-    mut work: mpsc::Receiver<T>,
-) -> Result<Written, DeltaTableError> {
+async fn encode<T: IntoBatch>(mut writer: RecordBatchWriter, queue: Queue<T>) -> Result<Written, DeltaTableError> {
     let mut written = Written::default();
-    while let Some(work) = work.recv().await {
+    loop {
+        let next = queue.lock().await.recv().await;
+        let Some(work) = next else { break };
         let Decoded { batch, dead } = work.into_batch();
         written.rows += batch.num_rows();
         written.dead.extend(dead);
@@ -153,6 +155,9 @@ async fn encode<T: IntoBatch>(
             let values = IndexMap::from([(partition.key, partition.value)]);
             writer.write_partition(rows, &values, WriteMode::Default).await?;
         }
+        // A chunk is much work without a wait: let other tasks of this thread (a helper, the
+        // reader) run before the next.
+        tokio::task::yield_now().await;
     }
     written.adds = writer.flush().await?;
     Ok(written)
@@ -231,7 +236,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_commit_split_across_writers_keeps_every_row_in_its_date() {
+    async fn a_commit_keeps_every_row_in_its_date() {
         let dir = tempfile::tempdir().unwrap();
         let lake = crate::catalog::Lake::new(&crate::config::LakeConfig {
             url: crate::config::LakeUrl::File(dir.path().to_path_buf()),
@@ -250,17 +255,14 @@ mod tests {
             .with_partition_columns(["_date"])
             .await
             .unwrap();
-        // Day 20,422 then 20,423, four batches, at most three writers. On this test's
-        // single-threaded runtime no writer runs before the batches are handed over, so each
-        // finds every writer behind: writers 0, 1, 2 take batches 1, 2, 3, and writer 0 batch 4.
-        let mut appender = Appender::with_writers(&table, 3);
+        // Day 20,422 then 20,423, four batches.
+        let mut appender = Appender::new(&table).unwrap();
         for days in [&[20_422, 20_422, 20_422][..], &[20_422, 20_423], &[20_423], &[20_423]] {
             appender.write(batch(days)).await.unwrap();
         }
-        let written = appender.finish().await.unwrap();
+        let written = appender.finish(0).await.unwrap();
         assert_eq!((written.rows, written.dead.len()), (7, 0));
-        // A file per writer and date: 2 + 2 + 1.
-        assert_eq!(written.adds.len(), 5, "{:?}", written.adds);
+        assert_eq!(written.adds.len(), 2, "a file per date: {:?}", written.adds);
         let table = commit(&table, written.adds, vec![Transaction::new("weir-lake:t:0", 7)]).await.unwrap();
         assert_eq!(table.version(), Some(1));
         let log = table.log_store();
@@ -276,6 +278,17 @@ mod tests {
         let text = deltalake::arrow::util::pretty::pretty_format_batches(&rows).unwrap().to_string();
         assert!(text.contains("| 2025-11-30 | 4 | 3 |"), "{text}");
         assert!(text.contains("| 2025-12-01 | 3 | 1 |"), "{text}");
+
+        // A last commit with chunks still queued: a helper writer takes some (a file each).
+        let mut appender = Appender::new(&table).unwrap();
+        for _ in 0..2 * CHUNKS_PER_HELPER {
+            appender.write(batch(&[20_424, 20_424])).await.unwrap();
+        }
+        let written = appender.finish(1).await.unwrap();
+        assert_eq!((written.rows, written.adds.len()), (4 * CHUNKS_PER_HELPER, 2));
+        // Nothing queued: no helper.
+        let appender = Appender::<RecordBatch>::new(&table).unwrap();
+        assert!(appender.finish(1).await.unwrap().adds.is_empty());
     }
 
     #[test]

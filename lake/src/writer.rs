@@ -11,7 +11,7 @@
 //! Records that cannot be decoded (not the Confluent wire format, unknown schema id, a body that
 //! does not follow its schema) go to `<topic>.dlq` with the reason and origin in headers; the
 //! writer continues. A bad header or schema id is found as the record is read and sent at once;
-//! a bad body is found where the record is decoded (by the commit's Parquet writers, see
+//! a bad body is found where the record is decoded (by the commit's Parquet writer, see
 //! [`crate::files`]) and sent before the commit that moves past it. Tombstones carry no row
 //! and are skipped.
 
@@ -197,6 +197,8 @@ pub struct TopicWriter {
     oldest: Option<Instant>,
     policy: FlushPolicy,
     stats: DrainStats,
+    /// The end offsets the running [`Self::drain`] reads up to.
+    drain_ends: Option<Vec<i64>>,
     /// The commit being written in the background while the next rows decode (at most one).
     in_flight: Option<tokio::task::JoinHandle<Result<Committed, WriterError>>>,
 }
@@ -263,6 +265,7 @@ impl TopicWriter {
             oldest: None,
             policy,
             stats: DrainStats::default(),
+            drain_ends: None,
             in_flight: None,
         })
     }
@@ -292,19 +295,30 @@ impl TopicWriter {
 
     async fn drain_rows(&mut self, idle: Duration) -> Result<(), WriterError> {
         let ends = self.bus.end_offsets(&self.topic).await.map_err(|e| self.bus_err(e))?;
-        let at_end =
-            |next: &BTreeMap<u32, i64>| next.iter().all(|(&p, &o)| ends.get(p as usize).is_none_or(|&end| o >= end));
-        while !at_end(&self.next) {
-            let batch = self.consumer.poll(idle).await.map_err(|e| self.bus_err(e))?;
-            if batch.is_empty() {
-                break;
+        self.drain_ends = Some(ends);
+        let drained = async {
+            while !self.drained() {
+                let batch = self.consumer.poll(idle).await.map_err(|e| self.bus_err(e))?;
+                if batch.is_empty() {
+                    break;
+                }
+                self.take(batch).await?;
+                if self.due() {
+                    self.commit().await?;
+                }
             }
-            self.take(batch).await?;
-            if self.due() {
-                self.commit().await?;
-            }
+            self.commit_last().await
         }
-        self.commit().await
+        .await;
+        self.drain_ends = None;
+        drained
+    }
+
+    /// Whether a drain has read up to the end offsets it was called with.
+    fn drained(&self) -> bool {
+        self.drain_ends
+            .as_ref()
+            .is_some_and(|ends| self.next.iter().all(|(&p, &o)| ends.get(p as usize).is_none_or(|&end| o >= end)))
     }
 
     /// Follows the topic until `shutdown`, committing by the flush policy.
@@ -325,7 +339,7 @@ impl TopicWriter {
                 self.commit().await?;
             }
         }
-        self.commit().await
+        self.commit_last().await
     }
 
     /// Waits for the commit in flight, also when the writer stops on an error: what was read
@@ -422,7 +436,7 @@ impl TopicWriter {
         crate::avro_arrow::record_field_names(&json)
     }
 
-    /// Hands the records read on as a chunk: to the commit's Parquet writers, or decoded into
+    /// Hands the records read on as a chunk: to the commit's Parquet writer, or decoded into
     /// memory when they add columns to the table. The first chunk of a commit decides which (and
     /// creates the table if there is none yet); an incompatible column type stops the writer here.
     async fn seal(&mut self) -> Result<(), WriterError> {
@@ -435,7 +449,7 @@ impl TopicWriter {
             self.pending = Some(if adds_columns(&self.table, &schema, &self.topic, &self.table_url)? {
                 Rows::Batches(Vec::new(), Vec::new())
             } else {
-                Rows::Files(Appender::new(&self.table))
+                Rows::Files(Appender::new(&self.table).map_err(|e| self.delta_err(e))?)
             });
         }
         match self.pending.as_mut().expect("set above") {
@@ -514,9 +528,25 @@ impl TopicWriter {
 
     /// Commits what is buffered, with the partitions' next offsets as `txn` actions. The Parquet
     /// files were written while the records were read; a background task closes them, sends the
-    /// records they could not decode to the DLQ and makes the commit while the writer reads on. The commit before it is awaited first, so
-    /// commits land in offset order and at most one is in flight. [`Self::settle`] awaits it.
+    /// records they could not decode to the DLQ and makes the commit while the writer reads on.
+    /// The commit before it is awaited first, so commits land in offset order and at most one is
+    /// in flight. [`Self::settle`] awaits it.
     async fn commit(&mut self) -> Result<(), WriterError> {
+        if self.drained() {
+            return self.commit_last().await;
+        }
+        self.commit_with(0).await
+    }
+
+    /// The last commit before the writer stops (or pauses at the end of a drain): no next
+    /// commit's records keep the other cores busy, so helper writers take some of its queued
+    /// chunks.
+    async fn commit_last(&mut self) -> Result<(), WriterError> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        self.commit_with(cores - 1).await
+    }
+
+    async fn commit_with(&mut self, helpers: usize) -> Result<(), WriterError> {
         self.seal().await?;
         self.settle().await?;
         let txns: Vec<Transaction> =
@@ -541,6 +571,7 @@ impl TopicWriter {
             table: self.table.clone(),
             txns,
             dlq: self.dlq.clone(),
+            helpers,
         };
         self.in_flight = Some(tokio::spawn(job.run(rows)));
         self.dead_since_commit = 0;
@@ -553,7 +584,7 @@ impl TopicWriter {
 
 /// The rows a commit adds.
 enum Rows {
-    /// Chunks streamed to Parquet writers, which decode and encode them (rows of the table's own
+    /// Chunks streamed to the commit's Parquet writer, which decodes and encodes them (rows of the table's own
     /// columns): the commit closes the files and records them.
     Files(Appender<Chunk>),
     /// Decoded into memory (rows that add columns), with the records that failed: the commit
@@ -568,6 +599,8 @@ struct CommitJob {
     table: DeltaTable,
     txns: Vec<Transaction>,
     dlq: Dlq,
+    /// Writers that may help close the files (see [`Appender::finish`]).
+    helpers: usize,
 }
 
 /// Attempts at a commit that conflicts with another writer's (a concurrent schema change).
@@ -584,7 +617,7 @@ impl CommitJob {
         let started = Instant::now();
         let (table, rows, dead) = match rows {
             Rows::Files(appender) => {
-                let written = appender.finish().await.map_err(|e| self.delta_err(e))?;
+                let written = appender.finish(self.helpers).await.map_err(|e| self.delta_err(e))?;
                 self.dead_letters(&written.dead).await?;
                 (self.record(written.adds).await?, written.rows, written.dead.len())
             }
