@@ -15,6 +15,8 @@
 //! writers take chunks still queued (a file more per helper). Files of a commit that never lands
 //! (a crash) are referenced by no version; `weir lake vacuum` removes them.
 
+use std::sync::Arc;
+
 use deltalake::{
     DeltaTable, DeltaTableError, DeltaTablePartition,
     arrow::{array::AsArray as _, datatypes::Date32Type, record_batch::RecordBatch},
@@ -26,8 +28,6 @@ use deltalake::{
     writer::{DeltaWriter as _, RecordBatchWriter, WriteMode},
 };
 use indexmap::IndexMap;
-use std::sync::Arc;
-
 use tokio::{
     sync::{Mutex, mpsc},
     task::JoinHandle,
@@ -51,6 +51,8 @@ impl IntoBatch for Chunk {
     }
 }
 
+/// Rows already decoded (the tests hand these over).
+#[cfg(test)]
 impl IntoBatch for RecordBatch {
     fn into_batch(self) -> Decoded {
         Decoded { batch: self, dead: Vec::new() }
