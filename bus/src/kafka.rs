@@ -308,7 +308,7 @@ impl KafkaConsumer {
             })
             .unwrap_or_default();
         Message {
-            topic: m.topic().to_string(),
+            topic: m.topic().into(),
             partition: m.partition() as u32,
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),

@@ -75,8 +75,8 @@ pub struct Delivered {
 /// A record read from the bus.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
-    /// Topic it was read from.
-    pub topic: String,
+    /// Topic it was read from (shared by the messages of one poll: no copy per record).
+    pub topic: std::sync::Arc<str>,
     /// Partition it was read from.
     pub partition: u32,
     /// Its offset in the partition.
@@ -221,7 +221,7 @@ pub trait Consumer: Send {
 pub fn next_offsets(messages: &[Message]) -> Vec<(TopicPartition, i64)> {
     let mut next: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
     for m in messages {
-        let tp = TopicPartition::new(m.topic.clone(), m.partition);
+        let tp = TopicPartition::new(m.topic.to_string(), m.partition);
         let entry = next.entry(tp).or_insert(m.offset + 1);
         *entry = (*entry).max(m.offset + 1);
     }

@@ -76,7 +76,7 @@ async fn records_round_trip_with_headers(b: Backend) {
         assert_eq!(m.key, records[i].key);
         assert_eq!(m.value, records[i].value);
         assert_eq!((m.partition, m.offset), (delivered[i].partition, delivered[i].offset), "record {i}");
-        assert_eq!(m.topic, topic);
+        assert_eq!(&*m.topic, topic);
         assert!(m.timestamp_ms > 0);
     }
     // Within a partition, records come back in the order they were produced, offsets without gaps.

@@ -480,7 +480,7 @@ impl Engine {
                     ..Record::default()
                 }
                 .with_header("weir.dlq.reason", reason.clone())
-                .with_header("weir.dlq.topic", m.topic.clone())
+                .with_header("weir.dlq.topic", m.topic.to_string())
                 .with_header("weir.dlq.partition", m.partition.to_string())
                 .with_header("weir.dlq.offset", m.offset.to_string())
                 .with_header("weir.dlq.pipeline", self.p.id.clone())

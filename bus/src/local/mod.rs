@@ -359,8 +359,9 @@ impl LocalConsumer {
             }
             stored.clear();
             topic.partitions[tp.partition as usize].read(cursor, max - out.len(), stored)?;
+            let name: Arc<str> = tp.topic.as_str().into();
             out.extend(stored.drain(..).map(|r| Message {
-                topic: tp.topic.clone(),
+                topic: name.clone(),
                 partition: tp.partition,
                 offset: r.offset,
                 timestamp_ms: r.timestamp_ms,
