@@ -584,8 +584,8 @@ impl TopicWriter {
 
 /// The rows a commit adds.
 enum Rows {
-    /// Chunks streamed to the commit's Parquet writer, which decodes and encodes them (rows of the table's own
-    /// columns): the commit closes the files and records them.
+    /// Chunks streamed to the commit's Parquet writer, which decodes and encodes them (rows of
+    /// the table's own columns): the commit closes the files and records them.
     Files(Appender<Chunk>),
     /// Decoded into memory (rows that add columns), with the records that failed: the commit
     /// writes them with deltalake's write operation, which evolves the table.
