@@ -12,14 +12,18 @@
 //! Each decoded change becomes one row: the row image (`after`, or `before` for deletes) plus
 //! `_op`, `_source_ts_ms`, `_pos` (`file:pos:row`, the source position), `_topic`, `_partition`,
 //! `_offset` and `_date` (the event's UTC date, the partition column).
+//!
+//! Text (string columns, `_pos`) is checked to be UTF-8 once per column when a batch is
+//! finished; bytes that are not UTF-8 become U+FFFD and the row is kept. An `op` that is not
+//! UTF-8 makes the record a dead letter.
 
 use std::{collections::HashMap, sync::Arc};
 
 use deltalake::arrow::{
     array::{
-        ArrayRef, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
-        Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
-        TimestampMicrosecondBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
+        ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
+        Float32Builder, Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringArray,
+        StringBuilder, TimestampMicrosecondBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
     },
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
     record_batch::RecordBatch,
@@ -391,7 +395,7 @@ impl Layout {
             columns: self.row.iter().map(|(_, _, k)| Column::new(*k, capacity)).collect(),
             op: StringBuilder::with_capacity(capacity, capacity),
             source_ts: Int64Builder::with_capacity(capacity),
-            pos: StringBuilder::with_capacity(capacity, capacity * 24),
+            pos: BinaryBuilder::with_capacity(capacity, capacity * 24),
             topic: StringBuilder::with_capacity(capacity, capacity * 16),
             partition: Int32Builder::with_capacity(capacity),
             offset: Int64Builder::with_capacity(capacity),
@@ -451,7 +455,7 @@ impl Layout {
                 for ((_, f), role) in self.source_fields.iter().zip(&self.source_roles) {
                     match role {
                         SourceRole::TsMs => ts_ms = r.long_in(f)?,
-                        SourceRole::File => file = r.str_in(f)?,
+                        SourceRole::File => file = r.text_in(f)?,
                         SourceRole::Pos => pos = r.long_in(f)?,
                         SourceRole::Row => row = r.long_in(f)?,
                         SourceRole::Other => r.skip(f)?,
@@ -485,12 +489,12 @@ impl Layout {
             (Some(f), Some(p)) => {
                 let scratch = &mut batch.scratch;
                 scratch.clear();
-                scratch.extend_from_slice(f.as_bytes());
+                scratch.extend_from_slice(f);
                 scratch.push(b':');
                 push_decimal(scratch, p);
                 scratch.push(b':');
                 push_decimal(scratch, row.unwrap_or(0));
-                batch.pos.append_value(std::str::from_utf8(scratch).unwrap_or_default());
+                batch.pos.append_value(scratch);
             }
             _ => batch.pos.append_null(),
         }
@@ -566,7 +570,8 @@ pub struct BatchBuilder {
     columns: Vec<Column>,
     op: StringBuilder,
     source_ts: Int64Builder,
-    pos: StringBuilder,
+    /// `_pos` as bytes: made UTF-8 text in one pass by [`utf8`].
+    pos: BinaryBuilder,
     topic: StringBuilder,
     partition: Int32Builder,
     offset: Int64Builder,
@@ -605,7 +610,7 @@ impl BatchBuilder {
         let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
         arrays.push(Arc::new(self.op.finish()));
         arrays.push(Arc::new(self.source_ts.finish()));
-        arrays.push(Arc::new(self.pos.finish()));
+        arrays.push(Arc::new(utf8(self.pos.finish())));
         arrays.push(Arc::new(self.topic.finish()));
         arrays.push(Arc::new(self.partition.finish()));
         arrays.push(Arc::new(self.offset.finish()));
@@ -629,7 +634,9 @@ enum Column {
     Int64(Int64Builder),
     Float32(Float32Builder),
     Float64(Float64Builder),
-    Utf8(StringBuilder),
+    /// Text as bytes, checked to be UTF-8 all at once when the column is finished ([`utf8`]):
+    /// one pass over the column instead of a check per value.
+    Utf8(BinaryBuilder),
     Binary(BinaryBuilder),
     Date32(Date32Builder),
     TimestampMs(TimestampMillisecondBuilder),
@@ -649,7 +656,7 @@ impl Column {
             Kind::Int64 => Column::Int64(Int64Builder::with_capacity(n)),
             Kind::Float32 => Column::Float32(Float32Builder::with_capacity(n)),
             Kind::Float64 => Column::Float64(Float64Builder::with_capacity(n)),
-            Kind::Utf8 => Column::Utf8(StringBuilder::with_capacity(n, n * 16)),
+            Kind::Utf8 => Column::Utf8(BinaryBuilder::with_capacity(n, n * 16)),
             Kind::Binary => Column::Binary(BinaryBuilder::with_capacity(n, n * 16)),
             Kind::Date32 => Column::Date32(Date32Builder::with_capacity(n)),
             Kind::TimestampMs => {
@@ -673,7 +680,8 @@ impl Column {
             Column::Int64(b) => Arc::new(b.finish()),
             Column::Float32(b) => Arc::new(b.finish()),
             Column::Float64(b) => Arc::new(b.finish()),
-            Column::Utf8(b) | Column::Json(b) => Arc::new(b.finish()),
+            Column::Utf8(b) => Arc::new(utf8(b.finish())),
+            Column::Json(b) => Arc::new(b.finish()),
             Column::Binary(b) => Arc::new(b.finish()),
             Column::Date32(b) => Arc::new(b.finish()),
             Column::TimestampMs(b) => Arc::new(b.finish().with_timezone("UTC")),
@@ -694,8 +702,8 @@ impl Column {
             Column::Int64(b) => b.append_null(),
             Column::Float32(b) => b.append_null(),
             Column::Float64(b) => b.append_null(),
-            Column::Utf8(b) | Column::Json(b) => b.append_null(),
-            Column::Binary(b) => b.append_null(),
+            Column::Utf8(b) | Column::Binary(b) => b.append_null(),
+            Column::Json(b) => b.append_null(),
             Column::Date32(b) => b.append_null(),
             Column::TimestampMs(b) => b.append_null(),
             Column::TimestampUs(b) => b.append_null(),
@@ -727,14 +735,7 @@ impl Column {
             Column::Int64(b) => b.append_value(r.long()?),
             Column::Float32(b) => b.append_value(f32::from_le_bytes(r.take(4)?.try_into().unwrap())),
             Column::Float64(b) => b.append_value(f64::from_le_bytes(r.take(8)?.try_into().unwrap())),
-            Column::Utf8(b) => {
-                let bytes = r.bytes()?;
-                match std::str::from_utf8(bytes) {
-                    Ok(text) => b.append_value(text),
-                    Err(_) => b.append_value(String::from_utf8_lossy(bytes)),
-                }
-            }
-            Column::Binary(b) => b.append_value(r.bytes()?),
+            Column::Utf8(b) | Column::Binary(b) => b.append_value(r.bytes()?),
             Column::Date32(b) => b.append_value(r.long()? as i32),
             Column::TimestampMs(b) => b.append_value(r.long()?),
             Column::TimestampUs(b) => b.append_value(r.long()?),
@@ -771,29 +772,59 @@ impl<'a> Reader<'a> {
         DecodeError::Data { at: self.at, reason }
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end =
-            self.at.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(|| {
-                self.error(format!("{n} bytes wanted, {} left", self.buf.len().saturating_sub(self.at)))
-            })?;
-        let s = &self.buf[self.at..end];
-        self.at = end;
-        Ok(s)
+        match self.buf.get(self.at..).and_then(|rest| rest.get(..n)) {
+            Some(s) => {
+                self.at += n;
+                Ok(s)
+            }
+            None => Err(self.short(n)),
+        }
     }
 
+    #[cold]
+    fn short(&self, n: usize) -> DecodeError {
+        self.error(format!("{n} bytes wanted, {} left", self.buf.len().saturating_sub(self.at)))
+    }
+
+    #[inline]
     fn byte(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
 
+    #[inline]
     fn long(&mut self) -> Result<i64, DecodeError> {
-        let zigzag = |v: u64| (v >> 1) as i64 ^ -((v & 1) as i64);
-        let rest = self.buf.get(self.at..).unwrap_or_default();
         // Most values (lengths, union branches, small numbers) fit in one byte.
-        if let Some(&b) = rest.first()
+        if let Some(&b) = self.buf.get(self.at)
             && b < 0x80
         {
             self.at += 1;
             return Ok(zigzag(u64::from(b)));
+        }
+        self.long_multi_byte()
+    }
+
+    /// [`Reader::long`] past its one-byte case, kept out of line so that case inlines small.
+    #[inline(never)]
+    fn long_multi_byte(&mut self) -> Result<i64, DecodeError> {
+        let rest = self.buf.get(self.at..).unwrap_or_default();
+        // Up to 8 bytes at once: the first byte without its high bit ends the varint; the 7-bit
+        // groups below it are packed together in three steps.
+        if let Some(word) = rest.first_chunk::<8>().map(|w| u64::from_le_bytes(*w)) {
+            let ends = !word & 0x8080_8080_8080_8080;
+            if ends != 0 {
+                let len = ends.trailing_zeros() as usize / 8 + 1;
+                let mut x = word & 0x7f7f_7f7f_7f7f_7f7f;
+                if len < 8 {
+                    x &= (1u64 << (8 * len)) - 1;
+                }
+                x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                self.at += len;
+                return Ok(zigzag(x));
+            }
         }
         let mut v = 0u64;
         for (i, &b) in rest.iter().take(10).enumerate() {
@@ -806,6 +837,7 @@ impl<'a> Reader<'a> {
         Err(self.error(if rest.len() >= 10 { "varint longer than 10 bytes".into() } else { "varint cut short".into() }))
     }
 
+    #[inline]
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.long()?;
         let n = usize::try_from(n).map_err(|_| self.error(format!("negative length {n}")))?;
@@ -830,15 +862,22 @@ impl<'a> Reader<'a> {
 
     /// A string, possibly inside a `[null, string]` union.
     fn str_in(&mut self, avro: &Avro) -> Result<Option<&'a str>, DecodeError> {
-        match avro {
-            Avro::String => {
-                let at = self.at;
-                let bytes = self.bytes()?;
+        let at = self.at;
+        match self.text_in(avro)? {
+            Some(bytes) => {
                 std::str::from_utf8(bytes).map(Some).map_err(|_| DecodeError::Data { at, reason: "not UTF-8".into() })
             }
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes of a string, possibly inside a `[null, string]` union, not checked to be UTF-8.
+    fn text_in(&mut self, avro: &Avro) -> Result<Option<&'a [u8]>, DecodeError> {
+        match avro {
+            Avro::String => self.bytes().map(Some),
             Avro::Union(b) => match b.get(self.long()? as usize) {
                 Some(Avro::Null) => Ok(None),
-                Some(inner) => self.str_in(inner),
+                Some(inner) => self.text_in(inner),
                 None => Err(self.error("bad union branch".into())),
             },
             other => {
@@ -953,6 +992,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A column of text collected as bytes, as a string column: one UTF-8 check over all of it. Only
+/// if that fails is each value checked, and a value that is not UTF-8 gets U+FFFD for its bad
+/// bytes (the row is kept: one odd byte in a note is no reason to lose the change).
+fn utf8(bytes: BinaryArray) -> StringArray {
+    StringArray::try_from_binary(bytes.clone())
+        .unwrap_or_else(|_| bytes.iter().map(|v| v.map(String::from_utf8_lossy)).collect())
+}
+
+/// Avro's zig-zag encoding of a signed long, undone.
+fn zigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -1051,5 +1103,56 @@ mod tests {
         // The builder is clean for the next batch.
         layout.append(&e.body(Op::Create, 4, "four", 16), "t", 0, 3, &mut b).unwrap();
         assert_eq!(b.finish(layout.schema()).num_rows(), 1);
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_keeps_its_row_with_replacement_characters() {
+        let e = Events::new();
+        let layout = Layout::new(&e.avro.json).unwrap();
+        let mut b = layout.batch(16);
+        let mut bad = e.body(Op::Create, 1, "~caf~", 4);
+        for at in [bad.iter().position(|&c| c == b'~').unwrap(), bad.iter().rposition(|&c| c == b'~').unwrap()] {
+            bad[at] = 0xff;
+        }
+        assert!(layout.append(&e.body(Op::Create, 0, "before", 0), "t", 0, 0, &mut b).unwrap());
+        assert!(layout.append(&bad, "t", 0, 1, &mut b).unwrap());
+        assert!(layout.append(&e.body(Op::Create, 2, "after", 8), "t", 0, 2, &mut b).unwrap());
+        let batch = b.finish(layout.schema());
+        let notes: Vec<_> = batch.column(1).as_string::<i32>().iter().map(|s| s.unwrap()).collect();
+        assert_eq!(notes, ["before", "\u{fffd}caf\u{fffd}", "after"]);
+    }
+
+    /// Avro's encoding of `n`: zig-zag, then 7 bits a byte, low bits first.
+    fn varint(n: i64) -> Vec<u8> {
+        let mut v = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = Vec::new();
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        out
+    }
+
+    #[test]
+    fn longs_of_every_length_decode_with_or_without_bytes_after_them() {
+        let mut values = vec![0, -1, 1, 63, -64, 64, i64::MAX, i64::MIN, 1_795_428_000_000_000];
+        for shift in 0..63 {
+            values.extend([1i64 << shift, (1i64 << shift) - 1, -(1i64 << shift), -(1i64 << shift) - 1]);
+        }
+        for n in values {
+            let bytes = varint(n);
+            let mut padded = bytes.clone();
+            padded.extend_from_slice(&[0xff; 9]);
+            for buf in [&bytes[..], &padded[..]] {
+                let mut r = Reader { buf, at: 0 };
+                assert_eq!(r.long().unwrap(), n, "{n} from {buf:02x?}");
+                assert_eq!(r.at, bytes.len(), "{n}: bytes taken");
+            }
+        }
+        let mut r = Reader { buf: &[0x80, 0x80], at: 0 };
+        assert!(r.long().unwrap_err().to_string().contains("varint cut short"));
+        let mut r = Reader { buf: &[0xff; 12], at: 0 };
+        assert!(r.long().unwrap_err().to_string().contains("longer than 10 bytes"));
     }
 }
