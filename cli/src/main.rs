@@ -25,7 +25,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 /// CDC and the bus allocate and free many small values per event; mimalloc does that at a
-/// fraction of glibc malloc's cost (measured in docs/benchmarks.md).
+/// fraction of glibc malloc's cost (measured in docs/benchmarks.md). Built without asking for
+/// transparent huge pages (`no_thp`): the lake writer's memory turns over fast, and each fresh
+/// huge page cost a 2 MiB zeroing fault (`weir bench lake` ran ~12% faster without them).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
