@@ -19,12 +19,14 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use deltalake::arrow::array::builder::NullBufferBuilder;
 use deltalake::arrow::{
     array::{
-        ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder,
-        Float32Builder, Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringArray,
-        StringBuilder, TimestampMicrosecondBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
+        ArrayRef, BinaryArray, BooleanArray, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+        Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, StringArray, StringBuilder,
+        TimestampMicrosecondBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
     },
+    buffer::{Buffer, OffsetBuffer},
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
     record_batch::RecordBatch,
 };
@@ -285,11 +287,10 @@ pub struct Layout {
     envelope: Vec<(String, Avro)>,
     before: usize,
     after: usize,
-    source: usize,
     op: usize,
     row: Vec<(String, Avro, Kind)>,
     source_fields: Vec<(String, Avro)>,
-    source_roles: Vec<SourceRole>,
+    program: Program,
     schema: SchemaRef,
 }
 
@@ -361,27 +362,35 @@ impl Layout {
             Field::new("_offset", DataType::Int64, false),
             Field::new("_date", DataType::Date32, false),
         ]);
-        let source_roles = source_fields
-            .iter()
-            .map(|(name, _)| match name.as_str() {
-                "ts_ms" => SourceRole::TsMs,
-                "file" => SourceRole::File,
-                "pos" => SourceRole::Pos,
-                "row" => SourceRole::Row,
-                _ => SourceRole::Other,
-            })
-            .collect();
-        Ok(Layout {
-            envelope,
-            before,
-            after,
-            source,
-            op,
-            row,
-            source_fields,
-            source_roles,
-            schema: Arc::new(Schema::new(fields)),
-        })
+        let mut program = Program::default();
+        for (i, (_, avro)) in envelope.iter().enumerate() {
+            if i == before {
+                let from = program.steps.len();
+                program.flatten(avro);
+                program.parts.push(Part::Before(from as u32, program.steps.len() as u32));
+            } else if i == after {
+                program.parts.push(Part::After);
+            } else if i == op {
+                program.parts.push(Part::Op);
+            } else if i == source {
+                for (f, (name, avro)) in source_fields.iter().enumerate() {
+                    let role = match name.as_str() {
+                        "ts_ms" => SourceRole::TsMs,
+                        "file" => SourceRole::File,
+                        "pos" => SourceRole::Pos,
+                        "row" => SourceRole::Row,
+                        _ => {
+                            program.skip(avro);
+                            continue;
+                        }
+                    };
+                    program.parts.push(Part::Source(role, f as u32));
+                }
+            } else {
+                program.skip(avro);
+            }
+        }
+        Ok(Layout { envelope, before, after, op, row, source_fields, program, schema: Arc::new(Schema::new(fields)) })
     }
 
     /// The Arrow schema of the change-log rows.
@@ -393,15 +402,14 @@ impl Layout {
     pub fn batch(&self, capacity: usize) -> BatchBuilder {
         BatchBuilder {
             columns: self.row.iter().map(|(_, _, k)| Column::new(*k, capacity)).collect(),
-            op: StringBuilder::with_capacity(capacity, capacity),
+            op: ByteColumn::with_capacity(capacity, capacity),
             source_ts: Int64Builder::with_capacity(capacity),
-            pos: BinaryBuilder::with_capacity(capacity, capacity * 24),
-            topic: StringBuilder::with_capacity(capacity, capacity * 16),
+            pos: ByteColumn::with_capacity(capacity, capacity * 32),
+            topics: Vec::new(),
             partition: Int32Builder::with_capacity(capacity),
             offset: Int64Builder::with_capacity(capacity),
             date: Date32Builder::with_capacity(capacity),
             rows: 0,
-            scratch: Vec::with_capacity(64),
             void: Vec::new(),
         }
     }
@@ -444,29 +452,31 @@ impl Layout {
         let mut op = [0u8; 1];
         let mut op_len = 0;
         let (mut ts_ms, mut file, mut pos, mut row) = (None, None, None, None);
-        for (i, (_, avro)) in self.envelope.iter().enumerate() {
-            if i == self.before {
-                let start = r.at;
-                r.skip(avro)?;
-                before = (start, r.at);
-            } else if i == self.after {
-                after_decoded = self.image(&mut r, avro, batch, filled)?;
-            } else if i == self.source {
-                for ((_, f), role) in self.source_fields.iter().zip(&self.source_roles) {
+        let Program { parts, steps, nested } = &self.program;
+        let steps_of = |from: u32, to: u32| &steps[from as usize..to as usize];
+        for part in parts {
+            match *part {
+                Part::Skip(from, to) => r.skip_steps(steps_of(from, to), nested)?,
+                Part::Before(from, to) => {
+                    let start = r.at;
+                    r.skip_steps(steps_of(from, to), nested)?;
+                    before = (start, r.at);
+                }
+                Part::After => after_decoded = self.image(&mut r, &self.envelope[self.after].1, batch, filled)?,
+                Part::Source(role, f) => {
+                    let f = &self.source_fields[f as usize].1;
                     match role {
                         SourceRole::TsMs => ts_ms = r.long_in(f)?,
-                        SourceRole::File => file = r.text_in(f)?,
+                        SourceRole::File => file = r.text_in(f)?.map(|v| (v.len(), r.window(v))),
                         SourceRole::Pos => pos = r.long_in(f)?,
                         SourceRole::Row => row = r.long_in(f)?,
-                        SourceRole::Other => r.skip(f)?,
                     }
                 }
-            } else if i == self.op {
-                let s = r.str_in(avro)?.unwrap_or_default();
-                op_len = s.len().min(1);
-                op[..op_len].copy_from_slice(&s.as_bytes()[..op_len]);
-            } else {
-                r.skip(avro)?;
+                Part::Op => {
+                    let s = r.str_in(&self.envelope[self.op].1)?.unwrap_or_default();
+                    op_len = s.len().min(1);
+                    op[..op_len].copy_from_slice(&s.as_bytes()[..op_len]);
+                }
             }
         }
         let op = std::str::from_utf8(&op[..op_len]).unwrap_or_default();
@@ -483,22 +493,26 @@ impl Layout {
         } else if !after_decoded {
             return Ok(false); // no row image: a truncate, say
         }
-        batch.op.append_value(op);
+        // One byte at most (see above): pushed, not copied.
+        batch.op.values.extend(op.as_bytes().first());
+        batch.op.end_value();
         batch.source_ts.append_option(ts_ms);
         match (file, pos) {
-            (Some(f), Some(p)) => {
-                let scratch = &mut batch.scratch;
-                scratch.clear();
-                scratch.extend_from_slice(f);
-                scratch.push(b':');
-                push_decimal(scratch, p);
-                scratch.push(b':');
-                push_decimal(scratch, row.unwrap_or(0));
-                batch.pos.append_value(scratch);
+            (Some((len, window)), Some(p)) => {
+                let pos = &mut batch.pos;
+                pos.extend_from(window, len);
+                pos.values.push(b':');
+                push_decimal(&mut pos.values, p);
+                pos.values.push(b':');
+                push_decimal(&mut pos.values, row.unwrap_or(0));
+                pos.end_value();
             }
-            _ => batch.pos.append_null(),
+            _ => batch.pos.push_null(),
         }
-        batch.topic.append_value(topic);
+        match batch.topics.last_mut() {
+            Some((t, n)) if t.as_str() == topic => *n += 1,
+            _ => batch.topics.push((topic.to_string(), 1)),
+        }
         batch.partition.append_value(partition);
         batch.offset.append_value(offset);
         batch.date.append_value(ts_ms.unwrap_or(0).div_euclid(86_400_000) as i32);
@@ -543,42 +557,178 @@ enum SourceRole {
     File,
     Pos,
     Row,
-    Other,
 }
 
-/// Appends `n` in decimal.
+/// The envelope as a flat program, built once per schema: what [`Layout::append`] does with each
+/// field in turn. Fields the writer does not keep are skipped by [`Skip`] steps instead of by
+/// walking their schema tree (measured: the walk was a sixth of the decoding time).
+#[derive(Debug, Clone, Default)]
+struct Program {
+    parts: Vec<Part>,
+    steps: Vec<Skip>,
+    /// Schemas skipped by walking them ([`Skip::Nested`]).
+    nested: Vec<Avro>,
+}
+
+/// One part of the envelope.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// Fields skipped: `steps[from..to]`.
+    Skip(u32, u32),
+    /// `before`, skipped by `steps[from..to]` (where it lies is noted: it is decoded for deletes).
+    Before(u32, u32),
+    After,
+    Op,
+    /// A field of `source` the writer keeps, by its index in `source_fields`.
+    Source(SourceRole, u32),
+}
+
+/// How to step over one value without decoding it.
+#[derive(Debug, Clone, Copy)]
+enum Skip {
+    /// A varint: int, long, enum.
+    Varint,
+    /// A length and that many bytes: string, bytes.
+    Sized,
+    /// A fixed number of bytes: boolean, float, double, fixed.
+    Fixed(u32),
+    /// A union of null and one other type: the null branch's index, then the steps of the other
+    /// type, which follow this one (`len` of them, stepped over when the value is null).
+    Nullable { null: u8, len: u32 },
+    /// Anything else (other unions, arrays, maps): walked, by its index in [`Program::nested`].
+    Nested(u32),
+}
+
+impl Program {
+    /// Adds steps that skip a value of `avro`, merged into the part before if that skips too.
+    fn skip(&mut self, avro: &Avro) {
+        let from = self.steps.len() as u32;
+        self.flatten(avro);
+        let to = self.steps.len() as u32;
+        match self.parts.last_mut() {
+            Some(Part::Skip(_, end)) if *end == from => *end = to,
+            _ if from == to => {}
+            _ => self.parts.push(Part::Skip(from, to)),
+        }
+    }
+
+    fn flatten(&mut self, avro: &Avro) {
+        match avro {
+            Avro::Null => {}
+            Avro::Boolean => self.steps.push(Skip::Fixed(1)),
+            Avro::Int | Avro::Long | Avro::Enum(_) => self.steps.push(Skip::Varint),
+            Avro::Float => self.steps.push(Skip::Fixed(4)),
+            Avro::Double => self.steps.push(Skip::Fixed(8)),
+            Avro::Bytes | Avro::String => self.steps.push(Skip::Sized),
+            Avro::Fixed(n) => self.steps.push(Skip::Fixed(*n as u32)),
+            Avro::Record(fields) => fields.iter().for_each(|(_, f)| self.flatten(f)),
+            Avro::Union(b) if b.len() == 2 && b.iter().any(|x| matches!(x, Avro::Null)) => {
+                let null = b.iter().position(|x| matches!(x, Avro::Null)).expect("checked above");
+                let at = self.steps.len();
+                self.steps.push(Skip::Nullable { null: null as u8, len: 0 });
+                self.flatten(&b[1 - null]);
+                let len = (self.steps.len() - at - 1) as u32;
+                self.steps[at] = Skip::Nullable { null: null as u8, len };
+            }
+            other => {
+                self.steps.push(Skip::Nested(self.nested.len() as u32));
+                self.nested.push(other.clone());
+            }
+        }
+    }
+}
+
+/// Appends `n` in decimal (written into a fixed 20 bytes, then cut: no `memcpy` call).
 fn push_decimal(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
     }
-    let mut digits = [0u8; 20];
     let mut v = n.unsigned_abs();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
+    let digits = v.checked_ilog10().map_or(1, |d| d as usize + 1);
+    let at = out.len();
+    out.extend_from_slice(&[b'0'; 20]);
+    for d in out[at..at + digits].iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
         v /= 10;
-        if v == 0 {
-            break;
+    }
+    out.truncate(at + digits);
+}
+
+/// Bytes moved at once when a short value is copied ([`ByteColumn::extend_from`]).
+const WINDOW: usize = 32;
+
+/// Variable-length values of one column (text or bytes) as offsets and bytes. A value of up to
+/// [`WINDOW`] bytes is copied as one fixed-size move and then cut to its length, instead of a
+/// `memcpy` call per value: most change-event text is short, and those calls were a tenth of the
+/// decoding time.
+struct ByteColumn {
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+    nulls: NullBufferBuilder,
+}
+
+impl ByteColumn {
+    fn with_capacity(n: usize, bytes: usize) -> ByteColumn {
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0);
+        ByteColumn { offsets, values: Vec::with_capacity(bytes), nulls: NullBufferBuilder::new(n) }
+    }
+
+    /// Adds the first `len` bytes of `window` to the value being written. `window` may run on
+    /// past them (to the end of the record): then they are copied as one [`WINDOW`]-byte move.
+    #[inline]
+    fn extend_from(&mut self, window: &[u8], len: usize) {
+        match window.first_chunk::<WINDOW>() {
+            Some(w) if len <= WINDOW => {
+                let end = self.values.len() + len;
+                self.values.extend_from_slice(w);
+                self.values.truncate(end);
+            }
+            _ => self.values.extend_from_slice(&window[..len]),
         }
     }
-    out.extend_from_slice(&digits[i..]);
+
+    /// Ends the value being written.
+    #[inline]
+    fn end_value(&mut self) {
+        let end = i32::try_from(self.values.len()).expect("a batch's values of one column stay under 2 GiB");
+        self.offsets.push(end);
+        self.nulls.append_non_null();
+    }
+
+    /// Appends a value: the first `len` bytes of `window` (see [`ByteColumn::extend_from`]).
+    #[inline]
+    fn push_from(&mut self, window: &[u8], len: usize) {
+        self.extend_from(window, len);
+        self.end_value();
+    }
+
+    fn push_null(&mut self) {
+        self.offsets.push(*self.offsets.last().expect("starts with 0"));
+        self.nulls.append_null();
+    }
+
+    /// The values as a binary array (the column is emptied).
+    fn finish(&mut self) -> BinaryArray {
+        let offsets = OffsetBuffer::new(std::mem::replace(&mut self.offsets, vec![0]).into());
+        let values = Buffer::from_vec(std::mem::take(&mut self.values));
+        BinaryArray::new(offsets, values, self.nulls.finish())
+    }
 }
 
 /// Column builders of one batch.
 pub struct BatchBuilder {
     columns: Vec<Column>,
-    op: StringBuilder,
+    /// `_op` and `_pos` as bytes: made UTF-8 text in one pass by [`utf8`].
+    op: ByteColumn,
     source_ts: Int64Builder,
-    /// `_pos` as bytes: made UTF-8 text in one pass by [`utf8`].
-    pos: BinaryBuilder,
-    topic: StringBuilder,
+    pos: ByteColumn,
+    /// `_topic` in runs of one topic (usually one run): written out by `finish`.
+    topics: Vec<(String, usize)>,
     partition: Int32Builder,
     offset: Int64Builder,
     date: Date32Builder,
     rows: usize,
-    /// Reused to format `_pos`.
-    scratch: Vec<u8>,
     /// Rows left by records that failed part-way: dropped by `finish`.
     void: Vec<usize>,
 }
@@ -595,23 +745,42 @@ impl BatchBuilder {
         for c in &mut self.columns[filled..] {
             c.append_null();
         }
-        self.op.append_value("");
+        self.op.end_value();
         self.source_ts.append_null();
-        self.pos.append_null();
-        self.topic.append_value("");
+        self.pos.push_null();
+        match self.topics.last_mut() {
+            Some((_, n)) => *n += 1,
+            None => self.topics.push((String::new(), 1)),
+        }
         self.partition.append_value(0);
         self.offset.append_value(0);
         self.date.append_value(0);
         self.void.push(self.rows + self.void.len());
     }
 
+    /// `_topic`, written out from its runs (the runs are emptied).
+    fn topic_column(&mut self) -> StringArray {
+        let runs = std::mem::take(&mut self.topics);
+        let values = runs.iter().map(|(t, n)| t.as_bytes().repeat(*n)).collect::<Vec<_>>().concat();
+        let mut offsets = Vec::with_capacity(runs.iter().map(|(_, n)| n).sum::<usize>() + 1);
+        offsets.push(0i32);
+        let mut end = 0;
+        for (t, n) in &runs {
+            for _ in 0..*n {
+                end += t.len();
+                offsets.push(i32::try_from(end).expect("a batch's topic names stay under 2 GiB"));
+            }
+        }
+        StringArray::new(OffsetBuffer::new(offsets.into()), Buffer::from_vec(values), None)
+    }
+
     /// The finished batch (the builders are reset).
     pub fn finish(&mut self, schema: SchemaRef) -> RecordBatch {
         let mut arrays: Vec<ArrayRef> = self.columns.iter_mut().map(Column::finish).collect();
-        arrays.push(Arc::new(self.op.finish()));
+        arrays.push(Arc::new(utf8(self.op.finish())));
         arrays.push(Arc::new(self.source_ts.finish()));
         arrays.push(Arc::new(utf8(self.pos.finish())));
-        arrays.push(Arc::new(self.topic.finish()));
+        arrays.push(Arc::new(self.topic_column()));
         arrays.push(Arc::new(self.partition.finish()));
         arrays.push(Arc::new(self.offset.finish()));
         arrays.push(Arc::new(self.date.finish()));
@@ -636,8 +805,8 @@ enum Column {
     Float64(Float64Builder),
     /// Text as bytes, checked to be UTF-8 all at once when the column is finished ([`utf8`]):
     /// one pass over the column instead of a check per value.
-    Utf8(BinaryBuilder),
-    Binary(BinaryBuilder),
+    Utf8(ByteColumn),
+    Binary(ByteColumn),
     Date32(Date32Builder),
     TimestampMs(TimestampMillisecondBuilder),
     TimestampUs(TimestampMicrosecondBuilder),
@@ -656,8 +825,8 @@ impl Column {
             Kind::Int64 => Column::Int64(Int64Builder::with_capacity(n)),
             Kind::Float32 => Column::Float32(Float32Builder::with_capacity(n)),
             Kind::Float64 => Column::Float64(Float64Builder::with_capacity(n)),
-            Kind::Utf8 => Column::Utf8(BinaryBuilder::with_capacity(n, n * 16)),
-            Kind::Binary => Column::Binary(BinaryBuilder::with_capacity(n, n * 16)),
+            Kind::Utf8 => Column::Utf8(ByteColumn::with_capacity(n, n * 16)),
+            Kind::Binary => Column::Binary(ByteColumn::with_capacity(n, n * 16)),
             Kind::Date32 => Column::Date32(Date32Builder::with_capacity(n)),
             Kind::TimestampMs => {
                 Column::TimestampMs(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"))
@@ -702,7 +871,7 @@ impl Column {
             Column::Int64(b) => b.append_null(),
             Column::Float32(b) => b.append_null(),
             Column::Float64(b) => b.append_null(),
-            Column::Utf8(b) | Column::Binary(b) => b.append_null(),
+            Column::Utf8(b) | Column::Binary(b) => b.push_null(),
             Column::Json(b) => b.append_null(),
             Column::Date32(b) => b.append_null(),
             Column::TimestampMs(b) => b.append_null(),
@@ -735,7 +904,10 @@ impl Column {
             Column::Int64(b) => b.append_value(r.long()?),
             Column::Float32(b) => b.append_value(f32::from_le_bytes(r.take(4)?.try_into().unwrap())),
             Column::Float64(b) => b.append_value(f64::from_le_bytes(r.take(8)?.try_into().unwrap())),
-            Column::Utf8(b) | Column::Binary(b) => b.append_value(r.bytes()?),
+            Column::Utf8(b) | Column::Binary(b) => {
+                let value = r.bytes()?;
+                b.push_from(r.window(value), value.len())
+            }
             Column::Date32(b) => b.append_value(r.long()? as i32),
             Column::TimestampMs(b) => b.append_value(r.long()?),
             Column::TimestampUs(b) => b.append_value(r.long()?),
@@ -837,6 +1009,12 @@ impl<'a> Reader<'a> {
         Err(self.error(if rest.len() >= 10 { "varint longer than 10 bytes".into() } else { "varint cut short".into() }))
     }
 
+    /// `value` (just read) and the rest of the buffer after it, for [`ByteColumn::extend_from`].
+    #[inline]
+    fn window(&self, value: &[u8]) -> &'a [u8] {
+        &self.buf[self.at - value.len()..]
+    }
+
     #[inline]
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.long()?;
@@ -885,6 +1063,46 @@ impl<'a> Reader<'a> {
                 Ok(None)
             }
         }
+    }
+
+    /// Steps over a varint without decoding it.
+    #[inline]
+    fn skip_varint(&mut self) -> Result<(), DecodeError> {
+        if let Some(word) = self.buf.get(self.at..).and_then(<[u8]>::first_chunk::<8>) {
+            let ends = !u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
+            if ends != 0 {
+                self.at += ends.trailing_zeros() as usize / 8 + 1;
+                return Ok(());
+            }
+        }
+        self.long_multi_byte().map(drop)
+    }
+
+    /// Steps over the values that `steps` (of a [`Program`]) describe.
+    fn skip_steps(&mut self, steps: &[Skip], nested: &[Avro]) -> Result<(), DecodeError> {
+        let mut i = 0;
+        while let Some(&step) = steps.get(i) {
+            match step {
+                Skip::Varint => self.skip_varint()?,
+                Skip::Sized => {
+                    self.bytes()?;
+                }
+                Skip::Fixed(n) => {
+                    self.take(n as usize)?;
+                }
+                Skip::Nullable { null, len } => {
+                    let branch = self.long()?;
+                    if branch == i64::from(null) {
+                        i += len as usize;
+                    } else if branch != i64::from(1 - null) {
+                        return Err(self.error(format!("union branch {branch}")));
+                    }
+                }
+                Skip::Nested(n) => self.skip(&nested[n as usize])?,
+            }
+            i += 1;
+        }
+        Ok(())
     }
 
     fn skip(&mut self, avro: &Avro) -> Result<(), DecodeError> {
@@ -1132,6 +1350,138 @@ mod tests {
         }
         out.push(v as u8);
         out
+    }
+
+    #[test]
+    fn byte_columns_keep_each_value_whole_whatever_follows_it() {
+        let text: Vec<u8> = (0..100u8).collect();
+        let mut c = ByteColumn::with_capacity(2, 4);
+        let mut want: Vec<Option<&[u8]>> = Vec::new();
+        for (at, len, end) in
+            [(0, 3, 100), (5, 0, 100), (10, WINDOW, 100), (1, WINDOW + 1, 100), (90, 10, 100), (2, 7, 9)]
+        {
+            // The window runs to `end`: past the value (a fixed move), or just to its end.
+            c.push_from(&text[at..end], len);
+            want.push(Some(&text[at..at + len]));
+            if len == 3 {
+                c.push_null();
+                want.push(None);
+            }
+        }
+        c.extend_from(b"file", 4);
+        c.values.push(b':');
+        push_decimal(&mut c.values, -42);
+        c.end_value();
+        want.push(Some(b"file:-42"));
+        let got = c.finish();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+        assert_eq!(c.finish().iter().count(), 0, "finish empties the column");
+    }
+
+    #[test]
+    fn decimals_print_as_rust_prints_them() {
+        let mut values = vec![0, 1, 9, 10, 99, 100, i64::MAX, i64::MIN, -1, -10];
+        values.extend((0..19).map(|e| 10i64.pow(e)).flat_map(|p| [p - 1, p, p + 1, -p]));
+        for n in values {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x{n}"));
+        }
+    }
+
+    #[test]
+    fn each_row_keeps_its_topic() {
+        let e = Events::new();
+        let layout = Layout::new(&e.avro.json).unwrap();
+        let mut b = layout.batch(4);
+        let full = e.body(Op::Create, 1, "note", 4);
+        for (topic, body) in [("a", &full[..]), ("a", &full[..full.len() / 2]), ("b.c", &full[..]), ("a", &full[..])] {
+            let _ = layout.append(body, topic, 0, 0, &mut b);
+        }
+        let batch = b.finish(layout.schema());
+        let topics: Vec<_> = batch.column_by_name("_topic").unwrap().as_string::<i32>().iter().flatten().collect();
+        assert_eq!(topics, ["a", "b.c", "a"], "the record cut short left no row");
+    }
+
+    #[test]
+    fn steps_skip_exactly_what_the_schema_walk_skips() {
+        let nullable = |a: Avro| Avro::Union(vec![Avro::Null, a]);
+        let inner = Avro::Record(vec![("n".into(), Avro::Long), ("s".into(), nullable(Avro::String))]);
+        let schema = Avro::Record(vec![
+            ("b".into(), Avro::Boolean),
+            ("i".into(), Avro::Int),
+            ("f".into(), Avro::Float),
+            ("d".into(), Avro::Double),
+            ("x".into(), Avro::Bytes),
+            ("fx".into(), Avro::Fixed(3)),
+            ("e".into(), Avro::Enum(vec!["A".into(), "B".into()])),
+            ("nl".into(), nullable(Avro::Long)),
+            ("sn".into(), Avro::Union(vec![Avro::String, Avro::Null])),
+            ("rec".into(), nullable(inner)),
+            ("arr".into(), Avro::Array(Box::new(Avro::Long))),
+            ("map".into(), Avro::Map(Box::new(Avro::String))),
+            ("either".into(), Avro::Union(vec![Avro::Int, Avro::String])),
+            ("last".into(), Avro::Long),
+        ]);
+        let text = |s: &str| [varint(s.len() as i64), s.as_bytes().to_vec()].concat();
+        // Every optional value present, then every one absent.
+        let present = [
+            vec![1],
+            varint(-300),
+            vec![0; 4],
+            vec![0; 8],
+            text("xyz"),
+            vec![7; 3],
+            varint(1),
+            [varint(1), varint(1 << 40)].concat(),
+            [varint(0), text("s")].concat(),
+            [varint(1), varint(5), varint(1), text("inner")].concat(),
+            // Blocks: two items, then one item with its size in bytes (a negative count), then the end.
+            [varint(2), varint(1), varint(2), varint(-1), varint(1), varint(9), varint(0)].concat(),
+            [varint(1), text("k"), text("v"), varint(0)].concat(),
+            [varint(1), text("either")].concat(),
+            varint(i64::MIN),
+        ]
+        .concat();
+        let absent = [
+            vec![0],
+            varint(0),
+            vec![0; 4],
+            vec![0; 8],
+            varint(0),
+            vec![0; 3],
+            varint(0),
+            varint(0),
+            varint(1),
+            varint(0),
+            varint(0),
+            varint(0),
+            [varint(0), varint(42)].concat(),
+            varint(-2),
+        ]
+        .concat();
+        let mut program = Program::default();
+        program.skip(&schema);
+        assert_eq!(program.nested.len(), 3, "arrays, maps and other unions are walked: {:?}", program.steps);
+        for body in [present, absent] {
+            let mut padded = body.clone();
+            padded.extend_from_slice(&[0xff; 9]);
+            for buf in [&body[..], &padded[..]] {
+                let mut walked = Reader { buf, at: 0 };
+                walked.skip(&schema).unwrap();
+                assert_eq!(walked.at, body.len());
+                let mut stepped = Reader { buf, at: 0 };
+                stepped.skip_steps(&program.steps, &program.nested).unwrap();
+                assert_eq!(stepped.at, body.len(), "{buf:02x?}");
+            }
+            for cut in 0..body.len() {
+                let mut stepped = Reader { buf: &body[..cut], at: 0 };
+                assert!(stepped.skip_steps(&program.steps, &program.nested).is_err(), "cut at {cut}");
+            }
+        }
+        let mut r = Reader { buf: &[4, 0], at: 0 };
+        let err = r.skip_steps(&[Skip::Nullable { null: 0, len: 1 }, Skip::Varint], &[]).unwrap_err();
+        assert!(err.to_string().contains("union branch 2"), "{err}");
     }
 
     #[test]
