@@ -5,6 +5,10 @@
 //!
 //! The events are produced before the clock starts; the baseline's batches are decoded before
 //! its clock starts, so the ratio is the lake writer's whole cost against Parquet encoding alone.
+//!
+//! The two are timed in alternating rounds (lake, baseline, lake, baseline, …; each lake round
+//! writes a new table from offset 0) and the figures are the medians: on a shared machine one
+//! pair of runs can differ by a fifth either way.
 
 use std::{sync::Arc, time::Instant};
 
@@ -41,48 +45,117 @@ pub struct LakeBenchArgs {
     /// Rows per Delta commit (the writer's flush_rows).
     #[arg(long, default_value_t = 500_000)]
     commit_rows: usize,
+    /// Rounds of each (lake, then baseline); the medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// One timed round of either side.
+struct Round {
+    seconds: f64,
+    bytes_on_disk: u64,
 }
 
 pub async fn run(args: LakeBenchArgs) -> anyhow::Result<Value> {
-    anyhow::ensure!(args.events > 0 && args.partitions > 0 && args.commit_rows > 0, "arguments must be positive");
+    anyhow::ensure!(
+        args.events > 0 && args.partitions > 0 && args.commit_rows > 0 && args.rounds > 0,
+        "arguments must be positive"
+    );
     let super::Embedded { tmp, bus, registry } = super::embedded(TOPIC, args.partitions).await?;
     let bytes = produce(&bus, registry.clone(), args.events).await?;
-
-    // The lake writer, timed from open to its last commit.
-    let lake_dir = tmp.path().join("lake/raw/bench_shop_orders");
-    std::fs::create_dir_all(&lake_dir)?;
-    let url = url_of(&lake_dir)?;
-    let policy = FlushPolicy { rows: args.commit_rows, bytes: usize::MAX, age: std::time::Duration::from_secs(3600) };
-    eprintln!("lake writer: {} events → Delta", args.events);
-    let started = Instant::now();
-    let mut writer = TopicWriter::open(bus.clone(), registry.clone(), TOPIC, None, url, policy).await?;
-    let stats = writer.drain(std::time::Duration::from_millis(200)).await?;
-    let lake_secs = started.elapsed().as_secs_f64();
-    anyhow::ensure!(stats.rows as usize == args.events, "the writer wrote {} of {} rows", stats.rows, args.events);
-    let lake_bytes = dir_bytes(&lake_dir);
-
-    // The baseline: the same rows decoded into the same Arrow batches (not timed), then written.
-    eprintln!("baseline: decoding the same events into Arrow batches");
+    // The baseline's input: the same rows decoded into the same Arrow batches, not timed.
+    eprintln!("baseline: decoding the events into Arrow batches");
     let decode_started = Instant::now();
     let batches = decode_all(&bus, registry.as_ref(), args.events).await?;
     let decode_secs = decode_started.elapsed().as_secs_f64();
-    let raw_dir = tmp.path().join("parquet");
-    std::fs::create_dir_all(&raw_dir)?;
-    eprintln!("baseline: ArrowWriter, {} rows per file", args.commit_rows);
+
+    let (mut lake, mut raw) = (Vec::new(), Vec::new());
+    let mut commits = 0;
+    for round in 1..=args.rounds {
+        let dir = tmp.path().join(format!("round-{round}"));
+        eprintln!("round {round}/{}: lake writer, {} events → Delta", args.rounds, args.events);
+        let (r, c) = lake_round(&args, &bus, &registry, &dir.join("lake/raw/bench_shop_orders")).await?;
+        eprintln!("round {round}/{}: lake {:.0} rows/s", args.rounds, args.events as f64 / r.seconds);
+        commits = c;
+        lake.push(r);
+        eprintln!("round {round}/{}: baseline ArrowWriter, {} rows per file", args.rounds, args.commit_rows);
+        let r = baseline_round(&batches, args.commit_rows, &dir.join("parquet"))?;
+        eprintln!("round {round}/{}: baseline {:.0} rows/s", args.rounds, args.events as f64 / r.seconds);
+        raw.push(r);
+        std::fs::remove_dir_all(&dir)?;
+    }
+
+    let rate = |r: &Round| args.events as f64 / r.seconds;
+    let lake_rate = median(lake.iter().map(rate).collect());
+    let raw_rate = median(raw.iter().map(rate).collect());
+    let rates = |rs: &[Round]| rs.iter().map(|r| rate(r).round()).collect::<Vec<_>>();
+    let ratios: Vec<f64> = lake.iter().zip(&raw).map(|(l, r)| rate(l) / rate(r)).collect();
+    Ok(json!({
+        "benchmark": "lake",
+        "machine": machine(),
+        "events": args.events,
+        "partitions": args.partitions,
+        "avro_bytes": bytes,
+        "rounds": args.rounds,
+        "lake": {
+            "rows_per_s": lake_rate.round(),
+            "rows_per_s_by_round": rates(&lake),
+            "commits": commits,
+            "bytes_on_disk": lake[0].bytes_on_disk,
+        },
+        "baseline_arrow_writer": {
+            "rows_per_s": raw_rate.round(),
+            "rows_per_s_by_round": rates(&raw),
+            "files": args.events.div_ceil(args.commit_rows),
+            "bytes_on_disk": raw[0].bytes_on_disk,
+        },
+        "ratio_lake_to_arrow_writer": lake_rate / raw_rate,
+        "ratio_by_round": ratios,
+        "decode_only_rows_per_s": (args.events as f64 / decode_secs).round(),
+        "goals": {"rows_per_s": 300_000, "ratio": 0.8},
+    }))
+}
+
+/// The lake writer into a new table at `dir`, timed from open to its last commit; with the
+/// commits it made.
+async fn lake_round(
+    args: &LakeBenchArgs,
+    bus: &Arc<LocalBus>,
+    registry: &Arc<dyn SchemaRegistry>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Round, u64)> {
+    std::fs::create_dir_all(dir)?;
+    let url = url_of(dir)?;
+    let policy = FlushPolicy { rows: args.commit_rows, bytes: usize::MAX, age: std::time::Duration::from_secs(3600) };
+    let started = Instant::now();
+    let mut writer = TopicWriter::open(bus.clone(), registry.clone(), TOPIC, None, url, policy).await?;
+    let stats = writer.drain(std::time::Duration::from_millis(200)).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(stats.rows as usize == args.events, "the writer wrote {} of {} rows", stats.rows, args.events);
+    Ok((Round { seconds, bytes_on_disk: dir_bytes(dir) }, stats.commits))
+}
+
+/// `batches` written straight to Parquet files of `commit_rows` rows under `dir` by ArrowWriter.
+fn baseline_round(
+    batches: &[deltalake::arrow::record_batch::RecordBatch],
+    commit_rows: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<Round> {
+    std::fs::create_dir_all(dir)?;
     let started = Instant::now();
     let mut file_no = 0;
     let mut rows_in_file = 0;
     let mut out: Option<ArrowWriter<std::fs::File>> = None;
-    for batch in &batches {
+    for batch in batches {
         if out.is_none() {
-            let file = std::fs::File::create(raw_dir.join(format!("part-{file_no:05}.parquet")))?;
+            let file = std::fs::File::create(dir.join(format!("part-{file_no:05}.parquet")))?;
             out = Some(ArrowWriter::try_new(file, batch.schema(), Some(parquet_properties()))?);
             file_no += 1;
         }
         let w = out.as_mut().expect("just opened");
         w.write(batch)?;
         rows_in_file += batch.num_rows();
-        if rows_in_file >= args.commit_rows {
+        if rows_in_file >= commit_rows {
             out.take().expect("open").close()?;
             rows_in_file = 0;
         }
@@ -90,32 +163,14 @@ pub async fn run(args: LakeBenchArgs) -> anyhow::Result<Value> {
     if let Some(w) = out {
         w.close()?;
     }
-    let raw_secs = started.elapsed().as_secs_f64();
+    Ok(Round { seconds: started.elapsed().as_secs_f64(), bytes_on_disk: dir_bytes(dir) })
+}
 
-    let lake_rate = args.events as f64 / lake_secs;
-    let raw_rate = args.events as f64 / raw_secs;
-    Ok(json!({
-        "benchmark": "lake",
-        "machine": machine(),
-        "events": args.events,
-        "partitions": args.partitions,
-        "avro_bytes": bytes,
-        "lake": {
-            "seconds": lake_secs,
-            "rows_per_s": lake_rate.round(),
-            "commits": stats.commits,
-            "bytes_on_disk": lake_bytes,
-        },
-        "baseline_arrow_writer": {
-            "seconds": raw_secs,
-            "rows_per_s": raw_rate.round(),
-            "files": file_no,
-            "bytes_on_disk": dir_bytes(&raw_dir),
-        },
-        "ratio_lake_to_arrow_writer": lake_rate / raw_rate,
-        "decode_only_rows_per_s": (args.events as f64 / decode_secs).round(),
-        "goals": {"rows_per_s": 300_000, "ratio": 0.8},
-    }))
+/// The median (the mean of the middle two for an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
 }
 
 fn url_of(dir: &std::path::Path) -> anyhow::Result<url::Url> {
