@@ -762,16 +762,8 @@ impl BatchBuilder {
     fn topic_column(&mut self) -> StringArray {
         let runs = std::mem::take(&mut self.topics);
         let values = runs.iter().map(|(t, n)| t.as_bytes().repeat(*n)).collect::<Vec<_>>().concat();
-        let mut offsets = Vec::with_capacity(runs.iter().map(|(_, n)| n).sum::<usize>() + 1);
-        offsets.push(0i32);
-        let mut end = 0;
-        for (t, n) in &runs {
-            for _ in 0..*n {
-                end += t.len();
-                offsets.push(i32::try_from(end).expect("a batch's topic names stay under 2 GiB"));
-            }
-        }
-        StringArray::new(OffsetBuffer::new(offsets.into()), Buffer::from_vec(values), None)
+        let offsets = OffsetBuffer::from_lengths(runs.iter().flat_map(|(t, n)| std::iter::repeat_n(t.len(), *n)));
+        StringArray::new(offsets, Buffer::from_vec(values), None)
     }
 
     /// The finished batch (the builders are reset).
