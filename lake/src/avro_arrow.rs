@@ -973,22 +973,18 @@ impl<'a> Reader<'a> {
     #[inline(never)]
     fn long_multi_byte(&mut self) -> Result<i64, DecodeError> {
         let rest = self.buf.get(self.at..).unwrap_or_default();
-        // Up to 8 bytes at once: the first byte without its high bit ends the varint; the 7-bit
-        // groups below it are packed together in three steps.
-        if let Some(word) = rest.first_chunk::<8>().map(|w| u64::from_le_bytes(*w)) {
-            let ends = !word & 0x8080_8080_8080_8080;
-            if ends != 0 {
-                let len = ends.trailing_zeros() as usize / 8 + 1;
-                let mut x = word & 0x7f7f_7f7f_7f7f_7f7f;
-                if len < 8 {
-                    x &= (1u64 << (8 * len)) - 1;
-                }
-                x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-                x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-                x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
-                self.at += len;
-                return Ok(zigzag(x));
+        // Up to 8 bytes at once: the 7-bit groups of a varint that ends within them are packed
+        // together in three steps.
+        if let Some((word, len)) = short_varint(rest) {
+            let mut x = word & 0x7f7f_7f7f_7f7f_7f7f;
+            if len < 8 {
+                x &= (1u64 << (8 * len)) - 1;
             }
+            x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+            x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+            x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+            self.at += len;
+            return Ok(zigzag(x));
         }
         let mut v = 0u64;
         for (i, &b) in rest.iter().take(10).enumerate() {
@@ -1060,12 +1056,9 @@ impl<'a> Reader<'a> {
     /// Steps over a varint without decoding it.
     #[inline]
     fn skip_varint(&mut self) -> Result<(), DecodeError> {
-        if let Some(word) = self.buf.get(self.at..).and_then(<[u8]>::first_chunk::<8>) {
-            let ends = !u64::from_le_bytes(*word) & 0x8080_8080_8080_8080;
-            if ends != 0 {
-                self.at += ends.trailing_zeros() as usize / 8 + 1;
-                return Ok(());
-            }
+        if let Some((_, len)) = short_varint(self.buf.get(self.at..).unwrap_or_default()) {
+            self.at += len;
+            return Ok(());
         }
         self.long_multi_byte().map(drop)
     }
@@ -1208,6 +1201,15 @@ impl<'a> Reader<'a> {
 fn utf8(bytes: BinaryArray) -> StringArray {
     StringArray::try_from_binary(bytes.clone())
         .unwrap_or_else(|_| bytes.iter().map(|v| v.map(String::from_utf8_lossy)).collect())
+}
+
+/// The first 8 bytes of `rest` as a little-endian word and the length of the varint they start
+/// with, if it ends within them (its last byte is the first without the high bit).
+#[inline]
+fn short_varint(rest: &[u8]) -> Option<(u64, usize)> {
+    let word = u64::from_le_bytes(*rest.first_chunk::<8>()?);
+    let ends = !word & 0x8080_8080_8080_8080;
+    (ends != 0).then(|| (word, ends.trailing_zeros() as usize / 8 + 1))
 }
 
 /// Avro's zig-zag encoding of a signed long, undone.
