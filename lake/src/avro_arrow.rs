@@ -48,6 +48,10 @@ pub enum DecodeError {
     },
 }
 
+/// What the decoder's steps return: the error boxed, so that a result fits in two registers
+/// (a `DecodeError` is four words, returned through memory by every step not inlined).
+type Read<T> = Result<T, Box<DecodeError>>;
+
 /// The Avro types the decoder walks.
 #[derive(Debug, Clone)]
 enum Avro {
@@ -434,7 +438,7 @@ impl Layout {
         if result.is_err() && filled > 0 {
             batch.void_row(filled);
         }
-        result
+        result.map_err(|e| *e)
     }
 
     fn append_inner(
@@ -445,7 +449,7 @@ impl Layout {
         offset: i64,
         batch: &mut BatchBuilder,
         filled: &mut usize,
-    ) -> Result<bool, DecodeError> {
+    ) -> Read<bool> {
         let mut r = Reader { buf: body, at: 0 };
         let mut before = (0usize, 0usize);
         let mut after_decoded = false;
@@ -523,13 +527,7 @@ impl Layout {
 
     /// Decodes a row image (a `[null, record]` union) into the row columns: `Ok(false)` for null.
     /// `filled` counts the columns appended so far, for [`BatchBuilder::void_row`].
-    fn image(
-        &self,
-        r: &mut Reader<'_>,
-        avro: &Avro,
-        batch: &mut BatchBuilder,
-        filled: &mut usize,
-    ) -> Result<bool, DecodeError> {
+    fn image(&self, r: &mut Reader<'_>, avro: &Avro, batch: &mut BatchBuilder, filled: &mut usize) -> Read<bool> {
         let branch = r.long()?;
         let is_record = match avro {
             Avro::Union(branches) => match branches.get(branch as usize) {
@@ -873,7 +871,7 @@ impl Column {
         }
     }
 
-    fn append(&mut self, r: &mut Reader<'_>, avro: &Avro) -> Result<(), DecodeError> {
+    fn append(&mut self, r: &mut Reader<'_>, avro: &Avro) -> Read<()> {
         let avro = match avro {
             Avro::Union(branches) => {
                 let i = r.long()?;
@@ -932,12 +930,12 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn error(&self, reason: String) -> DecodeError {
-        DecodeError::Data { at: self.at, reason }
+    fn error(&self, reason: String) -> Box<DecodeError> {
+        Box::new(DecodeError::Data { at: self.at, reason })
     }
 
     #[inline]
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Read<&'a [u8]> {
         match self.buf.get(self.at..).and_then(|rest| rest.get(..n)) {
             Some(s) => {
                 self.at += n;
@@ -948,17 +946,17 @@ impl<'a> Reader<'a> {
     }
 
     #[cold]
-    fn short(&self, n: usize) -> DecodeError {
+    fn short(&self, n: usize) -> Box<DecodeError> {
         self.error(format!("{n} bytes wanted, {} left", self.buf.len().saturating_sub(self.at)))
     }
 
     #[inline]
-    fn byte(&mut self) -> Result<u8, DecodeError> {
+    fn byte(&mut self) -> Read<u8> {
         Ok(self.take(1)?[0])
     }
 
     #[inline]
-    fn long(&mut self) -> Result<i64, DecodeError> {
+    fn long(&mut self) -> Read<i64> {
         // Most values (lengths, union branches, small numbers) fit in one byte.
         if let Some(&b) = self.buf.get(self.at)
             && b < 0x80
@@ -971,7 +969,7 @@ impl<'a> Reader<'a> {
 
     /// [`Reader::long`] past its one-byte case, kept out of line so that case inlines small.
     #[inline(never)]
-    fn long_multi_byte(&mut self) -> Result<i64, DecodeError> {
+    fn long_multi_byte(&mut self) -> Read<i64> {
         let rest = self.buf.get(self.at..).unwrap_or_default();
         // Up to 8 bytes at once: the 7-bit groups of a varint that ends within them are packed
         // together in three steps.
@@ -1004,14 +1002,14 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    fn bytes(&mut self) -> Read<&'a [u8]> {
         let n = self.long()?;
         let n = usize::try_from(n).map_err(|_| self.error(format!("negative length {n}")))?;
         self.take(n)
     }
 
     /// A long, possibly inside a `[null, long]` union.
-    fn long_in(&mut self, avro: &Avro) -> Result<Option<i64>, DecodeError> {
+    fn long_in(&mut self, avro: &Avro) -> Read<Option<i64>> {
         match avro {
             Avro::Long | Avro::Int => Ok(Some(self.long()?)),
             Avro::Union(b) => match b.get(self.long()? as usize) {
@@ -1027,18 +1025,18 @@ impl<'a> Reader<'a> {
     }
 
     /// A string, possibly inside a `[null, string]` union.
-    fn str_in(&mut self, avro: &Avro) -> Result<Option<&'a str>, DecodeError> {
+    fn str_in(&mut self, avro: &Avro) -> Read<Option<&'a str>> {
         let at = self.at;
         match self.text_in(avro)? {
-            Some(bytes) => {
-                std::str::from_utf8(bytes).map(Some).map_err(|_| DecodeError::Data { at, reason: "not UTF-8".into() })
-            }
+            Some(bytes) => std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|_| Box::new(DecodeError::Data { at, reason: "not UTF-8".into() })),
             None => Ok(None),
         }
     }
 
     /// The bytes of a string, possibly inside a `[null, string]` union, not checked to be UTF-8.
-    fn text_in(&mut self, avro: &Avro) -> Result<Option<&'a [u8]>, DecodeError> {
+    fn text_in(&mut self, avro: &Avro) -> Read<Option<&'a [u8]>> {
         match avro {
             Avro::String => self.bytes().map(Some),
             Avro::Union(b) => match b.get(self.long()? as usize) {
@@ -1055,7 +1053,7 @@ impl<'a> Reader<'a> {
 
     /// Steps over a varint without decoding it.
     #[inline]
-    fn skip_varint(&mut self) -> Result<(), DecodeError> {
+    fn skip_varint(&mut self) -> Read<()> {
         if let Some((_, len)) = short_varint(self.buf.get(self.at..).unwrap_or_default()) {
             self.at += len;
             return Ok(());
@@ -1064,7 +1062,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Steps over the values that `steps` (of a [`Program`]) describe.
-    fn skip_steps(&mut self, steps: &[Skip], nested: &[Avro]) -> Result<(), DecodeError> {
+    fn skip_steps(&mut self, steps: &[Skip], nested: &[Avro]) -> Read<()> {
         let mut i = 0;
         while let Some(&step) = steps.get(i) {
             match step {
@@ -1090,7 +1088,7 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    fn skip(&mut self, avro: &Avro) -> Result<(), DecodeError> {
+    fn skip(&mut self, avro: &Avro) -> Read<()> {
         match avro {
             Avro::Null => {}
             Avro::Boolean => {
@@ -1142,7 +1140,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A nested value as JSON (bytes as arrays of numbers would be unreadable: base64-free hex).
-    fn json(&mut self, avro: &Avro) -> Result<Json, DecodeError> {
+    fn json(&mut self, avro: &Avro) -> Read<Json> {
         Ok(match avro {
             Avro::Null => Json::Null,
             Avro::Boolean => Json::Bool(self.byte()? != 0),
