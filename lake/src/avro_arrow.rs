@@ -636,7 +636,20 @@ impl Program {
     }
 }
 
-/// Appends `n` in decimal (written into a fixed 20 bytes, then cut: no `memcpy` call).
+/// "00", "01", … "99": two digits at a time for [`push_decimal`].
+const DIGIT_PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Appends `n` in decimal, two digits per division (written into a fixed 20 bytes, then cut: no
+/// `memcpy` call).
 fn push_decimal(out: &mut Vec<u8>, n: i64) {
     if n < 0 {
         out.push(b'-');
@@ -645,9 +658,17 @@ fn push_decimal(out: &mut Vec<u8>, n: i64) {
     let digits = v.checked_ilog10().map_or(1, |d| d as usize + 1);
     let at = out.len();
     out.extend_from_slice(&[b'0'; 20]);
-    for d in out[at..at + digits].iter_mut().rev() {
-        *d = b'0' + (v % 10) as u8;
-        v /= 10;
+    let text = &mut out[at..at + digits];
+    let mut end = digits;
+    while end >= 2 {
+        let pair = (v % 100) as usize * 2;
+        text[end - 2..end].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+        end -= 2;
+        v /= 100;
+    }
+    // An odd count leaves one digit.
+    if end == 1 {
+        text[0] = b'0' + v as u8;
     }
     out.truncate(at + digits);
 }
@@ -971,19 +992,16 @@ impl<'a> Reader<'a> {
     #[inline(never)]
     fn long_multi_byte(&mut self) -> Read<i64> {
         let rest = self.buf.get(self.at..).unwrap_or_default();
-        // Up to 8 bytes at once: the 7-bit groups of a varint that ends within them are packed
-        // together in three steps.
         if let Some((word, len)) = short_varint(rest) {
-            let mut x = word & 0x7f7f_7f7f_7f7f_7f7f;
-            if len < 8 {
-                x &= (1u64 << (8 * len)) - 1;
-            }
-            x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-            x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-            x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
             self.at += len;
-            return Ok(zigzag(x));
+            return Ok(zigzag(pack(word, len)));
         }
+        // Nanosecond timestamps take 9 bytes: every Debezium envelope has two.
+        if let Some((v, len)) = long_varint(rest) {
+            self.at += len;
+            return Ok(zigzag(v));
+        }
+        // Within 8 bytes of the end of the buffer, or broken.
         let mut v = 0u64;
         for (i, &b) in rest.iter().take(10).enumerate() {
             v |= u64::from(b & 0x7f) << (7 * i);
@@ -1054,7 +1072,8 @@ impl<'a> Reader<'a> {
     /// Steps over a varint without decoding it.
     #[inline]
     fn skip_varint(&mut self) -> Read<()> {
-        if let Some((_, len)) = short_varint(self.buf.get(self.at..).unwrap_or_default()) {
+        let rest = self.buf.get(self.at..).unwrap_or_default();
+        if let Some((_, len)) = short_varint(rest).or_else(|| long_varint(rest)) {
             self.at += len;
             return Ok(());
         }
@@ -1208,6 +1227,33 @@ fn short_varint(rest: &[u8]) -> Option<(u64, usize)> {
     let word = u64::from_le_bytes(*rest.first_chunk::<8>()?);
     let ends = !word & 0x8080_8080_8080_8080;
     (ends != 0).then(|| (word, ends.trailing_zeros() as usize / 8 + 1))
+}
+
+/// The 7-bit groups of the first `len` (at most 8) bytes of `word` packed together, in three
+/// steps instead of a step per byte.
+#[inline]
+fn pack(word: u64, len: usize) -> u64 {
+    let mut x = word & 0x7f7f_7f7f_7f7f_7f7f;
+    if len < 8 {
+        x &= (1u64 << (8 * len)) - 1;
+    }
+    x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+    x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+    (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4)
+}
+
+/// The value and length of a varint of 9 or 10 bytes at the start of `rest`, whose first 8
+/// bytes all have the high bit (see [`short_varint`]). A tenth byte gives the top bit only, as
+/// Avro's Java decoder reads it.
+#[inline]
+fn long_varint(rest: &[u8]) -> Option<(u64, usize)> {
+    let (first, tail) = rest.split_first_chunk::<8>()?;
+    let low = pack(u64::from_le_bytes(*first), 8);
+    match *tail {
+        [b8, ..] if b8 < 0x80 => Some((low | u64::from(b8) << 56, 9)),
+        [b8, b9, ..] if b9 < 0x80 => Some((low | u64::from(b8 & 0x7f) << 56 | u64::from(b9) << 63, 10)),
+        _ => None,
+    }
 }
 
 /// Avro's zig-zag encoding of a signed long, undone.
@@ -1490,6 +1536,9 @@ mod tests {
                 let mut r = Reader { buf, at: 0 };
                 assert_eq!(r.long().unwrap(), n, "{n} from {buf:02x?}");
                 assert_eq!(r.at, bytes.len(), "{n}: bytes taken");
+                let mut r = Reader { buf, at: 0 };
+                r.skip_varint().unwrap();
+                assert_eq!(r.at, bytes.len(), "{n}: bytes skipped");
             }
         }
         let mut r = Reader { buf: &[0x80, 0x80], at: 0 };
