@@ -22,15 +22,13 @@ use std::{collections::HashMap, sync::Arc};
 use deltalake::arrow::array::builder::NullBufferBuilder;
 use deltalake::arrow::{
     array::{
-        ArrayRef, BinaryArray, BooleanArray, BooleanBuilder, Date32Array, Int32Array, Int64Array, PrimitiveArray,
-        StringArray, StringBuilder,
+        ArrayRef, BinaryArray, BooleanArray, BooleanBuilder, Date32Array, Date32Builder, Decimal128Builder,
+        Float32Builder, Float64Builder, Int8Builder, Int16Builder, Int32Array, Int32Builder, Int64Array, Int64Builder,
+        StringArray, StringBuilder, TimestampMicrosecondBuilder, TimestampMillisecondBuilder,
+        TimestampNanosecondBuilder,
     },
     buffer::{Buffer, OffsetBuffer},
-    datatypes::{
-        ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type, Int8Type, Int16Type,
-        Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-        TimestampNanosecondType,
-    },
+    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
     record_batch::RecordBatch,
 };
 use serde_json::{Map, Value as Json};
@@ -410,7 +408,7 @@ impl Layout {
         BatchBuilder {
             columns: self.row.iter().map(|(_, _, k)| Column::new(*k, capacity)).collect(),
             op: ByteColumn::with_capacity(capacity, capacity),
-            source_ts: Values::with_capacity(capacity),
+            source_ts: Int64Builder::with_capacity(capacity),
             pos: ByteColumn::with_capacity(capacity, capacity * 32),
             topics: Vec::new(),
             partition: Vec::with_capacity(capacity),
@@ -506,7 +504,7 @@ impl Layout {
         // One byte at most (see above): pushed, not copied.
         batch.op.values.extend(op);
         batch.op.end_value();
-        batch.source_ts.push_option(ts_ms);
+        batch.source_ts.append_option(ts_ms);
         match (file, pos) {
             (Some((len, window)), Some(p)) => {
                 let pos = &mut batch.pos;
@@ -746,7 +744,7 @@ pub struct BatchBuilder {
     columns: Vec<Column>,
     /// `_op` and `_pos` as bytes: made UTF-8 text in one pass by [`utf8`].
     op: ByteColumn,
-    source_ts: Values<Int64Type>,
+    source_ts: Int64Builder,
     pos: ByteColumn,
     /// `_topic` in runs of one topic (usually one run): written out by `finish`.
     topics: Vec<(String, usize)>,
@@ -772,7 +770,7 @@ impl BatchBuilder {
             c.append_null();
         }
         self.op.end_value();
-        self.source_ts.push_null();
+        self.source_ts.append_null();
         self.pos.push_null();
         match self.topics.last_mut() {
             Some((_, n)) => *n += 1,
@@ -813,60 +811,23 @@ impl BatchBuilder {
     }
 }
 
-/// A primitive column being built: values and nulls, nothing else (in the decoder arrow's
-/// builders' `append_value` stayed a call per value; measured 1% of the decoding time).
-struct Values<T: ArrowPrimitiveType> {
-    values: Vec<T::Native>,
-    nulls: NullBufferBuilder,
-}
-
-impl<T: ArrowPrimitiveType> Values<T> {
-    fn with_capacity(n: usize) -> Values<T> {
-        Values { values: Vec::with_capacity(n), nulls: NullBufferBuilder::new(n) }
-    }
-
-    #[inline]
-    fn push(&mut self, v: T::Native) {
-        self.values.push(v);
-        self.nulls.append_non_null();
-    }
-
-    #[inline]
-    fn push_option(&mut self, v: Option<T::Native>) {
-        match v {
-            Some(v) => self.push(v),
-            None => self.push_null(),
-        }
-    }
-
-    fn push_null(&mut self) {
-        self.values.push(T::Native::default());
-        self.nulls.append_null();
-    }
-
-    /// The values as an array (the column is emptied).
-    fn finish(&mut self) -> PrimitiveArray<T> {
-        PrimitiveArray::new(std::mem::take(&mut self.values).into(), self.nulls.finish())
-    }
-}
-
 enum Column {
     Boolean(BooleanBuilder),
-    Int8(Values<Int8Type>),
-    Int16(Values<Int16Type>),
-    Int32(Values<Int32Type>),
-    Int64(Values<Int64Type>),
-    Float32(Values<Float32Type>),
-    Float64(Values<Float64Type>),
+    Int8(Int8Builder),
+    Int16(Int16Builder),
+    Int32(Int32Builder),
+    Int64(Int64Builder),
+    Float32(Float32Builder),
+    Float64(Float64Builder),
     /// Text as bytes, checked to be UTF-8 all at once when the column is finished ([`utf8`]):
     /// one pass over the column instead of a check per value.
     Utf8(ByteColumn),
     Binary(ByteColumn),
-    Date32(Values<Date32Type>),
-    TimestampMs(Values<TimestampMillisecondType>),
-    TimestampUs(Values<TimestampMicrosecondType>),
-    TimestampNs(Values<TimestampNanosecondType>),
-    Decimal(Values<Decimal128Type>, u8, i8),
+    Date32(Date32Builder),
+    TimestampMs(TimestampMillisecondBuilder),
+    TimestampUs(TimestampMicrosecondBuilder),
+    TimestampNs(TimestampNanosecondBuilder),
+    Decimal(Decimal128Builder, u8, i8),
     Json(StringBuilder),
 }
 
@@ -874,19 +835,23 @@ impl Column {
     fn new(kind: Kind, n: usize) -> Column {
         match kind {
             Kind::Boolean => Column::Boolean(BooleanBuilder::with_capacity(n)),
-            Kind::Int8 => Column::Int8(Values::with_capacity(n)),
-            Kind::Int16 => Column::Int16(Values::with_capacity(n)),
-            Kind::Int32 => Column::Int32(Values::with_capacity(n)),
-            Kind::Int64 => Column::Int64(Values::with_capacity(n)),
-            Kind::Float32 => Column::Float32(Values::with_capacity(n)),
-            Kind::Float64 => Column::Float64(Values::with_capacity(n)),
+            Kind::Int8 => Column::Int8(Int8Builder::with_capacity(n)),
+            Kind::Int16 => Column::Int16(Int16Builder::with_capacity(n)),
+            Kind::Int32 => Column::Int32(Int32Builder::with_capacity(n)),
+            Kind::Int64 => Column::Int64(Int64Builder::with_capacity(n)),
+            Kind::Float32 => Column::Float32(Float32Builder::with_capacity(n)),
+            Kind::Float64 => Column::Float64(Float64Builder::with_capacity(n)),
             Kind::Utf8 => Column::Utf8(ByteColumn::with_capacity(n, n * 16)),
             Kind::Binary => Column::Binary(ByteColumn::with_capacity(n, n * 16)),
-            Kind::Date32 => Column::Date32(Values::with_capacity(n)),
-            Kind::TimestampMs => Column::TimestampMs(Values::with_capacity(n)),
-            Kind::TimestampUs => Column::TimestampUs(Values::with_capacity(n)),
-            Kind::TimestampNs => Column::TimestampNs(Values::with_capacity(n)),
-            Kind::Decimal(p, s) => Column::Decimal(Values::with_capacity(n), p, s),
+            Kind::Date32 => Column::Date32(Date32Builder::with_capacity(n)),
+            Kind::TimestampMs => {
+                Column::TimestampMs(TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"))
+            }
+            Kind::TimestampUs => {
+                Column::TimestampUs(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"))
+            }
+            Kind::TimestampNs => Column::TimestampNs(TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC")),
+            Kind::Decimal(p, s) => Column::Decimal(Decimal128Builder::with_capacity(n), p, s),
             Kind::Json => Column::Json(StringBuilder::with_capacity(n, n * 32)),
         }
     }
@@ -916,19 +881,19 @@ impl Column {
     fn append_null(&mut self) {
         match self {
             Column::Boolean(b) => b.append_null(),
-            Column::Int8(b) => b.push_null(),
-            Column::Int16(b) => b.push_null(),
-            Column::Int32(b) => b.push_null(),
-            Column::Int64(b) => b.push_null(),
-            Column::Float32(b) => b.push_null(),
-            Column::Float64(b) => b.push_null(),
+            Column::Int8(b) => b.append_null(),
+            Column::Int16(b) => b.append_null(),
+            Column::Int32(b) => b.append_null(),
+            Column::Int64(b) => b.append_null(),
+            Column::Float32(b) => b.append_null(),
+            Column::Float64(b) => b.append_null(),
             Column::Utf8(b) | Column::Binary(b) => b.push_null(),
             Column::Json(b) => b.append_null(),
-            Column::Date32(b) => b.push_null(),
-            Column::TimestampMs(b) => b.push_null(),
-            Column::TimestampUs(b) => b.push_null(),
-            Column::TimestampNs(b) => b.push_null(),
-            Column::Decimal(b, ..) => b.push_null(),
+            Column::Date32(b) => b.append_null(),
+            Column::TimestampMs(b) => b.append_null(),
+            Column::TimestampUs(b) => b.append_null(),
+            Column::TimestampNs(b) => b.append_null(),
+            Column::Decimal(b, ..) => b.append_null(),
         }
     }
 
@@ -949,31 +914,31 @@ impl Column {
         };
         match self {
             Column::Boolean(b) => b.append_value(r.byte()? != 0),
-            Column::Int8(b) => b.push(r.long()? as i8),
-            Column::Int16(b) => b.push(r.long()? as i16),
-            Column::Int32(b) => b.push(r.long()? as i32),
-            Column::Int64(b) => b.push(r.long()?),
-            Column::Float32(b) => b.push(f32::from_le_bytes(r.take(4)?.try_into().unwrap())),
-            Column::Float64(b) => b.push(f64::from_le_bytes(r.take(8)?.try_into().unwrap())),
+            Column::Int8(b) => b.append_value(r.long()? as i8),
+            Column::Int16(b) => b.append_value(r.long()? as i16),
+            Column::Int32(b) => b.append_value(r.long()? as i32),
+            Column::Int64(b) => b.append_value(r.long()?),
+            Column::Float32(b) => b.append_value(f32::from_le_bytes(r.take(4)?.try_into().unwrap())),
+            Column::Float64(b) => b.append_value(f64::from_le_bytes(r.take(8)?.try_into().unwrap())),
             Column::Utf8(b) | Column::Binary(b) => {
                 let value = r.bytes()?;
                 b.push_from(r.window(value), value.len())
             }
-            Column::Date32(b) => b.push(r.long()? as i32),
-            Column::TimestampMs(b) => b.push(r.long()?),
-            Column::TimestampUs(b) => b.push(r.long()?),
-            Column::TimestampNs(b) => b.push(r.long()?),
+            Column::Date32(b) => b.append_value(r.long()? as i32),
+            Column::TimestampMs(b) => b.append_value(r.long()?),
+            Column::TimestampUs(b) => b.append_value(r.long()?),
+            Column::TimestampNs(b) => b.append_value(r.long()?),
             Column::Decimal(b, ..) => {
                 let bytes = r.bytes()?;
                 if bytes.len() > 16 {
                     // Precision ≤ 38 never needs more; a writer that sent more broke its schema.
-                    b.push_null();
+                    b.append_null();
                     return Ok(());
                 }
                 let fill = if bytes.first().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
                 let mut be = [fill; 16];
                 be[16 - bytes.len()..].copy_from_slice(bytes);
-                b.push(i128::from_be_bytes(be))
+                b.append_value(i128::from_be_bytes(be))
             }
             Column::Json(b) => {
                 let json = r.json(avro)?;
