@@ -13,7 +13,7 @@ use deltalake::{
         prelude::SessionContext,
         sql::sqlparser::{
             dialect::GenericDialect,
-            tokenizer::{Token, Tokenizer},
+            tokenizer::{Location, Token, Tokenizer},
         },
     },
 };
@@ -112,47 +112,56 @@ pub type Pins = BTreeMap<(String, u64), String>;
 /// `"<ns>"."<table>@v<n>"`; returns the new SQL and the (table, version) → alias pins.
 pub fn rewrite_time_travel(sql: &str) -> Result<(String, Pins), LakeError> {
     let bad = |reason: String| LakeError::Table { table: "query".into(), reason };
-    let tokens =
-        Tokenizer::new(&GenericDialect {}, sql).tokenize().map_err(|e| bad(format!("cannot tokenize the SQL: {e}")))?;
+    let tokens = Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| bad(format!("cannot tokenize the SQL: {e}")))?;
+    // Only the rewritten references change; everything else is copied from `sql` as written
+    // (tokens printed back would lose escapes: `'O''Brien'` would come out as `'O'Brien'`).
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let offset = |l: Location| {
+        let start = line_starts[(l.line as usize).saturating_sub(1).min(line_starts.len() - 1)];
+        sql[start..].char_indices().nth((l.column as usize).saturating_sub(1)).map_or(sql.len(), |(i, _)| start + i)
+    };
     let word =
         |t: &Token, w: &str| matches!(t, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
-    let mut out: Vec<Token> = Vec::with_capacity(tokens.len());
+    let significant = |j: &usize| !matches!(tokens[*j].token, Token::Whitespace(_));
+    let mut out = String::with_capacity(sql.len());
+    let mut copied = 0;
     let mut pins = BTreeMap::new();
-    let mut i = 0;
-    while i < tokens.len() {
-        if word(&tokens[i], "VERSION") {
-            // The next three significant tokens must be AS OF <number>.
-            let significant: Vec<usize> =
-                (i + 1..tokens.len()).filter(|&j| !matches!(tokens[j], Token::Whitespace(_))).take(3).collect();
-            if significant.len() == 3 && word(&tokens[significant[0]], "AS") && word(&tokens[significant[1]], "OF") {
-                let Token::Number(n, _) = &tokens[significant[2]] else {
-                    return Err(bad("VERSION AS OF needs a version number".into()));
-                };
-                let version: u64 = n.parse().map_err(|_| bad(format!("VERSION AS OF {n}: not a version number")))?;
-                // Take back `<ns> . <table>` (and the whitespace before VERSION).
-                while matches!(out.last(), Some(Token::Whitespace(_))) {
-                    out.pop();
-                }
-                let (Some(Token::Word(table)), Some(Token::Period), Some(Token::Word(ns))) =
-                    (out.pop(), out.pop(), out.pop())
-                else {
-                    return Err(bad("VERSION AS OF must follow a table name such as raw.orders".into()));
-                };
-                let name = format!("{}.{}", ns.value, table.value);
-                crate::catalog::check_name(&name)?;
-                let alias = format!("{}@v{version}", table.value);
-                pins.insert((name, version), format!("{}.{alias}", ns.value));
-                out.push(Token::make_word(&ns.value, Some('"')));
-                out.push(Token::Period);
-                out.push(Token::make_word(&alias, Some('"')));
-                i = significant[2] + 1;
-                continue;
-            }
+    for i in 0..tokens.len() {
+        if !word(&tokens[i].token, "VERSION") {
+            continue;
         }
-        out.push(tokens[i].clone());
-        i += 1;
+        // The next three significant tokens must be AS OF <number>…
+        let after: Vec<usize> = (i + 1..tokens.len()).filter(significant).take(3).collect();
+        if after.len() < 3 || !word(&tokens[after[0]].token, "AS") || !word(&tokens[after[1]].token, "OF") {
+            continue;
+        }
+        let Token::Number(n, _) = &tokens[after[2]].token else {
+            return Err(bad("VERSION AS OF needs a version number".into()));
+        };
+        let version: u64 = n.parse().map_err(|_| bad(format!("VERSION AS OF {n}: not a version number")))?;
+        // … and the three before it `<ns> . <table>`.
+        let before: Vec<usize> = (0..i).rev().filter(significant).take(3).collect();
+        let [table, period, ns] = before[..] else {
+            return Err(bad("VERSION AS OF must follow a table name such as raw.orders".into()));
+        };
+        let (Token::Word(table), Token::Period, Token::Word(ns_word)) =
+            (&tokens[table].token, &tokens[period].token, &tokens[ns].token)
+        else {
+            return Err(bad("VERSION AS OF must follow a table name such as raw.orders".into()));
+        };
+        let name = format!("{}.{}", ns_word.value, table.value);
+        crate::catalog::check_name(&name)?;
+        let alias = format!("{}@v{version}", table.value);
+        pins.insert((name, version), format!("{}.{alias}", ns_word.value));
+        let (from, to) = (offset(tokens[ns].span.start), offset(tokens[after[2]].span.end));
+        out.push_str(&sql[copied..from]);
+        out.push_str(&format!("\"{}\".\"{alias}\"", ns_word.value));
+        copied = to;
     }
-    Ok((out.iter().map(ToString::to_string).collect(), pins))
+    out.push_str(&sql[copied..]);
+    Ok((out, pins))
 }
 
 #[cfg(test)]
@@ -171,5 +180,16 @@ mod tests {
         assert_eq!((sql.as_str(), pins.len()), ("SELECT 'raw.x VERSION AS OF 2'", 0));
         assert!(rewrite_time_travel("SELECT * FROM raw.o VERSION AS OF x").is_err());
         assert!(rewrite_time_travel("SELECT * FROM t VERSION AS OF 1").is_err());
+    }
+    #[test]
+    fn quotes_and_escapes_are_kept_as_written() {
+        for sql in [
+            "SELECT 'O''Brien', E'a\\''b', \"we\"\"ird\" FROM t -- it's\n/* 'x */ WHERE a = '''; DROP TABLE t; --'",
+            "SELECT $$ it's $$, X'ff', N'n''n'",
+        ] {
+            assert_eq!(rewrite_time_travel(sql).unwrap().0, sql);
+        }
+        let (sql, _) = rewrite_time_travel("SELECT 'it''s' FROM raw.o VERSION AS OF 2").unwrap();
+        assert_eq!(sql, "SELECT 'it''s' FROM \"raw\".\"o@v2\"");
     }
 }
