@@ -120,11 +120,13 @@ impl Script {
                     }
                 }
             };
-            // What it wrote before exiting is in the pipe; processes it left behind holding
-            // the pipe are not waited for.
+            // What it wrote before exiting is in the pipe: read to its end (a `try_read` can
+            // answer "would block" before the reactor has seen the pipe readable, losing the
+            // last lines). Processes it left behind holding the pipe are waited for a moment only.
+            let drained_by = tokio::time::Instant::now() + Duration::from_millis(500);
             while open {
-                match pipe.try_read(&mut buf) {
-                    Ok(n) if n > 0 => log.write(&buf[..n]).map_err(log_err)?,
+                match tokio::time::timeout_at(drained_by, pipe.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => log.write(&buf[..n]).map_err(log_err)?,
                     _ => open = false,
                 }
             }
