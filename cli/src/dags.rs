@@ -11,7 +11,7 @@ use weir_flow::{
     runs::{self, ClearSpec},
     scheduler::Scheduler,
     store::{Store, TaskKey},
-    template::Context as TemplateContext,
+    template::{Context as TemplateContext, Syntax as TemplateSyntax},
     worker::Worker,
 };
 use weir_lake::Lake;
@@ -242,8 +242,9 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                     interval.start,
                     (interval.start, interval.end),
                     &d.params,
+                    &Default::default(),
                 );
-                let sql = ctx.render(sql).map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
+                let sql = ctx.render(sql, TemplateSyntax::Sql).map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
                 println!("== task {} → views.{view}  (interval {} – {})", t.id, interval.start, interval.end);
                 let batches = weir_lake::query::run(&lake, &format!("EXPLAIN {sql}"), None)
                     .await

@@ -69,7 +69,7 @@ fn list_trigger_run_inspect_and_clear() {
     std::fs::write(
         d.join("dags/report.yaml"),
         "description: a daily report\nschedule: '@daily'\nstart_date: 2026-01-01\nis_paused_upon_creation: true\n\
-         tasks:\n  - id: extract\n    script: [sh, -c, 'echo extracting {{ ds }} for {{ params.who }}']\n  \
+         tasks:\n  - id: extract\n    script: [sh, -c, 'echo extracting {{ ds }} for \"$WEIR_PARAM_WHO\"']\n  \
          - id: check\n    upstream: [extract]\n    script: [test, -e, ready]\n  \
          - id: publish\n    upstream: [check]\n    script: [echo, published]\n",
     )

@@ -14,7 +14,7 @@ use crate::{
     dag::{self, Dag, TaskKind},
     rules::TaskState,
     store::{Finish, RunRow, Store, TaskKey},
-    template::Context,
+    template::{Context, Syntax},
 };
 
 /// The log file of one try: `<dag>/<run>/<task>.<try>.log` (one folder per run, not per task:
@@ -51,8 +51,6 @@ pub(crate) async fn run_try(
         write_log(&log, &format!("[weir] failed: {reason}\n")).await;
         return (Outcome::Failed(reason), None);
     };
-    let mut params = dag.params.clone();
-    params.extend(run.conf.clone());
     let ctx = Context::new(
         &run.dag_id,
         &run.run_id,
@@ -60,7 +58,8 @@ pub(crate) async fn run_try(
         try_number,
         run.interval.start,
         (run.interval.start, run.interval.end),
-        &params,
+        &dag.params,
+        &run.conf,
     );
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
@@ -140,15 +139,14 @@ struct Env<'a> {
 /// Runs one try of `task`.
 async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
     let Env { ctx, cwd, log, lake, key, .. } = *env;
-    let render_all = |args: &[String]| args.iter().map(|a| ctx.render(a)).collect::<Result<Vec<_>, _>>();
     let timeout = task.execution_timeout;
     let result: Result<Option<Vec<String>>, String> = match &task.kind {
         TaskKind::Script { command, env } => {
             let run = async {
-                let command = render_all(command)?;
+                let command = ctx.render_argv(command)?;
                 let mut all_env = ctx.env();
                 for (k, v) in env {
-                    all_env.push((k.clone(), ctx.render(v)?));
+                    all_env.push((k.clone(), ctx.render(v, Syntax::Text)?));
                 }
                 let script = weir_batch::script::Script {
                     command,
@@ -164,7 +162,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
         }
         TaskKind::Branch { command } => {
             let run = async {
-                let command = render_all(command)?;
+                let command = ctx.render_argv(command)?;
                 let script = weir_batch::script::Script {
                     command,
                     env: ctx.env(),
@@ -189,10 +187,10 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
         }
         TaskKind::Sql { sql, view, append, replace_where } => {
             let run = async {
-                let sql = ctx.render(sql)?;
+                let sql = ctx.render(sql, Syntax::Sql)?;
                 let mode = match (append, replace_where) {
                     (true, _) => WriteMode::Append,
-                    (false, Some(p)) => WriteMode::ReplaceWhere(ctx.render(p)?),
+                    (false, Some(p)) => WriteMode::ReplaceWhere(ctx.render(p, Syntax::Sql)?),
                     (false, None) => WriteMode::Overwrite,
                 };
                 write_log(log, &format!("[weir] views.{view} ← {sql}\n")).await;
@@ -235,7 +233,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
         }
         TaskKind::Notify { url, message } => {
             let run = async {
-                let message = ctx.render(message)?;
+                let message = ctx.render(message, Syntax::Text)?;
                 let body = serde_json::json!({
                     "dag_id": key.dag_id,
                     "run_id": key.run_id,
@@ -257,10 +255,10 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
         }
         TaskKind::Push { files, uri } => {
             let run = async {
-                let uri = ctx.render(uri)?;
+                let uri = ctx.render(uri, Syntax::Text)?;
                 let mut listed = Vec::with_capacity(files.len());
                 for f in files {
-                    let rel = ctx.render(f)?;
+                    let rel = ctx.render(f, Syntax::Text)?;
                     let path = cwd.join(&rel);
                     let (size, md5) = file_md5(&path).await.map_err(|e| format!("push: {}: {e}", path.display()))?;
                     write_log(log, &format!("[weir] {rel}: {size} bytes, md5 {md5}\n")).await;

@@ -476,7 +476,7 @@ async fn a_run_finishes_with_the_dag_version_it_started_with(db: Db) {
 async fn broken_files_are_reported_and_the_rest_runs(db: Db) {
     let mut s = Setup::new(db).await;
     std::fs::write(s.dags().join("broken.yaml"), "tasks:\n  - id: x\n    script: [true\n").unwrap();
-    let d = s.write_dag("fine", "params: {who: world}\ntasks:\n  - {id: hello, script: [sh, -c, 'echo hello {{ params.who }} $WEIR_PARAM_WHO']}\n");
+    let d = s.write_dag("fine", "params: {who: world}\ntasks:\n  - {id: hello, script: [sh, -c, 'echo hello \"$1\" $WEIR_PARAM_WHO', sh, '{{ params.who }}']}\n");
     s.start();
     let mut conf = serde_json::Map::new();
     conf.insert("who".into(), "weir".into());
@@ -660,6 +660,82 @@ async fn failures_retries_successes_and_deadlines_are_notified(db: Db) {
         "{chat:?}"
     );
     assert!(chat[1].contains("DagRunSucceeded"), "{chat:?}");
+    s.stop().await;
+}
+
+/// A run's conf is whoever triggered it: hostile values change nothing but a literal's content
+/// in SQL, stay one argument in a command, and are refused where an interpreter would run them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_conf_values_change_only_literals() {
+    let mut s = Setup::new(Db::Sqlite).await;
+    let pwned = s.path("pwned");
+    let hostile = [
+        "x' OR '1'='1".to_string(),
+        "'; DROP TABLE views.keep; --".to_string(),
+        format!("$(touch {})", pwned.display()),
+        "line one\nline two */ -- /*".to_string(),
+        "back\\slash\\' E'".to_string(),
+        "-1".to_string(),
+    ];
+    let mut select = Vec::new();
+    let mut params = serde_json::Map::new();
+    let mut conf = serde_json::Map::new();
+    for (i, v) in hostile.iter().enumerate() {
+        select.push(format!("{{{{ params.v{i} }}}} AS bare{i}, '{{{{ params.v{i} }}}}' AS quoted{i}"));
+        params.insert(format!("v{i}"), "harmless".into());
+        conf.insert(format!("v{i}"), v.clone().into());
+    }
+    conf.insert("n".into(), (-3).into());
+    let sql = format!("SELECT {}, 7 -{{{{ params.n }}}} AS ten -- {{{{ params.v3 }}}}\n, 1 AS one", select.join(", "));
+    let params_yaml = serde_json::to_string(&params).unwrap();
+    let d = s.write_dag(
+        "hostile",
+        &format!(
+            "params: {params_yaml}\ntasks:\n  - {{id: keep, sql: SELECT 1 AS x, view: keep}}\n  \
+             - id: q\n    upstream: [keep]\n    view: hostile\n    sql: {}\n  \
+             - {{id: printf, upstream: [keep], script: [printf, '%s', '{{{{ params.v2 }}}}']}}\n  \
+             - {{id: shell, upstream: [keep], script: [sh, -c, 'echo {{{{ params.v2 }}}}']}}\n",
+            serde_json::to_string(&sql).unwrap()
+        ),
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, conf, None).await.unwrap();
+    assert_eq!(s.finished("hostile", &run_id, Duration::from_secs(60)).await.state, RunState::Failed);
+    for task in ["q", "printf"] {
+        let tries = s.store.tries(&key("hostile", &run_id, task)).await.unwrap();
+        let reason = tries.last().and_then(|t| t.reason.clone());
+        assert_eq!(s.state("hostile", &run_id, task).await, TaskState::Success, "{task}: {reason:?}");
+    }
+    assert_eq!(s.state("hostile", &run_id, "shell").await, TaskState::Failed, "params are refused in sh -c code");
+    let tries = s.store.tries(&key("hostile", &run_id, "shell")).await.unwrap();
+    let log = std::fs::read_to_string(&tries[0].log).unwrap();
+    assert!(log.contains("would run as code") && log.contains("$WEIR_PARAM_V2"), "{log}");
+    let tries = s.store.tries(&key("hostile", &run_id, "printf")).await.unwrap();
+    let printed = std::fs::read_to_string(&tries[0].log).unwrap();
+    assert!(printed.contains(&hostile[2]), "one argument, printed as it is: {printed}");
+    assert!(!pwned.exists(), "no command ran from a value");
+
+    use deltalake::arrow::array::AsArray as _;
+    let batches = weir_lake::query::run(&s.lake, "SELECT * FROM views.hostile", None).await.unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let b = &batches[0];
+    assert_eq!(b.num_columns(), hostile.len() * 2 + 2, "no column added or lost: {:?}", b.schema());
+    for (i, v) in hostile.iter().enumerate() {
+        for name in [format!("bare{i}"), format!("quoted{i}")] {
+            let col = b.column_by_name(&name).unwrap_or_else(|| panic!("{name} missing: {:?}", b.schema()));
+            let col = deltalake::arrow::compute::cast(col, &deltalake::arrow::datatypes::DataType::Utf8).unwrap();
+            assert_eq!(col.as_string::<i32>().value(0), v, "{name}");
+        }
+    }
+    let ten = deltalake::arrow::compute::cast(
+        b.column_by_name("ten").unwrap(),
+        &deltalake::arrow::datatypes::DataType::Int64,
+    )
+    .unwrap();
+    assert_eq!(ten.as_primitive::<deltalake::arrow::datatypes::Int64Type>().value(0), 10, "7 - (-3)");
+    assert!(b.column_by_name("one").is_some(), "the comment ended where the author ended it");
+    let kept = weir_lake::query::run(&s.lake, "SELECT x FROM views.keep", None).await.unwrap();
+    assert_eq!(kept[0].num_rows(), 1, "views.keep is still there");
     s.stop().await;
 }
 
