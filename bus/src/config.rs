@@ -126,7 +126,24 @@ pub struct KafkaConfig {
     pub delivery_timeout: Duration,
     /// Replicas of each topic Weir creates (1 suits a single broker; use 3 in production).
     pub replication_factor: i32,
-    /// Extra librdkafka properties (`"linger.ms" = "5"`, security settings, …).
+    /// How the connection is secured; `PLAINTEXT` when unset.
+    pub security_protocol: Option<SecurityProtocol>,
+    /// The SASL mechanism (with `SASL_SSL` or `SASL_PLAINTEXT`).
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// The SASL user (PLAIN, SCRAM).
+    pub sasl_username: Option<String>,
+    /// The environment variable that holds the SASL password…
+    pub sasl_password_env: Option<String>,
+    /// … or the file that holds it.
+    pub sasl_password_file: Option<PathBuf>,
+    /// The CA certificates (PEM) that the brokers' certificates must chain to; the system's
+    /// store when unset.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate (PEM), for brokers that authenticate clients by certificate.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Extra librdkafka properties (`"linger.ms" = "5"`, …); they override the settings above.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -136,7 +153,73 @@ impl Default for KafkaConfig {
             connect_timeout: Duration::from_secs(10),
             delivery_timeout: Duration::from_secs(30),
             replication_factor: 1,
+            security_protocol: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password_env: None,
+            sasl_password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Kafka's `security.protocol`, spelled as Kafka spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication.
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    /// TLS.
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    /// SASL authentication without TLS (the password crosses the network unencrypted with PLAIN).
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    /// SASL authentication over TLS: what managed Kafka services ask for.
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The name librdkafka takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+}
+
+/// Kafka's `sasl.mechanism`: the ones librdkafka speaks without Kerberos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    /// User and password sent as they are (use it over TLS only).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// Salted challenge-response with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// Salted challenge-response with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+    /// OAuth 2 bearer tokens (configured through librdkafka's `sasl.oauthbearer.*` properties).
+    #[serde(rename = "OAUTHBEARER")]
+    OauthBearer,
+}
+
+impl SaslMechanism {
+    /// The name librdkafka takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::OauthBearer => "OAUTHBEARER",
         }
     }
 }

@@ -63,6 +63,9 @@ pub enum BusError {
         #[source]
         source: std::io::Error,
     },
+    /// A connection setting cannot work (named in the message); nothing was sent.
+    #[error("{0}")]
+    Config(String),
     /// The Kafka cluster could not be reached in time.
     #[error("Kafka brokers {brokers} unreachable within {timeout_ms} ms: {reason}")]
     Unreachable {

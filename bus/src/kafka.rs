@@ -5,7 +5,11 @@
 //! never auto-commit: callers commit the next offset to read once their work is durable.
 //! librdkafka's blocking calls (metadata, commits, watermarks) run on tokio's blocking pool.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,7 +17,8 @@ use futures::FutureExt;
 use rdkafka::{
     ClientConfig, Message as _, Offset, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
+    client::{ClientContext, DefaultClientContext},
+    config::RDKafkaLogLevel,
     consumer::{CommitMode, Consumer as _, StreamConsumer},
     error::KafkaError,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
@@ -32,14 +37,62 @@ use crate::{
 pub struct KafkaBus {
     brokers: String,
     config: KafkaConfig,
+    /// The user's librdkafka properties: `[bus.kafka]`'s TLS and SASL settings resolved once
+    /// (secrets read) at connect, then `properties`.
+    properties: BTreeMap<String, String>,
     admin: Arc<AdminClient<DefaultClientContext>>,
-    producer: FutureProducer,
+    producer: FutureProducer<CauseContext>,
+    /// What librdkafka last reported going wrong with a connection.
+    cause: Arc<Mutex<Option<String>>>,
+}
+
+/// The producer's context (its polling thread delivers librdkafka's logs and errors): keeps the
+/// last report of a connection failing — a TLS handshake, a refused SASL login, a plaintext peer
+/// on a TLS port — which says why the brokers did not answer.
+#[derive(Clone, Default)]
+struct CauseContext {
+    cause: Arc<Mutex<Option<String>>>,
+}
+
+impl CauseContext {
+    fn note(&self, report: &str) {
+        // "1/1 brokers are down" follows every specific failure and says less than it.
+        if !report.contains("brokers are down") {
+            *self.cause.lock().expect("cause lock") = Some(report.to_string());
+        }
+    }
+}
+
+impl ClientContext for CauseContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        // A connection's failure is logged under FAIL, at info level when it repeats.
+        if fac == "FAIL" {
+            self.note(message);
+        }
+        // Under librdkafka's target, as its own reports are: services show them, commands do not.
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{message}");
+                self.note(message);
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(target: "librdkafka", %error, "{reason}");
+        self.note(reason);
+    }
 }
 
 impl KafkaBus {
     /// Connects to `brokers` and checks, within `connect_timeout`, that the cluster answers.
+    /// Security settings that cannot work fail first, naming the setting.
     pub async fn connect(brokers: &str, config: KafkaConfig) -> Result<Self> {
-        let admin: AdminClient<DefaultClientContext> = client_config(brokers, &config, &[])
+        let properties = crate::security::client_properties(&config)?;
+        let admin: AdminClient<DefaultClientContext> = client_config(brokers, &config, &properties, &[])
             .create()
             .map_err(|e| BusError::kafka(format!("creating admin client for {brokers}"), e))?;
         let admin = Arc::new(admin);
@@ -51,10 +104,14 @@ impl KafkaBus {
             ("linger.ms", "2"),
             ("message.timeout.ms", delivery_timeout.as_str()),
         ];
-        let producer: FutureProducer = client_config(brokers, &config, &producer_settings)
-            .create()
+        let context = CauseContext::default();
+        let cause = context.cause.clone();
+        let producer = client_config(brokers, &config, &properties, &producer_settings)
+            // Connection failures are logged at info level: let them reach the context.
+            .set_log_level(RDKafkaLogLevel::Info)
+            .create_with_context(context)
             .map_err(|e| BusError::kafka(format!("creating producer for {brokers}"), e))?;
-        let bus = KafkaBus { brokers: brokers.to_string(), config, admin, producer };
+        let bus = KafkaBus { brokers: brokers.to_string(), config, properties, admin, producer, cause };
         bus.metadata(None).await?;
         tracing::debug!(brokers, "connected to Kafka");
         Ok(bus)
@@ -67,17 +124,28 @@ impl KafkaBus {
         let result = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(topic.as_deref(), timeout))
             .await
             .expect("metadata task panicked");
-        result.map_err(|e| BusError::Unreachable {
-            brokers: self.brokers.clone(),
-            timeout_ms: timeout.as_millis() as u64,
-            reason: e.to_string(),
+        result.map_err(|e| {
+            let cause = self.cause.lock().expect("cause lock").clone();
+            let reason = match cause {
+                Some(c) => match crate::security::hint(&self.properties, &c) {
+                    Some(hint) => format!("{e}; {c}; {hint}"),
+                    None => format!("{e}; {c}"),
+                },
+                None => e.to_string(),
+            };
+            BusError::Unreachable { brokers: self.brokers.clone(), timeout_ms: timeout.as_millis() as u64, reason }
         })
     }
 }
 
 /// A client's settings: connection basics, then the role's `settings`, then the user's
-/// `bus.kafka.properties` last, so they can override anything (security, tuning).
-fn client_config(brokers: &str, config: &KafkaConfig, settings: &[(&str, &str)]) -> ClientConfig {
+/// `properties` (security and `bus.kafka.properties`) last, so they can override anything.
+fn client_config(
+    brokers: &str,
+    config: &KafkaConfig,
+    properties: &BTreeMap<String, String>,
+    settings: &[(&str, &str)],
+) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers)
         .set("socket.timeout.ms", config.connect_timeout.as_millis().max(10).to_string())
@@ -85,7 +153,7 @@ fn client_config(brokers: &str, config: &KafkaConfig, settings: &[(&str, &str)])
     for (k, v) in settings {
         c.set(*k, *v);
     }
-    for (k, v) in &config.properties {
+    for (k, v) in properties {
         c.set(k, v);
     }
     c
@@ -202,7 +270,7 @@ impl Bus for KafkaBus {
             ("enable.partition.eof", "false"),
             ("auto.offset.reset", reset),
         ];
-        let consumer: StreamConsumer = client_config(&self.brokers, &self.config, &settings)
+        let consumer: StreamConsumer = client_config(&self.brokers, &self.config, &self.properties, &settings)
             .create()
             .map_err(|e| BusError::kafka(format!("creating consumer of group {:?}", config.group), e))?;
         Ok(Box::new(KafkaConsumer {
@@ -218,7 +286,7 @@ impl Bus for KafkaBus {
 
 /// Producer on a Kafka cluster.
 struct KafkaProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<CauseContext>,
     queue_timeout: Duration,
 }
 

@@ -23,6 +23,7 @@ pub mod error;
 pub mod kafka;
 pub mod local;
 pub mod partitioner;
+mod security;
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
-//! The bus contract: every test here runs against the embedded log (`local::…`) and against a
-//! real Kafka-protocol broker (`kafka::…`, at `WEIR_TEST_KAFKA`, started by `scripts/test`).
+//! The bus contract: every test here runs against the embedded log (`local::…`), against a
+//! real Kafka-protocol broker (`kafka::…`, at `WEIR_TEST_KAFKA`, started by `scripts/test`), and
+//! against a broker that takes only SCRAM logins over TLS (`kafka_sasl_ssl::…`, at
+//! `WEIR_TEST_KAFKA_SASL_SSL`, with the test CA of `WEIR_TEST_TLS_DIR`).
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -8,6 +10,8 @@ use weir_bus::{
     Bus, BusError, ConsumerConfig, Message, OffsetReset, Record, TopicPartition, local::LocalBus, next_offsets,
     partitioner::partition_for_key,
 };
+
+mod common;
 
 /// A topic name no other test (or earlier run against the same broker) uses.
 fn unique(name: &str) -> String {
@@ -32,6 +36,11 @@ async fn kafka() -> Backend {
     let brokers = std::env::var("WEIR_TEST_KAFKA")
         .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
     let bus = weir_bus::kafka::KafkaBus::connect(&brokers, Default::default()).await.unwrap();
+    Backend { bus: Arc::new(bus), _dir: None }
+}
+
+async fn kafka_sasl_ssl() -> Backend {
+    let bus = weir_bus::kafka::KafkaBus::connect(&common::sasl_ssl_brokers(), common::sasl_ssl_config()).await.unwrap();
     Backend { bus: Arc::new(bus), _dir: None }
 }
 
@@ -214,6 +223,10 @@ macro_rules! contract {
         mod kafka {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name(super::kafka().await).await } )*
+        }
+        mod kafka_sasl_ssl {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::kafka_sasl_ssl().await).await } )*
         }
     };
 }

@@ -14,6 +14,7 @@
 //! - [`registry`]: the Confluent Schema Registry REST API — an HTTP client, a store in the
 //!   metadata database, and a server for that store.
 //! - [`metadata`]: the connection to the metadata database (SQLite or PostgreSQL).
+//! - [`secret`]: passwords, tokens and keys read from the environment or a file, never printed.
 //! - [`serializer`]: all of the above together: a value in, framed Avro out, its schema
 //!   registered under the topic's subject on first use; or JSON ([`serializer::EventEncoder`]).
 //!
@@ -27,5 +28,6 @@ pub mod envelope;
 pub mod json;
 pub mod metadata;
 pub mod registry;
+pub mod secret;
 pub mod serializer;
 pub mod wire;
