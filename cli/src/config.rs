@@ -14,7 +14,7 @@ use weir_bus::BusConfig;
 use weir_flow::scheduler::FlowConfig;
 use weir_ingest::{IngestConfig, SourceConfig};
 use weir_lake::LakeConfig;
-use weir_schemas::metadata::MetadataConfig;
+use weir_schemas::{http::HttpConfig, metadata::MetadataConfig};
 use weir_serving::ServingConfig;
 use weir_stream::StreamConfig;
 
@@ -49,6 +49,8 @@ pub struct Config {
     pub stream: StreamConfig,
     /// `[serving]`: the query API.
     pub serving: ServingConfig,
+    /// `[http]`: the outgoing HTTP client (webhooks, Slack, Jira, the registry client).
+    pub http: HttpConfig,
 }
 
 /// `[registry]`: the schema registry.

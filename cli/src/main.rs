@@ -115,6 +115,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::load(cli.config.as_deref())?;
+    weir_schemas::http::configure(&config.http)?;
     match cli.command {
         Command::Topics(c) => topics::run(&config, c).await,
         Command::Produce(a) => console::produce(&config, a).await,

@@ -243,7 +243,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     "data_interval_end": env.interval.end,
                     "message": message,
                 });
-                let send = reqwest::Client::new().post(url).json(&body).send();
+                let send = weir_schemas::http::client().post(url).json(&body).send();
                 let response = with_timeout(timeout.or(Some(Duration::from_secs(30))), send)
                     .await?
                     .map_err(|e| format!("notify {url}: {e}"))?;

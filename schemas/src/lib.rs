@@ -13,6 +13,7 @@
 //!   alternative to Avro.
 //! - [`registry`]: the Confluent Schema Registry REST API — an HTTP client, a store in the
 //!   metadata database, and a server for that store.
+//! - [`http`]: the outgoing HTTP client (https, private CAs, bounded times) every role uses.
 //! - [`metadata`]: the connection to the metadata database (SQLite or PostgreSQL).
 //! - [`secret`]: passwords, tokens and keys read from the environment or a file, never printed.
 //! - [`serializer`]: all of the above together: a value in, framed Avro out, its schema
@@ -25,6 +26,7 @@
 pub mod avro;
 pub mod connect;
 pub mod envelope;
+pub mod http;
 pub mod json;
 pub mod metadata;
 pub mod registry;

@@ -177,7 +177,7 @@ impl Notifier {
     /// Starts the sender tasks; notifications queue up to 10,000 deep.
     pub fn start(retry: Retry) -> Notifier {
         let (tx, mut rx) = mpsc::channel::<Notification>(10_000);
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("an HTTP client");
+        let client = weir_schemas::http::client();
         tokio::spawn(async move {
             let mut senders: BTreeMap<String, mpsc::UnboundedSender<Notification>> = BTreeMap::new();
             while let Some(n) = rx.recv().await {

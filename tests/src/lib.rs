@@ -1,1 +1,5 @@
-//! End-to-end tests of the `weir` binary against real services; see `tests/`.
+//! End-to-end tests of the `weir` binary against real services; see `tests/`. The library holds
+//! test peers that several crates' tests share: [`https::Receiver`], an HTTPS server that is not
+//! ours (Python's `ssl`), with the certificates `scripts/services` made.
+
+pub mod https;

@@ -14,6 +14,7 @@ use super::{RegisteredSchema, RegistryError, SchemaRegistry, Version, server::CO
 pub struct HttpRegistry {
     base: String,
     client: reqwest::Client,
+    timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -23,12 +24,10 @@ struct ErrorBody {
 }
 
 impl HttpRegistry {
-    /// A client of the registry at `base_url`, with bounded connect and request times.
+    /// A client of the registry at `base_url` (through the process's [`crate::http::client`]),
+    /// each request bounded by `timeout`.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, RegistryError> {
-        let client = reqwest::Client::builder().connect_timeout(timeout).timeout(timeout).build().map_err(|e| {
-            RegistryError::Remote { url: base_url.to_string(), reason: e.to_string(), retriable: false }
-        })?;
-        Ok(HttpRegistry { base: base_url.trim_end_matches('/').to_string(), client })
+        Ok(HttpRegistry { base: base_url.trim_end_matches('/').to_string(), client: crate::http::client(), timeout })
     }
 
     fn remote(&self, reason: impl std::fmt::Display, retriable: bool) -> RegistryError {
@@ -40,8 +39,12 @@ impl HttpRegistry {
         request: reqwest::RequestBuilder,
         context: Context<'_>,
     ) -> Result<T, RegistryError> {
-        let response =
-            request.header(reqwest::header::ACCEPT, CONTENT_TYPE).send().await.map_err(|e| self.remote(e, true))?;
+        let response = request
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| self.remote(e, true))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| self.remote(e, true))?;
         if status.is_success() {
