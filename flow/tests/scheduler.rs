@@ -44,6 +44,7 @@ impl Setup {
                     .unwrap()
             }
             Db::Postgres | Db::Workers => postgres_database().await,
+            Db::PostgresTls => postgres_tls_database().await,
         };
         let store = Store::open(pool).await.unwrap();
         let lake_url = url::Url::from_directory_path(dir.path().join("lake")).unwrap();
@@ -75,7 +76,7 @@ impl Setup {
             logs_dir: Some(self.dir.path().join("logs")),
             executor: match self.db {
                 Db::Workers | Db::SqliteWorkers => Executor::Workers,
-                Db::Sqlite | Db::Postgres => Executor::Local,
+                Db::Sqlite | Db::Postgres | Db::PostgresTls => Executor::Local,
             },
             heartbeat_interval: Duration::from_millis(100),
             ..FlowConfig::default()
@@ -159,6 +160,42 @@ enum Db {
     Workers,
     /// SQLite, with tasks run by remote workers (no notifications: everyone looks often).
     SqliteWorkers,
+    /// PostgreSQL over TLS (`sslmode=verify-full` with the test CA).
+    PostgresTls,
+}
+
+/// A fresh PostgreSQL database for one test, reached over TLS that checks the server's
+/// certificate and name against the test CA (`sslmode=verify-full`).
+async fn postgres_tls_database() -> sqlx::AnyPool {
+    let base = std::env::var("WEIR_TEST_POSTGRES_URL")
+        .expect("WEIR_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL on loopback");
+    let ca = weir_e2e::https::tls_dir().join("ca.pem");
+    let name = format!("flow_tls_{}", std::process::id());
+    let url = metadata::create_postgres_database(&base, &name).await.unwrap();
+    let url = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let pool = metadata::connect(&url, Duration::from_secs(10)).await.unwrap();
+    let ssl: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&pool).await.unwrap();
+    assert!(ssl, "the metadata connection is encrypted");
+    pool
+}
+
+/// The error of connecting to the test PostgreSQL over TLS that trusts only `ca_file`.
+async fn postgres_tls_error(ca_file: &std::path::Path) -> String {
+    let base = std::env::var("WEIR_TEST_POSTGRES_URL").unwrap();
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca_file.display());
+    match metadata::connect(&url, Duration::from_secs(5)).await {
+        Ok(_) => panic!("connected with a CA that did not sign the server's certificate"),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            text
+        }
+    }
 }
 
 fn key(dag: &str, run: &str, task: &str) -> TaskKey {
@@ -736,6 +773,38 @@ async fn hostile_conf_values_change_only_literals() {
     assert!(b.column_by_name("one").is_some(), "the comment ended where the author ended it");
     let kept = weir_lake::query::run(&s.lake, "SELECT x FROM views.keep", None).await.unwrap();
     assert_eq!(kept[0].num_rows(), 1, "views.keep is still there");
+    s.stop().await;
+}
+
+/// The metadata DB over TLS (`sslmode=verify-full`, the test CA) and every outgoing call over
+/// https to a real TLS server: a `notify` task and the DAG's success notification arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_over_tls_and_notifications_over_https() {
+    use weir_e2e::https::{Receiver, tls_dir};
+    let ca = weir_schemas::http::HttpConfig { ca_file: Some(tls_dir().join("ca.pem")), ..Default::default() };
+    weir_schemas::http::configure(&ca).unwrap();
+    let receiver = Receiver::start();
+    let err = postgres_tls_error(&tls_dir().join("other-ca.pem")).await;
+    assert!(err.contains("UnknownIssuer"), "a certificate of another CA is refused: {err}");
+    let mut s = Setup::new(Db::PostgresTls).await;
+    let d = s.write_dag(
+        "secure",
+        &format!(
+            "receivers:\n  - {{name: pager, webhook: '{}'}}\nnotifications: {{on_success: [pager]}}\n\
+             tasks:\n  - {{id: tell, notify: {{url: '{}', message: 'done {{{{ ds }}}}'}}}}\n",
+            receiver.url("/pager"),
+            receiver.url("/hook")
+        ),
+    );
+    s.start();
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("secure", &run_id, Duration::from_secs(30)).await.state, RunState::Success);
+    let mut got = receiver.wait_for(2, Duration::from_secs(20));
+    got.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(got[0].path, "/hook");
+    assert!(got[0].body.contains("\"message\":\"done "), "{}", got[0].body);
+    assert_eq!(got[1].path, "/pager");
+    assert!(got[1].body.contains("DagRunSucceeded"), "{}", got[1].body);
     s.stop().await;
 }
 

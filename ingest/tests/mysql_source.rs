@@ -659,3 +659,39 @@ async fn catching_up_ends_after_a_binlog_rotation_with_no_transactions() {
     let stats = source.catch_up().await.unwrap();
     assert_eq!(stats.changes, 1);
 }
+
+/// TLS as MySQL's clients spell it, against MariaDB with the test CA. The user `weir_tls` must use
+/// TLS (`REQUIRE SSL`): with `ssl-mode=VERIFY_IDENTITY` the snapshot and the binlog arrive; a
+/// certificate of another CA is refused, naming it; without TLS the server refuses the user.
+#[tokio::test]
+async fn snapshot_and_binlog_over_verified_tls() {
+    let mut s = Setup::new("weir_tls").await;
+    s.sql("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20));\nINSERT INTO t VALUES (1, 'before')").await;
+    let tls_url = std::env::var("WEIR_TEST_MYSQL_TLS_URL").expect("WEIR_TEST_MYSQL_TLS_URL: run scripts/test");
+    let tls_dir = std::path::PathBuf::from(std::env::var("WEIR_TEST_TLS_DIR").expect("WEIR_TEST_TLS_DIR"));
+    let with_ca = |ca: &str| format!("{tls_url}/?ssl-mode=VERIFY_IDENTITY&ssl-ca={}", tls_dir.join(ca).display());
+    let mut config = s.config();
+    config.url = with_ca("ca.pem");
+    let mut source = s.source(config.clone()).await;
+    source.catch_up().await.unwrap();
+    s.sql("INSERT INTO t VALUES (2, 'after')").await;
+    assert_eq!(source.catch_up().await.unwrap().changes, 1);
+    let ops: Vec<String> = s.events("t").await.into_iter().map(|e| e.op).collect();
+    assert_eq!(ops, ["r", "c"], "snapshot, then the binlog, over TLS");
+
+    let refused = |config: MysqlSourceConfig| {
+        let (bus, serializer) = (s.bus.clone(), s.serializer.clone());
+        async move {
+            match MysqlSource::new(config, bus, serializer).await {
+                Err(e) => format!("{e}"),
+                Ok(_) => panic!("connected"),
+            }
+        }
+    };
+    config.url = with_ca("other-ca.pem");
+    let err = refused(config.clone()).await;
+    assert!(err.contains("UnknownIssuer") && err.contains("src"), "{err}");
+    config.url = tls_url.clone();
+    let err = refused(config).await;
+    assert!(err.contains("Access denied for user 'weir_tls'"), "the server requires TLS of this user: {err}");
+}

@@ -1,6 +1,7 @@
 //! MySQL / MariaDB change data capture from the binlog, as Debezium's `mysql` and `mariadb`
 //! connectors do it.
 //!
+//! - [`connection`]: the URL with its TLS settings, the password from the environment or a file.
 //! - [`columns`]: table definitions (from `information_schema` or a binlog `TABLE_MAP`) and
 //!   Debezium's type mapping to Connect schemas and values.
 //! - [`events`]: change-event records (key, envelope, tombstones), schema-change events and the
@@ -17,6 +18,7 @@
 //! parsing DDL.
 
 pub mod columns;
+pub mod connection;
 pub mod events;
 pub mod offset;
 pub mod snapshot;
@@ -63,8 +65,14 @@ pub enum EventFormat {
 pub struct MysqlSourceConfig {
     /// Source name; its offset is kept under this name.
     pub name: String,
-    /// `mysql://user:password@host:port`.
+    /// `mysql://user[:password]@host:port`, with `?ssl-mode=…&ssl-ca=…` for TLS ([`connection`]).
     pub url: String,
+    /// The environment variable holding the password (instead of writing it in the URL)…
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// … or the file holding it.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// The replica server id this source announces (unique among the server's replicas).
     #[serde(default = "default_server_id")]
     pub server_id: u32,
@@ -140,6 +148,8 @@ impl MysqlSourceConfig {
         MysqlSourceConfig {
             name: name.into(),
             url: url.into(),
+            password_env: None,
+            password_file: None,
             server_id: default_server_id(),
             topic_prefix: topic_prefix.into(),
             include_tables: Vec::new(),

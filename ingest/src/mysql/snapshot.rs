@@ -26,8 +26,7 @@ impl MysqlSource {
     /// Takes the snapshot and saves an offset at its binlog position.
     pub(super) async fn snapshot(&mut self) -> Result<(), MysqlError> {
         let started = now_us();
-        let url = self.config.url.clone();
-        let mut conn = stream::connect(&url).await.map_err(self.server_error("connecting for the snapshot"))?;
+        let mut conn = stream::connect(&self.opts).await.map_err(self.server_error("connecting for the snapshot"))?;
         conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(self.server_error("setting REPEATABLE READ"))?;

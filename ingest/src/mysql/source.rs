@@ -73,6 +73,8 @@ pub struct RunStats {
 /// A running MySQL/MariaDB CDC source.
 pub struct MysqlSource {
     pub(super) config: MysqlSourceConfig,
+    /// How to reach the server (TLS, password), resolved from `config`.
+    pub(super) opts: mysql_async::Opts,
     pub(super) bus: Arc<dyn Bus>,
     pub(super) producer: Box<dyn Producer>,
     pub(super) encoder: EventEncoder,
@@ -112,8 +114,10 @@ impl MysqlSource {
             let action = action.to_string();
             move |error| MysqlError::Server { source_name: name, action, error: Box::new(error) }
         };
+        let opts = super::connection::opts(&config)
+            .map_err(|reason| MysqlError::Setup { source_name: name.clone(), reason })?;
         let mut meta =
-            stream::connect(&config.url).await.map_err(server(&format!("connecting to {}", redact(&config.url))))?;
+            stream::connect(&opts).await.map_err(server(&format!("connecting to {}", redact(&config.url))))?;
         let info = stream::check(&mut meta)
             .await
             .map_err(server("checking the server"))?
@@ -132,6 +136,7 @@ impl MysqlSource {
         };
         let mut source = MysqlSource {
             config,
+            opts,
             bus,
             producer,
             encoder,
@@ -469,11 +474,16 @@ impl MysqlSource {
         tokio::pin!(shutdown);
         let mut committed = self.offset.clone();
         let mut file = committed.file.clone();
-        let url = self.config.url.clone();
-        let mut binlog: BinlogStream =
-            stream::open(&url, &self.info, self.config.server_id, &file, committed.pos, self.config.heartbeat_interval)
-                .await
-                .map_err(self.server_error(format!("starting replication at {}:{}", file, committed.pos)))?;
+        let mut binlog: BinlogStream = stream::open(
+            &self.opts,
+            &self.info,
+            self.config.server_id,
+            &file,
+            committed.pos,
+            self.config.heartbeat_interval,
+        )
+        .await
+        .map_err(self.server_error(format!("starting replication at {}:{}", file, committed.pos)))?;
         tracing::info!(source = %self.config.name, file = %file, pos = committed.pos, skip = committed.skip_rows, "streaming the binlog");
         let mut txn: Option<Txn> = None;
         let mut seen_fde = false;

@@ -73,9 +73,8 @@ pub struct ServerInfo {
 }
 
 /// Connects (with the session in UTC, so `TIMESTAMP` values read as UTC).
-pub async fn connect(url: &str) -> Result<Conn, mysql_async::Error> {
-    let opts = Opts::from_url(url)?;
-    let mut conn = Conn::new(opts).await?;
+pub async fn connect(opts: &Opts) -> Result<Conn, mysql_async::Error> {
+    let mut conn = Conn::new(opts.clone()).await?;
     conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
     Ok(conn)
 }
@@ -165,14 +164,14 @@ pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>, mysql_async::E
 
 /// Starts replication from `file`/`pos` (an empty file: the oldest binlog).
 pub async fn open(
-    url: &str,
+    opts: &Opts,
     info: &ServerInfo,
     replica_id: u32,
     file: &str,
     pos: u64,
     heartbeat: Duration,
 ) -> Result<BinlogStream, mysql_async::Error> {
-    let mut conn = connect(url).await?;
+    let mut conn = connect(opts).await?;
     if info.mariadb {
         conn.query_drop("SET @mariadb_slave_capability = 4").await?;
     }
