@@ -181,8 +181,10 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let pg_listener =
         tokio::net::TcpListener::bind(args.pg_listen).await.with_context(|| format!("binding {}", args.pg_listen))?;
     let pg_addr = pg_listener.local_addr()?;
+    // One admin token for the demo's own session.
+    let tokens = Arc::new(weir_schemas::tokens::Tokens::from_text(&token)?);
     let pg_serve =
-        pg::serve(pg_listener, catalog.clone(), config.serving.pg_user.clone(), vec![token.clone()], stop.clone());
+        pg::serve(pg_listener, catalog.clone(), config.serving.pg_user.clone(), tokens.clone(), None, stop.clone());
     tasks.spawn(pg_serve.map(|r| Ok(r?)));
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -200,7 +202,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     tasks.spawn(measure.map(Ok));
     let routes = crate::serve::routes(
         catalog,
-        vec![token.clone()],
+        tokens,
         store,
         Arc::new(lake.clone()),
         args.examples.join("dags"),

@@ -8,6 +8,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use clap::Args;
 use weir_lake::Lake;
+use weir_schemas::tokens::Tokens;
 use weir_serving::{
     catalog::Catalog,
     http,
@@ -32,15 +33,11 @@ pub struct ServeArgs {
 
 pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let s = &config.serving;
-    let tokens: Vec<String> = std::env::var(&s.tokens_env)
-        .unwrap_or_default()
-        .split(',')
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect();
+    let tokens = Arc::new(Tokens::load(Some(&s.tokens_env), s.tokens_file.as_deref())?);
     if tokens.is_empty() {
-        tracing::warn!("{} is not set: the API will refuse every query", s.tokens_env);
+        tracing::warn!("{} and serving.tokens_file hold no token: the API will refuse every query", s.tokens_env);
     }
+    let tls = s.tls.as_ref().map(weir_serving::tls::acceptor).transpose()?;
     let metrics = telemetry::init_metrics()?;
     let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
     let realtime = Arc::new(Realtime::new(s.realtime_retention));
@@ -53,13 +50,16 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
             let addr = args.pg_listen.unwrap_or(s.pg_listen);
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
             tracing::info!(listen = %listener.local_addr()?, user = %s.pg_user, "PostgreSQL wire");
-            Some(tokio::spawn(pg::serve(listener, catalog.clone(), s.pg_user.clone(), tokens.clone(), stop.clone())))
+            let (user, tokens, tls) = (s.pg_user.clone(), tokens.clone(), tls.clone());
+            Some(tokio::spawn(pg::serve(listener, catalog.clone(), user, tokens, tls, stop.clone())))
         }
         true => None,
     };
     let listen = args.listen.unwrap_or(s.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(listen = %listener.local_addr()?, "serving");
+    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "serving");
+    // The token file is read again when it changes: tokens rotate without a restart.
+    Tokens::watch(&tokens);
     let silences = Arc::new(Silences::default());
     let silence_follower = tokio::spawn(silence::follow(bus.clone(), silences.clone(), stop.clone()));
     let (protected, measure) =
@@ -76,12 +76,17 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         metrics,
         protected,
     );
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("HTTP server")?;
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match tls {
+        Some(tls) => {
+            let listener = weir_serving::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, routes).with_graceful_shutdown(ctrl_c).await
+        }
+        None => axum::serve(listener, routes).with_graceful_shutdown(ctrl_c).await,
+    }
+    .context("HTTP server")?;
     let _ = stop_tx.send(true);
     refresher.await?;
     lag_tracker.await?;
@@ -114,7 +119,7 @@ pub async fn status_routes(
 /// /healthz and /metrics.
 pub fn routes(
     catalog: Arc<Catalog>,
-    tokens: Vec<String>,
+    tokens: Arc<Tokens>,
     store: weir_flow::store::Store,
     lake: Arc<Lake>,
     dags_dir: std::path::PathBuf,

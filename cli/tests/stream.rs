@@ -176,3 +176,46 @@ async fn posted_events_are_windowed_exactly_once_across_kill_9() {
     ingest.kill().unwrap();
     ingest.wait().unwrap();
 }
+
+/// `weir ingest http` with tokens: none → 401, a `read` token → 403, an `ingest` token posts; the
+/// token file is read again when it changes, so a rotated token works and the old one stops
+/// working without a restart.
+#[tokio::test]
+async fn ingest_http_takes_ingest_tokens_and_rotates_them_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    std::fs::write(d.join("weir.toml"), "[ingest.http]\ntokens_file = \"tokens\"\n").unwrap();
+    std::fs::write(d.join("tokens"), "# who may post\ningest:first-token\n").unwrap();
+    let mut ingest = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["ingest", "http", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(d)
+        .env("WEIR_BUS_URL", "local:./bus")
+        .env("WEIR_INGEST_TOKENS", "read:reader-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_healthy(port).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/topics/app-events");
+    let post = |token: Option<&'static str>| {
+        let mut req = http.post(&url).json(&json!({"a": 1}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(None).await, 401);
+    assert_eq!(post(Some("reader-token")).await, 403, "a read token cannot post");
+    assert_eq!(post(Some("first-token")).await, 200);
+    std::fs::write(d.join("tokens"), "ingest:second-token\n").unwrap();
+    let started = Instant::now();
+    while post(Some("second-token")).await != 200 {
+        assert!(started.elapsed() < Duration::from_secs(15), "the rotated token was not picked up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(post(Some("first-token")).await, 401, "the old token no longer works");
+    ingest.kill().unwrap();
+    ingest.wait().unwrap();
+}

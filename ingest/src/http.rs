@@ -24,6 +24,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_bus::{Bus, BusError, Producer, Record};
+use weir_schemas::tokens::{Refused, Scope, Tokens};
 
 /// `[ingest.http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +36,12 @@ pub struct HttpIngestConfig {
     pub max_body_bytes: usize,
     /// Create a topic on its first event (with this many partitions); 0 refuses unknown topics.
     pub create_partitions: u32,
+    /// Environment variable with the tokens that may post (`ingest:token` or `admin:token`,
+    /// comma-separated; [`weir_schemas::tokens`]).
+    pub tokens_env: String,
+    /// A file of such tokens, read again when it changes. With no token in either, anyone who
+    /// reaches the listener may post (a warning says so at start-up).
+    pub tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpIngestConfig {
@@ -43,6 +50,8 @@ impl Default for HttpIngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8090)),
             max_body_bytes: 8 << 20,
             create_partitions: 3,
+            tokens_env: "WEIR_INGEST_TOKENS".into(),
+            tokens_file: None,
         }
     }
 }
@@ -51,11 +60,19 @@ struct Ingest {
     bus: Arc<dyn Bus>,
     producer: Box<dyn Producer>,
     create_partitions: u32,
+    /// Who may post; `None`: anyone.
+    tokens: Option<Arc<Tokens>>,
 }
 
-/// The ingestion routes over `bus`.
-pub async fn router(bus: Arc<dyn Bus>, config: &HttpIngestConfig) -> Result<Router, BusError> {
-    let state = Arc::new(Ingest { producer: bus.producer().await?, bus, create_partitions: config.create_partitions });
+/// The ingestion routes over `bus`; with `tokens`, a request needs a bearer token of scope
+/// `ingest` (or `admin`).
+pub async fn router(
+    bus: Arc<dyn Bus>,
+    config: &HttpIngestConfig,
+    tokens: Option<Arc<Tokens>>,
+) -> Result<Router, BusError> {
+    let state =
+        Arc::new(Ingest { producer: bus.producer().await?, bus, create_partitions: config.create_partitions, tokens });
     Ok(Router::new()
         .route("/topics/{topic}", post(produce))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -96,6 +113,14 @@ async fn produce(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(tokens) = &state.tokens {
+        let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match tokens.check(header, Scope::Ingest, &format!("POST /topics/{topic}")) {
+            Ok(_) => {}
+            Err(e @ Refused::Unauthenticated(_)) => return refuse(StatusCode::UNAUTHORIZED, 40_101, e.to_string()),
+            Err(e @ Refused::Forbidden { .. }) => return refuse(StatusCode::FORBIDDEN, 40_302, e.to_string()),
+        }
+    }
     if let Err(e) = weir_bus::validate_topic_name(&topic) {
         return refuse(StatusCode::BAD_REQUEST, 40_001, e.to_string());
     }

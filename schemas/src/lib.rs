@@ -15,6 +15,7 @@
 //!   metadata database, and a server for that store.
 //! - [`http`]: the outgoing HTTP client (https, private CAs, bounded times) every role uses.
 //! - [`metadata`]: the connection to the metadata database (SQLite or PostgreSQL).
+//! - [`tokens`]: API tokens with scopes (read, operate, ingest, admin), kept as digests.
 //! - [`secret`]: passwords, tokens and keys read from the environment or a file, never printed.
 //! - [`serializer`]: all of the above together: a value in, framed Avro out, its schema
 //!   registered under the topic's subject on first use; or JSON ([`serializer::EventEncoder`]).
@@ -32,4 +33,5 @@ pub mod metadata;
 pub mod registry;
 pub mod secret;
 pub mod serializer;
+pub mod tokens;
 pub mod wire;

@@ -1,7 +1,7 @@
 //! `[serving]` in `weir.toml`: where `weir serve` listens, who may query, and the limits every
 //! query runs under.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,11 +13,16 @@ pub struct ServingConfig {
     pub listen: SocketAddr,
     /// The PostgreSQL wire endpoint.
     pub pg_listen: SocketAddr,
-    /// The PostgreSQL user; its password is any API token.
+    /// The PostgreSQL user; its password is any API token of scope `read` or wider.
     pub pg_user: String,
-    /// Environment variable holding the API's bearer tokens, comma-separated (tokens never sit
-    /// in the file). Unset or empty: the API refuses every query.
+    /// Environment variable holding the API's bearer tokens, `scope:token` separated by commas
+    /// ([`weir_schemas::tokens`]; tokens never sit in `weir.toml`).
     pub tokens_env: String,
+    /// A file of tokens (one `scope:token` a line), read again when it changes: tokens rotate
+    /// without a restart. With neither, the API refuses every request.
+    pub tokens_file: Option<PathBuf>,
+    /// TLS for the HTTP API and the PostgreSQL wire: both refuse plain connections when set.
+    pub tls: Option<TlsConfig>,
     /// A query running longer is cancelled.
     #[serde(with = "humantime_serde")]
     pub query_timeout: Duration,
@@ -45,6 +50,8 @@ impl Default for ServingConfig {
             pg_listen: SocketAddr::from(([127, 0, 0, 1], 5433)),
             pg_user: "weir".into(),
             tokens_env: "WEIR_SERVING_TOKENS".into(),
+            tokens_file: None,
+            tls: None,
             query_timeout: Duration::from_secs(30),
             max_rows: 100_000,
             query_memory_bytes: 1 << 30,
@@ -54,4 +61,14 @@ impl Default for ServingConfig {
             time_column: "window_start".into(),
         }
     }
+}
+
+/// `[serving.tls]`: the server's certificate chain and key (PEM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, the server's own first.
+    pub cert_file: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }

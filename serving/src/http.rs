@@ -1,6 +1,8 @@
 //! The HTTP API: `POST /api/v1/query` (JSON or Arrow IPC), `GET /api/v1/tables`, the OpenAPI
 //! document at `GET /api/v1/openapi.json`, and `/readyz`. Every `/api` route but the spec wants
-//! `Authorization: Bearer <token>`; errors are JSON `{"error": "…"}` with a fitting status.
+//! `Authorization: Bearer <token>` of a scope that allows it ([`weir_schemas::tokens`]): 401
+//! without a valid token, 403 naming the scope needed; errors are JSON `{"error": "…"}` with a
+//! fitting status.
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use deltalake::arrow::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use weir_schemas::tokens::{Refused, Scope, Tokens};
+
 use crate::catalog::{Catalog, QueryError};
 
 /// The media type of Arrow IPC streams.
@@ -25,16 +29,16 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 struct Api {
     catalog: Arc<Catalog>,
-    tokens: Vec<String>,
+    tokens: Arc<Tokens>,
 }
 
 /// The API's routes over `catalog`, accepting these bearer `tokens`, and the web dashboard at `/`.
-pub fn router(catalog: Arc<Catalog>, tokens: Vec<String>) -> Router {
+pub fn router(catalog: Arc<Catalog>, tokens: Arc<Tokens>) -> Router {
     router_with_paths(catalog, tokens, json!({}))
 }
 
 /// [`router`], with the OpenAPI `paths` of routes other crates own added to the published spec.
-pub fn router_with_paths(catalog: Arc<Catalog>, tokens: Vec<String>, other_paths: Value) -> Router {
+pub fn router_with_paths(catalog: Arc<Catalog>, tokens: Arc<Tokens>, other_paths: Value) -> Router {
     let api = Arc::new(Api { catalog, tokens });
     let mut spec = openapi();
     if let (Some(paths), Value::Object(more)) = (spec["paths"].as_object_mut(), other_paths) {
@@ -54,17 +58,25 @@ pub fn router_with_paths(catalog: Arc<Catalog>, tokens: Vec<String>, other_paths
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// `routes` behind the same bearer tokens as the query API (for routes other crates own, such
-/// as the orchestrator's).
-pub fn protect(routes: Router, tokens: Vec<String>) -> Router {
-    routes.layer(axum::middleware::from_fn_with_state(Arc::new(tokens), check_token))
+/// as the orchestrator's): a `GET` needs `read`, any other method (trigger, clear, pause,
+/// silences) `operate`.
+pub fn protect(routes: Router, tokens: Arc<Tokens>) -> Router {
+    routes.layer(axum::middleware::from_fn_with_state(tokens, check_token))
 }
 
 async fn check_token(
-    State(tokens): State<Arc<Vec<String>>>,
+    State(tokens): State<Arc<Tokens>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match unauthorized(&tokens, request.headers()) {
+    let method = request.method().clone();
+    let needed = if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        Scope::Read
+    } else {
+        Scope::Operate
+    };
+    let what = format!("{method} {}", request.uri().path());
+    match refused(&tokens, request.headers(), needed, &what) {
         Some(refused) => refused,
         None => next.run(request).await,
     }
@@ -75,20 +87,15 @@ pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp
     (status, Json(json!({"error": message.to_string()}))).into_response()
 }
 
-/// Why a request is not authorized, if it is not.
-fn unauthorized(tokens: &[String], headers: &HeaderMap) -> Option<Response> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let reason = match given {
-        Some(t) if tokens.iter().any(|k| k == t) => return None,
-        Some(_) => "the bearer token is not valid",
-        None if tokens.is_empty() => "no API tokens are configured (serving.tokens_env): every query is refused",
-        None => "send Authorization: Bearer <token>",
-    };
-    Some(error(StatusCode::UNAUTHORIZED, reason))
+/// The answer refusing a request for `what`, which needs `needed`, if it is refused: 401 without
+/// a valid token, 403 when its scope does not allow it.
+fn refused(tokens: &Tokens, headers: &HeaderMap, needed: Scope, what: &str) -> Option<Response> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match tokens.check(header, needed, what) {
+        Ok(_) => None,
+        Err(e @ Refused::Unauthenticated(_)) => Some(error(StatusCode::UNAUTHORIZED, e)),
+        Err(e @ Refused::Forbidden { .. }) => Some(error(StatusCode::FORBIDDEN, e)),
+    }
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
@@ -100,7 +107,7 @@ async fn readyz(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn tables(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    if let Some(refused) = unauthorized(&api.tokens, &headers) {
+    if let Some(refused) = refused(&api.tokens, &headers, Scope::Read, "GET /api/v1/tables") {
         return refused;
     }
     let tables: Vec<Value> = api
@@ -125,7 +132,7 @@ struct QueryBody {
 }
 
 async fn query(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if let Some(refused) = unauthorized(&api.tokens, &headers) {
+    if let Some(refused) = refused(&api.tokens, &headers, Scope::Read, "POST /api/v1/query") {
         return refused;
     }
     let body: QueryBody = match serde_json::from_slice(&body) {

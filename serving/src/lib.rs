@@ -13,6 +13,10 @@
 //! - [`alerts`]: alert states and silences (Alertmanager's silence format) over HTTP.
 //! - [`lag`]: consumer lag of the lake writers and streaming pipelines, per topic.
 //! - [`pg`]: the PostgreSQL wire (datafusion-postgres) over the same catalogue.
+//! - [`tls`]: `[serving.tls]`, the acceptor the HTTP API and the PostgreSQL wire share.
+//!
+//! Every endpoint but the health checks takes a bearer token of a scope that allows the request
+//! ([`weir_schemas::tokens`]).
 
 pub mod alerts;
 pub mod catalog;
@@ -22,6 +26,7 @@ pub mod http;
 pub mod lag;
 pub mod pg;
 pub mod realtime;
+pub mod tls;
 
 pub use config::ServingConfig;
 

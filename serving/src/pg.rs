@@ -1,6 +1,6 @@
 //! The PostgreSQL wire endpoint (datafusion-postgres on pgwire): `psql`, Grafana and Metabase
 //! query the same catalogue as the HTTP API. Password authentication (user `serving.pg_user`,
-//! password: any API token); each connection gets its own session over the catalogue as it
+//! password: any API token of scope `read` or wider; TLS when `serving.tls` is set); each connection gets its own session over the catalogue as it
 //! is when it connects, with PostgreSQL's `pg_catalog` for clients that introspect; only
 //! read statements run (queries, `EXPLAIN`, `SET`/`SHOW`, transactions and cursors), everything
 //! else is refused with SQLSTATE 25006 (read-only transaction). Statements run under the query
@@ -31,13 +31,17 @@ use deltalake::datafusion::{
 use futures::{Sink, SinkExt as _, StreamExt as _};
 use tokio::time::Instant;
 
+use weir_schemas::tokens::{Scope, Tokens};
+
 use crate::catalog::Catalog;
 
-/// Password authentication: user `user`, password any of the API tokens.
+/// Password authentication: user `user`, password any API token whose scope allows `read`.
 #[derive(Debug)]
 struct TokenAuth {
     user: String,
-    tokens: Vec<String>,
+    tokens: Arc<Tokens>,
+    /// Refuse clients that did not ask for TLS (`serving.tls` is set).
+    require_tls: bool,
     parameters: DefaultServerParameterProvider,
 }
 
@@ -51,6 +55,13 @@ impl StartupHandler for TokenAuth {
     {
         match message {
             PgWireFrontendMessage::Startup(ref startup) => {
+                if self.require_tls && !client.is_secure() {
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "28000".into(),
+                        "this server takes TLS connections only: connect with sslmode=verify-full (or require)".into(),
+                    ))));
+                }
                 auth::protocol_negotiation(client, startup).await?;
                 auth::save_startup_parameters_to_metadata(client, startup);
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
@@ -59,7 +70,7 @@ impl StartupHandler for TokenAuth {
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
                 let given = pwd.into_password()?.password;
                 let user = LoginInfo::from_client_info(client).user().unwrap_or_default().to_string();
-                if user != self.user || !self.tokens.contains(&given) {
+                if user != self.user || !self.tokens.scope(&given).is_some_and(|s| s.allows(Scope::Read)) {
                     metrics::counter!("weir_serving_pg_auth_failures_total").increment(1);
                     return Err(PgWireError::InvalidPassword(user));
                 }
@@ -251,15 +262,22 @@ impl PgWireServerHandlers for Connection {
     }
 }
 
-/// Accepts PostgreSQL connections on `listener` until `stop` turns true.
+/// Accepts PostgreSQL connections on `listener` until `stop` turns true; with `tls`, only
+/// connections that negotiate TLS.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     catalog: Arc<Catalog>,
     user: String,
-    tokens: Vec<String>,
+    tokens: Arc<Tokens>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let auth = Arc::new(TokenAuth { user, tokens, parameters: DefaultServerParameterProvider::default() });
+    let auth = Arc::new(TokenAuth {
+        user,
+        tokens,
+        require_tls: tls.is_some(),
+        parameters: DefaultServerParameterProvider::default(),
+    });
     loop {
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
@@ -283,9 +301,10 @@ pub async fn serve(
             }),
             startup: auth.clone(),
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
             metrics::counter!("weir_serving_pg_connections_total").increment(1);
-            if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, None, connection).await {
+            if let Err(e) = datafusion_postgres::pgwire::tokio::process_socket(socket, tls, connection).await {
                 tracing::debug!(%peer, error = %e, "PostgreSQL connection ended");
             }
         });

@@ -54,7 +54,7 @@ async fn silences_reach_every_follower_and_mark_the_alerts_they_hold() {
     let tracker = Arc::new(lag::LagTracker::new(bus.clone(), lake.clone()));
     let routes = alerts::router(views.clone(), api_silences, Arc::from(bus.producer().await.unwrap()))
         .merge(lag::router(tracker.clone(), views.clone()));
-    let app = http::protect(routes, vec!["secret".into()]);
+    let app = http::protect(routes, Arc::new(weir_schemas::tokens::Tokens::from_text("secret").unwrap()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -114,11 +114,12 @@ async fn server(config: ServingConfig) -> Server {
     catalog.refresh().await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = http::router(catalog.clone(), vec!["secret".into()]);
+    let tokens = Arc::new(weir_schemas::tokens::Tokens::from_text("secret").unwrap());
+    let app = http::router(catalog.clone(), tokens.clone());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let pg_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pg_port = pg_listener.local_addr().unwrap().port();
-    tokio::spawn(pg::serve(pg_listener, catalog.clone(), "weir".into(), vec!["secret".into()], _stop.subscribe()));
+    tokio::spawn(pg::serve(pg_listener, catalog.clone(), "weir".into(), tokens, None, _stop.subscribe()));
     std::mem::forget(_stop);
     Server { _dir: dir, lake, base, catalog, pg_port }
 }
