@@ -31,7 +31,10 @@ impl MetadataConfig {
     /// Checks the URL's scheme, so a typo fails at start-up with the key named.
     pub fn validate(&self) -> Result<(), MetadataError> {
         let ok = ["sqlite://", "postgres://", "postgresql://"].iter().any(|p| self.url.starts_with(p));
-        if ok { Ok(()) } else { Err(MetadataError::UnsupportedUrl(self.url.clone())) }
+        if !ok {
+            return Err(MetadataError::UnsupportedUrl(self.url.clone()));
+        }
+        check_tls(&self.url)
     }
 
     /// Opens the pool (see [`connect`]).
@@ -46,6 +49,9 @@ pub enum MetadataError {
     /// The URL names no supported database.
     #[error("metadata.url {0:?}: unsupported (expected sqlite://<file> or postgres://…)")]
     UnsupportedUrl(String),
+    /// The URL's TLS settings cannot work, or could fall back to plain text.
+    #[error("metadata.url: {0}")]
+    Tls(String),
     /// The SQLite file's directory could not be created.
     #[error("metadata.url: creating directory {dir}: {source}")]
     CreateDir {
@@ -90,6 +96,7 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataEr
         let sep = if path.contains('?') { '&' } else { '?' };
         (format!("{url}{sep}mode=rwc"), 4)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        check_tls(url)?;
         (url.to_string(), 16)
     } else {
         return Err(MetadataError::UnsupportedUrl(url.to_string()));
@@ -115,6 +122,34 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataEr
         .connect(&connect_url)
         .await
         .map_err(|source| MetadataError::Connect { url: redact(url), timeout_s: timeout.as_secs(), source })
+}
+
+/// A PostgreSQL URL's TLS settings, as libpq spells them, checked before connecting: `sslmode`
+/// `prefer` and `allow` are refused (they fall back to plain text when the server has no TLS),
+/// certificate files need an `sslmode` that uses them, and must be readable. Other URLs pass.
+fn check_tls(url: &str) -> Result<(), MetadataError> {
+    let Some(query) = url.split_once('?').map(|(_, q)| q) else { return Ok(()) };
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.replace('-', ""), v.into_owned())).collect();
+    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let mode = get("sslmode").map(str::to_ascii_lowercase);
+    match mode.as_deref() {
+        None | Some("disable" | "require" | "verify-ca" | "verify-full") => {}
+        Some(m @ ("prefer" | "allow")) => {
+            return Err(MetadataError::Tls(format!(
+                "sslmode={m} can fall back to plain text: use verify-full, verify-ca, require or disable"
+            )));
+        }
+        Some(m) => return Err(MetadataError::Tls(format!("sslmode={m} is not one of libpq's modes"))),
+    }
+    for key in ["sslrootcert", "sslcert", "sslkey"] {
+        let Some(path) = get(key) else { continue };
+        if matches!(mode.as_deref(), None | Some("disable")) {
+            return Err(MetadataError::Tls(format!("{key} is given but sslmode is not: add sslmode=verify-full")));
+        }
+        std::fs::File::open(path).map_err(|e| MetadataError::Tls(format!("{key}: cannot read {path}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Creates database `name` on the PostgreSQL server of `server_url` (a URL naming any database
@@ -174,6 +209,22 @@ mod tests {
         assert_eq!(redact("postgres://weir:secret@db:5432/weir"), "postgres://weir:***@db:5432/weir");
         assert_eq!(redact("postgres://weir@db/weir"), "postgres://weir@db/weir");
         assert_eq!(redact("sqlite://./weir-data/weir.db"), "sqlite://./weir-data/weir.db");
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_or_could_fall_back_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        let url = |q: &str| format!("postgres://weir@db/weir?{q}");
+        let ok = url(&format!("sslmode=verify-full&sslrootcert={}", ca.display()));
+        assert!(check_tls(&ok).is_ok());
+        assert!(check_tls("postgres://weir@db/weir").is_ok());
+        let err = |q: &str| check_tls(&url(q)).unwrap_err().to_string();
+        assert!(err("sslmode=prefer").contains("fall back to plain text"));
+        assert!(err("sslmode=verify_full").contains("not one of libpq's modes"));
+        assert!(err(&format!("sslrootcert={}", ca.display())).contains("sslmode is not"));
+        assert!(err("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem").contains("cannot read /nonexistent/ca.pem"));
     }
 
     #[tokio::test]
