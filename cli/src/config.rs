@@ -61,11 +61,23 @@ pub struct RegistryConfig {
     pub listen: SocketAddr,
     /// An external Confluent-compatible registry to use instead of the embedded one.
     pub url: Option<String>,
+    /// The user (Confluent Cloud: the API key) for HTTP basic authentication with `url`…
+    pub username: Option<String>,
+    /// … and the environment variable holding its password (the API secret)…
+    pub password_env: Option<String>,
+    /// … or the file holding it.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        RegistryConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8081)), url: None }
+        RegistryConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            url: None,
+            username: None,
+            password_env: None,
+            password_file: None,
+        }
     }
 }
 

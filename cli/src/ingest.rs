@@ -71,7 +71,17 @@ async fn http(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
 /// The registry the configuration names: `registry.url`, else the embedded one in the metadata DB.
 pub async fn registry(config: &Config) -> anyhow::Result<Arc<dyn SchemaRegistry>> {
     Ok(match &config.registry.url {
-        Some(url) => Arc::new(HttpRegistry::new(url, Duration::from_secs(10))?),
+        Some(url) => {
+            let r = &config.registry;
+            let registry = HttpRegistry::new(url, Duration::from_secs(10))?;
+            let password =
+                weir_schemas::secret::load("registry.password", r.password_env.as_deref(), r.password_file.as_deref())?;
+            match (&r.username, password) {
+                (Some(user), Some(password)) => Arc::new(registry.with_basic_auth(user, password)),
+                (None, None) => Arc::new(registry),
+                _ => anyhow::bail!("registry.username and registry.password_env (or _file) go together"),
+            }
+        }
         None => {
             Arc::new(SqlRegistry::open(config.metadata.connect().await?).await.context("opening the schema registry")?)
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weir_e2e::https::{Receiver, tls_dir};
-use weir_schemas::http::HttpConfig;
+use weir_schemas::http::{self, HttpConfig};
 
 /// An error with its causes, as `weir` prints it.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -45,4 +45,21 @@ async fn redirects_are_bounded() {
     assert!(err.is_redirect(), "{}", chain(&err));
     let paths: Vec<String> = receiver.wait_for(3, Duration::from_secs(10)).into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/redirect/0", "/redirect/1", "/redirect/2"]);
+}
+
+/// An external registry (Confluent Cloud wants an API key and secret) gets them as HTTP basic
+/// credentials, over https.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_client_sends_basic_credentials() {
+    use weir_schemas::{registry::SchemaRegistry as _, registry::http::HttpRegistry, secret::Secret};
+    http::configure(&HttpConfig { ca_file: Some(tls_dir().join("ca.pem")), ..HttpConfig::default() }).unwrap();
+    let receiver = Receiver::start();
+    let registry = HttpRegistry::new(&receiver.url(""), Duration::from_secs(10))
+        .unwrap()
+        .with_basic_auth("API-KEY", Secret::new("api-secret"));
+    let _ = registry.subjects().await; // the receiver answers "ok", not a registry's JSON
+    let got = receiver.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got[0].path, "/subjects");
+    // base64("API-KEY:api-secret")
+    assert_eq!(got[0].authorization.as_deref(), Some("Basic QVBJLUtFWTphcGktc2VjcmV0"));
 }

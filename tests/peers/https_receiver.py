@@ -1,6 +1,6 @@
 """An HTTPS receiver for Weir's tests: a real TLS peer (Python's ssl, i.e. OpenSSL) with the test CA's
 server certificate. Usage: https_receiver.py CERT KEY. Prints `port N` once listening on 127.0.0.1,
-then one JSON line per request received: {"method", "path", "body"}. GET /redirect/N answers 302 to
+then one JSON line per request received: {"method", "path", "authorization", "body"}. GET /redirect/N answers 302 to
 /redirect/N+1 (for redirect bounds); any other path answers 200."""
 
 import http.server
@@ -13,7 +13,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _record(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace")
-        print(json.dumps({"method": self.command, "path": self.path, "body": body}), flush=True)
+        auth = self.headers.get("Authorization")
+        print(json.dumps({"method": self.command, "path": self.path, "authorization": auth, "body": body}), flush=True)
 
     def do_GET(self):
         self._record()

@@ -25,6 +25,8 @@ pub struct Request {
     pub method: String,
     /// The path with its query.
     pub path: String,
+    /// The `Authorization` header, if sent.
+    pub authorization: Option<String>,
     /// The body as text.
     pub body: String,
 }

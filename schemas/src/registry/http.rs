@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{RegisteredSchema, RegistryError, SchemaRegistry, Version, server::CONTENT_TYPE};
+use crate::secret::Secret;
 
 /// A remote registry at a base URL such as `http://127.0.0.1:8081`.
 #[derive(Clone)]
@@ -15,6 +16,8 @@ pub struct HttpRegistry {
     base: String,
     client: reqwest::Client,
     timeout: Duration,
+    /// HTTP basic credentials (Confluent Cloud: an API key and its secret).
+    basic_auth: Option<(String, Secret)>,
 }
 
 #[derive(Deserialize)]
@@ -27,7 +30,18 @@ impl HttpRegistry {
     /// A client of the registry at `base_url` (through the process's [`crate::http::client`]),
     /// each request bounded by `timeout`.
     pub fn new(base_url: &str, timeout: Duration) -> Result<Self, RegistryError> {
-        Ok(HttpRegistry { base: base_url.trim_end_matches('/').to_string(), client: crate::http::client(), timeout })
+        Ok(HttpRegistry {
+            base: base_url.trim_end_matches('/').to_string(),
+            client: crate::http::client(),
+            timeout,
+            basic_auth: None,
+        })
+    }
+
+    /// Sends HTTP basic credentials with every request.
+    pub fn with_basic_auth(mut self, username: &str, password: Secret) -> Self {
+        self.basic_auth = Some((username.to_string(), password));
+        self
     }
 
     fn remote(&self, reason: impl std::fmt::Display, retriable: bool) -> RegistryError {
@@ -39,12 +53,11 @@ impl HttpRegistry {
         request: reqwest::RequestBuilder,
         context: Context<'_>,
     ) -> Result<T, RegistryError> {
-        let response = request
-            .header(reqwest::header::ACCEPT, CONTENT_TYPE)
-            .timeout(self.timeout)
-            .send()
-            .await
-            .map_err(|e| self.remote(e, true))?;
+        let mut request = request.header(reqwest::header::ACCEPT, CONTENT_TYPE).timeout(self.timeout);
+        if let Some((user, password)) = &self.basic_auth {
+            request = request.basic_auth(user, Some(password.expose()));
+        }
+        let response = request.send().await.map_err(|e| self.remote(e, true))?;
         let status = response.status();
         let text = response.text().await.map_err(|e| self.remote(e, true))?;
         if status.is_success() {
