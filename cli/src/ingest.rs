@@ -44,7 +44,7 @@ async fn http(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
     let metrics = telemetry::init_metrics()?;
     let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
     let h = &config.ingest.http;
-    let tokens = weir_schemas::tokens::Tokens::load(Some(&h.tokens_env), h.tokens_file.as_deref())?;
+    let tokens = weir_schemas::tokens::Tokens::load_watched(Some(&h.tokens_env), h.tokens_file.as_deref())?;
     let tokens = if tokens.is_empty() && h.tokens_file.is_none() {
         tracing::warn!(
             "{} and ingest.http.tokens_file hold no token: anyone who reaches the listener may post",
@@ -52,8 +52,6 @@ async fn http(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
         );
         None
     } else {
-        let tokens = Arc::new(tokens);
-        weir_schemas::tokens::Tokens::watch(&tokens);
         Some(tokens)
     };
     let routes = weir_ingest::http::router(bus, h, tokens).await?.merge(telemetry::router(metrics));

@@ -33,7 +33,7 @@ pub struct ServeArgs {
 
 pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let s = &config.serving;
-    let tokens = Arc::new(Tokens::load(Some(&s.tokens_env), s.tokens_file.as_deref())?);
+    let tokens = Tokens::load_watched(Some(&s.tokens_env), s.tokens_file.as_deref())?;
     if tokens.is_empty() {
         tracing::warn!("{} and serving.tokens_file hold no token: the API will refuse every query", s.tokens_env);
     }
@@ -58,8 +58,6 @@ pub async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or(s.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "serving");
-    // The token file is read again when it changes: tokens rotate without a restart.
-    Tokens::watch(&tokens);
     let silences = Arc::new(Silences::default());
     let silence_follower = tokio::spawn(silence::follow(bus.clone(), silences.clone(), stop.clone()));
     let (protected, measure) =

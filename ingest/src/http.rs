@@ -24,7 +24,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_bus::{Bus, BusError, Producer, Record};
-use weir_schemas::tokens::{Refused, Scope, Tokens};
+use weir_schemas::tokens::{Scope, Tokens};
 
 /// `[ingest.http]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,10 +115,10 @@ async fn produce(
 ) -> Response {
     if let Some(tokens) = &state.tokens {
         let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        match tokens.check(header, Scope::Ingest, &format!("POST /topics/{topic}")) {
-            Ok(_) => {}
-            Err(e @ Refused::Unauthenticated(_)) => return refuse(StatusCode::UNAUTHORIZED, 40_101, e.to_string()),
-            Err(e @ Refused::Forbidden { .. }) => return refuse(StatusCode::FORBIDDEN, 40_302, e.to_string()),
+        if let Err(e) = tokens.check(header, Scope::Ingest, &format!("POST /topics/{topic}")) {
+            // REST Proxy's codes: 40101 unauthorized, 40301 forbidden.
+            let code = if e.status() == StatusCode::UNAUTHORIZED { 40_101 } else { 40_301 };
+            return refuse(e.status(), code, e.to_string());
         }
     }
     if let Err(e) = weir_bus::validate_topic_name(&topic) {

@@ -83,6 +83,16 @@ pub enum Refused {
     },
 }
 
+impl Refused {
+    /// The HTTP status that says it: 401 or 403.
+    pub fn status(&self) -> axum::http::StatusCode {
+        match self {
+            Refused::Unauthenticated(_) => axum::http::StatusCode::UNAUTHORIZED,
+            Refused::Forbidden { .. } => axum::http::StatusCode::FORBIDDEN,
+        }
+    }
+}
+
 /// A token list that cannot be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{origin}: {reason}")]
@@ -140,13 +150,15 @@ impl Tokens {
         Ok(true)
     }
 
-    /// Reads the token file again every second while anyone else holds `tokens` (logging each
-    /// change, and keeping the tokens in force when the file is broken).
-    pub fn watch(tokens: &std::sync::Arc<Tokens>) {
+    /// [`Tokens::load`], then the file read again every second for as long as the tokens are
+    /// in use (each change logged; a broken file keeps the tokens in force): a token rotates
+    /// without a restart.
+    pub fn load_watched(env: Option<&str>, file: Option<&Path>) -> Result<std::sync::Arc<Tokens>, TokensError> {
+        let tokens = std::sync::Arc::new(Tokens::load(env, file)?);
         if tokens.file.is_none() {
-            return;
+            return Ok(tokens);
         }
-        let weak = std::sync::Arc::downgrade(tokens);
+        let weak = std::sync::Arc::downgrade(&tokens);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -160,6 +172,7 @@ impl Tokens {
                 }
             }
         });
+        Ok(tokens)
     }
 
     /// Whether no token at all is accepted.

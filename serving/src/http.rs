@@ -20,7 +20,7 @@ use deltalake::arrow::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use weir_schemas::tokens::{Refused, Scope, Tokens};
+use weir_schemas::tokens::{Scope, Tokens};
 
 use crate::catalog::{Catalog, QueryError};
 
@@ -91,11 +91,7 @@ pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp
 /// a valid token, 403 when its scope does not allow it.
 fn refused(tokens: &Tokens, headers: &HeaderMap, needed: Scope, what: &str) -> Option<Response> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match tokens.check(header, needed, what) {
-        Ok(_) => None,
-        Err(e @ Refused::Unauthenticated(_)) => Some(error(StatusCode::UNAUTHORIZED, e)),
-        Err(e @ Refused::Forbidden { .. }) => Some(error(StatusCode::FORBIDDEN, e)),
-    }
+    tokens.check(header, needed, what).err().map(|e| error(e.status(), e))
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
