@@ -187,41 +187,27 @@ fn env_name(var: &str) -> String {
     }
 }
 
-/// The argument an interpreter runs as code, and the interpreter: the one after `-c` of a shell
-/// (`sh -c`, `bash -ec`), after `-c` of Python, after `-e` of Perl, Ruby or Node; a leading `env`
-/// with `NAME=value` assignments is looked through.
+/// The argument an interpreter runs as code, and the interpreter: the one after a shell's `-c`
+/// (`sh -c`, `bash -ec`, `bash -o pipefail -c`), Python's `-c`, Perl's and Ruby's `-e`, Node's
+/// `-e`/`-p`. The interpreter may stand anywhere (`env A=1 sh -c`, `timeout 60 bash -c`,
+/// `find . -exec sh -c`), and every argument after it is looked at for the flag: taking a
+/// script's own argument for code can only refuse a param, never let one run.
 fn code_argument(argv: &[String]) -> Option<(usize, String)> {
-    let name = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-    let mut i = 0;
-    if argv.first().is_some_and(|a| name(a) == "env") {
-        i = 1;
-        while argv.get(i).is_some_and(|a| !a.starts_with('-') && a.contains('=')) {
-            i += 1;
-        }
+    fn short(arg: &str) -> bool {
+        arg.len() > 1 && arg.starts_with('-') && !arg.starts_with("--")
     }
-    let program = name(argv.get(i)?);
-    let shell = matches!(program.as_str(), "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" | "busybox");
-    let python = program.starts_with("python");
-    let eval = matches!(program.as_str(), "perl" | "ruby" | "node" | "nodejs");
-    if !(shell || python || eval) {
-        return None;
-    }
-    for (j, arg) in argv.iter().enumerate().skip(i + 1) {
-        let is_code_flag = if shell {
-            (arg.starts_with('-') || arg.starts_with('+')) && !arg.starts_with("--") && arg.contains('c')
-        } else if python {
-            arg == "-c"
-        } else {
-            arg == "-e" || arg == "-E" || arg == "--eval"
+    argv.iter().enumerate().find_map(|(i, arg)| {
+        let program = arg.rsplit('/').next().unwrap_or(arg);
+        let is_code_flag: fn(&str) -> bool = match program {
+            "sh" | "bash" | "dash" | "zsh" | "ksh" | "mksh" | "ash" => |a| short(a) && a.contains('c'),
+            p if p.starts_with("python") => |a| short(a) && a.ends_with('c'),
+            "perl" | "ruby" => |a| short(a) && (a.ends_with('e') || a.ends_with('E')),
+            "node" | "nodejs" => |a| matches!(a, "-e" | "--eval" | "-p" | "--print"),
+            _ => return None,
         };
-        if is_code_flag {
-            return (j + 1 < argv.len()).then(|| (j + 1, program));
-        }
-        if arg == "--" || !arg.starts_with('-') {
-            return None;
-        }
-    }
-    None
+        let code = i + 2 + argv[i + 1..].iter().position(|a| is_code_flag(a))?;
+        (code < argv.len()).then(|| (code, program.to_string()))
+    })
 }
 
 /// Where in SQL text the scan has got to (DataFusion's generic dialect: standard strings without
@@ -474,9 +460,16 @@ mod tests {
         for code in [
             &["bash", "-ec", "echo {{ params.who }}"][..],
             &["/bin/sh", "-e", "-c", "echo {{ params.who }}"],
-            &["env", "A=1", "sh", "-c", "echo {{ params.who }}"],
-            &["python3", "-u", "-c", "print('{{ params.who }}')"],
-            &["perl", "-e", "print '{{ params.who }}'"],
+            &["bash", "-o", "pipefail", "-c", "echo {{ params.who }}"],
+            &["env", "-i", "A=1", "sh", "-c", "echo {{ params.who }}"],
+            &["/usr/bin/env", "-u", "HOME", "bash", "-c", "echo {{ params.who }}"],
+            &["timeout", "60", "sh", "-c", "echo {{ params.who }}"],
+            &["find", ".", "-exec", "sh", "-c", "echo {{ params.who }}", ";"],
+            &["busybox", "sh", "-c", "echo {{ params.who }}"],
+            &["python3", "-W", "ignore", "-c", "print('{{ params.who }}')"],
+            &["python3", "-uc", "print('{{ params.who }}')"],
+            &["perl", "-le", "print '{{ params.who }}'"],
+            &["node", "-p", "'{{ params.who }}'"],
         ] {
             assert!(c.render_argv(&argv(code)).is_err(), "{code:?}");
         }
