@@ -110,7 +110,8 @@ type Digests = HashMap<[u8; 32], Scope>;
 pub struct Tokens {
     from_env: Digests,
     file: Option<PathBuf>,
-    /// The file's tokens and the modification time they were read at.
+    /// The file's tokens, and the modification time of the version last read (good or not, so
+    /// a broken file is reported once, not every second).
     from_file: RwLock<(Digests, Option<SystemTime>)>,
 }
 
@@ -143,10 +144,12 @@ impl Tokens {
         if modified.is_some() && self.from_file.read().expect("tokens lock").1 == modified {
             return Ok(false);
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| TokensError { origin: origin(), reason: e.to_string() })?;
-        let digests = parse(&text, &origin())?;
-        *self.from_file.write().expect("tokens lock") = (digests, modified);
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| TokensError { origin: origin(), reason: e.to_string() })
+            .and_then(|text| parse(&text, &origin()));
+        let mut from_file = self.from_file.write().expect("tokens lock");
+        from_file.1 = modified;
+        from_file.0 = parsed?;
         Ok(true)
     }
 
@@ -275,6 +278,7 @@ mod tests {
             .set_modified(later + std::time::Duration::from_secs(2))
             .unwrap();
         assert!(t.reload().is_err());
+        assert!(!t.reload().unwrap(), "a broken file is reported once");
         assert_eq!(t.scope("new"), Some(Scope::Read), "a broken file keeps the tokens in force");
     }
 }
