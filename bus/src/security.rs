@@ -5,7 +5,7 @@
 //! mechanism — stops the role here with the setting named, before anything is sent: Weir never
 //! falls back to plain text.
 
-use std::{collections::BTreeMap, path::Path};
+use std::collections::BTreeMap;
 
 use crate::{BusError, config::KafkaConfig};
 
@@ -37,7 +37,7 @@ pub(crate) fn client_properties(config: &KafkaConfig) -> Result<BTreeMap<String,
         ("key_file", &config.key_file, "ssl.key.location"),
     ] {
         if let Some(path) = file {
-            readable(setting, path)?;
+            weir_schemas::secret::readable(&format!("bus.kafka.{setting}"), path).map_err(BusError::Config)?;
             props.insert(property.to_string(), path.display().to_string());
         }
     }
@@ -59,12 +59,6 @@ pub(crate) fn hint(props: &BTreeMap<String, String>, cause: &str) -> Option<&'st
         return Some("the listener may not speak TLS: check bus.kafka.security_protocol and the port");
     }
     None
-}
-
-fn readable(setting: &str, path: &Path) -> Result<(), BusError> {
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| BusError::Config(format!("bus.kafka.{setting}: cannot read {}: {e}", path.display())))
 }
 
 /// Refuses combinations that would connect less securely than the settings say, or not at all.

@@ -147,7 +147,7 @@ fn check_tls(url: &str) -> Result<(), MetadataError> {
         if matches!(mode.as_deref(), None | Some("disable")) {
             return Err(MetadataError::Tls(format!("{key} is given but sslmode is not: add sslmode=verify-full")));
         }
-        std::fs::File::open(path).map_err(|e| MetadataError::Tls(format!("{key}: cannot read {path}: {e}")))?;
+        crate::secret::readable(key, std::path::Path::new(path)).map_err(MetadataError::Tls)?;
     }
     Ok(())
 }

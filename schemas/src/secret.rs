@@ -1,6 +1,7 @@
 //! Secrets that never need to be written in `weir.toml`: a password, token or key is named by the
 //! environment variable (`<setting>_env`) or the file (`<setting>_file`) that holds it, read once
 //! at start-up, and kept in a [`Secret`], which prints as `***` in logs, errors and `Debug` output.
+//! Key and certificate files are checked for readability at start-up too ([`readable`]).
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,12 @@ pub enum SecretError {
         /// The setting.
         setting: String,
     },
+}
+
+/// Checks that the key, certificate or CA file `setting` names can be read, so a wrong path stops
+/// start-up with `<setting>: cannot read <path>: <cause>` rather than failing a handshake later.
+pub fn readable(setting: &str, path: &Path) -> Result<(), String> {
+    std::fs::File::open(path).map(drop).map_err(|e| format!("{setting}: cannot read {}: {e}", path.display()))
 }
 
 /// Reads the secret `setting` from the environment variable `env` or the file `file` (at most one

@@ -67,7 +67,7 @@ pub fn opts(config: &MysqlSourceConfig) -> Result<Opts, String> {
     let ssl = match (ssl, ca) {
         (None, Some(_)) => return Err("url: ssl-ca is given but ssl-mode is not: add ssl-mode=VERIFY_IDENTITY".into()),
         (Some(ssl), Some(ca)) => {
-            std::fs::File::open(&ca).map_err(|e| format!("url: ssl-ca: cannot read {}: {e}", ca.display()))?;
+            secret::readable("url: ssl-ca", &ca)?;
             Some(ssl.with_root_certs(vec![ca.into()]))
         }
         (ssl, None) => ssl,
