@@ -34,13 +34,39 @@ pub enum BusError {
     InvalidArgument(String),
     /// Another process holds the embedded log.
     #[error(
-        "embedded bus directory {dir} is in use by another process ({holder}); stop it, or use Kafka to share a bus between processes"
+        "embedded bus directory {dir} is in use by another process ({holder}); open it through weir_bus::open to share it, or stop that process"
     )]
     Locked {
         /// The bus directory.
         dir: PathBuf,
         /// What the lock file says about its holder.
         holder: String,
+    },
+    /// The embedded log's owner holds its lock but does not answer on its socket.
+    #[error(
+        "the embedded bus is owned by another process, which does not serve it on {socket}: {reason} (is it a Weir older than this one, or a benchmark?)"
+    )]
+    NotServed {
+        /// The owner's socket.
+        socket: PathBuf,
+        /// Why connecting failed.
+        reason: String,
+    },
+    /// The connection to the embedded log's owner broke (the owner stopped or was killed).
+    #[error("lost the process that owns the embedded bus ({socket}): {reason}")]
+    OwnerGone {
+        /// The owner's socket.
+        socket: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+    /// The embedded log's owner failed the request.
+    #[error("the process that owns the embedded bus ({socket}) answered: {message}")]
+    Owner {
+        /// The owner's socket.
+        socket: PathBuf,
+        /// Its error.
+        message: String,
     },
     /// Stored data failed its checksum or framing somewhere other than a torn tail.
     #[error("corrupt record in {path} at byte {position}: {reason}")]
@@ -91,7 +117,10 @@ impl BusError {
     /// Whether trying the same operation again later may succeed.
     pub fn is_retriable(&self) -> bool {
         match self {
-            BusError::Unreachable { .. } | BusError::Locked { .. } => true,
+            BusError::Unreachable { .. }
+            | BusError::Locked { .. }
+            | BusError::NotServed { .. }
+            | BusError::OwnerGone { .. } => true,
             BusError::Io { source, .. } => matches!(
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut

@@ -8,7 +8,8 @@
 //! - [`local::LocalBus`] is a durable embedded log for one machine: one directory per topic
 //!   partition holding segment files of CRC-protected records, committed group offsets in files
 //!   beside them. A record acknowledged to the producer has been written to the operating system,
-//!   so it survives `kill -9` of the process.
+//!   so it survives `kill -9` of the process. One process owns the directory and serves it to the
+//!   machine's other processes over a Unix socket ([`local::remote::RemoteBus`]).
 //!
 //! Both backends place a keyed record on the same partition (Kafka's murmur2 partitioner, see
 //! [`partitioner`]), so moving from one to the other does not reorder anything a consumer relies on.
@@ -256,10 +257,22 @@ pub async fn follow_from_start(
     }
 }
 
-/// Opens the bus a URL names: `local:<dir>` or `kafka://host:port[,host:port…]`.
+/// Opens the bus a URL names: `local:<dir>` or `kafka://host:port[,host:port…]`. The first
+/// process to open an embedded log owns it and serves it to the others; a later one uses it
+/// through the owner ([`local::remote::RemoteBus`]).
 pub async fn open(config: &BusConfig) -> Result<std::sync::Arc<dyn Bus>> {
     match &config.url {
-        BusUrl::Local(dir) => Ok(std::sync::Arc::new(local::LocalBus::open(dir, config.local.clone())?)),
+        BusUrl::Local(dir) => match local::LocalBus::open(dir, config.local.clone()) {
+            Ok(bus) => {
+                bus.serve()?;
+                Ok(std::sync::Arc::new(bus))
+            }
+            Err(BusError::Locked { holder, .. }) => {
+                tracing::debug!(dir = %dir.display(), %holder, "embedded bus owned by another process: using it through its socket");
+                Ok(std::sync::Arc::new(local::remote::RemoteBus::connect(dir).await?))
+            }
+            Err(e) => Err(e),
+        },
         BusUrl::Kafka(brokers) => {
             Ok(std::sync::Arc::new(kafka::KafkaBus::connect(brokers, config.kafka.clone()).await?))
         }

@@ -1,4 +1,5 @@
-//! The bus contract: every test here runs against the embedded log (`local::…`), against a
+//! The bus contract: every test here runs against the embedded log (`local::…`), against the
+//! embedded log used from another process through its owner's socket (`remote::…`), against a
 //! real Kafka-protocol broker (`kafka::…`, at `WEIR_TEST_KAFKA`, started by `scripts/test`), and
 //! against a broker that takes only SCRAM logins over TLS (`kafka_sasl_ssl::…`, at
 //! `WEIR_TEST_KAFKA_SASL_SSL`, with the test CA of `WEIR_TEST_TLS_DIR`).
@@ -23,25 +24,35 @@ fn unique(name: &str) -> String {
 
 struct Backend {
     bus: Arc<dyn Bus>,
+    _owner: Option<LocalBus>,
     _dir: Option<tempfile::TempDir>,
 }
 
 fn local() -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let bus = LocalBus::open(dir.path(), Default::default()).unwrap();
-    Backend { bus: Arc::new(bus), _dir: Some(dir) }
+    Backend { bus: Arc::new(bus), _owner: None, _dir: Some(dir) }
+}
+
+/// The same protocol a second process speaks: every call crosses the owner's Unix socket.
+async fn remote() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = LocalBus::open(dir.path(), Default::default()).unwrap();
+    owner.serve().unwrap();
+    let bus = weir_bus::local::remote::RemoteBus::connect(dir.path()).await.unwrap();
+    Backend { bus: Arc::new(bus), _owner: Some(owner), _dir: Some(dir) }
 }
 
 async fn kafka() -> Backend {
     let brokers = std::env::var("WEIR_TEST_KAFKA")
         .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
     let bus = weir_bus::kafka::KafkaBus::connect(&brokers, Default::default()).await.unwrap();
-    Backend { bus: Arc::new(bus), _dir: None }
+    Backend { bus: Arc::new(bus), _owner: None, _dir: None }
 }
 
 async fn kafka_sasl_ssl() -> Backend {
     let bus = weir_bus::kafka::KafkaBus::connect(&common::sasl_ssl_brokers(), common::sasl_ssl_config()).await.unwrap();
-    Backend { bus: Arc::new(bus), _dir: None }
+    Backend { bus: Arc::new(bus), _owner: None, _dir: None }
 }
 
 /// Polls until `n` messages arrived or `deadline` passed.
@@ -219,6 +230,10 @@ macro_rules! contract {
         mod local {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name(super::local()).await } )*
+        }
+        mod remote {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::remote().await).await } )*
         }
         mod kafka {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,10 @@
 //! Consumer groups of the embedded log: members, partition assignment and committed offsets.
 //!
-//! Members live in this process (the embedded log is owned by one process). Committed offsets
+//! Members live in this process (the embedded log is owned by one process; other processes'
+//! members are held here for them by its server). A partition moves between members as in
+//! Kafka's eager rebalance: the new owner starts reading it only after the old one noticed the
+//! rebalance (at its next poll, after committing what it read), so that a group reads each
+//! record once when its members commit before polling again. Committed offsets
 //! are persisted per group in `groups/<hex of group name>.offsets`, one `topic partition offset`
 //! line each, replaced atomically (write a temporary file, then rename) on every commit.
 
@@ -20,6 +24,20 @@ struct Group {
     /// Bumped at every membership change; members compare it to notice a rebalance.
     generation: u64,
     assignment: HashMap<u64, Vec<TopicPartition>>,
+    /// Which member reads each partition now; it lets go at its next look at the assignment.
+    held: HashMap<TopicPartition, u64>,
+}
+
+/// What a member may read after a look at its group.
+pub(crate) struct Taken {
+    /// The generation it looked at.
+    pub generation: u64,
+    /// Its partitions that no other member still reads.
+    pub partitions: Vec<TopicPartition>,
+    /// Whether that is all of its assignment (else it looks again at its next poll).
+    pub complete: bool,
+    /// Whether it let go of partitions another member waits for.
+    pub released: bool,
 }
 
 /// Every group of one embedded log.
@@ -79,11 +97,35 @@ impl Groups {
         if let Some(g) = self.groups.get_mut(group)
             && g.members.remove(&member).is_some()
         {
+            g.held.retain(|_, holder| *holder != member);
             rebalance(g, partitions);
         }
     }
 
-    /// The group's generation and this member's partitions.
+    /// Lets go of this member's partitions that went to others, and takes those of its
+    /// assignment that nobody else still reads.
+    pub fn take(&mut self, group: &str, member: u64) -> Taken {
+        let Some(g) = self.groups.get_mut(group) else {
+            return Taken { generation: 0, partitions: Vec::new(), complete: true, released: false };
+        };
+        let assigned = g.assignment.get(&member).cloned().unwrap_or_default();
+        let before = g.held.len();
+        g.held.retain(|tp, holder| *holder != member || assigned.contains(tp));
+        let released = g.held.len() < before;
+        let mut partitions = Vec::new();
+        for tp in assigned {
+            let holder = *g.held.entry(tp.clone()).or_insert(member);
+            if holder == member {
+                partitions.push(tp);
+            }
+        }
+        let complete = partitions.len() == g.assignment.get(&member).map_or(0, Vec::len);
+        Taken { generation: g.generation, partitions, complete, released }
+    }
+
+    /// The group's generation and this member's assigned partitions (whether or not another
+    /// member still reads some of them).
+    #[cfg(test)]
     pub fn assignment(&self, group: &str, member: u64) -> (u64, Vec<TopicPartition>) {
         match self.groups.get(group) {
             Some(g) => (g.generation, g.assignment.get(&member).cloned().unwrap_or_default()),
@@ -189,6 +231,27 @@ mod tests {
         assert_eq!(a1.len(), 4, "first member takes the extra partition of 'a'");
         groups.leave("g", m1, &counts);
         assert_eq!(groups.assignment("g", m2).1.len(), 7);
+    }
+
+    #[test]
+    fn a_partition_moves_only_once_its_reader_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut groups = Groups::open(dir.path(), Fsync::Never).unwrap();
+        let counts = |_: &str| Some(2);
+        let m1 = groups.join("g", vec!["t".into()], &counts);
+        assert_eq!(groups.take("g", m1).partitions.len(), 2);
+        let m2 = groups.join("g", vec!["t".into()], &counts);
+        // m1 has not looked since: m2 may not read the partition it gets yet.
+        let t2 = groups.take("g", m2);
+        assert!(t2.partitions.is_empty() && !t2.complete);
+        let t1 = groups.take("g", m1);
+        assert!(t1.released && t1.partitions.len() == 1 && t1.complete);
+        let t2 = groups.take("g", m2);
+        assert!(t2.complete && t2.partitions.len() == 1 && t2.partitions != t1.partitions);
+        // A member that leaves lets go of everything at once.
+        groups.leave("g", m2, &counts);
+        let t1 = groups.take("g", m1);
+        assert!(t1.complete && t1.partitions.len() == 2);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The embedded durable log: Kafka's model (topics, partitions, offsets, consumer groups) in a
-//! directory on one machine, owned by one process at a time.
+//! directory on one machine, owned by one process at a time. The owner serves the log to the
+//! machine's other processes over a Unix socket ([`server`]); they use it through
+//! [`remote::RemoteBus`], so every append and every group goes through the owner's one state.
 //!
 //! ```text
 //! <dir>/LOCK                          held (flock) by the owning process; holds its pid
+//! <dir>/bus.sock                      the owner's socket for other processes (mode 0600)
 //! <dir>/topics/<topic>/partitions     the partition count
 //! <dir>/topics/<topic>/<p>/<base>.log segment files (see `record` for the framing)
 //! <dir>/groups/<hex group>.offsets    committed offsets of one consumer group
@@ -11,6 +14,9 @@
 mod groups;
 mod partition;
 mod record;
+pub mod remote;
+pub mod server;
+mod wire;
 
 use std::{
     collections::BTreeMap,
@@ -61,6 +67,8 @@ struct Inner {
     groups: Mutex<Groups>,
     /// Bumped on every append and every rebalance; waiting consumers watch it.
     changes: watch::Sender<u64>,
+    /// Serving other processes, once [`LocalBus::serve`] started it; stops when the log closes.
+    serving: Mutex<Option<server::Serving>>,
     _lock: File,
 }
 
@@ -91,9 +99,22 @@ impl LocalBus {
                 topics: RwLock::new(topics),
                 groups: Mutex::new(groups),
                 changes: watch::Sender::new(0),
+                serving: Mutex::new(None),
                 _lock: lock,
             }),
         })
+    }
+}
+
+impl LocalBus {
+    /// Lets the machine's other processes use this log through `<dir>/bus.sock` until it is
+    /// dropped. Needs a Tokio runtime.
+    pub fn serve(&self) -> Result<()> {
+        let mut serving = self.inner.serving.lock().unwrap();
+        if serving.is_none() {
+            *serving = Some(server::start(&self.inner.root, Arc::downgrade(&self.inner))?);
+        }
+        Ok(())
     }
 }
 
@@ -225,6 +246,7 @@ impl Bus for LocalBus {
             config,
             member: None,
             generation: 0,
+            complete: true,
             cursors: BTreeMap::new(),
             next: 0,
             stored: Vec::new(),
@@ -286,6 +308,8 @@ struct LocalConsumer {
     /// Group member id while subscribed.
     member: Option<u64>,
     generation: u64,
+    /// Whether it reads its whole assignment (else partitions still wait for their last reader).
+    complete: bool,
     cursors: BTreeMap<TopicPartition, (Arc<Topic>, Cursor)>,
     /// Which assigned partition the next poll reads first, so none starves.
     next: usize,
@@ -313,18 +337,23 @@ impl LocalConsumer {
         log.cursor(offset)
     }
 
-    /// Picks up a rebalance of the group, if one happened since the last look.
+    /// Picks up a rebalance of the group, if one happened since the last look, or partitions of
+    /// its assignment that another member has let go of since.
     fn sync_assignment(&mut self) -> Result<()> {
         let Some(member) = self.member else { return Ok(()) };
-        let (generation, assigned) = {
-            let groups = self.inner.groups.lock().unwrap();
-            if groups.generation(&self.config.group) == self.generation {
+        let taken = {
+            let mut groups = self.inner.groups.lock().unwrap();
+            if groups.generation(&self.config.group) == self.generation && self.complete {
                 return Ok(());
             }
-            groups.assignment(&self.config.group, member)
+            groups.take(&self.config.group, member)
         };
+        if taken.released {
+            // Members waiting for what this one let go of look again.
+            self.inner.notify();
+        }
         let mut cursors = BTreeMap::new();
-        for tp in assigned {
+        for tp in taken.partitions {
             let entry = match self.cursors.remove(&tp) {
                 Some(kept) => kept,
                 None => {
@@ -335,9 +364,10 @@ impl LocalConsumer {
             };
             cursors.insert(tp, entry);
         }
-        tracing::debug!(group = %self.config.group, member, generation, partitions = cursors.len(), "rebalanced");
+        tracing::debug!(group = %self.config.group, member, generation = taken.generation, partitions = cursors.len(), complete = taken.complete, "rebalanced");
         self.cursors = cursors;
-        self.generation = generation;
+        self.generation = taken.generation;
+        self.complete = taken.complete;
         Ok(())
     }
 
@@ -391,6 +421,7 @@ impl Consumer for LocalConsumer {
         );
         self.member = Some(member);
         self.generation = 0;
+        self.complete = false;
         inner.notify();
         self.sync_assignment()
     }
