@@ -599,9 +599,13 @@ fn expand(template: &str, labels: &BTreeMap<String, String>, value: Option<f64>)
             out.push_str(&rest[open..]);
             return out;
         };
-        let name = rest[open + 2..open + close].trim();
+        let expr = rest[open + 2..open + close].trim();
+        let (name, function) = match expr.split_once('|') {
+            Some((n, f)) => (n.trim(), Some(f.trim())),
+            None => (expr, None),
+        };
         match name {
-            "$value" => out.push_str(&value.map(|v| format!("{v}")).unwrap_or_default()),
+            "$value" => out.push_str(&value.map(|v| humanize(v, function)).unwrap_or_default()),
             _ => match name.strip_prefix("$labels.") {
                 Some(l) => out.push_str(labels.get(l).map(String::as_str).unwrap_or_default()),
                 None => out.push_str(&rest[open..open + close + 2]),
@@ -613,9 +617,37 @@ fn expand(template: &str, labels: &BTreeMap<String, String>, value: Option<f64>)
     out
 }
 
+/// A value as a person reads it: four significant digits (`0.2037`, `1234`), or, with
+/// Prometheus's `humanizePercentage`, a percentage (`20.37 %`).
+fn humanize(v: f64, function: Option<&str>) -> String {
+    let (v, unit) = match function {
+        Some("humanizePercentage") => (v * 100.0, " %"),
+        _ => (v, ""),
+    };
+    if !v.is_finite() || v == 0.0 {
+        return format!("{v}{unit}");
+    }
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let text = format!("{v:.digits$}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    format!("{text}{unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    #[test]
+    fn values_read_as_a_person_would() {
+        use super::humanize;
+        assert_eq!(humanize(0.2037037037037037, None), "0.2037");
+        assert_eq!(humanize(0.2037037037037037, Some("humanizePercentage")), "20.37 %");
+        assert_eq!(humanize(0.5, Some("humanizePercentage")), "50 %");
+        assert_eq!(humanize(1234.5678, None), "1235");
+        assert_eq!(humanize(3.0, None), "3");
+        assert_eq!(humanize(0.0, None), "0");
+        assert_eq!(humanize(-0.00012346, None), "-0.0001235");
+    }
 
     use deltalake::arrow::{
         array::{BooleanArray, Float64Array, Int64Array, TimestampMillisecondArray},
