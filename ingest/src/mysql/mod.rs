@@ -11,6 +11,8 @@
 //! - [`snapshot`]: the initial consistent snapshot (`op = "r"`) tied to a binlog position.
 //! - [`stream`]: the binlog reader (replica protocol, MariaDB GTID/annotate events included).
 //! - [`source`]: the running source: checks, snapshot, streaming, batching, offsets.
+//! - [`preflight`]: every server setting and privilege to fix before a first capture, with the
+//!   fix (`weir init`).
 //!
 //! The server needs `log_bin`, `binlog_format=ROW`, `binlog_row_image=FULL` and
 //! `binlog_row_metadata=FULL` (MySQL 8.0.1+, MariaDB 10.5+): the full row metadata lets every
@@ -21,6 +23,7 @@ pub mod columns;
 pub mod connection;
 pub mod events;
 pub mod offset;
+pub mod preflight;
 pub mod snapshot;
 pub mod source;
 pub mod stream;
