@@ -51,6 +51,8 @@ pub struct Config {
     pub serving: ServingConfig,
     /// `[http]`: the outgoing HTTP client (webhooks, Slack, Jira, the registry client).
     pub http: HttpConfig,
+    /// `[up]`: `weir up` and `weir demo`.
+    pub up: crate::up::UpConfig,
 }
 
 /// `[registry]`: the schema registry.

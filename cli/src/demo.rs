@@ -1,5 +1,6 @@
-//! `weir demo`: every role in one process on the configured (by default embedded) bus, lake and
-//! metadata DB, fed by a built-in food-delivery workload: an orders service, a payments service,
+//! `weir demo`: `weir up` (every role in one process on the configured, by default embedded, bus,
+//! lake and metadata DB) over the example DAGs, pipeline and alert this binary carries, fed by a
+//! built-in food-delivery workload: an orders service, a payments service,
 //! a delivery service and a ratings service whose tables' changes arrive as Debezium change
 //! events. The lake writes them into `raw.*`; the `orders_daily` DAG joins them into
 //! `views.order_facts`; the `payment_failures` pipeline counts payments per method and minute and
@@ -7,8 +8,7 @@
 //! all of it. Prints the URLs, then runs until `--duration` or Ctrl-C.
 
 use std::{
-    net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,15 +19,11 @@ use std::{
 use anyhow::Context;
 use chrono::{TimeZone, Utc};
 use clap::Args;
-use futures::FutureExt as _;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::{sync::watch, task::JoinSet};
+use tokio::sync::watch;
 use weir_bus::{Bus, BusError, Record};
-use weir_flow::{dag, rules::RunState, runs, scheduler::Scheduler, store::Store};
-use weir_lake::{
-    Lake,
-    writer::{FlushPolicy, TopicWriter, table_name},
-};
+use weir_flow::{dag, rules::RunState, runs, store::Store};
+use weir_lake::{Lake, writer::table_name};
 use weir_schemas::{
     avro::AvroSchema,
     connect::{Field, Value, schema},
@@ -35,44 +31,51 @@ use weir_schemas::{
     registry::SchemaRegistry,
     serializer::AvroSerializer,
 };
-use weir_serving::{
-    catalog::Catalog,
-    pg,
-    realtime::{self, Realtime},
-};
-use weir_stream::{
-    Engine,
-    alert::{self, RuleSet},
-    notify::{Notifier, Receiver, Retry},
-    pipeline, silence,
-};
+use weir_stream::notify::Receiver;
 
-use crate::{config::Config, ingest::registry, telemetry};
+use crate::{
+    config::Config,
+    up::{self, Platform, UpArgs},
+};
 
 /// `weir demo`.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Stop by itself after this long (e.g. `60s`); default: run until Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    duration: Option<Duration>,
+    /// Stop after this long, Ctrl-C, and where to listen: as for `weir up`.
+    #[command(flatten)]
+    pub up: UpArgs,
     /// New orders per second.
     #[arg(long, default_value_t = 5.0)]
     orders_per_second: f64,
-    /// Where the serving API listens.
-    #[arg(long, default_value = "127.0.0.1:8088")]
-    listen: SocketAddr,
-    /// Where the PostgreSQL wire listens.
-    #[arg(long, default_value = "127.0.0.1:5433")]
-    pg_listen: SocketAddr,
-    /// The folder with `dags/`, `pipelines/` and `alerts/`.
-    #[arg(long, default_value = "examples")]
-    examples: PathBuf,
+    /// A folder with `dags/`, `pipelines/` and `alerts/` to use instead of the example files
+    /// this binary carries (written to `./weir-data/examples`).
+    #[arg(long)]
+    examples: Option<PathBuf>,
     /// When to run `orders_daily` for today (at the earliest: it waits for all four change logs).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     dag_after: Duration,
     /// When the first card outage starts (20 s long, then every 2 minutes).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     outage_after: Duration,
+}
+
+/// The example files this binary carries: (folder, file, text).
+const EXAMPLES: [(&str, &str, &str); 4] = [
+    ("dags", "orders_daily.yaml", include_str!("../../examples/dags/orders_daily.yaml")),
+    ("dags", "canary.yaml", include_str!("../../examples/dags/canary.yaml")),
+    ("pipelines", "payment_failures.yaml", include_str!("../../examples/pipelines/payment_failures.yaml")),
+    ("alerts", "payments.yaml", include_str!("../../examples/alerts/payments.yaml")),
+];
+
+/// Writes the carried example files under `dir` (replacing older copies).
+fn write_examples(dir: &Path) -> anyhow::Result<()> {
+    for (folder, file, text) in EXAMPLES {
+        let folder = dir.join(folder);
+        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        let path = folder.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 const PREFIX: &str = "food.delivery";
@@ -92,31 +95,53 @@ struct Counts {
 }
 
 pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
-    for sub in ["dags", "pipelines", "alerts"] {
-        let dir = args.examples.join(sub);
-        anyhow::ensure!(
-            dir.is_dir(),
-            "{} is missing: run weir demo from the repository root, or pass --examples",
-            dir.display()
-        );
-    }
-    let metrics = telemetry::init_metrics()?;
-    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
-    let registry = registry(config).await?;
-    let lake = Lake::new(&config.lake);
+    let examples = match &args.examples {
+        Some(dir) => {
+            for sub in ["dags", "pipelines", "alerts"] {
+                let sub = dir.join(sub);
+                anyhow::ensure!(
+                    sub.is_dir(),
+                    "{} is missing: pass --examples a folder with dags/, pipelines/ and alerts/, or leave it out to use the examples weir carries",
+                    sub.display()
+                );
+            }
+            dir.clone()
+        }
+        None => {
+            let dir = PathBuf::from("./weir-data/examples");
+            write_examples(&dir)?;
+            dir
+        }
+    };
+    // The demo's own wiring of `weir up`: its examples, and commits every 5 s so that the
+    // first minute shows tables, runs and alerts.
+    let mut config = config.clone();
+    config.flow.dags_dir = examples.join("dags");
+    config.stream.pipelines_dir = examples.join("pipelines");
+    config.stream.alerts_dir = examples.join("alerts");
+    config.lake.flush_interval = Duration::from_secs(5);
+    let platform = Platform::open(config).await?;
     for t in TABLES {
-        match bus.create_topic(&topic(t), 2).await {
+        match platform.bus.create_topic(&topic(t), 2).await {
             Ok(()) | Err(BusError::TopicExists(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let (stop_tx, stop) = watch::channel(false);
-    let until = |mut s: watch::Receiver<bool>| async move {
-        let _ = s.wait_for(|s| *s).await;
-    };
     let counts = Arc::new(Counts::default());
+    let hook = console_receiver(counts.clone()).await?;
+    let receiver = Arc::new(Receiver { name: "demo".into(), webhook: Some(hook), slack: None, jira: None });
+    // The scheduler starts once the four change logs have their first commits, so that the
+    // DAG's runs find their tables.
+    let (gate_tx, gate) = watch::channel(false);
+    let options = up::Options {
+        listen: args.up.listen,
+        pg_listen: args.up.pg_listen,
+        alert_receiver: Some(receiver),
+        scheduler_gate: Some(gate),
+    };
     let started = Instant::now();
-    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let running = up::start(&platform, options).await?;
+    let stop = running.stop_signal();
 
     // The four services' changes.
     let outages = Outages {
@@ -124,186 +149,34 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         every: Duration::from_secs(120),
         length: Duration::from_secs(20),
     };
-    tasks.spawn(workload(bus.clone(), registry.clone(), args.orders_per_second, outages, counts.clone(), stop.clone()));
-
-    // The lake: one exactly-once writer per topic, committing every 5 s.
-    let policy = FlushPolicy { rows: 100_000, bytes: 64 << 20, age: Duration::from_secs(5) };
-    for t in TABLES {
-        let topic = topic(t);
-        let url = lake.table_url(&table_name(&topic))?;
-        let writer = TopicWriter::open(bus.clone(), registry.clone(), &topic, None, url, policy).await?;
-        let stop = stop.clone();
-        tasks.spawn(async move { Ok(writer.run(until(stop)).await?) });
-    }
-
-    // The speed layer, its alerts delivered to the demo's own webhook, which prints them.
-    let hook = console_receiver(counts.clone()).await?;
-    let (pipelines, errors) = pipeline::load_dir(&args.examples.join("pipelines"));
-    let (mut alerts, alert_errors) = alert::load_dir(&args.examples.join("alerts"));
-    for e in errors.iter().chain(&alert_errors) {
-        tracing::error!("refused: {e}");
-    }
-    alerts.receivers = vec![Arc::new(Receiver { name: "demo".into(), webhook: Some(hook), slack: None, jira: None })];
-    for r in &mut alerts.rules {
-        r.receivers.clear();
-    }
-    let alerts = Arc::new(alerts);
-    {
-        let (bus, silences, stop) = (bus.clone(), alerts.silences.clone(), stop.clone());
-        tasks.spawn(async move { Ok(silence::follow(bus, silences, stop).await?) });
-    }
-    let notifier = Notifier::start(Retry::default());
-    for p in pipelines {
-        let rules = RuleSet::for_pipeline(&p, alerts.clone(), Some(notifier.clone()));
-        let engine =
-            Engine::open(p, config.stream.engine(), bus.clone(), Some(registry.clone()), lake.clone(), rules).await?;
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            engine.run(until(stop)).await?;
-            Ok(())
-        });
-    }
-
-    // Serving.
-    let token = format!("demo-{:016x}", rand::rng().random::<u64>());
-    let realtime_views = Arc::new(Realtime::new(config.serving.realtime_retention));
-    let catalog = Arc::new(Catalog::new(lake.clone(), realtime_views.clone(), config.serving.clone()));
-    {
-        let (bus, views, follow_stop) = (bus.clone(), realtime_views.clone(), stop.clone());
-        let every = config.serving.refresh_interval;
-        tasks.spawn(async move { Ok(realtime::follow(bus, views, every, follow_stop).await?) });
-        let refresh = catalog.clone().keep_fresh(every, stop.clone());
-        tasks.spawn(async move {
-            refresh.await;
-            Ok(())
-        });
-    }
-    let pg_listener =
-        tokio::net::TcpListener::bind(args.pg_listen).await.with_context(|| format!("binding {}", args.pg_listen))?;
-    let pg_addr = pg_listener.local_addr()?;
-    // One admin token for the demo's own session.
-    let tokens = Arc::new(weir_schemas::tokens::Tokens::from_text(&token)?);
-    let pg_serve =
-        pg::serve(pg_listener, catalog.clone(), config.serving.pg_user.clone(), tokens.clone(), None, stop.clone());
-    tasks.spawn(pg_serve.map(|r| Ok(r?)));
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    let api = listener.local_addr()?;
-    let store = Store::open(config.metadata.connect().await?).await?;
-    let (protected, measure) = crate::serve::status_routes(
-        bus.clone(),
-        lake.clone(),
-        realtime_views.clone(),
-        alerts.silences.clone(),
-        config.serving.refresh_interval,
+    let producer = workload(
+        platform.bus.clone(),
+        platform.registry.clone(),
+        args.orders_per_second,
+        outages,
+        counts.clone(),
         stop.clone(),
-    )
-    .await?;
-    tasks.spawn(measure.map(Ok));
-    let routes = crate::serve::routes(
-        catalog,
-        tokens,
-        store,
-        Arc::new(lake.clone()),
-        args.examples.join("dags"),
-        metrics,
-        protected,
     );
-    {
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            axum::serve(listener, routes).with_graceful_shutdown(until(stop)).await?;
-            Ok(())
-        });
-    }
+    let producer = tokio::spawn(producer);
+    let trigger = tokio::spawn(trigger_today(
+        platform.store.clone(),
+        platform.lake.clone(),
+        examples.join("dags"),
+        args.dag_after,
+        gate_tx,
+        stop,
+    ));
 
-    // The orchestrator starts once the lake has its first commits; then today's orders_daily.
-    {
-        let (lake, flow, stop, bus) = (Arc::new(lake.clone()), config.flow.clone(), stop.clone(), bus.clone());
-        let dags_dir = args.examples.join("dags");
-        let metadata = config.metadata.clone();
-        let after = args.dag_after;
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = tokio::time::sleep(after) => {}
-                _ = until(stop.clone()) => return Ok(()),
-            }
-            // The DAG snapshots all four change logs: wait until each has its first commit.
-            loop {
-                let tables = lake.tables().await?;
-                let have = |t: &str| tables.iter().any(|i| i.name == table_name(&topic(t)));
-                if TABLES.iter().all(|t| have(t)) {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = until(stop.clone()) => return Ok(()),
-                }
-            }
-            let store = Store::open(metadata.connect().await?).await?;
-            let flow = weir_flow::scheduler::FlowConfig { dags_dir: dags_dir.clone(), ..flow };
-            let scheduler = Scheduler::new(store.clone(), lake, flow).with_bus(bus);
-            let sched = tokio::spawn(scheduler.run(until(stop.clone())));
-            let d = dag::load_file(&dags_dir.join("orders_daily.yaml")).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let today = Utc::now().with_timezone(&d.timezone).date_naive().and_hms_opt(0, 0, 0).expect("midnight");
-            let logical =
-                d.timezone.from_local_datetime(&today).earliest().expect("midnight exists").with_timezone(&Utc);
-            let run_id = runs::trigger(&store, &d, Default::default(), Some(logical)).await?;
-            println!("[demo] triggered orders_daily run {run_id} (today's orders into views.order_facts)");
-            let mut reported = None;
-            loop {
-                let state = store.run("orders_daily", &run_id).await?.state;
-                if reported != Some(state) {
-                    println!("[demo] orders_daily {run_id}: {state}");
-                    reported = Some(state);
-                }
-                if matches!(state, RunState::Success | RunState::Failed) {
-                    break;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = until(stop.clone()) => break,
-                }
-            }
-            sched.await??;
-            Ok(())
-        });
-    }
-
+    up::banner("Weir demo", &platform, &running);
     println!(
-        "Weir demo: all roles in one process (bus {}, lake {}, metadata {})",
-        config.bus.url, config.lake.url, config.metadata.url
-    );
-    println!("  dashboard   http://{api}/#token={token}");
-    println!("  SQL API     http://{api}/api/v1/query   (bearer token {token})");
-    println!("  catalogue   http://{api}/api/v1/tables   OpenAPI http://{api}/api/v1/openapi.json");
-    println!(
-        "  psql        psql 'postgresql://{}:{token}@{pg_addr}/weir' -c 'SELECT * FROM serving.payment_failures LIMIT 5'",
-        config.serving.pg_user
-    );
-    println!("  metrics     http://{api}/metrics   health http://{api}/healthz");
-    println!(
-        "  try         curl -s -H 'Authorization: Bearer {token}' -d '{{\"sql\": \"SELECT * FROM serving.payment_failures ORDER BY window_start DESC LIMIT 5\"}}' http://{api}/api/v1/query"
+        "  try         curl -s -H 'Authorization: Bearer {}' -d '{{\"sql\": \"SELECT * FROM serving.payment_failures ORDER BY window_start DESC LIMIT 5\"}}' http://{}/api/v1/query",
+        running.session_token.as_deref().unwrap_or("<token>"),
+        running.api
     );
     println!("  alerts      printed below as they fire and resolve (also on topic weir.alerts)");
-    match args.duration {
-        Some(d) => {
-            tokio::select! {
-                _ = tokio::time::sleep(d) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        None => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    println!("[demo] stopping");
-    let _ = stop_tx.send(true);
-    while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done? {
-            tracing::error!(error = %format!("{e:#}"), "a demo role failed");
-        }
-    }
+    running.wait(&platform, args.up.duration).await?;
+    producer.await??;
+    trigger.await??;
     println!(
         "[demo] {:.0} s: {} orders, {} payments ({} failed), {} alert notifications",
         started.elapsed().as_secs_f64(),
@@ -312,10 +185,59 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         counts.failed.load(Ordering::Relaxed),
         counts.alerts.load(Ordering::Relaxed)
     );
-    for t in lake.tables().await? {
+    for t in platform.lake.tables().await? {
         println!("[demo] {:<36} version {:>3}  {} file(s)", t.name, t.version, t.files);
     }
     Ok(())
+}
+
+/// Once all four change logs have their first commit, opens the scheduler's gate, triggers
+/// today's `orders_daily` run and prints its states as they change.
+async fn trigger_today(
+    store: Store,
+    lake: Lake,
+    dags_dir: PathBuf,
+    after: Duration,
+    gate: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut pause = async |d: Duration| -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = stop.wait_for(|s| *s) => true,
+        }
+    };
+    if pause(after).await {
+        return Ok(());
+    }
+    loop {
+        let tables = lake.tables().await?;
+        let have = |t: &str| tables.iter().any(|i| i.name == table_name(&topic(t)));
+        if TABLES.iter().all(|t| have(t)) {
+            break;
+        }
+        if pause(Duration::from_secs(1)).await {
+            return Ok(());
+        }
+    }
+    let _ = gate.send(true);
+    let d = dag::load_file(&dags_dir.join("orders_daily.yaml")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.upsert_dag(&d).await?;
+    let today = Utc::now().with_timezone(&d.timezone).date_naive().and_hms_opt(0, 0, 0).expect("midnight");
+    let logical = d.timezone.from_local_datetime(&today).earliest().expect("midnight exists").with_timezone(&Utc);
+    let run_id = runs::trigger(&store, &d, Default::default(), Some(logical)).await?;
+    println!("[demo] triggered orders_daily run {run_id} (today's orders into views.order_facts)");
+    let mut reported = None;
+    loop {
+        let state = store.run("orders_daily", &run_id).await?.state;
+        if reported != Some(state) {
+            println!("[demo] orders_daily {run_id}: {state}");
+            reported = Some(state);
+        }
+        if matches!(state, RunState::Success | RunState::Failed) || pause(Duration::from_secs(1)).await {
+            return Ok(());
+        }
+    }
 }
 
 /// A webhook on loopback that prints each notification's alerts.

@@ -96,14 +96,7 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
     let serializer = Arc::new(AvroSerializer::new(registry(config).await?));
     let mut sources = Vec::new();
     for source in &config.sources {
-        sources.push(match source {
-            SourceConfig::Cassandra(c) => {
-                Running::Cassandra(Box::new(CassandraSource::new(c.clone(), bus.as_ref(), serializer.clone()).await?))
-            }
-            SourceConfig::Mysql(c) => {
-                Running::Mysql(Box::new(MysqlSource::new(c.clone(), bus.clone(), serializer.clone()).await?))
-            }
-        });
+        sources.push(Running::open(source, &bus, &serializer).await?);
     }
     if args.once {
         for (source, source_config) in sources.iter_mut().zip(&config.sources) {
@@ -148,12 +141,28 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
 }
 
 /// A configured source, running.
-enum Running {
+pub enum Running {
     Cassandra(Box<CassandraSource>),
     Mysql(Box<MysqlSource>),
 }
 
 impl Running {
+    /// Connects a configured source (its offsets, its server, its schema history).
+    pub async fn open(
+        source: &SourceConfig,
+        bus: &Arc<dyn weir_bus::Bus>,
+        serializer: &Arc<AvroSerializer>,
+    ) -> anyhow::Result<Running> {
+        Ok(match source {
+            SourceConfig::Cassandra(c) => {
+                Running::Cassandra(Box::new(CassandraSource::new(c.clone(), bus.as_ref(), serializer.clone()).await?))
+            }
+            SourceConfig::Mysql(c) => {
+                Running::Mysql(Box::new(MysqlSource::new(c.clone(), bus.clone(), serializer.clone()).await?))
+            }
+        })
+    }
+
     /// Reads what is there now; a line saying what was done.
     async fn once(&mut self) -> anyhow::Result<String> {
         Ok(match self {
@@ -179,7 +188,7 @@ impl Running {
     }
 
     /// Follows the source until `shutdown`.
-    async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> anyhow::Result<()> {
         match self {
             Running::Cassandra(s) => (*s).run(shutdown).await?,
             Running::Mysql(s) => (*s).run(shutdown).await?,

@@ -142,12 +142,12 @@ pub async fn run(config: &Config, command: LakeCommand) -> anyhow::Result<()> {
 }
 
 /// Everything a topic's writer needs.
-struct Writers {
-    bus: Arc<dyn Bus>,
-    registry: Arc<dyn SchemaRegistry>,
-    lake: Lake,
-    policy: FlushPolicy,
-    partitions: Option<Vec<u32>>,
+pub struct Writers {
+    pub bus: Arc<dyn Bus>,
+    pub registry: Arc<dyn SchemaRegistry>,
+    pub lake: Lake,
+    pub policy: FlushPolicy,
+    pub partitions: Option<Vec<u32>>,
 }
 
 impl Writers {
@@ -220,14 +220,41 @@ async fn write(
     let addr = listen.unwrap_or(config.lake.listen);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(listen = %listener.local_addr()?, lake = %config.lake.url, "lake writers running");
-    let mut server = Box::pin(axum::serve(listener, telemetry::router(metrics)).into_future());
-
+    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let run = follow(writers, fixed.then_some(topics), stopped);
+    tokio::pin!(run);
+    tokio::select! {
+        _ = telemetry::stop_signal() => {}
+        result = server => result.context("health and metrics server")?,
+        result = &mut run => return result,
+    }
+    let _ = stop.send(true);
+    run.await
+}
+
+/// Runs a writer for each of `only`, or for every change-event topic (looking for new ones every
+/// 10 s), until `stop`; then each commits what it holds. A table that fails stops alone (logged,
+/// and `weir_lake_table_stopped` set); fails only when every table of a fixed list stopped.
+pub async fn follow(
+    writers: Writers,
+    only: Option<Vec<String>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let fixed = only.is_some();
+    let mut pending = match only {
+        Some(topics) => topics,
+        None => writers.change_topics().await?,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let mut started: HashSet<String> = HashSet::new();
     let mut running = 0usize;
     let mut rescan = tokio::time::interval(Duration::from_secs(10));
-    let mut pending = topics;
+    let mut stopping = stop.clone();
+    let report = |name: String, e: anyhow::Error| {
+        tracing::error!(table = %name, error = %format!("{e:#}"), "lake table stopped");
+        metrics::gauge!("weir_lake_table_stopped", "table" => name).set(1.0);
+    };
     loop {
         for topic in pending.drain(..) {
             if !started.insert(topic.clone()) {
@@ -236,14 +263,13 @@ async fn write(
             let name = table_name(&topic);
             let w = match writers.open(&topic).await {
                 Ok(w) => w,
+                // A table that cannot be opened stops alone, like one that fails while running.
                 Err(e) => {
-                    // A table that cannot be opened stops alone, like one that fails while running.
-                    tracing::error!(table = %name, error = %format!("{e:#}"), "lake table stopped");
-                    metrics::gauge!("weir_lake_table_stopped", "table" => name).set(1.0);
+                    report(name, e);
                     continue;
                 }
             };
-            let mut stopped = stopped.clone();
+            let mut stopped = stop.clone();
             tasks.spawn(async move {
                 let result = w
                     .run(async move {
@@ -256,18 +282,13 @@ async fn write(
         }
         anyhow::ensure!(!fixed || running > 0, "every lake table stopped");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            result = &mut server => {
-                result.context("health and metrics server")?;
-                break;
-            }
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
             Some(joined) = tasks.join_next() => {
                 let (name, result) = joined?;
                 running -= 1;
                 // One table's failure (an incompatible schema change, say) stops that table only.
                 if let Err(e) = result {
-                    tracing::error!(table = %name, error = %e, "lake table stopped");
-                    metrics::gauge!("weir_lake_table_stopped", "table" => name).set(1.0);
+                    report(name, e.into());
                 }
             }
             _ = rescan.tick(), if !fixed => {
@@ -275,11 +296,10 @@ async fn write(
             }
         }
     }
-    let _ = stop.send(true);
     while let Some(joined) = tasks.join_next().await {
         let (name, result) = joined?;
         if let Err(e) = result {
-            tracing::error!(table = %name, error = %e, "lake table stopped");
+            report(name, e.into());
         }
     }
     Ok(())

@@ -12,13 +12,17 @@ mod dags;
 mod demo;
 mod events;
 mod ingest;
+mod init;
 mod lake;
 mod query;
 mod registry;
+mod roles;
 mod serve;
+mod status;
 mod stream;
 mod telemetry;
 mod topics;
+mod up;
 
 use std::path::PathBuf;
 
@@ -74,7 +78,13 @@ enum Command {
     Events(events::EventsCommand),
     /// Run a remote worker: claim tasks from queues and run them (`[flow] executor = "workers"`).
     Worker(dags::WorkerArgs),
-    /// Every role in one process with a built-in food-delivery workload: the quickest look at Weir.
+    /// Start a project on your own MySQL/MariaDB: check the server, write weir.toml and starter
+    /// DAG, pipeline and alert files.
+    Init(init::InitArgs),
+    /// Every role weir.toml configures, in one process (sources, lake, current.*, scheduler,
+    /// pipelines and alerts, serving); other weir commands work beside it.
+    Up(up::UpArgs),
+    /// `weir up` with a built-in food-delivery workload and example DAG, pipeline and alert.
     Demo(demo::DemoArgs),
     /// Serve SQL over HTTP on the lake and the real-time views (the serving layer).
     Serve(serve::ServeArgs),
@@ -88,6 +98,15 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // `weir up` and `weir demo` log to a file (named by the configuration) and keep the
+    // terminal for their status; see `run`.
+    if matches!(cli.command, Command::Up(_) | Command::Demo(_)) {
+        if let Err(e) = run(cli).await {
+            eprintln!("weir: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let is_service = matches!(
         cli.command,
         Command::Registry(_)
@@ -97,7 +116,6 @@ async fn main() {
             | Command::Worker(_)
             | Command::Stream(_)
             | Command::Serve(_)
-            | Command::Demo(_)
     );
     // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
     // The Delta kernel (crate buoyant_kernel) logs a table that does not exist yet, a writer's
@@ -113,8 +131,16 @@ async fn main() {
     }
 }
 
+/// What `weir up` and `weir demo` log to the file (the rest as for other services).
+const UP_LOG_LEVEL: &str = "info,librdkafka=warn,buoyant_kernel=off";
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::load(cli.config.as_deref())?;
+    match &cli.command {
+        Command::Up(a) => telemetry::init_logs_to_file(UP_LOG_LEVEL, &config.up.log_file, a.verbose)?,
+        Command::Demo(a) => telemetry::init_logs_to_file(UP_LOG_LEVEL, &config.up.log_file, a.up.verbose)?,
+        _ => {}
+    }
     weir_schemas::http::configure(&config.http)?;
     match cli.command {
         Command::Topics(c) => topics::run(&config, c).await,
@@ -131,6 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(c) => events::run(&config, c).await,
         Command::Stream(a) => stream::run(&config, a).await,
         Command::Serve(a) => serve::run(&config, a).await,
+        Command::Init(a) => init::run(a).await,
+        Command::Up(a) => up::run(&config, a).await,
         Command::Demo(a) => demo::run(&config, a).await,
         Command::Bench(b) => bench::run(&config, b).await,
     }

@@ -1,6 +1,6 @@
 //! `weir stream`: the speed-layer role. Runs every pipeline of the pipeline folder with the
 //! alert rules of the alert folder; a pipeline that fails is restarted from its checkpoint
-//! alone, a broken file is reported and skipped.
+//! alone (as a supervised role, [`crate::roles`]), a broken file is reported and skipped.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,7 +17,12 @@ use weir_stream::{
     silence,
 };
 
-use crate::{config::Config, ingest::registry, telemetry};
+use crate::{
+    config::Config,
+    ingest::registry,
+    roles::{self, Health},
+    telemetry,
+};
 
 /// `weir stream`.
 #[derive(Args)]
@@ -34,13 +39,13 @@ pub struct StreamArgs {
 }
 
 /// Everything a pipeline needs to (re)start.
-struct Shared {
-    bus: Arc<dyn Bus>,
-    registry: Option<Arc<dyn SchemaRegistry>>,
-    lake: Lake,
-    alerts: Arc<AlertConfig>,
-    notifier: Notifier,
-    config: Config,
+pub struct Shared {
+    pub bus: Arc<dyn Bus>,
+    pub registry: Option<Arc<dyn SchemaRegistry>>,
+    pub lake: Lake,
+    pub alerts: Arc<AlertConfig>,
+    pub notifier: Notifier,
+    pub config: Config,
 }
 
 impl Shared {
@@ -102,15 +107,14 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     let server = axum::serve(listener, telemetry::router(metrics)).into_future();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let health = Arc::new(Health::default());
     // Silences made through the API hold notifications here too.
     let silences = tokio::spawn(silence::follow(shared.bus.clone(), shared.alerts.silences.clone(), stop_rx.clone()));
     for p in pipelines {
-        let shared = shared.clone();
-        let mut stop = stop_rx.clone();
-        tasks.spawn(async move { supervise(shared, p, &mut stop).await });
+        spawn_pipeline(&mut tasks, &health, shared.clone(), p, &stop_rx);
     }
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("stopping: writing checkpoints"),
+        _ = telemetry::stop_signal() => tracing::info!("stopping: writing checkpoints"),
         r = server => r.context("health and metrics server")?,
     }
     let _ = stop_tx.send(true);
@@ -121,31 +125,23 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one pipeline until told to stop, reopening it from its checkpoint after a failure.
-async fn supervise(shared: Arc<Shared>, p: Pipeline, stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let mut wait = Duration::from_secs(1);
-    while !*stop.borrow() {
-        let result = async {
+/// Runs pipeline `p` as role `pipeline <id>` until `stop`, reopening it from its checkpoint
+/// after a failure.
+pub fn spawn_pipeline(
+    tasks: &mut tokio::task::JoinSet<()>,
+    health: &Arc<Health>,
+    shared: Arc<Shared>,
+    p: Pipeline,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    roles::supervise(tasks, health, &format!("pipeline {}", p.id), stop, move |role| {
+        let (shared, p) = (shared.clone(), p.clone());
+        async move {
             let engine = shared.open(&p).await?;
-            let mut s = stop.clone();
-            let stats = engine.run(async move { while s.changed().await.is_ok() && !*s.borrow() {} }).await?;
-            anyhow::Ok(stats)
+            role.ready();
+            let stats = engine.run(role.stopping()).await?;
+            tracing::info!(pipeline = %p.id, ?stats, "pipeline stopped");
+            Ok(())
         }
-        .await;
-        match result {
-            Ok(stats) => {
-                tracing::info!(pipeline = %p.id, ?stats, "pipeline stopped");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(pipeline = %p.id, error = %format!("{e:#}"), "pipeline failed; restarting from its checkpoint in {wait:?}");
-                metrics::counter!("weir_stream_pipeline_restarts_total", "pipeline" => p.id.clone()).increment(1);
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => return,
-                }
-                wait = (wait * 2).min(Duration::from_secs(60));
-            }
-        }
-    }
+    });
 }

@@ -1,0 +1,155 @@
+//! `weir up` as a team runs it on the embedded defaults, with other `weir` commands in other
+//! terminals: topics, producers and a consumer group shared with the running process, SQL and
+//! DAG commands beside it, and no acknowledged record lost or torn by `kill -9` of it.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{free_port, ok};
+
+/// `weir` in `dir` on its own configuration (no bus URL from the environment).
+fn weir(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("WEIR_BUS_URL")
+        .env_remove("WEIR_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// `weir up` in `dir`, once its /healthz answers that every role runs.
+async fn up(dir: &std::path::Path) -> (Child, u16) {
+    let (port, pg_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
+        .current_dir(dir)
+        .env_remove("WEIR_BUS_URL")
+        .env_remove("WEIR_LOG")
+        .stdout(std::fs::File::create(dir.join("up.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("up.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
+            && r.status() == 200
+        {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["status"], "ok", "{body}");
+            for role in ["serve", "lake", "current", "scheduler"] {
+                assert_eq!(body["roles"][role]["state"], "running", "{role}: {body}");
+            }
+            return (child, port);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("weir up exited ({status}): {}", std::fs::read_to_string(dir.join("up.err")).unwrap_or_default());
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "weir up not healthy within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The values `weir consume` printed (`partition offset key value` lines).
+fn values(out: &str) -> Vec<String> {
+    out.lines().map(|l| l.splitn(4, '\t').nth(3).unwrap_or_default().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_commands_share_a_running_weir_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(d.join("dags/hello.yaml"), "tasks:\n  - {id: greet, script: [echo, hello from the DAG]}\n").unwrap();
+    std::fs::write(d.join("weir.toml"), "[up]\nstatus_interval = \"1s\"\n").unwrap();
+    let (mut running, _) = up(&d).await;
+
+    // Topics, producers and one consumer group, all in other processes.
+    ok(weir(&d, &["topics", "create", "shared", "--partitions", "4"], None));
+    assert!(ok(weir(&d, &["topics", "list"], None)).contains("shared\t4"));
+    let producers: Vec<_> = (0..3)
+        .map(|p| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let lines: String = (0..400).map(|i| format!("k{p}-{i}\tv{p}-{i}\n")).collect();
+                ok(weir(&d, &["produce", "shared"], Some(&lines)))
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    let consumers: Vec<_> = (0..2)
+        .map(|_| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                ok(weir(&d, &["consume", "shared", "--group", "g", "--timeout-ms", "3000"], None))
+            })
+        })
+        .collect();
+    let outs: Vec<String> = consumers.into_iter().map(|c| c.join().unwrap()).collect();
+    let read: Vec<String> = outs.iter().flat_map(|o| values(o)).collect();
+    let distinct: BTreeSet<&String> = read.iter().collect();
+    assert_eq!(distinct.len(), 1200, "records missing from the group's reads");
+    assert_eq!(read.len(), 1200, "the group read some records twice");
+    // A group that already read everything gets nothing more.
+    assert_eq!(ok(weir(&d, &["consume", "shared", "--group", "g", "--timeout-ms", "500"], None)), "");
+
+    // SQL, the lake and the orchestrator beside it: a manual run the running scheduler executes.
+    assert!(ok(weir(&d, &["query", "SELECT 40 + 2 AS answer"], None)).contains("42"));
+    ok(weir(&d, &["lake", "tables"], None));
+    assert!(ok(weir(&d, &["dags", "list"], None)).contains("hello"));
+    let triggered = ok(weir(&d, &["dags", "trigger", "hello"], None));
+    let started = Instant::now();
+    loop {
+        let runs = ok(weir(&d, &["dags", "runs", "hello"], None));
+        if runs.contains("success") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the manual run did not succeed: {triggered}\n{runs}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The status lines name the roles; the full log went to the file, not the terminal.
+    let out = std::fs::read_to_string(d.join("up.out")).unwrap();
+    assert!(out.contains("roles running"), "{out}");
+    let log = std::fs::read_to_string(d.join("weir-data/logs/weir.log")).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    let err = std::fs::read_to_string(d.join("up.err")).unwrap();
+    assert!(!err.contains("INFO"), "info lines on the terminal: {err}");
+
+    // kill -9 of the owner: nothing acknowledged is lost or torn, and a new `weir up` serves it.
+    running.kill().unwrap();
+    running.wait().unwrap();
+    let (mut again, _) = up(&d).await;
+    let all = ok(weir(&d, &["consume", "shared", "--group", "after-crash", "--timeout-ms", "1000"], None));
+    let after: BTreeSet<String> = values(&all).into_iter().collect();
+    assert_eq!(after, distinct.into_iter().cloned().collect(), "records lost or changed by kill -9");
+    stop(&mut again);
+}
+
+/// Ctrl-C (SIGINT): the roles drain and the process ends by itself.
+fn stop(child: &mut Child) {
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(40), "weir up did not stop within its drain timeout");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.wait().unwrap().success());
+}
