@@ -32,6 +32,8 @@ pub struct Report {
     pub tables: Vec<String>,
     /// Everything to fix, in the order to fix it.
     pub problems: Vec<Problem>,
+    /// What the check chose by itself (another server id), to tell the user.
+    pub notes: Vec<String>,
 }
 
 fn variable(what: &str, name: &str, want: &str) -> Problem {
@@ -60,13 +62,10 @@ pub async fn check(conn: &mut Conn, config: &MysqlSourceConfig) -> Result<Report
         problems.push(p);
     }
     let (server_id, clash) = free_server_id(conn, own_id, config.server_id).await;
-    if let Some(taken) = clash {
-        problems.push(Problem {
-            what: format!("server_id {taken} is taken on this server (its own or a replica's); using {server_id}"),
-            sql: None,
-            config: None,
-        });
-    }
+    let notes = clash
+        .map(|taken| format!("server_id {taken} is taken on this server (its own or a replica's): using {server_id}"))
+        .into_iter()
+        .collect();
     let tables = captured_tables(conn, config).await?;
     if tables.is_empty() {
         let include = &config.include_tables;
@@ -79,7 +78,7 @@ pub async fn check(conn: &mut Conn, config: &MysqlSourceConfig) -> Result<Report
             config: None,
         });
     }
-    Ok(Report { version, mariadb, server_id, tables, problems })
+    Ok(Report { version, mariadb, server_id, tables, problems, notes })
 }
 
 /// What the binlog variables lack for CDC: `log_bin` on, `binlog_format=ROW`,
