@@ -35,6 +35,7 @@ use weir_stream::notify::Receiver;
 
 use crate::{
     config::Config,
+    status::Console,
     up::{self, Platform, UpArgs},
 };
 
@@ -128,7 +129,8 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     let counts = Arc::new(Counts::default());
-    let hook = console_receiver(counts.clone()).await?;
+    let console = Console::default();
+    let hook = console_receiver(counts.clone(), console.clone()).await?;
     let receiver = Arc::new(Receiver { name: "demo".into(), webhook: Some(hook), slack: None, jira: None });
     // The scheduler starts once the four change logs have their first commits, so that the
     // DAG's runs find their tables.
@@ -164,6 +166,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         examples.join("dags"),
         args.dag_after,
         gate_tx,
+        console.clone(),
         stop,
     ));
 
@@ -174,7 +177,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
         running.api
     );
     println!("  alerts      printed below as they fire and resolve (also on topic weir.alerts)");
-    running.wait(&platform, args.up.duration).await?;
+    running.wait(&platform, &console, args.up.duration).await?;
     producer.await??;
     trigger.await??;
     println!(
@@ -199,6 +202,7 @@ async fn trigger_today(
     dags_dir: PathBuf,
     after: Duration,
     gate: watch::Sender<bool>,
+    console: Console,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut pause = async |d: Duration| -> bool {
@@ -226,12 +230,12 @@ async fn trigger_today(
     let today = Utc::now().with_timezone(&d.timezone).date_naive().and_hms_opt(0, 0, 0).expect("midnight");
     let logical = d.timezone.from_local_datetime(&today).earliest().expect("midnight exists").with_timezone(&Utc);
     let run_id = runs::trigger(&store, &d, Default::default(), Some(logical)).await?;
-    println!("[demo] triggered orders_daily run {run_id} (today's orders into views.order_facts)");
+    console.line(&format!("[demo] triggered orders_daily run {run_id} (today's orders into views.order_facts)"));
     let mut reported = None;
     loop {
         let state = store.run("orders_daily", &run_id).await?.state;
         if reported != Some(state) {
-            println!("[demo] orders_daily {run_id}: {state}");
+            console.line(&format!("[demo] orders_daily {run_id}: {state}"));
             reported = Some(state);
         }
         if matches!(state, RunState::Success | RunState::Failed) || pause(Duration::from_secs(1)).await {
@@ -241,20 +245,20 @@ async fn trigger_today(
 }
 
 /// A webhook on loopback that prints each notification's alerts.
-async fn console_receiver(counts: Arc<Counts>) -> anyhow::Result<String> {
+async fn console_receiver(counts: Arc<Counts>, console: Console) -> anyhow::Result<String> {
     let app = axum::Router::new().route(
         "/alerts",
         axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let counts = counts.clone();
+            let (counts, console) = (counts.clone(), console.clone());
             async move {
                 counts.alerts.fetch_add(1, Ordering::Relaxed);
                 for a in body["alerts"].as_array().into_iter().flatten() {
-                    println!(
+                    console.line(&format!(
                         "[alert] {} {} — {}",
                         a["status"].as_str().unwrap_or_default().to_uppercase(),
                         a["labels"]["alertname"].as_str().unwrap_or_default(),
                         a["annotations"]["summary"].as_str().unwrap_or_default()
-                    );
+                    ));
                 }
                 "ok"
             }

@@ -1,9 +1,15 @@
 //! The terminal's view of `weir up` and `weir demo`: a few lines on the roles, the lake's events
 //! per second and lag per table, the pipelines' lag, the last run of each DAG and the firing
-//! alerts. On a terminal the block is redrawn in place every second; otherwise (a file, a pipe,
-//! CI) it is printed every `up.status_interval`.
+//! alerts. On a terminal the block is redrawn in place every second, below the lines other parts
+//! print through the same [`Console`] (alerts, run states); otherwise (a file, a pipe, CI) it is
+//! printed every `up.status_interval`.
 
-use std::{collections::BTreeMap, io::IsTerminal, io::Write, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    io::{IsTerminal, Write},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::sync::watch;
 use weir_flow::store::Store;
@@ -11,26 +17,108 @@ use weir_serving::{lag::LagTracker, realtime::Realtime};
 
 use crate::roles::{Health, RoleState};
 
+/// The one writer of stdout while the status shows: lines printed through it go above the
+/// status block, which is then drawn again below them.
+#[derive(Clone)]
+pub struct Console {
+    state: Arc<Mutex<Screen>>,
+}
+
+struct Screen {
+    tty: bool,
+    block: Vec<String>,
+    /// Terminal rows the drawn block takes.
+    drawn: usize,
+}
+
+impl Screen {
+    fn clear(&mut self, out: &mut impl Write) {
+        if self.drawn > 0 {
+            let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn);
+            self.drawn = 0;
+        }
+    }
+
+    fn draw(&mut self, out: &mut impl Write) {
+        // Cut to the terminal's width: a wrapped line would take rows the next redraw misses.
+        let width = terminal_size::terminal_size().map_or(120, |(w, _)| w.0 as usize).max(20);
+        for l in &self.block {
+            let _ = writeln!(out, "{}", l.chars().take(width - 1).collect::<String>());
+        }
+        self.drawn = self.block.len();
+    }
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        let tty = std::io::stdout().is_terminal();
+        Console { state: Arc::new(Mutex::new(Screen { tty, block: Vec::new(), drawn: 0 })) }
+    }
+}
+
+impl Console {
+    /// Prints `text` as a line of its own (above the status block on a terminal).
+    pub fn line(&self, text: &str) {
+        let mut screen = self.state.lock().unwrap();
+        let mut out = std::io::stdout().lock();
+        screen.clear(&mut out);
+        let _ = writeln!(out, "{text}");
+        if screen.tty {
+            screen.draw(&mut out);
+        }
+        let _ = out.flush();
+    }
+
+    fn tty(&self) -> bool {
+        self.state.lock().unwrap().tty
+    }
+
+    /// Shows `lines` as the status: redrawn in place on a terminal, printed otherwise.
+    fn status(&self, lines: Vec<String>) {
+        let mut screen = self.state.lock().unwrap();
+        let mut out = std::io::stdout().lock();
+        if screen.tty {
+            screen.clear(&mut out);
+            screen.block = lines;
+            screen.draw(&mut out);
+        } else {
+            for l in &lines {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        let _ = out.flush();
+    }
+
+    /// Takes the status block off a terminal (before the closing lines).
+    pub fn done(&self) {
+        let mut screen = self.state.lock().unwrap();
+        screen.block.clear();
+        screen.clear(&mut std::io::stdout().lock());
+    }
+}
+
 /// What the status lines are made from.
 pub struct Status {
     store: Store,
     health: Arc<Health>,
     lag: Arc<LagTracker>,
     realtime: Arc<Realtime>,
-    /// Each lake table's summed position at the previous measurement, for its rate.
-    last: BTreeMap<String, (i64, i64)>,
+    /// Each lake table's summed positions over the last [`RATE_WINDOW_MS`] (time, position).
+    seen: BTreeMap<String, VecDeque<(i64, i64)>>,
 }
+
+/// The span a table's rate is averaged over: the lake commits in steps of its flush interval,
+/// so a rate between two measurements alone would jump between zero and bursts.
+const RATE_WINDOW_MS: i64 = 30_000;
 
 impl Status {
     pub fn new(store: Store, health: Arc<Health>, lag: Arc<LagTracker>, realtime: Arc<Realtime>) -> Status {
-        Status { store, health, lag, realtime, last: BTreeMap::new() }
+        Status { store, health, lag, realtime, seen: BTreeMap::new() }
     }
 
-    /// Shows the status until `stop`.
-    pub async fn show(mut self, every: Duration, mut stop: watch::Receiver<bool>) {
-        let tty = std::io::stdout().is_terminal();
-        let every = if tty { Duration::from_secs(1) } else { every };
-        let mut drawn = 0;
+    /// Shows the status on `console` until `stop`.
+    pub async fn show(mut self, console: Console, every: Duration, mut stop: watch::Receiver<bool>) {
+        let every = if console.tty() { Duration::from_secs(1) } else { every };
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
@@ -38,23 +126,7 @@ impl Status {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let lines = self.lines().await;
-            let mut out = std::io::stdout().lock();
-            if tty {
-                // Up over the previous block, then each line cleared before it is written.
-                if drawn > 0 {
-                    let _ = write!(out, "\x1b[{drawn}A");
-                }
-                for l in &lines {
-                    let _ = writeln!(out, "\x1b[2K{l}");
-                }
-                drawn = lines.len();
-            } else {
-                for l in &lines {
-                    let _ = writeln!(out, "{l}");
-                }
-            }
-            let _ = out.flush();
+            console.status(self.lines().await);
         }
     }
 
@@ -68,9 +140,16 @@ impl Status {
                 let position: i64 = c.partitions.iter().map(|p| p.position).sum();
                 match c.consumer.as_str() {
                     "lake" => {
-                        let rate = match self.last.insert(c.target.clone(), (m.at_ms, position)) {
-                            Some((at, before)) if m.at_ms > at => {
-                                format!("{:.1}/s", (position - before) as f64 * 1000.0 / (m.at_ms - at) as f64)
+                        let seen = self.seen.entry(c.target.clone()).or_default();
+                        if seen.back().is_none_or(|(at, _)| *at < m.at_ms) {
+                            seen.push_back((m.at_ms, position));
+                        }
+                        while seen.front().is_some_and(|(at, _)| *at < m.at_ms - RATE_WINDOW_MS) {
+                            seen.pop_front();
+                        }
+                        let rate = match (seen.front(), seen.back()) {
+                            (Some((t0, p0)), Some((t1, p1))) if t1 > t0 => {
+                                format!("{:.1}/s", (p1 - p0) as f64 * 1000.0 / (t1 - t0) as f64)
                             }
                             _ => "-".into(),
                         };

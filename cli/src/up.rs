@@ -302,13 +302,18 @@ impl Up {
         self.stop.subscribe()
     }
 
-    /// Runs until `duration` passed, Ctrl-C or SIGTERM, showing the status; then stops every
+    /// Runs until `duration` passed, Ctrl-C or SIGTERM, showing the status on `console`; then stops every
     /// role and waits up to `up.drain_timeout` for them to commit and save their offsets.
-    pub async fn wait(mut self, platform: &Platform, duration: Option<Duration>) -> anyhow::Result<()> {
+    pub async fn wait(
+        mut self,
+        platform: &Platform,
+        console: &status::Console,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<()> {
         let status =
             status::Status::new(platform.store.clone(), self.health.clone(), self.lag.clone(), self.realtime.clone());
         let every = platform.config.up.status_interval;
-        let shown = tokio::spawn(status.show(every, self.stop.subscribe()));
+        let shown = tokio::spawn(status.show(console.clone(), every, self.stop.subscribe()));
         let until = async {
             match duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -319,9 +324,10 @@ impl Up {
             _ = until => {}
             _ = telemetry::stop_signal() => {}
         }
-        println!("[weir] stopping: committing what the roles hold (at most {:?})", self.drain_timeout);
         let _ = self.stop.send(true);
         let _ = shown.await;
+        console.done();
+        println!("[weir] stopping: committing what the roles hold (at most {:?})", self.drain_timeout);
         let drained =
             tokio::time::timeout(self.drain_timeout, async { while self.tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -379,7 +385,7 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
     let options = Options { listen: args.listen, pg_listen: args.pg_listen, ..Options::default() };
     let up = start(&platform, options).await?;
     banner("Weir", &platform, &up);
-    up.wait(&platform, args.duration).await?;
+    up.wait(&platform, &status::Console::default(), args.duration).await?;
     println!("[weir] stopped after {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -109,6 +109,29 @@ async fn other_commands_share_a_running_weir_up() {
     // A group that already read everything gets nothing more.
     assert_eq!(ok(weir(&d, &["consume", "shared", "--group", "g", "--timeout-ms", "500"], None)), "");
 
+    // A member killed with kill -9 leaves its group with its connection: the next member gets
+    // every partition, so records produced after the kill all reach it.
+    ok(weir(&d, &["topics", "create", "later", "--partitions", "4"], None));
+    ok(weir(&d, &["produce", "later"], Some("first\tbefore the kill\n")));
+    let mut killed = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["consume", "later", "--group", "k", "--timeout-ms", "60000"])
+        .current_dir(&d)
+        .env_remove("WEIR_BUS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(killed.stdout.take().unwrap()), &mut first).unwrap();
+    assert!(first.contains("before the kill"), "the member did not read: {first:?}");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let lines: String = (0..100).map(|i| format!("key{i}\tafter-{i}\n")).collect();
+    ok(weir(&d, &["produce", "later"], Some(&lines)));
+    let rest = ok(weir(&d, &["consume", "later", "--group", "k", "--timeout-ms", "2000"], None));
+    let after: BTreeSet<String> = values(&rest).into_iter().filter(|v| v.starts_with("after-")).collect();
+    assert_eq!(after.len(), 100, "partitions of the killed member were not handed on:\n{rest}");
+
     // SQL, the lake and the orchestrator beside it: a manual run the running scheduler executes.
     assert!(ok(weir(&d, &["query", "SELECT 40 + 2 AS answer"], None)).contains("42"));
     ok(weir(&d, &["lake", "tables"], None));
