@@ -1,4 +1,6 @@
-//! `weir bench bus`: produce then consume N records of B bytes, per backend.
+//! `weir bench bus`: produce then consume N records of B bytes, per backend: the embedded log
+//! (`local`), the same log used through its owner's socket as another process would
+//! (`local_shared`, with its ratio to `local`), and Kafka when one is named.
 //!
 //! Records are built before the clock starts; producing sends batches with several in flight,
 //! as a real producer would; consuming is one consumer-group member reading every partition.
@@ -9,7 +11,10 @@ use bytes::Bytes;
 use clap::Args;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
-use weir_bus::{Bus, BusUrl, ConsumerConfig, Record, local::LocalBus};
+use weir_bus::{
+    Bus, BusUrl, ConsumerConfig, Record,
+    local::{LocalBus, remote::RemoteBus},
+};
 
 use super::{Progress, machine};
 use crate::config::Config;
@@ -46,8 +51,18 @@ pub async fn run(config: &Config, args: BusBenchArgs) -> anyhow::Result<Value> {
 
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let local: Arc<dyn Bus> = Arc::new(LocalBus::open(&dir, config.bus.local.clone())?);
-    results.insert("local".into(), measure(local, &args).await?);
+    let owner = LocalBus::open(&dir, config.bus.local.clone())?;
+    owner.serve()?;
+    let local = measure(Arc::new(owner.clone()), "local", &args).await?;
+    let shared = measure(Arc::new(RemoteBus::connect(&dir).await?), "local shared", &args).await?;
+    let ratio = |key: &str| round(shared[key].as_f64().unwrap_or(0.0) / local[key].as_f64().unwrap_or(1.0));
+    let ratios = json!({
+        "produce": ratio("produce_records_per_s"),
+        "consume": ratio("consume_records_per_s"),
+    });
+    results.insert("local".into(), local);
+    results.insert("local_shared".into(), shared);
+    results.insert("local_shared_to_local".into(), ratios);
 
     let kafka = args.kafka.clone().or(match &config.bus.url {
         BusUrl::Kafka(brokers) => Some(brokers.clone()),
@@ -55,7 +70,7 @@ pub async fn run(config: &Config, args: BusBenchArgs) -> anyhow::Result<Value> {
     });
     if let Some(brokers) = kafka {
         let bus: Arc<dyn Bus> = Arc::new(weir_bus::kafka::KafkaBus::connect(&brokers, config.bus.kafka.clone()).await?);
-        results.insert("kafka".into(), measure(bus, &args).await?);
+        results.insert("kafka".into(), measure(bus, "kafka", &args).await?);
     }
     Ok(json!({
         "bench": "bus",
@@ -68,8 +83,7 @@ pub async fn run(config: &Config, args: BusBenchArgs) -> anyhow::Result<Value> {
     }))
 }
 
-async fn measure(bus: Arc<dyn Bus>, args: &BusBenchArgs) -> anyhow::Result<Value> {
-    let backend = bus.backend();
+async fn measure(bus: Arc<dyn Bus>, backend: &str, args: &BusBenchArgs) -> anyhow::Result<Value> {
     let topic =
         format!("weir-bench-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
     bus.create_topic(&topic, args.partitions).await?;
