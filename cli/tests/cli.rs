@@ -223,7 +223,7 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
 }
 
 #[test]
-fn kill_9_of_a_mysql_ingest_loses_nothing() {
+fn kill_9_of_a_mysql_ingest_loses_and_repeats_nothing() {
     let url = test_mysql_url();
     mariadb(
         "DROP DATABASE IF EXISTS weir_kill; CREATE DATABASE weir_kill; CREATE TABLE weir_kill.t (id INT PRIMARY KEY, v INT)",
@@ -280,8 +280,10 @@ fn kill_9_of_a_mysql_ingest_loses_nothing() {
     // `partition<TAB>offset<TAB>key<TAB>value`: distinct keys are distinct rows.
     let keys: std::collections::HashSet<&str> = consumed.lines().filter_map(|l| l.split('\t').nth(2)).collect();
     assert_eq!(keys.len(), 10_000, "every row arrived despite {kills} kill -9s");
+    // A kill between a batch's acknowledgement and its offset save left that batch on the bus;
+    // the restarted source skipped it (ingest::mysql::replay).
     let repeated = consumed.lines().count() - keys.len();
-    assert!(repeated <= kills * 700, "at most one unsaved batch per kill: {repeated}");
+    assert_eq!(repeated, 0, "changes produced twice across {kills} kill -9s");
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //!   schema history record of a table.
 //! - [`offset`]: the persisted position (binlog file/pos, GTID, rows already produced of the
 //!   transaction in progress, snapshot state).
+//! - [`replay`]: the binlog position on every change record, and skipping, after a restart, the
+//!   changes a partition already holds (no repeats after a crash before an offset save).
 //! - [`snapshot`]: the initial consistent snapshot (`op = "r"`) tied to a binlog position.
 //! - [`stream`]: the binlog reader (replica protocol, MariaDB GTID/annotate events included).
 //! - [`source`]: the running source: checks, snapshot, streaming, batching, offsets.
@@ -24,6 +26,7 @@ pub mod connection;
 pub mod events;
 pub mod offset;
 pub mod preflight;
+pub mod replay;
 pub mod snapshot;
 pub mod source;
 pub mod stream;

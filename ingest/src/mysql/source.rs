@@ -34,6 +34,7 @@ use super::{
     columns::{InfoColumn, TableDef},
     events::{ChangeType, HistoryRecord, RowChange, SchemaChangeEvents, TableChange, TableEvents},
     offset::{self, Offset},
+    replay::{self, Position, Replayed},
     stream::{self, MARIADB_ANNOTATE_ROWS, MARIADB_GTID, MARIADB_GTID_LIST, ServerInfo},
 };
 
@@ -92,6 +93,8 @@ pub struct MysqlSource {
     pub(super) offset: Offset,
     pub(super) offset_path: PathBuf,
     pub(super) pending: Vec<(String, Record)>,
+    /// Changes on the bus already, to skip while the binlog is read again after a restart.
+    replayed: Replayed,
     pub(super) stats: RunStats,
 }
 
@@ -151,6 +154,7 @@ impl MysqlSource {
             offset,
             offset_path,
             pending: Vec::new(),
+            replayed: Replayed::default(),
             stats: RunStats::default(),
         };
         source.replay_history().await?;
@@ -367,6 +371,12 @@ impl MysqlSource {
 
     /// Sends everything pending, then saves `offset`.
     pub(super) async fn flush(&mut self, offset: Offset) -> Result<(), MysqlError> {
+        let skipped = self.replayed.filter(&mut self.pending);
+        if skipped > 0 {
+            tracing::info!(source = %self.config.name, skipped, "skipped changes the bus already held");
+            metrics::counter!("weir_ingest_mysql_replayed_skipped_total", "source" => self.config.name.clone())
+                .increment(skipped as u64);
+        }
         if !self.pending.is_empty() {
             let n = crate::produce::send_grouped(self.producer.as_ref(), &mut self.pending)
                 .await
@@ -409,6 +419,10 @@ impl MysqlSource {
                 tracing::warn!(source = %self.config.name, file = %self.offset.file, "saved binlog position purged: snapshotting again");
             }
             self.snapshot().await?;
+        } else {
+            self.replayed = Replayed::load(self.bus.as_ref(), &self.config.topic_prefix, &self.offset, &files)
+                .await
+                .map_err(|e| self.bus_error(e))?;
         }
         Ok(mode != SnapshotMode::InitialOnly)
     }
@@ -688,10 +702,13 @@ impl MysqlSource {
                 source.query = txn.query.clone();
             }
             let change = RowChange { op, before, after, source };
+            let first = self.pending.len();
             events
                 .records(&self.encoder, change, self.config.tombstones_on_delete, processed, &mut self.pending)
                 .await
                 .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+            let position = Position { file: file.to_string(), pos: start, row: index as u64 };
+            replay::tag(&mut self.pending[first..], &position);
         }
         Ok(())
     }
@@ -728,10 +745,12 @@ impl MysqlSource {
                 let source =
                     self.source_block(&name.0, Some(&name.1), file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
                 let change = RowChange { op: Op::Truncate, before: None, after: None, source };
+                let first = self.pending.len();
                 events
                     .records(&self.encoder, change, false, now_us(), &mut self.pending)
                     .await
                     .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+                replay::tag(&mut self.pending[first..], &Position { file: file.to_string(), pos, row: 0 });
             }
             return Ok(());
         }
