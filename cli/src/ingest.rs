@@ -43,6 +43,18 @@ enum Endpoint {
 async fn http(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
     let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
+    let routes = http_routes(config, bus).await?.merge(telemetry::router(metrics));
+    let addr = listen.unwrap_or(config.ingest.http.listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    tracing::info!(listen = %listener.local_addr()?, "HTTP event ingestion running");
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(telemetry::stop_signal())
+        .await
+        .context("HTTP ingestion server")
+}
+
+/// The HTTP ingestion routes (`POST /topics/{topic}`) with the configured tokens.
+pub async fn http_routes(config: &Config, bus: Arc<dyn weir_bus::Bus>) -> anyhow::Result<axum::Router> {
     let h = &config.ingest.http;
     let tokens = weir_schemas::tokens::Tokens::load_watched(Some(&h.tokens_env), h.tokens_file.as_deref())?;
     let tokens = if tokens.is_empty() && h.tokens_file.is_none() {
@@ -54,16 +66,7 @@ async fn http(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<()>
     } else {
         Some(tokens)
     };
-    let routes = weir_ingest::http::router(bus, h, tokens).await?.merge(telemetry::router(metrics));
-    let addr = listen.unwrap_or(config.ingest.http.listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(listen = %listener.local_addr()?, "HTTP event ingestion running");
-    axum::serve(listener, routes)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .context("HTTP ingestion server")
+    Ok(weir_ingest::http::router(bus, h, tokens).await?)
 }
 
 /// The registry the configuration names: `registry.url`, else the embedded one in the metadata DB.

@@ -178,6 +178,26 @@ pub async fn start(p: &Platform, options: Options) -> anyhow::Result<Up> {
         });
     }
 
+    // JSON events over HTTP, when [ingest.http] enabled: bound now, so a taken port fails the start.
+    if config.ingest.http.enabled {
+        let addr = config.ingest.http.listen;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let routes = ingest::http_routes(config, p.bus.clone()).await?;
+        roles::supervise(&mut tasks, &health, "ingest http", &stop, {
+            let mut bound = Some((listener, routes));
+            move |role| {
+                let bound = bound.take();
+                async move {
+                    let (listener, routes) =
+                        bound.context("the HTTP ingestion role stopped earlier and keeps its listener closed")?;
+                    role.ready();
+                    axum::serve(listener, routes).with_graceful_shutdown(role.stopping()).await?;
+                    Ok(())
+                }
+            }
+        });
+    }
+
     // The lake: every change-event topic into its raw.* table, and current.* kept up to date.
     {
         let (bus, registry, lake, policy) =

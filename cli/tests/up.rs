@@ -51,7 +51,7 @@ async fn up(dir: &std::path::Path) -> (Child, u16) {
         {
             let body: serde_json::Value = r.json().await.unwrap();
             assert_eq!(body["status"], "ok", "{body}");
-            for role in ["serve", "lake", "current", "scheduler"] {
+            for role in ["serve", "lake", "current", "scheduler", "ingest http"] {
                 assert_eq!(body["roles"][role]["state"], "running", "{role}: {body}");
             }
             return (child, port);
@@ -75,8 +75,26 @@ async fn other_commands_share_a_running_weir_up() {
     let d = dir.path().to_path_buf();
     std::fs::create_dir_all(d.join("dags")).unwrap();
     std::fs::write(d.join("dags/hello.yaml"), "tasks:\n  - {id: greet, script: [echo, hello from the DAG]}\n").unwrap();
-    std::fs::write(d.join("weir.toml"), "[up]\nstatus_interval = \"1s\"\n").unwrap();
+    let ingest_port = free_port();
+    std::fs::write(
+        d.join("weir.toml"),
+        format!(
+            "[up]\nstatus_interval = \"1s\"\n[ingest.http]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\n"
+        ),
+    )
+    .unwrap();
     let (mut running, _) = up(&d).await;
+
+    // JSON events over HTTP into the shared bus, read by another process.
+    let posted = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{ingest_port}/topics/app-events"))
+        .json(&serde_json::json!({"user": 7, "action": "signup"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let events = ok(weir(&d, &["consume", "app-events", "--group", "look", "--timeout-ms", "500"], None));
+    assert!(events.contains("\"signup\""), "{events}");
 
     // Topics, producers and one consumer group, all in other processes.
     ok(weir(&d, &["topics", "create", "shared", "--partitions", "4"], None));

@@ -42,6 +42,8 @@ pub struct HttpIngestConfig {
     /// A file of such tokens, read again when it changes. With no token in either, anyone who
     /// reaches the listener may post (a warning says so at start-up).
     pub tokens_file: Option<std::path::PathBuf>,
+    /// Whether `weir up` runs this endpoint among its roles (`weir ingest http` runs it anyway).
+    pub enabled: bool,
 }
 
 impl Default for HttpIngestConfig {
@@ -52,6 +54,7 @@ impl Default for HttpIngestConfig {
             create_partitions: 3,
             tokens_env: "WEIR_INGEST_TOKENS".into(),
             tokens_file: None,
+            enabled: false,
         }
     }
 }
