@@ -10,58 +10,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{free_port, ok};
+use common::{EMBEDDED, free_port, ok, weir_up};
 
-/// `weir` in `dir` on its own configuration (no bus URL from the environment).
+/// `weir` beside `weir up` in `dir`.
 fn weir(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("WEIR_BUS_URL")
-        .env_remove("WEIR_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    common::weir(dir, EMBEDDED, args, stdin)
 }
 
-/// `weir up` in `dir`, once its /healthz answers that every role runs.
-async fn up(dir: &std::path::Path) -> (Child, u16) {
-    let (port, pg_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
-        .current_dir(dir)
-        .env_remove("WEIR_BUS_URL")
-        .env_remove("WEIR_LOG")
-        .stdout(std::fs::File::create(dir.join("up.out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("up.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
-            && r.status() == 200
-        {
-            let body: serde_json::Value = r.json().await.unwrap();
-            assert_eq!(body["status"], "ok", "{body}");
-            for role in ["serve", "lake", "current", "scheduler", "ingest http"] {
-                assert_eq!(body["roles"][role]["state"], "running", "{role}: {body}");
-            }
-            return (child, port);
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("weir up exited ({status}): {}", std::fs::read_to_string(dir.join("up.err")).unwrap_or_default());
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "weir up not healthy within 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// `weir up` in `dir`, checking its /healthz names every role running.
+async fn up(dir: &std::path::Path) -> Child {
+    let up = weir_up(dir, &[]).await;
+    let body: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{}/healthz", up.port)).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "ok", "{body}");
+    for role in ["serve", "lake", "current", "scheduler", "ingest http"] {
+        assert_eq!(body["roles"][role]["state"], "running", "{role}: {body}");
     }
+    up.child
 }
 
 /// The values `weir consume` printed (`partition offset key value` lines).
@@ -83,7 +48,7 @@ async fn other_commands_share_a_running_weir_up() {
         ),
     )
     .unwrap();
-    let (mut running, _) = up(&d).await;
+    let mut running = up(&d).await;
 
     // JSON events over HTTP into the shared bus, read by another process.
     let posted = reqwest::Client::new()
@@ -176,7 +141,7 @@ async fn other_commands_share_a_running_weir_up() {
     // kill -9 of the owner: nothing acknowledged is lost or torn, and a new `weir up` serves it.
     running.kill().unwrap();
     running.wait().unwrap();
-    let (mut again, _) = up(&d).await;
+    let mut again = up(&d).await;
     let all = ok(weir(&d, &["consume", "shared", "--group", "after-crash", "--timeout-ms", "1000"], None));
     let after: BTreeSet<String> = values(&all).into_iter().collect();
     assert_eq!(after, distinct.into_iter().cloned().collect(), "records lost or changed by kill -9");

@@ -7,22 +7,15 @@
 mod common;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::{free_port, mariadb, ok, test_mysql_url};
+use common::{EMBEDDED, Up, mariadb, ok, test_mysql_url, weir_up};
 
+/// `weir` beside `weir up` in `dir`.
 fn weir(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("WEIR_BUS_URL")
-        .env_remove("WEIR_LOG")
-        .env("WEIR_MYSQL_PASSWORD", "weir")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+    common::weir(dir, EMBEDDED, args, None)
 }
 
 /// A database of its own for each test run.
@@ -66,39 +59,9 @@ fn init(db: &str) -> tempfile::TempDir {
     dir
 }
 
-/// `weir up` in `dir` with the password in its environment, once it is healthy; (process, API
-/// port, PostgreSQL port, token).
-async fn up(dir: &std::path::Path) -> (Child, u16, u16, String) {
-    let (port, pg_port) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
-        .current_dir(dir)
-        .env_remove("WEIR_BUS_URL")
-        .env_remove("WEIR_LOG")
-        .env("WEIR_MYSQL_PASSWORD", "weir")
-        .stdout(std::fs::File::create(dir.join("up.out")).unwrap())
-        .stderr(std::fs::File::create(dir.join("up.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
-            && r.status() == 200
-        {
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("weir up exited ({status}): {}", std::fs::read_to_string(dir.join("up.err")).unwrap_or_default());
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "weir up not healthy within 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let banner = std::fs::read_to_string(dir.join("up.out")).unwrap();
-    let token = banner
-        .split_once("bearer token ")
-        .map(|(_, t)| t.split(')').next().unwrap().to_string())
-        .unwrap_or_else(|| panic!("no token in the banner: {banner}"));
-    (child, port, pg_port, token)
+/// `weir up` in `dir` with the password in its environment, once it is healthy.
+async fn up(dir: &std::path::Path) -> Up {
+    weir_up(dir, &[("WEIR_MYSQL_PASSWORD", "weir")]).await
 }
 
 /// Rows as `a|b|c` lines, in key order, from the source…
@@ -154,7 +117,7 @@ async fn init_then_up_keeps_current_tables_equal_to_the_source() {
         ),
     )
     .unwrap();
-    let (mut running, _, pg_port, token) = up(d).await;
+    let Up { child: mut running, pg_port, token, .. } = up(d).await;
     converges(&db, "customers", "id, name, tier", pg_port, &token).await;
 
     mariadb(&format!(
@@ -196,7 +159,7 @@ async fn kill_9_of_weir_up_under_writes_loses_and_repeats_nothing() {
     let db = database("upkill");
     let dir = init(&db);
     let d = dir.path().to_path_buf();
-    let (mut running, _, pg_port, token) = up(&d).await;
+    let Up { child: mut running, pg_port, token, .. } = up(&d).await;
     // The snapshot is in the lake: every change from here on comes from the binlog.
     converges(&db, "customers", "id, name, tier", pg_port, &token).await;
     // A writer that keeps changing the source while weir up is killed and restarted.
@@ -219,12 +182,12 @@ async fn kill_9_of_weir_up_under_writes_loses_and_repeats_nothing() {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
         running.kill().unwrap();
         running.wait().unwrap();
-        (running, ..) = up(&d).await;
+        running = up(&d).await.child;
     }
     writer.join().unwrap();
     running.kill().unwrap();
     running.wait().unwrap();
-    let (mut running, _, pg_port, token) = up(&d).await;
+    let Up { child: mut running, pg_port, token, .. } = up(&d).await;
     converges(&db, "customers", "id, name, tier", pg_port, &token).await;
     // Every change is in the change log once: 60 inserts, 59 updates (the first finds no row 99)
     // and 55 deletes (the first five find none), each binlog position once.

@@ -94,18 +94,16 @@ impl Connection {
     }
 
     async fn receive(&mut self) -> Result<Response> {
-        use tokio::io::AsyncReadExt;
-        loop {
-            if let Some(frame) = wire::split_frame(&mut self.buf).map_err(|e| self.lost(e))? {
+        match wire::read(&mut self.stream, &mut self.buf).await {
+            Ok(Some(frame)) => {
                 self.state = State::Idle;
-                return match frame {
+                match frame {
                     Response::Failed(e) => Err(e.into_bus_error(&self.socket)),
                     r => Ok(r),
-                };
+                }
             }
-            if self.stream.read_buf(&mut self.buf).await.map_err(|e| self.lost(e))? == 0 {
-                return Err(self.lost("the owning process closed the connection"));
-            }
+            Ok(None) => Err(self.lost("the owning process closed the connection")),
+            Err(e) => Err(self.lost(e)),
         }
     }
 

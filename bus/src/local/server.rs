@@ -74,7 +74,8 @@ async fn connection(bus: LocalBus, mut stream: UnixStream) -> std::io::Result<()
     // The connection holds the log only while a request is answered or a consumer is open.
     let weak = std::sync::Arc::downgrade(&bus.inner);
     drop(bus);
-    while let Some(request) = wire::read::<Request>(&mut stream).await? {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(request) = wire::read::<Request>(&mut stream, &mut buf).await? {
         let Some(inner) = weak.upgrade() else { break };
         let bus = LocalBus { inner };
         let response = match answer(&bus, &mut consumer, request).await {

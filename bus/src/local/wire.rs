@@ -179,7 +179,7 @@ impl From<BusError> for WireError {
 }
 
 impl WireError {
-    /// The error as the caller's bus reports it; `owner` names the owning process's socket.
+    /// The error as the caller's bus reports it; `socket` names the owning process's socket.
     pub(crate) fn into_bus_error(self, socket: &std::path::Path) -> BusError {
         match self {
             WireError::InvalidTopic { topic, reason } => BusError::InvalidTopic { topic, reason },
@@ -226,23 +226,27 @@ pub(crate) async fn write<T: Serialize>(stream: &mut (impl AsyncWriteExt + Unpin
     stream.flush().await
 }
 
-/// Reads one frame; `None` at a clean end of the stream.
-pub(crate) async fn read<T: DeserializeOwned>(stream: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<Option<T>> {
-    let len = match stream.read_u32().await {
-        Ok(n) => n as usize,
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+/// Reads one frame into `buf` (which keeps what arrived of the next); `None` at a clean end of
+/// the stream. Cancel-safe: what was read stays in `buf` for the next call.
+pub(crate) async fn read<T: DeserializeOwned>(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<Option<T>> {
+    loop {
+        if let Some(frame) = split_frame(buf)? {
+            return Ok(Some(frame));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return match buf.is_empty() {
+                true => Ok(None),
+                false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            };
+        }
     }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).await?;
-    postcard::from_bytes(&body).map(Some).map_err(std::io::Error::other)
 }
 
 /// Takes one whole frame off the front of `buf`, if it holds one.
-pub(crate) fn split_frame<T: DeserializeOwned>(buf: &mut bytes::BytesMut) -> std::io::Result<Option<T>> {
+fn split_frame<T: DeserializeOwned>(buf: &mut bytes::BytesMut) -> std::io::Result<Option<T>> {
     let Some(head) = buf.first_chunk::<4>() else { return Ok(None) };
     let len = u32::from_be_bytes(*head) as usize;
     if len > MAX_FRAME {

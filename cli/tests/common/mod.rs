@@ -66,3 +66,50 @@ pub fn kafka() -> String {
         .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
     format!("kafka://{brokers}")
 }
+
+/// A running `weir up`: the process, its API and PostgreSQL ports, its banner's bearer token.
+pub struct Up {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub pg_port: u16,
+    pub token: String,
+}
+
+/// `weir up` in `dir` on its own configuration (no bus URL from the environment), with `env`
+/// added, once its /healthz answers 200 (every role runs); stdout and stderr go to `up.out`
+/// and `up.err` there.
+pub async fn weir_up(dir: &std::path::Path, env: &[(&str, &str)]) -> Up {
+    let (port, pg_port) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
+        .current_dir(dir)
+        .env_remove("WEIR_BUS_URL")
+        .env_remove("WEIR_LOG")
+        .envs(env.iter().copied())
+        .stdout(std::fs::File::create(dir.join("up.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("up.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
+            && r.status() == 200
+        {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("weir up exited ({status}): {}", std::fs::read_to_string(dir.join("up.err")).unwrap_or_default());
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "weir up not healthy within 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let banner = std::fs::read_to_string(dir.join("up.out")).unwrap();
+    let token = banner
+        .split_once("bearer token ")
+        .map(|(_, t)| t.split(')').next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no token in the banner: {banner}"));
+    Up { child, port, pg_port, token }
+}
+
+/// The bus URL `weir up` uses by default, for `weir` commands run beside it.
+pub const EMBEDDED: &str = "local:./weir-data/bus";
