@@ -159,3 +159,32 @@ fn stop(child: &mut Child) {
     }
     assert!(child.wait().unwrap().success());
 }
+
+/// On the backends `weir.toml` names: here Kafka (the test broker), with the lake and metadata
+/// embedded. Events posted over HTTP reach the broker, where a plain consumer reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weir_up_runs_on_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kafka = common::kafka();
+    let ingest_port = free_port();
+    std::fs::write(
+        d.join("weir.toml"),
+        format!("[bus]\nurl = \"{kafka}\"\n[ingest.http]\nenabled = true\nlisten = \"127.0.0.1:{ingest_port}\"\n"),
+    )
+    .unwrap();
+    let mut running = up(d).await;
+    let topic = format!("up-on-kafka-{}", std::process::id());
+    ok(common::weir(d, &kafka, &["topics", "create", &topic, "--partitions", "2"], None));
+    let posted = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{ingest_port}/topics/{topic}"))
+        .json(&serde_json::json!({"on": "kafka"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    let read = ok(common::weir(d, &kafka, &["consume", &topic, "--group", "look", "--max", "1"], None));
+    assert!(read.contains("\"kafka\""), "{read}");
+    assert!(std::fs::read_to_string(d.join("up.out")).unwrap().contains(&format!("bus {kafka}")));
+    stop(&mut running);
+}
