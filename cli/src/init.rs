@@ -180,10 +180,13 @@ fn weir_toml(source: &MysqlSourceConfig) -> anyhow::Result<String> {
         "include_tables".into(),
         toml::Value::Array(source.include_tables.iter().map(|t| t.clone().into()).collect()),
     );
+    // Truncates too (Debezium skips them by default): current.* then empties with its source.
+    s.insert("skipped_operations".into(), toml::Value::Array(Vec::new()));
     table.insert("sources".into(), toml::Value::Array(vec![toml::Value::Table(s)]));
     Ok(format!(
         "# Written by `weir init`; every other setting has its default (docs/configuration.md).\n\
          # Embedded by default: the bus, lake and metadata DB live under ./weir-data.\n\
+         # TRUNCATE is captured too (skipped_operations = []): current.* empties with its source.\n\
          # Commits to the lake every 30 s; lower it to see tables sooner.\n\
          [lake]\nflush_interval = \"10s\"\n\n{}",
         toml::to_string(&table)?

@@ -1,5 +1,5 @@
 //! A team's first hour on its own MariaDB: `weir init` checks the server and writes the
-//! project, `weir up` captures two tables; inserts, updates and deletes reach `current.*`, read
+//! project, `weir up` captures two tables; inserts, updates, deletes and truncates reach `current.*`, read
 //! over the PostgreSQL wire with psql, equal to the source; a DAG joins them; other processes
 //! consume, query and trigger meanwhile. `kill -9` of `weir up` while a writer keeps changing the
 //! source loses and repeats nothing. A user without replication privileges is told what to grant.
@@ -150,6 +150,10 @@ async fn init_then_up_keeps_current_tables_equal_to_the_source() {
         .collect();
     assert!(lines.iter().any(|l| l.contains("2") && l.contains("12")), "{totals}");
     assert!(lines.iter().any(|l| l.contains("3") && l.contains("9")), "{totals}");
+
+    // A truncate empties the current table too; what comes after it stays.
+    mariadb(&format!("TRUNCATE TABLE {db}.orders; INSERT INTO {db}.orders VALUES (30, 2, 4);"));
+    converges(&db, "orders", "id, customer_id, qty", pg_port, &token).await;
     running.kill().unwrap();
     running.wait().unwrap();
 }

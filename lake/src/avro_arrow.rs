@@ -499,7 +499,13 @@ impl Layout {
                 return Ok(false);
             }
         } else if !after_decoded {
-            return Ok(false); // no row image: a truncate, say
+            if op != Some(b't') {
+                return Ok(false); // no row image, and not a truncate: nothing to keep
+            }
+            // A truncate: a row of nulls, kept so that current.* drops every earlier row.
+            for c in &mut batch.columns {
+                c.append_null();
+            }
         }
         // One byte at most (see above): pushed, not copied.
         batch.op.values.extend(op);

@@ -4,12 +4,13 @@
 //! by time travel and files are only ever added.
 //!
 //! "Latest" is the highest bus offset of the key: a key's changes all travel on one partition of
-//! the topic (records are partitioned by key), in the order the source committed them.
+//! the topic (records are partitioned by key), in the order the source committed them. A
+//! truncate (`_op = 't'`, a row of nulls) removes every change before it, by source position.
 
 use std::sync::Arc;
 
 use deltalake::{
-    DeltaTable, datafusion::prelude::SessionContext, kernel::transaction::CommitProperties,
+    DeltaTable, arrow::array::AsArray, datafusion::prelude::SessionContext, kernel::transaction::CommitProperties,
     operations::write::SchemaMode, protocol::SaveMode,
 };
 
@@ -38,6 +39,29 @@ pub struct BuildStats {
 /// `raw.orders`, `current.orders` or `orders` → `orders`.
 fn base_name(name: &str) -> &str {
     name.strip_prefix("raw.").or_else(|| name.strip_prefix("current.")).unwrap_or(name)
+}
+
+/// The source position (`file`, `pos`, `row`) of the change log's latest truncate, if any.
+async fn latest_truncate(ctx: &SessionContext) -> Result<Option<(String, i64, i64)>, LakeError> {
+    let query = |e| LakeError::Query(Box::new(e));
+    let frame = ctx.sql("SELECT _pos FROM change_log WHERE _op = 't' AND _pos IS NOT NULL").await.map_err(query)?;
+    let batches = frame.collect().await.map_err(query)?;
+    let mut latest = None;
+    for batch in &batches {
+        // DataFusion may hand text back as a view array: make it plain UTF-8 first.
+        let column = deltalake::arrow::compute::cast(batch.column(0), &deltalake::arrow::datatypes::DataType::Utf8)
+            .map_err(|e| LakeError::Query(Box::new(e.into())))?;
+        for text in column.as_string::<i32>().iter().flatten() {
+            let mut parts = text.rsplitn(3, ':');
+            let (Some(row), Some(pos), Some(file)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            let (Ok(row), Ok(pos)) = (row.parse::<i64>(), pos.parse::<i64>()) else { continue };
+            let position = (file.to_string(), pos, row);
+            if latest.as_ref().is_none_or(|l| position > *l) {
+                latest = Some(position);
+            }
+        }
+    }
+    Ok(latest)
 }
 
 /// Rebuilds `current.<name>` from `raw.<name>` (`name` may carry either prefix).
@@ -72,20 +96,33 @@ pub async fn build(lake: &Lake, name: &str) -> Result<BuildStats, LakeError> {
     let quote = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
     let select: Vec<String> = row_columns.iter().map(|c| quote(c)).collect();
     let partition_by: Vec<String> = keys.iter().map(|c| quote(c)).collect();
-    let sql = format!(
-        "SELECT {cols}, _source_ts_ms FROM (\
-           SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _partition DESC, _offset DESC) AS __weir_rank \
-           FROM change_log) \
-         WHERE __weir_rank = 1 AND _op <> 'd'",
-        cols = select.join(", "),
-        keys = partition_by.join(", "),
-    );
-
     // deltalake's session: its planner executes the write's own plan nodes.
     let ctx: SessionContext = deltalake::delta_datafusion::create_session().into_inner();
     raw.update_datafusion_session(&ctx.state()).map_err(|e| LakeError::delta(&raw_name, e))?;
     let provider = raw.table_provider().await.map_err(|e| LakeError::Query(Box::new(e)))?;
     ctx.register_table("change_log", provider).map_err(|e| LakeError::Query(Box::new(e)))?;
+
+    // A truncate (`_op = 't'`) empties the table: only changes after the latest one count.
+    let after_truncate = match latest_truncate(&ctx).await? {
+        Some((file, pos, row)) => {
+            let (f, p, r) = (
+                "split_part(_pos, ':', 1)",
+                "CAST(split_part(_pos, ':', 2) AS BIGINT)",
+                "CAST(split_part(_pos, ':', 3) AS BIGINT)",
+            );
+            let file = file.replace('\'', "''");
+            format!(" AND ({f} > '{file}' OR ({f} = '{file}' AND ({p} > {pos} OR ({p} = {pos} AND {r} > {row}))))")
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {cols}, _source_ts_ms FROM (\
+           SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _partition DESC, _offset DESC) AS __weir_rank \
+           FROM change_log WHERE _op <> 't'{after_truncate}) \
+         WHERE __weir_rank = 1 AND _op <> 'd'",
+        cols = select.join(", "),
+        keys = partition_by.join(", "),
+    );
     let frame = ctx.sql(&sql).await.map_err(|e| LakeError::Query(Box::new(e)))?;
 
     let url = lake.table_url(&current_name)?;
