@@ -11,6 +11,7 @@ use std::{
 };
 
 use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::get};
+use futures::FutureExt as _;
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -129,7 +130,18 @@ pub fn supervise<F, Fut>(
         let mut attempts = 0;
         loop {
             let began = Instant::now();
-            let result = start(role.clone()).await;
+            // A panic is a failure like any other: reported and tried again, the others untouched.
+            let result = match std::panic::AssertUnwindSafe(start(role.clone())).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => Err(anyhow::anyhow!(
+                    "panicked: {}",
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default()
+                )),
+            };
             if *role.stop.borrow() {
                 role.health.set(&role.name, RoleState::Stopped { reason: "stopped".into() });
                 if let Err(e) = result {
@@ -165,4 +177,36 @@ pub fn supervise<F, Fut>(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_or_panicking_role_is_reported_and_tried_again() {
+        let health = Arc::new(Health::default());
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let tries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = tries.clone();
+        supervise(&mut tasks, &health, "flaky", &stop, move |role| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => anyhow::bail!("cannot connect"),
+                    1 => panic!("a bug"),
+                    _ => {
+                        role.ready();
+                        Ok(())
+                    }
+                }
+            }
+        });
+        assert!(!health.ready(), "a starting role is not ready");
+        tasks.join_next().await.unwrap().unwrap();
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3, "tried again after an error and a panic");
+        assert_eq!(health.snapshot(), vec![("flaky".into(), RoleState::Stopped { reason: "finished".into() })]);
+        assert!(health.ready());
+    }
 }
