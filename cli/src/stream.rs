@@ -137,6 +137,18 @@ pub fn spawn_pipeline(
     roles::supervise(tasks, health, &format!("pipeline {}", p.id), stop, move |role| {
         let (shared, p) = (shared.clone(), p.clone());
         async move {
+            // A source topic its producer has not created yet (a first snapshot still running)
+            // is a wait, not a failure.
+            let mut waiting = false;
+            while let Err(weir_bus::BusError::UnknownTopic(_)) = shared.bus.topic(&p.source.topic).await {
+                if !std::mem::replace(&mut waiting, true) {
+                    tracing::info!(pipeline = %p.id, topic = %p.source.topic, "waiting for the source topic");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = role.stopping() => return Ok(()),
+                }
+            }
             let engine = shared.open(&p).await?;
             role.ready();
             let stats = engine.run(role.stopping()).await?;
