@@ -77,6 +77,9 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         0 => println!("  tables   none"),
         n => println!("  tables   {n}: {}", abbreviate(&report.tables)),
     }
+    if report.problems.is_empty() {
+        println!("  ready    binary log, row format, row image, row metadata and privileges are as CDC needs them");
+    }
     for note in &report.notes {
         println!("  note     {note}");
     }
@@ -98,7 +101,10 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
     if let Some(var) = &source.password_env {
         println!("  export {var}='…'        # the password; weir.toml names only the variable");
     }
-    println!("  cd {} && weir up", args.dir.display());
+    match args.dir == Path::new(".") {
+        true => println!("  weir up"),
+        false => println!("  cd {} && weir up", args.dir.display()),
+    }
     if let Some(first) = report.tables.first() {
         let (db, table) = first.split_once('.').unwrap_or(("", first));
         let raw = table_name(&format!("{}.{db}.{table}", args.prefix));
@@ -187,7 +193,7 @@ fn weir_toml(source: &MysqlSourceConfig) -> anyhow::Result<String> {
         "# Written by `weir init`; every other setting has its default (docs/configuration.md).\n\
          # Embedded by default: the bus, lake and metadata DB live under ./weir-data.\n\
          # TRUNCATE is captured too (skipped_operations = []): current.* empties with its source.\n\
-         # Commits to the lake every 30 s; lower it to see tables sooner.\n\
+         # The lake commits every 10 s here (its default is 30 s): raw.* and current.* follow that.\n\
          [lake]\nflush_interval = \"10s\"\n\n{}",
         toml::to_string(&table)?
     ))
