@@ -52,6 +52,11 @@ impl Health {
         }
     }
 
+    /// Forgets `role` (a problem that went away).
+    pub fn clear(&self, role: &str) {
+        self.roles.lock().unwrap().remove(role);
+    }
+
     /// Every role's state, by name.
     pub fn snapshot(&self) -> Vec<(String, RoleState)> {
         self.roles.lock().unwrap().iter().map(|(n, (s, _))| (n.clone(), s.clone())).collect()

@@ -107,6 +107,9 @@ pub struct Status {
     seen: BTreeMap<String, VecDeque<(i64, i64)>>,
 }
 
+/// The health entry of DAG files the scheduler refused.
+const DAG_FILES: &str = "dag files";
+
 /// The span a table's rate is averaged over: the lake commits in steps of its flush interval,
 /// so a rate between two measurements alone would jump between zero and bursts.
 const RATE_WINDOW_MS: i64 = 30_000;
@@ -204,6 +207,16 @@ impl Status {
     }
 
     async fn dags_line(&self) -> Option<String> {
+        // DAG files the scheduler refused: a problem on /healthz and here, the others still run.
+        match self.store.import_errors().await {
+            Ok(errors) if !errors.is_empty() => {
+                let named: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                let error = format!("{} DAG file(s) refused: {}", errors.len(), named.join("; "));
+                self.health.set(DAG_FILES, RoleState::Failed { error, attempts: 1 });
+            }
+            Ok(_) => self.health.clear(DAG_FILES),
+            Err(e) => tracing::warn!(error = %e, "reading the refused DAG files"),
+        }
         let dags = self.store.dags().await.ok()?;
         let mut parts = Vec::new();
         for d in dags {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{EMBEDDED, free_port, ok, weir_up};
+use common::{EMBEDDED, free_port, ok, up_until, weir_up};
 
 /// `weir` beside `weir up` in `dir`.
 fn weir(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
@@ -187,4 +187,39 @@ async fn weir_up_runs_on_kafka() {
     assert!(read.contains("\"kafka\""), "{read}");
     assert!(std::fs::read_to_string(d.join("up.out")).unwrap().contains(&format!("bus {kafka}")));
     stop(&mut running);
+}
+
+/// A DAG file that does not parse is named on /healthz and in the status lines; the other DAG
+/// still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_dag_file_is_reported_and_the_others_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(d.join("dags/good.yaml"), "tasks:\n  - {id: a, script: [echo, fine]}\n").unwrap();
+    std::fs::write(d.join("dags/broken.yaml"), "tasks:\n  - {id: a, script: [echo\n").unwrap();
+    std::fs::write(d.join("weir.toml"), "[up]\nstatus_interval = \"1s\"\n").unwrap();
+    let mut running = up_until(d, &[], |_| true).await;
+    let started = Instant::now();
+    let body = loop {
+        let r = reqwest::get(format!("http://127.0.0.1:{}/healthz", running.port)).await.unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        if body["roles"]["dag files"]["state"] == "failed" {
+            assert_eq!(status, 503, "{body}");
+            break body;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the broken file is not reported: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body["roles"]["dag files"]["error"].as_str().unwrap().contains("broken.yaml"), "{body}");
+    assert_eq!(body["roles"]["scheduler"]["state"], "running", "{body}");
+    ok(weir(d, &["dags", "trigger", "good"], None));
+    while !ok(weir(d, &["dags", "runs", "good"], None)).contains("success") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the good DAG did not run");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let out = std::fs::read_to_string(d.join("up.out")).unwrap();
+    assert!(out.contains("dag files FAILED") && out.contains("broken.yaml"), "{out}");
+    stop(&mut running.child);
 }

@@ -79,6 +79,11 @@ pub struct Up {
 /// added, once its /healthz answers 200 (every role runs); stdout and stderr go to `up.out`
 /// and `up.err` there.
 pub async fn weir_up(dir: &std::path::Path, env: &[(&str, &str)]) -> Up {
+    up_until(dir, env, |status| status == 200).await
+}
+
+/// `weir up` as [`weir_up`] starts it, once its /healthz answers with a status `ready` accepts.
+pub async fn up_until(dir: &std::path::Path, env: &[(&str, &str)], ready: impl Fn(u16) -> bool) -> Up {
     let (port, pg_port) = (free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
@@ -93,7 +98,7 @@ pub async fn weir_up(dir: &std::path::Path, env: &[(&str, &str)]) -> Up {
     let started = std::time::Instant::now();
     loop {
         if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await
-            && r.status() == 200
+            && ready(r.status().as_u16())
         {
             break;
         }
