@@ -68,6 +68,10 @@ pub enum LakeCommand {
         /// Only list what would be deleted.
         #[arg(long)]
         dry_run: bool,
+        /// Allow a retention shorter than the table's `delta.deletedFileRetentionDuration`
+        /// (7 days unless set): readers of older versions may lose files.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -129,8 +133,8 @@ pub async fn run(config: &Config, command: LakeCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LakeCommand::Vacuum { table, retention, dry_run } => {
-            let files = lake.vacuum(&table, retention, dry_run).await?;
+        LakeCommand::Vacuum { table, retention, dry_run, force } => {
+            let files = lake.vacuum(&table, retention, dry_run, force).await?;
             for f in &files {
                 println!("{f}");
             }

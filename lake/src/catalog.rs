@@ -287,11 +287,32 @@ impl Lake {
 
     /// Deletes table `name`'s files that no version newer than `retention` references. Returns
     /// the deleted (or, with `dry_run`, the deletable) files.
-    pub async fn vacuum(&self, name: &str, retention: Duration, dry_run: bool) -> Result<Vec<String>, LakeError> {
+    pub async fn vacuum(
+        &self,
+        name: &str,
+        retention: Duration,
+        dry_run: bool,
+        force: bool,
+    ) -> Result<Vec<String>, LakeError> {
+        use deltalake::table::config::TablePropertiesExt as _;
         let table = self.open(name, None).await?;
+        // Delta's guard: files removed more recently than the table's
+        // `delta.deletedFileRetentionDuration` (7 days unless set) may still be read by a reader
+        // at an older version or a commit in flight. Shorter only when the caller insists.
+        let minimum =
+            table.snapshot().map_err(|e| LakeError::delta(name, e))?.table_config().deleted_file_retention_duration();
+        if !force && retention < minimum {
+            return Err(LakeError::Table {
+                table: name.to_string(),
+                reason: format!(
+                    "a retention of {} is shorter than the table's delta.deletedFileRetentionDuration ({}): \
+                     readers of older versions could lose files; pass --force to vacuum anyway",
+                    humantime::format_duration(retention),
+                    humantime::format_duration(minimum)
+                ),
+            });
+        }
         let retention = chrono::Duration::seconds(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX / 1000));
-        // The retention asked for is the user's decision (default 7 days at the command line), so
-        // the table's own `delta.deletedFileRetentionDuration` does not veto a shorter one.
         let (_, metrics) = table
             .vacuum()
             .with_retention_period(retention)

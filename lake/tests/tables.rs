@@ -124,10 +124,14 @@ async fn optimize_adds_a_version_and_vacuum_removes_only_expired_files() {
         || walk(&table_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).count();
     assert_eq!(parquet_files(), 21, "compaction only adds files");
     // Inside the default retention nothing is deleted; the files are still needed by versions 0–19.
-    assert!(lake.vacuum(name, Duration::from_secs(7 * 86_400), false).await.unwrap().is_empty());
-    let would = lake.vacuum(name, Duration::ZERO, true).await.unwrap();
+    assert!(lake.vacuum(name, Duration::from_secs(7 * 86_400), false, false).await.unwrap().is_empty());
+    // Shorter than the table's delta.deletedFileRetentionDuration (7 days): refused unless forced.
+    let refused = lake.vacuum(name, Duration::ZERO, false, false).await.unwrap_err().to_string();
+    assert!(refused.contains("deletedFileRetentionDuration (7days)") && refused.contains("--force"), "{refused}");
+    assert_eq!(parquet_files(), 21, "a refused vacuum deletes nothing");
+    let would = lake.vacuum(name, Duration::ZERO, true, true).await.unwrap();
     assert_eq!((would.len(), parquet_files()), (20, 21), "a dry run deletes nothing");
-    assert_eq!(lake.vacuum(name, Duration::ZERO, false).await.unwrap().len(), 20);
+    assert_eq!(lake.vacuum(name, Duration::ZERO, false, true).await.unwrap().len(), 20);
     assert_eq!(parquet_files(), 1);
     assert_eq!(count(&lake, "SELECT count(*) FROM raw.shop_inv_orders").await, 1000);
 }
