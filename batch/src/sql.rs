@@ -41,8 +41,7 @@ pub async fn write_view(
 ) -> Result<ViewWritten, LakeError> {
     let name = format!("views.{view}");
     let url = lake.table_url(&name)?;
-    let ctx = weir_lake::query::session(lake, None).await?;
-    let (sql, _) = weir_lake::query::rewrite_time_travel(sql)?;
+    let (ctx, sql) = weir_lake::query::session_for(lake, sql, None).await?;
     let frame = ctx.sql(&sql).await.map_err(|e| LakeError::Query(Box::new(e)))?;
     let table = DeltaTable::try_from_url(url).await.map_err(|e| LakeError::delta(&name, e))?;
     let before = table.version();
@@ -70,4 +69,30 @@ pub async fn write_view(
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
     Ok(ViewWritten { table: name, version, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task's SQL reads a table as of a version: `VERSION AS OF` is honoured, not dropped.
+    #[tokio::test]
+    async fn time_travel_works_inside_a_sql_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = weir_lake::LakeConfig {
+            url: format!("file://{}", dir.path().display()).parse().unwrap(),
+            ..Default::default()
+        };
+        let lake = Lake::new(&config);
+        let source = serde_json::json!({"test": true});
+        write_view(&lake, "SELECT 1 AS n", "counter", WriteMode::Overwrite, source.clone()).await.unwrap();
+        write_view(&lake, "SELECT 2 AS n", "counter", WriteMode::Overwrite, source.clone()).await.unwrap();
+        let sql = "SELECT n FROM views.counter VERSION AS OF 0";
+        write_view(&lake, sql, "first", WriteMode::Overwrite, source).await.unwrap();
+        let batches = weir_lake::query::run(&lake, "SELECT n FROM views.first", None).await.unwrap();
+        let n = deltalake::arrow::compute::cast(batches[0].column(0), &deltalake::arrow::datatypes::DataType::Int64)
+            .unwrap();
+        use deltalake::arrow::array::AsArray;
+        assert_eq!(n.as_primitive::<deltalake::arrow::datatypes::Int64Type>().value(0), 1, "read the latest version");
+    }
 }

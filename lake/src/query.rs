@@ -93,14 +93,21 @@ async fn register(
     Ok(())
 }
 
-/// Runs `sql` against the lake (see [`session`] for `version`), resolving `VERSION AS OF`.
-pub async fn run(lake: &Lake, sql: &str, version: Option<u64>) -> Result<Vec<RecordBatch>, LakeError> {
+/// A session for `sql`: every table (see [`session`] for `version`) plus the table versions its
+/// `VERSION AS OF` references pin; returned with `sql` rewritten to read them.
+pub async fn session_for(lake: &Lake, sql: &str, version: Option<u64>) -> Result<(SessionContext, String), LakeError> {
     let (sql, pinned) = rewrite_time_travel(sql)?;
     let ctx = session(lake, version).await?;
     for ((name, v), alias) in pinned {
         let table = lake.open(&name, Some(v)).await?;
         register(&ctx, &name, &alias, &table).await?;
     }
+    Ok((ctx, sql))
+}
+
+/// Runs `sql` against the lake (see [`session`] for `version`), resolving `VERSION AS OF`.
+pub async fn run(lake: &Lake, sql: &str, version: Option<u64>) -> Result<Vec<RecordBatch>, LakeError> {
+    let (ctx, sql) = session_for(lake, sql, version).await?;
     let frame = ctx.sql(&sql).await.map_err(query_err)?;
     frame.collect().await.map_err(query_err)
 }
