@@ -123,6 +123,38 @@ pub fn supervise<F, Fut>(
     health: &Arc<Health>,
     name: &str,
     stop: &watch::Receiver<bool>,
+    start: F,
+) where
+    F: FnMut(Role) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    spawn_role(tasks, health, name, stop, true, start);
+}
+
+/// Runs `run` as role `name` once: for a role that holds what cannot be had again in this
+/// process (listeners bound at start-up), so a failure stays reported with its own cause.
+pub fn run_once<Fut>(
+    tasks: &mut JoinSet<()>,
+    health: &Arc<Health>,
+    name: &str,
+    stop: &watch::Receiver<bool>,
+    run: impl FnOnce(Role) -> Fut + Send + 'static,
+) where
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut run = Some(run);
+    spawn_role(tasks, health, name, stop, false, move |role| {
+        let run = run.take().expect("a role run once is started once");
+        run(role)
+    });
+}
+
+fn spawn_role<F, Fut>(
+    tasks: &mut JoinSet<()>,
+    health: &Arc<Health>,
+    name: &str,
+    stop: &watch::Receiver<bool>,
+    retry: bool,
     mut start: F,
 ) where
     F: FnMut(Role) -> Fut + Send + 'static,
@@ -158,6 +190,12 @@ pub fn supervise<F, Fut>(
                 Ok(()) => {
                     tracing::info!(role = %role.name, "role finished");
                     role.health.set(&role.name, RoleState::Stopped { reason: "finished".into() });
+                    return;
+                }
+                Err(e) if !retry => {
+                    let error = format!("{e:#}");
+                    tracing::error!(role = %role.name, %error, "role failed; it is not started again in this process");
+                    role.health.set(&role.name, RoleState::Failed { error, attempts: 1 });
                     return;
                 }
                 Err(e) => {
@@ -213,5 +251,19 @@ mod tests {
         assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3, "tried again after an error and a panic");
         assert_eq!(health.snapshot(), vec![("flaky".into(), RoleState::Stopped { reason: "finished".into() })]);
         assert!(health.ready());
+    }
+
+    #[tokio::test]
+    async fn a_role_run_once_keeps_its_own_failure() {
+        let health = Arc::new(Health::default());
+        let (_stop_tx, stop) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        run_once(&mut tasks, &health, "listener", &stop, |role| async move {
+            role.ready();
+            anyhow::bail!("accept failed: too many open files")
+        });
+        tasks.join_next().await.unwrap().unwrap();
+        let failed = RoleState::Failed { error: "accept failed: too many open files".into(), attempts: 1 };
+        assert_eq!(health.snapshot(), vec![("listener".into(), failed)]);
     }
 }

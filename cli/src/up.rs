@@ -183,18 +183,10 @@ pub async fn start(p: &Platform, options: Options) -> anyhow::Result<Up> {
         let addr = config.ingest.http.listen;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let routes = ingest::http_routes(config, p.bus.clone()).await?;
-        roles::supervise(&mut tasks, &health, "ingest http", &stop, {
-            let mut bound = Some((listener, routes));
-            move |role| {
-                let bound = bound.take();
-                async move {
-                    let (listener, routes) =
-                        bound.context("the HTTP ingestion role stopped earlier and keeps its listener closed")?;
-                    role.ready();
-                    axum::serve(listener, routes).with_graceful_shutdown(role.stopping()).await?;
-                    Ok(())
-                }
-            }
+        roles::run_once(&mut tasks, &health, "ingest http", &stop, move |role| async move {
+            role.ready();
+            axum::serve(listener, routes).with_graceful_shutdown(role.stopping()).await?;
+            Ok(())
         });
     }
 
@@ -289,18 +281,9 @@ pub async fn start(p: &Platform, options: Options) -> anyhow::Result<Up> {
     }
 
     // Serving answers once every role above is registered, so /healthz never omits one.
-    roles::supervise(&mut tasks, &health, "serve", &stop, {
-        let mut run = Some(run);
-        move |role| {
-            let run = run.take();
-            async move {
-                // Its listeners are bound once, at the start: a serving role that failed stays
-                // failed (reported) while the others run.
-                let run = run.context("the serving role stopped earlier and keeps its listeners closed")?;
-                role.ready();
-                run.await
-            }
-        }
+    roles::run_once(&mut tasks, &health, "serve", &stop, move |role| async move {
+        role.ready();
+        run.await
     });
 
     Ok(Up {
