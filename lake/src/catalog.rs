@@ -35,7 +35,7 @@ impl OpenTables {
         let mut kept = self.kept.lock().await;
         kept.retain(|name, _| names.contains(name));
         let mut out = Vec::new();
-        for name in names {
+        for name in derived_first(names) {
             let updated = match kept.get_mut(&name) {
                 Some(table) => table.update_incremental(None).await.is_ok(),
                 None => false,
@@ -51,8 +51,29 @@ impl OpenTables {
                 out.push((name, table.clone()));
             }
         }
+        out.sort_by_key(|(name, _)| listing_key(name));
         Ok(out)
     }
+}
+
+/// `names` in the order to load them: `views.*`, then `current.*`, then `raw.*`. Data flows the
+/// other way (raw → current → views), so a table loaded later is at least as new as the tables
+/// derived from it that were loaded before: a query never sees a view holding rows its source
+/// does not have yet.
+fn derived_first(mut names: Vec<String>) -> Vec<String> {
+    names.sort_by_key(|name| std::cmp::Reverse(namespace_rank(name)));
+    names
+}
+
+/// The namespace's place in [`NAMESPACES`].
+fn namespace_rank(name: &str) -> usize {
+    let ns = name.split_once('.').map_or(name, |(ns, _)| ns);
+    NAMESPACES.iter().position(|n| *n == ns).unwrap_or(NAMESPACES.len())
+}
+
+/// Listing order: by namespace as in [`NAMESPACES`], then by name.
+fn listing_key(name: &str) -> (usize, String) {
+    (namespace_rank(name), name.to_string())
 }
 
 /// Why a lake operation failed.
@@ -211,12 +232,13 @@ impl Lake {
     /// Every table of the lake, opened at its latest version, in listing order.
     pub async fn open_all(&self) -> Result<Vec<(String, DeltaTable)>, LakeError> {
         let mut out = Vec::new();
-        for name in self.table_names().await? {
+        for name in derived_first(self.table_names().await?) {
             // A directory without a first commit yet is not a table.
             if let Some(table) = self.try_open(&name, None).await? {
                 out.push((name, table));
             }
         }
+        out.sort_by_key(|(name, _)| listing_key(name));
         Ok(out)
     }
 
@@ -332,4 +354,16 @@ pub fn check_name(name: &str) -> Result<(), LakeError> {
             && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     });
     if ok { Ok(()) } else { Err(LakeError::BadName(name.into())) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn derived_tables_load_before_their_sources() {
+        let names = ["raw.a", "raw.b", "current.a", "views.v"].map(String::from).to_vec();
+        assert_eq!(super::derived_first(names.clone()), ["views.v", "current.a", "raw.a", "raw.b"]);
+        let mut listed = super::derived_first(names.clone());
+        listed.sort_by_key(|n| super::listing_key(n));
+        assert_eq!(listed, names, "listing order comes back");
+    }
 }
