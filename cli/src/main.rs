@@ -98,15 +98,6 @@ enum Command {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    // `weir up` and `weir demo` log to a file (named by the configuration) and keep the
-    // terminal for their status; see `run`.
-    if matches!(cli.command, Command::Up(_) | Command::Demo(_)) {
-        if let Err(e) = run(cli).await {
-            eprintln!("weir: {e:#}");
-            std::process::exit(1);
-        }
-        return;
-    }
     let is_service = matches!(
         cli.command,
         Command::Registry(_)
@@ -117,28 +108,27 @@ async fn main() {
             | Command::Stream(_)
             | Command::Serve(_)
     );
-    // One-shot commands end with one clear error; librdkafka's retry chatter would bury it.
-    // The Delta kernel (crate buoyant_kernel) logs a table that does not exist yet, a writer's
-    // first open, as an error.
-    telemetry::init_logs(if is_service {
-        "info,librdkafka=warn,buoyant_kernel=off"
-    } else {
-        "warn,librdkafka=off,buoyant_kernel=off"
-    });
+    // `weir up` and `weir demo` log to the file their configuration names and keep the terminal
+    // for their status (see `run`). One-shot commands end with one clear error; librdkafka's
+    // retry chatter would bury it.
+    if !matches!(cli.command, Command::Up(_) | Command::Demo(_)) {
+        telemetry::init_logs(if is_service { SERVICE_LOG } else { "warn,librdkafka=off,buoyant_kernel=off" });
+    }
     if let Err(e) = run(cli).await {
         eprintln!("weir: {e:#}");
         std::process::exit(1);
     }
 }
 
-/// What `weir up` and `weir demo` log to the file (the rest as for other services).
-const UP_LOG_LEVEL: &str = "info,librdkafka=warn,buoyant_kernel=off";
+/// What services log (for `weir up` and `weir demo`: to their log file). The Delta kernel (crate
+/// buoyant_kernel) logs a table that does not exist yet, a writer's first open, as an error.
+const SERVICE_LOG: &str = "info,librdkafka=warn,buoyant_kernel=off";
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::load(cli.config.as_deref())?;
     match &cli.command {
-        Command::Up(a) => telemetry::init_logs_to_file(UP_LOG_LEVEL, &config.up.log_file, a.verbose)?,
-        Command::Demo(a) => telemetry::init_logs_to_file(UP_LOG_LEVEL, &config.up.log_file, a.up.verbose)?,
+        Command::Up(a) => telemetry::init_logs_to_file(SERVICE_LOG, &config.up.log_file, a.verbose)?,
+        Command::Demo(a) => telemetry::init_logs_to_file(SERVICE_LOG, &config.up.log_file, a.up.verbose)?,
         _ => {}
     }
     weir_schemas::http::configure(&config.http)?;
