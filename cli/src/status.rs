@@ -135,6 +135,7 @@ impl Status {
 
     /// The current status, a line each.
     pub async fn lines(&mut self) -> Vec<String> {
+        self.check_dag_files().await;
         let mut lines = vec![self.roles_line()];
         if let Some(m) = self.lag.latest() {
             let mut lake = Vec::new();
@@ -206,8 +207,9 @@ impl Status {
         line
     }
 
-    async fn dags_line(&self) -> Option<String> {
-        // DAG files the scheduler refused: a problem on /healthz and here, the others still run.
+    /// DAG files the scheduler refused: a problem on /healthz and in the roles line while any is
+    /// refused; the other DAGs still run.
+    async fn check_dag_files(&self) {
         match self.store.import_errors().await {
             Ok(errors) if !errors.is_empty() => {
                 let named: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -217,6 +219,9 @@ impl Status {
             Ok(_) => self.health.clear(DAG_FILES),
             Err(e) => tracing::warn!(error = %e, "reading the refused DAG files"),
         }
+    }
+
+    async fn dags_line(&self) -> Option<String> {
         let dags = self.store.dags().await.ok()?;
         let mut parts = Vec::new();
         for d in dags {
