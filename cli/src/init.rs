@@ -106,17 +106,14 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         false => println!("  cd {} && weir up", args.dir.display()),
     }
     if let Some(first) = report.tables.first() {
-        let (db, table) = first.split_once('.').unwrap_or(("", first));
-        let raw = table_name(&format!("{}.{db}.{table}", args.prefix));
+        let topic = topic(&args.prefix, first);
+        let raw = table_name(&topic);
         println!(
             "  then: a snapshot of every captured table, then each change within a second; {raw} and {} \
              within the lake's flush interval (lake.flush_interval); the banner prints psql and dashboard URLs;",
             raw.replacen("raw.", "current.", 1)
         );
-        println!(
-            "        in a second terminal: weir topics list · weir consume {}.{db}.{table} --group look",
-            args.prefix
-        );
+        println!("        in a second terminal: weir topics list · weir consume {topic} --group look");
     }
     anyhow::ensure!(
         report.problems.is_empty(),
@@ -124,6 +121,11 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         report.problems.len()
     );
     Ok(())
+}
+
+/// The change-event topic of `db.table` under `prefix`.
+fn topic(prefix: &str, db_table: &str) -> String {
+    format!("{prefix}.{db_table}")
 }
 
 fn abbreviate(tables: &[String]) -> String {
@@ -149,8 +151,7 @@ fn write_project(
     );
     let mut files = vec![(config, weir_toml(source)?)];
     if let Some(first) = tables.first() {
-        let (db, table) = first.split_once('.').unwrap_or(("", first));
-        let topic = format!("{}.{db}.{table}", source.topic_prefix);
+        let topic = topic(&source.topic_prefix, first);
         let raw = table_name(&topic);
         let name = raw.trim_start_matches("raw.").to_string();
         files.push((dir.join(format!("dags/{name}_daily.yaml")), dag(&name, &raw)));
