@@ -94,3 +94,18 @@ async fn an_owner_that_does_not_serve_is_named() {
         Ok(_) => panic!("expected NotServed, got a bus"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_batches_of_a_remote_producer_take_turns_over_the_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let _owner = owner(dir.path());
+    let client = RemoteBus::connect(dir.path()).await.unwrap();
+    client.create_topic("t", 4).await.unwrap();
+    let producer = client.producer().await.unwrap();
+    let mut partitions = BTreeSet::new();
+    for i in 0..4 {
+        let record = Record { value: Some(format!("v{i}").into()), ..Record::default() };
+        partitions.insert(producer.send("t", vec![record]).await.unwrap()[0].partition);
+    }
+    assert_eq!(partitions, (0..4).collect(), "as one in-process producer: a batch per partition in turn");
+}

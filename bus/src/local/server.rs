@@ -16,7 +16,7 @@ use super::{
     Inner, LocalBus,
     wire::{self, Request, Response},
 };
-use crate::{Bus, BusError, Consumer, ConsumerConfig, Result, TopicPartition};
+use crate::{Bus, BusError, Consumer, ConsumerConfig, Producer, Result, TopicPartition};
 
 /// The socket's file name inside the log's directory.
 pub const SOCKET: &str = "bus.sock";
@@ -68,9 +68,17 @@ pub(super) fn start(dir: &Path, inner: Weak<Inner>) -> Result<Serving> {
     Ok(Serving { task: task.abort_handle(), path })
 }
 
+/// What one connection has opened: a producer (so that records without key or partition move on
+/// to the next partition batch by batch, as one in-process producer's do), a consumer.
+#[derive(Default)]
+struct Session {
+    producer: Option<Box<dyn Producer>>,
+    consumer: Option<Box<dyn Consumer>>,
+}
+
 /// Answers one connection's requests in order until it closes.
 async fn connection(bus: LocalBus, mut stream: UnixStream) -> std::io::Result<()> {
-    let mut consumer: Option<Box<dyn Consumer>> = None;
+    let mut session = Session::default();
     // The connection holds the log only while a request is answered or a consumer is open.
     let weak = std::sync::Arc::downgrade(&bus.inner);
     drop(bus);
@@ -78,7 +86,7 @@ async fn connection(bus: LocalBus, mut stream: UnixStream) -> std::io::Result<()
     while let Some(request) = wire::read::<Request>(&mut stream, &mut buf).await? {
         let Some(inner) = weak.upgrade() else { break };
         let bus = LocalBus { inner };
-        let response = match answer(&bus, &mut consumer, request).await {
+        let response = match answer(&bus, &mut session, request).await {
             Ok(r) => r,
             Err(e) => Response::Failed(e.into()),
         };
@@ -92,7 +100,8 @@ fn member(c: &mut Option<Box<dyn Consumer>>) -> Result<&mut Box<dyn Consumer>> {
     c.as_mut().ok_or_else(|| BusError::InvalidArgument("this connection is not a consumer".into()))
 }
 
-async fn answer(bus: &LocalBus, consumer: &mut Option<Box<dyn Consumer>>, request: Request) -> Result<Response> {
+async fn answer(bus: &LocalBus, session: &mut Session, request: Request) -> Result<Response> {
+    let consumer = &mut session.consumer;
     Ok(match request {
         Request::CreateTopic { name, partitions } => {
             bus.create_topic(&name, partitions).await?;
@@ -102,7 +111,10 @@ async fn answer(bus: &LocalBus, consumer: &mut Option<Box<dyn Consumer>>, reques
         Request::Topic { name } => Response::Topics(wire::topics(vec![bus.topic(&name).await?])),
         Request::EndOffsets { topic } => Response::Offsets(bus.end_offsets(&topic).await?),
         Request::Send { topic, records } => {
-            let producer = bus.producer().await?;
+            let producer = match &mut session.producer {
+                Some(p) => p,
+                None => session.producer.insert(bus.producer().await?),
+            };
             let delivered = producer.send(&topic, records.into_iter().map(Into::into).collect()).await?;
             Response::Delivered(wire::delivered(delivered))
         }
