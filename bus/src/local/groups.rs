@@ -112,6 +112,7 @@ impl Groups {
         let before = g.held.len();
         g.held.retain(|tp, holder| *holder != member || assigned.contains(tp));
         let released = g.held.len() < before;
+        let wanted = assigned.len();
         let mut partitions = Vec::new();
         for tp in assigned {
             let holder = *g.held.entry(tp.clone()).or_insert(member);
@@ -119,7 +120,7 @@ impl Groups {
                 partitions.push(tp);
             }
         }
-        let complete = partitions.len() == g.assignment.get(&member).map_or(0, Vec::len);
+        let complete = partitions.len() == wanted;
         Taken { generation: g.generation, partitions, complete, released }
     }
 
