@@ -67,6 +67,10 @@ impl Replayed {
     /// Reads the last record of every partition of the topics named `<prefix>.<db>.<table>`,
     /// keeping the positions at or after `from` in one of the server's binlog `files`.
     pub async fn load(bus: &dyn Bus, prefix: &str, from: &Offset, files: &[String]) -> Result<Replayed, BusError> {
+        if from.file.is_empty() {
+            // Nothing saved yet: nothing of this source can be on the bus past it.
+            return Ok(Replayed::default());
+        }
         let start = Position { file: from.file.clone(), pos: from.pos, row: 0 };
         let ours = format!("{prefix}.");
         let mut tails = Vec::new();
@@ -83,7 +87,7 @@ impl Replayed {
             partitions.insert(t.name, t.partitions);
         }
         let mut replayed = Replayed { tails: HashMap::new(), partitions };
-        if tails.is_empty() || from.file.is_empty() {
+        if tails.is_empty() {
             return Ok(replayed);
         }
         let mut consumer = bus.consumer(ConsumerConfig::new(format!("{prefix}.replay-check"))).await?;
