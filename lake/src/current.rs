@@ -14,6 +14,8 @@ use deltalake::{
     operations::write::SchemaMode, protocol::SaveMode,
 };
 
+use weir_schemas::position::Position;
+
 use crate::{
     avro_arrow::META_COLUMNS,
     catalog::{Lake, LakeError},
@@ -41,8 +43,8 @@ fn base_name(name: &str) -> &str {
     name.strip_prefix("raw.").or_else(|| name.strip_prefix("current.")).unwrap_or(name)
 }
 
-/// The source position (`file`, `pos`, `row`) of the change log's latest truncate, if any.
-async fn latest_truncate(ctx: &SessionContext) -> Result<Option<(String, i64, i64)>, LakeError> {
+/// The source position of the change log's latest truncate, if any.
+async fn latest_truncate(ctx: &SessionContext) -> Result<Option<Position>, LakeError> {
     let query = |e| LakeError::Query(Box::new(e));
     let frame = ctx.sql("SELECT _pos FROM change_log WHERE _op = 't' AND _pos IS NOT NULL").await.map_err(query)?;
     let batches = frame.collect().await.map_err(query)?;
@@ -51,11 +53,7 @@ async fn latest_truncate(ctx: &SessionContext) -> Result<Option<(String, i64, i6
         // DataFusion may hand text back as a view array: make it plain UTF-8 first.
         let column = deltalake::arrow::compute::cast(batch.column(0), &deltalake::arrow::datatypes::DataType::Utf8)
             .map_err(|e| LakeError::Query(Box::new(e.into())))?;
-        for text in column.as_string::<i32>().iter().flatten() {
-            let mut parts = text.rsplitn(3, ':');
-            let (Some(row), Some(pos), Some(file)) = (parts.next(), parts.next(), parts.next()) else { continue };
-            let (Ok(row), Ok(pos)) = (row.parse::<i64>(), pos.parse::<i64>()) else { continue };
-            let position = (file.to_string(), pos, row);
+        for position in column.as_string::<i32>().iter().flatten().filter_map(|t| Position::parse(t.as_bytes())) {
             if latest.as_ref().is_none_or(|l| position > *l) {
                 latest = Some(position);
             }
@@ -104,7 +102,7 @@ pub async fn build(lake: &Lake, name: &str) -> Result<BuildStats, LakeError> {
 
     // A truncate (`_op = 't'`) empties the table: only changes after the latest one count.
     let after_truncate = match latest_truncate(&ctx).await? {
-        Some((file, pos, row)) => {
+        Some(Position { file, pos, row }) => {
             let (f, p, r) = (
                 "split_part(_pos, ':', 1)",
                 "CAST(split_part(_pos, ':', 2) AS BIGINT)",

@@ -11,6 +11,7 @@
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, body).
 //! - [`json`]: values as Kafka Connect's JSON converter writes them (schema + payload), the
 //!   alternative to Avro.
+//! - [`position`]: a binlog source position as text (`file:pos:row`), in binlog order.
 //! - [`registry`]: the Confluent Schema Registry REST API — an HTTP client, a store in the
 //!   metadata database, and a server for that store.
 //! - [`http`]: the outgoing HTTP client (https, private CAs, bounded times) every role uses.
@@ -30,6 +31,7 @@ pub mod envelope;
 pub mod http;
 pub mod json;
 pub mod metadata;
+pub mod position;
 pub mod registry;
 pub mod secret;
 pub mod serializer;

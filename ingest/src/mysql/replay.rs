@@ -13,39 +13,14 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use weir_bus::{Bus, BusError, ConsumerConfig, Record, TopicPartition, partitioner::partition_for_key};
+
+pub use weir_schemas::position::Position;
 
 use super::offset::Offset;
 
 /// The header holding a change record's binlog position.
 pub const POSITION_HEADER: &str = "weir.pos";
-
-/// A binlog position: file, event start, row within the event.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
-    /// Binlog file (`mysql-bin.000003`: one server's names sort in binlog order).
-    pub file: String,
-    /// The event's start in the file.
-    pub pos: u64,
-    /// The row within the event.
-    pub row: u64,
-}
-
-impl Position {
-    /// `file:pos:row`.
-    pub fn encode(&self) -> Bytes {
-        Bytes::from(format!("{}:{}:{}", self.file, self.pos, self.row))
-    }
-
-    /// Reads `file:pos:row` (the file may itself contain `:`).
-    pub fn parse(bytes: &[u8]) -> Option<Position> {
-        let text = std::str::from_utf8(bytes).ok()?;
-        let (rest, row) = text.rsplit_once(':')?;
-        let (file, pos) = rest.rsplit_once(':')?;
-        Some(Position { file: file.to_string(), pos: pos.parse().ok()?, row: row.parse().ok()? })
-    }
-}
 
 /// Tags `pending`, the records of one change, with the change's position.
 pub fn tag(pending: &mut [(String, Record)], position: &Position) {
@@ -159,22 +134,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn positions_read_back_and_sort_in_binlog_order() {
-        let p = |file: &str, pos, row| Position { file: file.into(), pos, row };
-        assert_eq!(Position::parse(&p("mysql-bin.000002", 1234, 3).encode()), Some(p("mysql-bin.000002", 1234, 3)));
-        assert_eq!(Position::parse(b"host:bin.1:7:0"), Some(p("host:bin.1", 7, 0)));
-        assert_eq!(Position::parse(b"nonsense"), None);
-        assert!(p("mysql-bin.000001", 900, 0) < p("mysql-bin.000001", 1000, 0));
-        assert!(p("mysql-bin.000001", 1000, 9) < p("mysql-bin.000002", 4, 0));
-        assert!(p("mysql-bin.000001", 1000, 1) < p("mysql-bin.000001", 1000, 2));
-    }
-
-    #[test]
     fn the_replayed_window_is_dropped_per_partition_and_then_nothing() {
         let at = |pos| Position { file: "b.000001".into(), pos, row: 0 };
         let record = |partition, pos| {
-            let mut r =
-                Record { partition: Some(partition), value: Some(Bytes::from_static(b"v")), ..Record::default() };
+            let mut r = Record {
+                partition: Some(partition),
+                value: Some(bytes::Bytes::from_static(b"v")),
+                ..Record::default()
+            };
             r.headers.push((POSITION_HEADER.into(), at(pos).encode()));
             ("t".to_string(), r)
         };
