@@ -8,6 +8,14 @@
 //! repeats nothing (the offsets moved in the same atomic commit). Writers on different partitions
 //! of one topic append to one table safely: appends do not conflict and each owns its app ids.
 //!
+//! Fencing: two writers on one partition (an overlapping deploy, a rebalance) must not both
+//! commit the same offsets. Each commit expects every partition's stored `txn` version to be the
+//! one its batch started from; it checks that on the snapshot it commits against, and Delta's
+//! conflict check (`ConcurrentTransaction`) catches a commit with the same app id that lands in
+//! between. A writer whose partition moved under it is a zombie: its commit is dropped (the files
+//! stay unreferenced until vacuum), it logs and counts that (`weir_lake_fenced_total`) and rejoins
+//! from the offsets the table holds.
+//!
 //! Records that cannot be decoded (not the Confluent wire format, unknown schema id, a body that
 //! does not follow its schema) go to `<topic>.dlq` with the reason and origin in headers; the
 //! writer continues. A bad header or schema id is found as the record is read and sent at once;
@@ -51,6 +59,10 @@ use crate::{
 /// each a fresh mapping the kernel zeroes, which cost the writer up to a tenth of its CPU.
 const CHUNK_RECORDS: usize = 4000;
 
+/// How long a drain that is behind the topic's end waits for its first record (a Kafka
+/// consumer's start-up) before it takes the end offset for one counting records never delivered.
+const FIRST_RECORD_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the writer stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -86,6 +98,20 @@ pub enum WriterError {
         topic: String,
         /// Cause.
         source: Box<RegistryError>,
+    },
+    /// Another writer committed offsets of these partitions since this writer's batch began
+    /// (`(partition, expected, stored)`); the writer drops the batch and rejoins from the table.
+    #[error(
+        "lake writer for {topic}: another writer moved partitions {moved:?} (partition, expected, stored) of table \
+         {table}; this writer's batch is dropped"
+    )]
+    Fenced {
+        /// The topic.
+        topic: String,
+        /// The table URL.
+        table: String,
+        /// The partitions whose stored version moved: (partition, expected, stored).
+        moved: Vec<(u32, i64, i64)>,
     },
     /// The Delta table could not be read or written.
     #[error("lake writer for {topic}: Delta table {table}: {source}")]
@@ -125,6 +151,8 @@ pub struct DrainStats {
     pub commits: u64,
     /// Records sent to the DLQ.
     pub dead_letters: u64,
+    /// Batches dropped because another writer had committed their partitions (see fencing).
+    pub fenced: u64,
 }
 
 /// How change-log files are encoded: Snappy-compressed Parquet (Delta's and Spark's default),
@@ -185,6 +213,11 @@ pub struct TopicWriter {
     current: Option<Chunk>,
     /// Next offset per partition, as far as rows are buffered.
     next: BTreeMap<u32, i64>,
+    /// Next offset per partition as the table holds it after this writer's last commit (or when
+    /// it opened or rejoined): what the next commit expects to find (see the module's fencing).
+    committed: BTreeMap<u32, i64>,
+    /// Counts rejoins, so that a batch being buffered stops at one.
+    epoch: u64,
     /// Where the chunks of the commit being gathered went (`None`: none yet).
     pending: Option<Rows>,
     /// Records (with a value) read since the last commit.
@@ -211,6 +244,8 @@ struct Committed {
     table: DeltaTable,
     rows: usize,
     dead: usize,
+    /// The partitions' next offsets it stored.
+    offsets: BTreeMap<u32, i64>,
 }
 
 impl TopicWriter {
@@ -257,7 +292,9 @@ impl TopicWriter {
             registry,
             layouts: HashMap::new(),
             current: None,
+            committed: next.clone(),
             next,
+            epoch: 0,
             pending: None,
             buffered: 0,
             buffered_bytes: 0,
@@ -287,23 +324,37 @@ impl TopicWriter {
 
     /// Reads what the topic held when called (up to its end offsets then), committing by the
     /// flush policy and once at the end. Stops early if the topic has nothing more for `idle`
-    /// (a Kafka end offset can count control records that are never delivered).
+    /// (a Kafka end offset can count control records that are never delivered), or, before the
+    /// first record arrives, for [`FIRST_RECORD_WAIT`].
     pub async fn drain(&mut self, idle: Duration) -> Result<DrainStats, WriterError> {
         self.stats = DrainStats::default();
-        let drained = self.drain_rows(idle).await;
-        self.landing(drained).await?;
-        Ok(self.stats)
+        loop {
+            let epoch = self.epoch;
+            let drained = self.drain_rows(idle).await;
+            self.landing(drained).await?;
+            if self.epoch == epoch {
+                return Ok(self.stats);
+            }
+            // Fenced at the last commit: read on from the offsets the table holds.
+        }
     }
 
     async fn drain_rows(&mut self, idle: Duration) -> Result<(), WriterError> {
         let ends = self.bus.end_offsets(&self.topic).await.map_err(|e| self.bus_err(e))?;
         self.drain_ends = Some(ends);
+        let started = Instant::now();
+        let mut arrived = false;
         let drained = async {
             while !self.drained() {
                 let batch = self.consumer.poll(idle).await.map_err(|e| self.bus_err(e))?;
                 if batch.is_empty() {
-                    break;
+                    // A Kafka consumer's first fetch can take longer than `idle`.
+                    if arrived || started.elapsed() >= idle.max(FIRST_RECORD_WAIT) {
+                        break;
+                    }
+                    continue;
                 }
+                arrived = true;
                 self.take(batch).await?;
                 if self.due() {
                     self.commit().await?;
@@ -381,7 +432,11 @@ impl TopicWriter {
 
     /// Buffers a polled batch.
     async fn take(&mut self, messages: Vec<Message>) -> Result<(), WriterError> {
+        let epoch = self.epoch;
         for m in messages {
+            if self.epoch != epoch {
+                break; // fenced and rejoined: the consumer reads again from the table's offsets
+            }
             self.next.insert(m.partition, m.offset + 1);
             let Some(value) = &m.value else { continue }; // tombstone
             let size = value.len();
@@ -511,6 +566,7 @@ impl TopicWriter {
     async fn settle(&mut self) -> Result<(), WriterError> {
         let Some(handle) = self.in_flight.take() else { return Ok(()) };
         let committed = match handle.await {
+            Ok(Err(WriterError::Fenced { moved, .. })) => return self.rejoin(&moved).await,
             Ok(result) => result?,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => {
@@ -522,9 +578,34 @@ impl TopicWriter {
             }
         };
         self.table = committed.table;
+        self.committed = committed.offsets;
         self.stats.rows += committed.rows as u64;
         self.stats.dead_letters += committed.dead as u64;
         self.stats.commits += 1;
+        Ok(())
+    }
+
+    /// After another writer moved `moved` partitions: drops what is buffered, reads the table
+    /// again and positions the consumer at the offsets it holds.
+    async fn rejoin(&mut self, moved: &[(u32, i64, i64)]) -> Result<(), WriterError> {
+        tracing::warn!(topic = %self.topic, table = %self.table_url, ?moved, "another writer committed this writer's partitions (partition, expected, stored): dropping the batch and rejoining from the table");
+        metrics::counter!("weir_lake_fenced_total", "topic" => self.topic.clone()).increment(1);
+        self.stats.fenced += 1;
+        self.current = None;
+        self.pending = None;
+        self.buffered = 0;
+        self.buffered_bytes = 0;
+        self.dead_since_commit = 0;
+        self.oldest = None;
+        self.epoch += 1;
+        self.table.update_state().await.map_err(|e| self.delta_err(e))?;
+        let partitions: Vec<u32> = self.next.keys().copied().collect();
+        self.next = stored_offsets(&self.table, &self.topic, &partitions).await.map_err(|e| self.delta_err(e))?;
+        self.committed = self.next.clone();
+        for (&p, &offset) in &self.next {
+            let tp = TopicPartition::new(&self.topic, p);
+            self.consumer.seek(&tp, offset).await.map_err(|e| self.bus_err(e))?;
+        }
         Ok(())
     }
 
@@ -560,27 +641,39 @@ impl TopicWriter {
                 // past dead letters they are saved now (a commit of `txn` actions alone), so
                 // that a restart does not send them to the DLQ again.
                 if self.dead_since_commit > 0 && self.table.version().is_some() {
-                    self.table = files::commit(&self.table, Vec::new(), txns).await.map_err(|e| self.delta_err(e))?;
+                    match self.job(txns, 0).record(Vec::new()).await {
+                        Err(WriterError::Fenced { moved, .. }) => return self.rejoin(&moved).await,
+                        recorded => self.table = recorded?,
+                    }
+                    self.committed = self.next.clone();
                     self.dead_since_commit = 0;
                 }
                 self.oldest = None;
                 return Ok(());
             }
         };
-        let job = CommitJob {
-            topic: self.topic.clone(),
-            table_url: self.table_url.clone(),
-            table: self.table.clone(),
-            txns,
-            dlq: self.dlq.clone(),
-            helpers,
-        };
+        let job = self.job(txns, helpers);
         self.in_flight = Some(tokio::spawn(job.run(rows)));
         self.dead_since_commit = 0;
         self.buffered = 0;
         self.buffered_bytes = 0;
         self.oldest = None;
         Ok(())
+    }
+}
+
+impl TopicWriter {
+    /// A commit of `txns` on the table as this writer knows it, expecting the offsets it committed last.
+    fn job(&self, txns: Vec<Transaction>, helpers: usize) -> CommitJob {
+        CommitJob {
+            topic: self.topic.clone(),
+            table_url: self.table_url.clone(),
+            table: self.table.clone(),
+            txns,
+            expected: self.committed.clone(),
+            dlq: self.dlq.clone(),
+            helpers,
+        }
     }
 }
 
@@ -600,6 +693,8 @@ struct CommitJob {
     table_url: String,
     table: DeltaTable,
     txns: Vec<Transaction>,
+    /// The partitions' next offsets the table must hold before this commit (see fencing).
+    expected: BTreeMap<u32, i64>,
     dlq: Dlq,
     /// Writers that may help close the files (see [`Appender::finish`]).
     helpers: usize,
@@ -634,7 +729,8 @@ impl CommitJob {
         };
         metrics::counter!("weir_lake_rows_total", "topic" => self.topic.clone()).increment(rows as u64);
         tracing::info!(topic = %self.topic, rows, dead, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
-        Ok(Committed { table, rows, dead })
+        let offsets = self.txns.iter().filter_map(|t| Some((partition_of(&t.app_id)?, t.version))).collect();
+        Ok(Committed { table, rows, dead, offsets })
     }
 
     async fn dead_letters(&self, dead: &[(Message, String)]) -> Result<(), WriterError> {
@@ -647,6 +743,7 @@ impl CommitJob {
     async fn record(&mut self, adds: Vec<deltalake::kernel::Add>) -> Result<DeltaTable, WriterError> {
         let mut attempt = 1;
         loop {
+            self.fence().await?;
             match files::commit(&self.table, adds.clone(), self.txns.clone()).await {
                 Ok(table) => return Ok(table),
                 Err(e) => self.conflicted(e, &mut attempt).await?,
@@ -672,11 +769,29 @@ impl CommitJob {
             if evolve {
                 write = write.with_schema_mode(SchemaMode::Merge);
             }
+            self.fence().await?;
             match write.await {
                 Ok(table) => return Ok(table),
                 Err(e) => self.conflicted(e, &mut attempt).await?,
             }
         }
+    }
+
+    /// `Ok` when every partition's stored next offset in the table (as last read) is the one this
+    /// commit expects; else [`WriterError::Fenced`] naming those that moved.
+    async fn fence(&self) -> Result<(), WriterError> {
+        let partitions: Vec<u32> = self.expected.keys().copied().collect();
+        let stored = stored_offsets(&self.table, &self.topic, &partitions).await.map_err(|e| self.delta_err(e))?;
+        let moved: Vec<(u32, i64, i64)> = self
+            .expected
+            .iter()
+            .filter(|&(p, e)| stored.get(p) != Some(e))
+            .map(|(&p, &e)| (p, e, stored.get(&p).copied().unwrap_or(0)))
+            .collect();
+        if moved.is_empty() {
+            return Ok(());
+        }
+        Err(WriterError::Fenced { topic: self.topic.clone(), table: self.table_url.clone(), moved })
     }
 
     /// After a failed commit: `Ok` to try again (a conflict with attempts left; the table has
@@ -693,6 +808,11 @@ impl CommitJob {
             e => Err(self.delta_err(e)),
         }
     }
+}
+
+/// The partition of a `txn` app id made by [`app_id`].
+fn partition_of(app_id: &str) -> Option<u32> {
+    app_id.rsplit_once(':')?.1.parse().ok()
 }
 
 /// Whether rows of `schema` add columns to `table` (they then evolve it); an error when a column

@@ -198,3 +198,54 @@ async fn two_writers_race_on_one_s3_table_and_write_every_row_once() {
     assert_eq!(a.drain(Duration::from_millis(200)).await.unwrap().rows, 0);
     assert_eq!(lake.tables().await.unwrap()[0].name, "raw.shop_inv_orders");
 }
+
+/// Rows and distinct `(partition, offset)` pairs in the change log.
+async fn rows_and_distinct(lake: &Lake) -> (i64, i64) {
+    let all = count(lake, "SELECT count(*) FROM raw.shop_inv_orders").await;
+    let distinct =
+        count(lake, "SELECT count(DISTINCT concat(_partition, ':', _offset)) FROM raw.shop_inv_orders").await;
+    (all, distinct)
+}
+
+#[tokio::test]
+async fn a_writer_whose_partition_another_committed_is_fenced_and_rejoins() {
+    let s = setup(1).await;
+    let lake = Lake::new(&s.lake_config());
+    produce(&s, 0, 100, false).await;
+    let mut a = writer(&s, &lake, None, 1000).await;
+    a.drain(Duration::from_millis(200)).await.unwrap();
+    // B starts from the table as it is now; A moves on before B commits anything.
+    let mut b = writer(&s, &lake, None, 1000).await;
+    produce(&s, 100, 100, false).await;
+    let ra = a.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!((ra.rows, ra.fenced), (100, 0));
+    produce(&s, 200, 50, false).await;
+    let rb = b.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(rb.fenced, 1, "B's batch of offsets A had committed is dropped: {rb:?}");
+    // Rejoined at A's offsets, B writes only what A had not.
+    let (all, distinct) = rows_and_distinct(&lake).await;
+    assert_eq!((all, distinct), (250, 250), "every change once");
+    assert_eq!(rb.rows, 50, "{rb:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_racing_on_every_partition_write_each_row_once() {
+    let s = setup(2).await;
+    let lake = Lake::new(&s.lake_config());
+    let mut a = writer(&s, &lake, None, 37).await;
+    let mut b = writer(&s, &lake, None, 53).await;
+    let mut fenced = 0;
+    for round in 0..6 {
+        produce(&s, round * 300, 300, false).await;
+        let (ra, rb) = tokio::join!(a.drain(Duration::from_millis(100)), b.drain(Duration::from_millis(100)));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        fenced += ra.fenced + rb.fenced;
+        let (all, distinct) = rows_and_distinct(&lake).await;
+        assert_eq!(all, distinct, "round {round}: a row written twice ({ra:?} {rb:?})");
+    }
+    // What either left behind when fenced last, a restarted writer picks up.
+    let mut c = writer(&s, &lake, None, 1000).await;
+    c.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(rows_and_distinct(&lake).await, (1800, 1800));
+    assert!(fenced > 0, "the writers raced for the same partitions");
+}
