@@ -249,3 +249,41 @@ async fn two_writers_racing_on_every_partition_write_each_row_once() {
     assert_eq!(rows_and_distinct(&lake).await, (1800, 1800));
     assert!(fenced > 0, "the writers raced for the same partitions");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_thousands_of_commits_opens_from_its_checkpoint() {
+    let s = setup(1).await;
+    let lake = Lake::new(&s.lake_config());
+    produce(&s, 0, 2000, false).await;
+    let mut w = writer(&s, &lake, None, 1000).await;
+    assert_eq!(w.drain(Duration::from_millis(200)).await.unwrap().commits, 2);
+    // Then 2,000 more commits as the writer makes them past dead letters: `txn` actions alone
+    // (faster to make than 2,000 commits of rows, which the log does not tell apart).
+    let mut table = w.table().clone();
+    drop(w);
+    let next = weir_lake::writer::committed_offsets(&table, TOPIC, 1).await.unwrap()[&0];
+    for _ in 0..2000 {
+        let txn = deltalake::kernel::Transaction::new(weir_lake::writer::app_id(TOPIC, 0), next);
+        table = weir_lake::files::commit(&table, Vec::new(), vec![txn]).await.unwrap();
+    }
+    assert_eq!(table.version(), Some(2002));
+    let log = s.dir.path().join("lake/raw/shop_inv_orders/_delta_log");
+    let last: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(log.join("_last_checkpoint")).unwrap()).unwrap();
+    let checkpoint = last["version"].as_i64().unwrap();
+    assert_eq!(checkpoint, 1999, "a checkpoint every 100 commits (Delta's default interval): {last}");
+    // Without the commits the checkpoint covers, the table can only open from the checkpoint.
+    for version in 0..=checkpoint {
+        std::fs::remove_file(log.join(format!("{version:020}.json"))).unwrap();
+    }
+    let started = std::time::Instant::now();
+    let table = lake.open("raw.shop_inv_orders", None).await.unwrap();
+    eprintln!("opened at version {:?} in {:?}", table.version(), started.elapsed());
+    assert_eq!(table.version(), Some(2002));
+    assert_eq!(rows_and_distinct(&lake).await, (2000, 2000));
+    // The offsets (`txn` actions) are in the checkpoint too: a new writer adds only new rows.
+    produce(&s, 2000, 10, false).await;
+    let mut w = writer(&s, &lake, None, 1000).await;
+    assert_eq!(w.drain(Duration::from_millis(200)).await.unwrap().rows, 10);
+    assert_eq!(rows_and_distinct(&lake).await, (2010, 2010));
+}
