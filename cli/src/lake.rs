@@ -44,11 +44,14 @@ pub enum LakeCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Rebuild `current.<name>` (latest row per primary key) from `raw.<name>`; every table
-    /// with a key when none is named.
+    /// Bring `current.<name>` (latest row per primary key) up to date with `raw.<name>`, from
+    /// the changes since its last build; every table with a key when none is named.
     Snapshot {
         /// `raw.<name>`, `current.<name>` or `<name>`.
         table: Option<String>,
+        /// Rebuild from the whole change log instead.
+        #[arg(long)]
+        full: bool,
     },
     /// Compact a table's small files into larger ones, as a new version.
     Optimize {
@@ -104,20 +107,26 @@ pub async fn run(config: &Config, command: LakeCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LakeCommand::Snapshot { table } => {
+        LakeCommand::Snapshot { table, full } => {
             let names = match table {
                 Some(t) => vec![t],
                 None => lake.tables().await?.into_iter().map(|t| t.name).filter(|n| n.starts_with("raw.")).collect(),
             };
             for name in names {
-                let stats = weir_lake::current::build(&lake, &name).await?;
+                let stats = if full {
+                    weir_lake::current::rebuild(&lake, &name).await?
+                } else {
+                    weir_lake::current::build(&lake, &name).await?
+                };
                 println!(
-                    "{}: {} row(s), version {} (from {} version {})",
+                    "{}: {} row(s), version {} (from {} version {}, {} {} change(s) read)",
                     stats.table,
                     stats.rows,
                     stats.version,
                     name.replace("current.", "raw."),
-                    stats.raw_version
+                    stats.raw_version,
+                    if stats.incremental { "incremental," } else { "full," },
+                    stats.changes
                 );
             }
             Ok(())

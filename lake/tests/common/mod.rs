@@ -23,6 +23,8 @@ pub struct Setup {
     pub bus: Arc<LocalBus>,
     pub registry: Arc<dyn SchemaRegistry>,
     pub serializer: AvroSerializer,
+    /// The binlog position of the next change produced (positions grow in produce order).
+    pub next_pos: std::sync::atomic::AtomicI64,
 }
 
 pub async fn setup(partitions: u32) -> Setup {
@@ -33,7 +35,7 @@ pub async fn setup(partitions: u32) -> Setup {
         metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await.unwrap();
     let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await.unwrap());
     let serializer = AvroSerializer::new(registry.clone());
-    Setup { dir, bus, registry, serializer }
+    Setup { dir, bus, registry, serializer, next_pos: 1000.into() }
 }
 
 impl Setup {
@@ -83,7 +85,8 @@ pub fn status(id: i64, rev: i64) -> String {
     format!("s{}-r{rev}", id % 3)
 }
 
-/// Produces `changes` as envelopes keyed by id (a tombstone after each delete).
+/// Produces `changes` as envelopes keyed by id (a tombstone after each delete; a truncate has
+/// no key and its `id` is not used).
 pub async fn produce_changes(s: &Setup, changes: &[Change], shape: Shape) {
     let with_note = shape == Shape::WithNote;
     let t = TableSchemas::new(
@@ -124,21 +127,26 @@ pub async fn produce_changes(s: &Setup, changes: &[Change], shape: Shape) {
             server_id: 1,
             gtid: None,
             file: "mysql-bin.000001".into(),
-            pos: 1000 + id,
+            pos: s.next_pos.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             row: 0,
             thread: None,
             query: None,
         };
         let (before, after) = match op {
+            Op::Truncate => (Value::Null, Value::Null),
             Op::Delete => (row(rev), Value::Null),
             Op::Update => (row(rev - 1), row(rev)),
             _ => (Value::Null, row(rev)),
         };
         let envelope =
             t.envelope_value(op, before, after, source.to_value(&binlog_source_schema(BinlogFlavor::Mariadb)), None, 0);
+        let value = s.serializer.serialize(TOPIC, false, &value_schema, &envelope).await.unwrap();
+        if op == Op::Truncate {
+            records.push(Record { value: Some(value.into()), ..Record::default() }); // no key: no row
+            continue;
+        }
         let key =
             s.serializer.serialize(TOPIC, true, &key_schema, &Value::Struct(vec![Value::Int64(id)])).await.unwrap();
-        let value = s.serializer.serialize(TOPIC, false, &value_schema, &envelope).await.unwrap();
         records.push(Record::keyed(key.clone(), value));
         if op == Op::Delete {
             records.push(Record { key: Some(key.into()), value: None, ..Record::default() }); // tombstone
