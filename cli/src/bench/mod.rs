@@ -7,6 +7,7 @@ mod cdc_mysql;
 mod lake;
 mod scheduler;
 mod serve;
+mod snapshot;
 mod stream;
 
 use clap::Subcommand;
@@ -30,6 +31,8 @@ pub enum BenchCommand {
     AlertLatency(alert_latency::AlertLatencyArgs),
     /// The serving API under load from a second process: group-by p50/p99, point lookups/s.
     Serve(serve::ServeBenchArgs),
+    /// `current.*` after N new changes: incremental build against a full rebuild, by history length.
+    Snapshot(snapshot::SnapshotBenchArgs),
     /// Windowed aggregation of change events: events/s per core, against decoding alone.
     Stream(stream::StreamBenchArgs),
 }
@@ -44,6 +47,7 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Stream(args) => stream::run(args).await?,
         BenchCommand::AlertLatency(args) => alert_latency::run(args).await?,
         BenchCommand::Serve(args) => serve::run(args).await?,
+        BenchCommand::Snapshot(args) => snapshot::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
