@@ -29,8 +29,8 @@ use rdkafka::{
 };
 
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicInfo,
-    TopicPartition, config::KafkaConfig, validate_topic_name,
+    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicConfig,
+    TopicInfo, TopicPartition, config::KafkaConfig, validate_topic_name,
 };
 
 /// A Kafka cluster.
@@ -175,13 +175,16 @@ impl Bus for KafkaBus {
         "kafka"
     }
 
-    async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+    async fn create_topic_with(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         validate_topic_name(name)?;
         if partitions == 0 {
             return Err(BusError::InvalidArgument(format!("topic {name:?}: partitions must be at least 1")));
         }
         let replication = TopicReplication::Fixed(self.config.replication_factor);
-        let new_topic = NewTopic::new(name, partitions as i32, replication);
+        let mut new_topic = NewTopic::new(name, partitions as i32, replication);
+        for (k, v) in config {
+            new_topic = new_topic.set(k, v);
+        }
         let options = AdminOptions::new().operation_timeout(Some(self.config.connect_timeout));
         let results = self
             .admin
@@ -214,8 +217,30 @@ impl Bus for KafkaBus {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tracing::info!(topic = name, partitions, "created topic");
+        tracing::info!(topic = name, partitions, ?config, "created topic");
         Ok(())
+    }
+
+    async fn topic_config(&self, name: &str) -> Result<TopicConfig> {
+        self.topic(name).await?;
+        let options = AdminOptions::new().request_timeout(Some(self.config.connect_timeout));
+        let resource = rdkafka::admin::ResourceSpecifier::Topic(name);
+        let results = self
+            .admin
+            .describe_configs([&resource], &options)
+            .await
+            .map_err(|e| BusError::kafka(format!("describing topic {name:?}"), e))?;
+        let mut config = TopicConfig::new();
+        for result in results {
+            let resource = result
+                .map_err(|code| BusError::kafka(format!("describing topic {name:?}"), KafkaError::AdminOp(code)))?;
+            for entry in resource.entries {
+                if let (Some(value), false) = (entry.value, entry.is_sensitive) {
+                    config.insert(entry.name, value);
+                }
+            }
+        }
+        Ok(config)
     }
 
     async fn list_topics(&self) -> Result<Vec<TopicInfo>> {

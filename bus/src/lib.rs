@@ -100,6 +100,18 @@ impl Message {
     }
 }
 
+/// Topic-level configs by Kafka's names (`retention.ms` → `-1`).
+pub type TopicConfig = std::collections::BTreeMap<String, String>;
+
+/// The configs of a topic whose records must never expire (a schema history): Debezium's
+/// requirement for its schema-history topic.
+pub fn keep_forever() -> TopicConfig {
+    [("cleanup.policy", "delete"), ("retention.bytes", "-1"), ("retention.ms", "-1")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A topic and its partition count.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TopicInfo {
@@ -167,7 +179,18 @@ pub trait Bus: Send + Sync {
     fn backend(&self) -> &'static str;
 
     /// Creates a topic; fails with [`BusError::TopicExists`] if it is there already.
-    async fn create_topic(&self, name: &str, partitions: u32) -> Result<()>;
+    async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        self.create_topic_with(name, partitions, &TopicConfig::new()).await
+    }
+
+    /// Creates a topic with topic-level configs (Kafka's names: `retention.ms`, `retention.bytes`,
+    /// `cleanup.policy`, …); a backend fails with [`BusError::InvalidArgument`] on a config it
+    /// cannot apply, never ignores one.
+    async fn create_topic_with(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()>;
+
+    /// The topic-level configs the backend applies to `name` (Kafka: every config the broker
+    /// reports; the embedded log: what it does, which is keep every record).
+    async fn topic_config(&self, name: &str) -> Result<TopicConfig>;
 
     /// Every topic, sorted by name.
     async fn list_topics(&self) -> Result<Vec<TopicInfo>>;

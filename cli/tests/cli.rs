@@ -57,6 +57,33 @@ fn round_trip_on_kafka() {
 }
 
 #[test]
+fn topic_configs_reach_kafka_and_the_embedded_log_refuses_what_it_cannot_apply() {
+    let brokers = std::env::var("WEIR_TEST_KAFKA")
+        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kafka = format!("kafka://{brokers}");
+    let topic = format!("cli-configs-{}", std::process::id());
+    let create = ["topics", "create", &topic, "--topic-config", "retention.ms=86400000", "--topic-config"];
+    ok(weir(d, &kafka, &[&create[..], &["cleanup.policy=compact"]].concat(), None));
+    let described = ok(weir(d, &kafka, &["topics", "describe", &topic], None));
+    assert!(
+        described.contains("config\tretention.ms=86400000") && described.contains("config\tcleanup.policy=compact"),
+        "{described}"
+    );
+
+    let local = "local:./weir-data/bus";
+    let out = weir(d, local, &["topics", "create", "kept", "--topic-config", "retention.ms=60000"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot apply retention.ms=60000"), "{err}");
+    ok(weir(d, local, &["topics", "create", "kept", "--topic-config", "retention.ms=-1"], None));
+    let described = ok(weir(d, local, &["topics", "describe", "kept"], None));
+    assert!(described.contains("config\tretention.ms=-1"), "{described}");
+    let out = weir(d, local, &["topics", "create", "bad", "--topic-config", "retention.ms"], None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not key=value"));
+}
+
+#[test]
 fn bad_configuration_names_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = weir(dir.path(), "http://nowhere", &["topics", "list"], None);

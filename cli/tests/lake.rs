@@ -166,12 +166,15 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
     let d = dir.path();
     // Topics of their own on the shared broker, whatever earlier runs left there.
     let prefix = format!("race{}", std::process::id());
-    let toml = mysql_source_toml(&url, 6413, "weir_lake_race", "")
+    let toml = mysql_source_toml(&url, 6413, "weir_lake_race", "topic_config = { \"retention.ms\" = \"604800000\" }\n")
         .replace("topic_prefix = \"shop\"", &format!("topic_prefix = \"{prefix}\""))
         + "[lake]\nflush_rows = 200\n";
     std::fs::write(d.join("weir.toml"), toml).unwrap();
     ok(weir(d, &bus, &["ingest", "--once"], None));
     let table = format!("raw.{prefix}_weir_lake_race_t");
+    // The schema history keeps every record; change topics get the source's topic_config.
+    let history = ok(weir(d, &bus, &["topics", "describe", &format!("{prefix}.schema-history")], None));
+    assert!(history.contains("config\tretention.ms=-1") && history.contains("config\tretention.bytes=-1"), "{history}");
 
     let mut logs = 0;
     let mut spawn = || {
@@ -217,6 +220,8 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
         eprintln!("racer killed in round {round} with {} rows committed", committed());
         racer = spawn();
     }
+    let changes = ok(weir(d, &bus, &["topics", "describe", &format!("{prefix}.weir_lake_race.t")], None));
+    assert!(changes.contains("config\tretention.ms=604800000"), "{changes}");
     let all = || (0..4).flat_map(ids);
     let expected = all().count() + all().filter(|i| i % 4 == 0).count() + all().filter(|i| i % 10 == 0).count();
     let expected = expected as i64;

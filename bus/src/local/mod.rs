@@ -39,8 +39,8 @@ use self::{
     record::StoredRecord,
 };
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicInfo,
-    TopicPartition, config::LocalConfig, partitioner::partition_for_key, validate_topic_name,
+    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicConfig,
+    TopicInfo, TopicPartition, config::LocalConfig, partitioner::partition_for_key, validate_topic_name,
 };
 
 /// Most partitions one topic may have.
@@ -188,8 +188,16 @@ impl Bus for LocalBus {
         "local"
     }
 
-    async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+    async fn create_topic_with(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         validate_topic_name(name)?;
+        // It keeps every record: configs that ask for that are what it does; others it cannot apply.
+        let kept = crate::keep_forever();
+        if let Some((k, v)) = config.iter().find(|&(k, v)| kept.get(k) != Some(v)) {
+            return Err(BusError::InvalidArgument(format!(
+                "topic {name:?}: the embedded log keeps every record and cannot apply {k}={v} \
+                 (it takes only {kept:?}); use a Kafka bus for retention or compaction"
+            )));
+        }
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(BusError::InvalidArgument(format!(
                 "topic {name:?}: partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"
@@ -226,6 +234,11 @@ impl Bus for LocalBus {
     async fn topic(&self, name: &str) -> Result<TopicInfo> {
         let t = self.inner.topic(name)?;
         Ok(TopicInfo { name: t.name.clone(), partitions: t.partitions.len() as u32 })
+    }
+
+    async fn topic_config(&self, name: &str) -> Result<TopicConfig> {
+        self.inner.topic(name)?;
+        Ok(crate::keep_forever())
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {

@@ -17,7 +17,8 @@ use super::{
     wire::{self, Request, Response},
 };
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, Producer, Record, Result, TopicInfo, TopicPartition,
+    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, Producer, Record, Result, TopicConfig, TopicInfo,
+    TopicPartition,
 };
 
 /// How long a client waits for the owner to start listening (it takes the lock first).
@@ -138,8 +139,9 @@ impl Bus for RemoteBus {
         "local"
     }
 
-    async fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        match self.admin(Request::CreateTopic { name: name.into(), partitions }).await? {
+    async fn create_topic_with(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
+        let config = config.clone().into_iter().collect();
+        match self.admin(Request::CreateTopic { name: name.into(), partitions, config }).await? {
             Response::Done => Ok(()),
             r => Err(unexpected(r)),
         }
@@ -150,6 +152,13 @@ impl Bus for RemoteBus {
             Response::Topics(list) => {
                 Ok(list.into_iter().map(|(name, partitions)| TopicInfo { name, partitions }).collect())
             }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn topic_config(&self, name: &str) -> Result<TopicConfig> {
+        match self.admin(Request::TopicConfig { name: name.into() }).await? {
+            Response::Config(config) => Ok(config.into_iter().collect()),
             r => Err(unexpected(r)),
         }
     }

@@ -103,10 +103,11 @@ fn member(c: &mut Option<Box<dyn Consumer>>) -> Result<&mut Box<dyn Consumer>> {
 async fn answer(bus: &LocalBus, session: &mut Session, request: Request) -> Result<Response> {
     let consumer = &mut session.consumer;
     Ok(match request {
-        Request::CreateTopic { name, partitions } => {
-            bus.create_topic(&name, partitions).await?;
+        Request::CreateTopic { name, partitions, config } => {
+            bus.create_topic_with(&name, partitions, &config.into_iter().collect()).await?;
             Response::Done
         }
+        Request::TopicConfig { name } => Response::Config(bus.topic_config(&name).await?.into_iter().collect()),
         Request::ListTopics => Response::Topics(wire::topics(bus.list_topics().await?)),
         Request::Topic { name } => Response::Topics(wire::topics(vec![bus.topic(&name).await?])),
         Request::EndOffsets { topic } => Response::Offsets(bus.end_offsets(&topic).await?),

@@ -21,8 +21,12 @@ pub(crate) enum Request {
     CreateTopic {
         name: String,
         partitions: u32,
+        config: Vec<(String, String)>,
     },
     ListTopics,
+    TopicConfig {
+        name: String,
+    },
     Topic {
         name: String,
     },
@@ -66,6 +70,7 @@ pub(crate) enum Request {
 pub(crate) enum Response {
     Done,
     Topics(Vec<(String, u32)>),
+    Config(Vec<(String, String)>),
     Offsets(Vec<i64>),
     Delivered(Vec<(u32, i64)>),
     /// The consumer's partitions after the request (a poll may follow a rebalance).

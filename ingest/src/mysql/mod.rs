@@ -109,6 +109,10 @@ pub struct MysqlSourceConfig {
     /// Partitions of the topics the source creates.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
+    /// Topic-level configs of the change-event topics it creates (`retention.ms`,
+    /// `cleanup.policy`, …, Kafka's names). The schema-history topic always keeps every record.
+    #[serde(default)]
+    pub topic_config: weir_bus::TopicConfig,
     /// Events per produced batch (and offset save) at most.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
@@ -166,6 +170,7 @@ impl MysqlSourceConfig {
             skipped_operations: default_skipped(),
             include_query: false,
             partitions: default_partitions(),
+            topic_config: weir_bus::TopicConfig::new(),
             max_batch: default_batch(),
             heartbeat_interval: default_heartbeat(),
             progress_interval: default_progress(),

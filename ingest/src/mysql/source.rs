@@ -184,12 +184,17 @@ impl MysqlSource {
         MysqlError::Decode { source_name: self.config.name.clone(), file: file.into(), pos, reason: reason.to_string() }
     }
 
-    /// Creates `topic` (with `partitions`) unless this source already has.
-    pub(super) async fn ensure_topic(&mut self, topic: &str, partitions: u32) -> Result<(), MysqlError> {
+    /// Creates `topic` (with `partitions` and `config`) unless this source already has.
+    pub(super) async fn ensure_topic(
+        &mut self,
+        topic: &str,
+        partitions: u32,
+        config: &weir_bus::TopicConfig,
+    ) -> Result<(), MysqlError> {
         if self.topics.contains(topic) {
             return Ok(());
         }
-        match self.bus.create_topic(topic, partitions).await {
+        match self.bus.create_topic_with(topic, partitions, config).await {
             Ok(()) | Err(BusError::TopicExists(_)) => {}
             Err(e) => return Err(self.bus_error(e)),
         }
@@ -197,10 +202,33 @@ impl MysqlSource {
         Ok(())
     }
 
+    /// Creates the schema-history topic keeping every record (without it the source's table
+    /// definitions cannot be recovered), or warns when an existing one may lose records.
+    async fn ensure_history_topic(&mut self) -> Result<String, MysqlError> {
+        let topic = self.history_topic();
+        if self.topics.contains(&topic) {
+            return Ok(topic);
+        }
+        self.ensure_topic(&topic, 1, &weir_bus::keep_forever()).await?;
+        let config = self.bus.topic_config(&topic).await.map_err(|e| self.bus_error(e))?;
+        for key in ["retention.ms", "retention.bytes"] {
+            if let Some(value) = config.get(key).filter(|v| v.as_str() != "-1") {
+                tracing::warn!(
+                    source = %self.config.name, topic, key, value,
+                    "the schema-history topic's records expire: once they do, the source cannot recover its tables' \
+                     definitions; set {key}=-1 on it"
+                );
+            }
+        }
+        if let Some(policy) = config.get("cleanup.policy").filter(|p| p.contains("compact")) {
+            tracing::warn!(source = %self.config.name, topic, policy, "the schema-history topic is compacted: it needs every record; set cleanup.policy=delete");
+        }
+        Ok(topic)
+    }
+
     /// Reads `<prefix>.schema-history` from the start: the last definition of every table.
     async fn replay_history(&mut self) -> Result<(), MysqlError> {
-        let topic = self.history_topic();
-        self.ensure_topic(&topic, 1).await?;
+        let topic = self.ensure_history_topic().await?;
         let end = self.bus.end_offsets(&topic).await.map_err(|e| self.bus_error(e))?.first().copied().unwrap_or(0);
         if end == 0 {
             return Ok(());
@@ -257,7 +285,7 @@ impl MysqlSource {
         let json = serde_json::to_vec(&record).expect("history records serialize");
         self.pending.push((topic, Record { value: Some(json.into()), partition: Some(0), ..Record::default() }));
         let sc_topic = self.schema_changes.topic.clone();
-        self.ensure_topic(&sc_topic, 1).await?;
+        self.ensure_topic(&sc_topic, 1, &weir_bus::TopicConfig::new()).await?;
         let event = self
             .schema_changes
             .record(&self.encoder, &record, source)
@@ -300,7 +328,8 @@ impl MysqlSource {
         let events = TableEvents::new(&self.config.topic_prefix, self.flavor, def)
             .map_err(|e| self.decode_error(&format!("{db}.{table}"), 0, e))?;
         let topic = events.topic.clone();
-        self.ensure_topic(&topic, self.config.partitions).await?;
+        let config = self.config.topic_config.clone();
+        self.ensure_topic(&topic, self.config.partitions, &config).await?;
         Ok(Arc::new(events))
     }
 
