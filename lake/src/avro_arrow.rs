@@ -286,6 +286,19 @@ pub fn record_field_names(schema_json: &str) -> Option<Vec<String>> {
 /// The metadata columns every change-log row carries, after the row's own columns.
 pub const META_COLUMNS: [&str; 7] = ["_op", "_source_ts_ms", "_pos", "_topic", "_partition", "_offset", "_date"];
 
+/// The [`META_COLUMNS`] as the change log's columns, after the row's.
+pub fn meta_fields() -> [Field; 7] {
+    [
+        Field::new("_op", DataType::Utf8, false),
+        Field::new("_source_ts_ms", DataType::Int64, true),
+        Field::new("_pos", DataType::Utf8, true),
+        Field::new("_topic", DataType::Utf8, false),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new("_date", DataType::Date32, false),
+    ]
+}
+
 /// The decoding plan of one envelope schema.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -358,15 +371,7 @@ impl Layout {
             })
             .collect();
         let mut fields: Vec<Field> = row.iter().map(|(n, _, k)| Field::new(n, k.data_type(), true)).collect();
-        fields.extend([
-            Field::new("_op", DataType::Utf8, false),
-            Field::new("_source_ts_ms", DataType::Int64, true),
-            Field::new("_pos", DataType::Utf8, true),
-            Field::new("_topic", DataType::Utf8, false),
-            Field::new("_partition", DataType::Int32, false),
-            Field::new("_offset", DataType::Int64, false),
-            Field::new("_date", DataType::Date32, false),
-        ]);
+        fields.extend(meta_fields());
         let mut program = Program::default();
         for (i, (_, avro)) in envelope.iter().enumerate() {
             if i == before {

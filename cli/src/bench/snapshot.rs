@@ -74,18 +74,13 @@ enum Kind {
 
 impl History {
     fn new() -> History {
-        let schema = Arc::new(Schema::new(vec![
+        let mut fields = vec![
             Field::new("id", DataType::Int64, false),
             Field::new("status", DataType::Utf8, true),
             Field::new("amount", DataType::Int64, true),
-            Field::new("_op", DataType::Utf8, false),
-            Field::new("_source_ts_ms", DataType::Int64, true),
-            Field::new("_pos", DataType::Utf8, true),
-            Field::new("_topic", DataType::Utf8, false),
-            Field::new("_partition", DataType::Int32, false),
-            Field::new("_offset", DataType::Int64, false),
-            Field::new("_date", DataType::Date32, false),
-        ]));
+        ];
+        fields.extend(weir_lake::avro_arrow::meta_fields());
+        let schema = Arc::new(Schema::new(fields));
         History { schema, next_offset: 0, rng: Rng(0x2545_F491_4F6C_DD1D) }
     }
 
