@@ -175,9 +175,46 @@ fn session() -> SessionContext {
     deltalake::delta_datafusion::create_session().into_inner()
 }
 
+/// Builds made at once on one table (the upkeep of `weir up` and a DAG's task, say) commit
+/// one at a time: each commit must land on the version its build read (no automatic retry,
+/// which would add a second overwrite's rows to the first's); a build that loses starts again
+/// from the new version, up to this many times.
+const BUILD_ATTEMPTS: usize = 5;
+
+/// Whether `e` is a commit that lost a race with another build's.
+fn lost_race(e: &LakeError) -> bool {
+    matches!(
+        e,
+        LakeError::Delta { source, .. }
+            if matches!(**source, deltalake::DeltaTableError::Transaction { .. } | deltalake::DeltaTableError::VersionAlreadyExists(_))
+    )
+}
+
+/// Runs `attempt` until it does not lose a commit race, at most [`BUILD_ATTEMPTS`] times.
+async fn retried<F, Fut>(name: &str, attempt: F) -> Result<BuildStats, LakeError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<BuildStats, LakeError>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(e) if lost_race(&e) && tries < BUILD_ATTEMPTS => {
+                tracing::info!(table = name, attempt = tries, error = %e, "another build committed first: building again");
+                tries += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Brings `current.<name>` up to date with `raw.<name>` (`name` may carry either prefix): from
 /// the changes since the version it was last built from where it can, else in full.
 pub async fn build(lake: &Lake, name: &str) -> Result<BuildStats, LakeError> {
+    retried(name, || build_once(lake, name)).await
+}
+
+async fn build_once(lake: &Lake, name: &str) -> Result<BuildStats, LakeError> {
     let base = base_name(name);
     let log = ChangeLog::open(lake, base).await?;
     let current_name = format!("current.{base}");
@@ -195,8 +232,11 @@ pub async fn build(lake: &Lake, name: &str) -> Result<BuildStats, LakeError> {
 
 /// Rebuilds `current.<name>` from the whole change log `raw.<name>`.
 pub async fn rebuild(lake: &Lake, name: &str) -> Result<BuildStats, LakeError> {
-    let log = ChangeLog::open(lake, base_name(name)).await?;
-    full(lake, &log).await
+    retried(name, || async {
+        let log = ChangeLog::open(lake, base_name(name)).await?;
+        full(lake, &log).await
+    })
+    .await
 }
 
 /// The paths of the files `log` has at its version and did not have at `from`; `None` when it
@@ -317,7 +357,7 @@ async fn write(
         .with_session_state(Arc::new(ctx.state()))
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
-        .with_commit_properties(CommitProperties::default().with_metadata([(
+        .with_commit_properties(CommitProperties::default().with_max_retries(0).with_metadata([(
             "weir.source".to_string(),
             serde_json::json!({"table": log.name, "version": log.version, "incremental": incremental}),
         )]))
