@@ -106,11 +106,50 @@ pub struct LocalConfig {
     pub segment_bytes: u64,
     /// When to flush to disk.
     pub fsync: Fsync,
+    /// How long records are kept: the defaults of topics created without their own
+    /// `retention.ms`/`retention.bytes`.
+    pub retention: RetentionConfig,
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
-        LocalConfig { segment_bytes: 256 * 1024 * 1024, fsync: Fsync::Never }
+        LocalConfig { segment_bytes: 256 * 1024 * 1024, fsync: Fsync::Never, retention: RetentionConfig::default() }
+    }
+}
+
+/// `[bus.local.retention]`: when the embedded log deletes a partition's oldest segments.
+///
+/// A sealed segment goes once it is older than `age` or the partition is larger than `bytes`
+/// without it, but never while a durable consumer still needs it: every consumer group that
+/// committed offsets on the partition (the lake writers and stream pipelines commit theirs after
+/// each lake commit and checkpoint) holds the segments from its committed offset on, until it
+/// has committed nothing for `idle_group_expiry`. The segment being written is never deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Default age after which a sealed segment may go (Kafka's `retention.ms`); unset keeps
+    /// records forever.
+    #[serde(with = "humantime_serde")]
+    pub age: Option<Duration>,
+    /// Default size a partition may keep (Kafka's `retention.bytes`); unset: no limit.
+    pub bytes: Option<u64>,
+    /// How often the owning process looks for segments to delete.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// A group that committed nothing for this long no longer holds records back (Kafka's
+    /// `offsets.retention.minutes`).
+    #[serde(with = "humantime_serde")]
+    pub idle_group_expiry: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            age: None,
+            bytes: None,
+            check_interval: Duration::from_secs(60),
+            idle_group_expiry: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 

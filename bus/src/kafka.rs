@@ -29,8 +29,8 @@ use rdkafka::{
 };
 
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicConfig,
-    TopicInfo, TopicPartition, config::KafkaConfig, validate_topic_name,
+    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, PartitionStats, Producer, Record, Result,
+    TopicConfig, TopicInfo, TopicPartition, config::KafkaConfig, validate_topic_name,
 };
 
 /// A Kafka cluster.
@@ -272,6 +272,26 @@ impl Bus for KafkaBus {
                         .fetch_watermarks(&name, p, timeout)
                         .map(|(_, high)| high)
                         .map_err(|e| BusError::kafka(format!("fetching end offset of {name}/{p}"), e))
+                })
+                .collect()
+        })
+        .await
+        .expect("watermark task panicked")
+    }
+
+    async fn partition_stats(&self, topic: &str) -> Result<Vec<PartitionStats>> {
+        let info = self.topic(topic).await?;
+        let admin = self.admin.clone();
+        let name = topic.to_string();
+        let timeout = self.config.connect_timeout;
+        tokio::task::spawn_blocking(move || {
+            (0..info.partitions as i32)
+                .map(|p| {
+                    admin
+                        .inner()
+                        .fetch_watermarks(&name, p, timeout)
+                        .map(|(start, end)| PartitionStats { start, end, bytes: None })
+                        .map_err(|e| BusError::kafka(format!("fetching offsets of {name}/{p}"), e))
                 })
                 .collect()
         })

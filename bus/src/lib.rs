@@ -112,6 +112,17 @@ pub fn keep_forever() -> TopicConfig {
         .collect()
 }
 
+/// What one partition holds: offsets `start..end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionStats {
+    /// The first offset still stored (records before it were deleted by retention).
+    pub start: i64,
+    /// The offset the next record will get.
+    pub end: i64,
+    /// Bytes stored (the embedded log; Kafka does not report it to clients).
+    pub bytes: Option<u64>,
+}
+
 /// A topic and its partition count.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TopicInfo {
@@ -189,8 +200,11 @@ pub trait Bus: Send + Sync {
     async fn create_topic_with(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()>;
 
     /// The topic-level configs the backend applies to `name` (Kafka: every config the broker
-    /// reports; the embedded log: what it does, which is keep every record).
+    /// reports; the embedded log: its retention, the topic's own or `[bus.local.retention]`'s).
     async fn topic_config(&self, name: &str) -> Result<TopicConfig>;
+
+    /// Each partition's first and next offsets and, where the backend knows it, its size.
+    async fn partition_stats(&self, topic: &str) -> Result<Vec<PartitionStats>>;
 
     /// Every topic, sorted by name.
     async fn list_topics(&self) -> Result<Vec<TopicInfo>>;

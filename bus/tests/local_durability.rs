@@ -101,7 +101,7 @@ async fn one_process_owns_the_directory() {
 #[tokio::test]
 async fn segments_roll_and_reads_cross_them_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let config = LocalConfig { segment_bytes: 4096, fsync: Fsync::Always };
+    let config = LocalConfig { segment_bytes: 4096, fsync: Fsync::Always, ..LocalConfig::default() };
     {
         let bus = LocalBus::open(dir.path(), config.clone()).unwrap();
         bus.create_topic("t", 1).await.unwrap();

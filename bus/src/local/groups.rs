@@ -7,10 +7,12 @@
 //! record once when its members commit before polling again. Committed offsets
 //! are persisted per group in `groups/<hex of group name>.offsets`, one `topic partition offset`
 //! line each, replaced atomically (write a temporary file, then rename) on every commit.
+//! Committed offsets also hold retention back ([`Groups::needed_from`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 use crate::{BusError, Result, TopicPartition, config::Fsync};
@@ -19,6 +21,8 @@ use crate::{BusError, Result, TopicPartition, config::Fsync};
 #[derive(Default)]
 struct Group {
     committed: BTreeMap<TopicPartition, i64>,
+    /// When it last committed (its offsets file's time after a restart).
+    last_commit: Option<SystemTime>,
     /// Member id → subscribed topics.
     members: BTreeMap<u64, Vec<String>>,
     /// Bumped at every membership change; members compare it to notice a rebalance.
@@ -77,7 +81,8 @@ impl Groups {
                 })?;
                 committed.insert(tp, offset);
             }
-            groups.insert(name, Group { committed, ..Group::default() });
+            let last_commit = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            groups.insert(name, Group { committed, last_commit, ..Group::default() });
         }
         Ok(Groups { dir: dir.to_path_buf(), fsync, groups, next_member: 1 })
     }
@@ -167,7 +172,22 @@ impl Groups {
         };
         write().map_err(|e| BusError::io("writing committed offsets to", &path, e))?;
         g.committed = next;
+        g.last_commit = Some(SystemTime::now());
         Ok(())
+    }
+
+    /// The lowest offset of `tp` that a group still needs: the least committed offset among the
+    /// groups that have members or committed within `idle_expiry` of `now`. `None` when no
+    /// such group committed on `tp`.
+    pub fn needed_from(&self, tp: &TopicPartition, now: SystemTime, idle_expiry: Duration) -> Option<i64> {
+        self.groups
+            .values()
+            .filter(|g| {
+                !g.members.is_empty()
+                    || g.last_commit.is_some_and(|t| now.duration_since(t).unwrap_or_default() <= idle_expiry)
+            })
+            .filter_map(|g| g.committed.get(tp).copied())
+            .min()
     }
 }
 
@@ -253,6 +273,30 @@ mod tests {
         groups.leave("g", m2, &counts);
         let t1 = groups.take("g", m1);
         assert!(t1.complete && t1.partitions.len() == 2);
+    }
+
+    #[test]
+    fn the_least_offset_of_groups_not_idle_is_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut groups = Groups::open(dir.path(), Fsync::Never).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        let now = SystemTime::now();
+        let day = Duration::from_secs(86_400);
+        assert_eq!(groups.needed_from(&tp, now, day), None);
+        groups.commit("lake", &[(tp.clone(), 70)]).unwrap();
+        groups.commit("stream", &[(tp.clone(), 40), (TopicPartition::new("t", 1), 5)]).unwrap();
+        assert_eq!(groups.needed_from(&tp, now, day), Some(40));
+        assert_eq!(groups.needed_from(&TopicPartition::new("t", 1), now, day), Some(5));
+        // A day later both are idle: nothing holds the partition back…
+        assert_eq!(groups.needed_from(&tp, now + 2 * day, day), None);
+        // … unless a member is in the group.
+        let member = groups.join("stream", vec!["t".into()], &|_| Some(2));
+        assert_eq!(groups.needed_from(&tp, now + 2 * day, day), Some(40));
+        groups.leave("stream", member, &|_| Some(2));
+        // After a restart the offsets file's time stands for the last commit.
+        let groups = Groups::open(dir.path(), Fsync::Never).unwrap();
+        assert_eq!(groups.needed_from(&tp, SystemTime::now(), day), Some(40));
+        assert_eq!(groups.needed_from(&tp, now + 2 * day, day), None);
     }
 
     #[test]

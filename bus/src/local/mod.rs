@@ -7,9 +7,13 @@
 //! <dir>/LOCK                          held (flock) by the owning process; holds its pid
 //! <dir>/bus.sock                      the owner's socket for other processes (mode 0600)
 //! <dir>/topics/<topic>/partitions     the partition count
+//! <dir>/topics/<topic>/config         its own configs, `key=value` lines (retention)
 //! <dir>/topics/<topic>/<p>/<base>.log segment files (see `record` for the framing)
 //! <dir>/groups/<hex group>.offsets    committed offsets of one consumer group
 //! ```
+//!
+//! Retention runs in the owning process every `[bus.local.retention] check_interval`
+//! ([`LocalBus::enforce_retention`]): see [`crate::config::RetentionConfig`].
 
 mod groups;
 mod partition;
@@ -27,7 +31,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU32, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use async_trait::async_trait;
@@ -35,12 +39,12 @@ use tokio::sync::watch;
 
 use self::{
     groups::Groups,
-    partition::{Cursor, PartitionLog},
+    partition::{Cursor, PartitionLog, Retention},
     record::StoredRecord,
 };
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, Producer, Record, Result, TopicConfig,
-    TopicInfo, TopicPartition, config::LocalConfig, partitioner::partition_for_key, validate_topic_name,
+    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, OffsetReset, PartitionStats, Producer, Record, Result,
+    TopicConfig, TopicInfo, TopicPartition, config::LocalConfig, partitioner::partition_for_key, validate_topic_name,
 };
 
 /// Most partitions one topic may have.
@@ -58,6 +62,8 @@ pub struct LocalBus {
 struct Topic {
     name: String,
     partitions: Vec<PartitionLog>,
+    /// Its own configs (retention); `[bus.local.retention]` gives the rest.
+    config: TopicConfig,
 }
 
 struct Inner {
@@ -92,7 +98,7 @@ impl LocalBus {
         }
         let groups = Groups::open(&dir.join("groups"), config.fsync)?;
         tracing::debug!(dir = %dir.display(), topics = topics.len(), "opened embedded bus");
-        Ok(LocalBus {
+        let bus = LocalBus {
             inner: Arc::new(Inner {
                 root: dir.to_path_buf(),
                 config,
@@ -102,7 +108,36 @@ impl LocalBus {
                 serving: Mutex::new(None),
                 _lock: lock,
             }),
-        })
+        };
+        start_retention(&bus.inner);
+        Ok(bus)
+    }
+
+    /// Deletes the segments retention lets go now (the owner also does it every
+    /// `check_interval`); returns how many segments and bytes went.
+    pub fn enforce_retention(&self) -> Result<(usize, u64)> {
+        self.inner.enforce_retention(SystemTime::now())
+    }
+}
+
+/// Runs retention every `check_interval` on a thread of its own, until the log is closed.
+fn start_retention(inner: &Arc<Inner>) {
+    let interval = inner.config.retention.check_interval;
+    if interval.is_zero() {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    let spawned = std::thread::Builder::new().name("weir-bus-retention".into()).spawn(move || {
+        loop {
+            std::thread::sleep(interval);
+            let Some(inner) = weak.upgrade() else { return };
+            if let Err(e) = inner.enforce_retention(SystemTime::now()) {
+                tracing::warn!(error = %e, "embedded log retention failed; trying again at the next check");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not start the embedded log's retention thread: records are kept");
     }
 }
 
@@ -150,7 +185,51 @@ fn open_topic(path: &Path, name: &str, config: &LocalConfig) -> Result<Topic> {
     let partitions = (0..count)
         .map(|p| PartitionLog::open(&path.join(p.to_string()), config.segment_bytes, config.fsync))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Topic { name: name.to_string(), partitions })
+    let config_path = path.join(CONFIG_FILE);
+    let topic_config = match std::fs::read_to_string(&config_path) {
+        Ok(text) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| BusError::Corrupt {
+                    path: config_path.clone(),
+                    position: 0,
+                    reason: format!("line {l:?} is not key=value"),
+                })
+            })
+            .collect::<Result<TopicConfig>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => TopicConfig::new(),
+        Err(e) => return Err(BusError::io("reading", &config_path, e)),
+    };
+    Ok(Topic { name: name.to_string(), partitions, config: topic_config })
+}
+
+/// A topic's own configs, beside its partitions.
+const CONFIG_FILE: &str = "config";
+
+/// Checks that the embedded log can apply every config of a topic `name`: deleting by age and
+/// size, not compaction.
+fn check_config(name: &str, config: &TopicConfig) -> Result<()> {
+    for (k, v) in config {
+        let ok = match k.as_str() {
+            "cleanup.policy" => v == "delete",
+            "retention.ms" | "retention.bytes" => v.parse::<i64>().is_ok_and(|n| n >= -1),
+            _ => false,
+        };
+        if !ok {
+            return Err(BusError::InvalidArgument(format!(
+                "topic {name:?}: the embedded log cannot apply {k}={v} (it takes cleanup.policy=delete, \
+                 retention.ms and retention.bytes as integers, -1 for no limit); use a Kafka bus for compaction \
+                 and other topic configs"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A non-negative limit from a topic config, `-1` for none; `None` when the topic has no value.
+fn limit(config: &TopicConfig, key: &str) -> Option<Option<u64>> {
+    config.get(key).and_then(|v| v.parse::<i64>().ok()).map(|n| u64::try_from(n).ok())
 }
 
 impl Inner {
@@ -164,6 +243,43 @@ impl Inner {
 
     fn notify(&self) {
         self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The configs applied to `topic`: its own over `[bus.local.retention]`'s.
+    fn effective_config(&self, topic: &Topic) -> TopicConfig {
+        let defaults = &self.config.retention;
+        let mut config = TopicConfig::new();
+        config.insert("cleanup.policy".into(), "delete".into());
+        config.insert("retention.ms".into(), defaults.age.map_or(-1, |a| a.as_millis() as i64).to_string());
+        config.insert("retention.bytes".into(), defaults.bytes.map_or(-1, |b| b as i64).to_string());
+        config.extend(topic.config.clone());
+        config
+    }
+
+    fn enforce_retention(&self, now: SystemTime) -> Result<(usize, u64)> {
+        let topics: Vec<Arc<Topic>> = self.topics.read().unwrap().values().cloned().collect();
+        let expiry = self.config.retention.idle_group_expiry;
+        let (mut segments, mut bytes) = (0, 0);
+        for topic in topics {
+            let config = self.effective_config(&topic);
+            let max_age = limit(&config, "retention.ms").flatten().map(Duration::from_millis);
+            let max_bytes = limit(&config, "retention.bytes").flatten();
+            if max_age.is_none() && max_bytes.is_none() {
+                continue;
+            }
+            for (p, log) in topic.partitions.iter().enumerate() {
+                let tp = TopicPartition::new(topic.name.clone(), p as u32);
+                let needed_from = self.groups.lock().unwrap().needed_from(&tp, now, expiry);
+                let (s, b) = log.enforce(&Retention { max_age, max_bytes, needed_from }, now)?;
+                segments += s;
+                bytes += b;
+            }
+        }
+        if segments > 0 {
+            metrics::counter!("weir_bus_local_retention_segments_total").increment(segments as u64);
+            metrics::counter!("weir_bus_local_retention_bytes_total").increment(bytes);
+        }
+        Ok((segments, bytes))
     }
 }
 
@@ -190,14 +306,7 @@ impl Bus for LocalBus {
 
     async fn create_topic_with(&self, name: &str, partitions: u32, config: &TopicConfig) -> Result<()> {
         validate_topic_name(name)?;
-        // It keeps every record: configs that ask for that are what it does; others it cannot apply.
-        let kept = crate::keep_forever();
-        if let Some((k, v)) = config.iter().find(|&(k, v)| kept.get(k) != Some(v)) {
-            return Err(BusError::InvalidArgument(format!(
-                "topic {name:?}: the embedded log keeps every record and cannot apply {k}={v} \
-                 (it takes only {kept:?}); use a Kafka bus for retention or compaction"
-            )));
-        }
+        check_config(name, config)?;
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(BusError::InvalidArgument(format!(
                 "topic {name:?}: partitions must be between 1 and {MAX_PARTITIONS}, not {partitions}"
@@ -217,6 +326,8 @@ impl Bus for LocalBus {
             }
             std::fs::create_dir_all(&tmp)?;
             std::fs::write(tmp.join("partitions"), partitions.to_string())?;
+            let lines: String = config.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            std::fs::write(tmp.join(CONFIG_FILE), lines)?;
             std::fs::rename(&tmp, &fin)
         };
         build().map_err(|e| BusError::io("creating topic directory", &fin, e))?;
@@ -237,8 +348,16 @@ impl Bus for LocalBus {
     }
 
     async fn topic_config(&self, name: &str) -> Result<TopicConfig> {
-        self.inner.topic(name)?;
-        Ok(crate::keep_forever())
+        let topic = self.inner.topic(name)?;
+        Ok(self.inner.effective_config(&topic))
+    }
+
+    async fn partition_stats(&self, topic: &str) -> Result<Vec<PartitionStats>> {
+        let t = self.inner.topic(topic)?;
+        Ok(t.partitions
+            .iter()
+            .map(|p| PartitionStats { start: p.start_offset(), end: p.end_offset(), bytes: Some(p.size_bytes()) })
+            .collect())
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {

@@ -3,6 +3,7 @@
 //! Appends go to the last segment under a lock, in one `write` per batch; once the write returns
 //! the batch is visible to readers and acknowledged. On open the last segment is scanned and a torn
 //! tail (a record cut short or failing its CRC by a crash mid-write) is truncated away.
+//! Retention ([`PartitionLog::enforce`]) deletes whole sealed segments from the front.
 
 use std::{
     fs::{File, OpenOptions},
@@ -12,6 +13,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
+    time::{Duration, SystemTime},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -62,6 +64,16 @@ impl Segment {
             }
         }
     }
+}
+
+/// What a retention pass may delete from a partition.
+pub(crate) struct Retention {
+    /// Sealed segments last written longer ago than this go.
+    pub max_age: Option<Duration>,
+    /// Oldest segments go while the rest still hold at least this many bytes.
+    pub max_bytes: Option<u64>,
+    /// The lowest offset a durable consumer still needs: no segment holding it or later goes.
+    pub needed_from: Option<i64>,
 }
 
 /// The writer's side of the partition.
@@ -215,9 +227,50 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Bytes the partition's segments hold.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.read().unwrap().iter().map(|s| s.len.load(Ordering::Acquire)).sum()
+    }
+
+    /// Deletes the sealed segments at the front that `retention` lets go; returns how many
+    /// segments and bytes went.
+    pub fn enforce(&self, retention: &Retention, now: SystemTime) -> Result<(usize, u64)> {
+        let mut segments = self.segments.write().unwrap();
+        let mut total: u64 = segments.iter().map(|s| s.len.load(Ordering::Acquire)).sum();
+        let (mut count, mut bytes) = (0, 0);
+        // The last segment is the one being written: never deleted.
+        while segments.len() > 1 {
+            let (first, next) = (&segments[0], &segments[1]);
+            if retention.needed_from.is_some_and(|needed| next.base > needed) {
+                break; // a durable consumer has not read all of it yet
+            }
+            let len = first.len.load(Ordering::Acquire);
+            let too_big = retention.max_bytes.is_some_and(|max| total - len >= max);
+            let too_old = retention.max_age.is_some_and(|age| {
+                let written = first.file.metadata().and_then(|m| m.modified()).unwrap_or(now);
+                now.duration_since(written).unwrap_or_default() > age
+            });
+            if !too_big && !too_old {
+                break;
+            }
+            std::fs::remove_file(&first.path).map_err(|e| BusError::io("deleting segment", &first.path, e))?;
+            tracing::info!(segment = %first.path.display(), bytes = len, next_start = next.base, too_old, too_big, "retention deleted a segment");
+            total -= len;
+            bytes += len;
+            count += 1;
+            // Readers still on it keep its open file until they move on.
+            segments.remove(0);
+        }
+        Ok((count, bytes))
+    }
+
     /// A cursor at `offset`, clamped into the stored range.
     pub fn cursor(&self, offset: i64) -> Result<Cursor> {
-        let offset = offset.clamp(self.start_offset(), self.end_offset());
+        let start = self.start_offset();
+        if offset < start {
+            tracing::warn!(partition = %self.dir.display(), offset, start, "offset is below the log's start (deleted by retention): reading from its start");
+        }
+        let offset = offset.clamp(start, self.end_offset());
         let segment = {
             let segments = self.segments.read().unwrap();
             let i = segments.partition_point(|s| s.base <= offset);

@@ -17,8 +17,8 @@ use super::{
     wire::{self, Request, Response},
 };
 use crate::{
-    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, Producer, Record, Result, TopicConfig, TopicInfo,
-    TopicPartition,
+    Bus, BusError, Consumer, ConsumerConfig, Delivered, Message, PartitionStats, Producer, Record, Result, TopicConfig,
+    TopicInfo, TopicPartition,
 };
 
 /// How long a client waits for the owner to start listening (it takes the lock first).
@@ -176,6 +176,13 @@ impl Bus for RemoteBus {
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
         match self.admin(Request::EndOffsets { topic: topic.into() }).await? {
             Response::Offsets(o) => Ok(o),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn partition_stats(&self, topic: &str) -> Result<Vec<PartitionStats>> {
+        match self.admin(Request::PartitionStats { topic: topic.into() }).await? {
+            Response::Stats(s) => Ok(s),
             r => Err(unexpected(r)),
         }
     }

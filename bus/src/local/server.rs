@@ -111,6 +111,7 @@ async fn answer(bus: &LocalBus, session: &mut Session, request: Request) -> Resu
         Request::ListTopics => Response::Topics(wire::topics(bus.list_topics().await?)),
         Request::Topic { name } => Response::Topics(wire::topics(vec![bus.topic(&name).await?])),
         Request::EndOffsets { topic } => Response::Offsets(bus.end_offsets(&topic).await?),
+        Request::PartitionStats { topic } => Response::Stats(bus.partition_stats(&topic).await?),
         Request::Send { topic, records } => {
             let producer = match &mut session.producer {
                 Some(p) => p,

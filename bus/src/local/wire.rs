@@ -63,6 +63,9 @@ pub(crate) enum Request {
     Committed {
         partitions: Vec<(String, u32)>,
     },
+    PartitionStats {
+        topic: String,
+    },
 }
 
 /// The owning process's answer.
@@ -81,6 +84,7 @@ pub(crate) enum Response {
     },
     Committed(Vec<Option<i64>>),
     Failed(WireError),
+    Stats(Vec<crate::PartitionStats>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
