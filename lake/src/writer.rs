@@ -4,7 +4,8 @@
 //! Exactly-once: every commit carries, for each partition it wrote, a Delta `txn` action with app
 //! id `weir-lake:<topic>:<partition>` and version = the next offset to read. On start the writer
 //! reads those versions from the table and seeks there; the consumer group's own offsets are not
-//! trusted. A crash before a commit loses nothing (the records are read again); a crash after it
+//! trusted (the writer commits them after the table's, for lag and the embedded log's retention,
+//! never ahead of the table). A crash before a commit loses nothing (the records are read again); a crash after it
 //! repeats nothing (the offsets moved in the same atomic commit). Writers on different partitions
 //! of one topic append to one table safely: appends do not conflict and each owns its app ids.
 //!
@@ -282,7 +283,7 @@ impl TopicWriter {
         }
         let dlq = Dlq::new(bus.clone(), topic).await.map_err(bus_err)?;
         tracing::info!(topic, table = %table_url, ?next, "lake writer positioned from the table's txn actions");
-        Ok(TopicWriter {
+        let mut writer = TopicWriter {
             topic: topic.into(),
             table_url: table_url.to_string(),
             table,
@@ -306,7 +307,9 @@ impl TopicWriter {
             stats: DrainStats::default(),
             drain_ends: None,
             in_flight: None,
-        })
+        };
+        writer.report_progress().await;
+        Ok(writer)
     }
 
     fn delta_err(&self, e: DeltaTableError) -> WriterError {
@@ -582,7 +585,20 @@ impl TopicWriter {
         self.stats.rows += committed.rows as u64;
         self.stats.dead_letters += committed.dead as u64;
         self.stats.commits += 1;
+        self.report_progress().await;
         Ok(())
+    }
+
+    /// Commits the offsets the table holds to the writer's consumer group. The table stays the
+    /// truth the writer resumes from; the group's offsets show its lag to the bus's tools and
+    /// keep the embedded log's retention from deleting what the lake has not stored yet. They
+    /// are committed after the table's, so they are never ahead of it.
+    async fn report_progress(&mut self) {
+        let offsets: Vec<(TopicPartition, i64)> =
+            self.committed.iter().map(|(&p, &o)| (TopicPartition::new(&self.topic, p), o)).collect();
+        if let Err(e) = self.consumer.commit(&offsets).await {
+            tracing::warn!(topic = %self.topic, error = %e, "could not commit the lake's offsets to the bus (the table keeps them)");
+        }
     }
 
     /// After another writer moved `moved` partitions: drops what is buffered, reads the table
@@ -606,6 +622,7 @@ impl TopicWriter {
             let tp = TopicPartition::new(&self.topic, p);
             self.consumer.seek(&tp, offset).await.map_err(|e| self.bus_err(e))?;
         }
+        self.report_progress().await;
         Ok(())
     }
 
@@ -647,6 +664,7 @@ impl TopicWriter {
                     }
                     self.committed = self.next.clone();
                     self.dead_since_commit = 0;
+                    self.report_progress().await;
                 }
                 self.oldest = None;
                 return Ok(());

@@ -6,7 +6,11 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{Change, Setup, Shape, TOPIC, produce, produce_changes, setup, status};
+use common::{Change, Setup, Shape, TOPIC, produce, produce_changes, setup, setup_with, status};
+use weir_bus::{
+    Bus,
+    config::{LocalConfig, RetentionConfig},
+};
 use weir_lake::{
     Lake, LakeConfig, LakeUrl, S3Options,
     writer::{FlushPolicy, TopicWriter, table_name},
@@ -197,6 +201,31 @@ async fn two_writers_race_on_one_s3_table_and_write_every_row_once() {
     let mut a = writer(&s, &lake, Some(vec![0]), 100).await;
     assert_eq!(a.drain(Duration::from_millis(200)).await.unwrap().rows, 0);
     assert_eq!(lake.tables().await.unwrap()[0].name, "raw.shop_inv_orders");
+}
+
+#[tokio::test]
+async fn the_embedded_logs_retention_keeps_what_the_lake_has_not_stored() {
+    let retention = RetentionConfig { bytes: Some(4096), check_interval: Duration::ZERO, ..RetentionConfig::default() };
+    let s = setup_with(1, LocalConfig { segment_bytes: 4096, retention, ..LocalConfig::default() }).await;
+    let lake = Lake::new(&s.lake_config());
+    let start = || async { s.bus.partition_stats(TOPIC).await.unwrap()[0].start };
+    // A writer that has stored nothing yet holds the log from its start.
+    let mut w = writer(&s, &lake, None, 1000).await;
+    for from in (0..500).step_by(25) {
+        produce(&s, from, 25, false).await; // a batch per send: many segments
+    }
+    s.bus.enforce_retention().unwrap();
+    assert_eq!(start().await, 0, "nothing the lake has not stored may go");
+    let stats = w.drain(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(stats.rows, 500);
+    s.bus.enforce_retention().unwrap();
+    let trimmed = start().await;
+    assert!(trimmed > 0, "once stored, the size limit lets old segments go");
+    produce(&s, 500, 100, false).await;
+    drop(w);
+    let mut restarted = writer(&s, &lake, None, 1000).await;
+    assert_eq!(restarted.drain(Duration::from_millis(200)).await.unwrap().rows, 100);
+    assert_eq!(rows_and_distinct(&lake).await, (600, 600), "every change once, none lost to retention");
 }
 
 /// Rows and distinct `(partition, offset)` pairs in the change log.

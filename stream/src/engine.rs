@@ -336,6 +336,15 @@ impl Engine {
         let size = bytes.len();
         self.lake.put_object(&checkpoint_path(&self.p.id), bytes).await.map_err(|e| self.checkpoint_err(e))?;
         self.last_checkpoint = Instant::now();
+        // The checkpoint's offsets go to the pipeline's group after the checkpoint itself: never
+        // ahead of it. They show its lag and keep the embedded log's retention from deleting
+        // what a restart would read again.
+        let topic = &self.p.source.topic;
+        let offsets: Vec<(TopicPartition, i64)> =
+            self.partitions.iter().map(|(&n, p)| (TopicPartition::new(topic.clone(), n), p.next)).collect();
+        if let Err(e) = self.consumer.commit(&offsets).await {
+            tracing::warn!(pipeline = %self.p.id, error = %e, "could not commit the checkpoint's offsets to the bus (the checkpoint keeps them)");
+        }
         let id = self.p.id.clone();
         metrics::counter!("weir_stream_checkpoints_total", "pipeline" => id.clone()).increment(1);
         metrics::histogram!("weir_stream_checkpoint_seconds", "pipeline" => id).record(started.elapsed().as_secs_f64());

@@ -188,6 +188,9 @@ async fn windows_follow_event_time_and_late_events_go_to_the_dlq() {
     payments.push(Payment { id: 22, merchant: 1, cents: 500, failed: true, at: T0 + 66_000 });
     s.produce(&payments).await;
     engine.drain().await.unwrap();
+    // The checkpoint's offsets reach the pipeline's group (for lag and the log's retention).
+    let mut group = s.bus.consumer(ConsumerConfig::new("weir-stream-p")).await.unwrap();
+    assert_eq!(group.committed(&[TopicPartition::new(TOPIC, 0)]).await.unwrap(), vec![Some(22)]);
     let r = s.results(&p).await;
     let m1 = &r[&(1, minute(0))];
     assert_eq!(m1["payments"], 20);

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use weir_bus::{Bus, Record, local::LocalBus};
+use weir_bus::{Bus, Record, config::LocalConfig, local::LocalBus};
 use weir_lake::{LakeConfig, LakeUrl};
 use weir_schemas::{
     avro::AvroSchema,
@@ -28,8 +28,13 @@ pub struct Setup {
 }
 
 pub async fn setup(partitions: u32) -> Setup {
+    setup_with(partitions, LocalConfig::default()).await
+}
+
+/// [`setup`] on an embedded log configured by `bus`.
+pub async fn setup_with(partitions: u32, bus: LocalConfig) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let bus = Arc::new(LocalBus::open(&dir.path().join("bus"), Default::default()).unwrap());
+    let bus = Arc::new(LocalBus::open(&dir.path().join("bus"), bus).unwrap());
     bus.create_topic(TOPIC, partitions).await.unwrap();
     let pool =
         metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await.unwrap();
