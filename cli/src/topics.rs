@@ -1,4 +1,4 @@
-//! `weir topics create|list`.
+//! `weir topics create|list|describe`.
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -22,7 +22,7 @@ pub enum TopicsCommand {
     },
     /// List topics as `name<TAB>partitions`.
     List,
-    /// Show a topic: partitions with their end offsets, and its configs.
+    /// Show a topic: each partition's offsets (first, next) and size, and its configs.
     Describe {
         /// Topic name.
         name: String,
@@ -46,10 +46,11 @@ pub async fn run(config: &Config, command: TopicsCommand) -> anyhow::Result<()> 
         }
         TopicsCommand::Describe { name } => {
             let info = bus.topic(&name).await?;
-            let ends = bus.end_offsets(&name).await?;
+            let stats = bus.partition_stats(&name).await?;
             println!("topic\t{}\npartitions\t{}", info.name, info.partitions);
-            for (p, end) in ends.iter().enumerate() {
-                println!("partition {p}\tend offset {end}");
+            for (p, s) in stats.iter().enumerate() {
+                let size = s.bytes.map(|b| format!("\t{b} bytes")).unwrap_or_default();
+                println!("partition {p}\toffsets {}..{}{size}", s.start, s.end);
             }
             for (k, v) in bus.topic_config(&name).await? {
                 println!("config\t{k}={v}");

@@ -57,7 +57,7 @@ fn round_trip_on_kafka() {
 }
 
 #[test]
-fn topic_configs_reach_kafka_and_the_embedded_log_refuses_what_it_cannot_apply() {
+fn topic_configs_reach_kafka_and_the_embedded_log_applies_retention_only() {
     let brokers = std::env::var("WEIR_TEST_KAFKA")
         .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
     let dir = tempfile::tempdir().unwrap();
@@ -73,12 +73,17 @@ fn topic_configs_reach_kafka_and_the_embedded_log_refuses_what_it_cannot_apply()
     );
 
     let local = "local:./weir-data/bus";
-    let out = weir(d, local, &["topics", "create", "kept", "--topic-config", "retention.ms=60000"], None);
+    let out = weir(d, local, &["topics", "create", "compacted", "--topic-config", "cleanup.policy=compact"], None);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("cannot apply retention.ms=60000"), "{err}");
-    ok(weir(d, local, &["topics", "create", "kept", "--topic-config", "retention.ms=-1"], None));
+    assert!(!out.status.success() && err.contains("cannot apply cleanup.policy=compact"), "{err}");
+    ok(weir(d, local, &["topics", "create", "kept", "--topic-config", "retention.ms=60000"], None));
+    ok(weir(d, local, &["produce", "kept"], Some("a\nb\n")));
     let described = ok(weir(d, local, &["topics", "describe", "kept"], None));
-    assert!(described.contains("config\tretention.ms=-1"), "{described}");
+    assert!(described.contains("config\tretention.ms=60000"), "{described}");
+    assert!(described.contains("config\tretention.bytes=-1"), "the default applies: {described}");
+    let sized = described.lines().find(|l| l.starts_with("partition 0\toffsets 0..2\t")).expect(&described);
+    let bytes: u64 = sized.rsplit('\t').next().unwrap().strip_suffix(" bytes").unwrap().parse().unwrap();
+    assert!(bytes > 2, "{sized}");
     let out = weir(d, local, &["topics", "create", "bad", "--topic-config", "retention.ms"], None);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("is not key=value"));
 }
