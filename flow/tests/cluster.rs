@@ -412,8 +412,9 @@ async fn a_deep_queue_asks_for_more_workers() {
     c.store.upsert_dag(&dag).await.unwrap();
     runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
     // 2 running + 10 queued of unknown duration = 12 slots = 6 workers of 2 slots.
-    c.wait_until("the signal rises to 6", Duration::from_secs(10), || async {
-        c.store.desired().await.unwrap().first().is_some_and(|d| d.desired == 6)
+    // (12 queued before the worker takes any is 6 workers too: wait for the worker's two.)
+    c.wait_until("the signal rises to 6 with two running", Duration::from_secs(10), || async {
+        c.store.desired().await.unwrap().first().is_some_and(|d| d.desired == 6 && d.running == 2)
     })
     .await;
     let d = &c.store.desired().await.unwrap()[0];
