@@ -80,6 +80,129 @@ pub async fn register_opened(
     Ok(registered)
 }
 
+/// How a session sees the lake's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Registration {
+    /// Delta table providers: the session reads the Delta log (in-process engines).
+    #[default]
+    Delta,
+    /// Plain Parquet scans of each table version's data files, with partition values as literal
+    /// columns: a plan any DataFusion engine can run without Delta (Ballista's executors).
+    Files,
+}
+
+/// Registers every table of `lake` (at its latest version) and the versions the `VERSION AS OF`
+/// references of `sql` pin, the way `how` says, in `ctx`; returns `sql` rewritten to read the
+/// pinned versions and what was registered.
+pub async fn register_for(
+    ctx: &SessionContext,
+    lake: &Lake,
+    sql: &str,
+    how: Registration,
+) -> Result<(String, Vec<Registered>), LakeError> {
+    let (sql, pinned) = rewrite_time_travel(sql)?;
+    let mut tables: Vec<(String, String, deltalake::DeltaTable)> =
+        lake.open_all().await?.into_iter().map(|(name, t)| (name.clone(), name, t)).collect();
+    for ((name, v), alias) in pinned {
+        tables.push((name.clone(), alias, lake.open(&name, Some(v)).await?));
+    }
+    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
+    for ns in NAMESPACES {
+        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
+    }
+    let mut registered = Vec::new();
+    for (name, as_name, table) in &tables {
+        match how {
+            Registration::Delta => register(ctx, name, as_name, table).await?,
+            Registration::Files => register_files(ctx, name, as_name, table).await?,
+        }
+        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+        let bytes = snapshot.log_data().iter().map(|f| f.size() as u64).sum();
+        registered.push(Registered { name: name.clone(), version: snapshot.version(), bytes });
+    }
+    Ok((sql, registered))
+}
+
+/// Registers `table` as a view over its version's data files: per set of partition values, a
+/// Parquet listing of exactly those files (never a directory listing, which would see files of
+/// other versions and of failed writes), with the partition values as literals, all unioned.
+/// Columns come in the order and types the Delta provider gives them.
+async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    as_name: &str,
+    table: &deltalake::DeltaTable,
+) -> Result<(), LakeError> {
+    use deltalake::datafusion::{
+        catalog::view::ViewTable,
+        common::{Column, DFSchema, ScalarValue},
+        datasource::{
+            file_format::parquet::ParquetFormat,
+            listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl},
+            provider_as_source,
+        },
+        logical_expr::{EmptyRelation, Expr, LogicalPlan, LogicalPlanBuilder, lit},
+    };
+    let bad = |reason: String| LakeError::Table { table: name.to_string(), reason };
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+    let partition_cols: Vec<String> = snapshot.metadata().partition_columns().to_vec();
+    let schema = table.table_provider().await.map_err(query_err)?.schema();
+    let file_schema = Arc::new(deltalake::arrow::datatypes::Schema::new(
+        schema.fields().iter().filter(|f| !partition_cols.contains(f.name())).cloned().collect::<Vec<_>>(),
+    ));
+    let root = table.table_url().as_str().trim_end_matches('/').to_string();
+    // Files grouped by their partition values (rendered as Delta stores them).
+    let mut groups: BTreeMap<Vec<Option<String>>, Vec<ListingTableUrl>> = BTreeMap::new();
+    for f in snapshot.log_data().iter() {
+        let values = f.partition_values_map();
+        let key = partition_cols.iter().map(|c| values.get(c).cloned().flatten()).collect();
+        let url = format!("{root}/{}", f.path());
+        let url = ListingTableUrl::parse(&url).map_err(|e| bad(format!("data file {url}: {e}")))?;
+        groups.entry(key).or_default().push(url);
+    }
+    let mut plan: Option<LogicalPlan> = None;
+    for (values, files) in groups {
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(files)
+            .with_listing_options(options)
+            .with_schema(file_schema.clone());
+        let listing = ListingTable::try_new(config).map_err(query_err)?;
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let expr = match partition_cols.iter().position(|c| c == field.name()) {
+                Some(i) => {
+                    let value = match &values[i] {
+                        Some(v) => ScalarValue::try_from_string(v.clone(), field.data_type())
+                            .map_err(|e| bad(format!("partition value {}={v}: {e}", field.name())))?,
+                        None => ScalarValue::try_from(field.data_type()).map_err(query_err)?,
+                    };
+                    lit(value).alias(field.name())
+                }
+                None => Expr::Column(Column::new_unqualified(field.name())),
+            };
+            columns.push(expr);
+        }
+        let part = LogicalPlanBuilder::scan(format!("{as_name}.files"), provider_as_source(Arc::new(listing)), None)
+            .and_then(|b| b.project(columns))
+            .and_then(|b| b.build())
+            .map_err(query_err)?;
+        plan = Some(match plan {
+            None => part,
+            Some(p) => LogicalPlanBuilder::from(p).union(part).and_then(|b| b.build()).map_err(query_err)?,
+        });
+    }
+    let plan = match plan {
+        Some(p) => p,
+        None => LogicalPlan::EmptyRelation(EmptyRelation {
+            produce_one_row: false,
+            schema: Arc::new(DFSchema::try_from(schema.as_ref().clone()).map_err(query_err)?),
+        }),
+    };
+    let (ns, rest) = as_name.split_once('.').expect("checked lake names have a namespace");
+    ctx.register_table(TableReference::partial(ns, rest), Arc::new(ViewTable::new(plan, None))).map_err(query_err)?;
+    Ok(())
+}
+
 async fn register(
     ctx: &SessionContext,
     name: &str,
