@@ -2,7 +2,9 @@
 //!
 //! The runtimes of batch tasks, independent of any scheduler: [`script`] runs an executable
 //! with its output captured into a log file, [`sql`] runs a DataFusion query over the lake and
-//! writes its result as a new version of a `views.*` Delta table.
+//! writes its result as a new version of a `views.*` Delta table, on the [`engine`] the task
+//! chose (in-process DataFusion or a Ballista cluster).
 
+pub mod engine;
 pub mod script;
 pub mod sql;

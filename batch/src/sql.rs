@@ -1,13 +1,33 @@
 //! SQL tasks: a DataFusion query over every lake table (`raw.*`, `current.*`, `views.*`) whose
 //! result becomes a new version of `views.<name>` — replacing its rows (the default; the schema
 //! may change) or appended to them. The commit records where it came from (`weir.source`).
+//!
+//! On Ballista the tables reach the cluster as plain Parquet scans of the versions this task
+//! resolved ([`weir_lake::query::Registration::Files`]), so executors need no Delta log; the
+//! result comes back to the task, which makes the one Delta commit, as in-process.
 
 use std::sync::Arc;
 
 use futures::TryStreamExt as _;
 
-use deltalake::{DeltaTable, kernel::transaction::CommitProperties, operations::write::SchemaMode, protocol::SaveMode};
-use weir_lake::catalog::{Lake, LakeError};
+use ballista::prelude::{SessionConfigExt as _, SessionContextExt as _};
+use deltalake::{
+    DeltaTable,
+    datafusion::{
+        error::DataFusionError,
+        execution::SessionStateBuilder,
+        prelude::{SessionConfig, SessionContext},
+    },
+    kernel::transaction::CommitProperties,
+    operations::write::SchemaMode,
+    protocol::SaveMode,
+};
+use weir_lake::{
+    catalog::{Lake, LakeError},
+    query::Registration,
+};
+
+use crate::engine::Engine;
 
 /// What a SQL task wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +51,11 @@ pub enum WriteMode {
     Append,
 }
 
-/// Runs `sql` and writes its result to `views.<view>`; `source` goes into the commit's metadata.
+/// Runs `sql` on `engine` and writes its result to `views.<view>`; `source` goes into the
+/// commit's metadata.
 pub async fn write_view(
     lake: &Lake,
+    engine: &Engine,
     sql: &str,
     view: &str,
     mode: WriteMode,
@@ -41,15 +63,29 @@ pub async fn write_view(
 ) -> Result<ViewWritten, LakeError> {
     let name = format!("views.{view}");
     let url = lake.table_url(&name)?;
-    let (ctx, sql) = weir_lake::query::session_for(lake, sql, None).await?;
-    let frame = ctx.sql(&sql).await.map_err(|e| LakeError::Query(Box::new(e)))?;
     let table = DeltaTable::try_from_url(url).await.map_err(|e| LakeError::delta(&name, e))?;
     let before = table.version();
-    let mut write = table
-        .write(Vec::new())
-        .with_input_plan(frame.logical_plan().clone())
-        .with_session_state(Arc::new(ctx.state()))
-        .with_commit_properties(CommitProperties::default().with_metadata([("weir.source".to_string(), source)]));
+    let write = match engine {
+        Engine::Local => {
+            let (ctx, sql) = weir_lake::query::session_for(lake, sql, None).await?;
+            let frame = ctx.sql(&sql).await.map_err(|e| LakeError::Query(Box::new(e)))?;
+            table
+                .write(Vec::new())
+                .with_input_plan(frame.logical_plan().clone())
+                .with_session_state(Arc::new(ctx.state()))
+        }
+        Engine::Ballista { scheduler } => {
+            let ctx = ballista_session(scheduler, view).await?;
+            let (sql, _) = weir_lake::query::register_for(&ctx, lake, sql, Registration::Files).await?;
+            let on_cluster = |e: DataFusionError| {
+                LakeError::Query(Box::new(e.context(format!("running on the Ballista scheduler at {engine}"))))
+            };
+            let batches = ctx.sql(&sql).await.map_err(on_cluster)?.collect().await.map_err(on_cluster)?;
+            table.write(batches)
+        }
+    };
+    let mut write =
+        write.with_commit_properties(CommitProperties::default().with_metadata([("weir.source".to_string(), source)]));
     write = match (mode, before.is_some()) {
         (WriteMode::Append, _) => write.with_save_mode(SaveMode::Append).with_schema_mode(SchemaMode::Merge),
         (WriteMode::ReplaceWhere(predicate), true) => {
@@ -71,6 +107,16 @@ pub async fn write_view(
     Ok(ViewWritten { table: name, version, rows })
 }
 
+/// A session whose queries run on the Ballista scheduler at `scheduler` (`host:port`), as a job
+/// named after the view.
+pub async fn ballista_session(scheduler: &str, view: &str) -> Result<SessionContext, LakeError> {
+    let config = SessionConfig::new_with_ballista().with_ballista_job_name(&format!("weir views.{view}"));
+    let state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    SessionContext::remote_with_state(&format!("df://{scheduler}"), state)
+        .await
+        .map_err(|e| LakeError::Query(Box::new(e.context(format!("connecting to Ballista at {scheduler}")))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,10 +131,14 @@ mod tests {
         };
         let lake = Lake::new(&config);
         let source = serde_json::json!({"test": true});
-        write_view(&lake, "SELECT 1 AS n", "counter", WriteMode::Overwrite, source.clone()).await.unwrap();
-        write_view(&lake, "SELECT 2 AS n", "counter", WriteMode::Overwrite, source.clone()).await.unwrap();
+        write_view(&lake, &Engine::Local, "SELECT 1 AS n", "counter", WriteMode::Overwrite, source.clone())
+            .await
+            .unwrap();
+        write_view(&lake, &Engine::Local, "SELECT 2 AS n", "counter", WriteMode::Overwrite, source.clone())
+            .await
+            .unwrap();
         let sql = "SELECT n FROM views.counter VERSION AS OF 0";
-        write_view(&lake, sql, "first", WriteMode::Overwrite, source).await.unwrap();
+        write_view(&lake, &Engine::Local, sql, "first", WriteMode::Overwrite, source).await.unwrap();
         let batches = weir_lake::query::run(&lake, "SELECT n FROM views.first", None).await.unwrap();
         let n = deltalake::arrow::compute::cast(batches[0].column(0), &deltalake::arrow::datatypes::DataType::Int64)
             .unwrap();

@@ -172,6 +172,8 @@ pub enum TaskKind {
         /// Replace only the rows matching this predicate (templated; Delta's replaceWhere), so
         /// that each data interval's run rewrites its own rows and a rerun duplicates nothing.
         replace_where: Option<String>,
+        /// The engine it asks for (else `[batch] engine`).
+        engine: Option<weir_batch::engine::EngineChoice>,
     },
     /// An executable whose standard output names the downstream tasks to follow (one per line,
     /// or separated by commas or spaces); the other direct downstream tasks are skipped.
@@ -308,6 +310,7 @@ struct TaskFile {
     #[serde(default)]
     mode: Option<String>,
     replace_where: Option<String>,
+    engine: Option<weir_batch::engine::EngineChoice>,
     branch: Option<Vec<String>>,
     lake_snapshot: Option<String>,
     sensor: Option<SensorFile>,
@@ -550,7 +553,7 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         if append && t.replace_where.is_some() {
             return Err(format!("task {:?}: replace_where needs mode overwrite", t.id));
         }
-        kinds.push(TaskKind::Sql { sql, view, append, replace_where: t.replace_where.clone() });
+        kinds.push(TaskKind::Sql { sql, view, append, replace_where: t.replace_where.clone(), engine: t.engine });
     }
     if let Some(command) = t.branch {
         kinds.push(TaskKind::Branch { command });
@@ -604,8 +607,10 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
     {
         return Err(format!("task {:?}: the command is empty", t.id));
     }
-    if !matches!(kind, TaskKind::Sql { .. }) && (t.view.is_some() || t.mode.is_some() || t.replace_where.is_some()) {
-        return Err(format!("task {:?}: view, mode and replace_where belong to sql tasks", t.id));
+    if !matches!(kind, TaskKind::Sql { .. })
+        && (t.view.is_some() || t.mode.is_some() || t.replace_where.is_some() || t.engine.is_some())
+    {
+        return Err(format!("task {:?}: view, mode, replace_where and engine belong to sql tasks", t.id));
     }
     if !matches!(kind, TaskKind::Script { .. }) && !t.env.is_empty() {
         return Err(format!("task {:?}: env belongs to script tasks", t.id));
@@ -775,7 +780,8 @@ tasks:
                 sql: "SELECT 1 AS x".into(),
                 view: "order_facts".into(),
                 append: false,
-                replace_where: None
+                replace_where: None,
+                engine: None
             }
         );
         assert_eq!(dag.task("cleanup").unwrap().kind, TaskKind::LakeSnapshot { table: "shop_orders".into() });

@@ -41,9 +41,9 @@ pub(crate) async fn run_try(
     task_id: &str,
     try_number: u32,
     logs_dir: &Path,
-    lake: &Lake,
-    store: &Store,
+    with: &With<'_>,
 ) -> (Outcome, Option<String>) {
+    let With { lake, store, batch } = *with;
     let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: task_id.to_string() };
     let log = log_path(logs_dir, &key, try_number);
     let Some(task) = dag.task(task_id) else {
@@ -63,7 +63,8 @@ pub(crate) async fn run_try(
     );
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
-    let env = Env { ctx: &ctx, cwd: &cwd, log: &log, lake, store, key: &key, try_number, interval: run.interval };
+    let env =
+        Env { ctx: &ctx, cwd: &cwd, log: &log, lake, store, key: &key, try_number, interval: run.interval, batch };
     let outcome = execute(task, &env).await;
     let moved = match lake.url() {
         weir_lake::LakeUrl::S3 { .. } => move_log(lake, &key, try_number, &log).await,
@@ -124,6 +125,15 @@ pub(crate) fn finish_of(
     }
 }
 
+/// The services a try uses.
+#[derive(Clone, Copy)]
+pub(crate) struct With<'a> {
+    pub lake: &'a Lake,
+    pub store: &'a Store,
+    /// Where SQL tasks run.
+    pub batch: &'a weir_batch::engine::BatchConfig,
+}
+
 /// What a try runs with.
 struct Env<'a> {
     ctx: &'a Context,
@@ -134,6 +144,7 @@ struct Env<'a> {
     key: &'a TaskKey,
     try_number: u32,
     interval: crate::schedule::Interval,
+    batch: &'a weir_batch::engine::BatchConfig,
 }
 
 /// Runs one try of `task`.
@@ -185,19 +196,21 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
             };
             run.await
         }
-        TaskKind::Sql { sql, view, append, replace_where } => {
+        TaskKind::Sql { sql, view, append, replace_where, engine } => {
             let run = async {
+                let engine = env.batch.engine_for(*engine)?;
                 let sql = ctx.render(sql, Syntax::Sql)?;
                 let mode = match (append, replace_where) {
                     (true, _) => WriteMode::Append,
                     (false, Some(p)) => WriteMode::ReplaceWhere(ctx.render(p, Syntax::Sql)?),
                     (false, None) => WriteMode::Overwrite,
                 };
-                write_log(log, &format!("[weir] views.{view} ← {sql}\n")).await;
+                write_log(log, &format!("[weir] views.{view} ← {sql} (engine {engine})\n")).await;
                 let source = serde_json::json!({"dag": key.dag_id, "run": key.run_id, "task": key.task_id});
-                let written = with_timeout(timeout, weir_batch::sql::write_view(lake, &sql, view, mode, source))
-                    .await?
-                    .map_err(|e| e.to_string())?;
+                let written =
+                    with_timeout(timeout, weir_batch::sql::write_view(lake, &engine, &sql, view, mode, source))
+                        .await?
+                        .map_err(|e| e.to_string())?;
                 write_log(
                     log,
                     &format!(

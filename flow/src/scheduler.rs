@@ -71,6 +71,9 @@ pub struct FlowConfig {
     /// beside the lake's tables when the lake is a local directory. With a lake on S3 they are
     /// written to `./weir-data/logs` by default and moved to the lake's `logs/` when the try ends.
     pub logs_dir: Option<PathBuf>,
+    /// `[batch]`: the engine of SQL tasks (a section of its own in `weir.toml`, copied here).
+    #[serde(skip)]
+    pub batch: weir_batch::engine::BatchConfig,
     /// Pools and their slots; a task names one (`default_pool` has `slots` slots).
     pub pools: BTreeMap<String, usize>,
     /// `local` (the scheduler runs tasks) or `workers` (`weir worker` processes do; `slots` then
@@ -103,6 +106,7 @@ impl Default for FlowConfig {
             parse_interval: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             logs_dir: None,
+            batch: weir_batch::engine::BatchConfig::default(),
             pools: BTreeMap::new(),
             executor: Executor::Local,
             heartbeat_interval: Duration::from_secs(1),
@@ -876,9 +880,11 @@ impl Scheduler {
             .insert(key.clone(), Running { pool: ti.pool.clone(), dag: Some(dag.clone()), max_tries: ti.max_tries });
         let (dag, run) = (dag.clone(), run.clone());
         let (lake, store, logs_dir) = (self.lake.clone(), self.store.clone(), self.logs_dir.clone());
+        let batch = self.config.batch.clone();
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &lake, &store).await;
+            let with = execute::With { lake: &lake, store: &store, batch: &batch };
+            let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &with).await;
             let _ = done.send(Completion { key, try_number, outcome, log });
         });
     }

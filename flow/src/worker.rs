@@ -80,6 +80,7 @@ impl Worker {
                                 logs_dir: self.logs_dir.clone(),
                                 me: me.clone(),
                                 versions: versions.clone(),
+                                batch: self.config.batch.clone(),
                             };
                             running.spawn(t.run(claim));
                         }
@@ -119,6 +120,7 @@ struct Try {
     logs_dir: PathBuf,
     me: String,
     versions: Versions,
+    batch: weir_batch::engine::BatchConfig,
 }
 
 impl Try {
@@ -134,8 +136,7 @@ impl Try {
                     &key.task_id,
                     claim.try_number,
                     &self.logs_dir,
-                    &self.lake,
-                    &self.store,
+                    &execute::With { lake: &self.lake, store: &self.store, batch: &self.batch },
                 )
                 .await;
                 (outcome, log, Some(dag))
