@@ -25,6 +25,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WEIR_METADATA_URL", "metadata.url"),
     ("WEIR_REGISTRY_URL", "registry.url"),
     ("WEIR_REGISTRY_LISTEN", "registry.listen"),
+    ("WEIR_BATCH_ENGINE", "batch.engine"),
 ];
 
 /// The whole configuration.
@@ -45,6 +46,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[flow]`: the orchestrator.
     pub flow: FlowConfig,
+    /// `[batch]`: where SQL tasks run (in-process DataFusion or a Ballista cluster).
+    pub batch: weir_batch::engine::BatchConfig,
     /// `[stream]`: the speed layer.
     pub stream: StreamConfig,
     /// `[serving]`: the query API.
@@ -104,7 +107,7 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
             from_env.push((*var, *key));
         }
     }
-    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
         let source = from_env
             .iter()
@@ -115,6 +118,8 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         anyhow::anyhow!("{source}: {key}: {}", message.lines().next().unwrap_or_default())
     })?;
     config.metadata.validate().map_err(|e| anyhow::anyhow!("{}: {e}", source_of(&from_env, "metadata.url", &file)))?;
+    // The orchestrator runs SQL tasks on the engine `[batch]` names.
+    config.flow.batch = config.batch.clone();
     Ok(config)
 }
 

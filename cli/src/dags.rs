@@ -29,7 +29,8 @@ pub enum DagsCommand {
         dag: String,
     },
     /// Show how DataFusion runs the DAG's SQL tasks (templates rendered for the latest
-    /// interval): the physical plan with its partitioned, parallel stages.
+    /// interval): the physical plan with its partitioned, parallel stages, or, for a task on
+    /// Ballista, the stages its scheduler splits the plan into.
     Explain {
         /// The DAG.
         dag: String,
@@ -233,7 +234,7 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                 .unwrap_or(weir_flow::schedule::Interval { start: now, end: now });
             let mut shown = 0;
             for t in d.tasks.iter().filter(|t| task.as_ref().is_none_or(|id| *id == t.id)) {
-                let TaskKind::Sql { sql, view, .. } = &t.kind else { continue };
+                let TaskKind::Sql { sql, view, engine, .. } = &t.kind else { continue };
                 let ctx = TemplateContext::new(
                     &d.id,
                     "explain",
@@ -246,6 +247,15 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                 );
                 let sql = ctx.render(sql, TemplateSyntax::Sql).map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
                 println!("== task {} → views.{view}  (interval {} – {})", t.id, interval.start, interval.end);
+                let engine = config.batch.engine_for(*engine).map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
+                if let weir_batch::engine::Engine::Ballista { .. } = engine {
+                    println!("-- engine {engine}: Ballista's stages");
+                    for stage in ballista_stages(&lake, &sql).await.with_context(|| format!("task {}", t.id))? {
+                        println!("{stage}");
+                    }
+                    shown += 1;
+                    continue;
+                }
                 let batches = weir_lake::query::run(&lake, &format!("EXPLAIN {sql}"), None)
                     .await
                     .with_context(|| format!("task {}", t.id))?;
@@ -379,6 +389,31 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The stages Ballista's scheduler splits `sql` into (its own planner, on the plan over the
+/// tables' data files that a task sends), each printed with its plan.
+async fn ballista_stages(lake: &Lake, sql: &str) -> anyhow::Result<Vec<String>> {
+    use ballista_core::extension::SessionConfigExt as _;
+    use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner as _};
+    use deltalake::datafusion::{
+        physical_plan::displayable,
+        prelude::{SessionConfig, SessionContext},
+    };
+    let ctx = SessionContext::new_with_config(SessionConfig::new_with_ballista());
+    let (sql, _) = weir_lake::query::register_for(&ctx, lake, sql, weir_lake::query::Registration::Files).await?;
+    let plan = ctx.sql(&sql).await?.create_physical_plan().await?;
+    let state = ctx.state();
+    let stages = DefaultDistributedPlanner::new().plan_query_stages(
+        &ballista_core::JobId::new("explain"),
+        plan,
+        state.config().options(),
+    )?;
+    Ok(stages
+        .iter()
+        .enumerate()
+        .map(|(i, stage)| format!("stage {}:\n{}", i + 1, displayable(stage.as_ref()).indent(false)))
+        .collect())
 }
 
 /// `weir scheduler`: runs DAGs until Ctrl-C or SIGTERM, serving /healthz and /metrics; or,

@@ -4,6 +4,7 @@
 //! ([`config`]), opens the bus, the metadata database and the registry it names, and runs one
 //! command or role. Library crates return typed errors; here they become `anyhow` messages.
 
+mod ballista;
 mod bench;
 mod cassandra;
 mod config;
@@ -90,6 +91,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run the streaming pipelines and alert rules (the speed layer).
     Stream(stream::StreamArgs),
+    /// Apache DataFusion Ballista's scheduler and executor, for SQL tasks on a cluster.
+    #[command(subcommand)]
+    Ballista(ballista::BallistaCommand),
     /// Run a benchmark and print its result as JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -105,6 +109,7 @@ async fn main() {
             | Command::Lake(lake::LakeCommand::Run { .. })
             | Command::Scheduler(dags::SchedulerArgs { command: None, .. })
             | Command::Worker(_)
+            | Command::Ballista(_)
             | Command::Stream(_)
             | Command::Serve(_)
     );
@@ -144,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dags(c) => dags::run(&config, c).await,
         Command::Scheduler(a) => dags::scheduler(&config, a).await,
         Command::Worker(a) => dags::worker(&config, a).await,
+        Command::Ballista(c) => ballista::run(&config, c).await,
         Command::Events(c) => events::run(&config, c).await,
         Command::Stream(a) => stream::run(&config, a).await,
         Command::Serve(a) => serve::run(&config, a).await,

@@ -1,0 +1,142 @@
+//! `weir ballista scheduler|executor`: Apache DataFusion Ballista's two roles built into the weir
+//! binary, for SQL tasks whose engine is `ballista://host:port` (see `weir_batch::engine`). Each
+//! serves `/healthz` and `/metrics` on its `--listen` address like every other role; Ballista's
+//! own gRPC endpoints are on `--bind` (scheduler) and `--port`/`--grpc-port` (executor).
+//!
+//! Tasks reach the cluster as plans over the Parquet files of the table versions they resolved,
+//! by `file://` URLs: executors must see the lake's directory at the same path (one machine, or a
+//! shared mount).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+use crate::{config::Config, telemetry};
+
+/// Executors ask the scheduler for tasks (Spark's model) rather than the scheduler pushing them:
+/// measured, with push a job whose executor died after finishing a stage stalled once the lost
+/// stage was rolled back (nothing offered its tasks again); with pull the live executors take
+/// them at their next poll.
+const SCHEDULING: ballista_core::config::TaskSchedulingPolicy = ballista_core::config::TaskSchedulingPolicy::PullStaged;
+
+/// Ballista's roles.
+#[derive(Subcommand)]
+pub enum BallistaCommand {
+    /// The scheduler: plans each query into stages and hands their tasks to executors.
+    Scheduler {
+        /// Ballista's gRPC endpoint (what `[batch] engine = "ballista://host:port"` names).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: SocketAddr,
+        /// Where to serve /healthz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:9099")]
+        listen: SocketAddr,
+        /// Seconds without a heartbeat after which an executor is dead and its tasks run elsewhere.
+        #[arg(long, default_value_t = 30)]
+        executor_timeout: u64,
+    },
+    /// An executor: runs the scheduler's tasks, keeping shuffle files in its work directory.
+    Executor {
+        /// The scheduler's gRPC endpoint, `host:port`.
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        scheduler: String,
+        /// The address this executor listens on (and tells the scheduler).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: String,
+        /// Its Arrow Flight port (other executors fetch shuffle data from it).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// Its gRPC port (the scheduler's calls).
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Where shuffle files go (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Tasks run at once (default: the machine's cores).
+        #[arg(long)]
+        concurrent_tasks: Option<usize>,
+        /// Seconds between heartbeats to the scheduler.
+        #[arg(long, default_value_t = 5)]
+        heartbeat_interval: u64,
+        /// Where to serve /healthz and /metrics.
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+    },
+}
+
+pub async fn run(_config: &Config, command: BallistaCommand) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics()?;
+    match command {
+        BallistaCommand::Scheduler { bind, listen, executor_timeout } => {
+            let server = ops_server(listen, metrics).await?;
+            let config = ballista_scheduler::config::SchedulerConfig {
+                bind_host: bind.ip().to_string(),
+                bind_port: bind.port(),
+                external_host: bind.ip().to_string(),
+                executor_timeout_seconds: executor_timeout,
+                scheduling_policy: SCHEDULING,
+                no_executors_grace_period_seconds: executor_timeout,
+                ..Default::default()
+            };
+            let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&config)
+                .await
+                .context("setting up the Ballista scheduler's state")?;
+            tracing::info!(%bind, %listen, "Ballista scheduler running");
+            let scheduler = ballista_scheduler::scheduler_process::start_server(cluster, bind, Arc::new(config));
+            tokio::select! {
+                r = scheduler => r.with_context(|| format!("Ballista scheduler on {bind}"))?,
+                r = server => r.context("health and metrics server")?,
+                () = telemetry::stop_signal() => {}
+            }
+        }
+        BallistaCommand::Executor {
+            scheduler,
+            bind_host,
+            port,
+            grpc_port,
+            work_dir,
+            concurrent_tasks,
+            heartbeat_interval,
+            listen,
+        } => {
+            let (scheduler_host, scheduler_port) = scheduler
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                .with_context(|| format!("--scheduler {scheduler:?} is not host:port"))?;
+            let server = ops_server(listen, metrics).await?;
+            let mut config = ballista_executor::executor_process::ExecutorProcessConfig {
+                bind_host: bind_host.clone(),
+                external_host: Some(bind_host),
+                port,
+                grpc_port,
+                scheduler_host,
+                scheduler_port,
+                scheduler_connect_timeout_seconds: 10,
+                work_dir: work_dir.map(|d| d.display().to_string()),
+                executor_heartbeat_interval_seconds: heartbeat_interval,
+                task_scheduling_policy: SCHEDULING,
+                ..Default::default()
+            };
+            if let Some(n) = concurrent_tasks {
+                config.vcores = n;
+            }
+            tracing::info!(scheduler = %scheduler, port, grpc_port, vcores = config.vcores, %listen, "Ballista executor running");
+            let executor = ballista_executor::executor_process::start_executor_process(Arc::new(config));
+            tokio::select! {
+                r = executor => r.with_context(|| format!("Ballista executor of {scheduler}"))?,
+                r = server => r.context("health and metrics server")?,
+                () = telemetry::stop_signal() => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serves `/healthz` and `/metrics` on `listen` until the process ends.
+async fn ops_server(
+    listen: SocketAddr,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    Ok(axum::serve(listener, telemetry::router(metrics)).into_future())
+}

@@ -1,0 +1,281 @@
+//! SQL tasks on Apache DataFusion Ballista: `weir ballista scheduler` and two `weir ballista
+//! executor`s on loopback run a DAG's join (the `orders_daily` shape) and a `replace_where`
+//! backfill, and the views equal the in-process engine's.
+
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{free_port, ok, weir};
+
+const BUS: &str = "local:./weir-data/bus";
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(dir: &Path, args: &[&str]) -> Killed {
+    let log = std::fs::File::create(dir.join(format!("{}.log", args.join("_").replace(['/', ':', '.'], "-")))).unwrap();
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(args)
+            .current_dir(dir)
+            .env("WEIR_BUS_URL", BUS)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until `port` answers `/healthz` with 200.
+fn wait_healthy(port: u16, what: &str) {
+    use std::io::{Read as _, Write as _};
+    let started = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            if out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200") {
+                return;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{what} not healthy on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Ballista scheduler and two executors on loopback, configured as `[batch] ballista`.
+struct Cluster {
+    grpc: u16,
+    executors: Vec<(Killed, std::path::PathBuf)>,
+    _scheduler: Killed,
+}
+
+impl Cluster {
+    fn start(d: &Path, scheduler_args: &[&str]) -> Cluster {
+        let (grpc, ops) = (free_port(), free_port());
+        std::fs::write(d.join("weir.toml"), format!("[batch]\nballista = \"ballista://127.0.0.1:{grpc}\"\n")).unwrap();
+        let bind = format!("127.0.0.1:{grpc}");
+        let listen = format!("127.0.0.1:{ops}");
+        let scheduler =
+            spawn(d, &[&["ballista", "scheduler", "--bind", &bind, "--listen", &listen], scheduler_args].concat());
+        wait_healthy(ops, "the Ballista scheduler");
+        let mut executors = Vec::new();
+        for i in 0..2 {
+            let (flight, exec_grpc, exec_ops) = (free_port(), free_port(), free_port());
+            let work = d.join(format!("executor-{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            let child = spawn(
+                d,
+                &[
+                    "ballista",
+                    "executor",
+                    "--scheduler",
+                    &bind,
+                    "--port",
+                    &flight.to_string(),
+                    "--grpc-port",
+                    &exec_grpc.to_string(),
+                    "--work-dir",
+                    work.to_str().unwrap(),
+                    "--concurrent-tasks",
+                    "2",
+                    "--heartbeat-interval",
+                    "2",
+                    "--listen",
+                    &format!("127.0.0.1:{exec_ops}"),
+                ],
+            );
+            wait_healthy(exec_ops, "a Ballista executor");
+            executors.push((child, work));
+        }
+        Cluster { grpc, executors, _scheduler: scheduler }
+    }
+}
+
+/// Whether `dir` holds a file anywhere below it.
+fn holds_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() { holds_files(&p) } else { true }
+    })
+}
+
+fn wait_for_run(dir: &Path, dag: &str, run: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let out = ok(weir(dir, BUS, &["dags", "runs", dag], None));
+        if let Some(line) = out.lines().find(|l| l.starts_with(run)) {
+            let state = line.split_whitespace().nth(2).unwrap().to_string();
+            if state == "success" || state == "failed" {
+                return state;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "run {run} not finished:\n{out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn query(dir: &Path, sql: &str) -> String {
+    ok(weir(dir, BUS, &["query", "--format", "csv", sql], None))
+}
+
+/// Orders per day and payment method with their payments, deliveries and ratings.
+const DAILY: &str = "SELECT o.day, p.method, count(*) AS orders, sum(p.amount) AS paid, \
+    count(d.order_id) AS delivered, avg(d.minutes) AS avg_minutes, count(r.order_id) AS rated, \
+    avg(r.stars) AS avg_stars \
+    FROM views.orders o LEFT JOIN views.payments p ON o.order_id = p.order_id \
+    LEFT JOIN views.deliveries d ON o.order_id = d.order_id \
+    LEFT JOIN views.ratings r ON o.order_id = r.order_id";
+
+#[test]
+fn sql_tasks_on_a_ballista_cluster_write_what_the_in_process_engine_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cluster = Cluster::start(d, &[]);
+    let grpc = cluster.grpc;
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    let series = "FROM generate_series(1, 20000)";
+    let daily = |engine: &str, view: &str| {
+        format!(
+            "  - id: {view}\n    upstream: [orders, payments, deliveries, ratings]\n    engine: {engine}\n    \
+                 sql: \"{DAILY} GROUP BY 1, 2\"\n"
+        )
+    };
+    let backfill = |engine: &str, view: &str, upstream: &str| {
+        format!(
+            "  - id: {view}_backfill\n    upstream: [{upstream}]\n    engine: {engine}\n    view: {view}\n    \
+                 replace_where: \"day IN (3, 4)\"\n    \
+                 sql: \"{DAILY} WHERE o.day IN (3, 4) AND o.order_id <= 10000 GROUP BY 1, 2\"\n"
+        )
+    };
+    std::fs::write(
+        d.join("dags/daily.yaml"),
+        format!(
+            "tasks:\n  \
+             - id: orders\n    sql: \"SELECT value AS order_id, CAST(value % 30 AS INT) AS day {series}\"\n  \
+             - id: payments\n    sql: \"SELECT value AS order_id, CASE WHEN value % 3 = 0 THEN 'card' ELSE 'cash' END AS method, \
+             CAST(value % 1000 AS DOUBLE) AS amount {series}\"\n  \
+             - id: deliveries\n    sql: \"SELECT value AS order_id, CAST(value % 47 AS DOUBLE) AS minutes {series} WHERE value % 10 <> 0\"\n  \
+             - id: ratings\n    sql: \"SELECT value AS order_id, CAST(value % 5 + 1 AS DOUBLE) AS stars {series} WHERE value % 2 = 0\"\n\
+             {}{}{}{}",
+            daily("local", "daily_local"),
+            daily("ballista", "daily_ballista"),
+            backfill("local", "daily_local", "daily_local"),
+            backfill("ballista", "daily_ballista", "daily_ballista"),
+        ),
+    )
+    .unwrap();
+
+    let _flow = spawn(d, &["scheduler", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let run = ok(weir(d, BUS, &["dags", "trigger", "daily"], None)).trim().to_string();
+    let state = wait_for_run(d, "daily", &run);
+    let tasks = ok(weir(d, BUS, &["dags", "tasks", "daily", &run], None));
+    assert_eq!(state, "success", "{tasks}");
+    let log = ok(weir(d, BUS, &["dags", "logs", "daily", &run, "daily_ballista"], None));
+    assert!(log.contains(&format!("(engine ballista://127.0.0.1:{grpc})")), "{log}");
+
+    let columns = "day, method, orders, paid, delivered, avg_minutes, rated, avg_stars";
+    let local = query(d, &format!("SELECT {columns} FROM views.daily_local ORDER BY day, method"));
+    let ballista = query(d, &format!("SELECT {columns} FROM views.daily_ballista ORDER BY day, method"));
+    assert_eq!(local, ballista, "the same view from both engines");
+    assert_eq!(local.lines().count(), 1 + 30, "a row per day (each day has one method): {local}");
+    // The backfill replaced days 3 and 4 only: with half the orders there, the other days whole.
+    let day = |view: &str, day: u32| query(d, &format!("SELECT sum(orders) FROM views.{view} WHERE day = {day}"));
+    assert_eq!(day("daily_ballista", 3).lines().nth(1), day("daily_local", 3).lines().nth(1));
+    let third: u64 = day("daily_ballista", 3).lines().nth(1).unwrap().parse().unwrap();
+    let fifth: u64 = day("daily_ballista", 5).lines().nth(1).unwrap().parse().unwrap();
+    assert!(third * 2 <= fifth + 2 && third * 2 + 2 >= fifth, "day 3 backfilled with half: {third} vs {fifth}");
+    // `weir dags explain` shows the stages Ballista splits the join into.
+    let plan = ok(weir(d, BUS, &["dags", "explain", "daily", "--task", "daily_ballista"], None));
+    assert!(plan.contains("Ballista's stages") && plan.contains("stage 3:"), "{plan}");
+    assert!(plan.contains("ShuffleWriterExec") && plan.contains("UnresolvedShuffleExec"), "{plan}");
+    // Two tasks wrote it: versions 0 and 1, one commit each.
+    let latest = query(d, "SELECT count(*) FROM views.daily_ballista VERSION AS OF 1");
+    assert_eq!(latest.lines().nth(1), Some("30"), "{latest}");
+    let beyond = weir(d, BUS, &["query", "SELECT count(*) FROM views.daily_ballista VERSION AS OF 2"], None);
+    assert!(!beyond.status.success(), "no third commit");
+}
+
+#[test]
+fn a_ballista_task_without_a_scheduler_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port(); // nothing listens there
+    std::fs::write(d.join("weir.toml"), format!("[batch]\nengine = \"ballista://127.0.0.1:{port}\"\n")).unwrap();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(d.join("dags/one.yaml"), "tasks:\n  - id: one\n    sql: SELECT 1 AS n\n").unwrap();
+    let _flow = spawn(d, &["scheduler", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let run = ok(weir(d, BUS, &["dags", "trigger", "one"], None)).trim().to_string();
+    assert_eq!(wait_for_run(d, "one", &run), "failed");
+    let log = weir(d, BUS, &["dags", "logs", "one", &run, "one"], None);
+    let text = format!("{}{}", String::from_utf8_lossy(&log.stdout), String::from_utf8_lossy(&log.stderr));
+    assert!(text.contains(&format!("Ballista scheduler at ballista://127.0.0.1:{port}")), "{text}");
+}
+
+#[test]
+fn an_executor_killed_mid_query_has_its_tasks_run_again_and_the_view_is_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut cluster = Cluster::start(d, &["--executor-timeout", "6"]);
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    // A join of 20 M pairs: long enough on the dev build to kill an executor in the middle.
+    let heavy = "SELECT a.k, count(*) AS pairs, sum(b.v) AS total FROM (SELECT value % 500 AS k FROM views.big) a \
+                 JOIN (SELECT value % 500 AS k, value AS v FROM views.big) b ON a.k = b.k GROUP BY a.k";
+    std::fs::write(
+        d.join("dags/heavy.yaml"),
+        format!(
+            "tasks:\n  - id: big\n    sql: SELECT value FROM generate_series(1, 100000)\n  \
+             - id: on_cluster\n    upstream: [big]\n    engine: ballista\n    sql: \"{heavy}\"\n  \
+             - id: in_process\n    upstream: [on_cluster]\n    engine: local\n    sql: \"{heavy}\"\n"
+        ),
+    )
+    .unwrap();
+    let _flow = spawn(d, &["scheduler", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let run = ok(weir(d, BUS, &["dags", "trigger", "heavy"], None)).trim().to_string();
+    // Once an executor has written shuffle files, the query is under way: kill that executor.
+    let started = Instant::now();
+    let victim = loop {
+        if let Some(i) = cluster.executors.iter().position(|(_, work)| holds_files(work)) {
+            break i;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no executor ever wrote shuffle files");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut child, _) = cluster.executors.remove(victim);
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+    let tasks = ok(weir(d, BUS, &["dags", "tasks", "heavy", &run], None));
+    let on_cluster = tasks.lines().find(|l| l.starts_with("on_cluster")).unwrap_or_default().to_string();
+    assert_eq!(
+        on_cluster.split_whitespace().nth(1),
+        Some("running"),
+        "the query was still running when its executor died: {tasks}"
+    );
+
+    assert_eq!(
+        wait_for_run(d, "heavy", &run),
+        "success",
+        "{}",
+        ok(weir(d, BUS, &["dags", "tasks", "heavy", &run], None))
+    );
+    let tasks = ok(weir(d, BUS, &["dags", "tasks", "heavy", &run], None));
+    let cluster_try = tasks.lines().find(|l| l.starts_with("on_cluster")).unwrap().to_string();
+    assert_eq!(cluster_try.split_whitespace().nth(2), Some("1"), "one try: Ballista re-ran the lost tasks: {tasks}");
+    let a = query(d, "SELECT k, pairs, total FROM views.on_cluster ORDER BY k");
+    let b = query(d, "SELECT k, pairs, total FROM views.in_process ORDER BY k");
+    assert_eq!(a.lines().count(), 501);
+    assert_eq!(a, b, "the view after the kill is the in-process result");
+}
