@@ -3,9 +3,10 @@
 //! serves `/healthz` and `/metrics` on its `--listen` address like every other role; Ballista's
 //! own gRPC endpoints are on `--bind` (scheduler) and `--port`/`--grpc-port` (executor).
 //!
-//! Tasks reach the cluster as plans over the Parquet files of the table versions they resolved,
-//! by `file://` URLs: executors must see the lake's directory at the same path (one machine, or a
-//! shared mount).
+//! Tasks reach the cluster as plans over the Parquet files of the table versions they resolved.
+//! With the lake on S3 both roles register the lake's bucket (`[lake]` and the AWS environment,
+//! as every role reads them); with the lake on local disk executors must see its directory at
+//! the same path (one machine, or a shared mount).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -64,8 +65,10 @@ pub enum BallistaCommand {
     },
 }
 
-pub async fn run(_config: &Config, command: BallistaCommand) -> anyhow::Result<()> {
+pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics()?;
+    let lake_store = weir_lake::storage::lake_store(&config.lake)
+        .map_err(|e| anyhow::anyhow!("the lake's object store ({}): {e}", config.lake.url))?;
     match command {
         BallistaCommand::Scheduler { bind, listen, executor_timeout } => {
             let server = ops_server(listen, metrics).await?;
@@ -76,6 +79,15 @@ pub async fn run(_config: &Config, command: BallistaCommand) -> anyhow::Result<(
                 executor_timeout_seconds: executor_timeout,
                 scheduling_policy: SCHEDULING,
                 no_executors_grace_period_seconds: executor_timeout,
+                override_session_builder: lake_store.map(
+                    |(url, store)| -> ballista_scheduler::scheduler_server::SessionBuilder {
+                        Arc::new(move |session| {
+                            let state = ballista_core::utils::default_session_builder(session)?;
+                            state.runtime_env().register_object_store(&url, store.clone());
+                            Ok(state)
+                        })
+                    },
+                ),
                 ..Default::default()
             };
             let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&config)
@@ -104,6 +116,20 @@ pub async fn run(_config: &Config, command: BallistaCommand) -> anyhow::Result<(
                 .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--scheduler {scheduler:?} is not host:port"))?;
             let server = ops_server(listen, metrics).await?;
+            // Spill and shuffle files go to the work directory, as Ballista's own runtime does.
+            let work_dir =
+                work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("weir-ballista-{}", std::process::id())));
+            std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+            let runtime = lake_store.map(|(url, store)| -> ballista_core::RuntimeProducer {
+                let temp = work_dir.clone();
+                Arc::new(move |_| {
+                    let runtime = deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                        .with_temp_file_path(temp.clone())
+                        .build()?;
+                    runtime.register_object_store(&url, store.clone());
+                    Ok(Arc::new(runtime))
+                })
+            });
             let mut config = ballista_executor::executor_process::ExecutorProcessConfig {
                 bind_host: bind_host.clone(),
                 external_host: Some(bind_host),
@@ -112,7 +138,8 @@ pub async fn run(_config: &Config, command: BallistaCommand) -> anyhow::Result<(
                 scheduler_host,
                 scheduler_port,
                 scheduler_connect_timeout_seconds: 10,
-                work_dir: work_dir.map(|d| d.display().to_string()),
+                work_dir: Some(work_dir.display().to_string()),
+                override_runtime_producer: runtime,
                 executor_heartbeat_interval_seconds: heartbeat_interval,
                 task_scheduling_policy: SCHEDULING,
                 ..Default::default()

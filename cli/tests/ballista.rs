@@ -65,8 +65,14 @@ struct Cluster {
 
 impl Cluster {
     fn start(d: &Path, scheduler_args: &[&str]) -> Cluster {
+        Cluster::start_with(d, scheduler_args, "")
+    }
+
+    /// With `toml` added to `weir.toml`.
+    fn start_with(d: &Path, scheduler_args: &[&str], toml: &str) -> Cluster {
         let (grpc, ops) = (free_port(), free_port());
-        std::fs::write(d.join("weir.toml"), format!("[batch]\nballista = \"ballista://127.0.0.1:{grpc}\"\n")).unwrap();
+        std::fs::write(d.join("weir.toml"), format!("{toml}\n[batch]\nballista = \"ballista://127.0.0.1:{grpc}\"\n"))
+            .unwrap();
         let bind = format!("127.0.0.1:{grpc}");
         let listen = format!("127.0.0.1:{ops}");
         let scheduler =
@@ -278,4 +284,41 @@ fn an_executor_killed_mid_query_has_its_tasks_run_again_and_the_view_is_the_same
     let b = query(d, "SELECT k, pairs, total FROM views.in_process ORDER BY k");
     assert_eq!(a.lines().count(), 501);
     assert_eq!(a, b, "the view after the kill is the in-process result");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lake_on_s3_is_read_by_the_cluster_through_its_bucket() {
+    let endpoint = std::env::var("WEIR_TEST_S3_ENDPOINT")
+        .expect("WEIR_TEST_S3_ENDPOINT is not set: run scripts/test, which starts a local S3 server");
+    let bucket = format!("weir-ballista-{}", std::process::id());
+    let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let toml = format!("[lake]\nurl = \"s3://{bucket}/lake\"\n[lake.s3]\nendpoint = \"{endpoint}\"\nallow_http = true\n");
+        let _cluster = Cluster::start_with(&d, &[], &toml);
+        std::fs::create_dir_all(d.join("dags")).unwrap();
+        let per_day = "SELECT day, count(*) AS orders, sum(order_id) AS ids FROM views.orders GROUP BY day";
+        std::fs::write(
+            d.join("dags/s3.yaml"),
+            format!(
+                "tasks:\n  - id: orders\n    sql: SELECT value AS order_id, value % 7 AS day FROM generate_series(1, 5000)\n  \
+                 - id: on_cluster\n    upstream: [orders]\n    engine: ballista\n    sql: {per_day}\n  \
+                 - id: in_process\n    upstream: [orders]\n    engine: local\n    sql: {per_day}\n"
+            ),
+        )
+        .unwrap();
+        let _flow = spawn(&d, &["scheduler", "--listen", &format!("127.0.0.1:{}", free_port())]);
+        let run = ok(weir(&d, BUS, &["dags", "trigger", "s3"], None)).trim().to_string();
+        let state = wait_for_run(&d, "s3", &run);
+        let log = weir(&d, BUS, &["dags", "logs", "s3", &run, "on_cluster"], None);
+        assert_eq!(state, "success", "{}", String::from_utf8_lossy(&log.stderr));
+        let a = query(&d, "SELECT day, orders, ids FROM views.on_cluster ORDER BY day");
+        let b = query(&d, "SELECT day, orders, ids FROM views.in_process ORDER BY day");
+        assert_eq!(a.lines().count(), 8, "{a}");
+        assert_eq!(a, b);
+    })
+    .await
+    .unwrap();
 }

@@ -19,7 +19,7 @@ use deltalake::{
 };
 use url::Url;
 
-use crate::config::S3Options;
+use crate::config::{LakeConfig, LakeUrl, S3Options};
 
 /// The options the `s3://` factory builds stores with (the last [`register`] wins).
 static S3: Mutex<Option<S3Options>> = Mutex::new(None);
@@ -39,16 +39,35 @@ impl ObjectStoreFactory for S3Factory {
         let options = S3.lock().expect("S3 options lock").clone().unwrap_or_default();
         let bucket =
             url.host_str().ok_or_else(|| DeltaTableError::Generic(format!("{url}: an s3:// URL needs a bucket")))?;
-        let mut builder = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(&options.region)
-            .with_allow_http(options.allow_http)
-            .with_conditional_put(S3ConditionalPut::ETagMatch);
-        if let Some(endpoint) = &options.endpoint {
-            builder = builder.with_endpoint(endpoint);
+        let store =
+            s3_store(&options, bucket).map_err(|e| DeltaTableError::Generic(format!("S3 store for {url}: {e}")))?;
+        Ok((store, Path::from(url.path())))
+    }
+}
+
+/// The S3 client of `bucket` with `options` (credentials from the environment).
+fn s3_store(options: &S3Options, bucket: &str) -> Result<ObjectStoreRef, String> {
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&options.region)
+        .with_allow_http(options.allow_http)
+        .with_conditional_put(S3ConditionalPut::ETagMatch);
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
+}
+
+/// The object store behind a lake on S3, with the URL (`s3://<bucket>`) to register it under in
+/// a DataFusion runtime (engines that read the lake's files without Delta); `None` for a lake on
+/// local disk, which every runtime reads already.
+pub fn lake_store(config: &LakeConfig) -> Result<Option<(Url, ObjectStoreRef)>, String> {
+    match &config.url {
+        LakeUrl::File(_) => Ok(None),
+        LakeUrl::S3 { bucket, .. } => {
+            let url = Url::parse(&format!("s3://{bucket}")).map_err(|e| format!("s3://{bucket}: {e}"))?;
+            Ok(Some((url, s3_store(&config.s3, bucket)?)))
         }
-        let store = builder.build().map_err(|e| DeltaTableError::Generic(format!("S3 store for {url}: {e}")))?;
-        Ok((Arc::new(store), Path::from(url.path())))
     }
 }
 
