@@ -260,23 +260,7 @@ impl Bus for KafkaBus {
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
-        let info = self.topic(topic).await?;
-        let admin = self.admin.clone();
-        let name = topic.to_string();
-        let timeout = self.config.connect_timeout;
-        tokio::task::spawn_blocking(move || {
-            (0..info.partitions as i32)
-                .map(|p| {
-                    admin
-                        .inner()
-                        .fetch_watermarks(&name, p, timeout)
-                        .map(|(_, high)| high)
-                        .map_err(|e| BusError::kafka(format!("fetching end offset of {name}/{p}"), e))
-                })
-                .collect()
-        })
-        .await
-        .expect("watermark task panicked")
+        Ok(self.partition_stats(topic).await?.into_iter().map(|s| s.end).collect())
     }
 
     async fn partition_stats(&self, topic: &str) -> Result<Vec<PartitionStats>> {

@@ -43,6 +43,23 @@ pub struct Registered {
     pub bytes: u64,
 }
 
+impl Registered {
+    fn of(name: &str, table: &deltalake::DeltaTable) -> Result<Registered, LakeError> {
+        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+        let bytes = snapshot.log_data().iter().map(|f| f.size() as u64).sum();
+        Ok(Registered { name: name.to_string(), version: snapshot.version(), bytes })
+    }
+}
+
+/// The lake's namespaces (`raw`, `current`, `views`) as schemas of `ctx`'s default catalog.
+fn register_namespaces(ctx: &SessionContext) -> Result<(), LakeError> {
+    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
+    for ns in NAMESPACES {
+        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
+    }
+    Ok(())
+}
+
 /// Registers every table of `lake` in `ctx` under its namespace (see [`session`]).
 pub async fn register_tables(
     ctx: &SessionContext,
@@ -66,16 +83,11 @@ pub async fn register_opened(
     ctx: &SessionContext,
     tables: &[(String, deltalake::DeltaTable)],
 ) -> Result<Vec<Registered>, LakeError> {
-    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
-    for ns in NAMESPACES {
-        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
-    }
+    register_namespaces(ctx)?;
     let mut registered = Vec::new();
     for (name, table) in tables {
         register(ctx, name, name, table).await?;
-        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
-        let bytes = snapshot.log_data().iter().map(|f| f.size() as u64).sum();
-        registered.push(Registered { name: name.clone(), version: snapshot.version(), bytes });
+        registered.push(Registered::of(name, table)?);
     }
     Ok(registered)
 }
@@ -106,19 +118,14 @@ pub async fn register_for(
     for ((name, v), alias) in pinned {
         tables.push((name.clone(), alias, lake.open(&name, Some(v)).await?));
     }
-    let catalog = ctx.catalog("datafusion").expect("the default catalog exists");
-    for ns in NAMESPACES {
-        catalog.register_schema(ns, Arc::new(MemorySchemaProvider::new())).map_err(query_err)?;
-    }
+    register_namespaces(ctx)?;
     let mut registered = Vec::new();
     for (name, as_name, table) in &tables {
         match how {
             Registration::Delta => register(ctx, name, as_name, table).await?,
             Registration::Files => register_files(ctx, name, as_name, table).await?,
         }
-        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
-        let bytes = snapshot.log_data().iter().map(|f| f.size() as u64).sum();
-        registered.push(Registered { name: name.clone(), version: snapshot.version(), bytes });
+        registered.push(Registered::of(name, table)?);
     }
     Ok((sql, registered))
 }
