@@ -29,6 +29,9 @@ pub enum BallistaCommand {
         /// Ballista's gRPC endpoint (what `[batch] engine = "ballista://host:port"` names).
         #[arg(long, default_value = "127.0.0.1:50050")]
         bind: SocketAddr,
+        /// The host name others reach it by (default: the bind address).
+        #[arg(long)]
+        external_host: Option<String>,
         /// Where to serve /healthz and /metrics.
         #[arg(long, default_value = "127.0.0.1:9099")]
         listen: SocketAddr,
@@ -41,9 +44,12 @@ pub enum BallistaCommand {
         /// The scheduler's gRPC endpoint, `host:port`.
         #[arg(long, default_value = "127.0.0.1:50050")]
         scheduler: String,
-        /// The address this executor listens on (and tells the scheduler).
+        /// The address this executor listens on.
         #[arg(long, default_value = "127.0.0.1")]
         bind_host: String,
+        /// The host name the scheduler and other executors reach it by (default: `--bind-host`).
+        #[arg(long)]
+        external_host: Option<String>,
         /// Its Arrow Flight port (other executors fetch shuffle data from it).
         #[arg(long, default_value_t = 50051)]
         port: u16,
@@ -70,12 +76,12 @@ pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()
     let lake_store = weir_lake::storage::lake_store(&config.lake)
         .map_err(|e| anyhow::anyhow!("the lake's object store ({}): {e}", config.lake.url))?;
     match command {
-        BallistaCommand::Scheduler { bind, listen, executor_timeout } => {
+        BallistaCommand::Scheduler { bind, external_host, listen, executor_timeout } => {
             let server = ops_server(listen, metrics).await?;
             let config = ballista_scheduler::config::SchedulerConfig {
                 bind_host: bind.ip().to_string(),
                 bind_port: bind.port(),
-                external_host: bind.ip().to_string(),
+                external_host: external_host.unwrap_or_else(|| bind.ip().to_string()),
                 executor_timeout_seconds: executor_timeout,
                 scheduling_policy: SCHEDULING,
                 no_executors_grace_period_seconds: executor_timeout,
@@ -104,6 +110,7 @@ pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()
         BallistaCommand::Executor {
             scheduler,
             bind_host,
+            external_host,
             port,
             grpc_port,
             work_dir,
@@ -131,8 +138,8 @@ pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()
                 })
             });
             let mut config = ballista_executor::executor_process::ExecutorProcessConfig {
-                bind_host: bind_host.clone(),
-                external_host: Some(bind_host),
+                external_host: Some(external_host.unwrap_or_else(|| bind_host.clone())),
+                bind_host,
                 port,
                 grpc_port,
                 scheduler_host,
