@@ -205,8 +205,17 @@ async fn register_files(
             schema: Arc::new(DFSchema::try_from(schema.as_ref().clone()).map_err(query_err)?),
         }),
     };
+    register_provider(ctx, as_name, Arc::new(ViewTable::new(plan, None)))
+}
+
+/// Registers `provider` as `as_name` (`<namespace>.<table>`) in `ctx`.
+fn register_provider(
+    ctx: &SessionContext,
+    as_name: &str,
+    provider: Arc<dyn deltalake::datafusion::catalog::TableProvider>,
+) -> Result<(), LakeError> {
     let (ns, rest) = as_name.split_once('.').expect("checked lake names have a namespace");
-    ctx.register_table(TableReference::partial(ns, rest), Arc::new(ViewTable::new(plan, None))).map_err(query_err)?;
+    ctx.register_table(TableReference::partial(ns, rest), provider).map_err(query_err)?;
     Ok(())
 }
 
@@ -218,9 +227,7 @@ async fn register(
 ) -> Result<(), LakeError> {
     table.update_datafusion_session(&ctx.state()).map_err(|e| LakeError::delta(name, e))?;
     let provider = table.table_provider().await.map_err(query_err)?;
-    let (ns, rest) = as_name.split_once('.').expect("checked lake names have a namespace");
-    ctx.register_table(TableReference::partial(ns, rest), provider).map_err(query_err)?;
-    Ok(())
+    register_provider(ctx, as_name, provider)
 }
 
 /// A session for `sql`: every table (see [`session`] for `version`) plus the table versions its

@@ -7,6 +7,7 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use common::{Change, Setup, Shape, TOPIC, produce, produce_changes, setup, setup_with, status};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use weir_bus::{
     Bus,
     config::{LocalConfig, RetentionConfig},
@@ -317,18 +318,6 @@ async fn a_table_of_thousands_of_commits_opens_from_its_checkpoint() {
     assert_eq!(rows_and_distinct(&lake).await, (2010, 2010));
 }
 
-/// A seeded xorshift generator for the randomized histories.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// `id, status[, note]` of every row of `table` (at `version`), by id.
 async fn state(lake: &Lake, table: &str, with_note: bool, version: Option<u64>) -> Vec<Vec<String>> {
     let note = if with_note { ", note" } else { "" };
@@ -340,7 +329,7 @@ async fn state(lake: &Lake, table: &str, with_note: bool, version: Option<u64>) 
 async fn incremental_builds_equal_full_builds_on_random_histories() {
     const CASES: u64 = 12;
     for case in 0..CASES {
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (case + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut rng = StdRng::seed_from_u64(0x9E37_79B9_7F4A_7C15 ^ (case + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
         let s = setup(3).await;
         let lake = Lake::new(&s.lake_config());
         // id → (status, note): the source table, replayed.
@@ -348,24 +337,24 @@ async fn incremental_builds_equal_full_builds_on_random_histories() {
         let mut rev = 0;
         let mut shape = Shape::Base;
         let mut incremental = 0;
-        let rounds = 3 + rng.below(4);
+        let rounds = 3 + rng.random_range(0..4);
         for round in 0..rounds {
-            if shape == Shape::Base && rng.below(4) == 0 {
+            if shape == Shape::Base && rng.random_range(0..4) == 0 {
                 shape = Shape::WithNote; // the source table gains a nullable column
             }
             let mut changes = Vec::new();
-            for _ in 0..1 + rng.below(120) {
+            for _ in 0..1 + rng.random_range(0..120) {
                 rev += 1;
-                let id = rng.below(60) as i64;
+                let id = rng.random_range(0..60) as i64;
                 let live = model.contains_key(&id);
-                let op = match rng.below(100) {
+                let op = match rng.random_range(0..100) {
                     0 => Op::Truncate,
                     1..=15 if live => Op::Delete,
                     16..=25 if live => {
                         // A primary-key change: Debezium's delete of the old key, create of the new.
                         changes.push(Change { id, op: Op::Delete, rev });
                         model.remove(&id);
-                        let to = 60 + rng.below(60) as i64;
+                        let to = 60 + rng.random_range(0..60) as i64;
                         if model.contains_key(&to) {
                             continue;
                         }
@@ -388,7 +377,11 @@ async fn incremental_builds_equal_full_builds_on_random_histories() {
                 }
             }
             produce_changes(&s, &changes, shape).await;
-            writer(&s, &lake, None, 1 + rng.below(80) as usize).await.drain(Duration::from_millis(100)).await.unwrap();
+            writer(&s, &lake, None, 1 + rng.random_range(0..80) as usize)
+                .await
+                .drain(Duration::from_millis(100))
+                .await
+                .unwrap();
             let built = weir_lake::current::build(&lake, "raw.shop_inv_orders").await.unwrap();
             incremental += u64::from(built.incremental);
             assert_eq!(built.incremental, round > 0, "case {case} round {round}: {built:?}");

@@ -21,6 +21,7 @@ use deltalake::{
     },
     protocol::SaveMode,
 };
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
 use serde_json::{Value, json};
 use weir_lake::{Lake, LakeConfig, LakeUrl, current::KEY_PROPERTY};
 
@@ -45,23 +46,12 @@ pub struct SnapshotBenchArgs {
     commit_rows: u64,
 }
 
-/// A seeded xorshift generator: the same histories on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Writes change-log rows in the lake writer's layout; offsets (and binlog positions) count up.
 struct History {
     schema: Arc<Schema>,
     next_offset: i64,
-    rng: Rng,
+    /// Seeded: the same histories on every run.
+    rng: StdRng,
 }
 
 /// What a change does.
@@ -81,7 +71,7 @@ impl History {
         ];
         fields.extend(weir_lake::avro_arrow::meta_fields());
         let schema = Arc::new(Schema::new(fields));
-        History { schema, next_offset: 0, rng: Rng(0x2545_F491_4F6C_DD1D) }
+        History { schema, next_offset: 0, rng: StdRng::seed_from_u64(0x2545_F491_4F6C_DD1D) }
     }
 
     /// A batch of changes of `ids`.
@@ -118,8 +108,8 @@ impl History {
     fn random(&mut self, n: u64, keys: u64, mixed: bool) -> Vec<(i64, Kind)> {
         (0..n)
             .map(|i| {
-                let id = self.rng.below(keys) as i64;
-                match (mixed, self.rng.below(20)) {
+                let id = self.rng.random_range(0..keys) as i64;
+                match (mixed, self.rng.random_range(0..20)) {
                     (true, 0) => (id, Kind::Delete),
                     (true, 1) => ((keys + i) as i64, Kind::Create),
                     _ => (id, Kind::Update),
