@@ -5,6 +5,7 @@
 //! writes its result as a new version of a `views.*` Delta table, on the [`engine`] the task
 //! chose (in-process DataFusion or a Ballista cluster).
 
+mod cluster_write;
 pub mod engine;
 pub mod script;
 pub mod sql;

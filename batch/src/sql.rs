@@ -4,7 +4,8 @@
 //!
 //! On Ballista the tables reach the cluster as plain Parquet scans of the versions this task
 //! resolved ([`weir_lake::query::Registration::Files`]), so executors need no Delta log; the
-//! result comes back to the task, which makes the one Delta commit, as in-process.
+//! executors write the result's Parquet files under the view and the task makes the one Delta
+//! commit (see `cluster_write`).
 
 use std::sync::Arc;
 
@@ -80,8 +81,11 @@ pub async fn write_view(
             let on_cluster = |e: DataFusionError| {
                 LakeError::Query(Box::new(e.context(format!("running on the Ballista scheduler at {engine}"))))
             };
-            let batches = ctx.sql(&sql).await.map_err(on_cluster)?.collect().await.map_err(on_cluster)?;
-            table.write(batches)
+            let frame = ctx.sql(&sql).await.map_err(on_cluster)?;
+            let mode = if before.is_some() { mode } else { WriteMode::Overwrite };
+            let done =
+                crate::cluster_write::write(&ctx, &engine.to_string(), &table, &name, frame, mode, source).await?;
+            return Ok(ViewWritten { table: name, version: done.version, rows: done.rows });
         }
     };
     let mut write =

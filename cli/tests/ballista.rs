@@ -147,6 +147,17 @@ fn wait_for_run(dir: &Path, dag: &str, run: &str) -> String {
     }
 }
 
+/// Waits for `run` of `dag` and fails with its tasks and the failed ones' logs unless it succeeded.
+fn assert_succeeded(d: &Path, dag: &str, run: &str) {
+    let state = wait_for_run(d, dag, run);
+    let tasks = ok(weir(d, BUS, &["dags", "tasks", dag, run], None));
+    let failed = tasks.lines().filter(|l| l.contains(" failed ")).filter_map(|l| l.split_whitespace().next());
+    let logs: Vec<String> = failed
+        .map(|t| String::from_utf8_lossy(&weir(d, BUS, &["dags", "logs", dag, run, t], None).stdout).into_owned())
+        .collect();
+    assert_eq!(state, "success", "{tasks}\n{}", logs.join("\n"));
+}
+
 fn query(dir: &Path, sql: &str) -> String {
     ok(weir(dir, BUS, &["query", "--format", "csv", sql], None))
 }
@@ -200,9 +211,7 @@ fn sql_tasks_on_a_ballista_cluster_write_what_the_in_process_engine_writes() {
 
     let _flow = spawn(d, &["scheduler", "--listen", &format!("127.0.0.1:{}", free_port())]);
     let run = ok(weir(d, BUS, &["dags", "trigger", "daily"], None)).trim().to_string();
-    let state = wait_for_run(d, "daily", &run);
-    let tasks = ok(weir(d, BUS, &["dags", "tasks", "daily", &run], None));
-    assert_eq!(state, "success", "{tasks}");
+    assert_succeeded(d, "daily", &run);
     let log = ok(weir(d, BUS, &["dags", "logs", "daily", &run, "daily_ballista"], None));
     assert!(log.contains(&format!("(engine ballista://127.0.0.1:{grpc})")), "{log}");
 
@@ -226,6 +235,122 @@ fn sql_tasks_on_a_ballista_cluster_write_what_the_in_process_engine_writes() {
     assert_eq!(latest.lines().nth(1), Some("30"), "{latest}");
     let beyond = weir(d, BUS, &["query", "SELECT count(*) FROM views.daily_ballista VERSION AS OF 2"], None);
     assert!(!beyond.status.success(), "no third commit");
+
+    // The executors wrote the files: the backfill's commit adds its result and the rows it kept
+    // of the files it replaced, all under one `ballista-<uuid>/` directory of the view.
+    let table = d.join("weir-data/lake/views/daily_ballista");
+    let (added, removed) = actions(&table, 1);
+    let dir = added[0].split('/').next().unwrap().to_string();
+    assert!(dir.starts_with("ballista-") && added.iter().all(|p| p.starts_with(&format!("{dir}/"))), "{added:?}");
+    assert!(added.iter().any(|p| p.contains("/result/")) && added.iter().any(|p| p.contains("/kept/")), "{added:?}");
+    let first = actions(&table, 0).0;
+    assert!(
+        !removed.is_empty() && removed.iter().all(|p| first.contains(p)) && removed.len() < first.len(),
+        "the backfill replaced only the files holding days 3 and 4: {removed:?} of {first:?}"
+    );
+
+    // A try whose result breaks its replace_where fails after the executors wrote it: no commit,
+    // and its files are left unreferenced for vacuum.
+    std::fs::write(
+        d.join("dags/bad.yaml"),
+        format!(
+            "tasks:\n  - id: bad\n    engine: ballista\n    retries: 0\n    view: daily_ballista\n    \
+             replace_where: \"day = 99\"\n    sql: \"{DAILY} WHERE o.day = 3 GROUP BY 1, 2\"\n"
+        ),
+    )
+    .unwrap();
+    let run = ok(weir(d, BUS, &["dags", "trigger", "bad"], None)).trim().to_string();
+    assert_eq!(wait_for_run(d, "bad", &run), "failed");
+    let log = ok(weir(d, BUS, &["dags", "logs", "bad", &run, "bad"], None));
+    assert!(log.contains("rows of the result do not match it"), "{log}");
+    let beyond = weir(d, BUS, &["query", "SELECT count(*) FROM views.daily_ballista VERSION AS OF 2"], None);
+    assert!(!beyond.status.success(), "the failed try committed nothing");
+    let vacuum = |extra: &[&str]| {
+        let out = weir(
+            d,
+            BUS,
+            &[&["lake", "vacuum", "views.daily_ballista", "--retention", "0s", "--force"], extra].concat(),
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let unreferenced = vacuum(&["--dry-run"]);
+    let orphans: Vec<&str> = unreferenced.lines().filter(|l| l.contains("ballista-") && !l.contains(&dir)).collect();
+    assert!(!orphans.is_empty(), "the failed try's files are unreferenced: {unreferenced}");
+    vacuum(&[]);
+    assert!(orphans.iter().all(|f| !table.join(f).exists() && !Path::new(f).exists()), "vacuum removed {orphans:?}");
+    assert_eq!(query(d, "SELECT count(*) FROM views.daily_ballista").lines().nth(1), Some("30"));
+}
+
+/// The paths a table's commit `version` adds and removes.
+fn actions(table: &Path, version: u64) -> (Vec<String>, Vec<String>) {
+    let log = std::fs::read_to_string(table.join(format!("_delta_log/{version:020}.json"))).unwrap();
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for line in log.lines() {
+        let action: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(p) = action["add"]["path"].as_str() {
+            added.push(p.to_string());
+        }
+        if let Some(p) = action["remove"]["path"].as_str() {
+            removed.push(p.to_string());
+        }
+    }
+    (added, removed)
+}
+
+/// What the executors write is a Delta table like a local write's: new views, appends that add
+/// a column, overwrites that change the columns, timestamps and decimals — equal to the local
+/// engine's rows and read by Python's `deltalake` (delta-rs's reader, not ours).
+#[test]
+fn views_written_by_executors_have_the_local_engines_rows_and_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let _cluster = Cluster::start(d, &[]);
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    // Ballista cannot ship generate_series (a table function) to executors: a local task makes
+    // the numbers every other task reads.
+    let tasks = |e: &str| {
+        format!(
+            "  - id: shape_{e}\n    upstream: [nums]\n    engine: {e}\n    \
+             sql: \"SELECT value AS id, CAST(value AS DECIMAL(10, 2)) / 4 AS amount, \
+             to_timestamp(1793491200 + value * 60) AS at, concat('x', value) AS label FROM views.nums WHERE value <= 100\"\n  \
+             - id: more_{e}\n    upstream: [shape_{e}]\n    engine: {e}\n    view: shape_{e}\n    mode: append\n    \
+             sql: \"SELECT value AS id, CAST(value AS DECIMAL(10, 2)) / 4 AS amount, \
+             to_timestamp(1793491200 + value * 60) AS at, 'more' AS label, value % 7 AS extra FROM views.nums WHERE value > 100\"\n  \
+             - id: reshape_{e}\n    upstream: [nums]\n    engine: {e}\n    sql: SELECT value AS a FROM views.nums WHERE value <= 3\n  \
+             - id: reshaped_{e}\n    upstream: [reshape_{e}]\n    engine: {e}\n    view: reshape_{e}\n    \
+             sql: \"SELECT concat('b', value) AS b FROM views.nums WHERE value <= 2\"\n"
+        )
+    };
+    let nums = "  - id: nums\n    sql: SELECT value FROM generate_series(1, 150)\n";
+    std::fs::write(d.join("dags/shapes.yaml"), format!("tasks:\n{nums}{}{}", tasks("local"), tasks("ballista")))
+        .unwrap();
+    let _flow = spawn(d, &["scheduler", "--listen", &format!("127.0.0.1:{}", free_port())]);
+    let run = ok(weir(d, BUS, &["dags", "trigger", "shapes"], None)).trim().to_string();
+    assert_succeeded(d, "shapes", &run);
+    for (sql, rows) in
+        [("SELECT * FROM views.shape_{} ORDER BY id", 150), ("SELECT * FROM views.reshape_{} ORDER BY b", 2)]
+    {
+        let local = query(d, &sql.replace("{}", "local"));
+        assert_eq!(local, query(d, &sql.replace("{}", "ballista")), "{sql}");
+        assert_eq!(local.lines().count(), 1 + rows, "{local}");
+    }
+    let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
+    let read = |view: &str| {
+        let path = d.join("weir-data/lake/views").join(view);
+        let script = "import sys, deltalake\n\
+                      t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
+                      print(t.num_rows, [f'{f.name}:{f.type}' for f in t.schema], t.column('id').to_pylist()[-1])";
+        let out = Command::new(&python).args(["-c", script, path.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (local, ballista) = (read("shape_local"), read("shape_ballista"));
+    assert_eq!(local, ballista, "delta-rs reads both alike");
+    assert!(
+        ballista.starts_with("150 ") && ballista.contains("at:timestamp[us]") && ballista.contains("extra:"),
+        "{ballista}"
+    );
 }
 
 #[test]
