@@ -145,11 +145,12 @@ async fn other_commands_share_a_running_weir_up() {
     let all = ok(weir(&d, &["consume", "shared", "--group", "after-crash", "--timeout-ms", "1000"], None));
     let after: BTreeSet<String> = values(&all).into_iter().collect();
     assert_eq!(after, distinct.into_iter().cloned().collect(), "records lost or changed by kill -9");
-    stop(&mut again);
+    stop(&mut again, &d);
 }
 
-/// Ctrl-C (SIGINT): the roles drain and the process ends by itself.
-fn stop(child: &mut Child) {
+/// Ctrl-C (SIGINT): the roles drain and the process ends by itself, successfully (else the
+/// failure shows the end of its log).
+fn stop(child: &mut Child, dir: &std::path::Path) {
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let started = Instant::now();
@@ -157,7 +158,10 @@ fn stop(child: &mut Child) {
         assert!(started.elapsed() < Duration::from_secs(40), "weir up did not stop within its drain timeout");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    let err = std::fs::read_to_string(dir.join("up.err")).unwrap_or_default();
+    let tail: Vec<&str> = err.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+    assert!(status.success(), "weir up ended with {status} after Ctrl-C:\n{}", tail.join("\n"));
 }
 
 /// On the backends `weir.toml` names: here Kafka (the test broker), with the lake and metadata
@@ -186,7 +190,7 @@ async fn weir_up_runs_on_kafka() {
     let read = ok(common::weir(d, &kafka, &["consume", &topic, "--group", "look", "--max", "1"], None));
     assert!(read.contains("\"kafka\""), "{read}");
     assert!(std::fs::read_to_string(d.join("up.out")).unwrap().contains(&format!("bus {kafka}")));
-    stop(&mut running);
+    stop(&mut running, &d);
 }
 
 /// A DAG file that does not parse is named on /healthz and in the status lines; the other DAG
@@ -221,5 +225,5 @@ async fn a_broken_dag_file_is_reported_and_the_others_run() {
     }
     let out = std::fs::read_to_string(d.join("up.out")).unwrap();
     assert!(out.contains("dag files FAILED") && out.contains("broken.yaml"), "{out}");
-    stop(&mut running.child);
+    stop(&mut running.child, d);
 }
