@@ -338,9 +338,13 @@ fn views_written_by_executors_have_the_local_engines_rows_and_schemas() {
     let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
     let read = |view: &str| {
         let path = d.join("weir-data/lake/views").join(view);
-        let script = "import sys, deltalake\n\
+        // os._exit: skip the interpreter teardown, where the deltalake package's native threads
+        // occasionally abort (as in lake/tests/writer.rs).
+        let script = "import os, sys, deltalake\n\
                       t = deltalake.DeltaTable(sys.argv[1]).to_pyarrow_table()\n\
-                      print(t.num_rows, [f'{f.name}:{f.type}' for f in t.schema], t.column('id').to_pylist()[-1])";
+                      print(t.num_rows, [f'{f.name}:{f.type}' for f in t.schema], t.column('id').to_pylist()[-1])\n\
+                      sys.stdout.flush()\n\
+                      os._exit(0)";
         let out = Command::new(&python).args(["-c", script, path.to_str().unwrap()]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
