@@ -29,7 +29,7 @@ use weir_schemas::{
     wire,
 };
 
-use super::{Progress, machine};
+use super::{Progress, machine, median};
 
 const TOPIC: &str = "bench.shop.orders";
 
@@ -166,13 +166,6 @@ fn baseline_round(
         w.close()?;
     }
     Ok((Round { seconds: started.elapsed().as_secs_f64(), bytes_on_disk: dir_bytes(dir) }, file_no))
-}
-
-/// The median (the mean of the middle two for an even count).
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
 }
 
 fn url_of(dir: &std::path::Path) -> anyhow::Result<url::Url> {

@@ -1,6 +1,7 @@
 //! `weir bench <name>`: benchmarks that print one JSON document on stdout (progress on stderr).
 
 mod alert_latency;
+mod batch;
 mod bus;
 mod cdc_cassandra;
 mod cdc_mysql;
@@ -17,6 +18,8 @@ use crate::config::Config;
 /// The benchmarks.
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// The orders_daily join as a SQL task, in-process and on Ballista, against DuckDB on the same files.
+    Batch(batch::BatchBenchArgs),
     /// Produce then consume N records on the embedded log (and on Kafka with --kafka).
     Bus(bus::BusBenchArgs),
     /// Decode Cassandra commit-log segments: MB/s and mutations/s on one core.
@@ -39,6 +42,7 @@ pub enum BenchCommand {
 
 pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
     let result = match command {
+        BenchCommand::Batch(args) => batch::run(args).await?,
         BenchCommand::Bus(args) => bus::run(config, args).await?,
         BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
         BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
@@ -115,4 +119,11 @@ impl Progress {
             self.next_tenth += 1;
         }
     }
+}
+
+/// The median of `xs` (the mean of the middle two for an even count).
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
 }
