@@ -190,7 +190,7 @@ async fn weir_up_runs_on_kafka() {
     let read = ok(common::weir(d, &kafka, &["consume", &topic, "--group", "look", "--max", "1"], None));
     assert!(read.contains("\"kafka\""), "{read}");
     assert!(std::fs::read_to_string(d.join("up.out")).unwrap().contains(&format!("bus {kafka}")));
-    stop(&mut running, &d);
+    stop(&mut running, d);
 }
 
 /// A DAG file that does not parse is named on /healthz and in the status lines; the other DAG
