@@ -170,11 +170,6 @@ async fn built_from(current: &DeltaTable) -> Option<u64> {
     history.first()?.info.get("weir.source")?.get("version")?.as_u64()
 }
 
-/// A session whose planner runs deltalake's own plan nodes (the write's).
-fn session() -> SessionContext {
-    deltalake::delta_datafusion::create_session().into_inner()
-}
-
 /// Builds made at once on one table (the upkeep of `weir up` and a DAG's task, say) commit
 /// one at a time: each commit must land on the version its build read (no automatic retry,
 /// which would add a second overwrite's rows to the first's); a build that loses starts again
@@ -255,7 +250,7 @@ async fn added_files(lake: &Lake, log: &ChangeLog, from: u64) -> Result<Option<V
 }
 
 async fn full(lake: &Lake, log: &ChangeLog) -> Result<BuildStats, LakeError> {
-    let ctx = session();
+    let ctx = crate::query::new_session()?;
     log.table.update_datafusion_session(&ctx.state()).map_err(|e| LakeError::delta(&log.name, e))?;
     let provider = log.table.table_provider().await.map_err(query_err)?;
     ctx.register_table("change_log", provider).map_err(query_err)?;
@@ -282,7 +277,7 @@ async fn incremental(
         let table = current_name;
         return Ok(BuildStats { table, raw_version: log.version, version, rows, incremental: true, changes: 0 });
     }
-    let ctx = session();
+    let ctx = crate::query::new_session()?;
     log.table.update_datafusion_session(&ctx.state()).map_err(|e| LakeError::delta(&log.name, e))?;
     let changes = log.table.table_provider().with_file_paths(added).await.map_err(query_err)?;
     ctx.register_table("changes", changes.clone()).map_err(query_err)?;

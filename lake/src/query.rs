@@ -24,10 +24,37 @@ fn query_err(e: deltalake::datafusion::error::DataFusionError) -> LakeError {
     LakeError::Query(Box::new(e))
 }
 
-/// A DataFusion session that sees every table of `lake` at its latest version, or at `version`
-/// when given (tables younger than it are left out).
+/// A DataFusion session with deltalake's settings, and any DataFusion option set in the
+/// environment the way DataFusion's own tools read it: `DATAFUSION_EXECUTION_TARGET_PARTITIONS=8`
+/// sets `datafusion.execution.target_partitions`. A value the option cannot take is an error
+/// naming the variable.
+pub fn new_session() -> Result<SessionContext, LakeError> {
+    session_from(|var| std::env::var(var).ok())
+}
+
+/// [`new_session`] with the variables `lookup` finds.
+fn session_from(lookup: impl Fn(&str) -> Option<String>) -> Result<SessionContext, LakeError> {
+    let mut overrides = std::collections::HashMap::new();
+    for entry in deltalake::datafusion::config::ConfigOptions::default().entries() {
+        if let Some(value) = lookup(&entry.key.to_uppercase().replace('.', "_")) {
+            overrides.insert(entry.key, value);
+        }
+    }
+    if overrides.is_empty() {
+        return Ok(deltalake::delta_datafusion::create_session().into_inner());
+    }
+    deltalake::delta_datafusion::DeltaSessionContext::new_with_session_overrides(&overrides)
+        .map(|c| c.into_inner())
+        .map_err(|e| LakeError::Table {
+            table: "query".into(),
+            reason: format!("DataFusion options from the environment: {e}"),
+        })
+}
+
+/// A DataFusion session ([`new_session`]) that sees every table of `lake` at its latest version,
+/// or at `version` when given (tables younger than it are left out).
 pub async fn session(lake: &Lake, version: Option<u64>) -> Result<SessionContext, LakeError> {
-    let ctx: SessionContext = deltalake::delta_datafusion::create_session().into_inner();
+    let ctx = new_session()?;
     register_tables(&ctx, lake, version).await?;
     Ok(ctx)
 }
@@ -310,7 +337,21 @@ pub fn rewrite_time_travel(sql: &str) -> Result<(String, Pins), LakeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::rewrite_time_travel;
+    use super::{rewrite_time_travel, session_from};
+
+    /// DataFusion's environment variables tune sessions; a bad value names the option.
+    #[test]
+    fn datafusion_options_come_from_the_environment() {
+        let env = |value: &'static str| {
+            move |var: &str| (var == "DATAFUSION_EXECUTION_TARGET_PARTITIONS").then(|| value.to_string())
+        };
+        let partitions = |ctx: deltalake::datafusion::prelude::SessionContext| ctx.state().config().target_partitions();
+        assert_eq!(partitions(session_from(env("7")).unwrap()), 7);
+        let Err(e) = session_from(env("many")) else { panic!("a bad value is an error") };
+        assert!(e.to_string().contains("datafusion.execution.target_partitions"), "{e}");
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(partitions(session_from(|_| None).unwrap()), cores);
+    }
 
     #[test]
     fn version_as_of_becomes_an_alias() {
