@@ -112,9 +112,15 @@ pub async fn write_view(
 }
 
 /// A session whose queries run on the Ballista scheduler at `scheduler` (`host:port`), as a job
-/// named after the view.
+/// named after the view, with Ballista's DataFusion defaults (16 target partitions) unless the
+/// environment sets them (`DATAFUSION_*`, see [`weir_lake::query::new_session`]).
 pub async fn ballista_session(scheduler: &str, view: &str) -> Result<SessionContext, LakeError> {
-    let config = SessionConfig::new_with_ballista().with_ballista_job_name(&format!("weir views.{view}"));
+    let mut config = SessionConfig::new_with_ballista().with_ballista_job_name(&format!("weir views.{view}"));
+    for (key, value) in weir_lake::query::options_from_env() {
+        config.options_mut().set(&key, &value).map_err(|e| {
+            LakeError::Query(Box::new(e.context("DataFusion options from the environment for the Ballista job")))
+        })?;
+    }
     let state = SessionStateBuilder::new().with_config(config).with_default_features().build();
     SessionContext::remote_with_state(&format!("df://{scheduler}"), state)
         .await

@@ -32,14 +32,22 @@ pub fn new_session() -> Result<SessionContext, LakeError> {
     session_from(|var| std::env::var(var).ok())
 }
 
+/// The DataFusion options set in the environment (see [`new_session`]), as (key, value).
+pub fn options_from_env() -> std::collections::HashMap<String, String> {
+    options_from(|var| std::env::var(var).ok())
+}
+
+fn options_from(lookup: impl Fn(&str) -> Option<String>) -> std::collections::HashMap<String, String> {
+    let entries = deltalake::datafusion::config::ConfigOptions::default().entries();
+    entries
+        .into_iter()
+        .filter_map(|e| Some((e.key.clone(), lookup(&e.key.to_uppercase().replace('.', "_"))?)))
+        .collect()
+}
+
 /// [`new_session`] with the variables `lookup` finds.
 fn session_from(lookup: impl Fn(&str) -> Option<String>) -> Result<SessionContext, LakeError> {
-    let mut overrides = std::collections::HashMap::new();
-    for entry in deltalake::datafusion::config::ConfigOptions::default().entries() {
-        if let Some(value) = lookup(&entry.key.to_uppercase().replace('.', "_")) {
-            overrides.insert(entry.key, value);
-        }
-    }
+    let overrides = options_from(lookup);
     if overrides.is_empty() {
         return Ok(deltalake::delta_datafusion::create_session().into_inner());
     }
