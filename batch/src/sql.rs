@@ -112,13 +112,13 @@ pub async fn write_view(
 }
 
 /// A session whose queries run on the Ballista scheduler at `scheduler` (`host:port`), as a job
-/// named after the view, with Ballista's DataFusion defaults (16 target partitions) unless the
-/// environment sets them (`DATAFUSION_*`, see [`weir_lake::query::new_session`]).
+/// named after the view, with Ballista's defaults unless the environment sets them
+/// (`DATAFUSION_*` and `BALLISTA_*`, named as in [`weir_lake::query::new_session`]).
 pub async fn ballista_session(scheduler: &str, view: &str) -> Result<SessionContext, LakeError> {
     let mut config = SessionConfig::new_with_ballista().with_ballista_job_name(&format!("weir views.{view}"));
-    for (key, value) in weir_lake::query::options_from_env() {
+    for (key, value) in weir_lake::query::options_in_env(config.options()) {
         config.options_mut().set(&key, &value).map_err(|e| {
-            LakeError::Query(Box::new(e.context("DataFusion options from the environment for the Ballista job")))
+            LakeError::Query(Box::new(e.context("DataFusion and Ballista options from the environment")))
         })?;
     }
     let state = SessionStateBuilder::new().with_config(config).with_default_features().build();

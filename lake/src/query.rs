@@ -10,6 +10,7 @@ use deltalake::{
     datafusion::{
         catalog::MemorySchemaProvider,
         common::TableReference,
+        config::ConfigOptions,
         prelude::SessionContext,
         sql::sqlparser::{
             dialect::GenericDialect,
@@ -32,13 +33,17 @@ pub fn new_session() -> Result<SessionContext, LakeError> {
     session_from(|var| std::env::var(var).ok())
 }
 
-/// The DataFusion options set in the environment (see [`new_session`]), as (key, value).
-pub fn options_from_env() -> std::collections::HashMap<String, String> {
-    options_from(|var| std::env::var(var).ok())
+/// The options of `options` (its extensions' too, such as Ballista's `ballista.*`) that the
+/// environment sets, named as in [`new_session`], as (key, value).
+pub fn options_in_env(options: &ConfigOptions) -> std::collections::HashMap<String, String> {
+    options_in(options, |var| std::env::var(var).ok())
 }
 
-fn options_from(lookup: impl Fn(&str) -> Option<String>) -> std::collections::HashMap<String, String> {
-    let entries = deltalake::datafusion::config::ConfigOptions::default().entries();
+fn options_in(
+    options: &ConfigOptions,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> std::collections::HashMap<String, String> {
+    let entries = options.entries();
     entries
         .into_iter()
         .filter_map(|e| Some((e.key.clone(), lookup(&e.key.to_uppercase().replace('.', "_"))?)))
@@ -47,7 +52,7 @@ fn options_from(lookup: impl Fn(&str) -> Option<String>) -> std::collections::Ha
 
 /// [`new_session`] with the variables `lookup` finds.
 fn session_from(lookup: impl Fn(&str) -> Option<String>) -> Result<SessionContext, LakeError> {
-    let overrides = options_from(lookup);
+    let overrides = options_in(&ConfigOptions::default(), lookup);
     if overrides.is_empty() {
         return Ok(deltalake::delta_datafusion::create_session().into_inner());
     }

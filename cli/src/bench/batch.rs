@@ -232,6 +232,7 @@ struct DuckDb {
 const DUCKDB_SERVER: &str = r#"
 import duckdb, json, sys
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")  # it would print on stdout, where the answers go
 threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
 print(json.dumps({"version": duckdb.__version__, "threads": threads}), flush=True)
 for line in sys.stdin:
