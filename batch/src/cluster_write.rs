@@ -146,7 +146,16 @@ pub(crate) async fn write(
             ));
         }
         Some(s) if metadata_changes => {
-            if needs_ntz(&schema) && !needs_ntz(s.schema().as_ref()) {
+            if needs_ntz(&schema) && !has_writer_feature(s.protocol(), "timestampNtz") {
+                // A legacy protocol is replaced by one with the feature; a table-features one
+                // would need its other features merged, which deltalake does not expose.
+                if protocol_json(s.protocol())["minWriterVersion"].as_i64().unwrap_or(0) >= 7 {
+                    return Err(invalid(
+                        name,
+                        "a new timestamp-without-time-zone column needs a protocol upgrade; run this task on engine: local"
+                            .into(),
+                    ));
+                }
                 actions.push(Action::Protocol(protocol_for(name, &schema)?));
             }
             let configuration: Vec<(String, String)> =
@@ -202,6 +211,16 @@ fn delta_schema(name: &str, schema: &SchemaRef) -> Result<StructType, LakeError>
 /// Whether `schema` has a timestamp without time zone (a table feature beyond protocol 1/2).
 fn needs_ntz(schema: &StructType) -> bool {
     serde_json::to_string(schema).is_ok_and(|s| s.contains("\"timestamp_ntz\""))
+}
+
+/// A protocol as its log action's JSON.
+fn protocol_json(protocol: &Protocol) -> serde_json::Value {
+    serde_json::to_value(protocol).unwrap_or_default()
+}
+
+/// Whether `protocol` lists `feature` among its writer features.
+fn has_writer_feature(protocol: &Protocol, feature: &str) -> bool {
+    protocol_json(protocol)["writerFeatures"].as_array().is_some_and(|f| f.iter().any(|x| x == feature))
 }
 
 /// The protocol a new table with `schema` needs: Delta's default (reader 1, writer 2), or table
