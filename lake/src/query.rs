@@ -28,7 +28,7 @@ fn query_err(e: deltalake::datafusion::error::DataFusionError) -> LakeError {
 /// A DataFusion session with deltalake's settings, and any DataFusion option set in the
 /// environment the way DataFusion's own tools read it: `DATAFUSION_EXECUTION_TARGET_PARTITIONS=8`
 /// sets `datafusion.execution.target_partitions`. A value the option cannot take is an error
-/// naming the variable.
+/// naming the option.
 pub fn new_session() -> Result<SessionContext, LakeError> {
     session_from(|var| std::env::var(var).ok())
 }
