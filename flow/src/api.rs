@@ -1,6 +1,10 @@
 //! The orchestrator's HTTP routes, mounted by the serving API (which adds its bearer tokens):
 //!
 //! - `GET /api/v1/dags`: DAGs with schedule and paused flag, and the files refused;
+//! - `PATCH /api/v1/dags/{dag}` with `{"is_paused": true|false}`: pause or unpause it (as
+//!   Airflow's REST API), as `weir dags pause|unpause`;
+//! - `POST /api/v1/dags/{dag}/clear` with `{"task": "t", "downstream": bool, "only_failed": bool,
+//!   "run_id": "…"}` (all optional): run task instances again, as `weir dags clear`;
 //! - `GET /api/v1/dags/{dag}/runs`: the newest 50 runs;
 //! - `POST /api/v1/dags/{dag}/runs` with `{"conf": {…}, "logical_date": "…"}` (both optional):
 //!   a manual run, as `weir dags trigger`;
@@ -36,10 +40,22 @@ struct Api {
     dags_dir: PathBuf,
 }
 
+impl Api {
+    /// The DAG `dag_id` as its file in the DAG folder says now, or why there is none.
+    fn dag_file(&self, dag_id: &str) -> Result<dag::Dag, String> {
+        let (dags, _) = dag::load_dir(&self.dags_dir);
+        dags.into_iter()
+            .find(|d| d.id == dag_id)
+            .ok_or_else(|| format!("no DAG {dag_id} in {}", self.dags_dir.display()))
+    }
+}
+
 /// The routes over `store`; manual runs load DAG files from `dags_dir`.
 pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
     Router::new()
         .route("/api/v1/dags", get(dags))
+        .route("/api/v1/dags/{dag}", axum::routing::patch(set_paused))
+        .route("/api/v1/dags/{dag}/clear", axum::routing::post(clear))
         .route("/api/v1/dags/{dag}/runs", get(list_runs).post(trigger))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks", get(tasks))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs", get(logs))
@@ -65,6 +81,24 @@ pub fn openapi_paths() -> Value {
             "summary": "Every DAG (id, file, schedule, paused, version = file hash) and the DAG files refused (file, line, reason)",
             "responses": with(json!({"description": "{\"dags\": [...], \"import_errors\": [...]}"}))
         }},
+        "/api/v1/dags/{dag}": {
+            "parameters": [param("dag")],
+            "patch": {
+                "summary": "Pause or unpause a DAG (as `weir dags pause|unpause`)",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["is_paused"], "properties": {"is_paused": {"type": "boolean"}}}}}},
+                "responses": with(json!({"description": "{\"dag_id\": \"…\", \"is_paused\": true}"}))
+            }
+        },
+        "/api/v1/dags/{dag}/clear": {
+            "parameters": [param("dag")],
+            "post": {
+                "summary": "Run task instances again (as `weir dags clear`): one task (and its downstream) or all, failed ones only or all, one run or every run",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "task": {"type": "string"}, "downstream": {"type": "boolean"}, "only_failed": {"type": "boolean"}, "run_id": {"type": "string"}
+                }}}}},
+                "responses": with(json!({"description": "{\"cleared\": [{\"run_id\": \"…\", \"task_ids\": [...]}]}"}))
+            }
+        },
         "/api/v1/dags/{dag}/runs": {
             "parameters": [param("dag")],
             "get": {"summary": "The newest 50 runs of a DAG", "responses": with(json!({"description": "{\"runs\": [{run_id, state, logical_date, data_interval_start, data_interval_end, ...}]}"}))},
@@ -203,22 +237,13 @@ struct TriggerBody {
 }
 
 async fn trigger(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
-    let body: TriggerBody = if body.is_empty() {
-        TriggerBody::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("expected {{\"conf\": {{…}}, \"logical_date\": \"…\"}}: {e}"),
-                );
-            }
-        }
+    let body: TriggerBody = match body_of(&body, "{\"conf\": {…}, \"logical_date\": \"…\"}") {
+        Ok(b) => b,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let (dags, _) = dag::load_dir(&api.dags_dir);
-    let Some(d) = dags.into_iter().find(|d| d.id == dag_id) else {
-        return error(StatusCode::NOT_FOUND, format!("no DAG {dag_id} in {}", api.dags_dir.display()));
+    let d = match api.dag_file(&dag_id) {
+        Ok(d) => d,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
     };
     let logical = match body.logical_date.as_deref().map(|t| dag::parse_instant(t, d.timezone)).transpose() {
         Ok(t) => t,
@@ -226,6 +251,71 @@ async fn trigger(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: 
     };
     match runs::trigger(&api.store, &d, body.conf, logical).await {
         Ok(run_id) => (StatusCode::CREATED, Json(json!({"dag_id": dag_id, "run_id": run_id}))).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// A JSON body of type `T` (`{}` when empty), or why not, saying what was `expected`.
+fn body_of<T: serde::de::DeserializeOwned + Default>(body: &[u8], expected: &str) -> Result<T, String> {
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("expected {expected}: {e}"))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PatchDag {
+    is_paused: Option<bool>,
+}
+
+async fn set_paused(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
+    let patch: PatchDag = match body_of(&body, "{\"is_paused\": true|false}") {
+        Ok(p) => p,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(paused) = patch.is_paused else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"is_paused\": true|false}");
+    };
+    match api.store.set_paused(&dag_id, paused).await {
+        Ok(()) => Json(json!({"dag_id": dag_id, "is_paused": paused})).into_response(),
+        Err(e) => failed(e.into()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    task: Option<String>,
+    #[serde(default)]
+    downstream: bool,
+    #[serde(default)]
+    only_failed: bool,
+    run_id: Option<String>,
+}
+
+async fn clear(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
+    let expected = "{\"task\": \"…\", \"downstream\": bool, \"only_failed\": bool, \"run_id\": \"…\"}";
+    let body: ClearBody = match body_of(&body, expected) {
+        Ok(b) => b,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let d = match api.dag_file(&dag_id) {
+        Ok(d) => d,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    };
+    let spec = runs::ClearSpec {
+        task: body.task,
+        downstream: body.downstream,
+        only_failed: body.only_failed,
+        run_id: body.run_id,
+    };
+    match runs::clear(&api.store, &d, &spec).await {
+        Ok(cleared) => {
+            let cleared: Vec<Value> =
+                cleared.into_iter().map(|(run, tasks)| json!({"run_id": run, "task_ids": tasks})).collect();
+            Json(json!({"dag_id": dag_id, "cleared": cleared})).into_response()
+        }
         Err(e) => failed(e),
     }
 }
