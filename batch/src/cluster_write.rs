@@ -28,7 +28,10 @@ use deltalake::{
         transaction::{CommitBuilder, CommitProperties},
     },
     logstore::ObjectStoreRef,
-    parquet::file::metadata::ParquetMetaDataReader,
+    parquet::file::{
+        FOOTER_SIZE,
+        metadata::{FooterTail, ParquetMetaDataReader},
+    },
     protocol::{DeltaOperation, SaveMode},
 };
 use deltalake::{Path, logstore::object_store::ObjectStoreExt as _};
@@ -102,26 +105,20 @@ pub(crate) async fn write(
         .await
         .map_err(on_cluster)?;
     if let (Some(s), WriteMode::Append | WriteMode::ReplaceWhere(_)) = (snapshot, &mode) {
-        check_not_null(ctx, name, s.schema().as_ref(), &result, result_url.as_str()).await?;
+        check_not_null(ctx, name, s.schema().as_ref(), &result, result_url.as_str(), &target).await?;
     }
     let mut removed = Vec::new();
     let mut predicate = None;
     if let (Some(s), WriteMode::ReplaceWhere(sql)) = (snapshot, &mode) {
         // Delta's rule: every row a replace_where writes matches it (checked on what was written;
         // a failure leaves the files unreferenced).
-        let strays = read_files(ctx, [result_url.to_string()], &target)
-            .await
-            .and_then(|f| not_matching(f, sql))
-            .map_err(on_cluster)?
-            .count()
-            .await
-            .map_err(on_cluster)?;
+        let strays =
+            count_written(ctx, result_url.as_str(), &target, |f| not_matching(f, sql)).await.map_err(on_cluster)?;
         if strays > 0 {
             return Err(invalid(name, format!("replace_where {sql:?}: {strays} rows of the result do not match it")));
         }
         let files: Vec<_> = s.log_data().iter().collect();
-        let root = table.table_url().as_str().trim_end_matches('/').to_string();
-        let urls: Vec<String> = files.iter().map(|f| format!("{root}/{}", f.path())).collect();
+        let urls: Vec<String> = files.iter().map(|f| weir_lake::query::data_file_url(table, &f.path())).collect();
         let matching = files_matching(ctx, &urls, &target, sql).await.map_err(on_cluster)?;
         if !matching.is_empty() {
             // The rows of those files that the predicate does not replace are written back.
@@ -283,6 +280,7 @@ async fn check_not_null(
     view: &StructType,
     result: &ArrowSchema,
     written: &str,
+    schema: &ArrowSchema,
 ) -> Result<(), LakeError> {
     let mut nullable = Vec::new();
     for column in view.fields().filter(|f| !f.is_nullable()) {
@@ -304,18 +302,22 @@ async fn check_not_null(
     };
     let on_cluster =
         |e: DataFusionError| LakeError::Query(Box::new(e.context(format!("checking {name}'s NOT NULL columns"))));
-    let nulls = ctx
-        .read_parquet(written.to_string(), ParquetReadOptions::default())
-        .await
-        .and_then(|f| f.filter(any_null))
-        .map_err(on_cluster)?
-        .count()
-        .await
-        .map_err(on_cluster)?;
+    let nulls = count_written(ctx, written, schema, |f| f.filter(any_null)).await.map_err(on_cluster)?;
     if nulls > 0 {
         return Err(invalid(name, format!("{nulls} rows of the result have nulls in NOT NULL columns {nullable:?}")));
     }
     Ok(())
+}
+
+/// How many rows of the files under `url` (read as `schema`) `rule` keeps: what the executors
+/// wrote that breaks a rule, counted on the cluster.
+async fn count_written(
+    ctx: &SessionContext,
+    url: &str,
+    schema: &ArrowSchema,
+    rule: impl FnOnce(DataFrame) -> Result<DataFrame, DataFusionError>,
+) -> Result<usize, DataFusionError> {
+    rule(read_files(ctx, [url.to_string()], schema).await?)?.count().await
 }
 
 /// The rows of `frame` for which the SQL `predicate` is false or null.
@@ -392,13 +394,14 @@ async fn footer_rows(
     meta: &deltalake::ObjectMeta,
 ) -> Result<i64, Box<dyn std::error::Error + Send + Sync>> {
     let size = meta.size;
-    let not_parquet = || format!("{} is not a Parquet file", meta.location);
-    let tail = store.get_range(&meta.location, size.checked_sub(8).ok_or_else(not_parquet)?..size).await?;
-    if &tail[4..] != b"PAR1" {
+    let not_parquet = || format!("{} is not a plain Parquet file", meta.location);
+    let tail_size = FOOTER_SIZE as u64;
+    let tail = store.get_range(&meta.location, size.checked_sub(tail_size).ok_or_else(not_parquet)?..size).await?;
+    let tail = FooterTail::try_from(&tail[..])?;
+    if tail.is_encrypted_footer() {
         return Err(not_parquet().into());
     }
-    let len = u64::from(u32::from_le_bytes(tail[..4].try_into().expect("four bytes")));
-    let start = (size - 8).checked_sub(len).ok_or_else(not_parquet)?;
-    let footer = store.get_range(&meta.location, start..size - 8).await?;
+    let start = (size - tail_size).checked_sub(tail.metadata_length() as u64).ok_or_else(not_parquet)?;
+    let footer = store.get_range(&meta.location, start..size - tail_size).await?;
     Ok(ParquetMetaDataReader::decode_metadata(&footer)?.file_metadata().num_rows())
 }

@@ -170,6 +170,11 @@ pub async fn register_for(
     Ok((sql, registered))
 }
 
+/// The URL of `table`'s data file at `path` (as its log names it, relative to the table).
+pub fn data_file_url(table: &deltalake::DeltaTable, path: &str) -> String {
+    format!("{}/{path}", table.table_url().as_str().trim_end_matches('/'))
+}
+
 /// Registers `table` as a view over its version's data files: per set of partition values, a
 /// Parquet listing of exactly those files (never a directory listing, which would see files of
 /// other versions and of failed writes), with the partition values as literals, all unioned.
@@ -197,13 +202,12 @@ async fn register_files(
     let file_schema = Arc::new(deltalake::arrow::datatypes::Schema::new(
         schema.fields().iter().filter(|f| !partition_cols.contains(f.name())).cloned().collect::<Vec<_>>(),
     ));
-    let root = table.table_url().as_str().trim_end_matches('/').to_string();
     // Files grouped by their partition values (rendered as Delta stores them).
     let mut groups: BTreeMap<Vec<Option<String>>, Vec<ListingTableUrl>> = BTreeMap::new();
     for f in snapshot.log_data().iter() {
         let values = f.partition_values_map();
         let key = partition_cols.iter().map(|c| values.get(c).cloned().flatten()).collect();
-        let url = format!("{root}/{}", f.path());
+        let url = data_file_url(table, &f.path());
         let url = ListingTableUrl::parse(&url).map_err(|e| bad(format!("data file {url}: {e}")))?;
         groups.entry(key).or_default().push(url);
     }
