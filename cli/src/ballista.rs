@@ -77,7 +77,7 @@ pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("the lake's object store ({}): {e}", config.lake.url))?;
     match command {
         BallistaCommand::Scheduler { bind, external_host, listen, executor_timeout } => {
-            let server = ops_server(listen, metrics).await?;
+            let (_, server) = telemetry::ops_server(listen, metrics).await?;
             let config = ballista_scheduler::config::SchedulerConfig {
                 bind_host: bind.ip().to_string(),
                 bind_port: bind.port(),
@@ -122,7 +122,7 @@ pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--scheduler {scheduler:?} is not host:port"))?;
-            let server = ops_server(listen, metrics).await?;
+            let (_, server) = telemetry::ops_server(listen, metrics).await?;
             // Spill and shuffle files go to the work directory, as Ballista's own runtime does.
             let work_dir =
                 work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("weir-ballista-{}", std::process::id())));
@@ -164,13 +164,4 @@ pub async fn run(config: &Config, command: BallistaCommand) -> anyhow::Result<()
         }
     }
     Ok(())
-}
-
-/// Serves `/healthz` and `/metrics` on `listen` until the process ends.
-async fn ops_server(
-    listen: SocketAddr,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
-) -> anyhow::Result<impl std::future::Future<Output = std::io::Result<()>>> {
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    Ok(axum::serve(listener, telemetry::router(metrics)).into_future())
 }

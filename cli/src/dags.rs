@@ -425,10 +425,8 @@ pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<(
     let store = store(config).await?;
     let lake = Arc::new(Lake::new(&config.lake));
     let metrics = telemetry::init_metrics()?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, dags = %config.flow.dags_dir.display(), slots = config.flow.slots, "scheduler running");
-    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let (bound, server) = telemetry::ops_server(args.listen, metrics).await?;
+    tracing::info!(listen = %bound, dags = %config.flow.dags_dir.display(), slots = config.flow.slots, "scheduler running");
     let mut scheduler = Scheduler::new(store, lake, config.flow.clone());
     match weir_bus::open(&config.bus).await {
         Ok(bus) => scheduler = scheduler.with_bus(bus),
@@ -451,11 +449,9 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<()> {
     let store = store(config).await?;
     let lake = Arc::new(Lake::new(&config.lake));
     let metrics = telemetry::init_metrics()?;
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let (bound, server) = telemetry::ops_server(args.listen, metrics).await?;
     let slots = args.slots.unwrap_or(config.flow.slots);
-    tracing::info!(listen = %listener.local_addr()?, queues = %args.queues.join(","), slots, "worker running");
-    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    tracing::info!(listen = %bound, queues = %args.queues.join(","), slots, "worker running");
     let worker = Worker::new(store, lake, config.flow.clone(), args.queues, slots);
     tokio::select! {
         r = worker.run(telemetry::stop_signal()) => r?,

@@ -1,6 +1,6 @@
 //! `weir ingest`: runs every configured `[[sources]]` entry, producing change events to the bus.
 
-use std::{future::IntoFuture, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
@@ -108,9 +108,8 @@ pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let addr = args.listen.unwrap_or(config.ingest.listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(listen = %listener.local_addr()?, sources = sources.len(), "ingest running");
-    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let (bound, server) = telemetry::ops_server(addr, metrics).await?;
+    tracing::info!(listen = %bound, sources = sources.len(), "ingest running");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     for source in sources {

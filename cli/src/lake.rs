@@ -231,9 +231,8 @@ async fn write(
 
     let metrics = telemetry::init_metrics()?;
     let addr = listen.unwrap_or(config.lake.listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(listen = %listener.local_addr()?, lake = %config.lake.url, "lake writers running");
-    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let (bound, server) = telemetry::ops_server(addr, metrics).await?;
+    tracing::info!(listen = %bound, lake = %config.lake.url, "lake writers running");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let run = follow(writers, fixed.then_some(topics), stopped);
     tokio::pin!(run);

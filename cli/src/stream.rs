@@ -102,9 +102,8 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     }
     let metrics = telemetry::init_metrics()?;
     let listen = args.listen.unwrap_or(s.listen);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-    tracing::info!(listen = %listener.local_addr()?, pipelines = pipelines.len(), "stream running");
-    let server = axum::serve(listener, telemetry::router(metrics)).into_future();
+    let (bound, server) = telemetry::ops_server(listen, metrics).await?;
+    tracing::info!(listen = %bound, pipelines = pipelines.len(), "stream running");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let health = Arc::new(Health::default());

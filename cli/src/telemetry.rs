@@ -56,6 +56,17 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(PrometheusBuilder::new().install_recorder()?)
 }
 
+/// Binds `listen` and returns the address bound and the server of [`router`] on it, which runs
+/// when awaited (a role selects on it beside its own work).
+pub async fn ops_server(
+    listen: std::net::SocketAddr,
+    metrics: PrometheusHandle,
+) -> anyhow::Result<(std::net::SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+    use anyhow::Context as _;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    Ok((listener.local_addr()?, axum::serve(listener, router(metrics)).into_future()))
+}
+
 /// `GET /healthz` (process is up) and `GET /metrics` (Prometheus text format).
 pub fn router(metrics: PrometheusHandle) -> Router {
     Router::new().route("/healthz", get(|| async { "ok\n" })).merge(metrics_router(metrics))
