@@ -111,17 +111,23 @@ pub async fn write_view(
     Ok(ViewWritten { table: name, version, rows })
 }
 
-/// A session whose queries run on the Ballista scheduler at `scheduler` (`host:port`), as a job
-/// named after the view, with Ballista's defaults unless the environment sets them
-/// (`DATAFUSION_*` and `BALLISTA_*`, named as in [`weir_lake::query::new_session`]).
-pub async fn ballista_session(scheduler: &str, view: &str) -> Result<SessionContext, LakeError> {
+/// The session configuration of a Ballista job writing `views.<view>`: Ballista's defaults, the
+/// job named after the view, and the `DATAFUSION_*` / `BALLISTA_*` options of the environment
+/// (named as in [`weir_lake::query::new_session`]).
+pub fn ballista_config(view: &str) -> Result<SessionConfig, LakeError> {
     let mut config = SessionConfig::new_with_ballista().with_ballista_job_name(&format!("weir views.{view}"));
     for (key, value) in weir_lake::query::options_in_env(config.options()) {
         config.options_mut().set(&key, &value).map_err(|e| {
             LakeError::Query(Box::new(e.context("DataFusion and Ballista options from the environment")))
         })?;
     }
-    let state = SessionStateBuilder::new().with_config(config).with_default_features().build();
+    Ok(config)
+}
+
+/// A session whose queries run on the Ballista scheduler at `scheduler` (`host:port`), as a job
+/// configured by [`ballista_config`].
+pub async fn ballista_session(scheduler: &str, view: &str) -> Result<SessionContext, LakeError> {
+    let state = SessionStateBuilder::new().with_config(ballista_config(view)?).with_default_features().build();
     SessionContext::remote_with_state(&format!("df://{scheduler}"), state)
         .await
         .map_err(|e| LakeError::Query(Box::new(e.context(format!("connecting to Ballista at {scheduler}")))))

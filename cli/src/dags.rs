@@ -250,7 +250,7 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                 let engine = config.batch.engine_for(*engine).map_err(|e| anyhow::anyhow!("task {}: {e}", t.id))?;
                 if let weir_batch::engine::Engine::Ballista { .. } = engine {
                     println!("-- engine {engine}: Ballista's stages");
-                    for stage in ballista_stages(&lake, &sql).await.with_context(|| format!("task {}", t.id))? {
+                    for stage in ballista_stages(&lake, &sql, view).await.with_context(|| format!("task {}", t.id))? {
                         println!("{stage}");
                     }
                     shown += 1;
@@ -392,15 +392,12 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
 }
 
 /// The stages Ballista's scheduler splits `sql` into (its own planner, on the plan over the
-/// tables' data files that a task sends), each printed with its plan.
-async fn ballista_stages(lake: &Lake, sql: &str) -> anyhow::Result<Vec<String>> {
-    use ballista_core::extension::SessionConfigExt as _;
+/// tables' data files that the task writing `views.<view>` sends, with that task's session
+/// configuration), each printed with its plan.
+async fn ballista_stages(lake: &Lake, sql: &str, view: &str) -> anyhow::Result<Vec<String>> {
     use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner as _};
-    use deltalake::datafusion::{
-        physical_plan::displayable,
-        prelude::{SessionConfig, SessionContext},
-    };
-    let ctx = SessionContext::new_with_config(SessionConfig::new_with_ballista());
+    use deltalake::datafusion::{physical_plan::displayable, prelude::SessionContext};
+    let ctx = SessionContext::new_with_config(weir_batch::sql::ballista_config(view)?);
     let (sql, _) = weir_lake::query::register_for(&ctx, lake, sql, weir_lake::query::Registration::Files).await?;
     let plan = ctx.sql(&sql).await?.create_physical_plan().await?;
     let state = ctx.state();
