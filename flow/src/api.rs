@@ -1,16 +1,27 @@
 //! The orchestrator's HTTP routes, mounted by the serving API (which adds its bearer tokens):
 //!
-//! - `GET /api/v1/dags`: DAGs with schedule and paused flag, and the files refused;
+//! - `GET /api/v1/dags`: DAGs with schedule, paused flag, owner, description, next run and
+//!   newest runs' states, and the files refused ([`crate::ui::dag_list`]);
+//! - `GET /api/v1/dags/{dag}`: the DAG's current version: its file, settings and graph;
 //! - `PATCH /api/v1/dags/{dag}` with `{"is_paused": true|false}`: pause or unpause it (as
 //!   Airflow's REST API), as `weir dags pause|unpause`;
+//! - `GET /api/v1/dags/{dag}/grid?runs=N`: runs × tasks in one answer ([`crate::ui::grid`]);
+//! - `GET /api/v1/dags/{dag}/versions/{hash}`: the DAG file a run used, and its graph;
+//! - `POST /api/v1/dags/{dag}/backfill` with `{"from": "…", "to": "…"}`: runs for every data
+//!   interval in the range that has none, as `weir dags backfill`;
 //! - `POST /api/v1/dags/{dag}/clear` with `{"task": "t", "downstream": bool, "only_failed": bool,
 //!   "run_id": "…"}` (all optional): run task instances again, as `weir dags clear`;
 //! - `GET /api/v1/dags/{dag}/runs`: the newest 50 runs;
 //! - `POST /api/v1/dags/{dag}/runs` with `{"conf": {…}, "logical_date": "…"}` (both optional):
 //!   a manual run, as `weir dags trigger`;
 //! - `GET /api/v1/dags/{dag}/runs/{run}/tasks`: its task instances;
-//! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs[?try=N]`: a try's log (the last try by
-//!   default), as text;
+//! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}`: a task instance, its tries and why it is
+//!   not running ([`crate::ui::task_detail`]);
+//! - `POST /api/v1/dags/{dag}/runs/{run}/tasks/{task}/state` with `{"state": "success"|"failed"}`:
+//!   mark it by hand;
+//! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs[?try=N][&offset=B][&limit=B]`: a try's
+//!   log (the last try by default) as text, whole, or `limit` bytes from `offset` (the last
+//!   `limit` bytes without `offset`), with `X-Log-Start` and `X-Log-Size` saying which part;
 //! - `GET /api/v1/workers/desired`: the autoscaling signal — desired workers per queue, with
 //!   the queue's depth, running tasks, live workers and average task time;
 //! - `GET /api/v1/schedulers`: the scheduler lease (leader, epoch), the schedulers and workers.
@@ -22,7 +33,7 @@ use axum::{
     extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -30,14 +41,18 @@ use serde_json::{Value, json};
 use weir_lake::Lake;
 
 use crate::{
-    FlowError, dag, runs,
+    FlowError, dag,
+    rules::TaskState,
+    runs,
     store::{Store, StoreError, TaskKey},
+    ui,
 };
 
 struct Api {
     store: Store,
     lake: Arc<Lake>,
     dags_dir: PathBuf,
+    versions: ui::Versions,
 }
 
 impl Api {
@@ -54,14 +69,19 @@ impl Api {
 pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
     Router::new()
         .route("/api/v1/dags", get(dags))
-        .route("/api/v1/dags/{dag}", axum::routing::patch(set_paused))
-        .route("/api/v1/dags/{dag}/clear", axum::routing::post(clear))
+        .route("/api/v1/dags/{dag}", get(dag_detail).patch(set_paused))
+        .route("/api/v1/dags/{dag}/grid", get(grid))
+        .route("/api/v1/dags/{dag}/versions/{hash}", get(version))
+        .route("/api/v1/dags/{dag}/clear", post(clear))
+        .route("/api/v1/dags/{dag}/backfill", post(backfill))
         .route("/api/v1/dags/{dag}/runs", get(list_runs).post(trigger))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks", get(tasks))
+        .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}", get(task_detail))
+        .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/state", post(mark))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs", get(logs))
         .route("/api/v1/workers/desired", get(desired))
         .route("/api/v1/schedulers", get(schedulers))
-        .with_state(Arc::new(Api { store, lake, dags_dir }))
+        .with_state(Arc::new(Api { store, lake, dags_dir, versions: ui::Versions::default() }))
 }
 
 /// These routes in OpenAPI 3.0 (the `paths` entries), for the serving API's published spec.
@@ -83,10 +103,29 @@ pub fn openapi_paths() -> Value {
         }},
         "/api/v1/dags/{dag}": {
             "parameters": [param("dag")],
+            "get": {"summary": "The DAG's current version: file text, settings (owner, description, schedule, params) and graph (tasks with kind, trigger rule and layer; edges)", "responses": with(json!({"description": "the DAG"}))},
             "patch": {
                 "summary": "Pause or unpause a DAG (as `weir dags pause|unpause`)",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["is_paused"], "properties": {"is_paused": {"type": "boolean"}}}}}},
                 "responses": with(json!({"description": "{\"dag_id\": \"…\", \"is_paused\": true}"}))
+            }
+        },
+        "/api/v1/dags/{dag}/grid": {
+            "parameters": [param("dag"), {"name": "runs", "in": "query", "schema": {"type": "integer", "default": 25, "maximum": 1000}}],
+            "get": {"summary": "The newest runs (oldest first) × tasks: one cell per task instance, [state, try, duration_ms, started_at] or null", "responses": with(json!({"description": "{\"tasks\": [...], \"runs\": [...], \"cells\": [[...]]}"}))}
+        },
+        "/api/v1/dags/{dag}/versions/{hash}": {
+            "parameters": [param("dag"), param("hash")],
+            "get": {"summary": "A DAG version (the file text a run used) and its graph", "responses": with(json!({"description": "{\"source\": \"…\", \"file\": \"…\", \"graph\": {...}}"}))}
+        },
+        "/api/v1/dags/{dag}/backfill": {
+            "parameters": [param("dag")],
+            "post": {
+                "summary": "Create a run for every data interval starting in [from, to] that has none (as `weir dags backfill`)",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["from", "to"], "properties": {
+                    "from": {"type": "string"}, "to": {"type": "string"}
+                }}}}},
+                "responses": {"201": {"description": "{\"run_ids\": [...]}"}, "400": {"description": "invalid dates or no recurring schedule"}, "401": {"description": "missing or wrong bearer token"}, "404": {"description": "no such DAG"}}
             }
         },
         "/api/v1/dags/{dag}/clear": {
@@ -114,9 +153,22 @@ pub fn openapi_paths() -> Value {
             "parameters": [param("dag"), param("run")],
             "get": {"summary": "A run's task instances (task_id, state, try_number, times)", "responses": with(json!({"description": "{\"tasks\": [...]}"}))}
         },
+        "/api/v1/dags/{dag}/runs/{run}/tasks/{task}": {
+            "parameters": [param("dag"), param("run"), param("task")],
+            "get": {"summary": "A task instance: state, tries (state, start, end, reason), upstream/downstream and why it is not running", "responses": with(json!({"description": "the task instance"}))}
+        },
+        "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/state": {
+            "parameters": [param("dag"), param("run"), param("task")],
+            "post": {
+                "summary": "Mark a task instance success or failed by hand (not while queued or running); the run is settled anew",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["state"], "properties": {"state": {"type": "string", "enum": ["success", "failed"]}}}}}},
+                "responses": with(json!({"description": "{\"state\": \"success\"}"}))
+            }
+        },
         "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs": {
-            "parameters": [param("dag"), param("run"), param("task"), {"name": "try", "in": "query", "schema": {"type": "integer"}}],
-            "get": {"summary": "A try's log as text (the last try by default)", "responses": with(json!({"description": "the log", "content": {"text/plain": {}}}))}
+            "parameters": [param("dag"), param("run"), param("task"), {"name": "try", "in": "query", "schema": {"type": "integer"}},
+                           {"name": "offset", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            "get": {"summary": "A try's log as text (the last try by default): whole, or `limit` bytes from `offset` (the last `limit` bytes without `offset`); headers X-Log-Start, X-Log-Size, X-Try-State", "responses": with(json!({"description": "the log", "content": {"text/plain": {}}}))}
         },
         "/api/v1/workers/desired": {
             "get": {"summary": "The autoscaling signal: desired workers per queue (aggressive up, conservative down), with queued and running tasks, live workers, average task time and the oldest queued task's age", "responses": {"200": {"description": "{\"queues\": [{queue, desired, workers, queued, running, avg_task_ms, oldest_queued_ms, computed_at}]}"}, "401": {"description": "missing or wrong bearer token"}}}
@@ -144,18 +196,152 @@ fn time(t: Option<DateTime<Utc>>) -> Value {
 }
 
 async fn dags(State(api): State<Arc<Api>>) -> Response {
-    let rows = match api.store.dags().await {
+    match ui::dag_list(&api.store, &api.versions).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => failed(e.into()),
+    }
+}
+
+impl Api {
+    /// The DAG's current version as the metadata DB keeps it (what the scheduler last parsed).
+    async fn current(&self, dag_id: &str) -> Result<(crate::store::DagRow, Arc<dag::Dag>), Response> {
+        let row = self.store.dag(dag_id).await.map_err(|e| failed(e.into()))?;
+        match self.versions.get(&self.store, dag_id, &row.hash).await {
+            Ok(Some(d)) => Ok((row, d)),
+            Ok(None) => Err(error(StatusCode::NOT_FOUND, format!("DAG {dag_id}: version {} is not kept", row.hash))),
+            Err(e) => Err(failed(e.into())),
+        }
+    }
+}
+
+async fn dag_detail(State(api): State<Arc<Api>>, Path(dag_id): Path<String>) -> Response {
+    let (row, d) = match api.current(&dag_id).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    Json(json!({
+        "dag_id": d.id, "file": row.file, "version": row.hash, "paused": row.paused, "schedule": row.schedule,
+        "timezone": d.timezone.name(), "start_date": d.start_date.to_rfc3339(), "catchup": d.catchup,
+        "owner": d.owner, "description": d.description, "params": d.params,
+        "max_active_runs": d.max_active_runs, "max_active_tasks": d.max_active_tasks,
+        "source": d.source, "graph": ui::graph(&d),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct GridQuery {
+    runs: Option<usize>,
+}
+
+async fn grid(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, Query(q): Query<GridQuery>) -> Response {
+    let (_, d) = match api.current(&dag_id).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match ui::grid(&api.store, &d, q.runs.unwrap_or(25).clamp(1, 1000)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => failed(e.into()),
+    }
+}
+
+async fn version(State(api): State<Arc<Api>>, Path((dag_id, hash)): Path<(String, String)>) -> Response {
+    let source = match api.store.version_source(&dag_id, &hash).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("DAG {dag_id}: no version {hash}")),
+        Err(e) => return failed(e.into()),
+    };
+    let graph = match api.versions.get(&api.store, &dag_id, &hash).await {
+        Ok(d) => d.map(|d| ui::graph(&d)),
+        Err(e) => return failed(e.into()),
+    };
+    Json(json!({"dag_id": dag_id, "version": hash, "file": source.1, "source": source.0, "graph": graph}))
+        .into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BackfillBody {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn backfill(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
+    let body: BackfillBody = match body_of(&body, "{\"from\": \"…\", \"to\": \"…\"}") {
+        Ok(b) => b,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let d = match api.dag_file(&dag_id) {
+        Ok(d) => d,
+        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    };
+    let (Some(from), Some(to)) = (body.from, body.to) else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"from\": \"…\", \"to\": \"…\"}: both dates are needed");
+    };
+    let parse = |what: &str, t: &str| dag::parse_instant(t, d.timezone).map_err(|e| format!("{what} {t:?}: {e}"));
+    let (from, to) = match (parse("from", &from), parse("to", &to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    match runs::backfill(&api.store, &d, from, to).await {
+        Ok(created) => (StatusCode::CREATED, Json(json!({"dag_id": dag_id, "run_ids": created}))).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn task_detail(
+    State(api): State<Arc<Api>>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+) -> Response {
+    let run = match api.store.run(&dag_id, &run_id).await {
         Ok(r) => r,
         Err(e) => return failed(e.into()),
     };
-    let errors = api.store.import_errors().await.unwrap_or_default();
-    let dags: Vec<Value> = rows
-        .into_iter()
-        .map(|d| json!({"dag_id": d.dag_id, "file": d.file, "schedule": d.schedule, "paused": d.paused, "version": d.hash}))
-        .collect();
-    let errors: Vec<Value> =
-        errors.into_iter().map(|e| json!({"file": e.file, "line": e.line, "reason": e.reason})).collect();
-    Json(json!({"dags": dags, "import_errors": errors})).into_response()
+    let d = match api.versions.get(&api.store, &dag_id, &run.dag_hash).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("DAG {dag_id}: version {} is not kept", run.dag_hash)),
+        Err(e) => return failed(e.into()),
+    };
+    let key = TaskKey { dag_id, run_id, task_id };
+    match ui::task_detail(&api.store, &d, &key).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("{} {}: no task {:?}", key.dag_id, key.run_id, key.task_id)),
+        Err(e) => failed(e.into()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MarkBody {
+    state: Option<String>,
+}
+
+async fn mark(
+    State(api): State<Arc<Api>>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let expected = "{\"state\": \"success\"|\"failed\"}";
+    let state = match body_of::<MarkBody>(&body, expected).map(|b| b.state) {
+        Ok(Some(s)) if s == "success" => TaskState::Success,
+        Ok(Some(s)) if s == "failed" => TaskState::Failed,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, format!("expected {expected}")),
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if let Err(e) = api.store.run(&dag_id, &run_id).await {
+        return failed(e.into());
+    }
+    match api.store.mark(&dag_id, &run_id, &task_id, state).await {
+        Ok(true) => Json(json!({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "state": state.as_str()}))
+            .into_response(),
+        Ok(false) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "{dag_id} {run_id}: task {task_id:?} does not exist or is queued or running (wait for its try to end)"
+            ),
+        ),
+        Err(e) => failed(e.into()),
+    }
 }
 
 async fn desired(State(api): State<Arc<Api>>) -> Response {
@@ -346,6 +532,8 @@ async fn tasks(State(api): State<Arc<Api>>, Path((dag_id, run_id)): Path<(String
 struct LogQuery {
     #[serde(rename = "try")]
     try_number: Option<u32>,
+    offset: Option<u64>,
+    limit: Option<u64>,
 }
 
 async fn logs(
@@ -368,8 +556,25 @@ async fn logs(
             format!("{} {} {}: no such try ({} tries)", key.dag_id, key.run_id, key.task_id, tries.len()),
         );
     };
-    match runs::read_log(&api.lake, &t.log).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
+    let part = match (q.offset, q.limit) {
+        (None, None) => runs::read_log(&api.lake, &t.log).await.map(|bytes| runs::LogPart {
+            start: 0,
+            total: bytes.len() as u64,
+            bytes,
+        }),
+        (offset, limit) => runs::read_log_part(&api.lake, &t.log, offset, limit.unwrap_or(u64::MAX)).await,
+    };
+    match part {
+        Ok(p) => (
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
+                (header::HeaderName::from_static("x-log-start"), p.start.to_string()),
+                (header::HeaderName::from_static("x-log-size"), p.total.to_string()),
+                (header::HeaderName::from_static("x-try-state"), t.state.as_str().to_string()),
+            ],
+            p.bytes,
+        )
+            .into_response(),
         Err(e) => failed(e),
     }
 }

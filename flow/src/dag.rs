@@ -39,6 +39,8 @@ pub struct Dag {
     pub id: String,
     /// Free text.
     pub description: String,
+    /// Who answers for it (a team or a person), shown in the console.
+    pub owner: String,
     /// When runs are due.
     pub schedule: Schedule,
     /// The time zone of the schedule and of dates written without one.
@@ -246,6 +248,8 @@ struct DagFile {
     #[serde(default)]
     description: String,
     #[serde(default)]
+    owner: String,
+    #[serde(default)]
     schedule: Option<String>,
     #[serde(default)]
     timezone: Option<String>,
@@ -433,6 +437,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
     let dag = Dag {
         id,
         description: raw.description,
+        owner: raw.owner,
         schedule,
         timezone,
         start_date,

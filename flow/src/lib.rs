@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod template;
+pub mod ui;
 pub mod worker;
 
 /// Why an orchestrator operation failed.

@@ -135,5 +135,53 @@ pub async fn read_log(lake: &weir_lake::Lake, log: &str) -> Result<Vec<u8>, Flow
     }
 }
 
+/// A part of a log: the bytes `[start, start + bytes.len())` of a log of `total` bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPart {
+    /// Where the part starts.
+    pub start: u64,
+    /// The log's size now (it grows while the try runs).
+    pub total: u64,
+    /// The part.
+    pub bytes: Vec<u8>,
+}
+
+/// At most `limit` bytes of a try's log from `offset` (past the end: none), or its last `limit`
+/// bytes when `offset` is `None`, so a 50 MB log is read a page at a time. A local log is read
+/// with a seek; an object on S3 is fetched whole and cut (logs move there once the try ended).
+pub async fn read_log_part(
+    lake: &weir_lake::Lake,
+    log: &str,
+    offset: Option<u64>,
+    limit: u64,
+) -> Result<LogPart, FlowError> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let range = |total: u64| {
+        let start = offset.unwrap_or(total.saturating_sub(limit)).min(total);
+        (start, limit.min(total - start))
+    };
+    if log.starts_with("s3://") {
+        let all = read_log(lake, log).await?;
+        let (start, len) = range(all.len() as u64);
+        let bytes = all[start as usize..(start + len) as usize].to_vec();
+        return Ok(LogPart { start, total: all.len() as u64, bytes });
+    }
+    let reading = |e: std::io::Error| FlowError::Invalid(format!("reading {log}: {e}"));
+    let mut file = match tokio::fs::File::open(log).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let bytes = NO_OUTPUT.as_bytes().to_vec();
+            return Ok(LogPart { start: 0, total: bytes.len() as u64, bytes });
+        }
+        Err(e) => return Err(reading(e)),
+    };
+    let total = file.metadata().await.map_err(reading)?.len();
+    let (start, len) = range(total);
+    file.seek(std::io::SeekFrom::Start(start)).await.map_err(reading)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut bytes).await.map_err(reading)?;
+    Ok(LogPart { start, total, bytes })
+}
+
 /// The log of a try that wrote nothing (its state and times are in `weir dags tasks`).
 pub const NO_OUTPUT: &str = "[weir] no output\n";

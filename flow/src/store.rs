@@ -847,6 +847,75 @@ impl Store {
         Ok(())
     }
 
+    /// Sets a finished or waiting task instance's state by hand (`success` or `failed`, as
+    /// Airflow's "mark"): a running or queued one is refused, since its try would overwrite the
+    /// mark. The run becomes queued so the scheduler settles it (and its downstream tasks) anew.
+    pub async fn mark(&self, dag_id: &str, run_id: &str, task_id: &str, state: TaskState) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let t = now();
+        let r = sqlx::query(
+            "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = NULL \
+             WHERE dag_id = $3 AND run_id = $4 AND task_id = $5 AND state NOT IN ('running', 'queued')",
+        )
+        .bind(state.as_str())
+        .bind(t)
+        .bind(dag_id)
+        .bind(run_id)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE flow_dag_runs SET state = 'queued', ended_at = NULL WHERE dag_id = $1 AND run_id = $2")
+            .bind(dag_id)
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        let made = [
+            Change::task(dag_id, run_id, task_id, None, state.as_str()).because(Some("marked by hand")),
+            Change::run(dag_id, run_id, RunState::Queued.as_str()),
+        ];
+        events::record(&mut tx, t, &made).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The states of each DAG's newest `per_dag` runs (newest first), in one query.
+    pub async fn recent_run_states(&self, per_dag: usize) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT dag_id, run_id, state FROM (SELECT dag_id, run_id, state, ROW_NUMBER() OVER \
+             (PARTITION BY dag_id ORDER BY interval_start DESC, created_at DESC) AS n FROM flow_dag_runs) AS r \
+             WHERE n <= $1 ORDER BY dag_id, n",
+        )
+        .bind(per_dag as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// The task instances of a DAG's newest `runs` runs (those [`Self::runs`] returns), with
+    /// their run id, in one query.
+    pub async fn recent_tasks(&self, dag_id: &str, runs: usize) -> Result<Vec<(String, TaskRow)>, StoreError> {
+        let sql = format!(
+            "SELECT {}, run_id FROM flow_task_instances WHERE dag_id = $1 AND run_id IN (SELECT run_id FROM \
+             flow_dag_runs WHERE dag_id = $1 ORDER BY interval_start DESC, created_at DESC LIMIT $2)",
+            Self::TASK_COLUMNS
+        );
+        let rows = sqlx::query(&sql).bind(dag_id).bind(runs as i64).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.get(10), Self::task_row(r)?))).collect()
+    }
+
+    /// Task instances queued or running in `pool`, over every DAG.
+    pub async fn busy_in_pool(&self, pool: &str) -> Result<usize, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) FROM flow_task_instances WHERE pool = $1 AND state IN ('queued', 'running')")
+                .bind(pool)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.get::<i64, _>(0) as usize)
+    }
+
     /// Task instances left running or scheduled by a scheduler's local executor that stopped:
     /// back to none (their try stays in the history, failed, and counts against the retries).
     /// Instances handed to workers are theirs: a worker that stopped is found by its beats.
