@@ -114,7 +114,9 @@ pub async fn bind(
     let lag = Arc::new(LagTracker::new(bus.clone(), lake.clone()));
     let protected = weir_serving::alerts::router(realtime.clone(), silences.clone(), Arc::from(bus.producer().await?))
         .merge(weir_serving::lag::router(lag.clone(), realtime.clone()));
-    let routes = routes(catalog.clone(), tokens.clone(), store, Arc::new(lake), dags_dir, health, protected);
+    let lake = Arc::new(lake);
+    let protected = protected.merge(weir_serving::lake::router(lake.clone()));
+    let routes = routes(catalog.clone(), tokens.clone(), store, lake, dags_dir, health, protected);
     let every = s.refresh_interval;
     let user = s.pg_user.clone();
     let (views, tracker) = (realtime.clone(), lag.clone());

@@ -32,7 +32,7 @@ struct Api {
     tokens: Arc<Tokens>,
 }
 
-/// The API's routes over `catalog`, accepting these bearer `tokens`, and the web dashboard at `/`.
+/// The API's routes over `catalog`, accepting these bearer `tokens`, and the operator console at `/`.
 pub fn router(catalog: Arc<Catalog>, tokens: Arc<Tokens>) -> Router {
     router_with_paths(catalog, tokens, json!({}))
 }
@@ -46,7 +46,13 @@ pub fn router_with_paths(catalog: Arc<Catalog>, tokens: Arc<Tokens>, other_paths
     }
     let spec = Arc::new(spec);
     Router::new()
-        .route("/", get(|| async { axum::response::Html(DASHBOARD) }))
+        .route("/", get(|| async { axum::response::Html(CONSOLE_HTML) }))
+        .route(
+            "/console.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], CONSOLE_JS) }),
+        )
+        .route("/console.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CONSOLE_CSS) }))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/query", post(query))
         .route("/api/v1/tables", get(tables))
         .route("/api/v1/openapi.json", get(move || async move { Json(spec.as_ref().clone()) }))
@@ -54,8 +60,11 @@ pub fn router_with_paths(catalog: Arc<Catalog>, tokens: Arc<Tokens>, other_paths
         .with_state(api)
 }
 
-/// The web dashboard: one page that queries this API (the token comes from `#token=…`).
-const DASHBOARD: &str = include_str!("dashboard.html");
+/// The operator console: one page, its script and its style, compiled into the binary (no
+/// build step, nothing fetched from elsewhere); it calls this API with the token it is given.
+const CONSOLE_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
 
 /// `routes` behind the same bearer tokens as the query API (for routes other crates own, such
 /// as the orchestrator's): a `GET` needs `read`, any other method (trigger, clear, pause,
@@ -92,6 +101,16 @@ pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Resp
 fn refused(tokens: &Tokens, headers: &HeaderMap, needed: Scope, what: &str) -> Option<Response> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     tokens.check(header, needed, what).err().map(|e| error(e.status(), e))
+}
+
+/// `GET /api/v1/whoami`: the scope of the caller's token, so the console offers only what it
+/// may do (the API checks every request anyway).
+async fn whoami(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match api.tokens.check(header, Scope::Read, "GET /api/v1/whoami") {
+        Ok(scope) => Json(json!({"scope": scope.as_str(), "operate": scope.allows(Scope::Operate)})).into_response(),
+        Err(e) => error(e.status(), e),
+    }
 }
 
 async fn readyz(State(api): State<Arc<Api>>) -> Response {
@@ -179,17 +198,10 @@ async fn query(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body
         )
             .into_response();
     }
-    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(Vec::new());
-    for b in &answer.batches {
-        if let Err(e) = writer.write(b) {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-        }
-    }
-    if let Err(e) = writer.finish() {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e);
-    }
-    let bytes = writer.into_inner();
-    let rows: Value = if answer.rows == 0 { json!([]) } else { serde_json::from_slice(&bytes).unwrap_or(json!([])) };
+    let rows = match rows_json(&answer.batches) {
+        Ok(rows) => rows,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     let columns: Vec<Value> =
         answer.schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string()})).collect();
     Json(json!({
@@ -200,6 +212,22 @@ async fn query(State(api): State<Arc<Api>>, headers: HeaderMap, body: axum::body
         "elapsed_ms": answer.elapsed.as_secs_f64() * 1000.0,
     }))
     .into_response()
+}
+
+/// Record batches as a JSON array of row objects (nulls written out).
+pub(crate) fn rows_json(
+    batches: &[deltalake::arrow::array::RecordBatch],
+) -> Result<Value, deltalake::arrow::error::ArrowError> {
+    let mut writer = WriterBuilder::new().with_explicit_nulls(true).build::<_, JsonArray>(Vec::new());
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(json!([]));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| deltalake::arrow::error::ArrowError::JsonError(e.to_string()))
 }
 
 /// The OpenAPI 3.0 description of this API.
@@ -235,6 +263,10 @@ pub fn openapi() -> Value {
                     "401": {"description": "missing or wrong bearer token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                     "504": {"description": "cancelled at the query timeout", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
                 }
+            }},
+            "/api/v1/whoami": {"get": {
+                "summary": "The scope of the caller's bearer token (read, operate, ingest, admin) and whether it may operate",
+                "responses": {"200": {"description": "{\"scope\": \"read\", \"operate\": false}"}, "401": {"description": "missing or wrong bearer token"}}
             }},
             "/api/v1/tables": {"get": {
                 "summary": "The catalogue: every table and view with its columns",
@@ -277,6 +309,20 @@ pub fn openapi() -> Value {
             "/api/v1/lag": {"get": {
                 "summary": "Consumer lag per topic and partition: lake writers (positions in the tables' txn actions) and streaming pipelines (positions in their checkpoints)",
                 "responses": {"200": {"description": "{\"consumers\": [{consumer, target, topic, lag, position_age_s, partitions: [{partition, position, end, lag}]}]}"}}
+            }},
+            "/api/v1/lag/history": {"get": {
+                "summary": "The last measurements of consumer lag (per consumer, `lake:<table>` or `stream:<pipeline>`) and watermark delay (per pipeline), oldest first",
+                "responses": {"200": {"description": "{\"samples\": [{at_ms, lag: {...}, watermark_delay_ms: {...}}]}"}}
+            }},
+            "/api/v1/lake/tables": {"get": {
+                "summary": "Every lake table with its latest version, data files, bytes and last commit time",
+                "responses": {"200": {"description": "{\"tables\": [{name, version, files, bytes, last_commit_ms}]}"}}
+            }},
+            "/api/v1/lake/tables/{name}": {"get": {
+                "summary": "One lake table at its latest version or `version`: schema, files, bytes, partition columns, commit history, the first 50 rows, and for current.* how far it is behind its change log",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}},
+                               {"name": "version", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "the table"}, "404": {"description": "no such table or version"}}
             }},
             "/api/v1/pipelines": {"get": {
                 "summary": "Streaming pipelines' status from their checkpoints: topic, lag, checkpoint age, watermark, counters, real-time rows",

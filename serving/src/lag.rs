@@ -4,7 +4,8 @@
 //! positions are durable ones: after a crash, reading resumes there. A [`LagTracker`] measures
 //! it every interval (keeping the lake's tables open, so each measurement reads only new
 //! commits) and sets the `weir_consumer_lag` gauge; `GET /api/v1/lag` answers the latest
-//! measurement and `GET /api/v1/pipelines` the streaming pipelines' status from it: lag,
+//! measurement, `GET /api/v1/lag/history` the last [`HISTORY`] measurements as samples (lag per
+//! consumer, watermark delay per pipeline) for charts, and `GET /api/v1/pipelines` the streaming pipelines' status from it: lag,
 //! checkpoint age, watermark, counters and real-time results.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -87,18 +88,39 @@ pub struct Measurement {
     pub positions: Vec<Position>,
 }
 
-/// Measures consumer lag over a bus and a lake and keeps the latest measurement.
+/// Measurements kept for `GET /api/v1/lag/history` (an hour at the default 5 s interval).
+pub const HISTORY: usize = 720;
+
+/// One measurement, reduced to what a chart over time shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sample {
+    /// When it was taken (ms since the epoch).
+    pub at_ms: i64,
+    /// Records behind per consumer, keyed `lake:<table>` or `stream:<pipeline>`.
+    pub lag: BTreeMap<String, i64>,
+    /// Per pipeline: how far its watermark trails the measurement (ms).
+    pub watermark_delay_ms: BTreeMap<String, i64>,
+}
+
+/// Measures consumer lag over a bus and a lake and keeps the latest measurement and a short
+/// history of samples.
 pub struct LagTracker {
     bus: Arc<dyn Bus>,
     lake: Lake,
     open: OpenTables,
     latest: std::sync::RwLock<Option<Arc<Measurement>>>,
+    history: std::sync::Mutex<std::collections::VecDeque<Sample>>,
 }
 
 impl LagTracker {
     /// A tracker with no measurement yet.
     pub fn new(bus: Arc<dyn Bus>, lake: Lake) -> LagTracker {
-        LagTracker { bus, lake, open: OpenTables::default(), latest: Default::default() }
+        LagTracker { bus, lake, open: OpenTables::default(), latest: Default::default(), history: Default::default() }
+    }
+
+    /// The samples kept, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.history.lock().expect("not poisoned").iter().cloned().collect()
     }
 
     /// The latest measurement, if one was taken.
@@ -133,6 +155,22 @@ impl LagTracker {
             metrics::gauge!("weir_consumer_lag", "consumer" => l.consumer.clone(), "target" => l.target.clone(), "topic" => l.topic.clone())
                 .set(l.lag as f64);
         }
+        let sample = Sample {
+            at_ms,
+            lag: consumers.iter().map(|c| (format!("{}:{}", c.consumer, c.target), c.lag)).collect(),
+            watermark_delay_ms: positions
+                .iter()
+                .filter(|p| p.watermark > 0)
+                .map(|p| (p.pipeline.clone(), (at_ms - p.watermark).max(0)))
+                .collect(),
+        };
+        {
+            let mut history = self.history.lock().expect("not poisoned");
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(sample);
+        }
         let measured = Arc::new(Measurement { at_ms, consumers, positions });
         *self.latest.write().expect("not poisoned") = Some(measured.clone());
         Ok(measured)
@@ -163,6 +201,7 @@ struct LagApi {
 pub fn router(tracker: Arc<LagTracker>, realtime: Arc<Realtime>) -> Router {
     Router::new()
         .route("/api/v1/lag", get(get_lag))
+        .route("/api/v1/lag/history", get(get_history))
         .route("/api/v1/pipelines", get(get_pipelines))
         .with_state(Arc::new(LagApi { tracker, realtime }))
 }
@@ -174,6 +213,10 @@ fn not_yet() -> Response {
 async fn get_lag(State(api): State<Arc<LagApi>>) -> Response {
     let Some(m) = api.tracker.latest() else { return not_yet() };
     Json(json!({"measured_at": fmt_ms(m.at_ms), "consumers": m.consumers})).into_response()
+}
+
+async fn get_history(State(api): State<Arc<LagApi>>) -> Response {
+    Json(json!({"samples": api.tracker.history()})).into_response()
 }
 
 async fn get_pipelines(State(api): State<Arc<LagApi>>) -> Response {

@@ -11,7 +11,8 @@
 //! - [`http`]: `POST /api/v1/query` (JSON or Arrow IPC), `GET /api/v1/tables`, the OpenAPI
 //!   document, `/readyz`, the web dashboard at `/`; bearer tokens.
 //! - [`alerts`]: alert states and silences (Alertmanager's silence format) over HTTP.
-//! - [`lag`]: consumer lag of the lake writers and streaming pipelines, per topic.
+//! - [`lag`]: consumer lag of the lake writers and streaming pipelines, per topic, and its history.
+//! - [`lake`]: the lake's tables over HTTP: versions, schema, history, a preview, freshness.
 //! - [`pg`]: the PostgreSQL wire (datafusion-postgres) over the same catalogue.
 //! - [`tls`]: `[serving.tls]`, the acceptor the HTTP API and the PostgreSQL wire share.
 //!
@@ -24,6 +25,7 @@ pub mod config;
 pub mod hot;
 pub mod http;
 pub mod lag;
+pub mod lake;
 pub mod pg;
 pub mod realtime;
 pub mod tls;
