@@ -110,7 +110,7 @@ pub async fn run(args: InitArgs) -> anyhow::Result<()> {
         let raw = table_name(&topic);
         println!(
             "  then: a snapshot of every captured table, then each change within a second; {raw} and {} \
-             within the lake's flush interval (lake.flush_interval); the banner prints psql and dashboard URLs;",
+             within the lake's flush interval (lake.flush_interval); the banner prints psql and console URLs;",
             raw.replacen("raw.", "current.", 1)
         );
         println!("        in a second terminal: weir topics list · weir consume {topic} --group look");

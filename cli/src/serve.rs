@@ -1,7 +1,7 @@
 //! `weir serve`: the serving role. Builds the query catalogue (lake tables, real-time views from
 //! the results topics, merged `serving.*` views), refreshes it every `serving.refresh_interval`,
 //! and serves the HTTP API (SQL, alerts and silences, lag, and the orchestrator's DAG routes), the
-//! PostgreSQL wire and the web dashboard, with /healthz, /readyz and /metrics.
+//! PostgreSQL wire and the operator console, with /healthz, /readyz and /metrics.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -159,10 +159,10 @@ pub async fn bind(
     Ok(Bound { api, pg, lag, realtime, run: Box::pin(run) })
 }
 
-/// Every HTTP route of the serving role: the query API and dashboard, the orchestrator's DAG
+/// Every HTTP route of the serving role: the query API and console, the orchestrator's DAG
 /// routes and the serving crate's `protected` ones (alerts, lag) behind the same tokens, and
 /// `health` (/healthz and /metrics).
-fn routes(
+pub(crate) fn routes(
     catalog: Arc<Catalog>,
     tokens: Arc<Tokens>,
     store: weir_flow::store::Store,

@@ -1,7 +1,7 @@
 //! `weir up`: every role that `weir.toml` configures, in one process, on the backends it names
 //! (the embedded bus, lake and metadata DB when it names none): the `[[sources]]`, a lake writer
 //! for every change-event topic, `current.*` upkeep, the scheduler over `flow.dags_dir`, the
-//! stream pipelines with their alerts, and the serving API, PostgreSQL wire and dashboard.
+//! stream pipelines with their alerts, and the serving API, PostgreSQL wire and operator console.
 //!
 //! Roles start in dependency order (serving's listeners first, so that a taken port fails the
 //! start; then sources, lake, pipelines, scheduler), each supervised on its own ([`roles`]):
@@ -409,8 +409,8 @@ pub fn banner(title: &str, platform: &Platform, up: &Up) {
     let api = up.api;
     let token = up.session_token.as_deref();
     match token {
-        Some(t) => println!("  dashboard   http://{api}/#token={t}   (bearer token {t})"),
-        None => println!("  dashboard   http://{api}/   (tokens from {} / serving.tokens_file)", c.serving.tokens_env),
+        Some(t) => println!("  console     http://{api}/?token={t}   (bearer token {t})"),
+        None => println!("  console     http://{api}/   (tokens from {} / serving.tokens_file)", c.serving.tokens_env),
     }
     println!("  SQL API     http://{api}/api/v1/query   health http://{api}/healthz   metrics http://{api}/metrics");
     if let Some(pg) = up.pg {

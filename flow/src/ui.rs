@@ -55,16 +55,22 @@ fn time(t: Option<DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
 }
 
-/// The next data interval the scheduler will create a run for, after the DAG's cursor.
+/// The next data interval the scheduler will create a run for, after the DAG's cursor (without
+/// catchup, an overdue DAG's next run is its latest complete interval), and whether it is due.
 fn next_interval(row: &DagRow, d: &Dag) -> Value {
+    let now = Utc::now();
+    let from = row.last_interval_end.unwrap_or(d.start_date);
     let next = match (row.last_interval_end, &d.schedule) {
         (_, Schedule::None) | (Some(_), Schedule::Once) => None,
-        (Some(end), _) => d.schedule.first(end, d.timezone),
-        (None, _) => d.schedule.first(d.start_date, d.timezone),
+        _ => d.schedule.first(from, d.timezone),
+    };
+    let next = match next {
+        Some(i) if !d.catchup && i.end <= now => d.schedule.latest_complete(from, d.timezone, now).or(Some(i)),
+        other => other,
     };
     match next.filter(|i| d.end_date.is_none_or(|e| i.start <= e)) {
         Some(i) => json!({"data_interval_start": i.start.to_rfc3339(), "data_interval_end": i.end.to_rfc3339(),
-                          "run_after": i.end.to_rfc3339()}),
+                          "run_after": i.end.to_rfc3339(), "due": i.end <= now}),
         None => Value::Null,
     }
 }

@@ -9,7 +9,7 @@
 //!   the merged `serving.*` views; read-only queries under a timeout, a row and a memory limit.
 //! - [`hot`]: in-memory copies of `views.*`/`current.*` tables with indexes for point lookups.
 //! - [`http`]: `POST /api/v1/query` (JSON or Arrow IPC), `GET /api/v1/tables`, the OpenAPI
-//!   document, `/readyz`, the web dashboard at `/`; bearer tokens.
+//!   document, `/readyz`, `/api/v1/whoami`, the operator console at `/` (`console/`); bearer tokens.
 //! - [`alerts`]: alert states and silences (Alertmanager's silence format) over HTTP.
 //! - [`lag`]: consumer lag of the lake writers and streaming pipelines, per topic, and its history.
 //! - [`lake`]: the lake's tables over HTTP: versions, schema, history, a preview, freshness.

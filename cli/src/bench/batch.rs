@@ -442,7 +442,7 @@ pub async fn run(args: BatchBenchArgs) -> anyhow::Result<Value> {
 }
 
 /// `$XDG_CACHE_HOME`, else `~/.cache`, as `scripts/deps` places the venv.
-fn dirs_cache() -> PathBuf {
+pub(super) fn dirs_cache() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))

@@ -5,6 +5,7 @@ mod batch;
 mod bus;
 mod cdc_cassandra;
 mod cdc_mysql;
+mod console;
 mod lake;
 mod scheduler;
 mod serve;
@@ -24,6 +25,8 @@ pub enum BenchCommand {
     Bus(bus::BusBenchArgs),
     /// Decode Cassandra commit-log segments: MB/s and mutations/s on one core.
     CdcCassandra(cdc_cassandra::CdcCassandraArgs),
+    /// The operator console: grid API, and grid, DAG list and 50 MB log in headless Chromium.
+    Console(console::ConsoleBenchArgs),
     /// MySQL/MariaDB CDC into the embedded bus: backlog drain events/s, steady-load latency.
     CdcMysql(cdc_mysql::CdcMysqlArgs),
     /// Change events from the embedded bus into a Delta table, against Parquet's ArrowWriter.
@@ -46,6 +49,7 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Bus(args) => bus::run(config, args).await?,
         BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
         BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
+        BenchCommand::Console(args) => console::run(args).await?,
         BenchCommand::Lake(args) => lake::run(args).await?,
         BenchCommand::Scheduler(args) => scheduler::run(args).await?,
         BenchCommand::Stream(args) => stream::run(args).await?,

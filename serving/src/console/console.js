@@ -158,9 +158,12 @@ async function route() {
   } catch (e) {
     main.innerHTML = errorBox(e) + (e.status === 401 ? loginForm() : "");
   }
-  // How long the route took to show (read by `weir bench console`).
+  // How long the route took to show, up to the next frame after layout (`weir bench console`
+  // reads it), and since the page's navigation began.
   void main.offsetHeight;
+  await new Promise((resolve) => requestAnimationFrame(() => setTimeout(resolve, 0)));
   document.body.dataset.renderMs = (performance.now() - renderStarted).toFixed(1);
+  document.body.dataset.sinceNavigationMs = performance.now().toFixed(1);
   document.body.dataset.route = location.hash;
 }
 
@@ -228,7 +231,7 @@ pages.dags = async (main, _, q) => {
   }
   const rows = dags.map((d) => `<tr data-dag="${esc(d.dag_id)}"><td><input type="checkbox" class="pause" aria-label="paused: ${esc(d.dag_id)}"${d.paused ? " checked" : ""}${opAttr()}></td>` +
     `<td><a href="${href(["dag", d.dag_id, "grid"])}">${esc(d.dag_id)}</a></td><td>${esc(d.owner)}</td><td>${esc(d.schedule)}</td>` +
-    `<td>${d.next_run ? esc(when(d.next_run.run_after)) : "—"}</td><td>${recentDots(d)}</td><td class="muted">${esc(d.description)}</td></tr>`).join("");
+    `<td>${d.next_run ? (d.next_run.due ? "due now" : esc(when(d.next_run.run_after))) : "—"}</td><td>${recentDots(d)}</td><td class="muted">${esc(d.description)}</td></tr>`).join("");
   html += `<section><table id="dag-table"><tr><th title="paused">⏸</th><th>DAG</th><th>owner</th><th>schedule</th><th>next run</th><th>recent runs</th><th>description</th></tr>${rows}</table></section>`;
   main.innerHTML = html;
   const go = () => { location.hash = href(["dags"], {q: $("dag-q").value, filter: $("dag-state").value === "all" ? "" : $("dag-state").value}); };

@@ -1,0 +1,117 @@
+//! The console's read models and the mark action on SQLite and PostgreSQL (`WEIR_TEST_POSTGRES_URL`,
+//! started by `scripts/test`): the DAG list's newest runs in one query (a window function both
+//! must run), the grid, why a task is not running, and marking by hand.
+
+use std::{path::Path, time::Duration};
+
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use weir_flow::{
+    dag,
+    rules::TaskState,
+    schedule::Interval,
+    store::{Finish, Store, TaskKey},
+    ui,
+};
+
+// Only the database helper of the shared test module is used here.
+#[allow(dead_code)]
+mod common;
+
+const DAG: &str = "schedule: \"@daily\"\nstart_date: 2026-01-01\nowner: data-eng\ndescription: three steps\ntasks:\n\
+                   - {id: extract, script: [\"true\"], retries: 2}\n\
+                   - {id: load, script: [\"true\"], upstream: [extract], pool: warehouse}\n\
+                   - {id: report, script: [\"true\"], upstream: [load]}\n";
+
+async fn check(store: Store) {
+    let d = dag::parse(Path::new("/dags/three.yaml"), DAG).unwrap();
+    store.sync_dags(std::slice::from_ref(&d), &[]).await.unwrap();
+    let day = chrono::Duration::days(1);
+    let first = Utc.with_ymd_and_hms(2026, 3, 1, 0, 0, 0).unwrap();
+    let mut runs = Vec::new();
+    for n in 0..7 {
+        let start = first + day * n;
+        let run_id = format!("scheduled__{}", start.to_rfc3339());
+        assert!(
+            store
+                .create_run(&d, &run_id, "scheduled", Interval { start, end: start + day }, &Default::default())
+                .await
+                .unwrap()
+        );
+        runs.push(run_id);
+    }
+    let newest = runs.last().unwrap().clone();
+    let key = |task: &str| TaskKey { dag_id: "three".into(), run_id: newest.clone(), task_id: task.into() };
+
+    // extract's first try fails and waits for its retry: load waits on it.
+    store.set_task_states("three", &newest, &[("extract".into(), TaskState::Scheduled)]).await.unwrap();
+    store.start_tries(&[(key("extract"), 1, "/nonexistent/log".into())]).await.unwrap();
+    let wait = Duration::from_secs(600);
+    let finish = Finish {
+        key: key("extract"),
+        try_number: 1,
+        state: TaskState::UpForRetry,
+        reason: Some("exit status 1".into()),
+        retry_wait: Some(wait),
+        skip: Vec::new(),
+        log: None,
+    };
+    store.finish_tries(&[finish]).await.unwrap();
+    let detail = ui::task_detail(&store, &d, &key("extract")).await.unwrap().unwrap();
+    let why = detail["why_not_running"].as_str().unwrap();
+    assert!(why.starts_with("try 1 failed; try 2 of 3 at "), "{why}");
+    assert_eq!(detail["tries"][0]["reason"], "exit status 1");
+    let why = ui::task_detail(&store, &d, &key("load")).await.unwrap().unwrap()["why_not_running"].clone();
+    assert_eq!(why, json!("waiting on upstream: extract (up_for_retry)"));
+    store.set_task_states("three", &newest, &[("load".into(), TaskState::Scheduled)]).await.unwrap();
+    let why = ui::task_detail(&store, &d, &key("load")).await.unwrap().unwrap()["why_not_running"].clone();
+    assert!(why.as_str().unwrap().starts_with("waiting for a free slot: 0 task(s) hold pool \"warehouse\""), "{why}");
+
+    // Marking: refused while running, accepted once not; the run is settled anew.
+    store.set_task_states("three", &newest, &[("report".into(), TaskState::Running)]).await.unwrap();
+    assert!(!store.mark("three", &newest, "report", TaskState::Success).await.unwrap());
+    store.set_task_states("three", &newest, &[("report".into(), TaskState::Failed)]).await.unwrap();
+    assert!(store.mark("three", &newest, "report", TaskState::Success).await.unwrap());
+    assert_eq!(store.run("three", &newest).await.unwrap().state.as_str(), "queued");
+
+    // The grid: the newest 5 runs, oldest first, a cell per task.
+    let g = ui::grid(&store, &d, 5).await.unwrap();
+    assert_eq!(g["tasks"], json!(["extract", "load", "report"]));
+    assert_eq!(g["runs"].as_array().unwrap().len(), 5);
+    assert_eq!(g["runs"][4]["run_id"], json!(newest));
+    assert_eq!(g["runs"][0]["run_id"], json!(runs[2]));
+    assert_eq!(g["cells"][4][0][0], "up_for_retry");
+    assert_eq!(g["cells"][4][0][1], 1);
+    assert_eq!(g["cells"][4][2][0], "success");
+    assert_eq!(g["cells"][0][1][0], "none");
+
+    // The list: owner, description, the five newest runs newest first, and the next run.
+    let list = ui::dag_list(&store, &ui::Versions::default()).await.unwrap();
+    let three = &list["dags"][0];
+    assert_eq!((three["owner"].clone(), three["tasks"].clone()), (json!("data-eng"), json!(3)));
+    let recent: Vec<&str> =
+        three["recent_runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect();
+    assert_eq!(recent, runs.iter().rev().take(5).map(String::as_str).collect::<Vec<_>>());
+    // The cursor is at 2026-03-08, long past, and the DAG does not catch up: the latest complete
+    // interval is due.
+    let next = &three["next_run"];
+    assert_eq!(next["due"], true, "{next}");
+    let start: chrono::DateTime<Utc> = next["data_interval_start"].as_str().unwrap().parse().unwrap();
+    let end: chrono::DateTime<Utc> = next["data_interval_end"].as_str().unwrap().parse().unwrap();
+    assert!(start > first + day * 7 && end <= Utc::now() && Utc::now() - end < day, "{next}");
+}
+
+#[tokio::test]
+async fn console_read_models_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool =
+        weir_schemas::metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5))
+            .await
+            .unwrap();
+    check(Store::open(pool).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn console_read_models_on_postgres() {
+    check(Store::open(common::postgres_database().await).await.unwrap()).await;
+}
