@@ -31,6 +31,14 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
     let examples = dir.path().join("examples");
     copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"), &examples);
+    // A DAG whose first task writes coloured lines for ~10 s: its log is followed while it runs.
+    std::fs::write(
+        examples.join("dags/console_slow.yaml"),
+        "description: a slow task for the console test\ntasks:\n  - id: slow\n    script: [sh, -c, \
+         'for i in $(seq 1 40); do printf \"\\033[32mline %s\\033[0m\\n\" $i; sleep 0.25; done']\n  \
+         - id: after\n    script: [\"true\"]\n    upstream: [slow]\n",
+    )
+    .unwrap();
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, pg_port) = (free(), free());
     let (operate, read) = ("console-operate-token", "console-read-token");

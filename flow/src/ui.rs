@@ -109,8 +109,8 @@ pub async fn dag_list(store: &Store, versions: &Versions) -> Result<Value, Store
 
 /// `GET /api/v1/dags/{dag}/grid`: the newest `runs` runs (oldest first) and the task ids (the
 /// current version's order, then tasks only older versions had), with one cell per run and task:
-/// `[state, try number, duration in ms or null, start time or null]`, or null where that run's
-/// version had no such task.
+/// `[state, try number, duration in ms or null]` where `state` indexes `states`, or null where
+/// that run's version had no such task. Compact on purpose: 200 tasks × 100 runs is 20,000 cells.
 pub async fn grid(store: &Store, current: &Dag, runs: usize) -> Result<Value, StoreError> {
     let mut run_rows = store.runs(&current.id, runs).await?;
     run_rows.reverse();
@@ -118,9 +118,11 @@ pub async fn grid(store: &Store, current: &Dag, runs: usize) -> Result<Value, St
     let mut tasks: Vec<String> = current.tasks.iter().map(|t| t.id.clone()).collect();
     let mut column: HashMap<String, usize> = tasks.iter().cloned().enumerate().map(|(i, t)| (t, i)).collect();
     let row_of: HashMap<&str, usize> = run_rows.iter().enumerate().map(|(i, r)| (r.run_id.as_str(), i)).collect();
+    let state_index: HashMap<TaskState, usize> = TaskState::ALL.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+    let now = Utc::now();
     let mut cells: Vec<Vec<Value>> = vec![Vec::new(); run_rows.len()];
-    for (run_id, ti) in &instances {
-        let Some(&r) = row_of.get(run_id.as_str()) else { continue };
+    for ti in &instances {
+        let Some(&r) = row_of.get(ti.run_id.as_str()) else { continue };
         let c = *column.entry(ti.task_id.clone()).or_insert_with(|| {
             tasks.push(ti.task_id.clone());
             tasks.len() - 1
@@ -131,10 +133,10 @@ pub async fn grid(store: &Store, current: &Dag, runs: usize) -> Result<Value, St
         }
         let duration = match (ti.started_at, ti.ended_at) {
             (Some(s), Some(e)) if e >= s => json!((e - s).num_milliseconds()),
-            (Some(s), None) if ti.state == TaskState::Running => json!((Utc::now() - s).num_milliseconds()),
+            (Some(s), None) if ti.state == TaskState::Running => json!((now - s).num_milliseconds()),
             _ => Value::Null,
         };
-        row[c] = json!([ti.state.as_str(), ti.try_number, duration, time(ti.started_at)]);
+        row[c] = json!([state_index[&ti.state], ti.try_number, duration]);
     }
     for row in &mut cells {
         row.resize(tasks.len(), Value::Null);
@@ -149,7 +151,8 @@ pub async fn grid(store: &Store, current: &Dag, runs: usize) -> Result<Value, St
             })
         })
         .collect();
-    Ok(json!({"dag_id": current.id, "tasks": tasks, "runs": runs, "cells": cells}))
+    let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
+    Ok(json!({"dag_id": current.id, "states": states, "tasks": tasks, "runs": runs, "cells": cells}))
 }
 
 /// The graph of a DAG version: tasks with their kind, trigger rule and layer (the longest path

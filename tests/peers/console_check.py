@@ -107,7 +107,7 @@ try:
     # ---- a read token: everything shows, no action is possible, in the UI and the API ----
     open_page("/dags", READ)
     until(lambda: "token scope: read" in d.find_element(By.ID, "who").text, "whoami says read")
-    row = until(lambda: d.find_element(By.CSS_SELECTOR, f'tr[data-dag="{DAG}"]'), "orders_daily in the list")
+    row = until(lambda: d.find_element(By.CSS_SELECTOR, f'.dl-row[data-dag="{DAG}"]'), "orders_daily in the list")
     assert row.find_element(By.CSS_SELECTOR, "input.pause").get_attribute("disabled") is not None, "pause toggle enabled for a read token"
     open_page(f"/dag/{DAG}/grid")
     assert d.find_element(By.ID, "a-trigger").get_attribute("disabled") is not None, "trigger enabled for a read token"
@@ -137,15 +137,15 @@ try:
     open_page("/dags")
     q = d.find_element(By.ID, "dag-q")
     q.send_keys("orders", Keys.ENTER)
-    until(lambda: "q=orders" in d.current_url and len(d.find_elements(By.CSS_SELECTOR, "#dag-table tr[data-dag]")) == 1, "search narrows the list to orders_daily")
+    until(lambda: "q=orders" in d.current_url and len(d.find_elements(By.CSS_SELECTOR, "#dag-table .dl-row[data-dag]")) == 1, "search narrows the list to orders_daily")
     shot("02-dags-search")
     open_page("/dags")
-    d.find_element(By.CSS_SELECTOR, 'tr[data-dag="canary"] input.pause').click()
+    d.find_element(By.CSS_SELECTOR, '.dl-row[data-dag="canary"] input.pause').click()
     kind, text = confirm()
     assert kind == "ok", text
     until(lambda: db("SELECT paused FROM flow_dags WHERE dag_id = 'canary'") == [(1,)], "canary paused in the metadata DB")
     open_page("/dags?filter=paused")
-    until(lambda: [r.get_attribute("data-dag") for r in d.find_elements(By.CSS_SELECTOR, "#dag-table tr[data-dag]")] == ["canary"], "the paused filter shows canary only")
+    until(lambda: [r.get_attribute("data-dag") for r in d.find_elements(By.CSS_SELECTOR, "#dag-table .dl-row[data-dag]")] == ["canary"], "the paused filter shows canary only")
     shot("03-dags-paused")
     step("DAG list: search, filter, pause (metadata DB flow_dags.paused = 1)")
 
@@ -172,12 +172,26 @@ try:
     assert json.loads(conf)["note"] == "from the console", conf
     until(lambda: db("SELECT state FROM flow_dag_runs WHERE dag_id = ? AND run_id = ?", DAG, run_id) == [("success",)], "the triggered run succeeds", timeout=90)
     open_page(f"/dag/{DAG}/grid")
-    until(lambda: len(d.find_elements(By.CSS_SELECTOR, "#grid td.c.s-success")) >= 10, "the grid shows the runs' cells")
-    cells = d.find_elements(By.CSS_SELECTOR, "#grid td.c")
-    tip_cell = cells[-1]
-    webdriver.ActionChains(d).move_to_element(tip_cell).perform()
-    until(lambda: "try" in d.find_element(By.ID, "tip").text, "hovering a cell shows state, try and duration")
+    grid = until(lambda: d.find_element(By.ID, "grid"), "the grid")
+    runs_shown = len(db("SELECT run_id FROM flow_dag_runs WHERE dag_id = ?", DAG))
+    until(lambda: int(grid.get_attribute("data-cells")) == 5 * runs_shown, "a cell per task and run")
+    # The newest run is the rightmost column: its first task's cell is drawn in success green.
+    col, row = runs_shown - 1, 0
+    pixel = d.execute_script(
+        "const c = document.getElementById('grid'), r = window.devicePixelRatio || 1;"
+        "return Array.from(c.getContext('2d').getImageData((arguments[0] * 16 + 7) * r, ((arguments[1] + 1) * 16 + 7) * r, 1, 1).data);",
+        col, row)
+    assert pixel[:3] == [0x12, 0xB7, 0x6A], pixel
+    size = grid.size
+    at = lambda c, r: ((c * 16 + 7) - size["width"] // 2, ((r + 1) * 16 + 7) - size["height"] // 2)
+    webdriver.ActionChains(d).move_to_element_with_offset(grid, *at(col, row)).perform()
+    until(lambda: d.find_element(By.ID, "tip").text.startswith("snapshot_orders\n") and "success · try 1 · " in d.find_element(By.ID, "tip").text, "hovering a cell shows its task, state, try and duration")
+    # Keyboard: focus, arrows, Enter opens the focused task.
+    grid.send_keys(Keys.ARROW_DOWN)
+    until(lambda: d.find_element(By.ID, "tip").text.startswith("snapshot_payments\n"), "arrows move the focus (and say where)")
     shot("04-dag-grid")
+    grid.send_keys(Keys.ENTER)
+    until(lambda: "/task/orders_daily/" in d.current_url and d.current_url.endswith("/snapshot_payments"), "Enter opens the focused task")
     step(f"trigger with conf: run {run_id} recorded with its conf and succeeded; grid shows it")
 
     # Graph of the run: states as colours, a node click opens the task.
@@ -219,6 +233,22 @@ try:
     status, body = http("POST", f"/api/v1/dags/{DAG}/runs/{run_id}/tasks/snapshot_orders/state", OPERATE, {"state": "running"})
     assert status == 400, (status, body)
     step("mark success; a state other than success/failed is refused (400)")
+
+    # A running try: its log is followed as it grows (colours stripped); downstream says why it waits.
+    status, body = http("POST", "/api/v1/dags/console_slow/runs", OPERATE, {})
+    assert status == 201, (status, body)
+    slow_run = json.loads(body)["run_id"]
+    until(lambda: db("SELECT state FROM flow_task_instances WHERE dag_id = 'console_slow' AND run_id = ? AND task_id = 'slow'", slow_run) == [("running",)], "the slow task runs")
+    open_page(f"/task/console_slow/{slow_run}/after")
+    until(lambda: "waiting on upstream: slow (running)" in d.find_element(By.ID, "why").text, "why the downstream task waits")
+    open_page(f"/task/console_slow/{slow_run}/slow")
+    log = d.find_element(By.ID, "log")
+    seen = until(lambda: log.text.count("line ") >= 3 and log.text.count("line "), "the running try's first lines")
+    until(lambda: log.text.count("line ") > seen + 4, "the log grows while the page stays open")
+    assert "[32m" not in log.text and "\x1b" not in log.text, "ANSI codes shown"
+    shot("06b-task-running")
+    until(lambda: log.text.count("line ") == 40, "the whole log once the try ended", timeout=30)
+    step("a running try's log streams into the page, colours stripped; downstream says it waits on upstream")
 
     # Backfill a date range.
     open_page(f"/dag/{DAG}/runs")

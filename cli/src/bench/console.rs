@@ -171,8 +171,8 @@ try:
                 time.sleep(0.01)
             ds = d.execute_script("return Object.assign({}, document.body.dataset)")
             shown = d.execute_script("const l = document.getElementById('log'); return l ? l.textContent.length : null")
-            cells = d.execute_script("return document.querySelectorAll('#grid td.c').length")
-            rows = d.execute_script("return document.querySelectorAll('#dag-table tr[data-dag]').length")
+            cells = d.execute_script("const g = document.getElementById('grid'); return g ? Number(g.dataset.cells) : null")
+            rows = d.execute_script("const l = document.getElementById('dag-table'); return l ? Number(l.dataset.total) : null")
             if i > 0:  # the first load warms the browser's caches
                 print(json.dumps({"page": name, "render_ms": float(ds["renderMs"]), "since_navigation_ms": float(ds["sinceNavigationMs"]),
                                   "log_chars": shown, "grid_cells": cells, "dag_rows": rows}), flush=True)
@@ -256,9 +256,16 @@ pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<Value> {
         per_run_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         eprintln!("[bench console] API round {} of {}", round + 1, args.rounds);
     }
+    // The first call parses every DAG version once; the rounds after it are what a page pays.
     let t = Instant::now();
     let list = get("/api/v1/dags".into()).await?;
-    let list_api_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let list_cold_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut list_ms = Vec::new();
+    for _ in 0..args.rounds {
+        let t = Instant::now();
+        get("/api/v1/dags".into()).await?;
+        list_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
     let log_base = format!("/api/v1/dags/{WIDE}/runs/{}/tasks/{log_task}/logs", urlencoding(&log_run));
     let mut whole_ms = Vec::new();
     for _ in 0..3 {
@@ -313,7 +320,8 @@ pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<Value> {
         "grid_api_speedup": per_run_median / api_median,
         "grid_render_ms": stats(&grid_render),
         "grid_since_navigation_ms": stats(&grid_nav),
-        "dag_list_api_ms": list_api_ms,
+        "dag_list_api_ms": stats(&list_ms),
+        "dag_list_api_first_call_ms": list_cold_ms,
         "dag_list_render_ms": stats(&list_render),
         "dag_list_since_navigation_ms": stats(&list_nav),
         "log": {"render_ms": stats(&log_render), "since_navigation_ms": stats(&log_nav),

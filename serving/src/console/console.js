@@ -229,27 +229,45 @@ pages.dags = async (main, _, q) => {
   if (v.import_errors.length) {
     html += `<section id="import-errors"><h2 class="error">DAG files refused</h2>` + table(v.import_errors, ["file", "line", "reason"]) + "</section>";
   }
-  const rows = dags.map((d) => `<tr data-dag="${esc(d.dag_id)}"><td><input type="checkbox" class="pause" aria-label="paused: ${esc(d.dag_id)}"${d.paused ? " checked" : ""}${opAttr()}></td>` +
-    `<td><a href="${href(["dag", d.dag_id, "grid"])}">${esc(d.dag_id)}</a></td><td>${esc(d.owner)}</td><td>${esc(d.schedule)}</td>` +
-    `<td>${d.next_run ? (d.next_run.due ? "due now" : esc(when(d.next_run.run_after))) : "—"}</td><td>${recentDots(d)}</td><td class="muted">${esc(d.description)}</td></tr>`).join("");
-  html += `<section><table id="dag-table"><tr><th title="paused">⏸</th><th>DAG</th><th>owner</th><th>schedule</th><th>next run</th><th>recent runs</th><th>description</th></tr>${rows}</table></section>`;
+  // Only the rows in view (and a screenful around them) are in the DOM: a list of 1,000 DAGs
+  // costs what 60 rows cost; search and filter above cover the rest.
+  const row = (d) => `<div class="dl-row" role="row" data-dag="${esc(d.dag_id)}"><span><input type="checkbox" class="pause" aria-label="paused: ${esc(d.dag_id)}"${d.paused ? " checked" : ""}${opAttr()}></span>` +
+    `<span><a href="${href(["dag", d.dag_id, "grid"])}">${esc(d.dag_id)}</a></span><span>${esc(d.owner)}</span><span>${esc(d.schedule)}</span>` +
+    `<span>${d.next_run ? (d.next_run.due ? "due now" : esc(when(d.next_run.run_after))) : "—"}</span><span>${recentDots(d)}</span><span class="muted">${esc(d.description)}</span></div>`;
+  html += `<section><div class="dl-row dl-head" role="row"><span title="paused">off</span><span>DAG</span><span>owner</span><span>schedule</span><span>next run</span><span>recent runs</span><span>description</span></div>
+    <div id="dag-table" class="dl" role="table" data-total="${dags.length}" style="height:min(calc(100vh - 230px), ${dags.length * DL_ROW + 2}px)"><div class="dl-space" style="height:${dags.length * DL_ROW}px"></div></div></section>`;
   main.innerHTML = html;
+  const list = $("dag-table");
+  let shown = "";
+  const paint = () => {
+    const from = Math.max(0, Math.floor(list.scrollTop / DL_ROW) - 20);
+    const to = Math.min(dags.length, from + Math.ceil(list.clientHeight / DL_ROW) + 40);
+    if (shown === from + ":" + to) return;
+    shown = from + ":" + to;
+    list.firstElementChild.innerHTML = `<div style="position:relative;top:${from * DL_ROW}px">${dags.slice(from, to).map(row).join("")}</div>`;
+  };
+  list.onscroll = paint;
+  paint();
   const go = () => { location.hash = href(["dags"], {q: $("dag-q").value, filter: $("dag-state").value === "all" ? "" : $("dag-state").value}); };
   $("dag-filter").addEventListener("submit", (e) => { e.preventDefault(); go(); });
   $("dag-state").addEventListener("change", go);
-  $("dag-table").addEventListener("change", (e) => {
+  list.addEventListener("change", (e) => {
     if (!e.target.classList.contains("pause")) return;
-    const dag = e.target.closest("tr").dataset.dag;
+    const dag = e.target.closest(".dl-row").dataset.dag;
     const paused = e.target.checked;
     e.target.checked = !paused; // until confirmed
     act(`${paused ? "Pause" : "Unpause"} DAG ${dag}?`, () => api(`/api/v1/dags/${enc(dag)}`, {method: "PATCH", body: {is_paused: paused}}));
   });
 };
+const DL_ROW = 30;
 
 // ---- one DAG ----
 
 pages.dag = async (main, parts, q) => {
   const [id, tab = "grid"] = parts;
+  // The grid's data is fetched alongside the DAG's, not after it.
+  const grid = tab === "grid" ? api(`/api/v1/dags/${enc(id)}/grid?runs=${Number(q.get("runs") || 25)}`) : null;
+  grid?.catch(() => {});
   const d = await api(`/api/v1/dags/${enc(id)}`);
   const tabs = ["grid", "graph", "runs", "code"].map((t) => `<a href="${href(["dag", id, t])}" class="${t === tab ? "active" : ""}">${t}</a>`).join("");
   main.innerHTML = `<h1>${esc(id)} ${d.paused ? '<span class="badge s-skipped">paused</span>' : ""}</h1>
@@ -268,38 +286,81 @@ pages.dag = async (main, parts, q) => {
     `<label>from <input id="b-from" placeholder="2026-11-01"></label> <label>to <input id="b-to" placeholder="2026-11-07"></label>`,
     () => ({from: $("b-from").value, to: $("b-to").value}));
   $("a-pause").onclick = () => act(`${d.paused ? "Unpause" : "Pause"} DAG ${id}?`, () => api(`/api/v1/dags/${enc(id)}`, {method: "PATCH", body: {is_paused: !d.paused}}));
-  await dagTabs[tab]($("tab"), id, d, q);
+  await dagTabs[tab]($("tab"), id, d, q, grid);
   if (tab === "grid" || tab === "graph") timer = setInterval(() => { if (parseRoute().parts[1] === id) dagTabs[tab]($("tab"), id, d, parseRoute().q).catch(() => {}); }, 5000);
 };
 
 const dagTabs = {};
 
-dagTabs.grid = async (el, id, _d, q) => {
+/* Colours of task states (as in console.css), for the grid's canvas. */
+const STATE_COLOURS = {success: "#12b76a", failed: "#f04438", upstream_failed: "#f04438", running: "#2e90fa", queued: "#98a2b3",
+  scheduled: "#98a2b3", up_for_retry: "#f79009", skipped: "#d0d5dd", none: "#e4e7ec"};
+const CELL = 16;
+
+/* Airflow's grid: a row per task, a column per run (oldest left). Drawn on one canvas, so 200
+   tasks × 100 runs is one element, not 20,000; task names stay text beside it. Hover shows a
+   cell's try and duration; a click (or arrows and Enter, once focused) opens the task, or the
+   run's graph from the header row. */
+dagTabs.grid = async (el, id, _d, q, prefetched) => {
   const n = Number(q.get("runs") || 25);
-  const g = await api(`/api/v1/dags/${enc(id)}/grid?runs=${n}`);
-  const head = g.runs.map((r, i) => `<th class="run s-${esc(r.state)}" data-r="${i}"></th>`).join("");
-  const rows = g.tasks.map((t, ti) => `<tr><th class="task" title="${esc(t)}">${esc(t)}</th>` +
-    g.cells.map((row, ri) => { const c = row[ti]; return c ? `<td class="c s-${c[0]}" data-r="${ri}" data-t="${ti}"></td>` : "<td></td>"; }).join("") + "</tr>").join("");
+  const g = await (prefetched || api(`/api/v1/dags/${enc(id)}/grid?runs=${n}`));
+  const filled = g.cells.reduce((k, row) => k + row.filter((c) => c).length, 0);
   el.innerHTML = `<section><div class="bar"><span class="muted">${g.runs.length} runs × ${g.tasks.length} tasks, oldest left</span>
     <select id="grid-n" aria-label="runs shown">${[10, 25, 50, 100, 200].map((k) => `<option${k === n ? " selected" : ""}>${k}</option>`).join("")}</select></div>
-    <table class="grid" id="grid"><tr><th></th>${head}</tr>${rows}</table></section>
+    <div class="gridwrap"><div class="gridnames" style="padding-top:${CELL}px">${g.tasks.map((t) => `<div title="${esc(t)}">${esc(t)}</div>`).join("")}</div>
+    <canvas id="grid" tabindex="0" role="img" data-cells="${filled}" aria-label="grid of ${g.runs.length} runs × ${g.tasks.length} tasks: arrows move, Enter opens"></canvas></div></section>
     <section><h2>Runs</h2>${runsTable(id, g.runs.slice().reverse().slice(0, 10))}</section>`;
   $("grid-n").onchange = (e) => { location.hash = href(["dag", id, "grid"], {runs: e.target.value}); };
-  const grid = $("grid");
-  grid.onmousemove = (e) => {
-    const c = e.target.dataset;
-    if (c.r === undefined) { $("tip").hidden = true; return; }
-    const r = g.runs[c.r];
-    const cell = c.t !== undefined ? g.cells[c.r][c.t] : null;
-    $("tip").textContent = cell ? `${g.tasks[c.t]}\n${r.run_id}\n${cell[0]} · try ${cell[1]} · ${dur(cell[2])}` : `${r.run_id}\n${r.state}`;
-    Object.assign($("tip").style, {left: e.clientX + 12 + "px", top: e.clientY + 12 + "px"});
-    $("tip").hidden = false;
+  const cv = $("grid"), dpr = window.devicePixelRatio || 1;
+  const W = g.runs.length * CELL, H = (g.tasks.length + 1) * CELL;
+  cv.width = W * dpr; cv.height = H * dpr;
+  Object.assign(cv.style, {width: W + "px", height: H + "px"});
+  const cx = cv.getContext("2d");
+  cx.scale(dpr, dpr);
+  let focus = null;
+  const draw = () => {
+    cx.clearRect(0, 0, W, H);
+    g.runs.forEach((r, ri) => { cx.fillStyle = STATE_COLOURS[r.state] || "#98a2b3"; cx.fillRect(ri * CELL, 4, CELL - 2, CELL - 6); });
+    const byColour = {};
+    g.cells.forEach((row, ri) => row.forEach((c, ti) => { if (c) (byColour[STATE_COLOURS[g.states[c[0]]]] ||= []).push(ri, ti); }));
+    for (const [colour, at] of Object.entries(byColour)) {
+      cx.fillStyle = colour;
+      for (let i = 0; i < at.length; i += 2) cx.fillRect(at[i] * CELL, (at[i + 1] + 1) * CELL, CELL - 2, CELL - 2);
+    }
+    if (focus) { cx.strokeStyle = "#1d2430"; cx.lineWidth = 2; cx.strokeRect(focus.ri * CELL - 1, (focus.ti + 1) * CELL - 1, CELL, CELL); }
   };
-  grid.onmouseleave = () => { $("tip").hidden = true; };
-  grid.onclick = (e) => {
-    const c = e.target.dataset;
-    if (c.t !== undefined) location.hash = href(["task", id, g.runs[c.r].run_id, g.tasks[c.t]]);
-    else if (c.r !== undefined) location.hash = href(["dag", id, "graph"], {run: g.runs[c.r].run_id});
+  draw();
+  const describe = ({ri, ti}) => {
+    const r = g.runs[ri];
+    if (!r) return null;
+    if (ti < 0) return `${r.run_id}\n${r.state}`;
+    const c = g.cells[ri][ti];
+    return c ? `${g.tasks[ti]}\n${r.run_id}\n${g.states[c[0]]} · try ${c[1]} · ${dur(c[2])}` : null;
+  };
+  const at = (e) => { const b = cv.getBoundingClientRect(); return {ri: Math.floor((e.clientX - b.left) / CELL), ti: Math.floor((e.clientY - b.top) / CELL) - 1}; };
+  const tip = (text, x, y) => {
+    $("tip").hidden = !text;
+    if (text) { $("tip").textContent = text; Object.assign($("tip").style, {left: x + 12 + "px", top: y + 12 + "px"}); }
+  };
+  const open = ({ri, ti}) => {
+    const r = g.runs[ri];
+    if (!r) return;
+    if (ti < 0) location.hash = href(["dag", id, "graph"], {run: r.run_id});
+    else if (g.cells[ri][ti]) location.hash = href(["task", id, r.run_id, g.tasks[ti]]);
+  };
+  cv.onmousemove = (e) => tip(describe(at(e)), e.clientX, e.clientY);
+  cv.onmouseleave = () => tip(null);
+  cv.onclick = (e) => open(at(e));
+  cv.onkeydown = (e) => {
+    const moves = {ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1]};
+    if (e.key === "Enter" && focus) { open(focus); return; }
+    if (!moves[e.key]) return;
+    e.preventDefault();
+    focus = focus || {ri: g.runs.length - 1, ti: 0};
+    focus = {ri: Math.min(g.runs.length - 1, Math.max(0, focus.ri + moves[e.key][0])), ti: Math.min(g.tasks.length - 1, Math.max(-1, focus.ti + moves[e.key][1]))};
+    draw();
+    const b = cv.getBoundingClientRect();
+    tip(describe(focus), b.left + focus.ri * CELL, b.top + (focus.ti + 1) * CELL);
   };
 };
 
