@@ -124,7 +124,19 @@ async fn the_demo_runs_every_role_and_answers_queries() {
     assert_eq!(anonymous.status(), 401);
     // The published spec covers every route, the orchestrator's too.
     let spec = get("/api/v1/openapi.json".into()).await;
-    for path in ["/api/v1/query", "/api/v1/dags/{dag}/runs", "/api/v1/silences", "/api/v1/lag", "/api/v1/pipelines"] {
+    for path in [
+        "/api/v1/query",
+        "/api/v1/whoami",
+        "/api/v1/dags/{dag}/runs",
+        "/api/v1/dags/{dag}/grid",
+        "/api/v1/dags/{dag}/backfill",
+        "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/state",
+        "/api/v1/lake/tables/{name}",
+        "/api/v1/silences",
+        "/api/v1/lag",
+        "/api/v1/lag/history",
+        "/api/v1/pipelines",
+    ] {
         assert!(spec["paths"][path].is_object(), "{path} is not in the OpenAPI spec");
     }
     // Consumer lag: the lake writer of every change-event topic, positioned by its commits. A

@@ -348,22 +348,29 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| DagRow {
-                dag_id: r.get(0),
-                file: r.get(1),
-                hash: r.get(2),
-                schedule: r.get(3),
-                paused: r.get::<i64, _>(4) != 0,
-                last_interval_end: r.get::<Option<i64>, _>(5).map(instant),
-            })
-            .collect())
+        Ok(rows.iter().map(Self::dag_row).collect())
     }
 
     /// One DAG.
     pub async fn dag(&self, dag_id: &str) -> Result<DagRow, StoreError> {
-        self.dags().await?.into_iter().find(|d| d.dag_id == dag_id).ok_or_else(|| StoreError::NoDag(dag_id.into()))
+        let row = sqlx::query(
+            "SELECT dag_id, file, hash, schedule, paused, last_interval_end FROM flow_dags WHERE dag_id = $1",
+        )
+        .bind(dag_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::dag_row).ok_or_else(|| StoreError::NoDag(dag_id.into()))
+    }
+
+    fn dag_row(r: &AnyRow) -> DagRow {
+        DagRow {
+            dag_id: r.get(0),
+            file: r.get(1),
+            hash: r.get(2),
+            schedule: r.get(3),
+            paused: r.get::<i64, _>(4) != 0,
+            last_interval_end: r.get::<Option<i64>, _>(5).map(instant),
+        }
     }
 
     /// Pauses or unpauses a DAG.
@@ -912,30 +919,43 @@ impl Store {
     }
 
     /// The task instances of a DAG's newest `runs` runs (those [`Self::runs`] returns), in one
-    /// query of only the columns a grid shows.
+    /// query of only the columns a grid shows. The instances of a run come packed in one text
+    /// value (`task:state:try:start:end`, comma-separated; task ids hold neither separator):
+    /// moving 100 rows out of the driver rather than 20,000 is most of a grid's cost
+    /// (docs/benchmarks.md, `weir bench console`).
     pub async fn recent_tasks(&self, dag_id: &str, runs: usize) -> Result<Vec<GridCell>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT run_id, task_id, state, try_number, started_at, ended_at FROM flow_task_instances WHERE dag_id = $1 \
-             AND run_id IN (SELECT run_id FROM flow_dag_runs WHERE dag_id = $1 ORDER BY interval_start DESC, \
-             created_at DESC LIMIT $2)",
-        )
-        .bind(dag_id)
-        .bind(runs as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.get(2);
-                Ok(GridCell {
-                    run_id: r.get(0),
-                    task_id: r.get(1),
+        let agg = if self.postgres { "string_agg" } else { "group_concat" };
+        let sql = format!(
+            "SELECT run_id, {agg}(task_id || ':' || state || ':' || CAST(try_number AS TEXT) || ':' || \
+             COALESCE(CAST(started_at AS TEXT), '') || ':' || COALESCE(CAST(ended_at AS TEXT), ''), ',') \
+             FROM flow_task_instances WHERE dag_id = $1 AND run_id IN (SELECT run_id FROM flow_dag_runs \
+             WHERE dag_id = $1 ORDER BY interval_start DESC, created_at DESC LIMIT $2) GROUP BY run_id"
+        );
+        let rows = sqlx::query(&sql).bind(dag_id).bind(runs as i64).fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let run_id: String = r.get(0);
+            let packed: String = r.get(1);
+            for item in packed.split(',') {
+                let corrupt = || StoreError::Corrupt(format!("grid cell {item:?} of run {run_id}"));
+                let mut f = item.split(':');
+                let (Some(task), Some(state), Some(tries), Some(start), Some(end)) =
+                    (f.next(), f.next(), f.next(), f.next(), f.next())
+                else {
+                    return Err(corrupt());
+                };
+                let time = |t: &str| t.parse::<i64>().ok().map(instant);
+                out.push(GridCell {
+                    run_id: run_id.clone(),
+                    task_id: task.to_string(),
                     state: state.parse().map_err(StoreError::Corrupt)?,
-                    try_number: r.get::<i64, _>(3) as u32,
-                    started_at: r.get::<Option<i64>, _>(4).map(instant),
-                    ended_at: r.get::<Option<i64>, _>(5).map(instant),
-                })
-            })
-            .collect()
+                    try_number: tries.parse().map_err(|_| corrupt())?,
+                    started_at: time(start),
+                    ended_at: time(end),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Task instances queued or running in `pool`, over every DAG.
