@@ -473,6 +473,22 @@ async fn ddl_mid_stream_decodes_each_row_with_its_own_schema_and_survives_restar
 }
 
 #[tokio::test]
+async fn a_schema_change_the_registry_refuses_stops_the_source_naming_the_subject() {
+    let mut s = Setup::new("weir_incompatible").await;
+    s.sql("CREATE TABLE t (id INT PRIMARY KEY, a INT NOT NULL);\nINSERT INTO t VALUES (1, 10)").await;
+    let mut source = s.source(s.config()).await;
+    source.catch_up().await.unwrap();
+    // int → string cannot be read by the new schema from data written with the old one
+    // (BACKWARD, the registry's default), so the registry refuses the new version.
+    s.sql("ALTER TABLE t MODIFY a VARCHAR(10) NOT NULL;\nINSERT INTO t VALUES (2, 'x')").await;
+    let err = source.catch_up().await.expect_err("an incompatible schema must stop the source");
+    let text = format!("{err:#}");
+    assert!(text.contains("shop.weir_incompatible.t-value"), "the subject is not named: {text}");
+    assert!(text.contains("incompatible") && text.contains("BACKWARD"), "the reason is not given: {text}");
+    assert_eq!(s.events("t").await.len(), 1, "nothing after the refused change is produced");
+}
+
+#[tokio::test]
 async fn a_100k_row_transaction_survives_crashes_at_random_points_without_loss() {
     let mut s = Setup::new("weir_big").await;
     s.sql("CREATE TABLE t (id INT PRIMARY KEY, v INT)").await;

@@ -8,8 +8,12 @@ use weir_schemas::{
     registry::{RegistryError, SchemaRegistry, Version, http::HttpRegistry, server, store::SqlRegistry},
 };
 
+/// A record with one field; the field has a default, so that any two of these are compatible under
+/// the default BACKWARD level (these tests are about ids and versions).
 fn schema(name: &str, field: &str) -> String {
-    format!(r#"{{"type": "record", "name": "{name}", "fields": [{{"name": "{field}", "type": "long"}}]}}"#)
+    format!(
+        r#"{{"type": "record", "name": "{name}", "fields": [{{"name": "{field}", "type": "long", "default": 0}}]}}"#
+    )
 }
 
 /// Serves `store` on an ephemeral loopback port; returns a client of it.

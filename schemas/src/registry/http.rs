@@ -76,6 +76,12 @@ impl HttpRegistry {
             40403 => RegistryError::SchemaNotFound(context.id.unwrap_or(err.message)),
             42201 => RegistryError::InvalidSchema(err.message),
             42202 => RegistryError::InvalidVersion(context.version.unwrap_or_default()),
+            // Another registry's words for why: kept whole, with the subject it was about.
+            409 => RegistryError::Incompatible {
+                subject: context.subject.unwrap_or_default().to_string(),
+                level: String::new(),
+                reasons: vec![err.message],
+            },
             _ => self.remote(
                 format!("error {}: {}", err.error_code, err.message),
                 status == StatusCode::SERVICE_UNAVAILABLE || status.is_server_error(),

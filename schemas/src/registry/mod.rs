@@ -4,12 +4,14 @@
 //!   and get its global id, fetch a schema by id, list subjects and versions.
 //! - [`http::HttpRegistry`] speaks the REST API to any Confluent-compatible registry.
 //! - [`store::SqlRegistry`] keeps schemas in the metadata database (SQLite or PostgreSQL).
-//! - [`server::router`] serves a registry over that same REST API subset, so Debezium tooling,
-//!   Kafka Connect and `kafka-avro-console-consumer` can use Weir's embedded registry.
+//! - [`server::router`] serves the embedded registry over that REST API (compatibility levels and
+//!   checks, soft and permanent deletes included, [`compat`]), so Confluent's clients, Debezium
+//!   tooling, Kafka Connect and `kafka-avro-console-consumer` can use it.
 //!
 //! Subjects follow the default `TopicNameStrategy`: `<topic>-key` and `<topic>-value`.
 //! Identical schema text (after JSON minification) gets one id across subjects, as in Confluent.
 
+pub mod compat;
 pub mod http;
 pub mod server;
 pub mod store;
@@ -69,6 +71,46 @@ pub enum RegistryError {
         "The specified version '{0}' is not a valid version id. Allowed values are between [1, 2^31-1] and the string \"latest\""
     )]
     InvalidVersion(String),
+    /// 40404.
+    #[error("Subject '{0}' was soft deleted.Set permanent=true to delete permanently")]
+    SubjectSoftDeleted(String),
+    /// 40405.
+    #[error("Subject '{0}' was not deleted first before being permanently deleted")]
+    SubjectNotSoftDeleted(String),
+    /// 40406.
+    #[error("Subject '{subject}' Version {version} was soft deleted.Set permanent=true to delete permanently")]
+    VersionSoftDeleted {
+        /// Subject.
+        subject: String,
+        /// Version.
+        version: u32,
+    },
+    /// 40407.
+    #[error("Subject '{subject}' Version {version} was not deleted first before being permanently deleted")]
+    VersionNotSoftDeleted {
+        /// Subject.
+        subject: String,
+        /// Version.
+        version: u32,
+    },
+    /// 40408.
+    #[error("Subject '{0}' does not have subject-level compatibility configured")]
+    NoSubjectCompatibility(String),
+    /// 409: the schema breaks the subject's compatibility level.
+    #[error("{}", incompatible(subject, level, reasons))]
+    Incompatible {
+        /// Subject.
+        subject: String,
+        /// Its compatibility level (empty when another registry said so: its message is the reason).
+        level: String,
+        /// What breaks.
+        reasons: Vec<String>,
+    },
+    /// 42203.
+    #[error(
+        "Invalid compatibility level {0:?}. Valid values are none, backward, forward, full, backward_transitive, forward_transitive, and full_transitive"
+    )]
+    InvalidCompatibility(String),
     /// The metadata database failed.
     #[error("schema registry store: {0}")]
     Store(#[from] sqlx::Error),
@@ -84,6 +126,16 @@ pub enum RegistryError {
     },
 }
 
+fn incompatible(subject: &str, level: &str, reasons: &[String]) -> String {
+    if level.is_empty() {
+        return reasons.join("; ");
+    }
+    format!(
+        "Schema being registered is incompatible with an earlier schema for subject \"{subject}\" ({level}): {}",
+        reasons.join("; ")
+    )
+}
+
 impl RegistryError {
     /// The Confluent `error_code` and HTTP status of this error.
     pub fn codes(&self) -> (u32, u16) {
@@ -93,6 +145,13 @@ impl RegistryError {
             RegistryError::SchemaNotFound(_) => (40403, 404),
             RegistryError::InvalidSchema(_) => (42201, 422),
             RegistryError::InvalidVersion(_) => (42202, 422),
+            RegistryError::SubjectSoftDeleted(_) => (40404, 404),
+            RegistryError::SubjectNotSoftDeleted(_) => (40405, 404),
+            RegistryError::VersionSoftDeleted { .. } => (40406, 404),
+            RegistryError::VersionNotSoftDeleted { .. } => (40407, 404),
+            RegistryError::NoSubjectCompatibility(_) => (40408, 404),
+            RegistryError::Incompatible { .. } => (409, 409),
+            RegistryError::InvalidCompatibility(_) => (42203, 422),
             RegistryError::Store(_) => (50001, 500),
             RegistryError::Remote { .. } => (50003, 502),
         }
