@@ -1,5 +1,6 @@
 //! The alert routes: `GET /api/v1/alerts` (the latest state of every alert, from `weir.alerts`,
-//! with the silences that hold it now), and silences in Alertmanager's API v2 shape —
+//! with the silences that hold it now), `GET /api/v1/alerts/history` (the last state changes,
+//! newest first), and silences in Alertmanager's API v2 shape —
 //! `GET /api/v1/silences`, `POST /api/v1/silences` (`{"matchers": [{"name", "value",
 //! "isEqual"}], "startsAt", "endsAt", "createdBy", "comment"}` → `{"silenceID"}`; an `id` that
 //! exists updates it), `DELETE /api/v1/silence/{id}` (expires it now). Silences go to
@@ -33,6 +34,7 @@ struct Alerts {
 pub fn router(realtime: Arc<Realtime>, silences: Arc<Silences>, producer: Arc<dyn Producer>) -> Router {
     Router::new()
         .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/alerts/history", get(alert_history))
         .route("/api/v1/silences", get(list_silences).post(post_silence))
         .route("/api/v1/silence/{id}", delete(expire_silence))
         .with_state(Arc::new(Alerts { realtime, silences, producer }))
@@ -60,6 +62,10 @@ async fn list_alerts(State(api): State<Arc<Alerts>>, Query(filter): Query<AlertF
         .collect();
     alerts.sort_by_key(|a| (a["alert"].to_string(), a["labels"].to_string()));
     Json(json!({"alerts": alerts})).into_response()
+}
+
+async fn alert_history(State(api): State<Arc<Alerts>>) -> Response {
+    Json(json!({"changes": api.realtime.alert_history()})).into_response()
 }
 
 fn with_state(s: &Silence, now: SystemTime) -> Value {

@@ -277,6 +277,10 @@ pub fn openapi() -> Value {
                 "parameters": [{"name": "state", "in": "query", "schema": {"type": "string", "enum": ["pending", "firing", "resolved", "inactive"]}}],
                 "responses": {"200": {"description": "{\"alerts\": [...]}"}, "401": {"description": "missing or wrong bearer token"}}
             }},
+            "/api/v1/alerts/history": {"get": {
+                "summary": "The last 1,000 alert state changes (pending, firing, resolved), newest first",
+                "responses": {"200": {"description": "{\"changes\": [{alert, state, labels, value, evaluated_at, active_at, fired_at, silenced}]}"}, "401": {"description": "missing or wrong bearer token"}}
+            }},
             "/api/v1/silences": {
                 "get": {"summary": "Every silence (alert files' and the API's) with status.state pending|active|expired", "responses": {"200": {"description": "silences"}}},
                 "post": {

@@ -31,25 +31,49 @@ struct View {
     cached: Option<RecordBatch>,
 }
 
+/// Alert state changes kept in order for `GET /api/v1/alerts/history`.
+pub const ALERT_HISTORY: usize = 1000;
+
 /// Every real-time view, shared by the followers that fill them and the queries that read them.
 #[derive(Default)]
 pub struct Realtime {
     views: Mutex<BTreeMap<String, View>>,
+    /// The last [`ALERT_HISTORY`] alert state changes, oldest first (the `alerts` view keeps only
+    /// the latest per alert).
+    alert_history: Mutex<std::collections::VecDeque<Vec<u8>>>,
     retention_ms: i64,
 }
 
 impl Realtime {
     /// Empty views that keep `retention` of results.
     pub fn new(retention: Duration) -> Realtime {
-        Realtime { views: Mutex::default(), retention_ms: retention.as_millis() as i64 }
+        Realtime {
+            views: Mutex::default(),
+            alert_history: Mutex::default(),
+            retention_ms: retention.as_millis() as i64,
+        }
     }
 
-    /// Applies one result record of `pipeline`.
+    /// Applies one result record of `pipeline` (`alerts`: one alert state change, also kept in
+    /// the history).
     pub fn upsert(&self, pipeline: &str, key: Vec<u8>, value: Vec<u8>, window_end_ms: i64) {
+        if pipeline == "alerts" {
+            let mut history = self.alert_history.lock().expect("not poisoned");
+            if history.len() == ALERT_HISTORY {
+                history.pop_front();
+            }
+            history.push_back(value.clone());
+        }
         let mut views = self.views.lock().expect("not poisoned");
         let view = views.entry(pipeline.to_string()).or_default();
         view.rows.insert(key, (window_end_ms, value));
         view.cached = None;
+    }
+
+    /// The alert state changes kept, newest first.
+    pub fn alert_history(&self) -> Vec<serde_json::Value> {
+        let history = self.alert_history.lock().expect("not poisoned");
+        history.iter().rev().filter_map(|v| serde_json::from_slice(v).ok()).collect()
     }
 
     /// The pipelines with a view.

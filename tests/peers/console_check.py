@@ -289,6 +289,8 @@ try:
     open_page("/streams")
     until(lambda: d.find_elements(By.CSS_SELECTOR, "#lag-chart svg path"), "the lag chart")
     until(lambda: "PaymentFailureRateHigh" in main_text(), "the staged outage's alert", timeout=60)
+    history = d.find_element(By.ID, "alert-history").text
+    assert "PaymentFailureRateHigh" in history and ("pending" in history or "firing" in history), history
     shot("11-streams")
     d.find_element(By.ID, "new-silence").click()
 

@@ -539,11 +539,12 @@ pages.lake = async (main, [name], q) => {
 // ---- streams and alerts ----
 
 pages.streams = async (main) => {
-  const [pipes, hist, alerts, silences] = await Promise.all([
+  const [pipes, hist, alerts, silences, changes] = await Promise.all([
     api("/api/v1/pipelines").catch((e) => ({error: e.message, pipelines: []})),
     api("/api/v1/lag/history"),
     api("/api/v1/alerts"),
     api("/api/v1/silences"),
+    api("/api/v1/alerts/history"),
   ]);
   const lag = {}, wm = {};
   for (const s of hist.samples) {
@@ -559,6 +560,9 @@ pages.streams = async (main) => {
       c === "state" ? `<span class="${esc(r.state)}">${esc(r.state)}</span>` : c === "labels" ? esc(labels(r.labels)) : c === "since" ? esc(r.active_at ? ago(Date.parse(r.active_at)) : "") :
       c === "value" ? esc(typeof r.value === "number" ? r.value.toFixed(3) : r.value) :
       c === "" ? (r.silenced_by.length ? '<span class="muted">silenced</span>' : `<button class="silence" data-labels="${esc(JSON.stringify(r.labels))}"${opAttr()}>Silence…</button>`) : esc(r[c]))}</section>
+    <section><h2>Alert history <span class="muted">newest first</span></h2><div id="alert-history">${table(changes.changes.slice(0, 50), ["evaluated_at", "alert", "state", "labels", "value", "silenced"], (r, c) =>
+      c === "state" ? `<span class="${esc(r.state)}">${esc(r.state)}</span>` : c === "labels" ? esc(labels(r.labels)) : c === "evaluated_at" ? esc(when(r.evaluated_at)) :
+      c === "value" ? esc(typeof r.value === "number" ? r.value.toFixed(3) : r.value) : esc(r[c]))}</div></section>
     <section><h2>Silences</h2><div class="bar"><button id="new-silence"${opAttr()}>New silence…</button></div>${table(silences.silences || silences, ["id", "state", "matchers", "endsAt", "createdBy", "comment", ""], (r, c) =>
       c === "state" ? esc(r.status?.state) : c === "matchers" ? esc(r.matchers.map((m) => m.name + (m.isEqual === false ? "!=" : "=") + m.value).join(", ")) : c === "endsAt" ? esc(when(r.endsAt)) :
       c === "" ? (r.status?.state !== "expired" ? `<button class="expire" data-id="${esc(r.id)}"${opAttr()}>Expire</button>` : "") : esc(r[c]))}</section>`;
