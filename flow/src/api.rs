@@ -35,7 +35,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_lake::Lake;
@@ -191,9 +190,7 @@ fn failed(e: FlowError) -> Response {
     }
 }
 
-fn time(t: Option<DateTime<Utc>>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
-}
+use ui::time;
 
 async fn dags(State(api): State<Arc<Api>>) -> Response {
     match ui::dag_list(&api.store, &api.versions).await {
@@ -397,17 +394,7 @@ async fn schedulers(State(api): State<Arc<Api>>) -> Response {
 async fn list_runs(State(api): State<Arc<Api>>, Path(dag_id): Path<String>) -> Response {
     match api.store.runs(&dag_id, 50).await {
         Ok(runs) => {
-            let runs: Vec<Value> = runs
-                .into_iter()
-                .map(|r| {
-                    json!({
-                        "run_id": r.run_id, "run_type": r.run_type, "state": r.state.to_string(),
-                        "data_interval_start": r.interval.start.to_rfc3339(), "data_interval_end": r.interval.end.to_rfc3339(),
-                        "conf": r.conf, "version": r.dag_hash, "created_at": r.created_at.to_rfc3339(),
-                        "started_at": time(r.started_at), "ended_at": time(r.ended_at),
-                    })
-                })
-                .collect();
+            let runs: Vec<Value> = runs.iter().map(ui::run_json).collect();
             Json(json!({"runs": runs})).into_response()
         }
         Err(e) => failed(e.into()),

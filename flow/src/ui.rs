@@ -18,7 +18,7 @@ use crate::{
     dag::{self, Dag, TaskKind},
     rules::TaskState,
     schedule::Schedule,
-    store::{DagRow, Store, StoreError, TaskKey, TaskRow},
+    store::{DagRow, RunRow, Store, StoreError, TaskKey, TaskRow},
 };
 
 /// Runs of each DAG the list shows.
@@ -51,8 +51,19 @@ impl Versions {
     }
 }
 
-fn time(t: Option<DateTime<Utc>>) -> Value {
+/// A time as RFC 3339 text, or null.
+pub(crate) fn time(t: Option<DateTime<Utc>>) -> Value {
     t.map_or(Value::Null, |t| Value::String(t.to_rfc3339()))
+}
+
+/// A run as the API shows it.
+pub(crate) fn run_json(r: &RunRow) -> Value {
+    json!({
+        "run_id": r.run_id, "run_type": r.run_type, "state": r.state.as_str(),
+        "data_interval_start": r.interval.start.to_rfc3339(), "data_interval_end": r.interval.end.to_rfc3339(),
+        "conf": r.conf, "version": r.dag_hash, "created_at": r.created_at.to_rfc3339(),
+        "started_at": time(r.started_at), "ended_at": time(r.ended_at),
+    })
 }
 
 /// The next data interval the scheduler will create a run for, after the DAG's cursor (without
@@ -141,16 +152,7 @@ pub async fn grid(store: &Store, current: &Dag, runs: usize) -> Result<Value, St
     for row in &mut cells {
         row.resize(tasks.len(), Value::Null);
     }
-    let runs: Vec<Value> = run_rows
-        .iter()
-        .map(|r| {
-            json!({
-                "run_id": r.run_id, "run_type": r.run_type, "state": r.state.as_str(),
-                "data_interval_start": r.interval.start.to_rfc3339(), "data_interval_end": r.interval.end.to_rfc3339(),
-                "conf": r.conf, "version": r.dag_hash, "started_at": time(r.started_at), "ended_at": time(r.ended_at),
-            })
-        })
-        .collect();
+    let runs: Vec<Value> = run_rows.iter().map(run_json).collect();
     let states: Vec<&str> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
     Ok(json!({"dag_id": current.id, "states": states, "tasks": tasks, "runs": runs, "cells": cells}))
 }

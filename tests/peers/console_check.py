@@ -93,6 +93,15 @@ def confirm(fill=None):
     return msg.get_attribute("data-flash"), msg.text
 
 
+def type_into(element_id, text):
+    """A filler for confirm(): replaces the text of a dialog's input."""
+    def fill():
+        box = d.find_element(By.ID, element_id)
+        box.clear()
+        box.send_keys(text)
+    return fill
+
+
 def http(method, path, token, body=None):
     req = urllib.request.Request(URL + path, method=method, data=None if body is None else json.dumps(body).encode(),
                                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
@@ -160,12 +169,7 @@ try:
     before = {r[0] for r in db("SELECT run_id FROM flow_dag_runs WHERE dag_id = ?", DAG)}
     d.find_element(By.ID, "a-trigger").click()
 
-    def fill_conf():
-        box = d.find_element(By.ID, "t-conf")
-        box.clear()
-        box.send_keys('{"note": "from the console"}')
-
-    kind, text = confirm(fill_conf)
+    kind, text = confirm(type_into("t-conf", '{"note": "from the console"}'))
     assert kind == "ok" and "manual__" in text, text
     runs = until(lambda: [r for r in db("SELECT run_id, conf FROM flow_dag_runs WHERE dag_id = ?", DAG) if r[0] not in before], "the triggered run in the metadata DB")
     run_id, conf = runs[0]
@@ -294,12 +298,7 @@ try:
     shot("11-streams")
     d.find_element(By.ID, "new-silence").click()
 
-    def fill_silence():
-        m = d.find_element(By.ID, "s-m")
-        m.clear()
-        m.send_keys("alertname=PaymentFailureRateHigh\nmethod=card")
-
-    kind, text = confirm(fill_silence)
+    kind, text = confirm(type_into("s-m", "alertname=PaymentFailureRateHigh\nmethod=card"))
     assert kind == "ok" and "silenceID" in text, text
     sid = json.loads(text.split("done: ", 1)[1])["silenceID"]
     open_page("/streams")
