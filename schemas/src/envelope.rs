@@ -1,9 +1,17 @@
 //! Debezium change-event envelopes: schemas and values, field for field as Debezium builds them.
 //!
-//! Value schema `<prefix>.<db>.<table>.Envelope` (version 1) with fields, in Debezium's order:
+//! Value schema `<prefix>.<db>.<table>.Envelope` (version 2) with fields, in Debezium's order:
 //! `before`, `after` (the optional row struct `<…>.Value`), `source` (the connector's source
-//! block), `op`, `ts_ms`, `ts_us`, `ts_ns`, `transaction` (optional `event.block`). The key is the
+//! block), `transaction` (optional `event.block`), `op`, `ts_ms`, `ts_us`, `ts_ns`. The key is the
 //! required struct `<…>.Key` of the primary-key columns. Topic `<prefix>.<db>.<table>`.
+//!
+//! That order and version are Debezium 3's (checked against tag v3.6.1.Final, DBZ-7698):
+//! `TableSchemaBuilder` defines the envelope `.withRecord(value).withSource(source)
+//! .withTransaction(transaction)`, and `SchemaFactory.datatypeEnvelopeSchema().build()` then adds
+//! `op` (required), `ts_ms`, `ts_us`, `ts_ns` (optional) to a struct of `Envelope.SCHEMA_VERSION`
+//! = 2 (`debezium-connector-common/src/main/java/io/debezium/{relational/TableSchemaBuilder,
+//! schema/SchemaFactory,data/Envelope}.java`). Debezium's documentation page still shows the older
+//! order.
 
 use crate::connect::{ConnectSchema, Field, StructBuilder, Value, schema};
 
@@ -311,14 +319,14 @@ impl TableSchemas {
                 Field::new("before", value.clone()),
                 Field::new("after", value.clone()),
                 Field::new("source", source),
+                Field::new("transaction", transaction_schema()),
                 Field::new("op", schema::string()),
                 Field::new("ts_ms", schema::int64().optional()),
                 Field::new("ts_us", schema::int64().optional()),
                 Field::new("ts_ns", schema::int64().optional()),
-                Field::new("transaction", transaction_schema()),
             ],
         )
-        .version(1);
+        .version(2);
         TableSchemas { key, value, envelope }
     }
 
@@ -344,11 +352,11 @@ impl TableSchemas {
             .put("before", before)
             .put("after", after)
             .put("source", source)
+            .put("transaction", tx)
             .put("op", op.code())
             .put("ts_ms", processed_us.div_euclid(1000))
             .put("ts_us", processed_us)
             .put("ts_ns", processed_us.saturating_mul(1000))
-            .put("transaction", tx)
             .build()
     }
 }
@@ -367,7 +375,7 @@ mod tests {
             binlog_source_schema(BinlogFlavor::Mariadb),
         );
         let names: Vec<&str> = t.envelope.fields().iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["before", "after", "source", "op", "ts_ms", "ts_us", "ts_ns", "transaction"]);
+        assert_eq!(names, ["before", "after", "source", "transaction", "op", "ts_ms", "ts_us", "ts_ns"]);
         let mysql_source = binlog_source_schema(BinlogFlavor::Mysql);
         let source: Vec<&str> = mysql_source.fields().iter().map(|f| f.name.as_str()).collect();
         assert_eq!(
