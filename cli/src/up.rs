@@ -409,7 +409,7 @@ pub fn banner(title: &str, platform: &Platform, up: &Up) {
     let api = up.api;
     let token = up.session_token.as_deref();
     match token {
-        Some(t) => println!("  console     http://{api}/?token={t}   (bearer token {t})"),
+        Some(t) => println!("  console     http://{api}/#token={t}   (bearer token {t})"),
         None => println!("  console     http://{api}/   (tokens from {} / serving.tokens_file)", c.serving.tokens_env),
     }
     println!("  SQL API     http://{api}/api/v1/query   health http://{api}/healthz   metrics http://{api}/metrics");

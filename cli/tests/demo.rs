@@ -169,7 +169,7 @@ async fn the_demo_runs_every_role_and_answers_queries() {
 
     // The console's overview in headless Chromium: its DOM after the page's calls ran, and a
     // screenshot (cli/tests/console.rs drives every page and action through Selenium).
-    let page = format!("http://127.0.0.1:{port}/?token={token}");
+    let page = format!("http://127.0.0.1:{port}/#token={token}");
     let chromium = |extra: &[String]| {
         let mut args: Vec<String> = [
             "--headless",

@@ -149,7 +149,8 @@ async fn posted_events_are_windowed_exactly_once_across_kill_9() {
         if r.len() == expected.len() && r.values().all(|v| v["final"] == true) {
             break r;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "results incomplete: {} of {}", r.len(), expected.len());
+        // A bound, not a wait: on 2 loaded cores the restarted process may take a while to drain.
+        assert!(started.elapsed() < Duration::from_secs(120), "results incomplete: {} of {}", r.len(), expected.len());
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     for ((city, minute), (orders, revenue)) in &expected {

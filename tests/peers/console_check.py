@@ -68,7 +68,8 @@ def open_page(route, token=None):
     """Opens the console at `route` (a deep link, loaded afresh), with `token` when given, and
     waits until the page has rendered that route."""
     d.get("about:blank")
-    d.get(f"{URL}/?token={token}#{route}" if token else f"{URL}/#{route}")
+    sep = "&" if "?" in route else "?"
+    d.get(f"{URL}/#{route}{sep}token={token}" if token else f"{URL}/#{route}")
     until(lambda: d.execute_script("return document.body.dataset.route") == "#" + route, f"render of {route}")
 
 

@@ -159,7 +159,7 @@ for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280
     options.add_argument(a)
 d = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path="/usr/bin/chromedriver"))
 try:
-    d.get(f"{url}/?token={token}#/")
+    d.get(f"{url}/#token={token}")
     for name, route in routes.items():
         for i in range(rounds + 1):
             d.get("about:blank")

@@ -6,14 +6,19 @@
 
 // ---- token and API ----
 
+/* The token comes in the URL's fragment, which never leaves the browser: `#token=…` (the
+   banner's link) or `#/<route>?token=…` (a deep link). It moves to this tab's session storage
+   and out of the URL. */
 (function takeToken() {
-  const fromSearch = new URLSearchParams(location.search).get("token");
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-  const t = fromSearch || fromHash;
-  if (t) {
-    sessionStorage.setItem("weir-token", t);
-    history.replaceState(null, "", location.pathname + (fromHash ? "#/" : location.hash));
-  }
+  const [path, query] = location.hash.slice(1).split("?");
+  const bare = new URLSearchParams(location.hash.slice(1)).get("token");
+  const inRoute = new URLSearchParams(query || "");
+  const t = bare || inRoute.get("token");
+  if (!t) return;
+  sessionStorage.setItem("weir-token", t);
+  inRoute.delete("token");
+  const rest = inRoute.toString();
+  history.replaceState(null, "", location.pathname + (bare ? "#/" : "#" + path + (rest ? "?" + rest : "")));
 })();
 const token = () => sessionStorage.getItem("weir-token") || "";
 const $ = (id) => document.getElementById(id);
