@@ -15,16 +15,25 @@ use std::{
 use common::{free_port, kafka, ok, weir};
 use serde_json::{Value, json};
 
+/// Starts `weir <args>` in `dir` on the test broker; its log is appended to `dir/<role>.log`.
 fn spawn(dir: &Path, args: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", args[0]))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(args)
         .current_dir(dir)
         .env("WEIR_BUS_URL", kafka())
         .env("WEIR_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// The last lines of a role's log in `dir`, for a failure message.
+fn log_tail(dir: &Path, role: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{role}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 async fn wait_healthy(port: u16) {
@@ -150,7 +159,13 @@ async fn posted_events_are_windowed_exactly_once_across_kill_9() {
             break r;
         }
         // A bound, not a wait: on 2 loaded cores the restarted process may take a while to drain.
-        assert!(started.elapsed() < Duration::from_secs(120), "results incomplete: {} of {}", r.len(), expected.len());
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "results incomplete: {} of {}; weir stream's log ends:\n{}",
+            r.len(),
+            expected.len(),
+            log_tail(d, "stream")
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     for ((city, minute), (orders, revenue)) in &expected {
