@@ -55,8 +55,9 @@ fn order(i: i64) -> Value {
 
 /// The latest result per (city, window start) on the results topic.
 /// The latest result per (city, window) in the results topic, read by a fresh group. It stops
-/// after 5 s without a record: with 1 s, a loaded broker's slow first fetch of a partition ended
-/// the read early, so the same partition's windows looked missing on every check (61 of 90).
+/// after 5 s without a record: with 1 s, the check stalled under load at the same 61 of 90
+/// windows, most likely because a loaded broker's first fetch of a partition came after the read
+/// had already stopped.
 fn results(dir: &Path, topic: &str) -> BTreeMap<(String, String), Value> {
     let group = format!("check-{}", rand_id());
     let out = ok(weir(dir, &kafka(), &["consume", topic, "--group", &group, "--timeout-ms", "5000"], None));
