@@ -14,7 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use deltalake::DeltaTable;
+use deltalake::{DeltaTable, arrow::array::RecordBatch, kernel::CommitInfo};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_lake::{Lake, LakeError};
@@ -45,15 +45,22 @@ fn failed(e: LakeError) -> Response {
     }
 }
 
-/// The newest commit's time (ms) and `weir.source` version (what a derived table was built from).
-async fn last_commit(table: &DeltaTable) -> (Option<i64>, Option<u64>) {
+/// A commit's time (ms) and `weir.source` version (what a derived table was built from).
+fn commit_facts(c: Option<&CommitInfo>) -> (Option<i64>, Option<u64>) {
+    c.map_or((None, None), |c| {
+        (c.timestamp, c.info.get("weir.source").and_then(|s| s.get("version")).and_then(Value::as_u64))
+    })
+}
+
+/// The newest `n` commits of `table`, newest first.
+async fn commits(table: &DeltaTable, n: usize) -> Result<Vec<CommitInfo>, deltalake::DeltaTableError> {
     use futures::TryStreamExt as _;
-    match table.history(Some(1)).try_collect::<Vec<_>>().await {
-        Ok(h) => h.first().map_or((None, None), |c| {
-            (c.timestamp, c.info.get("weir.source").and_then(|s| s.get("version")).and_then(Value::as_u64))
-        }),
-        Err(_) => (None, None),
-    }
+    table.history(Some(n)).try_collect().await
+}
+
+/// The newest commit's [`commit_facts`].
+async fn last_commit(table: &DeltaTable) -> (Option<i64>, Option<u64>) {
+    commit_facts(commits(table, 1).await.ok().as_ref().and_then(|h| h.first()))
 }
 
 async fn list(State(api): State<Arc<LakeApi>>) -> Response {
@@ -107,26 +114,26 @@ async fn table(State(api): State<Arc<LakeApi>>, Path(name): Path<String>, Query(
         .collect();
     let (files, bytes) = snapshot.log_data().iter().fold((0u64, 0u64), |(n, b), f| (n + 1, b + f.size() as u64));
     let partitions = snapshot.metadata().partition_columns().to_vec();
-    let history: Vec<Value> = match api.lake.history(&name, Some(HISTORY)).await {
-        // Newest first, one per version down from the latest.
-        Ok(h) => h
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                json!({"version": latest.version().map(|v| v.saturating_sub(i as u64)), "timestamp_ms": c.timestamp, "operation": c.operation,
-                       "parameters": c.operation_parameters, "weir": c.info.iter().filter(|(k, _)| k.starts_with("weir."))
-                           .collect::<std::collections::BTreeMap<_, _>>()})
-            })
-            .collect(),
-        Err(e) => return failed(e),
+    // The latest table's commits, newest first, one per version down from the latest.
+    let commits = match commits(&latest, HISTORY).await {
+        Ok(c) => c,
+        Err(e) => return failed(LakeError::delta(&name, e)),
     };
-    let sql = format!("SELECT * FROM {name} VERSION AS OF {version} LIMIT {PREVIEW_ROWS}");
-    let rows = match weir_lake::query::run(&api.lake, &sql, None).await {
+    let history: Vec<Value> = commits
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"version": latest.version().map(|v| v.saturating_sub(i as u64)), "timestamp_ms": c.timestamp, "operation": c.operation,
+                   "parameters": c.operation_parameters, "weir": c.info.iter().filter(|(k, _)| k.starts_with("weir."))
+                       .collect::<std::collections::BTreeMap<_, _>>()})
+        })
+        .collect();
+    let rows = match preview(&name, &at).await {
         Ok(batches) => rows_json(&batches).unwrap_or_else(|e| json!({"error": e.to_string()})),
         Err(e) => json!({"error": e.to_string()}),
     };
     let freshness = match name.strip_prefix("current.") {
-        Some(base) => freshness(&api.lake, &latest, base).await,
+        Some(base) => freshness(&api.lake, commit_facts(commits.first()), base).await,
         None => Value::Null,
     };
     Json(json!({
@@ -136,14 +143,24 @@ async fn table(State(api): State<Arc<LakeApi>>, Path(name): Path<String>, Query(
     .into_response()
 }
 
+/// The first [`PREVIEW_ROWS`] rows of `table` (opened at the version to show), in a session
+/// that holds only it.
+async fn preview(name: &str, table: &DeltaTable) -> Result<Vec<RecordBatch>, String> {
+    let ctx = weir_lake::query::new_session().map_err(|e| e.to_string())?;
+    weir_lake::query::register_opened(&ctx, &[(name.to_string(), table.clone())]).await.map_err(|e| e.to_string())?;
+    let frame = ctx.sql(&format!("SELECT * FROM {name} LIMIT {PREVIEW_ROWS}")).await.map_err(|e| e.to_string())?;
+    frame.collect().await.map_err(|e| e.to_string())
+}
+
 /// How far `current.<base>` is behind `raw.<base>`: the change-log version it was built from,
-/// the change log's latest version and commit time, and the current table's last build time.
-async fn freshness(lake: &Lake, current: &DeltaTable, base: &str) -> Value {
+/// the change log's latest version and commit time, and the current table's last build time
+/// (`built`: its newest commit's [`commit_facts`]).
+async fn freshness(lake: &Lake, built: (Option<i64>, Option<u64>), base: &str) -> Value {
     let raw = match lake.open(&format!("raw.{base}"), None).await {
         Ok(t) => t,
         Err(e) => return json!({"error": e.to_string()}),
     };
-    let (built_ms, built_from) = last_commit(current).await;
+    let (built_ms, built_from) = built;
     let (raw_ms, _) = last_commit(&raw).await;
     let raw_version = raw.version().unwrap_or_default();
     json!({
