@@ -62,6 +62,19 @@ impl Api {
             .find(|d| d.id == dag_id)
             .ok_or_else(|| format!("no DAG {dag_id} in {}", self.dags_dir.display()))
     }
+
+    /// An action's JSON body of type `T` (400 saying what was `expected`) and the DAG it acts on,
+    /// as its file says now (404).
+    fn body_and_dag<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        dag_id: &str,
+        body: &[u8],
+        expected: &str,
+    ) -> Result<(T, dag::Dag), (StatusCode, String)> {
+        let body = body_of(body, expected).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+        let d = self.dag_file(dag_id).map_err(|why| (StatusCode::NOT_FOUND, why))?;
+        Ok((body, d))
+    }
 }
 
 /// The routes over `store`; manual runs load DAG files from `dags_dir`.
@@ -264,13 +277,9 @@ struct BackfillBody {
 }
 
 async fn backfill(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
-    let body: BackfillBody = match body_of(&body, "{\"from\": \"…\", \"to\": \"…\"}") {
-        Ok(b) => b,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let d = match api.dag_file(&dag_id) {
-        Ok(d) => d,
-        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    let (body, d): (BackfillBody, _) = match api.body_and_dag(&dag_id, &body, "{\"from\": \"…\", \"to\": \"…\"}") {
+        Ok(got) => got,
+        Err((status, why)) => return error(status, why),
     };
     let (Some(from), Some(to)) = (body.from, body.to) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"from\": \"…\", \"to\": \"…\"}: both dates are needed");
@@ -410,13 +419,10 @@ struct TriggerBody {
 }
 
 async fn trigger(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
-    let body: TriggerBody = match body_of(&body, "{\"conf\": {…}, \"logical_date\": \"…\"}") {
-        Ok(b) => b,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let d = match api.dag_file(&dag_id) {
-        Ok(d) => d,
-        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    let expected = "{\"conf\": {…}, \"logical_date\": \"…\"}";
+    let (body, d): (TriggerBody, _) = match api.body_and_dag(&dag_id, &body, expected) {
+        Ok(got) => got,
+        Err((status, why)) => return error(status, why),
     };
     let logical = match body.logical_date.as_deref().map(|t| dag::parse_instant(t, d.timezone)).transpose() {
         Ok(t) => t,
@@ -469,13 +475,9 @@ struct ClearBody {
 
 async fn clear(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
     let expected = "{\"task\": \"…\", \"downstream\": bool, \"only_failed\": bool, \"run_id\": \"…\"}";
-    let body: ClearBody = match body_of(&body, expected) {
-        Ok(b) => b,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let d = match api.dag_file(&dag_id) {
-        Ok(d) => d,
-        Err(why) => return error(StatusCode::NOT_FOUND, why),
+    let (body, d): (ClearBody, _) = match api.body_and_dag(&dag_id, &body, expected) {
+        Ok(got) => got,
+        Err((status, why)) => return error(status, why),
     };
     let spec = runs::ClearSpec {
         task: body.task,
@@ -543,15 +545,8 @@ async fn logs(
             format!("{} {} {}: no such try ({} tries)", key.dag_id, key.run_id, key.task_id, tries.len()),
         );
     };
-    let part = match (q.offset, q.limit) {
-        (None, None) => runs::read_log(&api.lake, &t.log).await.map(|bytes| runs::LogPart {
-            start: 0,
-            total: bytes.len() as u64,
-            bytes,
-        }),
-        (offset, limit) => runs::read_log_part(&api.lake, &t.log, offset, limit.unwrap_or(u64::MAX)).await,
-    };
-    match part {
+    // Without a limit, the whole log (its last u64::MAX bytes).
+    match runs::read_log_part(&api.lake, &t.log, q.offset, q.limit.unwrap_or(u64::MAX)).await {
         Ok(p) => (
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_string()),
