@@ -152,10 +152,7 @@ impl SchemaRegistry for HttpRegistry {
     }
 
     async fn version(&self, subject: &str, version: Version) -> Result<RegisteredSchema, RegistryError> {
-        let v = match version {
-            Version::Latest => "latest".to_string(),
-            Version::Number(n) => n.to_string(),
-        };
+        let v = version.to_string();
         let request = self.client.get(format!("{}/versions/{v}", self.subject_url(subject)));
         self.call(request, Context { subject: Some(subject), version: Some(v), ..Context::default() }).await
     }

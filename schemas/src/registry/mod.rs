@@ -46,6 +46,16 @@ pub enum Version {
     Number(u32),
 }
 
+impl std::fmt::Display for Version {
+    /// As the REST API writes it: `latest` or the number.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Version::Latest => f.write_str("latest"),
+            Version::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
 /// A registry error, with the Confluent error code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

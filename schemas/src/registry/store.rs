@@ -242,7 +242,7 @@ impl SqlRegistry {
                 .fetch_optional(&self.pool)
                 .await?;
             return Err(match any {
-                Some(_) => RegistryError::VersionNotFound { subject: subject.into(), version: version_text(version) },
+                Some(_) => RegistryError::VersionNotFound { subject: subject.into(), version: version.to_string() },
                 None => RegistryError::SubjectNotFound(subject.into()),
             });
         };
@@ -306,13 +306,6 @@ async fn live_versions(conn: &mut sqlx::AnyConnection, subject: &str) -> Result<
     .fetch_all(&mut *conn)
     .await?;
     rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)? as u32, r.try_get(1)?))).collect()
-}
-
-fn version_text(v: Version) -> String {
-    match v {
-        Version::Latest => "latest".into(),
-        Version::Number(n) => n.to_string(),
-    }
 }
 
 fn registered(subject: &str, row: &AnyRow) -> Result<RegisteredSchema, RegistryError> {
@@ -428,13 +421,9 @@ impl SchemaRegistry for SqlRegistry {
         };
         match row {
             Some(row) => registered(subject, &row),
-            None if self.subject_exists(subject).await? => Err(RegistryError::VersionNotFound {
-                subject: subject.to_string(),
-                version: match version {
-                    Version::Latest => "latest".into(),
-                    Version::Number(n) => n.to_string(),
-                },
-            }),
+            None if self.subject_exists(subject).await? => {
+                Err(RegistryError::VersionNotFound { subject: subject.to_string(), version: version.to_string() })
+            }
             None => Err(RegistryError::SubjectNotFound(subject.to_string())),
         }
     }
