@@ -92,6 +92,8 @@ struct Ctx {
     defined: Vec<String>,
     /// Counter for unnamed structs (`ConnectDefault`, `ConnectDefault2`, …).
     unnamed: usize,
+    /// The namespace of the record being written, which nested names inherit.
+    space: Option<String>,
 }
 
 impl Ctx {
@@ -210,20 +212,30 @@ impl Ctx {
                 }
             }
         };
-        if self.defined.contains(&full) {
-            return Ok(Json::String(full));
-        }
-        self.defined.push(full.clone());
         let (namespace, name) = match full.rsplit_once('.') {
             Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
             None => (None, full.clone()),
         };
+        // Written as Avro's Java library writes names (and so as Debezium's registered schemas
+        // read): a reference or namespace inside the enclosing namespace is left implicit, and a
+        // name without a namespace inside one says so with `"namespace": ""`.
+        if self.defined.contains(&full) {
+            return Ok(Json::String(if namespace.is_some() && namespace == self.space { name } else { full }));
+        }
+        self.defined.push(full.clone());
         let mut obj = Map::new();
         obj.insert("type".into(), json!("record"));
         obj.insert("name".into(), json!(name));
-        if let Some(ns) = namespace {
-            obj.insert("namespace".into(), json!(ns));
+        match (&namespace, &self.space) {
+            (Some(ns), space) if Some(ns) != space.as_ref() => {
+                obj.insert("namespace".into(), json!(ns));
+            }
+            (None, Some(_)) => {
+                obj.insert("namespace".into(), json!(""));
+            }
+            _ => {}
         }
+        let saved_space = std::mem::replace(&mut self.space, namespace);
         if let Some(doc) = &s.doc {
             obj.insert("doc".into(), json!(doc));
         }
@@ -244,6 +256,7 @@ impl Ctx {
             }
             fields.push(Json::Object(field));
         }
+        self.space = saved_space;
         obj.insert("fields".into(), Json::Array(fields));
         if meta {
             if let Some(v) = s.version {

@@ -177,6 +177,10 @@ pub mod schema {
     pub fn bytes() -> ConnectSchema {
         ConnectSchema::new(ConnectType::Bytes)
     }
+    /// Required array of `element`.
+    pub fn array(element: ConnectSchema) -> ConnectSchema {
+        ConnectSchema::new(ConnectType::Array(Box::new(element)))
+    }
     /// `org.apache.kafka.connect.data.Decimal`: unscaled two's-complement big-endian bytes.
     pub fn decimal(precision: u32, scale: u32) -> ConnectSchema {
         bytes()

@@ -152,7 +152,7 @@ pub fn binlog_source_schema(flavor: BinlogFlavor) -> ConnectSchema {
         Field::new("thread", schema::int64().optional()),
         Field::new("query", schema::string().optional()),
     ]);
-    ConnectSchema::struct_of(format!("io.debezium.connector.{}.Source", flavor.connector()), fields)
+    ConnectSchema::struct_of(format!("io.debezium.connector.{}.Source", flavor.connector()), fields).version(1)
 }
 
 /// Where a binlog event came from.
@@ -224,7 +224,7 @@ pub fn cassandra_source_schema() -> ConnectSchema {
         Field::new("keyspace", schema::string()),
         Field::new("table", schema::string()),
     ]);
-    ConnectSchema::struct_of("source", fields)
+    ConnectSchema::struct_of("source", fields).version(1)
 }
 
 /// Where a Cassandra mutation came from.
@@ -279,6 +279,52 @@ pub fn transaction_schema() -> ConnectSchema {
     )
     .version(1)
     .optional()
+}
+
+/// The key of a `<prefix>.transaction` record (`io.debezium.connector.common.TransactionMetadataKey`).
+pub fn transaction_key_schema() -> ConnectSchema {
+    ConnectSchema::struct_of(
+        "io.debezium.connector.common.TransactionMetadataKey",
+        vec![Field::new("id", schema::string())],
+    )
+    .version(1)
+}
+
+/// The value of a `<prefix>.transaction` record: a transaction's `BEGIN` or `END`
+/// (`io.debezium.connector.common.TransactionMetadataValue`); `END` carries the event counts.
+pub fn transaction_value_schema() -> ConnectSchema {
+    let per_table = ConnectSchema::struct_of(
+        "event.collection",
+        vec![Field::new("data_collection", schema::string()), Field::new("event_count", schema::int64())],
+    )
+    .version(1)
+    .optional();
+    ConnectSchema::struct_of(
+        "io.debezium.connector.common.TransactionMetadataValue",
+        vec![
+            Field::new("status", schema::string()),
+            Field::new("id", schema::string()),
+            Field::new("event_count", schema::int64().optional()),
+            Field::new("data_collections", schema::array(per_table).optional()),
+            Field::new("ts_ms", schema::int64()),
+        ],
+    )
+    .version(1)
+}
+
+/// The key of a heartbeat record (`io.debezium.connector.common.ServerNameKey`).
+pub fn heartbeat_key_schema() -> ConnectSchema {
+    ConnectSchema::struct_of(
+        "io.debezium.connector.common.ServerNameKey",
+        vec![Field::new("serverName", schema::string())],
+    )
+    .version(1)
+}
+
+/// The value of a heartbeat record (`io.debezium.connector.common.Heartbeat`).
+pub fn heartbeat_value_schema() -> ConnectSchema {
+    ConnectSchema::struct_of("io.debezium.connector.common.Heartbeat", vec![Field::new("ts_ms", schema::int64())])
+        .version(1)
 }
 
 /// Transaction metadata of one event.

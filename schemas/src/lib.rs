@@ -6,6 +6,8 @@
 //! - [`envelope`]: Debezium's change-event envelope (`before`, `after`, `source`, `op`, `ts_*`,
 //!   `transaction`), the `source` blocks of the MySQL/MariaDB and Cassandra connectors, key and
 //!   value schemas named `<prefix>.<db>.<table>.Key` / `.Value` / `.Envelope`.
+//! - [`history`]: Debezium's schema-history shapes (tables, columns, changes) for schema-change
+//!   events and the schema-history topic.
 //! - [`avro`]: Connect schemas as Avro (as Confluent's converter maps them) and values as Avro
 //!   binary.
 //! - [`wire`]: the Confluent wire format (magic byte, schema id, body).
@@ -28,6 +30,7 @@
 pub mod avro;
 pub mod connect;
 pub mod envelope;
+pub mod history;
 pub mod http;
 pub mod json;
 pub mod metadata;

@@ -15,6 +15,12 @@
 //! timestamp → int64 `Timestamp` (ms), date → int32 `Date` (days), time → int64 (ns),
 //! uuid/timeuuid → string `io.debezium.data.Uuid`, inet/varint/decimal/duration/tuple → string,
 //! list/set → array, map → map.
+//!
+//! One deliberate difference from Debezium: Debezium names every cell struct `cell_value`, and
+//! Confluent's `AvroData` then writes the second and later cells as references to the first
+//! definition, whatever their value type (checked with Debezium 3.6.3's `CellData.cellSchema` and
+//! `AvroData` 7.0.16: a `text` cell after an `int` cell is declared `int`). Naming each cell
+//! `cell_value_<column>` keeps every column's own type in the registered Avro schema.
 
 use std::sync::Arc;
 

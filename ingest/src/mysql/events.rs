@@ -7,16 +7,16 @@
 //! (header `__debezium.oldkey`), as Debezium does. Tables without a primary key have null keys.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use weir_bus::Record;
 use weir_schemas::{
     avro::AvroSchema,
-    connect::{ConnectSchema, Field, StructBuilder, Value, schema},
+    connect::{ConnectSchema, StructBuilder, Value},
     envelope::{BinlogFlavor, BinlogSource, Op, TableSchemas, binlog_source_schema, topic_name},
+    history,
     serializer::{EventEncoder, SerializeError},
 };
 
-use super::columns::{ColumnType, TableDef};
+use super::{columns::TableDef, history::HistoryRecord};
 
 /// One row change, before it becomes records.
 #[derive(Debug, Clone)]
@@ -151,53 +151,6 @@ impl TableEvents {
     }
 }
 
-/// What a schema change did to a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum ChangeType {
-    /// The table appeared.
-    Create,
-    /// Its columns or key changed.
-    Alter,
-    /// It was dropped.
-    Drop,
-}
-
-/// One table's change in a schema-history record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TableChange {
-    /// What happened.
-    #[serde(rename = "type")]
-    pub change: ChangeType,
-    /// `db.table`.
-    pub id: String,
-    /// The definition after the change (before it, for drops).
-    pub table: TableDef,
-}
-
-/// A record of `<prefix>.schema-history` (JSON): a DDL statement or snapshot, where it happened,
-/// and the definitions it produced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistoryRecord {
-    /// Binlog file of the statement (or the snapshot's position).
-    pub file: String,
-    /// Position.
-    pub pos: u64,
-    /// GTID of its transaction.
-    #[serde(default)]
-    pub gtid: Option<String>,
-    /// When, ms since the epoch.
-    pub ts_ms: i64,
-    /// Database the statement ran in.
-    #[serde(rename = "databaseName")]
-    pub database: String,
-    /// The statement (`SNAPSHOT` for definitions read by a snapshot).
-    pub ddl: String,
-    /// Tables it changed.
-    #[serde(rename = "tableChanges")]
-    pub table_changes: Vec<TableChange>,
-}
-
 /// Schemas of the schema-change events Debezium writes to the `<prefix>` topic.
 pub struct SchemaChangeEvents {
     /// The topic: the prefix itself.
@@ -209,158 +162,37 @@ pub struct SchemaChangeEvents {
     value: AvroSchema,
 }
 
-fn column_schema() -> ConnectSchema {
-    ConnectSchema::struct_of(
-        "io.debezium.connector.schema.Column",
-        vec![
-            Field::new("name", schema::string()),
-            Field::new("jdbcType", schema::int32()),
-            Field::new("typeName", schema::string()),
-            Field::new("typeExpression", schema::string().optional()),
-            Field::new("length", schema::int32().optional()),
-            Field::new("scale", schema::int32().optional()),
-            Field::new("position", schema::int32()),
-            Field::new("optional", schema::boolean().optional()),
-            Field::new(
-                "enumValues",
-                ConnectSchema::new(weir_schemas::connect::ConnectType::Array(Box::new(schema::string()))).optional(),
-            ),
-        ],
-    )
-}
-
-fn array_of(s: ConnectSchema) -> ConnectSchema {
-    ConnectSchema::new(weir_schemas::connect::ConnectType::Array(Box::new(s)))
-}
-
-/// `(jdbcType, typeName, length, scale)` of a column, as `java.sql.Types` and MySQL name it.
-fn jdbc(ty: &ColumnType) -> (i32, &'static str, Option<i32>, Option<i32>) {
-    match ty {
-        ColumnType::Boolean => (-7, "BIT", Some(1), None),
-        ColumnType::TinyInt { unsigned } => (-6, if *unsigned { "TINYINT UNSIGNED" } else { "TINYINT" }, None, None),
-        ColumnType::SmallInt { unsigned } => (5, if *unsigned { "SMALLINT UNSIGNED" } else { "SMALLINT" }, None, None),
-        ColumnType::MediumInt { unsigned } => {
-            (4, if *unsigned { "MEDIUMINT UNSIGNED" } else { "MEDIUMINT" }, None, None)
-        }
-        ColumnType::Int { unsigned } => (4, if *unsigned { "INT UNSIGNED" } else { "INT" }, None, None),
-        ColumnType::BigInt { unsigned } => (-5, if *unsigned { "BIGINT UNSIGNED" } else { "BIGINT" }, None, None),
-        ColumnType::Float => (6, "FLOAT", None, None),
-        ColumnType::Double => (8, "DOUBLE", None, None),
-        ColumnType::Decimal { precision, scale } => (3, "DECIMAL", Some(*precision as i32), Some(*scale as i32)),
-        ColumnType::Bit { length } => (-7, "BIT", Some(*length as i32), None),
-        ColumnType::Year => (4, "YEAR", None, None),
-        ColumnType::Date => (91, "DATE", None, None),
-        ColumnType::Time { fsp } => (92, "TIME", Some(i32::from(*fsp)), None),
-        ColumnType::DateTime { fsp } => (93, "DATETIME", Some(i32::from(*fsp)), None),
-        ColumnType::Timestamp { fsp } => (2014, "TIMESTAMP", Some(i32::from(*fsp)), None),
-        ColumnType::Text { .. } => (12, "VARCHAR", None, None),
-        ColumnType::Binary => (-3, "VARBINARY", None, None),
-        ColumnType::Json => (1111, "JSON", None, None),
-        ColumnType::Enum { .. } => (1, "ENUM", None, None),
-        ColumnType::Set { .. } => (1, "SET", None, None),
-        ColumnType::Geometry => (1111, "GEOMETRY", None, None),
-    }
-}
-
 impl SchemaChangeEvents {
     /// The schema-change events of a source with `prefix`.
     pub fn new(prefix: &str, flavor: BinlogFlavor) -> Self {
-        let c = flavor.connector();
-        let key_schema = ConnectSchema::struct_of(
-            format!("io.debezium.connector.{c}.SchemaChangeKey"),
-            vec![Field::new("databaseName", schema::string())],
-        );
+        let key_schema = history::schema_change_key_schema(flavor.connector());
         let source_schema = binlog_source_schema(flavor);
-        let table = ConnectSchema::struct_of(
-            "io.debezium.connector.schema.Table",
-            vec![
-                Field::new("primaryKeyColumnNames", array_of(schema::string()).optional()),
-                Field::new("columns", array_of(column_schema())),
-            ],
-        );
-        let change = ConnectSchema::struct_of(
-            "io.debezium.connector.schema.Change",
-            vec![Field::new("type", schema::string()), Field::new("id", schema::string()), Field::new("table", table)],
-        );
-        let value_schema = ConnectSchema::struct_of(
-            format!("io.debezium.connector.{c}.SchemaChangeValue"),
-            vec![
-                Field::new("source", source_schema.clone()),
-                Field::new("ts_ms", schema::int64()),
-                Field::new("databaseName", schema::string().optional()),
-                Field::new("schemaName", schema::string().optional()),
-                Field::new("ddl", schema::string().optional()),
-                Field::new("tableChanges", array_of(change)),
-            ],
-        );
+        let value_schema = history::schema_change_value_schema(flavor.connector(), source_schema.clone());
         let key = AvroSchema::new(key_schema.clone()).expect("schema-change key is valid Avro");
         let value = AvroSchema::new(value_schema.clone()).expect("schema-change value is valid Avro");
         SchemaChangeEvents { topic: prefix.to_string(), key_schema, value_schema, source_schema, key, value }
     }
 
-    /// The schema-change record of `history` (its source block from `source`).
+    /// The schema-change record of `record` (its source block from `source`).
     pub async fn record(
         &self,
         encoder: &EventEncoder,
-        history: &HistoryRecord,
+        record: &HistoryRecord,
         source: &BinlogSource,
     ) -> Result<Record, SerializeError> {
-        let key = StructBuilder::new(&self.key_schema).put("databaseName", history.database.as_str()).build();
-        let changes = history
-            .table_changes
-            .iter()
-            .map(|t| {
-                let columns = t
-                    .table
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| {
-                        let (jdbc_type, type_name, length, scale) = jdbc(&c.ty);
-                        let enum_values = match &c.ty {
-                            ColumnType::Enum { values } | ColumnType::Set { values } => {
-                                Value::Array(values.iter().map(|v| Value::from(v.as_str())).collect())
-                            }
-                            _ => Value::Null,
-                        };
-                        Value::Struct(vec![
-                            Value::from(c.name.as_str()),
-                            Value::Int32(jdbc_type),
-                            Value::from(type_name),
-                            Value::Null,
-                            length.into(),
-                            scale.into(),
-                            Value::Int32(i as i32 + 1),
-                            Value::Boolean(c.nullable),
-                            enum_values,
-                        ])
-                    })
-                    .collect();
-                let pk =
-                    Value::Array(t.table.key.iter().map(|&i| Value::from(t.table.columns[i].name.as_str())).collect());
-                let change = match t.change {
-                    ChangeType::Create => "CREATE",
-                    ChangeType::Alter => "ALTER",
-                    ChangeType::Drop => "DROP",
-                };
-                Value::Struct(vec![
-                    Value::from(change),
-                    Value::from(t.id.as_str()),
-                    Value::Struct(vec![pk, Value::Array(columns)]),
-                ])
-            })
-            .collect();
+        let doc = record.to_doc(&source.name, source.server_id as u32);
+        let key = StructBuilder::new(&self.key_schema).put("databaseName", record.database.as_str()).build();
         let value = StructBuilder::new(&self.value_schema)
             .put("source", source.to_value(&self.source_schema))
-            .put("ts_ms", history.ts_ms)
-            .put("databaseName", history.database.as_str())
-            .put("ddl", history.ddl.as_str())
-            .put("tableChanges", Value::Array(changes))
+            .put("ts_ms", record.ts_ms)
+            .put("databaseName", record.database.as_str())
+            .put("ddl", doc.ddl.clone())
+            .put("tableChanges", Value::Array(doc.table_changes.iter().map(|c| c.to_value()).collect()))
             .build();
         Ok(Record {
             key: Some(encoder.encode(&self.topic, true, &self.key_schema, &self.key, &key).await?.into()),
             value: Some(encoder.encode(&self.topic, false, &self.value_schema, &self.value, &value).await?.into()),
-            timestamp_ms: Some(history.ts_ms),
+            timestamp_ms: Some(record.ts_ms),
             ..Record::default()
         })
     }

@@ -4,8 +4,9 @@
 //! - [`connection`]: the URL with its TLS settings, the password from the environment or a file.
 //! - [`columns`]: table definitions (from `information_schema` or a binlog `TABLE_MAP`) and
 //!   Debezium's type mapping to Connect schemas and values.
-//! - [`events`]: change-event records (key, envelope, tombstones), schema-change events and the
-//!   schema history record of a table.
+//! - [`events`]: change-event records (key, envelope, tombstones) and schema-change events.
+//! - [`history`]: the schema history in Debezium's layout (`<prefix>.schema-history`), and the
+//!   Debezium column description of each column type.
 //! - [`offset`]: the persisted position (binlog file/pos, GTID, rows already produced of the
 //!   transaction in progress, snapshot state).
 //! - [`replay`]: the binlog position on every change record, and skipping, after a restart, the
@@ -24,6 +25,7 @@
 pub mod columns;
 pub mod connection;
 pub mod events;
+pub mod history;
 pub mod offset;
 pub mod preflight;
 pub mod replay;

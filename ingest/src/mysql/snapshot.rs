@@ -11,12 +11,14 @@ use mysql_async::prelude::Queryable;
 use weir_schemas::{
     connect::Value,
     envelope::{Op, SnapshotMarker},
+    history::ChangeKind,
 };
 
 use super::{
     MysqlError,
     columns::ColumnType,
-    events::{ChangeType, HistoryRecord, RowChange, TableChange},
+    events::RowChange,
+    history::{HistoryRecord, TableChange},
     offset::Offset,
     source::{MysqlSource, Progress, load_definitions, now_us},
     stream,
@@ -61,6 +63,15 @@ impl MysqlSource {
             self.master_position().await?
         };
         let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| self.load_error(e))?;
+        // The statement that creates each table, for the history as Debezium writes it (its
+        // readers may re-parse DDL instead of reading the definitions).
+        let mut ddl = Vec::with_capacity(defs.len());
+        for (db, table) in defs.keys() {
+            let sql = format!("SHOW CREATE TABLE `{}`.`{}`", db.replace('`', "``"), table.replace('`', "``"));
+            let row: Option<(String, String)> =
+                conn.query_first(sql).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
+            ddl.push(row.map(|(_, create)| create).unwrap_or_default());
+        }
         if locked {
             conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
         }
@@ -68,24 +79,19 @@ impl MysqlSource {
 
         self.known.clear();
         self.by_name.clear();
-        let record = HistoryRecord {
-            file: file.clone(),
-            pos,
-            gtid: None,
-            ts_ms: started / 1000,
-            database: String::new(),
-            ddl: "SNAPSHOT".into(),
-            table_changes: defs
-                .iter()
-                .map(|((db, table), def)| TableChange {
-                    change: ChangeType::Create,
-                    id: format!("{db}.{table}"),
-                    table: def.clone(),
-                })
-                .collect(),
-        };
-        let source = self.source_block("", None, &file, pos, started, None, SnapshotMarker::True);
-        self.record_history(record, &source).await?;
+        for (((db, _), def), ddl) in defs.iter().zip(ddl) {
+            let record = HistoryRecord {
+                file: file.clone(),
+                pos,
+                ts_ms: started / 1000,
+                database: db.clone(),
+                ddl,
+                snapshot: true,
+                table_changes: vec![TableChange { change: ChangeKind::Create, table: def.clone() }],
+            };
+            let source = self.source_block(db, None, &file, pos, started, None, SnapshotMarker::True);
+            self.record_history(record, &source).await?;
+        }
 
         let estimates: Vec<(String, String, Option<u64>)> = conn
             .query("SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES")

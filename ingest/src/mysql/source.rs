@@ -25,6 +25,7 @@ use mysql_async::{
 use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
 use weir_schemas::{
     envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker},
+    history::ChangeKind,
     metadata::redact,
     serializer::{AvroSerializer, EventEncoder},
 };
@@ -32,7 +33,8 @@ use weir_schemas::{
 use super::{
     EventFormat, MysqlError, MysqlSourceConfig, SnapshotMode,
     columns::{InfoColumn, TableDef},
-    events::{ChangeType, HistoryRecord, RowChange, SchemaChangeEvents, TableChange, TableEvents},
+    events::{RowChange, SchemaChangeEvents, TableEvents},
+    history::{HistoryRecord, TableChange},
     offset::{self, Offset},
     replay::{self, Position, Replayed},
     stream::{self, MARIADB_ANNOTATE_ROWS, MARIADB_GTID, MARIADB_GTID_LIST, ServerInfo},
@@ -251,7 +253,7 @@ impl MysqlSource {
             for m in batch {
                 next = m.offset + 1;
                 let Some(value) = m.value else { continue };
-                let record: HistoryRecord = serde_json::from_slice(&value)
+                let record = HistoryRecord::from_json(&value)
                     .map_err(|e| self.decode_error(&topic, m.offset as u64, format!("schema history record: {e}")))?;
                 self.apply_history(&record);
                 records += 1;
@@ -265,8 +267,8 @@ impl MysqlSource {
         for change in &record.table_changes {
             let name = (change.table.db.clone(), change.table.table.clone());
             match change.change {
-                ChangeType::Drop => self.known.remove(&name),
-                ChangeType::Create | ChangeType::Alter => self.known.insert(name, change.table.clone()),
+                ChangeKind::Drop => self.known.remove(&name),
+                ChangeKind::Create | ChangeKind::Alter => self.known.insert(name, change.table.clone()),
             };
         }
     }
@@ -282,7 +284,8 @@ impl MysqlSource {
             self.by_name.remove(&(change.table.db.clone(), change.table.table.clone()));
         }
         let topic = self.history_topic();
-        let json = serde_json::to_vec(&record).expect("history records serialize");
+        let json = serde_json::to_vec(&record.to_doc(&self.config.topic_prefix, self.info.server_id))
+            .expect("history records serialize");
         self.pending.push((topic, Record { value: Some(json.into()), partition: Some(0), ..Record::default() }));
         let sc_topic = self.schema_changes.topic.clone();
         self.ensure_topic(&sc_topic, 1, &weir_bus::TopicConfig::new()).await?;
@@ -351,16 +354,16 @@ impl MysqlSource {
         if self.known.get(&name) != Some(&def) {
             // A definition the history has not seen (a DDL on a table outside the last refresh):
             // record it so a restart knows it.
-            let change = if self.known.contains_key(&name) { ChangeType::Alter } else { ChangeType::Create };
+            let change = if self.known.contains_key(&name) { ChangeKind::Alter } else { ChangeKind::Create };
             tracing::info!(source = %self.config.name, table = %format!("{}.{}", name.0, name.1), ?change, "new table definition in the binlog");
             let record = HistoryRecord {
                 file: file.into(),
                 pos,
-                gtid: None,
                 ts_ms: now_us() / 1000,
                 database: name.0.clone(),
                 ddl: String::new(),
-                table_changes: vec![TableChange { change, id: format!("{}.{}", name.0, name.1), table: def.clone() }],
+                snapshot: false,
+                table_changes: vec![TableChange { change, table: def.clone() }],
             };
             let source = self.source_block(&name.0, Some(&name.1), file, pos, now_us(), None, SnapshotMarker::False);
             self.record_history(record, &source).await?;
@@ -792,19 +795,14 @@ impl MysqlSource {
             match self.known.get(name) {
                 Some(old) if old == def => {}
                 old => changes.push(TableChange {
-                    change: if old.is_some() { ChangeType::Alter } else { ChangeType::Create },
-                    id: format!("{}.{}", name.0, name.1),
+                    change: if old.is_some() { ChangeKind::Alter } else { ChangeKind::Create },
                     table: def.clone(),
                 }),
             }
         }
         for (name, old) in &self.known {
             if !now.contains_key(name) {
-                changes.push(TableChange {
-                    change: ChangeType::Drop,
-                    id: format!("{}.{}", name.0, name.1),
-                    table: old.clone(),
-                });
+                changes.push(TableChange { change: ChangeKind::Drop, table: old.clone() });
             }
         }
         if changes.is_empty() {
@@ -814,10 +812,10 @@ impl MysqlSource {
         let record = HistoryRecord {
             file: file.into(),
             pos,
-            gtid: gtid.clone(),
             ts_ms: ts_us / 1000,
             database: db.into(),
             ddl: sql.into(),
+            snapshot: false,
             table_changes: changes,
         };
         let source = self.source_block(db, None, file, pos, ts_us, gtid.as_deref(), SnapshotMarker::False);
