@@ -10,7 +10,7 @@ use std::{
 
 mod common;
 
-use common::{mariadb, mysql_source_toml, ok, test_mysql_url, weir};
+use common::{kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
 use weir_ingest::cassandra::fixtures::{Fixture, default_dir};
 
 fn round_trip(bus_url: &str, topic: &str) {
@@ -252,6 +252,88 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
     let out = weir(d, "local:./weir-data/bus", &["ingest", "--once"], None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("source maria") && !err.contains("wrong"), "{err}");
+}
+
+/// A MariaDB source's topics on the Kafka-protocol broker, read by Confluent's own consumer and
+/// `AvroDeserializer` (`tests/peers/confluent_consumer.py`) against `weir registry`: snapshot,
+/// create, update, delete (and tombstone), DDL, truncate, schema-change events and transaction
+/// metadata all decode, with the values written.
+#[test]
+fn confluents_consumer_and_avro_deserializer_read_every_record_of_a_mariadb_source() {
+    let url = test_mysql_url();
+    let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
+    let brokers = std::env::var("WEIR_TEST_KAFKA").expect("WEIR_TEST_KAFKA is not set: run scripts/test");
+    let prefix = format!("cfk{}", std::process::id());
+    mariadb(
+        "DROP DATABASE IF EXISTS weir_cfk; CREATE DATABASE weir_cfk; \
+         CREATE TABLE weir_cfk.t (id INT PRIMARY KEY, v VARCHAR(20), d DECIMAL(8,2)); \
+         INSERT INTO weir_cfk.t VALUES (1, 'one', 1.50)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let extra = "skipped_operations = []\nprovide_transaction_metadata = true\n";
+    let toml = mysql_source_toml(&url, 6405, "weir_cfk", extra).replace("\"shop\"", &format!("\"{prefix}\""));
+    std::fs::write(d.join("weir.toml"), toml).unwrap();
+    let bus = kafka();
+    ok(weir(d, &bus, &["ingest", "--once"], None));
+    mariadb(
+        "INSERT INTO weir_cfk.t VALUES (2, 'two', 2.25); UPDATE weir_cfk.t SET v = 'uno' WHERE id = 1; \
+         DELETE FROM weir_cfk.t WHERE id = 2; ALTER TABLE weir_cfk.t ADD COLUMN n INT; \
+         INSERT INTO weir_cfk.t VALUES (3, 'three', 3.00, 33); TRUNCATE TABLE weir_cfk.t",
+    );
+    ok(weir(d, &bus, &["ingest", "--once"], None));
+
+    let mut registry = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["registry", "--listen", "127.0.0.1:0"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(registry.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let registry_url = line.trim().strip_prefix("schema registry on ").expect("address line").to_string();
+
+    // Table: r, c, u, d + tombstone, c, t = 7; schema changes: snapshot + ALTER (TRUNCATE is not
+    // DDL that changes a definition) = 2; transactions: 4 streamed (insert, update, delete,
+    // insert) × BEGIN/END = 8.
+    let table = format!("{prefix}.weir_cfk.t");
+    let transaction = format!("{prefix}.transaction");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/confluent_consumer.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args([&brokers, &registry_url, "17", &table, &prefix, &transaction])
+        .output()
+        .unwrap();
+    registry.kill().unwrap();
+    registry.wait().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let records: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |topic: &str| records.iter().filter(|r| r["topic"] == topic).collect::<Vec<_>>();
+
+    let events = of(&table);
+    let ops: Vec<&str> = events.iter().map(|r| r["value"]["op"].as_str().unwrap_or("tombstone")).collect();
+    assert_eq!(ops, ["r", "c", "u", "d", "tombstone", "c", "t"], "{events:?}");
+    assert_eq!(events[0]["value"]["after"], serde_json::json!({"id": 1, "v": "one", "d": "1.50"}));
+    assert_eq!(events[2]["value"]["before"]["v"], "one");
+    assert_eq!(events[2]["value"]["after"]["v"], "uno");
+    assert_eq!(events[3]["key"], serde_json::json!({"id": 2}));
+    assert_eq!(events[5]["value"]["after"], serde_json::json!({"id": 3, "v": "three", "d": "3.00", "n": 33}));
+    assert_eq!(events[5]["value"]["source"]["connector"], "mariadb");
+    assert!(events[0]["value"]["transaction"].is_null() && !events[1]["value"]["transaction"].is_null());
+
+    let changes = of(&prefix);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[1]["value"]["ddl"], "ALTER TABLE weir_cfk.t ADD COLUMN n INT");
+    assert_eq!(changes[1]["value"]["tableChanges"][0]["id"], r#""weir_cfk"."t""#);
+    let columns = changes[1]["value"]["tableChanges"][0]["table"]["columns"].as_array().unwrap();
+    assert_eq!(columns.last().unwrap()["name"], "n");
+
+    let tx = of(&transaction);
+    let statuses: Vec<&str> = tx.iter().map(|r| r["value"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["BEGIN", "END"].repeat(4));
+    assert_eq!(tx[1]["value"]["event_count"], 1);
 }
 
 #[test]

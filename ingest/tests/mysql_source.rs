@@ -25,6 +25,9 @@ fn url() -> String {
         .expect("WEIR_TEST_MYSQL_URL is not set: run scripts/test, which starts MariaDB with a ROW binlog on loopback")
 }
 
+/// A record decoded: key, value (`None` for a tombstone), header names, value schema id.
+type Decoded = (Option<A>, Option<A>, Vec<String>, u32);
+
 struct Setup {
     dir: tempfile::TempDir,
     bus: Arc<LocalBus>,
@@ -71,7 +74,7 @@ impl Setup {
     }
 
     /// Every record of `topic`, decoded: `(key, value, headers)`; `None` value = tombstone.
-    async fn records(&self, topic: &str) -> Vec<(Option<A>, Option<A>, Vec<String>, u32)> {
+    async fn records(&self, topic: &str) -> Vec<Decoded> {
         let mut consumer = self.bus.consumer(ConsumerConfig::new(format!("check-{}", rand_suffix()))).await.unwrap();
         consumer.subscribe(&[topic]).await.unwrap();
         let mut out = Vec::new();
@@ -527,6 +530,88 @@ async fn debeziums_history_reader_recovers_the_tables_weir_recorded() {
     let ids: Vec<String> =
         out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string()).collect();
     assert!(ids.iter().any(|i| i.contains("t2")) && !ids.iter().any(|i| i.contains("t3")), "{ids:?}");
+}
+
+#[tokio::test]
+async fn transaction_metadata_and_heartbeats_are_written_as_debezium_writes_them() {
+    let mut s = Setup::new("weir_txmeta").await;
+    s.sql(
+        "DROP DATABASE IF EXISTS weir_txmeta_hb;\n\
+         CREATE DATABASE weir_txmeta_hb;\n\
+         CREATE TABLE weir_txmeta_hb.beat (id INT PRIMARY KEY, n INT);\n\
+         INSERT INTO weir_txmeta_hb.beat VALUES (1, 0);\n\
+         CREATE TABLE a (id INT PRIMARY KEY, v INT);\n\
+         CREATE TABLE b (id INT PRIMARY KEY);\n\
+         INSERT INTO a VALUES (100, 0)",
+    )
+    .await;
+    let mut config = s.config();
+    config.provide_transaction_metadata = true;
+    config.heartbeat_topic = Some("__debezium-heartbeat.shop".into());
+    config.heartbeat_action_query = Some("UPDATE weir_txmeta_hb.beat SET n = n + 1".into());
+    let mut source = s.source(config).await;
+    source.catch_up().await.unwrap();
+    s.sql(
+        "BEGIN;\n\
+         INSERT INTO a VALUES (1, 1), (2, 2);\n\
+         INSERT INTO b VALUES (1);\n\
+         UPDATE a SET id = 3 WHERE id = 1;\n\
+         COMMIT;\n\
+         INSERT INTO b VALUES (2)",
+    )
+    .await;
+    source.catch_up().await.unwrap();
+    drop(source);
+
+    // <prefix>.transaction: BEGIN and END per streamed transaction, keyed by its id.
+    let tx = s.records("shop.transaction").await;
+    let statuses: Vec<String> = tx.iter().map(|(_, v, _, _)| string(field(v.as_ref().unwrap(), "status"))).collect();
+    assert_eq!(statuses, ["BEGIN", "END", "BEGIN", "END"], "the snapshot has no transaction metadata");
+    let ids: Vec<String> = tx.iter().map(|(_, v, _, _)| string(field(v.as_ref().unwrap(), "id"))).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_ne!(ids[1], ids[2]);
+    for (key, _, _, _) in &tx {
+        assert!(ids.contains(&string(field(key.as_ref().unwrap(), "id"))));
+    }
+    let end = tx[1].1.as_ref().unwrap();
+    // Two inserts and a key-changing update (a delete and a create) in a, one insert in b.
+    assert_eq!(int(field(end, "event_count")), 5);
+    let A::Array(collections) = plain(field(end, "data_collections")) else { panic!("no data_collections") };
+    let counts: Vec<(String, i64)> =
+        collections.iter().map(|c| (string(field(c, "data_collection")), int(field(c, "event_count")))).collect();
+    assert_eq!(counts, [("weir_txmeta.a".to_string(), 4), ("weir_txmeta.b".to_string(), 1)]);
+    assert!(matches!(plain(field(&tx[0].1.clone().unwrap(), "event_count")), A::Null), "BEGIN carries no counts");
+
+    // Each streamed event's transaction block: the id, its order in the transaction and in its table.
+    let block = |records: Vec<Decoded>| -> Vec<(String, i64, i64)> {
+        records
+            .iter()
+            .filter_map(|(_, v, _, _)| v.as_ref())
+            .filter_map(|v| match plain(field(v, "transaction")) {
+                A::Null => None,
+                t => {
+                    Some((string(field(t, "id")), int(field(t, "total_order")), int(field(t, "data_collection_order"))))
+                }
+            })
+            .collect()
+    };
+    let (t1, t2) = (ids[0].clone(), ids[2].clone());
+    assert_eq!(
+        block(s.records("shop.weir_txmeta.a").await),
+        [(t1.clone(), 1, 1), (t1.clone(), 2, 2), (t1.clone(), 4, 3), (t1.clone(), 5, 4)]
+    );
+    assert_eq!(block(s.records("shop.weir_txmeta.b").await), [(t1, 3, 1), (t2, 1, 1)]);
+
+    // Heartbeats: key {serverName}, value {ts_ms}; the action query ran on the source.
+    let beats = s.records("__debezium-heartbeat.shop").await;
+    assert!(!beats.is_empty(), "no heartbeat record");
+    let (key, value, _, _) = &beats[0];
+    assert_eq!(string(field(key.as_ref().unwrap(), "serverName")), "shop");
+    let age_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+        - int(field(value.as_ref().unwrap(), "ts_ms"));
+    assert!((0..60_000).contains(&age_ms), "heartbeat ts_ms is {age_ms} ms old");
+    let beat: Option<i64> = s.conn.query_first("SELECT n FROM weir_txmeta_hb.beat").await.unwrap();
+    assert!(beat.unwrap() >= 1, "the heartbeat action query ran");
 }
 
 #[tokio::test]

@@ -338,6 +338,78 @@ pub struct Transaction {
     pub data_collection_order: i64,
 }
 
+/// The transaction metadata of one source transaction while its events are produced
+/// (Debezium's `provide.transaction.metadata`): the `transaction` block of each event, and the
+/// `BEGIN`/`END` records of the `<prefix>.transaction` topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransactionMeta {
+    /// Transaction id: the GTID, or `file=<binlog file>,pos=<position of BEGIN>` without GTIDs.
+    pub id: String,
+    total: i64,
+    /// Events per data collection (`db.table`), in order of first event.
+    per_collection: Vec<(String, i64)>,
+}
+
+impl TransactionMeta {
+    /// A transaction with no events yet.
+    pub fn new(id: impl Into<String>) -> Self {
+        TransactionMeta { id: id.into(), total: 0, per_collection: Vec::new() }
+    }
+
+    /// Counts one more event of `collection` and returns its `transaction` block.
+    pub fn next(&mut self, collection: &str) -> Transaction {
+        self.total += 1;
+        let order = match self.per_collection.iter_mut().find(|(c, _)| c == collection) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
+            }
+            None => {
+                self.per_collection.push((collection.to_string(), 1));
+                1
+            }
+        };
+        Transaction { id: self.id.clone(), total_order: self.total, data_collection_order: order }
+    }
+
+    /// Events counted so far.
+    pub fn event_count(&self) -> i64 {
+        self.total
+    }
+
+    /// The record key (for [`transaction_key_schema`]).
+    pub fn key(&self) -> Value {
+        Value::Struct(vec![Value::String(self.id.clone())])
+    }
+
+    /// The `BEGIN` value (for [`transaction_value_schema`]), at source time `ts_ms`.
+    pub fn begin(&self, ts_ms: i64) -> Value {
+        Value::Struct(vec![
+            Value::from("BEGIN"),
+            Value::String(self.id.clone()),
+            Value::Null,
+            Value::Null,
+            Value::Int64(ts_ms),
+        ])
+    }
+
+    /// The `END` value with the transaction's event counts, at source time `ts_ms`.
+    pub fn end(&self, ts_ms: i64) -> Value {
+        let collections = self
+            .per_collection
+            .iter()
+            .map(|(c, n)| Value::Struct(vec![Value::String(c.clone()), Value::Int64(*n)]))
+            .collect();
+        Value::Struct(vec![
+            Value::from("END"),
+            Value::String(self.id.clone()),
+            Value::Int64(self.total),
+            Value::Array(collections),
+            Value::Int64(ts_ms),
+        ])
+    }
+}
+
 /// The topic of a table: `<prefix>.<db>.<table>`.
 pub fn topic_name(prefix: &str, db: &str, table: &str) -> String {
     format!("{prefix}.{db}.{table}")

@@ -11,7 +11,10 @@ use weir_bus::Record;
 use weir_schemas::{
     avro::AvroSchema,
     connect::{ConnectSchema, StructBuilder, Value},
-    envelope::{BinlogFlavor, BinlogSource, Op, TableSchemas, binlog_source_schema, topic_name},
+    envelope::{
+        BinlogFlavor, BinlogSource, Op, TableSchemas, TransactionMeta, binlog_source_schema, heartbeat_key_schema,
+        heartbeat_value_schema, topic_name, transaction_key_schema, transaction_value_schema,
+    },
     history,
     serializer::{EventEncoder, SerializeError},
 };
@@ -41,6 +44,8 @@ pub struct TableEvents {
     source_schema: ConnectSchema,
     key: Option<AvroSchema>,
     value: AvroSchema,
+    /// `db.table`, as transaction metadata names the table.
+    collection: String,
 }
 
 impl TableEvents {
@@ -51,7 +56,8 @@ impl TableEvents {
         let schemas = TableSchemas::new(&topic, def.fields(), def.key_fields(), source_schema.clone());
         let key = schemas.key.clone().map(AvroSchema::new).transpose().map_err(|e| e.to_string())?;
         let value = AvroSchema::new(schemas.envelope.clone()).map_err(|e| e.to_string())?;
-        Ok(TableEvents { def, topic, schemas, source_schema, key, value })
+        let collection = format!("{}.{}", def.db, def.table);
+        Ok(TableEvents { def, topic, schemas, source_schema, key, value, collection })
     }
 
     fn key_value(&self, row: &[Value]) -> Option<Value> {
@@ -72,24 +78,38 @@ impl TableEvents {
         &self,
         encoder: &EventEncoder,
         op: Op,
-        before: Option<Vec<Value>>,
-        after: Option<Vec<Value>>,
+        (before, after): (Option<Vec<Value>>, Option<Vec<Value>>),
         source: &BinlogSource,
         processed_us: i64,
+        tx: &mut Option<&mut TransactionMeta>,
     ) -> Result<Bytes, SerializeError> {
         let row = |r: Option<Vec<Value>>| r.map_or(Value::Null, Value::Struct);
+        let block = tx.as_deref_mut().map(|t| t.next(&self.collection));
         let value = self.schemas.envelope_value(
             op,
             row(before),
             row(after),
             source.to_value(&self.source_schema),
-            None,
+            block.as_ref(),
             processed_us,
         );
         Ok(encoder.encode(&self.topic, false, &self.schemas.envelope, &self.value, &value).await?.into())
     }
 
-    /// The records of one row change, appended to `out` with this table's topic.
+    /// `db.table`, as transaction metadata names the table.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// How many change events (not tombstones) [`TableEvents::records`] makes of `change`: two
+    /// for an update that changes the primary key, one otherwise.
+    pub fn event_count(&self, change: &RowChange) -> usize {
+        let key = |row: &Option<Vec<Value>>| row.as_deref().and_then(|r| self.key_value(r));
+        if change.op == Op::Update && key(&change.before) != key(&change.after) { 2 } else { 1 }
+    }
+
+    /// The records of one row change, appended to `out` with this table's topic; with `tx`, each
+    /// event's `transaction` block is filled from it.
     pub async fn records(
         &self,
         encoder: &EventEncoder,
@@ -97,6 +117,7 @@ impl TableEvents {
         tombstones: bool,
         processed_us: i64,
         out: &mut Vec<(String, Record)>,
+        mut tx: Option<&mut TransactionMeta>,
     ) -> Result<(), SerializeError> {
         let ts = Some(change.source.ts_us / 1000);
         let RowChange { op, before, after, source } = change;
@@ -116,25 +137,28 @@ impl TableEvents {
         match op {
             Op::Read | Op::Create => {
                 let key = self.key_bytes(encoder, after.as_deref().unwrap_or_default()).await?;
-                let value = self.envelope(encoder, op, None, after, &source, processed_us).await?;
+                let value = self.envelope(encoder, op, (None, after), &source, processed_us, &mut tx).await?;
                 out.push((self.topic.clone(), record(key, Some(value))));
             }
             Op::Delete => {
                 let key = self.key_bytes(encoder, before.as_deref().unwrap_or_default()).await?;
-                let value = self.envelope(encoder, Op::Delete, before, None, &source, processed_us).await?;
+                let value = self.envelope(encoder, Op::Delete, (before, None), &source, processed_us, &mut tx).await?;
                 delete(key, value, out, None);
             }
             Op::Update => {
                 let old_key = self.key_bytes(encoder, before.as_deref().unwrap_or_default()).await?;
                 let new_key = self.key_bytes(encoder, after.as_deref().unwrap_or_default()).await?;
                 if old_key == new_key {
-                    let value = self.envelope(encoder, Op::Update, before, after, &source, processed_us).await?;
+                    let value =
+                        self.envelope(encoder, Op::Update, (before, after), &source, processed_us, &mut tx).await?;
                     out.push((self.topic.clone(), record(new_key, Some(value))));
                 } else {
-                    let gone = self.envelope(encoder, Op::Delete, before, None, &source, processed_us).await?;
+                    let gone =
+                        self.envelope(encoder, Op::Delete, (before, None), &source, processed_us, &mut tx).await?;
                     let header = new_key.clone().map(|k| ("__debezium.newkey", k));
                     delete(old_key.clone(), gone, out, header);
-                    let born = self.envelope(encoder, Op::Create, None, after, &source, processed_us).await?;
+                    let born =
+                        self.envelope(encoder, Op::Create, (None, after), &source, processed_us, &mut tx).await?;
                     let mut r = record(new_key, Some(born));
                     if let Some(k) = old_key {
                         r = r.with_header("__debezium.oldkey", k);
@@ -143,11 +167,77 @@ impl TableEvents {
                 }
             }
             Op::Truncate => {
-                let value = self.envelope(encoder, Op::Truncate, None, None, &source, processed_us).await?;
+                let value = self.envelope(encoder, Op::Truncate, (None, None), &source, processed_us, &mut tx).await?;
                 out.push((self.topic.clone(), record(None, Some(value))));
             }
         }
         Ok(())
+    }
+}
+
+/// The source's metadata records: transaction `BEGIN`/`END` on `<prefix>.transaction` and
+/// heartbeats, with Debezium's schemas.
+pub struct MetadataEvents {
+    /// `<prefix>.transaction`.
+    pub transaction_topic: String,
+    prefix: String,
+    tx_key: (ConnectSchema, AvroSchema),
+    tx_value: (ConnectSchema, AvroSchema),
+    hb_key: (ConnectSchema, AvroSchema),
+    hb_value: (ConnectSchema, AvroSchema),
+}
+
+fn with_avro(schema: ConnectSchema) -> (ConnectSchema, AvroSchema) {
+    let avro = AvroSchema::new(schema.clone()).expect("Debezium's metadata schemas are valid Avro");
+    (schema, avro)
+}
+
+impl MetadataEvents {
+    /// The metadata records of a source with `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        MetadataEvents {
+            transaction_topic: format!("{prefix}.transaction"),
+            prefix: prefix.to_string(),
+            tx_key: with_avro(transaction_key_schema()),
+            tx_value: with_avro(transaction_value_schema()),
+            hb_key: with_avro(heartbeat_key_schema()),
+            hb_value: with_avro(heartbeat_value_schema()),
+        }
+    }
+
+    async fn record(
+        &self,
+        encoder: &EventEncoder,
+        topic: &str,
+        ((key_schema, key_avro), key): (&(ConnectSchema, AvroSchema), &Value),
+        ((value_schema, value_avro), value): (&(ConnectSchema, AvroSchema), &Value),
+        ts_ms: i64,
+    ) -> Result<Record, SerializeError> {
+        Ok(Record {
+            key: Some(encoder.encode(topic, true, key_schema, key_avro, key).await?.into()),
+            value: Some(encoder.encode(topic, false, value_schema, value_avro, value).await?.into()),
+            timestamp_ms: Some(ts_ms),
+            ..Record::default()
+        })
+    }
+
+    /// The `BEGIN` (`end = false`) or `END` record of `tx`, at source time `ts_ms`.
+    pub async fn transaction(
+        &self,
+        encoder: &EventEncoder,
+        tx: &TransactionMeta,
+        end: bool,
+        ts_ms: i64,
+    ) -> Result<Record, SerializeError> {
+        let value = if end { tx.end(ts_ms) } else { tx.begin(ts_ms) };
+        self.record(encoder, &self.transaction_topic, (&self.tx_key, &tx.key()), (&self.tx_value, &value), ts_ms).await
+    }
+
+    /// A heartbeat record for `topic` at `ts_ms`.
+    pub async fn heartbeat(&self, encoder: &EventEncoder, topic: &str, ts_ms: i64) -> Result<Record, SerializeError> {
+        let key = Value::Struct(vec![Value::String(self.prefix.clone())]);
+        let value = Value::Struct(vec![Value::Int64(ts_ms)]);
+        self.record(encoder, topic, (&self.hb_key, &key), (&self.hb_value, &value), ts_ms).await
     }
 }
 

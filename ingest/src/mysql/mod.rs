@@ -118,9 +118,24 @@ pub struct MysqlSourceConfig {
     /// Events per produced batch (and offset save) at most.
     #[serde(default = "default_batch")]
     pub max_batch: usize,
-    /// How often the server sends a heartbeat when the binlog is idle.
+    /// How often the server sends a heartbeat when the binlog is idle; also the least time
+    /// between two heartbeat records.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Write Debezium heartbeat records (key `{serverName}`, value `{ts_ms}`) to this topic at
+    /// most every `heartbeat_interval` while streaming (Debezium's default name is
+    /// `__debezium-heartbeat.<prefix>`). Off by default.
+    #[serde(default)]
+    pub heartbeat_topic: Option<String>,
+    /// A statement run on the source at each heartbeat record (Debezium's
+    /// `heartbeat.action.query`), e.g. an update of a heartbeat table, so a database whose
+    /// captured tables are idle still moves the binlog on.
+    #[serde(default)]
+    pub heartbeat_action_query: Option<String>,
+    /// Debezium's `provide.transaction.metadata`: fill each streamed event's `transaction` block
+    /// and write a `BEGIN` and an `END` record per transaction to `<prefix>.transaction`.
+    #[serde(default)]
+    pub provide_transaction_metadata: bool,
     /// Log snapshot progress this often.
     #[serde(default = "default_progress", with = "humantime_serde")]
     pub progress_interval: Duration,
@@ -175,6 +190,9 @@ impl MysqlSourceConfig {
             topic_config: weir_bus::TopicConfig::new(),
             max_batch: default_batch(),
             heartbeat_interval: default_heartbeat(),
+            heartbeat_topic: None,
+            heartbeat_action_query: None,
+            provide_transaction_metadata: false,
             progress_interval: default_progress(),
             state_dir: default_state_dir(),
         }

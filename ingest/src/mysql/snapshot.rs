@@ -158,7 +158,7 @@ impl MysqlSource {
                     let source = self.source_block(&name.0, Some(&name.1), &file, pos, started, None, marker);
                     let change = RowChange { op: Op::Read, before: None, after: Some(p), source };
                     events
-                        .records(&self.encoder, change, false, now_us(), &mut self.pending)
+                        .records(&self.encoder, change, false, now_us(), &mut self.pending, None)
                         .await
                         .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
                     count += 1;

@@ -24,7 +24,7 @@ use mysql_async::{
 };
 use weir_bus::{Bus, BusError, ConsumerConfig, Producer, Record, TopicPartition};
 use weir_schemas::{
-    envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker},
+    envelope::{BinlogFlavor, BinlogSource, Op, SnapshotMarker, TransactionMeta},
     history::ChangeKind,
     metadata::redact,
     serializer::{AvroSerializer, EventEncoder},
@@ -33,7 +33,7 @@ use weir_schemas::{
 use super::{
     EventFormat, MysqlError, MysqlSourceConfig, SnapshotMode,
     columns::{InfoColumn, TableDef},
-    events::{RowChange, SchemaChangeEvents, TableEvents},
+    events::{MetadataEvents, RowChange, SchemaChangeEvents, TableEvents},
     history::{HistoryRecord, TableChange},
     offset::{self, Offset},
     replay::{self, Position, Replayed},
@@ -54,11 +54,18 @@ struct Txn {
     rows: u64,
     query: Option<String>,
     thread: Option<i64>,
+    /// Transaction metadata, from its first captured change (`provide_transaction_metadata`).
+    meta: Option<TransactionMeta>,
 }
 
 impl Txn {
     fn new(file: &str, start: u64, gtid: Option<String>, standalone: bool) -> Txn {
-        Txn { file: file.to_string(), start, gtid, standalone, rows: 0, query: None, thread: None }
+        Txn { file: file.to_string(), start, gtid, standalone, rows: 0, query: None, thread: None, meta: None }
+    }
+
+    /// Debezium's transaction id: the GTID, or the binlog position of the transaction's start.
+    fn id(&self) -> String {
+        self.gtid.clone().unwrap_or_else(|| format!("file={},pos={}", self.file, self.start))
     }
 }
 
@@ -92,6 +99,9 @@ pub struct MysqlSource {
     pub(super) by_name: HashMap<TableName, Arc<TableEvents>>,
     pub(super) topics: HashSet<String>,
     pub(super) schema_changes: SchemaChangeEvents,
+    metadata: MetadataEvents,
+    /// When the last heartbeat record was queued.
+    last_heartbeat: Option<std::time::Instant>,
     pub(super) offset: Offset,
     pub(super) offset_path: PathBuf,
     pub(super) pending: Vec<(String, Record)>,
@@ -135,6 +145,7 @@ impl MysqlSource {
             .unwrap_or_default();
         let producer = bus.producer().await.map_err(|e| MysqlError::Bus(Box::new(e), name.clone()))?;
         let schema_changes = SchemaChangeEvents::new(&config.topic_prefix, flavor);
+        let metadata = MetadataEvents::new(&config.topic_prefix);
         let encoder = match config.format {
             EventFormat::Avro => EventEncoder::Avro(serializer),
             EventFormat::Json => EventEncoder::Json,
@@ -153,6 +164,8 @@ impl MysqlSource {
             by_name: HashMap::new(),
             topics: HashSet::new(),
             schema_changes,
+            metadata,
+            last_heartbeat: None,
             offset,
             offset_path,
             pending: Vec::new(),
@@ -617,16 +630,18 @@ impl MysqlSource {
                         let t = txn.get_or_insert_with(|| Txn::new(&file, start, None, false));
                         t.thread = Some(i64::from(q.thread_id()));
                     } else if sql.eq_ignore_ascii_case("COMMIT") {
-                        self.commit(&mut txn, &mut committed, &file, end);
+                        self.commit(&mut txn, &mut committed, &file, (start, end), ts_us).await?;
                     } else {
                         let gtid = txn.as_ref().and_then(|t| t.gtid.clone());
                         self.ddl(&q.schema(), &sql, &file, start, ts_us, gtid).await?;
                         if txn.as_ref().is_none_or(|t| t.standalone || t.rows == 0) {
-                            self.commit(&mut txn, &mut committed, &file, end);
+                            self.commit(&mut txn, &mut committed, &file, (start, end), ts_us).await?;
                         }
                     }
                 }
-                Some(EventData::XidEvent(_)) => self.commit(&mut txn, &mut committed, &file, end),
+                Some(EventData::XidEvent(_)) => {
+                    self.commit(&mut txn, &mut committed, &file, (start, end), ts_us).await?;
+                }
                 Some(EventData::RowsQueryEvent(q)) => {
                     if let Some(t) = txn.as_mut() {
                         t.query = Some(q.query().to_string());
@@ -652,6 +667,7 @@ impl MysqlSource {
                 }
                 Some(EventData::HeartbeatEvent) if txn.is_none() => {
                     metrics::gauge!("weir_ingest_mysql_lag_seconds", "source" => self.config.name.clone()).set(0.0);
+                    self.heartbeat_if_due().await?;
                 }
                 _ => {}
             }
@@ -663,14 +679,73 @@ impl MysqlSource {
         }
     }
 
-    fn commit(&self, txn: &mut Option<Txn>, committed: &mut Offset, file: &str, end: u64) {
+    /// Ends the transaction at the event `[start, end)` of `file`: the offset moves past it, and
+    /// its `END` record (if its `BEGIN` went out) and a due heartbeat are queued.
+    async fn commit(
+        &mut self,
+        txn: &mut Option<Txn>,
+        committed: &mut Offset,
+        file: &str,
+        (start, end): (u64, u64),
+        ts_us: i64,
+    ) -> Result<(), MysqlError> {
         let done = txn.take();
         committed.file = file.to_string();
         committed.pos = end;
-        if let Some(gtid) = done.and_then(|t| t.gtid) {
-            committed.gtid = Some(gtid);
-        }
         committed.skip_rows = 0;
+        if let Some(done) = done {
+            if let Some(gtid) = done.gtid {
+                committed.gtid = Some(gtid);
+            }
+            if let Some(meta) = done.meta {
+                let position = Position { file: file.to_string(), pos: start, row: 0 };
+                self.queue_transaction_record(&meta, true, ts_us / 1000, &position).await?;
+            }
+        }
+        self.heartbeat_if_due().await
+    }
+
+    /// Queues the `BEGIN` or `END` record of `meta`, tagged with `position` for the replay filter.
+    async fn queue_transaction_record(
+        &mut self,
+        meta: &TransactionMeta,
+        end: bool,
+        ts_ms: i64,
+        position: &Position,
+    ) -> Result<(), MysqlError> {
+        let topic = self.metadata.transaction_topic.clone();
+        self.ensure_topic(&topic, 1, &weir_bus::TopicConfig::new()).await?;
+        let record = self
+            .metadata
+            .transaction(&self.encoder, meta, end, ts_ms)
+            .await
+            .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+        self.pending.push((topic, record));
+        let last = self.pending.len() - 1;
+        replay::tag(&mut self.pending[last..], position);
+        Ok(())
+    }
+
+    /// Queues a heartbeat record (and runs the action query) when `heartbeat_topic` is set and
+    /// `heartbeat_interval` has passed since the last one.
+    async fn heartbeat_if_due(&mut self) -> Result<(), MysqlError> {
+        let Some(topic) = self.config.heartbeat_topic.clone() else { return Ok(()) };
+        if self.last_heartbeat.is_some_and(|t| t.elapsed() < self.config.heartbeat_interval) {
+            return Ok(());
+        }
+        self.last_heartbeat = Some(std::time::Instant::now());
+        if let Some(query) = self.config.heartbeat_action_query.clone() {
+            self.meta.query_drop(&query).await.map_err(self.server_error(format!("heartbeat action query {query}")))?;
+        }
+        self.ensure_topic(&topic, 1, &weir_bus::TopicConfig::new()).await?;
+        let record = self
+            .metadata
+            .heartbeat(&self.encoder, &topic, now_us() / 1000)
+            .await
+            .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
+        self.pending.push((topic, record));
+        metrics::counter!("weir_ingest_mysql_heartbeats_total", "source" => self.config.name.clone()).increment(1);
+        Ok(())
     }
 
     /// Turns one rows event into change events.
@@ -710,15 +785,34 @@ impl MysqlSource {
             }
             Ok(Some(values))
         };
+        let with_meta = self.config.provide_transaction_metadata;
         for (index, row) in rows.rows(tme).enumerate() {
             let (before, after) = row.map_err(|e| self.decode_error(file, start, e))?;
             txn.rows += 1;
             self.stats.changes += 1;
-            if txn.rows <= skip || !emit {
+            if !emit || (txn.rows <= skip && !with_meta) {
                 continue;
             }
             let before = convert(before).map_err(|e| self.decode_error(file, start, e))?;
             let after = convert(after).map_err(|e| self.decode_error(file, start, e))?;
+            let position = Position { file: file.to_string(), pos: start, row: index as u64 };
+            if with_meta && txn.meta.is_none() {
+                // BEGIN goes out with the first change (again after a restart inside the
+                // transaction: the replay filter drops it if the topic holds it).
+                let meta = TransactionMeta::new(txn.id());
+                self.queue_transaction_record(&meta, false, ts_us / 1000, &position).await?;
+                txn.meta = Some(meta);
+            }
+            if txn.rows <= skip {
+                // Already on the bus: count its events so later orders match the first run's.
+                let source = self.source_block("", None, file, start, ts_us, None, SnapshotMarker::False);
+                let count = events.event_count(&RowChange { op, before, after, source });
+                let meta = txn.meta.as_mut().expect("set above");
+                for _ in 0..count {
+                    meta.next(events.collection());
+                }
+                continue;
+            }
             let mut source = self.source_block(
                 &events.def.db,
                 Some(&events.def.table),
@@ -736,10 +830,16 @@ impl MysqlSource {
             let change = RowChange { op, before, after, source };
             let first = self.pending.len();
             events
-                .records(&self.encoder, change, self.config.tombstones_on_delete, processed, &mut self.pending)
+                .records(
+                    &self.encoder,
+                    change,
+                    self.config.tombstones_on_delete,
+                    processed,
+                    &mut self.pending,
+                    txn.meta.as_mut(),
+                )
                 .await
                 .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
-            let position = Position { file: file.to_string(), pos: start, row: index as u64 };
             replay::tag(&mut self.pending[first..], &position);
         }
         Ok(())
@@ -779,7 +879,7 @@ impl MysqlSource {
                 let change = RowChange { op: Op::Truncate, before: None, after: None, source };
                 let first = self.pending.len();
                 events
-                    .records(&self.encoder, change, false, now_us(), &mut self.pending)
+                    .records(&self.encoder, change, false, now_us(), &mut self.pending, None)
                     .await
                     .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
                 replay::tag(&mut self.pending[first..], &Position { file: file.to_string(), pos, row: 0 });
