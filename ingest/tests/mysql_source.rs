@@ -101,6 +101,20 @@ impl Setup {
         out
     }
 
+    /// Every record value of a JSON topic (the schema history).
+    async fn records_raw(&self, topic: &str) -> Vec<serde_json::Value> {
+        let mut consumer = self.bus.consumer(ConsumerConfig::new(format!("raw-{}", rand_suffix()))).await.unwrap();
+        consumer.subscribe(&[topic]).await.unwrap();
+        let mut out = Vec::new();
+        loop {
+            let batch = consumer.poll(Duration::from_millis(300)).await.unwrap();
+            if batch.is_empty() {
+                return out;
+            }
+            out.extend(batch.iter().map(|m| serde_json::from_slice(m.value.as_ref().unwrap()).unwrap()));
+        }
+    }
+
     async fn decode(&self, bytes: &[u8]) -> (A, u32) {
         let (id, body) = wire::unframe(bytes).unwrap();
         let schema = apache_avro::Schema::parse_str(&self.registry.schema_by_id(id).await.unwrap()).unwrap();
@@ -612,6 +626,45 @@ async fn transaction_metadata_and_heartbeats_are_written_as_debezium_writes_them
     assert!((0..60_000).contains(&age_ms), "heartbeat ts_ms is {age_ms} ms old");
     let beat: Option<i64> = s.conn.query_first("SELECT n FROM weir_txmeta_hb.beat").await.unwrap();
     assert!(beat.unwrap() >= 1, "the heartbeat action query ran");
+}
+
+#[tokio::test]
+async fn recovery_mode_rebuilds_a_lost_history_without_reading_rows_again() {
+    let mut s = Setup::new("weir_recover").await;
+    s.sql("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10));\nINSERT INTO t VALUES (1, 'a')").await;
+    let mut config = s.config();
+    let mut source = s.source(config.clone()).await;
+    source.catch_up().await.unwrap();
+    let offset = source.offset().clone();
+    drop(source);
+
+    // Recovery needs a saved offset to record the definitions at.
+    let mut fresh = config.clone();
+    fresh.snapshot_mode = SnapshotMode::Recovery;
+    fresh.state_dir = s.dir.path().join("fresh-state");
+    let err = s.source(fresh).await.catch_up().await.unwrap_err().to_string();
+    assert!(err.contains("recovery") && err.contains("initial"), "{err}");
+
+    // The history is lost (a bus without the source's topics), the offset kept.
+    s.bus = Arc::new(LocalBus::open(&s.dir.path().join("bus-after-loss"), Default::default()).unwrap());
+    config.snapshot_mode = SnapshotMode::Recovery;
+    let mut source = s.source(config).await;
+    source.catch_up().await.unwrap();
+    let rows = s.bus.end_offsets("shop.weir_recover.t").await.map(|o| o.iter().sum::<i64>()).unwrap_or(0);
+    assert_eq!(rows, 0, "recovery reads no rows");
+    let history = s.records_raw("shop.schema-history").await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(history[0]["ddl"].as_str().unwrap().starts_with("CREATE TABLE `t`"));
+    assert_eq!(history[0]["position"]["file"], offset.file.as_str());
+    assert_eq!(history[0]["position"]["pos"], offset.pos);
+    assert_eq!(history[0]["tableChanges"][0]["id"], r#""weir_recover"."t""#);
+
+    // And the source streams on from its offset.
+    s.sql("INSERT INTO t VALUES (2, 'b')").await;
+    source.catch_up().await.unwrap();
+    let events = s.events("t").await;
+    assert_eq!(events.iter().map(|e| e.op.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(events[0].after.as_ref().unwrap()["v"], A::String("b".into()));
 }
 
 #[tokio::test]

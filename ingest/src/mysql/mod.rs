@@ -54,6 +54,10 @@ pub enum SnapshotMode {
     Never,
     /// As `initial`, and snapshot again when the saved binlog position has been purged.
     WhenNeeded,
+    /// Rebuild a lost or damaged schema history from the tables' current definitions at the
+    /// saved offset, read no rows, then stream (Debezium's `recovery`). Only correct if no
+    /// captured table's definition changed since the offset; set the mode back afterwards.
+    Recovery,
 }
 
 /// How events are encoded (Debezium with Confluent's Avro converter, or with the JSON converter).

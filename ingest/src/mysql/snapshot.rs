@@ -1,11 +1,14 @@
 //! The initial consistent snapshot: every captured table's rows as `op = "r"` events, all read in
-//! one `REPEATABLE READ` transaction whose binlog position is where streaming then starts.
+//! one `REPEATABLE READ` transaction whose binlog position is where streaming then starts; and
+//! its schema-only sibling, the history recovery (`snapshot_mode = "recovery"`).
 //!
 //! As Debezium's default locking: a global read lock is held only while the transaction starts,
 //! the binlog position is read and the table definitions are loaded; the rows are read after it
 //! is released. MariaDB reports the position of the consistent snapshot itself
 //! (`binlog_snapshot_file/position`), so there it also works without the `RELOAD` privilege.
 //! A snapshot interrupted by a crash is taken again from the start.
+
+use std::collections::BTreeMap;
 
 use mysql_async::prelude::Queryable;
 use weir_schemas::{
@@ -16,15 +19,82 @@ use weir_schemas::{
 
 use super::{
     MysqlError,
-    columns::ColumnType,
+    columns::{ColumnType, TableDef},
     events::RowChange,
     history::{HistoryRecord, TableChange},
     offset::Offset,
-    source::{MysqlSource, Progress, load_definitions, now_us},
+    source::{MysqlSource, Progress, TableName, load_definitions, now_us},
     stream,
 };
 
 impl MysqlSource {
+    /// The statement that creates each table (`SHOW CREATE TABLE`), for the history as Debezium
+    /// writes it: its readers may re-parse DDL instead of reading the definitions.
+    async fn create_statements(
+        &self,
+        conn: &mut mysql_async::Conn,
+        defs: &BTreeMap<TableName, TableDef>,
+    ) -> Result<Vec<String>, MysqlError> {
+        let mut ddl = Vec::with_capacity(defs.len());
+        for (db, table) in defs.keys() {
+            let sql = format!("SHOW CREATE TABLE `{}`.`{}`", db.replace('`', "``"), table.replace('`', "``"));
+            let row: Option<(String, String)> =
+                conn.query_first(sql).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
+            ddl.push(row.map(|(_, create)| create).unwrap_or_default());
+        }
+        Ok(ddl)
+    }
+
+    /// Starts the history afresh with one snapshot record per table, at `file`/`pos`.
+    async fn record_definitions(
+        &mut self,
+        defs: &BTreeMap<TableName, TableDef>,
+        ddl: Vec<String>,
+        file: &str,
+        pos: u64,
+        ts_us: i64,
+    ) -> Result<(), MysqlError> {
+        self.known.clear();
+        self.by_name.clear();
+        for (((db, _), def), ddl) in defs.iter().zip(ddl) {
+            let record = HistoryRecord {
+                file: file.to_string(),
+                pos,
+                ts_ms: ts_us / 1000,
+                database: db.clone(),
+                ddl,
+                snapshot: true,
+                table_changes: vec![TableChange { change: ChangeKind::Create, table: def.clone() }],
+            };
+            let source = self.source_block(db, None, file, pos, ts_us, None, SnapshotMarker::True);
+            self.record_history(record, &source).await?;
+        }
+        Ok(())
+    }
+
+    /// `snapshot_mode = "recovery"`: rebuilds a lost or damaged schema history from the tables'
+    /// definitions now, recorded at the saved offset, without reading rows (Debezium's `recovery`;
+    /// as there, correct only if no captured table changed since that offset).
+    pub(super) async fn recover_history(&mut self) -> Result<(), MysqlError> {
+        if self.offset.file.is_empty() || !self.offset.snapshot_completed {
+            return Err(MysqlError::Setup {
+                source_name: self.config.name.clone(),
+                reason: "snapshot_mode = \"recovery\" rebuilds the schema history at a saved offset, and this source \
+                         has none: use \"initial\""
+                    .to_string(),
+            });
+        }
+        let defs = self.load_definitions().await?;
+        let mut meta = stream::connect(&self.opts).await.map_err(self.server_error("connecting for recovery"))?;
+        let ddl = self.create_statements(&mut meta, &defs).await?;
+        let (file, pos) = (self.offset.file.clone(), self.offset.pos);
+        tracing::warn!(
+            source = %self.config.name, tables = defs.len(), file = %file, pos,
+            "schema history rebuilt from the current definitions; set snapshot_mode back once the source runs"
+        );
+        self.record_definitions(&defs, ddl, &file, pos, now_us()).await
+    }
+
     /// Takes the snapshot and saves an offset at its binlog position.
     pub(super) async fn snapshot(&mut self) -> Result<(), MysqlError> {
         let started = now_us();
@@ -63,35 +133,12 @@ impl MysqlSource {
             self.master_position().await?
         };
         let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| self.load_error(e))?;
-        // The statement that creates each table, for the history as Debezium writes it (its
-        // readers may re-parse DDL instead of reading the definitions).
-        let mut ddl = Vec::with_capacity(defs.len());
-        for (db, table) in defs.keys() {
-            let sql = format!("SHOW CREATE TABLE `{}`.`{}`", db.replace('`', "``"), table.replace('`', "``"));
-            let row: Option<(String, String)> =
-                conn.query_first(sql).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
-            ddl.push(row.map(|(_, create)| create).unwrap_or_default());
-        }
+        let ddl = self.create_statements(&mut conn, &defs).await?;
         if locked {
             conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
         }
         tracing::info!(source = %self.config.name, tables = defs.len(), file = %file, pos, "snapshot started");
-
-        self.known.clear();
-        self.by_name.clear();
-        for (((db, _), def), ddl) in defs.iter().zip(ddl) {
-            let record = HistoryRecord {
-                file: file.clone(),
-                pos,
-                ts_ms: started / 1000,
-                database: db.clone(),
-                ddl,
-                snapshot: true,
-                table_changes: vec![TableChange { change: ChangeKind::Create, table: def.clone() }],
-            };
-            let source = self.source_block(db, None, &file, pos, started, None, SnapshotMarker::True);
-            self.record_history(record, &source).await?;
-        }
+        self.record_definitions(&defs, ddl, &file, pos, started).await?;
 
         let estimates: Vec<(String, String, Option<u64>)> = conn
             .query("SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES")

@@ -448,7 +448,7 @@ impl MysqlSource {
         let purged = !self.offset.file.is_empty() && !files.contains(&self.offset.file);
         let mode = self.config.snapshot_mode;
         let snapshot = match mode {
-            SnapshotMode::Never => false,
+            SnapshotMode::Never | SnapshotMode::Recovery => false,
             SnapshotMode::Initial | SnapshotMode::InitialOnly => !self.offset.snapshot_completed,
             SnapshotMode::WhenNeeded => !self.offset.snapshot_completed || purged,
         };
@@ -458,6 +458,9 @@ impl MysqlSource {
                 file: self.offset.file.clone(),
                 offset_file: self.offset_path.clone(),
             });
+        }
+        if mode == SnapshotMode::Recovery {
+            self.recover_history().await?;
         }
         if snapshot {
             if purged {
