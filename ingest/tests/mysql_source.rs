@@ -426,22 +426,6 @@ async fn creates_updates_deletes_truncates_and_key_changes() {
     assert!(!default.emits("t"));
 }
 
-/// Runs `tests/peers/DebeziumPeer.java` (Debezium 3.6's own classes) with `args`: its stdout.
-fn debezium_peer(args: &[&str]) -> String {
-    let libs = std::env::var("WEIR_TEST_DEBEZIUM_LIBS")
-        .expect("WEIR_TEST_DEBEZIUM_LIBS is not set: run scripts/test, which unpacks Debezium's jars");
-    let peer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/DebeziumPeer.java");
-    let out = std::process::Command::new("java")
-        .arg("-cp")
-        .arg(format!("{libs}/*"))
-        .arg(&peer)
-        .args(args)
-        .output()
-        .expect("java runs (scripts/deps installs a JDK)");
-    assert!(out.status.success(), "Debezium peer failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn debeziums_history_reader_recovers_the_tables_weir_recorded() {
     let mut s = Setup::new("weir_dbzhist").await;
@@ -486,7 +470,7 @@ async fn debeziums_history_reader_recovers_the_tables_weir_recorded() {
     let (server_id,): (u32,) = s.conn.query_first("SELECT @@server_id").await.unwrap().map(|v: u32| (v,)).unwrap();
     let stop = serde_json::json!({"server_id": server_id, "file": offset.file, "pos": offset.pos});
 
-    let out = debezium_peer(&["history", file.to_str().unwrap(), "shop", &stop.to_string()]);
+    let out = weir_e2e::debezium::peer(&["history", file.to_str().unwrap(), "shop", &stop.to_string()]);
     let tables: BTreeMap<String, serde_json::Value> = out
         .lines()
         .map(|l| {
@@ -540,7 +524,7 @@ async fn debeziums_history_reader_recovers_the_tables_weir_recorded() {
 
     // Recovery stops where it is told: at the snapshot's position only the snapshot's tables exist.
     let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
-    let out = debezium_peer(&["history", file.to_str().unwrap(), "shop", &first["position"].to_string()]);
+    let out = weir_e2e::debezium::peer(&["history", file.to_str().unwrap(), "shop", &first["position"].to_string()]);
     let ids: Vec<String> =
         out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string()).collect();
     assert!(ids.iter().any(|i| i.contains("t2")) && !ids.iter().any(|i| i.contains("t3")), "{ids:?}");

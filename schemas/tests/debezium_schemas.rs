@@ -8,8 +8,6 @@
 //!
 //! Needs Java 17 and Debezium's jars (`WEIR_TEST_DEBEZIUM_LIBS`); `scripts/test` provides both.
 
-use std::{path::Path, process::Command};
-
 use serde_json::Value as Json;
 use weir_schemas::{
     avro::AvroSchema,
@@ -23,18 +21,7 @@ use weir_schemas::{
 
 /// Debezium's schemas by name, as Avro JSON.
 fn debezium_schemas(prefix: &str) -> serde_json::Map<String, Json> {
-    let libs = std::env::var("WEIR_TEST_DEBEZIUM_LIBS")
-        .expect("WEIR_TEST_DEBEZIUM_LIBS is not set: run scripts/test, which unpacks Debezium's jars");
-    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/DebeziumPeer.java");
-    let out = Command::new("java")
-        .arg("-cp")
-        .arg(format!("{libs}/*"))
-        .arg(&peer)
-        .args(["schemas", prefix])
-        .output()
-        .expect("java runs (scripts/deps installs a JDK)");
-    assert!(out.status.success(), "Debezium peer failed: {}", String::from_utf8_lossy(&out.stderr));
-    match serde_json::from_slice(&out.stdout).expect("the peer prints JSON") {
+    match serde_json::from_str(&weir_e2e::debezium::peer(&["schemas", prefix])).expect("the peer prints JSON") {
         Json::Object(map) => map,
         other => panic!("expected an object, got {other}"),
     }

@@ -1,5 +1,7 @@
 //! End-to-end tests of the `weir` binary against real services; see `tests/`. The library holds
 //! test peers that several crates' tests share: [`https::Receiver`], an HTTPS server that is not
-//! ours (Python's `ssl`), with the certificates `scripts/services` made.
+//! ours (Python's `ssl`), with the certificates `scripts/services` made, and [`debezium::peer`],
+//! Debezium's own classes run in a JVM.
 
+pub mod debezium;
 pub mod https;
