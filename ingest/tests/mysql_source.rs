@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use apache_avro::types::Value as A;
 use mysql_async::prelude::Queryable;
-use weir_bus::{Bus, ConsumerConfig, local::LocalBus};
+use weir_bus::{Bus, ConsumerConfig, Message, local::LocalBus};
 use weir_ingest::mysql::{MysqlError, MysqlSource, MysqlSourceConfig, SnapshotMode, offset};
 use weir_schemas::{
     metadata,
@@ -75,35 +75,27 @@ impl Setup {
 
     /// Every record of `topic`, decoded: `(key, value, headers)`; `None` value = tombstone.
     async fn records(&self, topic: &str) -> Vec<Decoded> {
-        let mut consumer = self.bus.consumer(ConsumerConfig::new(format!("check-{}", rand_suffix()))).await.unwrap();
-        consumer.subscribe(&[topic]).await.unwrap();
         let mut out = Vec::new();
-        loop {
-            let batch = consumer.poll(Duration::from_millis(300)).await.unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            for m in batch {
-                let key = match &m.key {
-                    Some(k) => Some(self.decode(k).await.0),
-                    None => None,
-                };
-                let (value, id) = match &m.value {
-                    Some(v) => {
-                        let (value, id) = self.decode(v).await;
-                        (Some(value), id)
-                    }
-                    None => (None, 0),
-                };
-                out.push((key, value, m.headers.iter().map(|(n, _)| n.clone()).collect(), id));
-            }
+        for m in self.messages(topic).await {
+            let key = match &m.key {
+                Some(k) => Some(self.decode(k).await.0),
+                None => None,
+            };
+            let (value, id) = match &m.value {
+                Some(v) => {
+                    let (value, id) = self.decode(v).await;
+                    (Some(value), id)
+                }
+                None => (None, 0),
+            };
+            out.push((key, value, m.headers.iter().map(|(n, _)| n.clone()).collect(), id));
         }
         out
     }
 
-    /// Every record value of a JSON topic (the schema history).
-    async fn records_raw(&self, topic: &str) -> Vec<serde_json::Value> {
-        let mut consumer = self.bus.consumer(ConsumerConfig::new(format!("raw-{}", rand_suffix()))).await.unwrap();
+    /// Every message of `topic`, read by a new consumer group until a poll finds nothing more.
+    async fn messages(&self, topic: &str) -> Vec<Message> {
+        let mut consumer = self.bus.consumer(ConsumerConfig::new(format!("check-{}", rand_suffix()))).await.unwrap();
         consumer.subscribe(&[topic]).await.unwrap();
         let mut out = Vec::new();
         loop {
@@ -111,8 +103,14 @@ impl Setup {
             if batch.is_empty() {
                 return out;
             }
-            out.extend(batch.iter().map(|m| serde_json::from_slice(m.value.as_ref().unwrap()).unwrap()));
+            out.extend(batch);
         }
+    }
+
+    /// The records of the schema history, as the JSON text on the topic.
+    async fn history(&self) -> Vec<String> {
+        let records = self.messages("shop.schema-history").await;
+        records.into_iter().map(|m| String::from_utf8(m.value.unwrap().to_vec()).unwrap()).collect()
     }
 
     async fn decode(&self, bytes: &[u8]) -> (A, u32) {
@@ -451,19 +449,7 @@ async fn debeziums_history_reader_recovers_the_tables_weir_recorded() {
     drop(source);
 
     // The history topic's records, one per line, as Debezium's FileSchemaHistory keeps them.
-    let mut consumer = s.bus.consumer(ConsumerConfig::new("dbz-history")).await.unwrap();
-    consumer.subscribe(&["shop.schema-history"]).await.unwrap();
-    let mut lines = String::new();
-    loop {
-        let batch = consumer.poll(Duration::from_millis(500)).await.unwrap();
-        if batch.is_empty() {
-            break;
-        }
-        for m in batch {
-            lines.push_str(std::str::from_utf8(m.value.as_ref().unwrap()).unwrap());
-            lines.push('\n');
-        }
-    }
+    let lines: String = s.history().await.into_iter().map(|r| r + "\n").collect();
     assert_eq!(lines.lines().count(), 5, "a record per snapshotted table and per DDL:\n{lines}");
     let file = s.dir.path().join("history.dat");
     std::fs::write(&file, &lines).unwrap();
@@ -636,7 +622,7 @@ async fn recovery_mode_rebuilds_a_lost_history_without_reading_rows_again() {
     source.catch_up().await.unwrap();
     let rows = s.bus.end_offsets("shop.weir_recover.t").await.map(|o| o.iter().sum::<i64>()).unwrap_or(0);
     assert_eq!(rows, 0, "recovery reads no rows");
-    let history = s.records_raw("shop.schema-history").await;
+    let history: Vec<serde_json::Value> = s.history().await.iter().map(|r| serde_json::from_str(r).unwrap()).collect();
     assert_eq!(history.len(), 1, "{history:?}");
     assert!(history[0]["ddl"].as_str().unwrap().starts_with("CREATE TABLE `t`"));
     assert_eq!(history[0]["position"]["file"], offset.file.as_str());
@@ -685,18 +671,14 @@ async fn ddl_mid_stream_decodes_each_row_with_its_own_schema_and_survives_restar
     assert_eq!(ids.len(), 4, "one schema version per table shape");
 
     // The history topic (1 partition) and the schema-change events on the prefix topic.
-    let mut consumer = s.bus.consumer(ConsumerConfig::new("raw-history")).await.unwrap();
-    consumer.subscribe(&["shop.schema-history"]).await.unwrap();
-    let raw = consumer.poll(Duration::from_secs(1)).await.unwrap();
-    let ddls: Vec<String> = raw
+    let ddls: Vec<String> = s
+        .history()
+        .await
         .iter()
-        .map(|m| {
+        .map(|r| {
             // A definition met in the binlog without its DDL (a table outside the last refresh)
             // has no statement.
-            serde_json::from_slice::<serde_json::Value>(m.value.as_ref().unwrap()).unwrap()["ddl"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
+            serde_json::from_str::<serde_json::Value>(r).unwrap()["ddl"].as_str().unwrap_or_default().to_string()
         })
         .collect();
     assert!(ddls[0].starts_with("CREATE TABLE `t`"), "the snapshot records the statement that creates t: {}", ddls[0]);

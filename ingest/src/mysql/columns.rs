@@ -202,6 +202,74 @@ pub struct InfoColumn {
     pub json_checked: bool,
 }
 
+/// A column type as SQL declares it, in the words of `information_schema` or of Debezium's
+/// schema history: the one mapping from a type name to a [`ColumnType`].
+#[derive(Debug, Clone)]
+pub struct Declared<'a> {
+    /// The type's name in lower case without attributes (`int`, `varchar`, `enum`, …).
+    pub data_type: &'a str,
+    /// `UNSIGNED`.
+    pub unsigned: bool,
+    /// Digits of a `DECIMAL`, bits of a `BIT`.
+    pub precision: Option<u64>,
+    /// Digits after the point of a `DECIMAL`.
+    pub scale: Option<u64>,
+    /// Fractional-second digits of `TIME`, `DATETIME`, `TIMESTAMP`.
+    pub fsp: u8,
+    /// A text column stored in Latin-1.
+    pub latin1: bool,
+    /// A text column checked with `json_valid` (how MariaDB declares JSON).
+    pub json_checked: bool,
+    /// Members of an `ENUM` or `SET`.
+    pub members: Option<Vec<String>>,
+}
+
+impl Declared<'_> {
+    /// The type, or `None` for a type Weir does not capture (or a `DECIMAL`/`BIT` without its
+    /// precision, an `ENUM`/`SET` without members).
+    pub fn column_type(self) -> Option<ColumnType> {
+        let unsigned = self.unsigned;
+        let fsp = self.fsp;
+        Some(match self.data_type {
+            "bool" | "boolean" => ColumnType::TinyInt { unsigned: false },
+            "tinyint" => ColumnType::TinyInt { unsigned },
+            "smallint" => ColumnType::SmallInt { unsigned },
+            "mediumint" => ColumnType::MediumInt { unsigned },
+            "int" | "integer" => ColumnType::Int { unsigned },
+            "bigint" => ColumnType::BigInt { unsigned },
+            "float" => ColumnType::Float,
+            "double" | "real" | "double precision" => ColumnType::Double,
+            "decimal" | "numeric" | "dec" | "fixed" => {
+                ColumnType::Decimal { precision: self.precision? as u32, scale: self.scale.unwrap_or(0) as u32 }
+            }
+            "bit" => match self.precision? {
+                1 => ColumnType::Boolean,
+                n => ColumnType::Bit { length: n as u32 },
+            },
+            "year" => ColumnType::Year,
+            "date" => ColumnType::Date,
+            "time" => ColumnType::Time { fsp },
+            "datetime" => ColumnType::DateTime { fsp },
+            "timestamp" => ColumnType::Timestamp { fsp },
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "nchar" | "nvarchar"
+                if self.json_checked =>
+            {
+                ColumnType::Json
+            }
+            "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "nchar" | "nvarchar" => {
+                ColumnType::Text { latin1: self.latin1 }
+            }
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnType::Binary,
+            "json" => ColumnType::Json,
+            "enum" => ColumnType::Enum { values: self.members? },
+            "set" => ColumnType::Set { values: self.members? },
+            "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
+            | "geometrycollection" => ColumnType::Geometry,
+            _ => return None,
+        })
+    }
+}
+
 impl TableDef {
     /// The definition from `information_schema.COLUMNS` rows in `ORDINAL_POSITION` order and the
     /// primary key's column names in key order.
@@ -220,43 +288,20 @@ impl TableDef {
                 column: c.name.clone(),
                 ty: c.column_type.clone(),
             };
-            let unsigned = c.column_type.to_ascii_lowercase().contains("unsigned");
-            let fsp = c.datetime_precision.unwrap_or(0) as u8;
-            let ty = match c.data_type.to_ascii_lowercase().as_str() {
-                "tinyint" => ColumnType::TinyInt { unsigned },
-                "smallint" => ColumnType::SmallInt { unsigned },
-                "mediumint" => ColumnType::MediumInt { unsigned },
-                "int" | "integer" => ColumnType::Int { unsigned },
-                "bigint" => ColumnType::BigInt { unsigned },
-                "float" => ColumnType::Float,
-                "double" | "real" => ColumnType::Double,
-                "decimal" | "numeric" => ColumnType::Decimal {
-                    precision: c.precision.ok_or_else(unsupported)? as u32,
-                    scale: c.scale.unwrap_or(0) as u32,
-                },
-                "bit" => match c.precision.ok_or_else(unsupported)? {
-                    1 => ColumnType::Boolean,
-                    n => ColumnType::Bit { length: n as u32 },
-                },
-                "year" => ColumnType::Year,
-                "date" => ColumnType::Date,
-                "time" => ColumnType::Time { fsp },
-                "datetime" => ColumnType::DateTime { fsp },
-                "timestamp" => ColumnType::Timestamp { fsp },
-                "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if c.json_checked => {
-                    ColumnType::Json
-                }
-                "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" => {
-                    ColumnType::Text { latin1: c.charset.as_deref() == Some("latin1") }
-                }
-                "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => ColumnType::Binary,
-                "json" => ColumnType::Json,
-                "enum" => ColumnType::Enum { values: parse_members(&c.column_type).ok_or_else(unsupported)? },
-                "set" => ColumnType::Set { values: parse_members(&c.column_type).ok_or_else(unsupported)? },
-                "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon"
-                | "geometrycollection" => ColumnType::Geometry,
-                _ => return Err(unsupported()),
-            };
+            let data_type = c.data_type.to_ascii_lowercase();
+            let members = matches!(data_type.as_str(), "enum" | "set").then(|| parse_members(&c.column_type));
+            let ty = Declared {
+                data_type: &data_type,
+                unsigned: c.column_type.to_ascii_lowercase().contains("unsigned"),
+                precision: c.precision,
+                scale: c.scale,
+                fsp: c.datetime_precision.unwrap_or(0) as u8,
+                latin1: c.charset.as_deref() == Some("latin1"),
+                json_checked: c.json_checked,
+                members: members.flatten(),
+            }
+            .column_type()
+            .ok_or_else(unsupported)?;
             columns.push(Column { name: c.name.clone(), ty, nullable: c.nullable });
         }
         for name in key_names {

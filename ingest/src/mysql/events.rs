@@ -15,11 +15,11 @@ use weir_schemas::{
         BinlogFlavor, BinlogSource, Op, TableSchemas, TransactionMeta, binlog_source_schema, heartbeat_key_schema,
         heartbeat_value_schema, topic_name, transaction_key_schema, transaction_value_schema,
     },
-    history,
+    history::{self, HistoryDoc},
     serializer::{EventEncoder, SerializeError},
 };
 
-use super::{columns::TableDef, history::HistoryRecord};
+use super::columns::TableDef;
 
 /// One row change, before it becomes records.
 #[derive(Debug, Clone)]
@@ -101,11 +101,12 @@ impl TableEvents {
         &self.collection
     }
 
-    /// How many change events (not tombstones) [`TableEvents::records`] makes of `change`: two
-    /// for an update that changes the primary key, one otherwise.
-    pub fn event_count(&self, change: &RowChange) -> usize {
-        let key = |row: &Option<Vec<Value>>| row.as_deref().and_then(|r| self.key_value(r));
-        if change.op == Op::Update && key(&change.before) != key(&change.after) { 2 } else { 1 }
+    /// How many change events (not tombstones) [`TableEvents::records`] makes of a change `op`
+    /// from row image `before` to `after`: two for an update that changes the primary key, one
+    /// otherwise.
+    pub fn event_count(&self, op: Op, before: Option<&[Value]>, after: Option<&[Value]>) -> usize {
+        let key = |row: Option<&[Value]>| row.and_then(|r| self.key_value(r));
+        if op == Op::Update && key(before) != key(after) { 2 } else { 1 }
     }
 
     /// The records of one row change, appended to `out` with this table's topic; with `tx`, each
@@ -263,26 +264,26 @@ impl SchemaChangeEvents {
         SchemaChangeEvents { topic: prefix.to_string(), key_schema, value_schema, source_schema, key, value }
     }
 
-    /// The schema-change record of `record` (its source block from `source`).
+    /// The schema-change record of the history record `doc` (its source block from `source`).
     pub async fn record(
         &self,
         encoder: &EventEncoder,
-        record: &HistoryRecord,
+        doc: &HistoryDoc,
         source: &BinlogSource,
     ) -> Result<Record, SerializeError> {
-        let doc = record.to_doc(&source.name, source.server_id as u32);
-        let key = StructBuilder::new(&self.key_schema).put("databaseName", record.database.as_str()).build();
+        let database = doc.database_name.as_deref().unwrap_or_default();
+        let key = StructBuilder::new(&self.key_schema).put("databaseName", database).build();
         let value = StructBuilder::new(&self.value_schema)
             .put("source", source.to_value(&self.source_schema))
-            .put("ts_ms", record.ts_ms)
-            .put("databaseName", record.database.as_str())
+            .put("ts_ms", doc.ts_ms)
+            .put("databaseName", database)
             .put("ddl", doc.ddl.clone())
             .put("tableChanges", Value::Array(doc.table_changes.iter().map(|c| c.to_value()).collect()))
             .build();
         Ok(Record {
             key: Some(encoder.encode(&self.topic, true, &self.key_schema, &self.key, &key).await?.into()),
             value: Some(encoder.encode(&self.topic, false, &self.value_schema, &self.value, &value).await?.into()),
-            timestamp_ms: Some(record.ts_ms),
+            timestamp_ms: Some(doc.ts_ms),
             ..Record::default()
         })
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use weir_schemas::history::{ChangeKind, ColumnDoc, HistoryDoc, TableChangeDoc, TableDoc, parse_quoted_id, quoted_id};
 
-use super::columns::{Column, ColumnType, TableDef};
+use super::columns::{Column, ColumnType, Declared, TableDef};
 
 /// One table's change.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,46 +177,27 @@ fn column_doc(c: &Column, position: i32) -> ColumnDoc {
     }
 }
 
-/// The [`ColumnType`] of a column Debezium's history describes (Weir's own names, and the other
-/// names Debezium's DDL parser writes for the same types).
+/// The [`ColumnType`] of a column Debezium's history describes. A `DECIMAL` or `BIT` without a
+/// length is MySQL's default, `DECIMAL(10)` or `BIT(1)`.
 fn column_type(c: &ColumnDoc) -> Result<ColumnType, String> {
-    let name = c.type_name.to_ascii_uppercase();
-    let (base, unsigned) = match name.strip_suffix(" UNSIGNED") {
-        Some(base) => (base.trim().to_string(), true),
-        None => (name.clone(), false),
+    let name = c.type_name.to_ascii_lowercase();
+    let (base, unsigned) = match name.strip_suffix(" unsigned") {
+        Some(base) => (base.trim(), true),
+        None => (name.as_str(), false),
     };
-    let fsp = || c.length.unwrap_or(0).clamp(0, 6) as u8;
-    let values = || c.enum_values.clone().unwrap_or_default();
-    Ok(match base.as_str() {
-        "BIT" if c.length.unwrap_or(1) <= 1 => ColumnType::Boolean,
-        "BIT" => ColumnType::Bit { length: c.length.unwrap_or(1) as u32 },
-        "BOOL" | "BOOLEAN" => ColumnType::TinyInt { unsigned: false },
-        "TINYINT" => ColumnType::TinyInt { unsigned },
-        "SMALLINT" => ColumnType::SmallInt { unsigned },
-        "MEDIUMINT" => ColumnType::MediumInt { unsigned },
-        "INT" | "INTEGER" => ColumnType::Int { unsigned },
-        "BIGINT" => ColumnType::BigInt { unsigned },
-        "FLOAT" => ColumnType::Float,
-        "DOUBLE" | "REAL" | "DOUBLE PRECISION" => ColumnType::Double,
-        "DECIMAL" | "NUMERIC" | "DEC" | "FIXED" => {
-            ColumnType::Decimal { precision: c.length.unwrap_or(10) as u32, scale: c.scale.unwrap_or(0) as u32 }
-        }
-        "YEAR" => ColumnType::Year,
-        "DATE" => ColumnType::Date,
-        "TIME" => ColumnType::Time { fsp: fsp() },
-        "DATETIME" => ColumnType::DateTime { fsp: fsp() },
-        "TIMESTAMP" => ColumnType::Timestamp { fsp: fsp() },
-        "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "NCHAR" | "NVARCHAR" => {
-            ColumnType::Text { latin1: c.charset_name.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("latin1")) }
-        }
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" => ColumnType::Binary,
-        "JSON" => ColumnType::Json,
-        "ENUM" => ColumnType::Enum { values: values() },
-        "SET" => ColumnType::Set { values: values() },
-        "GEOMETRY" | "POINT" | "LINESTRING" | "POLYGON" | "MULTIPOINT" | "MULTILINESTRING" | "MULTIPOLYGON"
-        | "GEOMETRYCOLLECTION" => ColumnType::Geometry,
-        _ => return Err(format!("column {} has type {:?}, which Weir does not capture", c.name, c.type_name)),
-    })
+    let default_length = if base == "bit" { 1 } else { 10 };
+    Declared {
+        data_type: base,
+        unsigned,
+        precision: Some(c.length.map_or(default_length, |l| l.max(1) as u64)),
+        scale: c.scale.map(|s| s.max(0) as u64),
+        fsp: c.length.unwrap_or(0).clamp(0, 6) as u8,
+        latin1: c.charset_name.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("latin1")),
+        json_checked: false,
+        members: Some(c.enum_values.clone().unwrap_or_default()),
+    }
+    .column_type()
+    .ok_or_else(|| format!("column {} has type {:?}, which Weir does not capture", c.name, c.type_name))
 }
 
 /// The definition of `db`.`table` from Debezium's description.

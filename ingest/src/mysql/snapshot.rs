@@ -27,24 +27,22 @@ use super::{
     stream,
 };
 
-impl MysqlSource {
-    /// The statement that creates each table (`SHOW CREATE TABLE`), for the history as Debezium
-    /// writes it: its readers may re-parse DDL instead of reading the definitions.
-    async fn create_statements(
-        &self,
-        conn: &mut mysql_async::Conn,
-        defs: &BTreeMap<TableName, TableDef>,
-    ) -> Result<Vec<String>, MysqlError> {
-        let mut ddl = Vec::with_capacity(defs.len());
-        for (db, table) in defs.keys() {
-            let sql = format!("SHOW CREATE TABLE `{}`.`{}`", db.replace('`', "``"), table.replace('`', "``"));
-            let row: Option<(String, String)> =
-                conn.query_first(sql).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
-            ddl.push(row.map(|(_, create)| create).unwrap_or_default());
-        }
-        Ok(ddl)
+/// The statement that creates each table (`SHOW CREATE TABLE`), for the history as Debezium
+/// writes it: its readers may re-parse DDL instead of reading the definitions.
+async fn create_statements(
+    conn: &mut mysql_async::Conn,
+    defs: &BTreeMap<TableName, TableDef>,
+) -> Result<Vec<String>, mysql_async::Error> {
+    let mut ddl = Vec::with_capacity(defs.len());
+    for (db, table) in defs.keys() {
+        let sql = format!("SHOW CREATE TABLE `{}`.`{}`", db.replace('`', "``"), table.replace('`', "``"));
+        let row: Option<(String, String)> = conn.query_first(sql).await?;
+        ddl.push(row.map(|(_, create)| create).unwrap_or_default());
     }
+    Ok(ddl)
+}
 
+impl MysqlSource {
     /// Starts the history afresh with one snapshot record per table, at `file`/`pos`.
     async fn record_definitions(
         &mut self,
@@ -85,8 +83,7 @@ impl MysqlSource {
             });
         }
         let defs = self.load_definitions().await?;
-        let mut meta = stream::connect(&self.opts).await.map_err(self.server_error("connecting for recovery"))?;
-        let ddl = self.create_statements(&mut meta, &defs).await?;
+        let ddl = create_statements(&mut self.meta, &defs).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
         let (file, pos) = (self.offset.file.clone(), self.offset.pos);
         tracing::warn!(
             source = %self.config.name, tables = defs.len(), file = %file, pos,
@@ -133,7 +130,7 @@ impl MysqlSource {
             self.master_position().await?
         };
         let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| self.load_error(e))?;
-        let ddl = self.create_statements(&mut conn, &defs).await?;
+        let ddl = create_statements(&mut conn, &defs).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
         if locked {
             conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
         }

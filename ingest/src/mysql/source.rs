@@ -297,14 +297,14 @@ impl MysqlSource {
             self.by_name.remove(&(change.table.db.clone(), change.table.table.clone()));
         }
         let topic = self.history_topic();
-        let json = serde_json::to_vec(&record.to_doc(&self.config.topic_prefix, self.info.server_id))
-            .expect("history records serialize");
+        let doc = record.to_doc(&self.config.topic_prefix, self.info.server_id);
+        let json = serde_json::to_vec(&doc).expect("history records serialize");
         self.pending.push((topic, Record { value: Some(json.into()), partition: Some(0), ..Record::default() }));
         let sc_topic = self.schema_changes.topic.clone();
         self.ensure_topic(&sc_topic, 1, &weir_bus::TopicConfig::new()).await?;
         let event = self
             .schema_changes
-            .record(&self.encoder, &record, source)
+            .record(&self.encoder, &doc, source)
             .await
             .map_err(|e| MysqlError::Serialize(Box::new(e), self.config.name.clone()))?;
         self.pending.push((sc_topic, event));
@@ -808,8 +808,7 @@ impl MysqlSource {
             }
             if txn.rows <= skip {
                 // Already on the bus: count its events so later orders match the first run's.
-                let source = self.source_block("", None, file, start, ts_us, None, SnapshotMarker::False);
-                let count = events.event_count(&RowChange { op, before, after, source });
+                let count = events.event_count(op, before.as_deref(), after.as_deref());
                 let meta = txn.meta.as_mut().expect("set above");
                 for _ in 0..count {
                     meta.next(events.collection());
