@@ -122,19 +122,26 @@ fn a_topic_that_does_not_exist_is_named() {
     assert!(!out.status.success() && err.contains("topic \"ghost\" does not exist"), "{err}");
 }
 
-#[tokio::test]
-async fn the_registry_service_serves_health_metrics_and_the_rest_api() {
-    let dir = tempfile::tempdir().unwrap();
+/// `weir registry` on a free loopback port in `dir` (its metadata DB there): the process and the
+/// URL its first line announces.
+fn registry(dir: &std::path::Path) -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["registry", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("schema registry on ").expect("address line").to_string();
+    let url = line.trim().strip_prefix("schema registry on ").expect("address line").to_string();
+    (child, url)
+}
+
+#[tokio::test]
+async fn the_registry_service_serves_health_metrics_and_the_rest_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = registry(dir.path());
     let http = reqwest::Client::new();
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -283,16 +290,7 @@ fn confluents_consumer_and_avro_deserializer_read_every_record_of_a_mariadb_sour
     );
     ok(weir(d, &bus, &["ingest", "--once"], None));
 
-    let mut registry = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["registry", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(registry.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let registry_url = line.trim().strip_prefix("schema registry on ").expect("address line").to_string();
+    let (mut registry, registry_url) = registry(d);
 
     // Table: r, c, u, d + tombstone, c, t = 7; schema changes: snapshot + ALTER (TRUNCATE is not
     // DDL that changes a definition) = 2; transactions: 4 streamed (insert, update, delete,
