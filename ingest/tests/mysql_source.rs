@@ -974,3 +974,303 @@ async fn changes_acknowledged_before_a_crash_are_not_produced_again() {
     assert!(ops[1..].iter().all(|(_, h)| h.is_some()), "binlog changes carry their position: {ops:?}");
     assert_eq!(s.events("u").await.len(), 1, "the other table's change once too");
 }
+
+/// The state of table `t (id, v)` that a consumer folding its change events in order holds.
+/// A read (`r`) event of a row the stream has changed before it must agree with the state the
+/// events before it give (one that does not is stale, and overwrites a newer change), and an
+/// update's or delete's row image before must be the state so far (else it is older than a read
+/// before it).
+fn fold(events: &[Event]) -> BTreeMap<i64, i64> {
+    // id → value, None once deleted.
+    let mut state: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+    let mut changed = std::collections::HashSet::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Some(before) = &e.before {
+            let (id, v) = (int(&before["id"]), int(&before["v"]));
+            if let Some(known) = state.get(&id) {
+                assert_eq!(*known, Some(v), "event {i}: {} of id {id} after a newer state: {e:?}", e.op);
+            }
+        }
+        match e.op.as_str() {
+            "d" => {
+                let id = int(&e.before.as_ref().unwrap()["id"]);
+                changed.insert(id);
+                state.insert(id, None);
+            }
+            op => {
+                let after = e.after.as_ref().unwrap();
+                let (id, v) = (int(&after["id"]), int(&after["v"]));
+                if op == "r" && changed.contains(&id) {
+                    assert_eq!(state.get(&id), Some(&Some(v)), "event {i}: stale read of id {id}: {e:?}");
+                } else if op != "r" {
+                    changed.insert(id);
+                }
+                state.insert(id, Some(v));
+            }
+        }
+    }
+    state.into_iter().filter_map(|(id, v)| Some((id, v?))).collect()
+}
+
+impl Setup {
+    /// The rows of `t` now.
+    async fn table(&mut self) -> BTreeMap<i64, i64> {
+        let rows: Vec<(i64, i64)> = self.conn.query("SELECT id, v FROM t").await.unwrap();
+        rows.into_iter().collect()
+    }
+
+    /// Waits until the source's saved offset satisfies `done`.
+    async fn wait_offset(&self, config: &MysqlSourceConfig, what: &str, done: impl Fn(&offset::Offset) -> bool) {
+        let path = offset::path(&config.state_dir, &config.name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if offset::load(&path).ok().flatten().is_some_and(|o| done(&o)) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {:?}", offset::load(&path));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the running source has saved an offset at or past the server's binlog end.
+    async fn wait_caught_up(&mut self, config: &MysqlSourceConfig) {
+        let row: mysql_async::Row = self.conn.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        let (file, pos): (String, u64) = (row.get(0).unwrap(), row.get(1).unwrap());
+        self.wait_offset(config, "the source to catch up", |o| (o.file.as_str(), o.pos) >= (file.as_str(), pos)).await;
+    }
+
+    /// Produces `records` to the signal topic `shop.signals`.
+    async fn send_signals(&self, records: Vec<weir_bus::Record>) -> Result<(), weir_bus::BusError> {
+        self.bus.create_topic("shop.signals", 1).await.ok();
+        self.bus.producer().await?.send("shop.signals", records).await.map(|_| ())
+    }
+
+    /// Fills `t` with ids 1..=n.
+    async fn fill(&mut self, n: u32) {
+        self.sql(&format!(
+            "CREATE TABLE t (id INT PRIMARY KEY, v INT);\n\
+             SET SESSION max_recursive_iterations = 2000000;\n\
+             INSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) SELECT i, 0 FROM n"
+        ))
+        .await;
+    }
+}
+
+/// Updates, deletes and inserts rows of `t` from two connections until told to stop; returns
+/// how many statements ran.
+fn concurrent_writer(db: &str, n: i64) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<u64>) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let writers: Vec<_> = (0..2u64).map(|w| writer(db, n, w, stopped.clone())).collect();
+    let task = tokio::spawn(async move {
+        let mut statements = 0;
+        for w in writers {
+            statements += w.await.unwrap();
+        }
+        statements
+    });
+    (stop, task)
+}
+
+fn writer(
+    db: &str,
+    n: i64,
+    seed: u64,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<u64> {
+    let db = db.to_string();
+    tokio::spawn(async move {
+        let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&url()).unwrap()).await.unwrap();
+        conn.query_drop(format!("USE {db}")).await.unwrap();
+        let mut x = 0x2545_f491u64 + seed * 7919;
+        let mut statements = 0;
+        while !*stopped.borrow_and_update() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = (x % n as u64) as i64 + 1;
+            let sql = match x % 10 {
+                0 => format!("DELETE FROM t WHERE id = {id}"),
+                1 => format!("INSERT INTO t VALUES ({}, 7) ON DUPLICATE KEY UPDATE v = v + 1", n + id),
+                _ => format!("UPDATE t SET v = v + 1 WHERE id = {id}"),
+            };
+            conn.query_drop(sql).await.unwrap();
+            statements += 1;
+        }
+        statements
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_snapshot_by_signal_table_never_overwrites_concurrent_changes() {
+    let mut s = Setup::new("weir_incr").await;
+    s.fill(5_000).await;
+    s.sql("CREATE TABLE debezium_signal (id VARCHAR(42) PRIMARY KEY, type VARCHAR(32) NOT NULL, data VARCHAR(2048))")
+        .await;
+    let mut config = s.config();
+    config.signal_data_collection = Some("weir_incr.debezium_signal".into());
+    config.incremental_snapshot_chunk_size = 100;
+    config.include_tables = vec!["weir_incr.t".into()];
+    let source = s.source(config.clone()).await;
+    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(source.run(async move {
+        let _ = stopped.await;
+    }));
+    s.wait_offset(&config, "the initial snapshot", |o| o.snapshot_completed).await;
+
+    let (stop_writer, writer) = concurrent_writer("weir_incr", 5_000);
+    // Twice, one after the other, for more windows that concurrent changes fall into.
+    for id in ["sig-1", "sig-2"] {
+        s.sql(&format!(
+            r#"INSERT INTO debezium_signal VALUES ('{id}', 'execute-snapshot', '{{"data-collections": ["weir_incr.t"], "type": "incremental"}}')"#
+        ))
+        .await;
+        s.wait_caught_up(&config).await;
+        s.wait_offset(&config, "the snapshot to finish", |o| o.snapshots.is_empty()).await;
+    }
+    stop_writer.send(true).unwrap();
+    let statements = writer.await.unwrap();
+    s.wait_caught_up(&config).await;
+    stop_source.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let events = s.events("t").await;
+    let incremental: Vec<&Event> =
+        events.iter().filter(|e| e.op == "r" && string(&e.source["snapshot"]) == "incremental").collect();
+    let mut keys: Vec<i64> = incremental.iter().map(|e| int(&e.after.as_ref().unwrap()["id"])).collect();
+    keys.sort();
+    let reads = keys.len();
+    keys.dedup();
+    assert!(reads <= 2 * keys.len(), "each row at most once per snapshot without a crash");
+    assert!(
+        keys.len() as u64 >= 5_000 - statements.min(5_000) && !keys.is_empty(),
+        "rows the writer did not touch are all snapshotted: {} of 5000 ({statements} statements)",
+        keys.len()
+    );
+    assert!(
+        incremental.iter().all(|e| e.headers.iter().any(|h| h == "weir.pos")),
+        "chunk rows carry a replay position"
+    );
+    assert_eq!(fold(&events), s.table().await, "no snapshot row overwrote a newer change ({statements} statements)");
+    // The watermarks went through the signal table; nothing of it was captured.
+    let marks: Vec<String> = s.conn.query("SELECT type FROM debezium_signal WHERE id NOT LIKE 'sig-%'").await.unwrap();
+    assert!(marks.len() >= 200 && marks.len().is_multiple_of(2), "open and close per chunk: {}", marks.len());
+    assert!(s.bus.end_offsets("shop.weir_incr.debezium_signal").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_incremental_snapshot_from_the_signal_topic_pauses_resumes_and_survives_a_crash() {
+    let mut s = Setup::new("weir_incr_ro").await;
+    s.fill(20_000).await;
+    let mut config = s.config();
+    config.read_only = true;
+    config.incremental_snapshot_chunk_size = 500;
+    config.max_batch = 500;
+    config.snapshot_mode = SnapshotMode::Never;
+    let signal = |kind: &str, data: serde_json::Value| weir_ingest::mysql::signal::record("shop", kind, &data);
+    // Start from the binlog's end, with nothing snapshotted: streaming only.
+    let mut source = s.source(config.clone()).await;
+    let row: mysql_async::Row = s.conn.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    offset::save(
+        &offset::path(&config.state_dir, "src"),
+        &offset::Offset { file: row.get(0).unwrap(), pos: row.get(1).unwrap(), ..Default::default() },
+    )
+    .unwrap();
+    drop(source);
+
+    // Queued and paused: streaming goes on, no chunk is read.
+    let execute = serde_json::json!({"data-collections": ["weir_incr_ro\\.t"], "type": "INCREMENTAL"});
+    s.send_signals(vec![signal("execute-snapshot", execute), signal("pause-snapshot", serde_json::json!({}))])
+        .await
+        .unwrap();
+    source = s.source(config.clone()).await;
+    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(source.run(async move {
+        let _ = stopped.await;
+    }));
+    s.wait_offset(&config, "the pause", |o| o.snapshots.paused && o.signal_offset == 2).await;
+    s.sql("INSERT INTO t VALUES (900001, 1)").await;
+    s.wait_caught_up(&config).await;
+    let events = s.events("t").await;
+    assert_eq!(events.len(), 1, "paused: only the streamed insert");
+
+    // Resumed; the source is killed (no flush) once some chunks are saved, and restarted.
+    let (stop_writer, writer) = concurrent_writer("weir_incr_ro", 20_000);
+    s.send_signals(vec![signal("resume-snapshot", serde_json::json!(null))]).await.unwrap();
+    s.wait_offset(&config, "some chunks", |o| {
+        o.snapshots.last_key.is_some() || (o.signal_offset == 3 && o.snapshots.is_empty())
+    })
+    .await;
+    drop(stop_source);
+    running.abort();
+    let _ = running.await;
+    let saved = offset::load(&offset::path(&config.state_dir, "src")).unwrap().unwrap();
+    let source = s.source(config.clone()).await;
+    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(source.run(async move {
+        let _ = stopped.await;
+    }));
+    s.wait_offset(&config, "the snapshot to finish", |o| o.snapshots.is_empty()).await;
+    stop_writer.send(true).unwrap();
+    let statements = writer.await.unwrap();
+    s.wait_caught_up(&config).await;
+    stop_source.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let events = s.events("t").await;
+    let incremental: Vec<i64> = events
+        .iter()
+        .filter(|e| e.op == "r")
+        .inspect(|e| assert_eq!(string(&e.source["snapshot"]), "incremental"))
+        .map(|e| int(&e.after.as_ref().unwrap()["id"]))
+        .collect();
+    let distinct: std::collections::BTreeSet<i64> = incremental.iter().copied().collect();
+    assert!(distinct.len() as u64 >= 20_000 - statements.min(20_000), "{} rows snapshotted", distinct.len());
+    let repeated = incremental.len() - distinct.len();
+    assert!(
+        repeated <= 2 * 500,
+        "resumed after the saved chunk, not from the start: {repeated} rows again (saved {saved:?})"
+    );
+    assert_eq!(fold(&events), s.table().await, "no snapshot row overwrote a newer change ({statements} statements)");
+    let tables: Vec<String> = s.conn.query("SHOW TABLES").await.unwrap();
+    assert_eq!(tables, ["t"], "read-only: nothing written to the source");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_snapshot_pauses_streaming_at_its_position() {
+    let mut s = Setup::new("weir_block").await;
+    s.fill(3_000).await;
+    let mut config = s.config();
+    config.snapshot_mode = SnapshotMode::Never;
+    let row: mysql_async::Row = s.conn.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    offset::save(
+        &offset::path(&config.state_dir, "src"),
+        &offset::Offset { file: row.get(0).unwrap(), pos: row.get(1).unwrap(), ..Default::default() },
+    )
+    .unwrap();
+    let source = s.source(config.clone()).await;
+    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(source.run(async move {
+        let _ = stopped.await;
+    }));
+    let (stop_writer, writer) = concurrent_writer("weir_block", 3_000);
+    let data = serde_json::json!({"data-collections": ["weir_block.t"], "type": "blocking"});
+    s.send_signals(vec![weir_ingest::mysql::signal::record("shop", "execute-snapshot", &data)]).await.unwrap();
+    s.wait_offset(&config, "the blocking snapshot", |o| o.signal_offset == 1 && o.snapshots.is_empty()).await;
+    stop_writer.send(true).unwrap();
+    let statements = writer.await.unwrap();
+    s.wait_caught_up(&config).await;
+    stop_source.send(()).unwrap();
+    running.await.unwrap().unwrap();
+
+    let events = s.events("t").await;
+    let read: Vec<&Event> = events.iter().filter(|e| e.op == "r").collect();
+    assert!(read.len() >= 2_900, "the table's rows at the snapshot's position: {}", read.len());
+    let markers: Vec<String> = read.iter().map(|e| string(&e.source["snapshot"])).collect();
+    assert_eq!(markers.first().map(String::as_str), Some("first"));
+    assert_eq!(markers.last().map(String::as_str), Some("last"));
+    assert_eq!(
+        fold(&events),
+        s.table().await,
+        "snapshot rows sit between the changes before and after them ({statements} statements)"
+    );
+}

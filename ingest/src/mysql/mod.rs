@@ -12,6 +12,8 @@
 //! - [`replay`]: the binlog position on every change record, and skipping, after a restart, the
 //!   changes a partition already holds (no repeats after a crash before an offset save).
 //! - [`snapshot`]: the initial consistent snapshot (`op = "r"`) tied to a binlog position.
+//! - [`signal`]: Debezium signals from the signal table or the `<prefix>.signals` topic.
+//! - [`incremental`]: incremental (chunked, watermarked) and blocking snapshots while streaming.
 //! - [`stream`]: the binlog reader (replica protocol, MariaDB GTID/annotate events included).
 //! - [`source`]: the running source: checks, snapshot, streaming, batching, offsets.
 //! - [`preflight`]: every server setting and privilege to fix before a first capture, with the
@@ -26,9 +28,11 @@ pub mod columns;
 pub mod connection;
 pub mod events;
 pub mod history;
+pub mod incremental;
 pub mod offset;
 pub mod preflight;
 pub mod replay;
+pub mod signal;
 pub mod snapshot;
 pub mod source;
 pub mod stream;
@@ -140,6 +144,19 @@ pub struct MysqlSourceConfig {
     /// and write a `BEGIN` and an `END` record per transaction to `<prefix>.transaction`.
     #[serde(default)]
     pub provide_transaction_metadata: bool,
+    /// Debezium's `signal.data.collection`: the `db.table` whose inserted rows `(id, type,
+    /// data)` are signals, and where incremental snapshots write their window watermarks.
+    /// Signals also come from the `<prefix>.signals` topic.
+    #[serde(default)]
+    pub signal_data_collection: Option<String>,
+    /// Debezium's `read.only`: never write to the source. Incremental snapshots then take each
+    /// chunk's position from MariaDB's consistent snapshot instead of watermark rows (MariaDB
+    /// only); signals come from the topic.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Rows per incremental-snapshot chunk (Debezium's `incremental.snapshot.chunk.size`).
+    #[serde(default = "default_chunk")]
+    pub incremental_snapshot_chunk_size: usize,
     /// Log snapshot progress this often.
     #[serde(default = "default_progress", with = "humantime_serde")]
     pub progress_interval: Duration,
@@ -162,6 +179,9 @@ fn default_partitions() -> u32 {
 }
 fn default_batch() -> usize {
     4096
+}
+fn default_chunk() -> usize {
+    1024
 }
 fn default_heartbeat() -> Duration {
     Duration::from_secs(10)
@@ -197,6 +217,9 @@ impl MysqlSourceConfig {
             heartbeat_topic: None,
             heartbeat_action_query: None,
             provide_transaction_metadata: false,
+            signal_data_collection: None,
+            read_only: false,
+            incremental_snapshot_chunk_size: default_chunk(),
             progress_interval: default_progress(),
             state_dir: default_state_dir(),
         }

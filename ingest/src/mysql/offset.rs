@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use super::incremental::SnapshotQueue;
+
 /// Where the source resumes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Offset {
     /// Binlog file.
     pub file: String,
@@ -27,6 +29,12 @@ pub struct Offset {
     /// Whether the initial snapshot finished.
     #[serde(default)]
     pub snapshot_completed: bool,
+    /// Incremental and blocking snapshots asked for by signals and not finished.
+    #[serde(default, skip_serializing_if = "SnapshotQueue::is_empty")]
+    pub snapshots: SnapshotQueue,
+    /// The next record of the signal topic to act on.
+    #[serde(default)]
+    pub signal_offset: i64,
 }
 
 /// Reading or writing the offset file failed.
@@ -83,6 +91,8 @@ mod tests {
             skip_rows: 7,
             gtid: Some("0-1-42".into()),
             snapshot_completed: true,
+            snapshots: SnapshotQueue::default(),
+            signal_offset: 3,
         };
         save(&p, &o).unwrap();
         assert_eq!(load(&p).unwrap(), Some(o));

@@ -19,9 +19,10 @@ use weir_schemas::{
 
 use super::{
     MysqlError,
-    columns::{ColumnType, TableDef},
+    columns::TableDef,
     events::RowChange,
     history::{HistoryRecord, TableChange},
+    incremental::{row_values, select_list},
     offset::Offset,
     source::{MysqlSource, Progress, TableName, load_definitions, now_us},
     stream,
@@ -96,52 +97,36 @@ impl MysqlSource {
     pub(super) async fn snapshot(&mut self) -> Result<(), MysqlError> {
         let started = now_us();
         let mut conn = stream::connect(&self.opts).await.map_err(self.server_error("connecting for the snapshot"))?;
-        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .await
-            .map_err(self.server_error("setting REPEATABLE READ"))?;
-        let locked = match conn.query_drop("FLUSH TABLES WITH READ LOCK").await {
-            Ok(()) => true,
-            Err(e) if self.info.mariadb => {
-                tracing::warn!(source = %self.config.name, error = %e, "no global read lock; relying on MariaDB's consistent snapshot position");
-                false
-            }
-            Err(e) => {
-                return Err(MysqlError::Setup {
-                    source_name: self.config.name.clone(),
-                    reason: format!(
-                        "FLUSH TABLES WITH READ LOCK failed ({e}): the snapshot needs the RELOAD privilege"
-                    ),
-                });
-            }
-        };
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            .await
-            .map_err(self.server_error("starting the snapshot transaction"))?;
-        let (file, pos) = if self.info.mariadb {
-            let rows: Vec<(String, String)> = conn
-                .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
-                .await
-                .map_err(self.server_error("reading binlog_snapshot_*"))?;
-            let get = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
-            let file = get("binlog_snapshot_file").unwrap_or_default();
-            let pos = get("binlog_snapshot_position").and_then(|p| p.parse().ok()).unwrap_or(4);
-            (file, pos)
-        } else {
-            self.master_position().await?
-        };
+        let (file, pos) = self.consistent_read(&mut conn, false).await?;
         let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| self.load_error(e))?;
         let ddl = create_statements(&mut conn, &defs).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
-        if locked {
-            conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
-        }
+        // Releases the global read lock if one was taken (without ending the transaction).
+        conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
         tracing::info!(source = %self.config.name, tables = defs.len(), file = %file, pos, "snapshot started");
         self.record_definitions(&defs, ddl, &file, pos, started).await?;
+        let names: Vec<_> = defs.keys().cloned().collect();
+        self.read_tables(&mut conn, &names, (&file, pos), started).await?;
+        conn.query_drop("COMMIT").await.map_err(self.server_error("ending the snapshot transaction"))?;
+        let offset = Offset { file, pos, snapshot_completed: true, ..Offset::default() };
+        self.flush(offset).await?;
+        tracing::info!(source = %self.config.name, rows = self.stats.snapshot_rows, "snapshot completed");
+        Ok(())
+    }
 
+    /// Reads every row of `names` on `conn` (in a consistent-snapshot transaction at binlog
+    /// `file`/`pos`) as `op = "r"` events with Debezium's snapshot markers, flushing full batches
+    /// with the offset unchanged.
+    pub(super) async fn read_tables(
+        &mut self,
+        conn: &mut mysql_async::Conn,
+        names: &[TableName],
+        (file, pos): (&str, u64),
+        started: i64,
+    ) -> Result<(), MysqlError> {
         let estimates: Vec<(String, String, Option<u64>)> = conn
             .query("SELECT TABLE_SCHEMA, TABLE_NAME, TABLE_ROWS FROM information_schema.TABLES")
             .await
             .map_err(self.server_error("reading row estimates"))?;
-        let names: Vec<_> = defs.keys().cloned().collect();
         let mut first_overall = true;
         let mut progress = Progress::new(self.config.progress_interval);
         for (t, name) in names.iter().enumerate() {
@@ -149,19 +134,9 @@ impl MysqlSource {
             let Some(events) = self.events_by_name(name).await? else { continue };
             let estimate =
                 estimates.iter().find(|(d, n, _)| (d, n) == (&name.0, &name.1)).and_then(|e| e.2).unwrap_or(0);
-            let columns: Vec<String> = events
-                .def
-                .columns
-                .iter()
-                .map(|c| {
-                    let q = format!("`{}`", c.name.replace('`', "``"));
-                    // SET members come back as the bitmask the binlog carries.
-                    if matches!(c.ty, ColumnType::Set { .. }) { format!("{q}+0 AS {q}") } else { q }
-                })
-                .collect();
             let sql = format!(
                 "SELECT {} FROM `{}`.`{}`",
-                columns.join(", "),
+                select_list(&events.def),
                 name.0.replace('`', "``"),
                 name.1.replace('`', "``")
             );
@@ -175,15 +150,8 @@ impl MysqlSource {
                 let row = result.next().await.map_err(self.server_error(format!("reading {table_id}")))?;
                 let values = match row {
                     Some(row) => {
-                        let raw = row.unwrap();
-                        let mut values = Vec::with_capacity(raw.len());
-                        for (column, v) in events.def.columns.iter().zip(&raw) {
-                            values.push(
-                                column
-                                    .value(v, false)
-                                    .map_err(|e| self.decode_error("snapshot", count, format!("{table_id}: {e}")))?,
-                            );
-                        }
+                        let values = row_values(&events.def, &row.unwrap())
+                            .map_err(|e| self.decode_error("snapshot", count, format!("{table_id}: {e}")))?;
                         Some(values)
                     }
                     None => None,
@@ -199,7 +167,7 @@ impl MysqlSource {
                     };
                     first_overall = false;
                     first_in_table = false;
-                    let source = self.source_block(&name.0, Some(&name.1), &file, pos, started, None, marker);
+                    let source = self.source_block(&name.0, Some(&name.1), file, pos, started, None, marker);
                     let change = RowChange { op: Op::Read, before: None, after: Some(p), source };
                     events
                         .records(&self.encoder, change, false, now_us(), &mut self.pending, None)
@@ -224,10 +192,6 @@ impl MysqlSource {
                 .increment(count);
             tracing::info!(source = %self.config.name, table = %table_id, rows = count, "table snapshotted");
         }
-        conn.query_drop("COMMIT").await.map_err(self.server_error("ending the snapshot transaction"))?;
-        let offset = Offset { file, pos, skip_rows: 0, gtid: None, snapshot_completed: true };
-        self.flush(offset).await?;
-        tracing::info!(source = %self.config.name, rows = self.stats.snapshot_rows, "snapshot completed");
         Ok(())
     }
 }

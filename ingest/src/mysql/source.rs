@@ -35,8 +35,10 @@ use super::{
     columns::{InfoColumn, TableDef},
     events::{MetadataEvents, RowChange, SchemaChangeEvents, TableEvents},
     history::{HistoryRecord, TableChange},
+    incremental::{Incremental, SnapshotQueue},
     offset::{self, Offset},
     replay::{self, Position, Replayed},
+    signal,
     stream::{self, MARIADB_ANNOTATE_ROWS, MARIADB_GTID, MARIADB_GTID_LIST, ServerInfo},
 };
 
@@ -107,6 +109,12 @@ pub struct MysqlSource {
     pub(super) pending: Vec<(String, Record)>,
     /// Changes on the bus already, to skip while the binlog is read again after a restart.
     replayed: Replayed,
+    /// Snapshots asked for by signals (saved with the offset).
+    pub(super) snapshots: SnapshotQueue,
+    /// The chunk or blocking snapshot in progress.
+    pub(super) incremental: Incremental,
+    /// The next signal-topic record to act on (saved with the offset).
+    pub(super) signal_next: i64,
     pub(super) stats: RunStats,
 }
 
@@ -138,6 +146,19 @@ impl MysqlSource {
             .map_err(server("checking the server"))?
             .map_err(|reason| MysqlError::Setup { source_name: name.clone(), reason })?;
         let flavor = if info.mariadb { BinlogFlavor::Mariadb } else { BinlogFlavor::Mysql };
+        let setup = |reason: String| MysqlError::Setup { source_name: name.clone(), reason };
+        if config.read_only && !info.mariadb {
+            return Err(setup(
+                "read_only = true needs MariaDB (whose consistent snapshots report their binlog position); on MySQL \
+                 set signal_data_collection for incremental snapshots' watermarks instead"
+                    .into(),
+            ));
+        }
+        if let Some(c) = &config.signal_data_collection
+            && c.split_once('.').is_none_or(|(db, t)| db.is_empty() || t.is_empty())
+        {
+            return Err(setup(format!("signal_data_collection {c:?} is not of the form db.table")));
+        }
         tracing::info!(source = %name, version = %info.version, server_id = info.server_id, "connected");
         let offset_path = offset::path(&config.state_dir, &config.name);
         let offset = offset::load(&offset_path)
@@ -150,6 +171,8 @@ impl MysqlSource {
             EventFormat::Avro => EventEncoder::Avro(serializer),
             EventFormat::Json => EventEncoder::Json,
         };
+        let snapshots = offset.snapshots.clone();
+        let signal_next = offset.signal_offset;
         let mut source = MysqlSource {
             config,
             opts,
@@ -170,6 +193,9 @@ impl MysqlSource {
             offset_path,
             pending: Vec::new(),
             replayed: Replayed::default(),
+            snapshots,
+            incremental: Incremental::default(),
+            signal_next,
             stats: RunStats::default(),
         };
         source.replay_history().await?;
@@ -189,7 +215,10 @@ impl MysqlSource {
         MysqlError::Bus(Box::new(e), self.config.name.clone())
     }
 
-    pub(super) fn server_error(&self, action: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> MysqlError {
+    pub(super) fn server_error<A: Into<String>>(
+        &self,
+        action: A,
+    ) -> impl FnOnce(mysql_async::Error) -> MysqlError + use<A> {
         let source_name = self.config.name.clone();
         let action = action.into();
         move |error| MysqlError::Server { source_name, action, error: Box::new(error) }
@@ -294,7 +323,9 @@ impl MysqlSource {
     ) -> Result<(), MysqlError> {
         self.apply_history(&record);
         for change in &record.table_changes {
-            self.by_name.remove(&(change.table.db.clone(), change.table.table.clone()));
+            let name = (change.table.db.clone(), change.table.table.clone());
+            self.chunk_schema_changed(&name);
+            self.by_name.remove(&name);
         }
         let topic = self.history_topic();
         let doc = record.to_doc(&self.config.topic_prefix, self.info.server_id);
@@ -414,8 +445,11 @@ impl MysqlSource {
         }
     }
 
-    /// Sends everything pending, then saves `offset`.
-    pub(super) async fn flush(&mut self, offset: Offset) -> Result<(), MysqlError> {
+    /// Sends everything pending, then saves `offset` (with the snapshot queue and signal-topic
+    /// position as they are now).
+    pub(super) async fn flush(&mut self, mut offset: Offset) -> Result<(), MysqlError> {
+        offset.snapshots = self.snapshots.clone();
+        offset.signal_offset = self.signal_next;
         let skipped = self.replayed.filter(&mut self.pending);
         if skipped > 0 {
             tracing::info!(source = %self.config.name, skipped, "skipped changes the bus already held");
@@ -520,7 +554,7 @@ impl MysqlSource {
                 pos: t.start,
                 skip_rows: t.rows.max(committed.skip_rows),
                 gtid: committed.gtid.clone(),
-                snapshot_completed: committed.snapshot_completed,
+                ..committed.clone()
             },
             _ => committed.clone(),
         }
@@ -547,6 +581,9 @@ impl MysqlSource {
         .await
         .map_err(self.server_error(format!("starting replication at {}:{}", file, committed.pos)))?;
         tracing::info!(source = %self.config.name, file = %file, pos = committed.pos, skip = committed.skip_rows, "streaming the binlog");
+        let signal_topic = signal::topic(&self.config.topic_prefix);
+        self.ensure_topic(&signal_topic, 1, &weir_bus::TopicConfig::new()).await?;
+        let mut signals = signal::Reader::spawn(self.bus.clone(), signal_topic, self.signal_next, &self.config.name);
         let mut txn: Option<Txn> = None;
         let mut seen_fde = false;
         let reached = |file: &str, pos: u64, txn: &Option<Txn>| match &until {
@@ -559,13 +596,32 @@ impl MysqlSource {
                 self.flush(offset).await?;
                 return Ok(());
             }
+            while let Some(message) = signals.try_next() {
+                self.on_topic_signal(message).await?;
+            }
+            // Between transactions the stream is at `committed`; snapshot chunks go out only there.
+            let between = (txn.is_none() && committed.skip_rows == 0).then(|| Position {
+                file: committed.file.clone(),
+                pos: committed.pos,
+                row: 0,
+            });
+            if self.snapshot_pending() {
+                self.snapshot_step(between.as_ref()).await?;
+            }
             let next = match binlog.next().now_or_never() {
                 Some(next) => next,
                 None => {
                     let offset = self.offset_now(txn.as_ref(), &committed);
                     self.flush(offset).await?;
+                    if self.snapshot_ready() {
+                        continue;
+                    }
                     tokio::select! {
                         next = binlog.next() => next,
+                        message = signals.next() => {
+                            self.on_topic_signal(message).await?;
+                            continue;
+                        }
                         _ = &mut shutdown => {
                             let offset = self.offset_now(txn.as_ref(), &committed);
                             self.flush(offset).await?;
@@ -659,6 +715,14 @@ impl MysqlSource {
                         ));
                     };
                     let (db, table) = (tme.database_name().to_string(), tme.table_name().to_string());
+                    if self.is_signal_table(&db, &table) {
+                        let found = super::incremental::signal_rows(&rows, tme)
+                            .map_err(|e| self.decode_error(&file, start, format!("signal table row: {e}")))?;
+                        for (row, (id, kind, data)) in found.into_iter().enumerate() {
+                            let at = Position { file: file.clone(), pos: start, row: row as u64 };
+                            self.on_signal(&id, &kind, &data, Some(&at)).await?;
+                        }
+                    }
                     if !self.config.captures(&db, &table) {
                         continue;
                     }
@@ -789,15 +853,23 @@ impl MysqlSource {
             Ok(Some(values))
         };
         let with_meta = self.config.provide_transaction_metadata;
+        let watched = self.chunk_watches(&(events.def.db.clone(), events.def.table.clone()));
         for (index, row) in rows.rows(tme).enumerate() {
             let (before, after) = row.map_err(|e| self.decode_error(file, start, e))?;
             txn.rows += 1;
             self.stats.changes += 1;
-            if !emit || (txn.rows <= skip && !with_meta) {
+            let produced = emit && (txn.rows > skip || with_meta);
+            if !produced && !watched {
                 continue;
             }
             let before = convert(before).map_err(|e| self.decode_error(file, start, e))?;
             let after = convert(after).map_err(|e| self.decode_error(file, start, e))?;
+            if watched {
+                self.chunk_saw(before.as_deref(), after.as_deref());
+            }
+            if !produced {
+                continue;
+            }
             let position = Position { file: file.to_string(), pos: start, row: index as u64 };
             if with_meta && txn.meta.is_none() {
                 // BEGIN goes out with the first change (again after a restart inside the
