@@ -37,6 +37,38 @@ enum Endpoint {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Ask a running MySQL/MariaDB source to snapshot tables while it streams (Debezium's
+    /// `execute-snapshot` signal on `<prefix>.signals`), or to stop, pause or resume.
+    Snapshot(SnapshotArgs),
+}
+
+/// `weir ingest snapshot`.
+#[derive(Args)]
+struct SnapshotArgs {
+    /// The `[[sources]]` entry's name.
+    source: String,
+    /// Tables (`db.table`, or regular expressions over such names), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Take a blocking snapshot (streaming waits) instead of an incremental one.
+    #[arg(long)]
+    blocking: bool,
+    /// Only rows matching a condition: `db.table=SQL condition` (repeatable).
+    #[arg(long = "where", value_name = "TABLE=CONDITION")]
+    conditions: Vec<String>,
+    /// Stop snapshotting `--tables` (all when none is given).
+    #[arg(long, conflicts_with_all = ["pause", "resume", "blocking"])]
+    stop: bool,
+    /// Pause the incremental snapshot.
+    #[arg(long, conflicts_with_all = ["stop", "resume", "blocking"])]
+    pause: bool,
+    /// Resume a paused incremental snapshot.
+    #[arg(long, conflicts_with_all = ["stop", "pause", "blocking"])]
+    resume: bool,
+    /// Wait, showing progress, until the source has taken the signal and finished its
+    /// snapshots (reads the source's offset file: run it where the source runs).
+    #[arg(long)]
+    wait: bool,
 }
 
 /// `weir ingest http`.
@@ -69,6 +101,79 @@ pub async fn http_routes(config: &Config, bus: Arc<dyn weir_bus::Bus>) -> anyhow
     Ok(weir_ingest::http::router(bus, h, tokens).await?)
 }
 
+/// `weir ingest snapshot`: sends the signal, and with `--wait` follows the source's offset.
+async fn snapshot(config: &Config, args: SnapshotArgs) -> anyhow::Result<()> {
+    use weir_ingest::mysql::{offset, signal};
+    let source = config
+        .sources
+        .iter()
+        .find_map(|s| match s {
+            SourceConfig::Mysql(c) if c.name == args.source => Some(c),
+            _ => None,
+        })
+        .with_context(|| format!("no MySQL/MariaDB source named {:?} in [[sources]]", args.source))?;
+    let (kind, data) = if args.stop {
+        ("stop-snapshot", serde_json::json!({"data-collections": args.tables, "type": "incremental"}))
+    } else if args.pause {
+        ("pause-snapshot", serde_json::json!({}))
+    } else if args.resume {
+        ("resume-snapshot", serde_json::json!({}))
+    } else {
+        anyhow::ensure!(!args.tables.is_empty(), "--tables names the tables to snapshot");
+        let mut conditions = Vec::new();
+        for c in &args.conditions {
+            let (table, filter) =
+                c.split_once('=').with_context(|| format!("--where {c:?}: expected db.table=condition"))?;
+            conditions.push(serde_json::json!({"data-collection": table.trim(), "filter": filter.trim()}));
+        }
+        let kind = if args.blocking { "blocking" } else { "incremental" };
+        (
+            "execute-snapshot",
+            serde_json::json!({"data-collections": args.tables, "type": kind, "additional-conditions": conditions}),
+        )
+    };
+    let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
+    let topic = signal::topic(&source.topic_prefix);
+    match bus.create_topic(&topic, 1).await {
+        Ok(()) | Err(weir_bus::BusError::TopicExists(_)) => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {topic}")),
+    }
+    let record = signal::record(&source.topic_prefix, kind, &data);
+    let sent = bus.producer().await?.send(&topic, vec![record]).await.with_context(|| format!("sending to {topic}"))?;
+    let at = sent.first().map(|d| d.offset).unwrap_or_default();
+    println!("{kind} {data} sent to {topic} (offset {at})");
+    if !args.wait {
+        return Ok(());
+    }
+    let path = offset::path(&source.state_dir, &source.name);
+    let mut last = String::new();
+    loop {
+        let saved = offset::load(&path)?.unwrap_or_default();
+        let q = &saved.snapshots;
+        let line = if saved.signal_offset <= at {
+            "waiting for the source to take the signal".to_string()
+        } else if args.stop || args.pause {
+            println!("taken");
+            return Ok(());
+        } else if q.paused {
+            format!("paused; queued: {}", q.tables.iter().cloned().collect::<Vec<_>>().join(", "))
+        } else if !q.blocking.is_empty() {
+            format!("blocking snapshot of {}", q.blocking.join(", "))
+        } else if let Some(table) = q.tables.front() {
+            let key = q.last_key.as_ref().map(|k| format!("{k:?}")).unwrap_or_else(|| "the start".into());
+            format!("{table}: after key {key}; {} more table(s) queued", q.tables.len() - 1)
+        } else {
+            println!("done");
+            return Ok(());
+        };
+        if line != last {
+            println!("{line}");
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// The registry the configuration names: `registry.url`, else the embedded one in the metadata DB.
 pub async fn registry(config: &Config) -> anyhow::Result<Arc<dyn SchemaRegistry>> {
     Ok(match &config.registry.url {
@@ -90,8 +195,10 @@ pub async fn registry(config: &Config) -> anyhow::Result<Arc<dyn SchemaRegistry>
 }
 
 pub async fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
-    if let Some(Endpoint::Http { listen }) = args.endpoint {
-        return http(config, listen).await;
+    match args.endpoint {
+        Some(Endpoint::Http { listen }) => return http(config, listen).await,
+        Some(Endpoint::Snapshot(a)) => return snapshot(config, a).await,
+        None => {}
     }
     anyhow::ensure!(!config.sources.is_empty(), "no [[sources]] in the configuration: nothing to ingest");
     let metrics = telemetry::init_metrics()?;

@@ -249,6 +249,38 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
     ));
     assert_eq!(consumed.lines().count(), 5);
 
+    // An incremental snapshot (read-only: MariaDB's consistent snapshot positions) by signal:
+    // `--once` takes the signals sent so far and finishes the snapshot they ask for.
+    let toml = std::fs::read_to_string(d.join("weir.toml")).unwrap();
+    std::fs::write(d.join("weir.toml"), toml.replace("topic_prefix", "read_only = true\ntopic_prefix")).unwrap();
+    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["ingest", "snapshot", "maria", "--tables", "weir_cli.t", "--wait"])
+        .current_dir(d)
+        .env("WEIR_BUS_URL", "local:./weir-data/bus")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(waiting.stdout.take().unwrap()));
+    let sent = lines.next().unwrap().unwrap();
+    assert!(sent.contains("execute-snapshot") && sent.contains("shop.signals (offset 0)"), "{sent}");
+    let out = ok(weir(d, "local:./weir-data/bus", &["ingest", "--once"], None));
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(waiting.wait().unwrap().success());
+    assert_eq!(rest.last().map(String::as_str), Some("done"), "{rest:?}");
+    assert!(
+        out.contains("maria: 2 snapshot row(s), 0 binlog change(s), 2 record(s)"),
+        "rows 2 and 3 read again: {out}"
+    );
+    let consumed = ok(weir(
+        d,
+        "local:./weir-data/bus",
+        &["consume", "shop.weir_cli.t", "--group", "g", "--timeout-ms", "500"],
+        None,
+    ));
+    assert_eq!(consumed.matches("incremental").count(), 2, "source.snapshot of each read: {consumed}");
+    let bad = weir(d, "local:./weir-data/bus", &["ingest", "snapshot", "nosuch", "--tables", "a.b"], None);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no MySQL/MariaDB source named \"nosuch\""));
+
     // A wrong password fails naming the source, without echoing the password.
     let bad = url.replacen("weir:weir@", "weir:wrong@", 1);
     std::fs::write(

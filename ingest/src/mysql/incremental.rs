@@ -237,6 +237,11 @@ impl MysqlSource {
             || self.incremental.blocking.is_some()
     }
 
+    /// Whether a snapshot is under way or can go on (a paused one with no chunk out is not).
+    pub(super) fn snapshot_busy(&self) -> bool {
+        self.incremental.chunk.is_some() || self.incremental.blocking.is_some() || self.snapshot_ready()
+    }
+
     /// Whether snapshot work can start without waiting for the binlog.
     pub(super) fn snapshot_ready(&self) -> bool {
         self.incremental.chunk.is_none()

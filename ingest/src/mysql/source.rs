@@ -510,7 +510,8 @@ impl MysqlSource {
     }
 
     /// Snapshots if needed, then reads the binlog up to the server's position at the time of
-    /// the call, and returns (for `weir ingest --once` and benchmarks).
+    /// the call and finishes the incremental or blocking snapshots the signals sent so far ask
+    /// for (unless paused), and returns (for `weir ingest --once` and benchmarks).
     pub async fn catch_up(&mut self) -> Result<RunStats, MysqlError> {
         self.stats = RunStats::default();
         if self.prepare().await? {
@@ -583,7 +584,15 @@ impl MysqlSource {
         tracing::info!(source = %self.config.name, file = %file, pos = committed.pos, skip = committed.skip_rows, "streaming the binlog");
         let signal_topic = signal::topic(&self.config.topic_prefix);
         self.ensure_topic(&signal_topic, 1, &weir_bus::TopicConfig::new()).await?;
+        let signal_end = self.bus.end_offsets(&signal_topic).await.map_err(|e| self.bus_error(e))?;
         let mut signals = signal::Reader::spawn(self.bus.clone(), signal_topic, self.signal_next, &self.config.name);
+        if until.is_some() {
+            // Catching up: the signals already sent count as "what is there now".
+            while self.signal_next < signal_end.first().copied().unwrap_or(0) {
+                let message = signals.next().await;
+                self.on_topic_signal(message).await?;
+            }
+        }
         let mut txn: Option<Txn> = None;
         let mut seen_fde = false;
         let reached = |file: &str, pos: u64, txn: &Option<Txn>| match &until {
@@ -591,7 +600,7 @@ impl MysqlSource {
             None => false,
         };
         loop {
-            if reached(&file, committed.pos, &txn) {
+            if reached(&file, committed.pos, &txn) && !self.snapshot_busy() {
                 let offset = self.offset_now(None, &committed);
                 self.flush(offset).await?;
                 return Ok(());
