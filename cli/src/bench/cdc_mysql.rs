@@ -6,6 +6,10 @@
 //! without producing anything, so the ratio shows what event building, Avro and the bus cost.
 //! (b) Steady: a writer commits `rate` changes/s (transactions every 10 ms) while the source
 //! runs; a consumer on the bus measures commit-to-consume latency of every change.
+//! (c) Incremental snapshot: `snapshot_rows` rows already in the table are snapshotted by signal
+//! while the source streams and the writer goes on at `rate` changes/s: rows/s of the snapshot
+//! (watermarks in a signal table, and read-only), against the initial snapshot of the same rows in
+//! the same run, and the commit-to-consume latency of the concurrent changes meanwhile.
 
 use std::{
     collections::HashMap,
@@ -19,7 +23,7 @@ use futures::StreamExt;
 use mysql_async::{BinlogStreamRequest, binlog::events::EventData, prelude::Queryable};
 use serde_json::{Value, json};
 use weir_bus::{Bus, ConsumerConfig, local::LocalBus};
-use weir_ingest::mysql::{MysqlSource, MysqlSourceConfig};
+use weir_ingest::mysql::{MysqlSource, MysqlSourceConfig, offset, signal};
 use weir_schemas::{
     metadata,
     registry::{SchemaRegistry, store::SqlRegistry},
@@ -47,6 +51,12 @@ pub struct CdcMysqlArgs {
     /// Length of the steady phase.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     steady: Duration,
+    /// Rows in the table the incremental-snapshot phase snapshots.
+    #[arg(long, default_value_t = 500_000)]
+    snapshot_rows: usize,
+    /// Rows per incremental-snapshot chunk.
+    #[arg(long, default_value_t = 10_000)]
+    chunk: usize,
     /// Database the benchmark creates (and drops).
     #[arg(long, default_value = "weir_bench")]
     database: String,
@@ -87,12 +97,14 @@ pub async fn run(config: &Config, args: CdcMysqlArgs) -> anyhow::Result<Value> {
     .await?;
     let drain = drain(config, &args, &mut conn).await?;
     let steady = steady(config, &args, &mut conn).await?;
+    let incremental = incremental(config, &args, &mut conn).await?;
     conn.query_drop(format!("DROP DATABASE {db}")).await?;
     Ok(json!({
         "bench": "cdc-mysql",
         "server": conn.server_version(),
         "drain": drain,
         "steady": steady,
+        "incremental_snapshot": incremental,
         "machine": machine(),
     }))
 }
@@ -192,20 +204,38 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
     let mut source =
         MysqlSource::new(source_config(args, &rig, "steady", 54_003), rig.bus.clone(), rig.serializer.clone()).await?;
     source.catch_up().await?;
-    let topic = format!("bench.{db}.orders");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut stopped_source = stopped.clone();
     let running = tokio::spawn(source.run(async move {
         let _ = stopped_source.wait_for(|s| *s).await;
     }));
+    let reader = arrivals(rig.bus.as_ref(), &format!("bench.{db}.orders"), stopped.clone()).await?;
+    let (stop_writer, writer_stopped) = tokio::sync::watch::channel(false);
+    let writer = writer(&args.url, &db, args.rate, 10_000_000, writer_stopped).await?;
+    tokio::time::sleep(args.steady).await;
+    let _ = stop_writer.send(true);
+    let (commits, achieved) = writer.await??;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = stop.send(true);
+    running.await??;
+    let arrivals = reader.await??;
+    Ok(json!({
+        "changes": commits.len(),
+        "changes_per_s": achieved.round(),
+        "commit_to_consume_ms": latency(&commits, &arrivals),
+    }))
+}
 
-    // Arrival time per id, matched with commit times at the end (an event may arrive before
-    // the writer has its COMMIT reply: latency 0).
-    let mut consumer = rig.bus.consumer(ConsumerConfig::new("latency")).await?;
-    consumer.subscribe(&[topic.as_str()]).await?;
-    let reader = tokio::spawn(async move {
+/// Records when each key of `topic` first arrives, until `stopped`.
+async fn arrivals(
+    bus: &dyn Bus,
+    topic: &str,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<HashMap<i64, Instant>>>> {
+    let mut consumer = bus.consumer(ConsumerConfig::new("latency")).await?;
+    consumer.subscribe(&[topic]).await?;
+    Ok(tokio::spawn(async move {
         let mut arrivals: HashMap<i64, Instant> = HashMap::new();
-        let mut stopped = stopped;
         loop {
             let batch = tokio::select! {
                 b = consumer.poll(Duration::from_millis(200)) => b?,
@@ -219,33 +249,47 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
             }
         }
         anyhow::Ok(arrivals)
-    });
-    let mut commits: Vec<(i64, Instant)> = Vec::new();
+    }))
+}
 
-    let per_tick = (args.rate / 100).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let started = Instant::now();
-    let mut next_id = 10_000_000i64;
-    let mut written = 0usize;
-    while started.elapsed() < args.steady {
-        tick.tick().await;
-        let values: Vec<String> =
-            (0..per_tick).map(|k| format!("({}, {}, 9.99, 'new', NOW(3))", next_id + k as i64, k % 1000)).collect();
-        conn.query_drop(format!("INSERT INTO {db}.orders VALUES {}", values.join(","))).await?;
-        let at = Instant::now();
-        commits.extend((0..per_tick).map(|k| (next_id + k as i64, at)));
-        next_id += per_tick as i64;
-        written += per_tick;
-    }
-    let achieved = written as f64 / started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = stop.send(true);
-    running.await??;
-    let arrivals = reader.await??;
+/// Inserts `rate` rows/s (a transaction every 10 ms) with ids from `first` until `stopped`;
+/// returns each id's commit time (an event may arrive before the writer has its COMMIT reply:
+/// latency 0) and the rate achieved.
+async fn writer(
+    url: &str,
+    db: &str,
+    rate: usize,
+    first: i64,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<(Vec<(i64, Instant)>, f64)>>> {
+    let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(url)?).await.context("connecting")?;
+    let db = db.to_string();
+    Ok(tokio::spawn(async move {
+        let mut commits = Vec::new();
+        let per_tick = (rate / 100).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let started = Instant::now();
+        let mut next_id = first;
+        while !*stopped.borrow() {
+            tick.tick().await;
+            let values: Vec<String> =
+                (0..per_tick).map(|k| format!("({}, {}, 9.99, 'new', NOW(3))", next_id + k as i64, k % 1000)).collect();
+            conn.query_drop(format!("INSERT INTO {db}.orders VALUES {}", values.join(","))).await?;
+            let at = Instant::now();
+            commits.extend((0..per_tick).map(|k| (next_id + k as i64, at)));
+            next_id += per_tick as i64;
+        }
+        let achieved = commits.len() as f64 / started.elapsed().as_secs_f64();
+        Ok((commits, achieved))
+    }))
+}
+
+/// Commit-to-consume percentiles of `commits` (ms), and how many never arrived.
+fn latency(commits: &[(i64, Instant)], arrivals: &HashMap<i64, Instant>) -> Value {
     let mut latencies: Vec<Duration> = Vec::new();
     let mut missing = 0;
-    for (id, committed) in &commits {
+    for (id, committed) in commits {
         match arrivals.get(id) {
             Some(arrived) => latencies.push(arrived.saturating_duration_since(*committed)),
             None => missing += 1,
@@ -259,12 +303,120 @@ async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Co
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         (latencies[i].as_secs_f64() * 1e5).round() / 100.0
     };
-    Ok(json!({
-        "changes": written,
-        "changes_per_s": achieved.round(),
+    json!({
         "measured": latencies.len(),
         "not_seen_within_1s_after_the_end": missing,
-        "commit_to_consume_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
+        "p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0),
+    })
+}
+
+/// Phase (c): the initial snapshot of `snapshot_rows` rows (the baseline), then an incremental
+/// snapshot of the same rows by signal in each window mode while the writer goes on.
+async fn incremental(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
+    let db = args.database.clone();
+    conn.query_drop(format!("TRUNCATE TABLE {db}.orders")).await?;
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {db}.debezium_signal (id VARCHAR(42) PRIMARY KEY, type VARCHAR(32) NOT NULL, \
+         data VARCHAR(2048))"
+    ))
+    .await?;
+    let rows = args.snapshot_rows;
+    let mut next = 0;
+    while next < rows {
+        let n = 100_000.min(rows - next);
+        conn.query_drop(format!(
+            "INSERT INTO {db}.orders WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) \
+             SELECT i, i % 1000, (i % 10000) / 100, 'new', '2026-11-23 10:00:00.000' FROM s",
+            lo = next + 1,
+            hi = next + n
+        ))
+        .await?;
+        next += n;
+    }
+    // Baseline: the initial (consistent, one-query-per-table) snapshot of the same rows.
+    let baseline = rig(config).await?;
+    let mut source = MysqlSource::new(
+        source_config(args, &baseline, "initial", 54_004),
+        baseline.bus.clone(),
+        baseline.serializer.clone(),
+    )
+    .await?;
+    let started = Instant::now();
+    let stats = source.catch_up().await?;
+    let initial = stats.snapshot_rows as f64 / started.elapsed().as_secs_f64();
+    drop(source);
+    eprintln!("cdc-mysql: initial snapshot of {} rows at {initial:.0} rows/s", stats.snapshot_rows);
+
+    let mut modes = serde_json::Map::new();
+    for (mode, read_only, server_id) in [("signal_table", false, 54_005u32), ("read_only", true, 54_006)] {
+        let rig = rig(config).await?;
+        let mut c = source_config(args, &rig, mode, server_id);
+        c.include_tables = vec![format!("{db}.orders")];
+        c.signal_data_collection = Some(format!("{db}.debezium_signal"));
+        c.read_only = read_only;
+        c.incremental_snapshot_chunk_size = args.chunk;
+        // Streaming from the binlog's end: no initial snapshot.
+        let (file, pos): (String, u64) = conn.query_first("SHOW MASTER STATUS").await?.context("SHOW MASTER STATUS")?;
+        let saved = offset::Offset { file, pos, snapshot_completed: true, ..Default::default() };
+        offset::save(&offset::path(&c.state_dir, &c.name), &saved)?;
+        let source = MysqlSource::new(c.clone(), rig.bus.clone(), rig.serializer.clone()).await?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut stopped_source = stopped.clone();
+        let running = tokio::spawn(source.run(async move {
+            let _ = stopped_source.wait_for(|s| *s).await;
+        }));
+        let reader = arrivals(rig.bus.as_ref(), &format!("bench.{db}.orders"), stopped.clone()).await?;
+        let (stop_writer, writer_stopped) = tokio::sync::watch::channel(false);
+        let first_id = 20_000_000 + i64::from(server_id) * 1_000_000;
+        let writer = writer(&args.url, &db, args.rate, first_id, writer_stopped).await?;
+
+        let topic = signal::topic("bench");
+        match rig.bus.create_topic(&topic, 1).await {
+            Ok(()) | Err(weir_bus::BusError::TopicExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let data = json!({"data-collections": [format!("{db}.orders")]});
+        let started = Instant::now();
+        rig.bus.producer().await?.send(&topic, vec![signal::record("bench", "execute-snapshot", &data)]).await?;
+        let path = offset::path(&c.state_dir, &c.name);
+        let mut last_report = Instant::now();
+        loop {
+            let o = offset::load(&path)?.unwrap_or_default();
+            if o.signal_offset == 1 && o.snapshots.is_empty() {
+                break;
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                eprintln!("cdc-mysql: incremental snapshot ({mode}) after key {:?}", o.snapshots.last_key);
+                last_report = Instant::now();
+            }
+            anyhow::ensure!(!running.is_finished(), "the source stopped during the incremental snapshot");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let _ = stop_writer.send(true);
+        let (commits, achieved) = writer.await??;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = stop.send(true);
+        running.await??;
+        let arrivals = reader.await??;
+        let rate = rows as f64 / secs;
+        eprintln!("cdc-mysql: incremental snapshot ({mode}) at {rate:.0} rows/s");
+        modes.insert(
+            mode.to_string(),
+            json!({
+                "seconds": (secs * 1000.0).round() / 1000.0,
+                "rows_per_s": rate.round(),
+                "ratio_to_initial_snapshot": (rate / initial * 1000.0).round() / 1000.0,
+                "concurrent_changes_per_s": achieved.round(),
+                "concurrent_commit_to_consume_ms": latency(&commits, &arrivals),
+            }),
+        );
+    }
+    Ok(json!({
+        "rows": rows,
+        "chunk": args.chunk,
+        "initial_snapshot_rows_per_s": initial.round(),
+        "modes": modes,
     }))
 }
 

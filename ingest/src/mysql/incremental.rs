@@ -299,9 +299,13 @@ impl MysqlSource {
                     );
                     return Ok(());
                 }
-                if self.known.is_empty() {
-                    let defs = self.load_definitions().await?;
-                    self.known.extend(defs);
+                // Tables captured since the history last saw the server (a table added to
+                // include_tables is what an incremental snapshot is for) are recorded first.
+                let now = self.load_definitions().await?;
+                let new: BTreeMap<TableName, TableDef> =
+                    now.into_iter().filter(|(name, _)| !self.known.contains_key(name)).collect();
+                if !new.is_empty() {
+                    self.record_new_tables(&new).await?;
                 }
                 let tables: Vec<String> = self
                     .known
@@ -396,46 +400,101 @@ impl MysqlSource {
         Ok(self.incremental.conn.as_mut().expect("set above"))
     }
 
-    /// Called between binlog events with the stream's position (`None` inside a transaction):
-    /// starts the next chunk or blocking snapshot, and emits what waits for this position.
+    /// Called before each binlog event with the stream's position when it is between
+    /// transactions (`None` inside one): starts the next chunk or blocking snapshot, and emits
+    /// what waits for exactly this position.
+    ///
+    /// A consistent read's rows go out at its position and nowhere else: after every change the
+    /// read saw and before the first it did not (a transaction can start right at it, so the
+    /// check follows the read at once). A stream found past the position has sent changes the
+    /// read did not see: the read is taken again.
     pub(super) async fn snapshot_step(&mut self, at: Option<&Position>) -> Result<(), MysqlError> {
-        if let (Some(at), Some(Chunk { window: Window::At { file, pos }, .. })) = (at, &self.incremental.chunk)
-            && (at.file.as_str(), at.pos) >= (file.as_str(), *pos)
-        {
-            // Tagged just before the next event, after every change already read.
-            let tag = Position { file: at.file.clone(), pos: at.pos.saturating_sub(1), row: 0 };
-            self.emit_chunk(&tag).await?;
+        let Some(at) = at else { return Ok(()) };
+        if self.incremental.chunk.is_none() && self.incremental.blocking.is_none() {
+            if !self.snapshots.blocking.is_empty() {
+                let mut conn = stream::connect(&self.opts)
+                    .await
+                    .map_err(self.server_error("connecting for a blocking snapshot"))?;
+                let (file, pos) = self.consistent_read(&mut conn, Some(at)).await?;
+                tracing::info!(source = %self.config.name, tables = ?self.snapshots.blocking, file = %file, pos, "blocking snapshot: streaming up to its position");
+                self.incremental.blocking = Some(Blocking { conn, file, pos });
+            } else if !self.snapshots.tables.is_empty() && !self.snapshots.paused {
+                self.read_chunk(at).await?;
+            }
         }
-        if let Some(at) = at
-            && let Some(b) = &self.incremental.blocking
-            && (at.file.as_str(), at.pos) >= (b.file.as_str(), b.pos)
-        {
-            return self.blocking_snapshot().await;
+        let here = (at.file.as_str(), at.pos);
+        if let Some(Chunk { window: Window::At { file, pos }, .. }) = &self.incremental.chunk {
+            match here.cmp(&(file.as_str(), *pos)) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    // Tagged just before the next event, after every change already read.
+                    let tag = Position { file: at.file.clone(), pos: at.pos.saturating_sub(1), row: 0 };
+                    self.emit_chunk(&tag).await?;
+                }
+                std::cmp::Ordering::Greater => {
+                    tracing::warn!(source = %self.config.name, read_at = %format!("{file}:{pos}"), stream = %format!("{}:{}", at.file, at.pos), "the stream passed a chunk's position: chunk read again");
+                    self.incremental.chunk = None;
+                }
+            }
         }
-        if self.incremental.chunk.is_some() || self.incremental.blocking.is_some() {
-            return Ok(());
-        }
-        if !self.snapshots.blocking.is_empty() {
-            let mut conn =
-                stream::connect(&self.opts).await.map_err(self.server_error("connecting for a blocking snapshot"))?;
-            let (file, pos) = self.consistent_read(&mut conn, true).await?;
-            tracing::info!(source = %self.config.name, tables = ?self.snapshots.blocking, file = %file, pos, "blocking snapshot: streaming up to its position");
-            self.incremental.blocking = Some(Blocking { conn, file, pos });
-            return Ok(());
-        }
-        if !self.snapshots.tables.is_empty() && !self.snapshots.paused {
-            self.read_chunk().await?;
+        if let Some(b) = &self.incremental.blocking {
+            match here.cmp(&(b.file.as_str(), b.pos)) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => return self.blocking_snapshot().await,
+                std::cmp::Ordering::Greater => {
+                    tracing::warn!(source = %self.config.name, read_at = %format!("{}:{}", b.file, b.pos), stream = %format!("{}:{}", at.file, at.pos), "the stream passed the blocking snapshot's position: taken again");
+                    self.incremental.blocking = None;
+                }
+            }
         }
         Ok(())
     }
 
     /// Starts a consistent-snapshot transaction on `conn` and returns the binlog position it
-    /// sees. MariaDB reports it; MySQL needs a global read lock around it (taken and released
-    /// here when `unlock`, else left held for the caller).
-    pub(super) async fn consistent_read(&mut self, conn: &mut Conn, unlock: bool) -> Result<(String, u64), MysqlError> {
+    /// sees. MariaDB reports it; MySQL needs a global read lock around it.
+    ///
+    /// For the initial snapshot (`streamed` = `None`) a global read lock is tried first (and left
+    /// held for the caller to release once the definitions are read). While streaming, the
+    /// snapshot must not be older than the binlog the source has read (`streamed`): a replica
+    /// receives a transaction when it is written to the binlog, which can be before the storage
+    /// engine has committed it, and a snapshot taken in between sees the state before it while
+    /// the source has already sent its change. MariaDB then reports a position before that
+    /// transaction, and the read is taken again until it has caught up.
+    pub(super) async fn consistent_read(
+        &mut self,
+        conn: &mut Conn,
+        streamed: Option<&Position>,
+    ) -> Result<(String, u64), MysqlError> {
         conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(self.server_error("setting REPEATABLE READ"))?;
+        if self.info.mariadb
+            && let Some(streamed) = streamed
+        {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                    .await
+                    .map_err(self.server_error("starting the snapshot transaction"))?;
+                let (file, pos) =
+                    mariadb_snapshot_position(conn).await.map_err(self.server_error("reading binlog_snapshot_*"))?;
+                if (file.as_str(), pos) >= (streamed.file.as_str(), streamed.pos) {
+                    return Ok((file, pos));
+                }
+                conn.query_drop("COMMIT").await.map_err(self.server_error("ending a snapshot transaction"))?;
+                if std::time::Instant::now() > deadline {
+                    return Err(self.decode_error(
+                        &file,
+                        pos,
+                        format!(
+                            "consistent snapshots stay behind {}:{}, the binlog position the source has read",
+                            streamed.file, streamed.pos
+                        ),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
         let locked = match conn.query_drop("FLUSH TABLES WITH READ LOCK").await {
             Ok(()) => true,
             Err(e) if self.info.mariadb => {
@@ -457,14 +516,14 @@ impl MysqlSource {
         } else {
             self.master_position().await?
         };
-        if locked && unlock {
+        if locked && streamed.is_some() {
             conn.query_drop("UNLOCK TABLES").await.map_err(self.server_error("UNLOCK TABLES"))?;
         }
         Ok(position)
     }
 
-    /// Reads the next chunk of the first queued table.
-    async fn read_chunk(&mut self) -> Result<(), MysqlError> {
+    /// Reads the next chunk of the first queued table, the stream being at `at`.
+    async fn read_chunk(&mut self, at: &Position) -> Result<(), MysqlError> {
         let table = self.snapshots.tables.front().cloned().expect("called with a queued table");
         let Some((db, t)) = table.split_once('.') else {
             self.snapshots.tables.pop_front();
@@ -537,9 +596,9 @@ impl MysqlSource {
             None => {
                 self.snapshot_conn().await?;
                 let mut conn = self.incremental.conn.take().expect("opened above");
-                let at = self.consistent_read(&mut conn, true).await;
+                let read = self.consistent_read(&mut conn, Some(at)).await;
                 self.incremental.conn = Some(conn);
-                let (file, pos) = at?;
+                let (file, pos) = read?;
                 Window::At { file, pos }
             }
         };
@@ -557,6 +616,11 @@ impl MysqlSource {
             }
         }
         let full = raw.len() >= size;
+        let window_text = match &window {
+            Window::At { file, pos } => format!("at {file}:{pos}"),
+            Window::Watermarks { open, .. } => format!("watermark {open}"),
+        };
+        tracing::debug!(source = %self.config.name, table, rows = raw.len(), stream = %format!("{}:{}", at.file, at.pos), window = %window_text, "chunk read");
         let mut rows = Vec::with_capacity(raw.len());
         let mut last = None;
         for row in raw {
@@ -575,6 +639,7 @@ impl MysqlSource {
     /// snapshot on.
     async fn emit_chunk(&mut self, at: &Position) -> Result<(), MysqlError> {
         let Some(chunk) = self.incremental.chunk.take() else { return Ok(()) };
+        tracing::debug!(source = %self.config.name, at = %format!("{}:{}", at.file, at.pos), rows = chunk.rows.len(), changed = chunk.changed.len(), "chunk emitted");
         let ts = now_us();
         let mut emitted = 0u64;
         for (row, (id, values)) in chunk.rows.into_iter().enumerate() {

@@ -71,6 +71,28 @@ impl MysqlSource {
         Ok(())
     }
 
+    /// Records tables newly captured while streaming (`CREATE` history records at the saved
+    /// offset, with their `SHOW CREATE TABLE`), so a restart knows their definitions.
+    pub(super) async fn record_new_tables(&mut self, defs: &BTreeMap<TableName, TableDef>) -> Result<(), MysqlError> {
+        let ddl = create_statements(&mut self.meta, defs).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
+        let (file, pos, ts_us) = (self.offset.file.clone(), self.offset.pos, now_us());
+        for (((db, table), def), ddl) in defs.iter().zip(ddl) {
+            tracing::info!(source = %self.config.name, table = %format!("{db}.{table}"), "newly captured table recorded in the schema history");
+            let record = HistoryRecord {
+                file: file.clone(),
+                pos,
+                ts_ms: ts_us / 1000,
+                database: db.clone(),
+                ddl,
+                snapshot: false,
+                table_changes: vec![TableChange { change: ChangeKind::Create, table: def.clone() }],
+            };
+            let source = self.source_block(db, None, &file, pos, ts_us, None, SnapshotMarker::False);
+            self.record_history(record, &source).await?;
+        }
+        Ok(())
+    }
+
     /// `snapshot_mode = "recovery"`: rebuilds a lost or damaged schema history from the tables'
     /// definitions now, recorded at the saved offset, without reading rows (Debezium's `recovery`;
     /// as there, correct only if no captured table changed since that offset).
@@ -97,7 +119,7 @@ impl MysqlSource {
     pub(super) async fn snapshot(&mut self) -> Result<(), MysqlError> {
         let started = now_us();
         let mut conn = stream::connect(&self.opts).await.map_err(self.server_error("connecting for the snapshot"))?;
-        let (file, pos) = self.consistent_read(&mut conn, false).await?;
+        let (file, pos) = self.consistent_read(&mut conn, None).await?;
         let defs = load_definitions(&mut conn, &self.config).await.map_err(|e| self.load_error(e))?;
         let ddl = create_statements(&mut conn, &defs).await.map_err(self.server_error("SHOW CREATE TABLE"))?;
         // Releases the global read lock if one was taken (without ending the transaction).
