@@ -1274,3 +1274,61 @@ async fn blocking_snapshot_pauses_streaming_at_its_position() {
         "snapshot rows sit between the changes before and after them ({statements} statements)"
     );
 }
+
+/// A source on the primary of a GTID replication pair; the primary fails with changes the
+/// source has not read yet (the replica has them); the replica is promoted and the source is
+/// pointed at it: it resumes by GTID, in the replica's own binlog files, with every change once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_failover_to_a_promoted_replica_by_gtid_without_loss_or_repeats() {
+    let mut pair = tokio::task::spawn_blocking(weir_e2e::mariadb_pair::Pair::start).await.unwrap();
+    let s = Setup::new("weir_failover").await;
+    pair.primary.sql("CREATE DATABASE weir_failover; CREATE TABLE weir_failover.t (id INT PRIMARY KEY, v INT)");
+    pair.primary.sql("INSERT INTO weir_failover.t VALUES (1, 1), (2, 2)");
+    // The replica's binlog differs from the primary's from the start (it was written apart).
+    pair.replica.sql("FLUSH BINARY LOGS");
+    let mut config = s.config();
+    config.url = pair.primary.url();
+    let mut source = s.source(config.clone()).await;
+    source.catch_up().await.unwrap();
+    pair.primary.sql("INSERT INTO weir_failover.t VALUES (3, 3); UPDATE weir_failover.t SET v = 10 WHERE id = 1");
+    source.catch_up().await.unwrap();
+    let on_primary = source.offset().clone();
+    drop(source);
+    assert_eq!(on_primary.server_id, Some(1));
+    assert!(on_primary.gtid_position.as_deref().is_some_and(|p| p.starts_with("0-1-")), "{on_primary:?}");
+
+    // Read by nobody before the primary goes.
+    pair.primary.sql("INSERT INTO weir_failover.t VALUES (4, 4); DELETE FROM weir_failover.t WHERE id = 2");
+    pair.wait_replicated();
+    pair.fail_over();
+    pair.replica.sql("INSERT INTO weir_failover.t VALUES (5, 5); UPDATE weir_failover.t SET v = 30 WHERE id = 3");
+
+    config.url = pair.replica.url();
+    let mut source = s.source(config.clone()).await;
+    source.catch_up().await.unwrap();
+    let on_replica = source.offset().clone();
+    assert_eq!(on_replica.server_id, Some(2), "{on_replica:?}");
+    assert!(on_replica.gtid_position.as_deref().is_some_and(|p| p.starts_with("0-2-")), "{on_replica:?}");
+    // And on: a restart on the replica resumes by its own file and position.
+    drop(source);
+    pair.replica.sql("INSERT INTO weir_failover.t VALUES (6, 6)");
+    s.source(config).await.catch_up().await.unwrap();
+
+    let events = s.events("t").await;
+    let ops: Vec<(String, i64)> =
+        events.iter().map(|e| (e.op.clone(), int(&e.after.as_ref().or(e.before.as_ref()).unwrap()["id"]))).collect();
+    let expected = [("r", 1), ("r", 2), ("c", 3), ("u", 1), ("c", 4), ("d", 2), ("c", 5), ("u", 3), ("c", 6)];
+    assert_eq!(ops, expected.map(|(op, id)| (op.to_string(), id)), "each change once, none lost");
+    let rows: Vec<(i64, i64)> = pair
+        .replica
+        .sql("SELECT id, v FROM weir_failover.t ORDER BY id")
+        .lines()
+        .map(|l| {
+            let (id, v) = l.split_once('\t').unwrap();
+            (id.parse().unwrap(), v.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(fold(&events).into_iter().collect::<Vec<_>>(), rows);
+    let servers: Vec<i64> = events.iter().map(|e| int(&e.source["server_id"])).collect();
+    assert_eq!(servers, [1, 1, 1, 1, 1, 1, 2, 2, 2], "source.server_id is the writing server's");
+}

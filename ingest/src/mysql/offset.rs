@@ -26,6 +26,14 @@ pub struct Offset {
     /// GTID of the last transaction fully produced (MariaDB `domain-server-seq`, MySQL `uuid:n`).
     #[serde(default)]
     pub gtid: Option<String>,
+    /// MariaDB's GTID position there (the last GTID of each replication domain, comma-separated,
+    /// as `@@gtid_slave_pos` writes it): where to resume on another server of the replication
+    /// topology, whose binlog files and positions differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_position: Option<String>,
+    /// `@@server_id` of the server whose binlog `file`/`pos` name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<u32>,
     /// Whether the initial snapshot finished.
     #[serde(default)]
     pub snapshot_completed: bool,
@@ -90,6 +98,8 @@ mod tests {
             pos: 1234,
             skip_rows: 7,
             gtid: Some("0-1-42".into()),
+            gtid_position: Some("0-1-42,1-2-7".into()),
+            server_id: Some(1),
             snapshot_completed: true,
             snapshots: SnapshotQueue::default(),
             signal_offset: 3,

@@ -21,6 +21,19 @@ use super::offset::Offset;
 
 /// The header holding a change record's binlog position.
 pub const POSITION_HEADER: &str = "weir.pos";
+/// The header holding the `@@server_id` whose binlog the position is in (positions of two servers
+/// of a replication topology do not compare).
+pub const SERVER_HEADER: &str = "weir.server";
+
+/// Adds the server header to the records of `pending` that carry a position.
+pub fn tag_server(pending: &mut [(String, Record)], server_id: u32) {
+    let value = bytes::Bytes::from(server_id.to_string());
+    for (_, record) in pending {
+        if record.headers.iter().any(|(name, _)| name == POSITION_HEADER) {
+            record.headers.push((SERVER_HEADER.to_string(), value.clone()));
+        }
+    }
+}
 
 /// Tags `pending`, the records of one change, with the change's position.
 pub fn tag(pending: &mut [(String, Record)], position: &Position) {
@@ -41,7 +54,14 @@ pub struct Replayed {
 impl Replayed {
     /// Reads the last record of every partition of the topics named `<prefix>.<db>.<table>`,
     /// keeping the positions at or after `from` in one of the server's binlog `files`.
-    pub async fn load(bus: &dyn Bus, prefix: &str, from: &Offset, files: &[String]) -> Result<Replayed, BusError> {
+    /// Tails another server wrote (header [`SERVER_HEADER`]) are not this server's positions.
+    pub async fn load(
+        bus: &dyn Bus,
+        prefix: &str,
+        from: &Offset,
+        files: &[String],
+        server_id: u32,
+    ) -> Result<Replayed, BusError> {
         if from.file.is_empty() {
             // Nothing saved yet: nothing of this source can be on the bus past it.
             return Ok(Replayed::default());
@@ -80,7 +100,9 @@ impl Replayed {
                     continue;
                 }
                 waiting.remove(&tp);
-                let position = m.header(POSITION_HEADER).and_then(|h| Position::parse(h));
+                let other_server =
+                    m.header(SERVER_HEADER).is_some_and(|s| s.as_ref() != server_id.to_string().as_bytes());
+                let position = m.header(POSITION_HEADER).and_then(|h| Position::parse(h)).filter(|_| !other_server);
                 if let Some(position) = position.filter(|p| *p >= start && files.contains(&p.file)) {
                     replayed.tails.insert(tp, position);
                 }

@@ -56,13 +56,25 @@ struct Txn {
     rows: u64,
     query: Option<String>,
     thread: Option<i64>,
+    /// `server_id` of the server that wrote it (a replica's binlog keeps the primary's).
+    server_id: Option<u32>,
     /// Transaction metadata, from its first captured change (`provide_transaction_metadata`).
     meta: Option<TransactionMeta>,
 }
 
 impl Txn {
     fn new(file: &str, start: u64, gtid: Option<String>, standalone: bool) -> Txn {
-        Txn { file: file.to_string(), start, gtid, standalone, rows: 0, query: None, thread: None, meta: None }
+        Txn {
+            file: file.to_string(),
+            start,
+            gtid,
+            standalone,
+            rows: 0,
+            query: None,
+            thread: None,
+            server_id: None,
+            meta: None,
+        }
     }
 
     /// Debezium's transaction id: the GTID, or the binlog position of the transaction's start.
@@ -115,6 +127,9 @@ pub struct MysqlSource {
     pub(super) incremental: Incremental,
     /// The next signal-topic record to act on (saved with the offset).
     pub(super) signal_next: i64,
+    /// The MariaDB GTID position to resume after, when the saved offset names another server's
+    /// binlog (a failover to a replica).
+    gtid_start: Option<String>,
     pub(super) stats: RunStats,
 }
 
@@ -196,6 +211,7 @@ impl MysqlSource {
             snapshots,
             incremental: Incremental::default(),
             signal_next,
+            gtid_start: None,
             stats: RunStats::default(),
         };
         source.replay_history().await?;
@@ -450,7 +466,11 @@ impl MysqlSource {
     pub(super) async fn flush(&mut self, mut offset: Offset) -> Result<(), MysqlError> {
         offset.snapshots = self.snapshots.clone();
         offset.signal_offset = self.signal_next;
+        if !offset.file.is_empty() {
+            offset.server_id = Some(self.info.server_id);
+        }
         let skipped = self.replayed.filter(&mut self.pending);
+        replay::tag_server(&mut self.pending, self.info.server_id);
         if skipped > 0 {
             tracing::info!(source = %self.config.name, skipped, "skipped changes the bus already held");
             metrics::counter!("weir_ingest_mysql_replayed_skipped_total", "source" => self.config.name.clone())
@@ -479,7 +499,19 @@ impl MysqlSource {
     /// Snapshots if the mode and offset call for it; returns whether streaming should follow.
     async fn prepare(&mut self) -> Result<bool, MysqlError> {
         let files = stream::binlog_files(&mut self.meta).await.map_err(self.server_error("SHOW BINARY LOGS"))?;
-        let purged = !self.offset.file.is_empty() && !files.contains(&self.offset.file);
+        // An offset from another server of the topology (a replica promoted after a failover):
+        // its file and position mean nothing here, its GTID position does.
+        self.gtid_start = match (&self.offset.gtid_position, self.offset.server_id) {
+            (Some(position), Some(id)) if self.info.mariadb && id != self.info.server_id => {
+                tracing::warn!(
+                    source = %self.config.name, saved_server_id = id, server_id = self.info.server_id, gtid = %position,
+                    "the saved offset is another server's: resuming by GTID"
+                );
+                Some(position.clone())
+            }
+            _ => None,
+        };
+        let purged = self.gtid_start.is_none() && !self.offset.file.is_empty() && !files.contains(&self.offset.file);
         let mode = self.config.snapshot_mode;
         let snapshot = match mode {
             SnapshotMode::Never | SnapshotMode::Recovery => false,
@@ -501,10 +533,11 @@ impl MysqlSource {
                 tracing::warn!(source = %self.config.name, file = %self.offset.file, "saved binlog position purged: snapshotting again");
             }
             self.snapshot().await?;
-        } else {
-            self.replayed = Replayed::load(self.bus.as_ref(), &self.config.topic_prefix, &self.offset, &files)
-                .await
-                .map_err(|e| self.bus_error(e))?;
+        } else if self.gtid_start.is_none() {
+            self.replayed =
+                Replayed::load(self.bus.as_ref(), &self.config.topic_prefix, &self.offset, &files, self.info.server_id)
+                    .await
+                    .map_err(|e| self.bus_error(e))?;
         }
         Ok(mode != SnapshotMode::InitialOnly)
     }
@@ -571,17 +604,28 @@ impl MysqlSource {
         tokio::pin!(shutdown);
         let mut committed = self.offset.clone();
         let mut file = committed.file.clone();
-        let mut binlog: BinlogStream = stream::open(
-            &self.opts,
-            &self.info,
-            self.config.server_id,
-            &file,
-            committed.pos,
-            self.config.heartbeat_interval,
-        )
-        .await
-        .map_err(self.server_error(format!("starting replication at {}:{}", file, committed.pos)))?;
-        tracing::info!(source = %self.config.name, file = %file, pos = committed.pos, skip = committed.skip_rows, "streaming the binlog");
+        let gtid_start = self.gtid_start.take();
+        let start = match &gtid_start {
+            Some(position) => stream::Start::Gtid(position),
+            None => stream::Start::Position(&file, committed.pos),
+        };
+        let mut binlog: BinlogStream =
+            stream::open(&self.opts, &self.info, self.config.server_id, start.clone(), self.config.heartbeat_interval)
+                .await
+                .map_err(self.server_error(format!("starting replication at {start:?}")))?;
+        // Until the server names the file it starts in, the position is unknown: nothing is
+        // saved or reached meanwhile.
+        let mut positioned = gtid_start.is_none();
+        if positioned && self.info.mariadb && !file.is_empty() {
+            match stream::gtid_position_at(&mut self.meta, &file, committed.pos).await {
+                Ok(Some(position)) => committed.gtid_position = Some(position),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(source = %self.config.name, error = %e, "BINLOG_GTID_POS: the GTID position stays unknown until the next transaction")
+                }
+            }
+        }
+        tracing::info!(source = %self.config.name, ?start, skip = committed.skip_rows, "streaming the binlog");
         let signal_topic = signal::topic(&self.config.topic_prefix);
         self.ensure_topic(&signal_topic, 1, &weir_bus::TopicConfig::new()).await?;
         let signal_end = self.bus.end_offsets(&signal_topic).await.map_err(|e| self.bus_error(e))?;
@@ -600,7 +644,7 @@ impl MysqlSource {
             None => false,
         };
         loop {
-            if reached(&file, committed.pos, &txn) && !self.snapshot_busy() {
+            if positioned && reached(&file, committed.pos, &txn) && !self.snapshot_busy() {
                 let offset = self.offset_now(None, &committed);
                 self.flush(offset).await?;
                 return Ok(());
@@ -609,7 +653,7 @@ impl MysqlSource {
                 self.on_topic_signal(message).await?;
             }
             // Between transactions the stream is at `committed`; snapshot chunks go out only there.
-            let between = (txn.is_none() && committed.skip_rows == 0).then(|| Position {
+            let between = (positioned && txn.is_none() && committed.skip_rows == 0).then(|| Position {
                 file: committed.file.clone(),
                 pos: committed.pos,
                 row: 0,
@@ -620,8 +664,10 @@ impl MysqlSource {
             let next = match binlog.next().now_or_never() {
                 Some(next) => next,
                 None => {
-                    let offset = self.offset_now(txn.as_ref(), &committed);
-                    self.flush(offset).await?;
+                    if positioned {
+                        let offset = self.offset_now(txn.as_ref(), &committed);
+                        self.flush(offset).await?;
+                    }
                     if self.snapshot_ready() {
                         continue;
                     }
@@ -632,8 +678,10 @@ impl MysqlSource {
                             continue;
                         }
                         _ = &mut shutdown => {
-                            let offset = self.offset_now(txn.as_ref(), &committed);
-                            self.flush(offset).await?;
+                            if positioned {
+                                let offset = self.offset_now(txn.as_ref(), &committed);
+                                self.flush(offset).await?;
+                            }
                             return Ok(());
                         }
                     }
@@ -656,7 +704,9 @@ impl MysqlSource {
                 MARIADB_GTID => {
                     let g = stream::mariadb_gtid(event.data(), header.server_id())
                         .ok_or_else(|| self.decode_error(&file, start, "short MariaDB GTID event"))?;
-                    txn = Some(Txn::new(&file, start, Some(g.gtid), g.standalone));
+                    let mut t = Txn::new(&file, start, Some(g.gtid), g.standalone);
+                    t.server_id = Some(header.server_id());
+                    txn = Some(t);
                     continue;
                 }
                 MARIADB_GTID_LIST => {
@@ -685,18 +735,25 @@ impl MysqlSource {
                     if txn.is_none() {
                         committed.file = file.clone();
                         committed.pos = r.position();
+                        if !positioned {
+                            tracing::info!(source = %self.config.name, file = %file, pos = committed.pos, "resumed by GTID at this position");
+                            positioned = true;
+                        }
                     }
                 }
                 Some(EventData::FormatDescriptionEvent(_)) => seen_fde = true,
                 Some(EventData::GtidEvent(g)) => {
                     let gtid = format!("{}:{}", uuid_text(&g.sid()), g.gno());
-                    txn = Some(Txn::new(&file, start, Some(gtid), false));
+                    let mut t = Txn::new(&file, start, Some(gtid), false);
+                    t.server_id = Some(header.server_id());
+                    txn = Some(t);
                 }
                 Some(EventData::QueryEvent(q)) => {
                     let sql = q.query().trim().to_string();
                     if sql.eq_ignore_ascii_case("BEGIN") {
                         let t = txn.get_or_insert_with(|| Txn::new(&file, start, None, false));
                         t.thread = Some(i64::from(q.thread_id()));
+                        t.server_id.get_or_insert(header.server_id());
                     } else if sql.eq_ignore_ascii_case("COMMIT") {
                         self.commit(&mut txn, &mut committed, &file, (start, end), ts_us).await?;
                     } else {
@@ -748,7 +805,7 @@ impl MysqlSource {
                 _ => {}
             }
             advance(&mut committed, &txn, &file, end, header.event_type_raw());
-            if self.pending.len() >= self.config.max_batch {
+            if positioned && self.pending.len() >= self.config.max_batch {
                 let offset = self.offset_now(txn.as_ref(), &committed);
                 self.flush(offset).await?;
             }
@@ -771,6 +828,10 @@ impl MysqlSource {
         committed.skip_rows = 0;
         if let Some(done) = done {
             if let Some(gtid) = done.gtid {
+                if self.info.mariadb {
+                    committed.gtid_position =
+                        Some(stream::gtid_position_after(committed.gtid_position.as_deref(), &gtid));
+                }
                 committed.gtid = Some(gtid);
             }
             if let Some(meta) = done.meta {
@@ -907,6 +968,9 @@ impl MysqlSource {
             );
             source.row = index as i32;
             source.thread = txn.thread;
+            if let Some(id) = txn.server_id {
+                source.server_id = i64::from(id);
+            }
             if self.config.include_query {
                 source.query = txn.query.clone();
             }

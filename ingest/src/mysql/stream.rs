@@ -162,26 +162,63 @@ pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>, mysql_async::E
     Ok(rows.into_iter().filter_map(|r| r.get::<String, _>(0)).collect())
 }
 
-/// Starts replication from `file`/`pos` (an empty file: the oldest binlog).
+/// `position` (MariaDB GTIDs `domain-server-seq`, comma-separated) after the transaction `gtid`:
+/// its domain's entry replaced (or added), the others kept, in domain order.
+pub fn gtid_position_after(position: Option<&str>, gtid: &str) -> String {
+    let domain = |g: &str| g.split('-').next().and_then(|d| d.parse::<u32>().ok()).unwrap_or(0);
+    let mut entries: Vec<&str> = position
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty() && domain(g) != domain(gtid))
+        .collect();
+    entries.push(gtid);
+    entries.sort_by_key(|g| domain(g));
+    entries.join(",")
+}
+
+/// Where replication starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start<'a> {
+    /// At a binlog file and position of this server (an empty file: the oldest binlog).
+    Position(&'a str, u64),
+    /// After a MariaDB GTID position: on any server of the topology (a promoted replica too).
+    Gtid(&'a str),
+}
+
+/// Starts replication at `start`.
 pub async fn open(
     opts: &Opts,
     info: &ServerInfo,
     replica_id: u32,
-    file: &str,
-    pos: u64,
+    start: Start<'_>,
     heartbeat: Duration,
 ) -> Result<BinlogStream, mysql_async::Error> {
     let mut conn = connect(opts).await?;
     if info.mariadb {
         conn.query_drop("SET @mariadb_slave_capability = 4").await?;
     }
+    if let Start::Gtid(position) = start {
+        // MariaDB starts a dump after this state, whatever file and position come with it; the
+        // first event is a rotate naming the file it starts in.
+        conn.exec_drop("SET @slave_connect_state = ?", (position,)).await?;
+        conn.query_drop("SET @slave_gtid_strict_mode = 1").await?;
+    }
     let period = heartbeat.as_nanos().max(1_000_000);
     conn.query_drop(format!("SET @master_heartbeat_period = {period}")).await?;
     let mut request = BinlogStreamRequest::new(replica_id);
-    if !file.is_empty() {
+    if let Start::Position(file, pos) = start
+        && !file.is_empty()
+    {
         request = request.with_filename(file.as_bytes()).with_pos(pos.max(4));
     }
     conn.get_binlog_stream(request).await
+}
+
+/// MariaDB's GTID position at `file`/`pos` of its binlog (`BINLOG_GTID_POS`), if it has one.
+pub async fn gtid_position_at(conn: &mut Conn, file: &str, pos: u64) -> Result<Option<String>, mysql_async::Error> {
+    let row: Option<Option<String>> = conn.exec_first("SELECT BINLOG_GTID_POS(?, ?)", (file, pos)).await?;
+    Ok(row.flatten().filter(|p| !p.is_empty()))
 }
 
 #[cfg(test)]
@@ -219,6 +256,13 @@ mod tests {
         assert_eq!(rotate_name(raw, true, true), "mysql-bin.000001");
         assert_eq!(rotate_name(&raw[..16], false, true), "mysql-bin.000001");
         assert_eq!(rotate_name(&raw[..16], true, false), "mysql-bin.000001");
+    }
+
+    #[test]
+    fn gtid_positions_keep_one_gtid_per_domain() {
+        assert_eq!(gtid_position_after(None, "0-1-5"), "0-1-5");
+        assert_eq!(gtid_position_after(Some("0-1-5,2-3-9"), "0-2-6"), "0-2-6,2-3-9");
+        assert_eq!(gtid_position_after(Some("2-3-9"), "1-1-1"), "1-1-1,2-3-9");
     }
 
     #[test]
