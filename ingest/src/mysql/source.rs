@@ -464,6 +464,9 @@ impl MysqlSource {
     /// Sends everything pending, then saves `offset` (with the snapshot queue and signal-topic
     /// position as they are now).
     pub(super) async fn flush(&mut self, mut offset: Offset) -> Result<(), MysqlError> {
+        // While catching up the binlog is always ready: give the runtime's other tasks (and
+        // timers) their turn once per batch.
+        tokio::task::yield_now().await;
         offset.snapshots = self.snapshots.clone();
         offset.signal_offset = self.signal_next;
         if !offset.file.is_empty() {
