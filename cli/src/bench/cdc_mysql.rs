@@ -232,6 +232,10 @@ async fn arrivals(
     topic: &str,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<HashMap<i64, Instant>>>> {
+    match bus.create_topic(topic, 1).await {
+        Ok(()) | Err(weir_bus::BusError::TopicExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let mut consumer = bus.consumer(ConsumerConfig::new("latency")).await?;
     consumer.subscribe(&[topic]).await?;
     Ok(tokio::spawn(async move {
@@ -356,7 +360,9 @@ async fn incremental(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_asyn
         c.read_only = read_only;
         c.incremental_snapshot_chunk_size = args.chunk;
         // Streaming from the binlog's end: no initial snapshot.
-        let (file, pos): (String, u64) = conn.query_first("SHOW MASTER STATUS").await?.context("SHOW MASTER STATUS")?;
+        let row: mysql_async::Row = conn.query_first("SHOW MASTER STATUS").await?.context("SHOW MASTER STATUS")?;
+        let (file, pos): (String, u64) =
+            (row.get(0).context("SHOW MASTER STATUS: file")?, row.get(1).context("SHOW MASTER STATUS: position")?);
         let saved = offset::Offset { file, pos, snapshot_completed: true, ..Default::default() };
         offset::save(&offset::path(&c.state_dir, &c.name), &saved)?;
         let source = MysqlSource::new(c.clone(), rig.bus.clone(), rig.serializer.clone()).await?;
