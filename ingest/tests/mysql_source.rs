@@ -1066,9 +1066,54 @@ impl Setup {
     }
 }
 
-/// Updates, deletes and inserts rows of `t` from two connections until told to stop; returns
-/// how many statements ran.
-fn concurrent_writer(db: &str, n: i64) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<u64>) {
+/// A source running in a task of its own.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), MysqlError>>,
+}
+
+impl Running {
+    fn start(source: MysqlSource) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(source.run(async move {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Stops it as a shutdown does (offset saved).
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Stops it as a crash does: nothing flushed or saved.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+/// Writers changing `t` until stopped.
+struct Writer {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Setup {
+    /// Stops the writers, waits until the source has streamed what they wrote, stops the
+    /// source; how many statements the writers ran.
+    async fn settle(&mut self, config: &MysqlSourceConfig, writer: Writer, running: Running) -> u64 {
+        writer.stop.send(true).unwrap();
+        let statements = writer.task.await.unwrap();
+        self.wait_caught_up(config).await;
+        running.stop().await;
+        statements
+    }
+}
+
+/// Updates, deletes and inserts rows of `t` from two connections until told to stop.
+fn concurrent_writer(db: &str, n: i64) -> Writer {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let writers: Vec<_> = (0..2u64).map(|w| writer(db, n, w, stopped.clone())).collect();
     let task = tokio::spawn(async move {
@@ -1078,7 +1123,7 @@ fn concurrent_writer(db: &str, n: i64) -> (tokio::sync::watch::Sender<bool>, tok
         }
         statements
     });
-    (stop, task)
+    Writer { stop, task }
 }
 
 fn writer(
@@ -1121,13 +1166,10 @@ async fn incremental_snapshot_by_signal_table_never_overwrites_concurrent_change
     config.incremental_snapshot_chunk_size = 100;
     config.include_tables = vec!["weir_incr.t".into()];
     let source = s.source(config.clone()).await;
-    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(source.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(source);
     s.wait_offset(&config, "the initial snapshot", |o| o.snapshot_completed).await;
 
-    let (stop_writer, writer) = concurrent_writer("weir_incr", 5_000);
+    let writer = concurrent_writer("weir_incr", 5_000);
     // Twice, one after the other, for more windows that concurrent changes fall into.
     for id in ["sig-1", "sig-2"] {
         s.sql(&format!(
@@ -1137,11 +1179,7 @@ async fn incremental_snapshot_by_signal_table_never_overwrites_concurrent_change
         s.wait_caught_up(&config).await;
         s.wait_offset(&config, "the snapshot to finish", |o| o.snapshots.is_empty()).await;
     }
-    stop_writer.send(true).unwrap();
-    let statements = writer.await.unwrap();
-    s.wait_caught_up(&config).await;
-    stop_source.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    let statements = s.settle(&config, writer, running).await;
 
     let events = s.events("t").await;
     let incremental: Vec<&Event> =
@@ -1193,10 +1231,7 @@ async fn read_only_incremental_snapshot_from_the_signal_topic_pauses_resumes_and
         .await
         .unwrap();
     source = s.source(config.clone()).await;
-    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(source.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(source);
     s.wait_offset(&config, "the pause", |o| o.snapshots.paused && o.signal_offset == 2).await;
     s.sql("INSERT INTO t VALUES (900001, 1)").await;
     s.wait_caught_up(&config).await;
@@ -1204,27 +1239,18 @@ async fn read_only_incremental_snapshot_from_the_signal_topic_pauses_resumes_and
     assert_eq!(events.len(), 1, "paused: only the streamed insert");
 
     // Resumed; the source is killed (no flush) once some chunks are saved, and restarted.
-    let (stop_writer, writer) = concurrent_writer("weir_incr_ro", 20_000);
+    let writer = concurrent_writer("weir_incr_ro", 20_000);
     s.send_signals(vec![signal("resume-snapshot", serde_json::json!(null))]).await.unwrap();
     s.wait_offset(&config, "some chunks", |o| {
         o.snapshots.last_key.is_some() || (o.signal_offset == 3 && o.snapshots.is_empty())
     })
     .await;
-    drop(stop_source);
-    running.abort();
-    let _ = running.await;
+    running.kill().await;
     let saved = offset::load(&offset::path(&config.state_dir, "src")).unwrap().unwrap();
     let source = s.source(config.clone()).await;
-    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(source.run(async move {
-        let _ = stopped.await;
-    }));
+    let running = Running::start(source);
     s.wait_offset(&config, "the snapshot to finish", |o| o.snapshots.is_empty()).await;
-    stop_writer.send(true).unwrap();
-    let statements = writer.await.unwrap();
-    s.wait_caught_up(&config).await;
-    stop_source.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    let statements = s.settle(&config, writer, running).await;
 
     let events = s.events("t").await;
     let incremental: Vec<i64> = events
@@ -1258,19 +1284,12 @@ async fn blocking_snapshot_pauses_streaming_at_its_position() {
     )
     .unwrap();
     let source = s.source(config.clone()).await;
-    let (stop_source, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(source.run(async move {
-        let _ = stopped.await;
-    }));
-    let (stop_writer, writer) = concurrent_writer("weir_block", 3_000);
+    let running = Running::start(source);
+    let writer = concurrent_writer("weir_block", 3_000);
     let data = serde_json::json!({"data-collections": ["weir_block.t"], "type": "blocking"});
     s.send_signals(vec![weir_ingest::mysql::signal::record("shop", "execute-snapshot", &data)]).await.unwrap();
     s.wait_offset(&config, "the blocking snapshot", |o| o.signal_offset == 1 && o.snapshots.is_empty()).await;
-    stop_writer.send(true).unwrap();
-    let statements = writer.await.unwrap();
-    s.wait_caught_up(&config).await;
-    stop_source.send(()).unwrap();
-    running.await.unwrap().unwrap();
+    let statements = s.settle(&config, writer, running).await;
 
     let events = s.events("t").await;
     let read: Vec<&Event> = events.iter().filter(|e| e.op == "r").collect();

@@ -121,19 +121,7 @@ async fn drain(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Con
     let inserts = args.changes / 2;
     let updates = args.changes - inserts;
     let written = Instant::now();
-    conn.query_drop("SET SESSION max_recursive_iterations = 100000000").await.ok();
-    let mut next = 0;
-    while next < inserts {
-        let n = args.txn_rows.min(inserts - next);
-        conn.query_drop(format!(
-            "INSERT INTO {db}.orders WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) \
-             SELECT i, i % 1000, (i % 10000) / 100, 'new', '2026-11-23 10:00:00.000' FROM s",
-            lo = next + 1,
-            hi = next + n
-        ))
-        .await?;
-        next += n;
-    }
+    insert_orders(conn, db, inserts, args.txn_rows).await?;
     let mut done = 0;
     while done < updates {
         let n = args.txn_rows.min(updates - done);
@@ -171,6 +159,24 @@ async fn drain(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Con
         "ratio_to_bare_decode": (rate / baseline * 1000.0).round() / 1000.0,
         "write_seconds": (write_secs * 10.0).round() / 10.0,
     }))
+}
+
+/// Inserts orders 1..=`rows` into `db.orders`, `per_txn` rows a transaction.
+async fn insert_orders(conn: &mut mysql_async::Conn, db: &str, rows: usize, per_txn: usize) -> anyhow::Result<()> {
+    conn.query_drop("SET SESSION max_recursive_iterations = 100000000").await.ok();
+    let mut next = 0;
+    while next < rows {
+        let n = per_txn.min(rows - next);
+        conn.query_drop(format!(
+            "INSERT INTO {db}.orders WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) \
+             SELECT i, i % 1000, (i % 10000) / 100, 'new', '2026-11-23 10:00:00.000' FROM s",
+            lo = next + 1,
+            hi = next + n
+        ))
+        .await?;
+        next += n;
+    }
+    Ok(())
 }
 
 /// Reads the binlog from `file`/`pos` to its end with the bare replication client, decoding
@@ -325,18 +331,7 @@ async fn incremental(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_asyn
     ))
     .await?;
     let rows = args.snapshot_rows;
-    let mut next = 0;
-    while next < rows {
-        let n = 100_000.min(rows - next);
-        conn.query_drop(format!(
-            "INSERT INTO {db}.orders WITH RECURSIVE s(i) AS (SELECT {lo} UNION ALL SELECT i + 1 FROM s WHERE i < {hi}) \
-             SELECT i, i % 1000, (i % 10000) / 100, 'new', '2026-11-23 10:00:00.000' FROM s",
-            lo = next + 1,
-            hi = next + n
-        ))
-        .await?;
-        next += n;
-    }
+    insert_orders(conn, &db, rows, 100_000).await?;
     // Baseline: the initial (consistent, one-query-per-table) snapshot of the same rows.
     let baseline = rig(config).await?;
     let mut source = MysqlSource::new(
