@@ -1247,6 +1247,11 @@ async fn read_only_incremental_snapshot_from_the_signal_topic_pauses_resumes_and
     .await;
     running.kill().await;
     let saved = offset::load(&offset::path(&config.state_dir, "src")).unwrap().unwrap();
+    if let Some(max) = &saved.snapshots.max_key {
+        // The largest key when the first chunk was read (the row streamed while paused), typed as
+        // the column is: compared as text, a BIGINT would be compared as a double.
+        assert_eq!(max, &[weir_ingest::mysql::incremental::KeyValue::Int(900_001)]);
+    }
     let source = s.source(config.clone()).await;
     let running = Running::start(source);
     s.wait_offset(&config, "the snapshot to finish", |o| o.snapshots.is_empty()).await;

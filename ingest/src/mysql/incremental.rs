@@ -554,7 +554,9 @@ impl MysqlSource {
                 condition.as_ref().map(|c| format!(" WHERE {c}")).unwrap_or_default()
             );
             let err = self.server_error(format!("reading the largest key of {table}"));
-            let row: Option<mysql_async::Row> = self.snapshot_conn().await?.query_first(sql).await.map_err(err)?;
+            // As a prepared statement: typed values (a BIGINT key compared as text would be
+            // compared as a double by the server).
+            let row: Option<mysql_async::Row> = self.snapshot_conn().await?.exec_first(sql, ()).await.map_err(err)?;
             let Some(row) = row else {
                 tracing::info!(source = %source_name, table, "incremental snapshot: table is empty");
                 return self.table_done(0);
