@@ -79,6 +79,34 @@ pub struct Script {
     pub capture_stdout: bool,
 }
 
+/// The try's process group (the script is its leader, its children are in it): killed whole
+/// when the try runs past its timeout or is dropped unfinished (cancelled, scheduler shut down),
+/// so a `sh -c` script's children do not outlive it. A script that ends by itself keeps what it
+/// left running in the background.
+struct Group(Option<nix::unistd::Pid>);
+
+impl Group {
+    fn of(child: &tokio::process::Child) -> Group {
+        Group(child.id().and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw))
+    }
+
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The last this many bytes of standard output are kept.
 const STDOUT_TAIL: usize = 64 << 10;
 
@@ -94,12 +122,14 @@ impl Script {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)
             .stdin(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true);
         if !self.capture_stdout {
             // One pipe for both streams, so they interleave as the process wrote them.
             let (reader, writer) = std::io::pipe().map_err(log_err)?;
             cmd.stdout(Stdio::from(writer.try_clone().map_err(log_err)?)).stderr(Stdio::from(writer));
             let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
+            let mut group = Group::of(&child);
             drop(cmd); // its copies of the pipe's writing end: the pipe ends with the process
             let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(log_err)?;
             let mut buf = vec![0u8; 16 << 10];
@@ -111,8 +141,12 @@ impl Script {
                         Ok(n) if n > 0 => log.write(&buf[..n]).map_err(log_err)?,
                         _ => open = false,
                     },
-                    status = child.wait() => break status,
+                    status = child.wait() => {
+                        group.disarm();
+                        break status;
+                    }
                     _ = sleep_until(deadline) => {
+                        group.kill();
                         let _ = child.kill().await;
                         let limit = self.timeout.unwrap_or_default();
                         log.write(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).map_err(log_err)?;
@@ -134,6 +168,7 @@ impl Script {
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
+        let mut group = Group::of(&child);
         let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
         let mut tail = String::new();
@@ -158,8 +193,12 @@ impl Script {
                     Ok(Some(l)) => log.write(format!("[stderr] {l}\n").as_bytes()).map_err(log_err)?,
                     _ => err_open = false,
                 },
-                status = child.wait(), if !out_open && !err_open => break status,
+                status = child.wait(), if !out_open && !err_open => {
+                    group.disarm();
+                    break status;
+                }
                 _ = sleep_until(deadline) => {
+                    group.kill();
                     let _ = child.kill().await;
                     let limit = self.timeout.unwrap_or_default();
                     log.write(format!("[weir] killed after {limit:?} (execution_timeout)\n").as_bytes()).map_err(log_err)?;
@@ -292,5 +331,45 @@ mod tests {
         let err = script(dir.path(), &["sleep", "30"], Some(Duration::from_millis(300))).run().await.unwrap_err();
         assert!(matches!(err, ScriptError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Processes whose command line holds `marker`.
+    fn running(marker: &str) -> usize {
+        let out = std::process::Command::new("pgrep").args(["-f", marker]).output().expect("pgrep (procps)");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
+    /// Waits (bounded) until no process holds `marker`; how many are left.
+    async fn left(marker: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(marker) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        running(marker)
+    }
+
+    #[tokio::test]
+    async fn a_timeout_or_a_cancel_kills_the_scripts_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        for (capture, marker) in [(true, "3000.101"), (false, "3000.102")] {
+            // A shell whose children run on: the shell alone was killed before.
+            let command = format!("sleep {marker} & sleep {marker} & wait");
+            let s = Script {
+                capture_stdout: capture,
+                ..script(dir.path(), &["sh", "-c", &command], Some(Duration::from_millis(300)))
+            };
+            assert!(matches!(s.run().await.unwrap_err(), ScriptError::Timeout { .. }));
+            assert_eq!(left(marker).await, 0, "children of a timed-out try still run (capture_stdout = {capture})");
+        }
+        // Cancelled: the run is dropped unfinished (a scheduler shutting down, a cancelled try).
+        let command = "sleep 3000.103 & sleep 3000.103 & wait";
+        let s = script(dir.path(), &["sh", "-c", command], None);
+        assert!(tokio::time::timeout(Duration::from_millis(300), s.run()).await.is_err());
+        assert_eq!(left("3000.103").await, 0, "children of a cancelled try still run");
+        // A script that ends by itself keeps its background work.
+        let s = script(dir.path(), &["sh", "-c", "sleep 3000.104 > /dev/null 2>&1 &"], None);
+        s.run().await.unwrap();
+        assert_eq!(running("3000.104"), 1, "a finished script's background process is left alone");
+        let _ = std::process::Command::new("pkill").args(["-f", "3000.104"]).status();
     }
 }
