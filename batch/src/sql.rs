@@ -85,6 +85,7 @@ pub async fn write_view(
             let mode = if before.is_some() { mode } else { WriteMode::Overwrite };
             let done =
                 crate::cluster_write::write(&ctx, &engine.to_string(), &table, &name, frame, mode, source).await?;
+            lake.announce(&name, done.version, "view").await;
             return Ok(ViewWritten { table: name, version: done.version, rows: done.rows });
         }
     };
@@ -100,6 +101,7 @@ pub async fn write_view(
     };
     let table = write.await.map_err(|e| LakeError::delta(&name, e))?;
     let version = table.version().unwrap_or_default();
+    lake.announce(&name, version, "view").await;
     // Rows added, from the commit's own metrics (read from the table just written, not reopened).
     let history: Vec<_> = table.history(Some(1)).try_collect().await.map_err(|e| LakeError::delta(&name, e))?;
     let rows = history

@@ -420,19 +420,23 @@ pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<(
         return status(config).await;
     }
     let store = store(config).await?;
-    let lake = Arc::new(Lake::new(&config.lake));
     let metrics = telemetry::init_metrics()?;
     let (bound, server) = telemetry::ops_server(args.listen, metrics).await?;
     tracing::info!(listen = %bound, dags = %config.flow.dags_dir.display(), slots = config.flow.slots, "scheduler running");
-    let mut scheduler = Scheduler::new(store, lake, config.flow.clone());
-    match weir_bus::open(&config.bus).await {
-        Ok(bus) => scheduler = scheduler.with_bus(bus),
+    let bus = match weir_bus::open(&config.bus).await {
+        Ok(bus) => Some(bus),
         // Several schedulers on one machine share the embedded bus's directory, which one
         // process owns: the others run without publishing (use Kafka for several schedulers).
         Err(e @ weir_bus::BusError::Locked { .. }) => {
-            tracing::warn!(error = %e, "this scheduler does not publish weir.flow.events while another process owns the embedded bus");
+            tracing::warn!(error = %e, "this scheduler neither publishes weir.flow.events nor hears lake commit signals while another process owns the embedded bus");
+            None
         }
         Err(e) => return Err(e).with_context(|| format!("opening bus {}", config.bus.url)),
+    };
+    let lake = Arc::new(signalled(Lake::new(&config.lake), bus.as_ref()));
+    let mut scheduler = Scheduler::new(store, lake, config.flow.clone());
+    if let Some(bus) = bus {
+        scheduler = scheduler.with_bus(bus);
     }
     tokio::select! {
         r = scheduler.run(telemetry::stop_signal()) => r?,
@@ -444,7 +448,20 @@ pub async fn scheduler(config: &Config, args: SchedulerArgs) -> anyhow::Result<(
 /// `weir worker`: claims and runs tasks from its queues until Ctrl-C or SIGTERM, then drains.
 pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<()> {
     let store = store(config).await?;
-    let lake = Arc::new(Lake::new(&config.lake));
+    // On Kafka, SQL tasks' commits are announced for table-triggered DAGs. A worker never
+    // opens the embedded bus (it would own it, and the platform would depend on the worker): the
+    // scheduler finds those commits in the tables' logs when it next reads the DAG folder.
+    let bus = match &config.bus.url {
+        weir_bus::BusUrl::Kafka(_) => match weir_bus::open(&config.bus).await {
+            Ok(bus) => Some(bus),
+            Err(e) => {
+                tracing::warn!(error = %e, "this worker does not announce its SQL tasks' lake commits");
+                None
+            }
+        },
+        weir_bus::BusUrl::Local(_) => None,
+    };
+    let lake = Arc::new(signalled(Lake::new(&config.lake), bus.as_ref()));
     let metrics = telemetry::init_metrics()?;
     let (bound, server) = telemetry::ops_server(args.listen, metrics).await?;
     let slots = args.slots.unwrap_or(config.flow.slots);
@@ -455,6 +472,14 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<()> {
         r = server => r.context("health and metrics server")?,
     }
     Ok(())
+}
+
+/// `lake`, announcing its commits on `bus` when there is one.
+fn signalled(lake: Lake, bus: Option<&Arc<dyn weir_bus::Bus>>) -> Lake {
+    match bus {
+        Some(bus) => lake.with_signals(weir_lake::signal::Signals::new(bus.clone())),
+        None => lake,
+    }
 }
 
 /// `weir scheduler status`: the lease, the schedulers (leader first, then heirs by age) and the

@@ -6,6 +6,7 @@ use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Subcommand;
 use weir_bus::Bus;
+use weir_lake::signal::Signals;
 use weir_lake::{
     Lake,
     writer::{FlushPolicy, TopicWriter, table_name},
@@ -193,9 +194,9 @@ async fn write(
 ) -> anyhow::Result<()> {
     let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
     let writers = Writers {
+        lake: Lake::new(&config.lake).with_signals(Signals::new(bus.clone())),
         bus,
         registry: registry(config).await?,
-        lake: Lake::new(&config.lake),
         policy: config.lake.flush_policy(),
         partitions,
     };

@@ -102,7 +102,8 @@ impl Platform {
     pub async fn open(config: Config) -> anyhow::Result<Platform> {
         let bus = weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?;
         let registry = registry(&config).await?;
-        let lake = Lake::new(&config.lake);
+        // Commits are announced on the bus, for the table-triggered DAGs.
+        let lake = Lake::new(&config.lake).with_signals(weir_lake::signal::Signals::new(bus.clone()));
         let store = Store::open(config.metadata.connect().await?).await.context("opening the metadata DB")?;
         Ok(Platform { config, bus, registry, lake, store })
     }

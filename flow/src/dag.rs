@@ -249,8 +249,9 @@ struct DagFile {
     description: String,
     #[serde(default)]
     owner: String,
+    /// A cron expression or preset, or `{tables, mode, debounce}` ([`TablesFile`]).
     #[serde(default)]
-    schedule: Option<String>,
+    schedule: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     timezone: Option<String>,
     start_date: Option<String>,
@@ -271,6 +272,16 @@ struct DagFile {
     #[serde(default)]
     notifications: Notifications,
     tasks: Vec<TaskFile>,
+}
+
+/// `schedule: {tables, mode, debounce}`: the tables whose commits start runs.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TablesFile {
+    tables: Vec<String>,
+    #[serde(default)]
+    mode: crate::schedule::TriggerMode,
+    debounce: Option<String>,
 }
 
 /// `default_args`. A task repeats these keys in [`TaskFile`] rather than flattening this struct:
@@ -374,10 +385,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
         None => Tz::UTC,
         Some(name) => name.parse().map_err(|_| err(format!("timezone {name:?}: not an IANA time zone name")))?,
     };
-    let schedule = Schedule::parse(raw.schedule.as_deref()).map_err(|e| err(format!("schedule: {e}")))?;
+    let schedule = match raw.schedule.clone() {
+        None | Some(serde_yaml_ng::Value::Null) => Ok(Schedule::None),
+        Some(serde_yaml_ng::Value::String(text)) => Schedule::parse(Some(&text)),
+        Some(tables @ serde_yaml_ng::Value::Mapping(_)) => serde_yaml_ng::from_value::<TablesFile>(tables)
+            .map_err(|e| strip_location(&e.to_string()))
+            .and_then(|t| table_trigger(&t)),
+        Some(_) => Err("expected a cron expression, a preset (@daily…) or {tables: [...]}".into()),
+    }
+    .map_err(|e| err(format!("schedule: {e}")))?;
     let start_date = match &raw.start_date {
         Some(s) => parse_instant(s, timezone).map_err(|e| err(format!("start_date {s:?}: {e}")))?,
-        None if matches!(schedule, Schedule::None) => DateTime::<Utc>::UNIX_EPOCH,
+        None if matches!(schedule, Schedule::None | Schedule::Tables(_)) => DateTime::<Utc>::UNIX_EPOCH,
         None => return Err(err("start_date is required when there is a schedule".into())),
     };
     let end_date = match &raw.end_date {
@@ -636,6 +655,25 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
     })
 }
 
+/// `schedule: {tables, mode, debounce}`, checked.
+fn table_trigger(t: &TablesFile) -> Result<Schedule, String> {
+    if t.tables.is_empty() {
+        return Err("tables: name at least one lake table".into());
+    }
+    let mut seen = BTreeSet::new();
+    for table in &t.tables {
+        check_table(table)?;
+        if !seen.insert(table) {
+            return Err(format!("tables: {table:?} is named twice"));
+        }
+    }
+    let debounce = match &t.debounce {
+        Some(d) => parse_duration(d).map_err(|e| format!("debounce: {e}"))?,
+        None => Duration::ZERO,
+    };
+    Ok(Schedule::Tables(crate::schedule::TableTrigger { tables: t.tables.clone(), mode: t.mode, debounce }))
+}
+
 /// A lake table name as sensors take it: `raw.x`, `current.x` or `views.x`.
 fn check_table(name: &str) -> Result<(), String> {
     match name.split_once('.') {
@@ -842,6 +880,35 @@ tasks:
         assert!(e.contains("deadline \"soon\""), "{e}");
         let e = err("tasks:\n  - {id: a, push: {files: [], uri: 's3://b/k'}}\n");
         assert!(e.contains("push needs at least one file"), "{e}");
+    }
+
+    #[test]
+    fn table_schedules() {
+        let d = parse_str(
+            "schedule: {tables: [raw.orders, current.customers], mode: all, debounce: 2s}\ntasks:\n  - {id: a, script: [true]}\n",
+        )
+        .unwrap();
+        let expected = crate::schedule::TableTrigger {
+            tables: vec!["raw.orders".into(), "current.customers".into()],
+            mode: crate::schedule::TriggerMode::All,
+            debounce: Duration::from_secs(2),
+        };
+        assert_eq!(d.schedule, Schedule::Tables(expected));
+        assert_eq!(d.schedule.to_string(), "on commit (all): raw.orders, current.customers, debounce 2s");
+        let err = |text: &str| parse_str(text).unwrap_err().to_string();
+        let task = "\ntasks:\n  - {id: a, script: [true]}\n";
+        let e = err(&format!("schedule: {{tables: []}}{task}"));
+        assert!(e.contains("name at least one lake table"), "{e}");
+        let e = err(&format!("schedule: {{tables: [orders]}}{task}"));
+        assert!(e.contains("\"orders\"") && e.contains("raw.<name>"), "{e}");
+        let e = err(&format!("schedule: {{tables: [raw.a, raw.a]}}{task}"));
+        assert!(e.contains("named twice"), "{e}");
+        let e = err(&format!("schedule: {{tables: [raw.a], debounce: soon}}{task}"));
+        assert!(e.contains("debounce"), "{e}");
+        let e = err(&format!("schedule: {{tables: [raw.a], mode: sometimes}}{task}"));
+        assert!(e.contains("sometimes") && e.contains("any"), "{e}");
+        let e = err(&format!("schedule: {{tables: [raw.a], every: 5s}}{task}"));
+        assert!(e.contains("every"), "{e}");
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub(crate) async fn run_try(
         (run.interval.start, run.interval.end),
         &dag.params,
         &run.conf,
-    );
+    )
+    .with_inputs(&run.inputs);
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
     let env =

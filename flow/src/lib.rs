@@ -1,6 +1,7 @@
 //! # weir-flow — the orchestrator
 //!
-//! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), trigger
+//! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), DAGs that
+//! lake commits start ([`triggers`]), trigger
 //! rules and states ([`rules`]), templating ([`template`]), the metadata store ([`store`]), the
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
 //! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
@@ -24,6 +25,7 @@ pub mod schedule;
 pub mod scheduler;
 pub mod store;
 pub mod template;
+mod triggers;
 pub mod ui;
 pub mod worker;
 

@@ -45,8 +45,8 @@ pub async fn backfill(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<String>, FlowError> {
-    if matches!(dag.schedule, Schedule::None | Schedule::Once) {
-        return Err(FlowError::Invalid(format!("DAG {} has no recurring schedule to backfill", dag.id)));
+    if matches!(dag.schedule, Schedule::None | Schedule::Once | Schedule::Tables(_)) {
+        return Err(FlowError::Invalid(format!("DAG {} has no recurring time schedule to backfill", dag.id)));
     }
     if from > to {
         return Err(FlowError::Invalid(format!("backfill --from {from} is after --to {to}")));

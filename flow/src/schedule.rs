@@ -5,7 +5,8 @@
 //! A schedule is a five-field cron expression (`minute hour day-of-month month day-of-week`, with
 //! `*`, lists, ranges, steps, month and weekday names), a preset (`@hourly`, `@daily`,
 //! `@weekly`, `@monthly`, `@yearly`), a fixed interval (`@every 15m`), `@once`, or none (manual
-//! runs only). Cron ticks are evaluated in the DAG's time zone: a daily run at 02:30 in a zone
+//! runs only), or a set of lake tables whose commits start runs ([`TableTrigger`], see
+//! [`crate::triggers`]). Cron ticks are evaluated in the DAG's time zone: a daily run at 02:30 in a zone
 //! that skips 02:30 one night fires at the first minute after the gap; a repeated hour fires once.
 
 use std::{fmt, time::Duration};
@@ -35,6 +36,31 @@ pub enum Schedule {
     Cron(Cron),
     /// Every fixed duration from `start_date`.
     Every(Duration),
+    /// When lake tables commit (no time intervals: see [`crate::triggers`]).
+    Tables(TableTrigger),
+}
+
+/// `schedule: {tables: [...], mode, debounce}`: a run starts when the tables commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableTrigger {
+    /// The lake tables (`raw.x`, `current.x`, `views.x`).
+    pub tables: Vec<String>,
+    /// Whether a commit to any table starts a run, or only one to each since the last run.
+    pub mode: TriggerMode,
+    /// How long after the first commit a run waits for more (so the commits of several
+    /// partitions, or of several tables, start one run).
+    pub debounce: Duration,
+}
+
+/// How a [`TableTrigger`]'s tables combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TriggerMode {
+    /// A commit to any of the tables.
+    #[default]
+    Any,
+    /// A commit to every one of the tables since the last run.
+    All,
 }
 
 impl Schedule {
@@ -75,7 +101,7 @@ impl Schedule {
     /// The first data interval at or after `start_date`.
     pub fn first(&self, start_date: DateTime<Utc>, tz: Tz) -> Option<Interval> {
         match self {
-            Schedule::None => None,
+            Schedule::None | Schedule::Tables(_) => None,
             Schedule::Once => Some(Interval { start: start_date, end: start_date }),
             Schedule::Every(d) => Some(Interval { start: start_date, end: start_date + chrono_dur(*d) }),
             Schedule::Cron(c) => {
@@ -89,7 +115,7 @@ impl Schedule {
     /// The interval after `prev`.
     pub fn next(&self, prev: Interval, tz: Tz) -> Option<Interval> {
         match self {
-            Schedule::None | Schedule::Once => None,
+            Schedule::None | Schedule::Once | Schedule::Tables(_) => None,
             Schedule::Every(d) => Some(Interval { start: prev.end, end: prev.end + chrono_dur(*d) }),
             Schedule::Cron(c) => {
                 let end = c.next_at_or_after(prev.end + ChronoDuration::minutes(1), tz)?;
@@ -105,7 +131,7 @@ impl Schedule {
             return None;
         }
         match self {
-            Schedule::None => None,
+            Schedule::None | Schedule::Tables(_) => None,
             Schedule::Once => Some(first),
             Schedule::Every(d) => {
                 let step = chrono_dur(*d);
@@ -147,6 +173,17 @@ impl fmt::Display for Schedule {
             Schedule::Once => f.write_str("@once"),
             Schedule::Every(d) => write!(f, "@every {}", humantime::format_duration(*d)),
             Schedule::Cron(c) => f.write_str(&c.text),
+            Schedule::Tables(t) => {
+                let mode = match t.mode {
+                    TriggerMode::Any => "any",
+                    TriggerMode::All => "all",
+                };
+                write!(f, "on commit ({mode}): {}", t.tables.join(", "))?;
+                if !t.debounce.is_zero() {
+                    write!(f, ", debounce {}", humantime::format_duration(t.debounce))?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::{
     notices::QueueAlerts,
     rules::{Decision, RunState, TaskState, decide},
     store::{DONE_CHANNEL, Finish, RunRow, Store, StoreError, TaskKey, TaskRow},
+    triggers::{self, Triggers},
 };
 
 /// Where task instances run.
@@ -179,6 +180,8 @@ pub struct Scheduler {
     bus: Option<Arc<dyn weir_bus::Bus>>,
     /// Wakes the publisher after state changes.
     events_wake: Arc<tokio::sync::Notify>,
+    /// Table-triggered DAGs: the tables' versions and the DAGs' cursors, while leading.
+    triggers: Triggers,
 }
 
 /// How often, on SQLite (no notifications), the leader looks for the ends of workers' tries and
@@ -234,6 +237,7 @@ impl Scheduler {
             shared_dags: Arc::default(),
             bus: None,
             events_wake: Arc::default(),
+            triggers: Triggers::default(),
         }
     }
 
@@ -265,6 +269,7 @@ impl Scheduler {
             };
             self.store = self.base.with_fence(fence.clone());
             let ended = self.lead(&mut shutdown, &mut lead_rx).await;
+            self.triggers = Triggers::default();
             self.waiting.clear();
             self.next_retry = None;
             self.worker_beats = Beats::default();
@@ -308,7 +313,20 @@ impl Scheduler {
         let _relay = Background(tokio::spawn(relay));
         let _listener = (remote && self.store.is_postgres())
             .then(|| Background(tokio::spawn(listen_done(self.store.url(), remote_tx))));
-        let ended = self.lead_loop(shutdown, lead_rx, &mut remote_rx, &notifier).await;
+        // Lake commits, for table-triggered DAGs: positioned at the signals' end before the first
+        // reconcile reads the tables' logs, so no commit falls between the two.
+        let (commit_tx, mut commit_rx) = mpsc::unbounded_channel();
+        let _follower = match &self.bus {
+            Some(bus) => match triggers::follow(bus.clone(), commit_tx).await {
+                Ok(task) => Some(Background(task)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow lake commit signals; table-triggered DAGs start when the DAG folder is read");
+                    None
+                }
+            },
+            None => None,
+        };
+        let ended = self.lead_loop(shutdown, lead_rx, &mut remote_rx, &mut commit_rx, &notifier).await;
         if matches!(ended, Ok(Ended::Shutdown)) && !remote {
             tracing::info!(running = self.running.len(), "scheduler stopping; waiting for running tasks");
             while !self.running.is_empty() {
@@ -336,6 +354,7 @@ impl Scheduler {
         shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
         lead_rx: &mut watch::Receiver<Option<crate::store::Fence>>,
         remote_rx: &mut mpsc::UnboundedReceiver<TaskKey>,
+        commit_rx: &mut mpsc::UnboundedReceiver<weir_lake::signal::Commit>,
         notifier: &Notifier,
     ) -> Result<Ended, FlowError> {
         let remote = self.config.executor == Executor::Workers;
@@ -352,6 +371,10 @@ impl Scheduler {
             if now >= next_parse {
                 if let Err(e) = self.parse().await {
                     tracing::error!(error = %e, "reading the DAG folder failed; trying again");
+                }
+                let reconciled = self.triggers.reconcile(&self.lake, &self.store, &self.dags).await;
+                if lost(reconciled.map_err(FlowError::from), "reading table-triggered DAGs' cursors") {
+                    return Ok(Ended::LostLease);
                 }
                 // Schedulers and workers gone for an hour leave `weir scheduler status`.
                 if let Err(e) = self.base.forget_members(Duration::from_secs(3600)).await {
@@ -386,6 +409,7 @@ impl Scheduler {
                 }
                 let pass = async {
                     self.create_scheduled_runs().await?;
+                    self.create_triggered_runs().await?;
                     self.schedule_all().await
                 };
                 if lost(pass.await, "scheduling pass") {
@@ -423,6 +447,16 @@ impl Scheduler {
                             None
                         }
                     }
+                }
+                Some(commit) = commit_rx.recv() => {
+                    self.triggers.heard(&commit);
+                    while let Ok(c) = commit_rx.try_recv() {
+                        self.triggers.heard(&c);
+                    }
+                    self.start_triggered().await
+                }
+                _ = tokio::time::sleep_until(self.triggers.next_due().unwrap_or(next_poll)), if self.triggers.next_due().is_some() => {
+                    self.start_triggered().await
                 }
                 changed = lead_rx.changed() => {
                     if changed.is_err() || lead_rx.borrow().is_none() {
@@ -634,6 +668,53 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// Creates the runs of table-triggered DAGs that are due (see [`crate::triggers`]); one that
+    /// cannot start yet (paused, or `max_active_runs` reached) is looked at again next pass.
+    /// Returns the runs created.
+    async fn create_triggered_runs(&mut self) -> Result<Vec<RunRow>, FlowError> {
+        let due = self.triggers.due(&self.dags);
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: HashMap<String, bool> = self.store.dags().await?.into_iter().map(|r| (r.dag_id, r.paused)).collect();
+        let active = self.store.active_runs().await?;
+        let mut created = Vec::new();
+        for d in due {
+            let busy = active.iter().filter(|r| r.dag_id == d.dag.id).count() >= d.dag.max_active_runs;
+            if rows.get(&d.dag.id).copied().unwrap_or(true) || busy {
+                self.triggers.postpone(&d.dag.id, tokio::time::Instant::now() + self.config.poll_interval);
+                continue;
+            }
+            let now = Utc::now();
+            let run_id = format!("tables__{}", now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            if self.store.create_triggered_run(&d.dag, &run_id, d.interval, &d.inputs).await? {
+                let changed: Vec<String> =
+                    d.inputs.iter().filter(|(_, i)| i.changed()).map(|(t, i)| format!("{t}@{}", i.version)).collect();
+                tracing::info!(dag = %d.dag.id, run_id, ?changed, "table-triggered run created");
+                metrics::counter!("weir_flow_table_triggered_runs_total", "dag" => d.dag.id.clone()).increment(1);
+                self.triggers.created(&d.dag.id, &d.inputs);
+                created.push(self.store.run(&d.dag.id, &run_id).await?);
+            }
+        }
+        Ok(created)
+    }
+
+    /// Creates the table-triggered runs that are due and starts their first tasks at once.
+    async fn start_triggered(&mut self) -> Option<BTreeMap<(String, String), Vec<String>>> {
+        let started = async {
+            for run in self.create_triggered_runs().await? {
+                self.schedule_run(&run).await?;
+            }
+            self.dispatch().await
+        };
+        match started.await {
+            Ok(()) => {}
+            Err(FlowError::Store(StoreError::Fenced(_))) => {} // the lease watch ends this term
+            Err(e) => tracing::error!(error = %e, "starting table-triggered runs failed; the next pass retries"),
+        }
+        None
     }
 
     /// Decides and starts what it can in every active run.

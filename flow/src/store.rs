@@ -101,6 +101,27 @@ pub struct RunRow {
     pub started_at: Option<DateTime<Utc>>,
     /// When it finished.
     pub ended_at: Option<DateTime<Utc>>,
+    /// A table-triggered run's tables and their versions (empty for other runs).
+    pub inputs: Inputs,
+}
+
+/// A table-triggered run's input tables, by name.
+pub type Inputs = std::collections::BTreeMap<String, InputVersion>;
+
+/// One input table of a table-triggered run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InputVersion {
+    /// The table's version the run covers (-1: the table has no commit yet).
+    pub version: i64,
+    /// The version the DAG's previous run covered (the run's commits are those after it).
+    pub previous: i64,
+}
+
+impl InputVersion {
+    /// Whether the table committed since the previous run.
+    pub fn changed(&self) -> bool {
+        self.version > self.previous
+    }
 }
 
 /// A task instance.
@@ -410,10 +431,80 @@ impl Store {
         // Writing first takes SQLite's write lock at once (a read first could not be upgraded
         // while another connection writes).
         let mut tx = self.begin().await?;
+        let created = self.insert_run(&mut tx, dag, run_id, run_type, interval, conf, None).await?;
+        if created {
+            tx.commit().await?;
+        }
+        Ok(created)
+    }
+
+    /// Creates a table-triggered run (`run_type` `tables`) of `dag` reading `inputs`, and moves
+    /// the DAG's table cursors to their versions, in one transaction. False when the run id
+    /// exists already.
+    pub async fn create_triggered_run(
+        &self,
+        dag: &Dag,
+        run_id: &str,
+        interval: Interval,
+        inputs: &Inputs,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let created =
+            self.insert_run(&mut tx, dag, run_id, "tables", interval, &Default::default(), Some(inputs)).await?;
+        if !created {
+            return Ok(false);
+        }
+        for (table, input) in inputs {
+            set_cursor(&mut tx, &dag.id, table, input.version).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The table versions `dag_id`'s last table-triggered run covered, by table.
+    pub async fn table_cursors(&self, dag_id: &str) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT table_name, version FROM flow_table_cursors WHERE dag_id = $1")
+            .bind(dag_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Sets where `dag_id` starts watching tables it has no cursor for (a new DAG, or a table
+    /// added to its list): their versions now, so earlier commits start no run.
+    pub async fn start_cursors(&self, dag_id: &str, versions: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for (table, version) in versions {
+            sqlx::query(
+                "INSERT INTO flow_table_cursors (dag_id, table_name, version) VALUES ($1, $2, $3) \
+                 ON CONFLICT (dag_id, table_name) DO NOTHING",
+            )
+            .bind(dag_id)
+            .bind(table)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Inserts a run and its task instances (false, nothing written, when the run id exists).
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_run(
+        &self,
+        tx: &mut Tx<'_>,
+        dag: &Dag,
+        run_id: &str,
+        run_type: &str,
+        interval: Interval,
+        conf: &serde_json::Map<String, serde_json::Value>,
+        inputs: Option<&Inputs>,
+    ) -> Result<bool, StoreError> {
         let t = now();
         let inserted = sqlx::query(
             "INSERT INTO flow_dag_runs (dag_id, run_id, run_type, logical_date, interval_start, interval_end, state, \
-             conf, dag_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             conf, dag_hash, created_at, inputs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (dag_id, run_id) DO NOTHING",
         )
         .bind(&dag.id)
@@ -426,7 +517,8 @@ impl Store {
         .bind(serde_json::Value::Object(conf.clone()).to_string())
         .bind(&dag.hash)
         .bind(t)
-        .execute(&mut *tx)
+        .bind(inputs.map(|i| serde_json::to_string(i).expect("inputs serialize")))
+        .execute(&mut **tx)
         .await?;
         if inserted.rows_affected() == 0 {
             return Ok(false);
@@ -444,7 +536,7 @@ impl Store {
             .bind(&task.queue)
             .bind(&task.pool)
             .bind(task.priority)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
         if run_type == "scheduled" {
@@ -453,16 +545,15 @@ impl Store {
             )
             .bind(micros(interval.end))
             .bind(&dag.id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        events::record(&mut tx, t, &[Change::run(&dag.id, run_id, RunState::Queued.as_str())]).await?;
-        tx.commit().await?;
+        events::record(tx, t, &[Change::run(&dag.id, run_id, RunState::Queued.as_str())]).await?;
         Ok(true)
     }
 
     const RUN_COLUMNS: &str = "dag_id, run_id, run_type, interval_start, interval_end, state, conf, dag_hash, created_at, \
-                               started_at, ended_at";
+                               started_at, ended_at, inputs";
 
     fn run_row(r: &AnyRow) -> Result<RunRow, StoreError> {
         let state: String = r.get(5);
@@ -481,6 +572,12 @@ impl Store {
             created_at: instant(r.get(8)),
             started_at: r.get::<Option<i64>, _>(9).map(instant),
             ended_at: r.get::<Option<i64>, _>(10).map(instant),
+            inputs: match r.get::<Option<String>, _>(11) {
+                None => Inputs::new(),
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("run inputs {text:?}: {e}")))?
+                }
+            },
         })
     }
 
@@ -997,4 +1094,18 @@ impl Store {
         tx.commit().await?;
         Ok(rows.len() as u64)
     }
+}
+
+/// Moves `dag_id`'s cursor on `table` to `version`.
+async fn set_cursor(tx: &mut Tx<'_>, dag_id: &str, table: &str, version: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO flow_table_cursors (dag_id, table_name, version) VALUES ($1, $2, $3) \
+         ON CONFLICT (dag_id, table_name) DO UPDATE SET version = excluded.version",
+    )
+    .bind(dag_id)
+    .bind(table)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! `{{ name }}` templating of SQL, command arguments and other task fields with a run's context:
 //! `ds`, `ds_nodash`, `ts`, `logical_date`, `data_interval_start`, `data_interval_end`, `run_id`,
-//! `dag_id`, `task_id`, `try_number` (Weir's own values, in fixed formats) and `params.<key>` (the
-//! DAG file's params, overridden by a manual run's conf). An unknown name is an error that names
+//! `dag_id`, `task_id`, `try_number` (Weir's own values, in fixed formats), in a table-triggered
+//! run `inputs.<table>.version` and `inputs.<table>.previous` (the table version the run covers and
+//! the one the previous run covered), and `params.<key>` (the DAG file's params, overridden by a
+//! manual run's conf). An unknown name is an error that names
 //! it; `{{{{` writes `{{`.
 //!
 //! Whoever may trigger a run chooses its conf, so a param's value is data and never structure:
@@ -95,6 +97,17 @@ impl Context {
         Context { vars }
     }
 
+    /// Adds a table-triggered run's input versions (`inputs.<table>.version`, `.previous`).
+    pub fn with_inputs(mut self, inputs: &crate::store::Inputs) -> Context {
+        for (table, input) in inputs {
+            for (field, n) in [("version", input.version), ("previous", input.previous)] {
+                let var = Var { text: n.to_string(), value: Value::from(n), origin: Origin::Weir };
+                self.vars.insert(format!("inputs.{table}.{field}"), var);
+            }
+        }
+        self
+    }
+
     /// The variables as environment variables for scripts: `WEIR_DS`, `WEIR_RUN_ID`,
     /// `WEIR_PARAM_<KEY>`…
     pub fn env(&self) -> Vec<(String, String)> {
@@ -180,11 +193,15 @@ impl Context {
     }
 }
 
+/// `params.x` → `WEIR_PARAM_X`, `inputs.raw.orders.version` → `WEIR_INPUT_RAW_ORDERS_VERSION`,
+/// `ds` → `WEIR_DS` (characters a shell name cannot hold become `_`).
 fn env_name(var: &str) -> String {
-    match var.strip_prefix("params.") {
-        Some(p) => format!("WEIR_PARAM_{}", p.to_ascii_uppercase()),
-        None => format!("WEIR_{}", var.to_ascii_uppercase()),
-    }
+    let name = match (var.strip_prefix("params."), var.strip_prefix("inputs.")) {
+        (Some(p), _) => format!("WEIR_PARAM_{p}"),
+        (_, Some(i)) => format!("WEIR_INPUT_{i}"),
+        _ => format!("WEIR_{var}"),
+    };
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
 
 /// The argument an interpreter runs as code, and the interpreter: the one after a shell's `-c`

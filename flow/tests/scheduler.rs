@@ -31,6 +31,8 @@ struct Setup {
     db: Db,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The bus the scheduler hears lake commit signals on, when the test has one.
+    bus: Option<Arc<dyn weir_bus::Bus>>,
 }
 
 impl Setup {
@@ -50,7 +52,18 @@ impl Setup {
         let lake_url = url::Url::from_directory_path(dir.path().join("lake")).unwrap();
         let lake =
             Arc::new(Lake::new(&LakeConfig { url: lake_url.as_str().parse().unwrap(), ..LakeConfig::default() }));
-        Setup { dir, store, lake, db, stop: None, tasks: Vec::new() }
+        Setup { dir, store, lake, db, stop: None, tasks: Vec::new(), bus: None }
+    }
+
+    /// Gives the test an embedded bus: the lake announces its commits on it and the scheduler
+    /// hears them.
+    fn with_signals(mut self) -> Setup {
+        let bus: Arc<dyn weir_bus::Bus> =
+            Arc::new(weir_bus::local::LocalBus::open(&self.dir.path().join("bus"), Default::default()).unwrap());
+        let lake = (*self.lake).clone().with_signals(weir_lake::signal::Signals::new(bus.clone()));
+        self.lake = Arc::new(lake);
+        self.bus = Some(bus);
+        self
     }
 
     fn dags(&self) -> PathBuf {
@@ -110,7 +123,10 @@ impl Setup {
                 self.tasks.push(tokio::spawn(async move { worker.run(stop).await.expect("a worker fails") }));
             }
         }
-        let scheduler = Scheduler::new(self.store.clone(), self.lake.clone(), config);
+        let mut scheduler = Scheduler::new(self.store.clone(), self.lake.clone(), config);
+        if let Some(bus) = &self.bus {
+            scheduler = scheduler.with_bus(bus.clone());
+        }
         let stop = stopped();
         self.tasks.push(tokio::spawn(async move { scheduler.run(stop).await.expect("the scheduler fails") }));
     }
@@ -808,6 +824,106 @@ async fn metadata_over_tls_and_notifications_over_https() {
     s.stop().await;
 }
 
+/// Appends one row to lake table `table` (created on first use) and announces the commit as
+/// the lake's writers do; returns the version.
+async fn commit(lake: &Lake, table: &str, announce: bool) -> u64 {
+    use deltalake::arrow::{
+        array::Int64Array,
+        datatypes::{DataType, Field, Schema},
+        record_batch::RecordBatch,
+    };
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1]))]).unwrap();
+    let table_url = lake.table_url(table).unwrap();
+    let written = deltalake::DeltaTable::try_from_url(table_url).await.unwrap().write(vec![batch]).await.unwrap();
+    let version = written.version().unwrap() as u64;
+    if announce {
+        lake.announce(table, version, "append").await;
+    }
+    version
+}
+
+/// Waits until `dag_id` has `n` runs (newest first) and they have finished.
+async fn runs_finished(s: &Setup, dag_id: &str, n: usize, limit: Duration) -> Vec<RunRow> {
+    let started = Instant::now();
+    loop {
+        let runs = s.store.runs(dag_id, 100).await.unwrap();
+        assert!(runs.len() <= n, "more than {n} runs of {dag_id}: {runs:#?}");
+        if runs.len() == n && runs.iter().all(|r| matches!(r.state, RunState::Success | RunState::Failed)) {
+            return runs;
+        }
+        assert!(started.elapsed() < limit, "{dag_id}: expected {n} finished runs within {limit:?}: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the scheduler has started watching `dag_id`'s tables (its cursors are stored).
+async fn watching(s: &Setup, dag_id: &str, tables: usize) -> std::collections::BTreeMap<String, i64> {
+    let started = Instant::now();
+    loop {
+        let cursors = s.store.table_cursors(dag_id).await.unwrap();
+        if cursors.len() == tables {
+            return cursors;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{dag_id} never watched its tables: {cursors:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn input(version: i64, previous: i64) -> weir_flow::store::InputVersion {
+    weir_flow::store::InputVersion { version, previous }
+}
+
+/// `schedule: {tables}`: commits announced on the bus start a run at once (the DAG folder is read
+/// only every minute here, so nothing else could), two commits within the debounce start one,
+/// the run records the versions it covers and its tasks see them; commits from before the DAG
+/// was first seen start nothing.
+async fn lake_commits_start_table_triggered_runs(db: Db) {
+    let mut s = Setup::new(db).await.with_signals();
+    let before = commit(&s.lake, "raw.orders", true).await;
+    let seen = s.path("seen");
+    s.write_dag(
+        "orders_report",
+        &format!(
+            "schedule: {{tables: [raw.orders, current.customers], debounce: 1s}}\n\
+             tasks:\n  - id: count\n    view: orders_seen\n    \
+             sql: SELECT {{{{ inputs.raw.orders.version }}}} AS version, count(*) AS n FROM raw.orders\n  \
+             - {{id: note, upstream: [count], script: [sh, -c, 'echo \"$WEIR_INPUT_RAW_ORDERS_PREVIOUS $WEIR_INPUT_RAW_ORDERS_VERSION {{{{ inputs.current.customers.version }}}}\" >> {}']}}\n",
+            seen.display()
+        ),
+    );
+    let config = FlowConfig { parse_interval: Duration::from_secs(60), ..s.config() };
+    s.start_with(config);
+    let cursors = watching(&s, "orders_report", 2).await;
+    assert_eq!(cursors["raw.orders"], before as i64, "a DAG starts at the tables' versions when first seen");
+    assert_eq!(cursors["current.customers"], -1);
+
+    // Two commits (two partitions, say) within the debounce: one run.
+    let first = Instant::now();
+    let v1 = commit(&s.lake, "raw.orders", true).await;
+    let v2 = commit(&s.lake, "raw.orders", true).await;
+    let runs = runs_finished(&s, "orders_report", 1, Duration::from_secs(30)).await;
+    let waited = first.elapsed();
+    assert!(v2 == v1 + 1 && waited < Duration::from_secs(30), "the run came from the signal, not a folder read");
+    let run = &runs[0];
+    assert_eq!(run.state, RunState::Success);
+    assert_eq!(run.run_type, "tables");
+    assert_eq!(run.inputs["raw.orders"], input(v2 as i64, before as i64));
+    assert_eq!(run.inputs["current.customers"], input(-1, -1));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), format!("{before} {v2} -1\n"));
+    let batches = weir_lake::query::run(&s.lake, "SELECT version, n FROM views.orders_seen", None).await.unwrap();
+    let text = deltalake::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains(&format!("| {v2}       | 3 |")), "{text}");
+
+    // A commit to the other table: the next run covers it, raw.orders unchanged.
+    let c0 = commit(&s.lake, "current.customers", true).await;
+    let runs = runs_finished(&s, "orders_report", 2, Duration::from_secs(30)).await;
+    assert_eq!(runs[0].inputs["raw.orders"], input(v2 as i64, v2 as i64));
+    assert_eq!(runs[0].inputs["current.customers"], input(c0 as i64, -1));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), format!("{before} {v2} -1\n{v2} {v2} {c0}\n"));
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -843,7 +959,43 @@ on_both_databases!(
     sensors_wait_for_a_dag_run_and_a_fresh_table_or_time_out,
     notify_posts_the_run_to_a_webhook,
     failures_retries_successes_and_deadlines_are_notified,
+    lake_commits_start_table_triggered_runs,
 );
+
+/// `mode: all` waits for a commit to every table; without signals (no bus) the scheduler finds
+/// commits in the tables' logs when it reads the DAG folder, and a scheduler started after
+/// commits it never heard of runs for them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_tables_mode_and_commits_found_in_the_logs() {
+    let mut s = Setup::new(Db::Sqlite).await;
+    s.write_dag("both", "schedule: {tables: [raw.a, raw.b], mode: all}\ntasks:\n  - {id: t, script: [true]}\n");
+    // A probe on raw.a alone: its run shows the scheduler has seen raw.a's commit.
+    s.write_dag("probe", "schedule: {tables: [raw.a]}\ntasks:\n  - {id: t, script: [true]}\n");
+    s.start();
+    watching(&s, "both", 2).await;
+    watching(&s, "probe", 1).await;
+    let a = commit(&s.lake, "raw.a", false).await as i64;
+    runs_finished(&s, "probe", 1, Duration::from_secs(30)).await;
+    assert!(s.store.runs("both", 10).await.unwrap().is_empty(), "mode all ran before raw.b committed");
+    let b = commit(&s.lake, "raw.b", false).await as i64;
+    let runs = runs_finished(&s, "both", 1, Duration::from_secs(30)).await;
+    assert_eq!(runs[0].inputs["raw.a"], input(a, -1));
+    assert_eq!(runs[0].inputs["raw.b"], input(b, -1));
+    s.stop().await;
+
+    // Commits while no scheduler runs: the next one runs for them, once.
+    let a2 = commit(&s.lake, "raw.a", false).await as i64;
+    let b2 = commit(&s.lake, "raw.b", false).await as i64;
+    let a3 = commit(&s.lake, "raw.a", false).await as i64;
+    s.start();
+    let runs = runs_finished(&s, "both", 2, Duration::from_secs(30)).await;
+    assert_eq!(runs[0].inputs["raw.a"], input(a3, a));
+    assert_eq!(runs[0].inputs["raw.b"], input(b2, b));
+    assert!(a2 < a3);
+    let probe = runs_finished(&s, "probe", 2, Duration::from_secs(30)).await;
+    assert_eq!(probe[0].inputs["raw.a"], input(a3, a));
+    s.stop().await;
+}
 
 /// Several processes opening a fresh database at once (a scheduler and a `weir dags` command,
 /// say) each run the migrations; all of them must come up.

@@ -146,6 +146,8 @@ pub struct OptimizeStats {
 #[derive(Debug, Clone)]
 pub struct Lake {
     url: LakeUrl,
+    /// Where commits made through this lake are announced (none: nowhere).
+    signals: Option<crate::signal::Signals>,
 }
 
 impl Lake {
@@ -154,7 +156,25 @@ impl Lake {
         if matches!(config.url, LakeUrl::S3 { .. }) {
             crate::storage::register(&config.s3);
         }
-        Lake { url: config.url.clone() }
+        Lake { url: config.url.clone(), signals: None }
+    }
+
+    /// This lake, announcing the commits made through it on `signals`.
+    pub fn with_signals(mut self, signals: crate::signal::Signals) -> Lake {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Where commits are announced, if anywhere.
+    pub fn signals(&self) -> Option<&crate::signal::Signals> {
+        self.signals.as_ref()
+    }
+
+    /// Announces that `table` reached `version` (nothing without signals; see [`crate::signal`]).
+    pub async fn announce(&self, table: &str, version: u64, operation: &str) {
+        if let Some(s) = &self.signals {
+            s.committed(table, version, operation).await;
+        }
     }
 
     /// The lake's URL.
@@ -216,6 +236,27 @@ impl Lake {
         let mut out: Vec<String> = listing.objects.iter().map(|o| o.location.to_string()).collect();
         out.sort();
         Ok(out)
+    }
+
+    /// The latest version of table `name`, from its Delta log's file names alone (no table state
+    /// is read), listing only the entries after version `after`: `after` when none is newer,
+    /// `None` when the table has no commit.
+    pub async fn latest_version(&self, name: &str, after: Option<u64>) -> Result<Option<u64>, LakeError> {
+        let table = self.table_url(name)?;
+        let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
+        let rel = table.as_str().strip_prefix(root.as_str()).unwrap_or_default().trim_end_matches('/');
+        let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(name, e))?;
+        let log = Path::from(format!("{rel}/_delta_log"));
+        let mut listing = match after {
+            Some(v) => store.list_with_offset(Some(&log), &Path::from(format!("{rel}/_delta_log/{v:020}.json"))),
+            None => store.list(Some(&log)),
+        };
+        let mut latest = after;
+        while let Some(meta) = listing.try_next().await.map_err(|e| LakeError::delta(name, e.into()))? {
+            let version = meta.location.filename().and_then(|f| f.strip_suffix(".json")).and_then(|v| v.parse().ok());
+            latest = latest.max(version);
+        }
+        Ok(latest)
     }
 
     /// Every table of the lake, with its latest version.

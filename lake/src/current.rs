@@ -362,5 +362,6 @@ async fn write(
     let rows = rows(&table, &current_name)?;
     let raw_version = log.version;
     tracing::info!(table = %current_name, raw_version, version, rows, incremental, changes, "current-state table built");
+    lake.announce(&current_name, version, "current").await;
     Ok(BuildStats { table: current_name, raw_version, version, rows, incremental, changes })
 }

@@ -14,6 +14,7 @@
 //! - [`dlq`]: the dead-letter topic of records that cannot be decoded.
 //! - [`current`]: latest row per primary key, rebuilt from a change log.
 //! - [`query`]: DataFusion over the lake, with time travel.
+//! - [`signal`]: commits announced on the bus (`weir.lake.commits`) for those waiting on tables.
 
 pub mod avro_arrow;
 pub mod catalog;
@@ -23,6 +24,7 @@ pub mod current;
 pub mod dlq;
 pub mod files;
 pub mod query;
+pub mod signal;
 pub mod storage;
 pub mod writer;
 

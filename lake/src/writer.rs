@@ -207,6 +207,8 @@ pub struct TopicWriter {
     table: DeltaTable,
     consumer: Box<dyn Consumer>,
     dlq: Dlq,
+    /// Where its commits are announced.
+    signals: crate::signal::Signals,
     bus: Arc<dyn Bus>,
     registry: Arc<dyn SchemaRegistry>,
     layouts: HashMap<u32, Arc<Layout>>,
@@ -282,6 +284,7 @@ impl TopicWriter {
             consumer.seek(tp, next[&tp.partition]).await.map_err(bus_err)?;
         }
         let dlq = Dlq::new(bus.clone(), topic).await.map_err(bus_err)?;
+        let signals = crate::signal::Signals::new(bus.clone());
         tracing::info!(topic, table = %table_url, ?next, "lake writer positioned from the table's txn actions");
         let mut writer = TopicWriter {
             topic: topic.into(),
@@ -289,6 +292,7 @@ impl TopicWriter {
             table,
             consumer,
             dlq,
+            signals,
             bus,
             registry,
             layouts: HashMap::new(),
@@ -690,6 +694,7 @@ impl TopicWriter {
             txns,
             expected: self.committed.clone(),
             dlq: self.dlq.clone(),
+            signals: self.signals.clone(),
             helpers,
         }
     }
@@ -714,6 +719,8 @@ struct CommitJob {
     /// The partitions' next offsets the table must hold before this commit (see fencing).
     expected: BTreeMap<u32, i64>,
     dlq: Dlq,
+    /// Where the commit is announced.
+    signals: crate::signal::Signals,
     /// Writers that may help close the files (see [`Appender::finish`]).
     helpers: usize,
 }
@@ -747,6 +754,9 @@ impl CommitJob {
         };
         metrics::counter!("weir_lake_rows_total", "topic" => self.topic.clone()).increment(rows as u64);
         tracing::info!(topic = %self.topic, rows, dead, version = ?table.version(), ms = started.elapsed().as_millis() as u64, "lake commit");
+        if let Some(version) = table.version().filter(|_| rows > 0) {
+            self.signals.committed(&table_name(&self.topic), version, "append").await;
+        }
         let offsets = self.txns.iter().filter_map(|t| Some((partition_of(&t.app_id)?, t.version))).collect();
         Ok(Committed { table, rows, dead, offsets })
     }

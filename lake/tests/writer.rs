@@ -63,6 +63,30 @@ async fn envelopes_become_a_delta_table_that_python_reads() {
     assert!(ty("amount").contains("Decimal") && ty("amount").contains("10"), "{}", ty("amount"));
     assert!(ty("at").to_lowercase().contains("timestamp"), "{}", ty("at"));
     assert!(ty("day").to_lowercase().contains("date"), "{}", ty("day"));
+    // Each commit was announced, in order, for those waiting on the table.
+    let signals = commit_signals(&s, stats.commits as usize).await;
+    let versions: Vec<u64> = signals.iter().map(|c| c.version).collect();
+    assert!(signals.iter().all(|c| c.table == "raw.shop_inv_orders" && c.operation == "append"), "{signals:?}");
+    // Every commit with rows, in order, up to the table's version (version 0 created it).
+    assert_eq!(versions, (1..=stats.commits).collect::<Vec<_>>());
+    assert_eq!(w.table().version(), versions.last().copied());
+}
+
+/// The first `n` records of `weir.lake.commits`, waiting for them.
+async fn commit_signals(s: &Setup, n: usize) -> Vec<weir_lake::signal::Commit> {
+    let mut c = s.bus.consumer(ConsumerConfig::new("signals-check")).await.unwrap();
+    let tp = weir_bus::TopicPartition::new(weir_lake::signal::COMMITS_TOPIC, 0);
+    c.assign(std::slice::from_ref(&tp)).await.unwrap();
+    c.seek(&tp, 0).await.unwrap();
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    while out.len() < n {
+        assert!(started.elapsed() < Duration::from_secs(30), "only {} of {n} commit signals: {out:?}", out.len());
+        for m in c.poll(Duration::from_millis(200)).await.unwrap() {
+            out.push(weir_lake::signal::Commit::parse(m.value.as_deref().unwrap()).expect("a commit signal"));
+        }
+    }
+    out
 }
 
 #[tokio::test]
