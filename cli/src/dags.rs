@@ -343,6 +343,10 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                     time(r.ended_at),
                     &r.dag_hash[..12.min(r.dag_hash.len())]
                 );
+                // A table-triggered run: the versions it covers.
+                for (table, input) in r.inputs.iter().filter(|(_, i)| i.changed()) {
+                    println!("  {table}: versions {}..={}", input.previous + 1, input.version);
+                }
             }
             Ok(())
         }

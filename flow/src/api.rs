@@ -152,7 +152,7 @@ pub fn openapi_paths() -> Value {
         },
         "/api/v1/dags/{dag}/runs": {
             "parameters": [param("dag")],
-            "get": {"summary": "The newest 50 runs of a DAG", "responses": with(json!({"description": "{\"runs\": [{run_id, state, logical_date, data_interval_start, data_interval_end, ...}]}"}))},
+            "get": {"summary": "The newest 50 runs of a DAG", "responses": with(json!({"description": "{\"runs\": [{run_id, run_type, state, data_interval_start, data_interval_end, inputs (table-triggered runs: table → {version, previous}), ...}]}"}))},
             "post": {
                 "summary": "Trigger a manual run (as `weir dags trigger`)",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {

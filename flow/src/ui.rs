@@ -62,7 +62,7 @@ pub(crate) fn run_json(r: &RunRow) -> Value {
         "run_id": r.run_id, "run_type": r.run_type, "state": r.state.as_str(),
         "data_interval_start": r.interval.start.to_rfc3339(), "data_interval_end": r.interval.end.to_rfc3339(),
         "conf": r.conf, "version": r.dag_hash, "created_at": r.created_at.to_rfc3339(),
-        "started_at": time(r.started_at), "ended_at": time(r.ended_at),
+        "started_at": time(r.started_at), "ended_at": time(r.ended_at), "inputs": r.inputs,
     })
 }
 
