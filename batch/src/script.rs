@@ -77,27 +77,53 @@ pub struct Script {
     pub timeout: Option<Duration>,
     /// Read the output through pipes and return the tail of standard output.
     pub capture_stdout: bool,
+    /// Where the try's process group is recorded while it runs, so that the next executor finds
+    /// it should this one die with it running ([`crate::orphans`]).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The try's process group (the script is its leader, its children are in it): killed whole
 /// when the try runs past its timeout or is dropped unfinished (cancelled, scheduler shut down),
 /// so a `sh -c` script's children do not outlive it. A script that ends by itself keeps what it
 /// left running in the background.
-struct Group(Option<nix::unistd::Pid>);
+/// While it runs, the group is recorded in the script's pid file (removed when it ends).
+struct Group {
+    pgid: Option<nix::unistd::Pid>,
+    pid_file: Option<PathBuf>,
+}
 
 impl Group {
-    fn of(child: &tokio::process::Child) -> Group {
-        Group(child.id().and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw))
+    fn of(child: &tokio::process::Child, pid_file: Option<&Path>) -> Group {
+        let id = child.id();
+        let pid_file = match (id.and_then(crate::orphans::Record::of_group), pid_file) {
+            (Some(record), Some(path)) => match record.write(path) {
+                Ok(()) => Some(path.to_path_buf()),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot record the try's process group");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Group { pgid: id.and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw), pid_file }
     }
 
     fn kill(&mut self) {
-        if let Some(pgid) = self.0.take() {
+        if let Some(pgid) = self.pgid.take() {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
+        self.forget();
     }
 
     fn disarm(&mut self) {
-        self.0 = None;
+        self.pgid = None;
+        self.forget();
+    }
+
+    fn forget(&mut self) {
+        if let Some(path) = self.pid_file.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -129,7 +155,7 @@ impl Script {
             let (reader, writer) = std::io::pipe().map_err(log_err)?;
             cmd.stdout(Stdio::from(writer.try_clone().map_err(log_err)?)).stderr(Stdio::from(writer));
             let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
-            let mut group = Group::of(&child);
+            let mut group = Group::of(&child, self.pid_file.as_deref());
             drop(cmd); // its copies of the pipe's writing end: the pipe ends with the process
             let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(log_err)?;
             let mut buf = vec![0u8; 16 << 10];
@@ -168,7 +194,7 @@ impl Script {
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
-        let mut group = Group::of(&child);
+        let mut group = Group::of(&child, self.pid_file.as_deref());
         let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
         let mut tail = String::new();
@@ -281,6 +307,7 @@ mod tests {
             log: dir.join("logs/t/1.log"),
             timeout,
             capture_stdout: true,
+            pid_file: None,
         }
     }
 
@@ -346,6 +373,28 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         running(marker)
+    }
+
+    #[tokio::test]
+    async fn the_group_is_recorded_while_it_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("running/d/r/t.1.pid");
+        let marker = dir.path().join("go");
+        let command = format!("while [ ! -e {} ]; do sleep 0.01; done", marker.display());
+        let s = Script { pid_file: Some(pid_file.clone()), ..script(dir.path(), &["sh", "-c", &command], None) };
+        let running = tokio::spawn(async move { s.run().await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pid_file.exists() {
+            assert!(Instant::now() < deadline, "no pid file while the script runs");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let text = std::fs::read_to_string(&pid_file).unwrap();
+        let fields: Vec<u64> = text.split_whitespace().map(|f| f.parse().unwrap()).collect();
+        assert_eq!(fields[0], u64::from(std::process::id()), "{text}");
+        assert_eq!(crate::orphans::kill_orphans(&dir.path().join("running")).len(), 0, "its executor is alive");
+        std::fs::write(&marker, "").unwrap();
+        running.await.unwrap().unwrap();
+        assert!(!pid_file.exists(), "the file goes with the group");
     }
 
     #[tokio::test]

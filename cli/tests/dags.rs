@@ -139,7 +139,7 @@ fn a_scheduler_killed_mid_task_reruns_it_after_a_restart() {
     std::fs::write(
         d.join("dags/long.yaml"),
         "default_args: {retries: 1, retry_delay: 1s}\ntasks:\n  \
-         - id: slow\n    script: [sh, -c, 'echo started >> calls; sleep 3; echo done >> calls']\n  \
+         - id: slow\n    script: [sh, -c, 'echo started $$ >> calls; sleep 3; echo done >> calls']\n  \
          - id: after\n    upstream: [slow]\n    script: [sh, -c, 'echo after >> calls']\n",
     )
     .unwrap();
@@ -150,16 +150,27 @@ fn a_scheduler_killed_mid_task_reruns_it_after_a_restart() {
         assert!(started.elapsed() < Duration::from_secs(20), "the task never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    sched.kill().unwrap(); // SIGKILL
+    sched.kill().unwrap(); // SIGKILL: its try's shell runs on, orphaned
     sched.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(3500)); // the orphaned script finishes on its own
+    let calls = std::fs::read_to_string(d.join("dags/calls")).unwrap();
+    let orphan: u32 = calls.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(alive(orphan), "the first try's shell outlives the killed scheduler");
+    // Restarted at once: it stops the orphan before running the task again.
     let mut sched = scheduler(d, free_port());
     assert_eq!(wait_for_run(d, "long", &run, Duration::from_secs(30)), "success");
     interrupt(&mut sched);
+    assert!(!alive(orphan), "the first try's shell was stopped");
     let calls = std::fs::read_to_string(d.join("dags/calls")).unwrap();
     assert_eq!(calls.matches("started").count(), 2, "the interrupted try is run again: {calls}");
+    assert_eq!(calls.matches("done").count(), 1, "only the second try finished; the two never overlapped: {calls}");
     assert_eq!(calls.matches("after").count(), 1, "{calls}");
     let tasks = ok(dags(d, &["dags", "tasks", "long", &run]));
     let slow = tasks.lines().find(|l| l.starts_with("slow")).unwrap();
     assert!(slow.contains("success") && slow.split_whitespace().nth(2) == Some("2"), "{tasks}");
+}
+
+/// Whether process `pid` runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])))
 }

@@ -23,6 +23,20 @@ pub fn log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
     logs_dir.join(&key.dag_id).join(&key.run_id).join(format!("{}.{try_number}.log", key.task_id))
 }
 
+/// Where the process groups of the tries running from `logs_dir` are recorded (see
+/// [`weir_batch::orphans`]).
+pub fn running_dir(logs_dir: &Path) -> PathBuf {
+    logs_dir.join(".running")
+}
+
+/// Kills what an executor that died (SIGKILL, a crash) left running from `logs_dir` on this
+/// machine, before its tries run again; logs each group killed.
+pub fn kill_orphans(logs_dir: &Path) {
+    for (file, record) in weir_batch::orphans::kill_orphans(&running_dir(logs_dir)) {
+        tracing::warn!(file = %file.display(), group = record.group, executor = record.owner, "killed the processes of a try whose executor died");
+    }
+}
+
 /// How a try ended.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
@@ -46,6 +60,8 @@ pub(crate) async fn run_try(
     let With { lake, store, batch } = *with;
     let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: task_id.to_string() };
     let log = log_path(logs_dir, &key, try_number);
+    let pid_file =
+        running_dir(logs_dir).join(&key.dag_id).join(&key.run_id).join(format!("{}.{try_number}.pid", key.task_id));
     let Some(task) = dag.task(task_id) else {
         let reason = format!("DAG {} version {} has no task {task_id:?}", dag.id, dag.hash);
         write_log(&log, &format!("[weir] failed: {reason}\n")).await;
@@ -64,8 +80,18 @@ pub(crate) async fn run_try(
     .with_inputs(&run.inputs);
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
-    let env =
-        Env { ctx: &ctx, cwd: &cwd, log: &log, lake, store, key: &key, try_number, interval: run.interval, batch };
+    let env = Env {
+        ctx: &ctx,
+        cwd: &cwd,
+        log: &log,
+        pid_file: &pid_file,
+        lake,
+        store,
+        key: &key,
+        try_number,
+        interval: run.interval,
+        batch,
+    };
     let outcome = execute(task, &env).await;
     let moved = match lake.url() {
         weir_lake::LakeUrl::S3 { .. } => move_log(lake, &key, try_number, &log).await,
@@ -140,6 +166,8 @@ struct Env<'a> {
     ctx: &'a Context,
     cwd: &'a Path,
     log: &'a Path,
+    /// Where the try's process group is recorded while it runs.
+    pid_file: &'a Path,
     lake: &'a Lake,
     store: &'a Store,
     key: &'a TaskKey,
@@ -150,7 +178,7 @@ struct Env<'a> {
 
 /// Runs one try of `task`.
 async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
-    let Env { ctx, cwd, log, lake, key, .. } = *env;
+    let Env { ctx, cwd, log, pid_file, lake, key, .. } = *env;
     let timeout = task.execution_timeout;
     let result: Result<Option<Vec<String>>, String> = match &task.kind {
         TaskKind::Script { command, env } => {
@@ -167,6 +195,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     log: log.into(),
                     timeout,
                     capture_stdout: false,
+                    pid_file: Some(pid_file.into()),
                 };
                 script.run().await.map(|_| None).map_err(|e| e.to_string())
             };
@@ -182,6 +211,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     log: log.into(),
                     timeout,
                     capture_stdout: true,
+                    pid_file: Some(pid_file.into()),
                 };
                 let out = script.run().await.map_err(|e| e.to_string())?;
                 let chosen: Vec<String> = out

@@ -297,6 +297,9 @@ impl Scheduler {
     ) -> Result<Ended, FlowError> {
         let remote = self.config.executor == Executor::Workers;
         if !remote {
+            // A scheduler on this machine that died with tries running left their processes:
+            // stopped before those tries are reset and run again.
+            execute::kill_orphans(&self.logs_dir);
             match self.store.reset_orphans().await {
                 Ok(0) => {}
                 Ok(orphans) => tracing::warn!(orphans, "task instances left running by a stopped scheduler were reset"),

@@ -43,6 +43,9 @@ impl Worker {
     /// Claims and runs tries until `shutdown`, then drains.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), FlowError> {
         let (me, host, pid) = cluster::member_id();
+        // A worker on this machine that died with tries running left their processes; those
+        // tries are failed into retries once its beats stop, so stop the processes first.
+        crate::execute::kill_orphans(&self.logs_dir);
         self.store.register(&me, &host, pid, Some((&self.queues, self.slots))).await?;
         tracing::info!(id = %me, queues = %self.queues.join(","), slots = self.slots, "worker started");
         let (state_tx, state_rx) = watch::channel("active");
