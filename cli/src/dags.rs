@@ -114,6 +114,20 @@ pub enum DagsCommand {
         #[arg(long = "try")]
         try_number: Option<u32>,
     },
+    /// Show the state the DAG's tasks keep across tries and runs ($WEIR_STATE), or set or clear
+    /// one task's.
+    State {
+        /// The DAG.
+        dag: String,
+        /// Only this task.
+        task: Option<String>,
+        /// Replace the task's state with this JSON object.
+        #[arg(long, requires = "task", conflicts_with = "clear")]
+        set: Option<String>,
+        /// Forget the task's state (its next try starts from {}).
+        #[arg(long, requires = "task")]
+        clear: bool,
+    },
 }
 
 /// `weir scheduler`.
@@ -362,6 +376,7 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
             let mut tasks = store.tasks(&dag, &run).await?;
             tasks.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.task_id.cmp(&b.task_id)));
             println!("{:<28} {:<16} {:>5}  {:<20} {:<20}", "task", "state", "try", "started", "ended");
+            let outputs = store.outputs(&dag, &run).await?;
             for t in tasks {
                 println!(
                     "{:<28} {:<16} {:>5}  {:<20} {:<20}",
@@ -371,6 +386,34 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                     time(t.started_at),
                     time(t.ended_at)
                 );
+                if let Some(output) = outputs.get(&t.task_id) {
+                    println!("  output: {}", serde_json::Value::Object(output.clone()));
+                }
+            }
+            Ok(())
+        }
+        DagsCommand::State { dag, task, set, clear } => {
+            let d = store.dag(&dag).await?;
+            if let (Some(task), true) = (&task, set.is_some() || clear) {
+                anyhow::ensure!(
+                    load(config, &d.dag_id)?.task(task).is_some(),
+                    "DAG {dag} has no task {task:?} (see `weir dags show {dag}`)"
+                );
+                let state = match &set {
+                    Some(text) => match serde_json::from_str(text) {
+                        Ok(serde_json::Value::Object(m)) => Some(m),
+                        _ => anyhow::bail!("--set {text:?}: a JSON object is expected"),
+                    },
+                    None => None,
+                };
+                store.set_task_state(&dag, task, state.as_ref()).await?;
+                eprintln!("{dag}.{task}: state {}", if clear { "cleared" } else { "set" });
+                return Ok(());
+            }
+            for (t, state, at) in store.task_states(&dag).await? {
+                if task.as_ref().is_none_or(|only| *only == t) {
+                    println!("{t}\t{}\t{}", serde_json::Value::Object(state), at.to_rfc3339());
+                }
             }
             Ok(())
         }

@@ -95,6 +95,17 @@ fn list_trigger_run_inspect_and_clear() {
     let err = dags(d, &["dags", "trigger", "nope"]);
     assert!(String::from_utf8_lossy(&err.stderr).contains("no DAG \"nope\""));
 
+    // A task's state ($WEIR_STATE), set, shown and cleared by hand.
+    ok(dags(d, &["dags", "state", "report", "extract", "--set", r#"{"cursor": 42}"#]));
+    let shown = ok(dags(d, &["dags", "state", "report"]));
+    assert!(shown.starts_with("extract\t{\"cursor\":42}\t"), "{shown}");
+    let err = dags(d, &["dags", "state", "report", "nope", "--set", "{}"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("no task \"nope\""), "{err:?}");
+    let err = dags(d, &["dags", "state", "report", "extract", "--set", "[1]"]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("a JSON object is expected"), "{err:?}");
+    ok(dags(d, &["dags", "state", "report", "extract", "--clear"]));
+    assert_eq!(ok(dags(d, &["dags", "state", "report"])), "");
+
     let port = free_port();
     let mut sched = scheduler(d, port);
     let run = ok(dags(d, &["dags", "trigger", "report", "--conf", r#"{"who": "ops"}"#])).trim().to_string();

@@ -12,6 +12,7 @@ use weir_lake::catalog::Lake;
 
 use crate::{
     dag::{self, Dag, TaskKind},
+    outputs,
     rules::TaskState,
     store::{Finish, RunRow, Store, TaskKey},
     template::{Context, Syntax},
@@ -78,6 +79,15 @@ pub(crate) async fn run_try(
         &run.conf,
     )
     .with_inputs(&run.inputs);
+    // What earlier tasks of the run handed on (a failure to read them fails the try).
+    let ctx = match store.outputs(&run.dag_id, &run.run_id).await {
+        Ok(outputs) => ctx.with_outputs(&outputs),
+        Err(e) => {
+            let reason = format!("reading the run's task outputs: {e}");
+            write_log(&log, &format!("[weir] failed: {reason}\n")).await;
+            return (Outcome::Failed(reason), None);
+        }
+    };
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
     let env = Env {
@@ -178,42 +188,24 @@ struct Env<'a> {
 
 /// Runs one try of `task`.
 async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
-    let Env { ctx, cwd, log, pid_file, lake, key, .. } = *env;
+    let Env { ctx, cwd, log, lake, key, .. } = *env;
     let timeout = task.execution_timeout;
     let result: Result<Option<Vec<String>>, String> = match &task.kind {
-        TaskKind::Script { command, env } => {
+        TaskKind::Script { command, env: vars } => {
             let run = async {
                 let command = ctx.render_argv(command)?;
                 let mut all_env = ctx.env();
-                for (k, v) in env {
+                for (k, v) in vars {
                     all_env.push((k.clone(), ctx.render(v, Syntax::Text)?));
                 }
-                let script = weir_batch::script::Script {
-                    command,
-                    env: all_env,
-                    cwd: cwd.into(),
-                    log: log.into(),
-                    timeout,
-                    capture_stdout: false,
-                    pid_file: Some(pid_file.into()),
-                };
-                script.run().await.map(|_| None).map_err(|e| e.to_string())
+                run_script(command, all_env, false, timeout, env).await.map(|_| None)
             };
             run.await
         }
         TaskKind::Branch { command } => {
             let run = async {
                 let command = ctx.render_argv(command)?;
-                let script = weir_batch::script::Script {
-                    command,
-                    env: ctx.env(),
-                    cwd: cwd.into(),
-                    log: log.into(),
-                    timeout,
-                    capture_stdout: true,
-                    pid_file: Some(pid_file.into()),
-                };
-                let out = script.run().await.map_err(|e| e.to_string())?;
+                let out = run_script(command, ctx.env(), true, timeout, env).await?;
                 let chosen: Vec<String> = out
                     .lines()
                     .rev()
@@ -250,6 +242,10 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     ),
                 )
                 .await;
+                let output =
+                    serde_json::json!({"table": written.table, "version": written.version, "rows": written.rows});
+                let serde_json::Value::Object(output) = output else { unreachable!("an object") };
+                env.store.record_output(key, env.try_number, &output).await.map_err(|e| e.to_string())?;
                 Ok(None)
             };
             run.await
@@ -324,6 +320,47 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
             Outcome::Failed(reason)
         }
     }
+}
+
+/// Runs a script of the try with its pid file and its `$WEIR_OUTPUT` / `$WEIR_STATE` files
+/// ([`crate::outputs`]): keeps the state it leaves, and its output when it succeeds (a bad
+/// output fails the try). Returns the tail of standard output when `capture_stdout`.
+async fn run_script(
+    command: Vec<String>,
+    mut vars: Vec<(String, String)>,
+    capture_stdout: bool,
+    timeout: Option<Duration>,
+    env: &Env<'_>,
+) -> Result<String, String> {
+    let key = env.key;
+    let state = env.store.task_state(&key.dag_id, &key.task_id).await.map_err(|e| e.to_string())?;
+    let files = outputs::Files::prepare(&env.pid_file.with_extension("files"), state)
+        .map_err(|e| format!("preparing $WEIR_OUTPUT and $WEIR_STATE: {e}"))?;
+    vars.extend(files.env());
+    let script = weir_batch::script::Script {
+        command,
+        env: vars,
+        cwd: env.cwd.into(),
+        log: env.log.into(),
+        timeout,
+        capture_stdout,
+        pid_file: Some(env.pid_file.into()),
+    };
+    let ran = script.run().await.map_err(|e| e.to_string());
+    let handed = async {
+        if let Some(state) = files.changed_state() {
+            env.store.set_task_state(&key.dag_id, &key.task_id, Some(&state)).await.map_err(|e| e.to_string())?;
+            write_log(env.log, &format!("[weir] state kept: {}\n", serde_json::Value::Object(state))).await;
+        }
+        let out = ran?;
+        if let Some(output) = files.read_output()? {
+            env.store.record_output(key, env.try_number, &output).await.map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    };
+    let result = handed.await;
+    files.remove();
+    result
 }
 
 /// Checks a sensor's condition every `poke` until it holds.

@@ -2,7 +2,8 @@
 //!
 //! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), DAGs that
 //! lake commits start ([`triggers`]), trigger
-//! rules and states ([`rules`]), templating ([`template`]), the metadata store ([`store`]), the
+//! rules and states ([`rules`]), templating ([`template`]), what tasks hand on and keep
+//! ([`outputs`]), the metadata store ([`store`]), the
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
 //! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
 //! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
@@ -19,6 +20,7 @@ pub mod events;
 pub mod execute;
 pub mod lease;
 pub mod notices;
+pub mod outputs;
 pub mod rules;
 pub mod runs;
 pub mod schedule;

@@ -2,8 +2,9 @@
 //! `ds`, `ds_nodash`, `ts`, `logical_date`, `data_interval_start`, `data_interval_end`, `run_id`,
 //! `dag_id`, `task_id`, `try_number` (Weir's own values, in fixed formats), in a table-triggered
 //! run `inputs.<table>.version` and `inputs.<table>.previous` (the table version the run covers and
-//! the one the previous run covered), and `params.<key>` (the DAG file's params, overridden by a
-//! manual run's conf). An unknown name is an error that names
+//! the one the previous run covered), `tasks.<id>.output.<key>` (what an earlier task of the run
+//! handed on, see [`crate::outputs`]; data, like a conf's values) and `params.<key>` (the DAG
+//! file's params, overridden by a manual run's conf). An unknown name is an error that names
 //! it; `{{{{` writes `{{`.
 //!
 //! Whoever may trigger a run chooses its conf, so a param's value is data and never structure:
@@ -42,6 +43,8 @@ enum Origin {
     Dag,
     /// Given by the run's conf.
     Conf,
+    /// Written by a task of the run (its `$WEIR_OUTPUT`).
+    Output,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +98,21 @@ impl Context {
             vars.insert(format!("params.{k}"), Var { text, value: v.clone(), origin });
         }
         Context { vars }
+    }
+
+    /// Adds the outputs the run's tasks handed on (`tasks.<id>.output.<key>`), as data.
+    pub fn with_outputs(mut self, outputs: &BTreeMap<String, serde_json::Map<String, Value>>) -> Context {
+        for (task, output) in outputs {
+            for (k, v) in output {
+                let text = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                self.vars
+                    .insert(format!("tasks.{task}.output.{k}"), Var { text, value: v.clone(), origin: Origin::Output });
+            }
+        }
+        self
     }
 
     /// Adds a table-triggered run's input versions (`inputs.<table>.version`, `.previous`).
@@ -175,6 +193,11 @@ impl Context {
                 (Origin::Conf, true, _) => {
                     return Err(format!(
                         "{{{{ {name} | raw }}}}: this run's conf sets {name}, and raw text comes only from the DAG file's params"
+                    ));
+                }
+                (Origin::Output, true, _) => {
+                    return Err(format!(
+                        "{{{{ {name} | raw }}}}: a task's output is data, and raw text comes only from the DAG file's params"
                     ));
                 }
                 (Origin::Weir, _, _) | (_, true, _) | (_, false, Syntax::Text) => var.text.clone(),
@@ -467,6 +490,24 @@ mod tests {
         let err = c.render("SELECT {{ params.who | raw }}", Syntax::Sql).unwrap_err();
         assert!(err.contains("conf sets params.who"), "{err}");
         assert_eq!(c.render("{{ params.who }}", Syntax::Text).unwrap(), "ops", "conf overrides params");
+    }
+
+    #[test]
+    fn outputs_and_inputs_are_data() {
+        let mut outputs = BTreeMap::new();
+        let out = serde_json::json!({"day": "it's", "rows": 3});
+        outputs.insert("extract".to_string(), out.as_object().unwrap().clone());
+        let mut inputs = crate::store::Inputs::new();
+        inputs.insert("raw.orders".into(), crate::store::InputVersion { version: 7, previous: 4 });
+        let c = context(serde_json::json!({}), serde_json::json!({})).with_outputs(&outputs).with_inputs(&inputs);
+        let sql =
+            "SELECT {{ tasks.extract.output.day }}, {{ tasks.extract.output.rows }}, {{ inputs.raw.orders.version }}";
+        assert_eq!(c.render(sql, Syntax::Sql).unwrap(), "SELECT 'it''s', 3, 7");
+        let err = c.render("{{ tasks.extract.output.day | raw }}", Syntax::Sql).unwrap_err();
+        assert!(err.contains("a task's output is data"), "{err}");
+        let err = c.render_argv(&argv(&["sh", "-c", "echo {{ tasks.extract.output.day }}"])).unwrap_err();
+        assert!(err.contains("$WEIR_TASKS_EXTRACT_OUTPUT_DAY"), "{err}");
+        assert!(c.env().contains(&("WEIR_INPUT_RAW_ORDERS_PREVIOUS".into(), "4".into())));
     }
 
     #[test]

@@ -924,6 +924,61 @@ async fn lake_commits_start_table_triggered_runs(db: Db) {
     s.stop().await;
 }
 
+/// `$WEIR_OUTPUT` hands a JSON object to the run's later tasks (templates, as data; the
+/// environment), a SQL task hands on the view it wrote, `$WEIR_STATE` keeps a task's state across
+/// a failed try, its retry and the next run, and an output that is not a JSON object fails the try.
+async fn outputs_flow_between_tasks_and_state_survives_retries_and_runs(db: Db) {
+    let mut s = Setup::new(db).await;
+    let d = s.write_dag(
+        "handoff",
+        r#"tasks:
+  - id: extract
+    retries: 1
+    retry_delay: 0s
+    script: [sh, -c, 'n=$(tr -cd 0-9 < "$WEIR_STATE"); n=$((${n:-0} + 1)); echo "{\"n\": $n}" > "$WEIR_STATE"; echo "{\"rows\": $((n * 10)), \"day\": \"it''s\"}" > "$WEIR_OUTPUT"; [ $n -ge 2 ]']
+  - id: use
+    upstream: [extract]
+    script: [sh, -c, 'echo "$1 $WEIR_TASKS_EXTRACT_OUTPUT_ROWS" >> got', sh, '{{ tasks.extract.output.rows }}']
+  - id: count
+    upstream: [extract]
+    view: handoff
+    sql: "SELECT {{ tasks.extract.output.rows }} AS rows, {{ tasks.extract.output.day }} AS day"
+"#,
+    );
+    let bad =
+        s.write_dag("bad_output", "tasks:\n  - {id: t, script: [sh, -c, 'echo \"[1, 2]\" > \"$WEIR_OUTPUT\"']}\n");
+    s.start();
+    let first = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("handoff", &first, Duration::from_secs(60)).await.state, RunState::Success);
+    let tries = s.store.tries(&key("handoff", &first, "extract")).await.unwrap();
+    assert_eq!(tries.len(), 2, "the first try failed, its retry succeeded: {tries:?}");
+    assert_eq!(
+        std::fs::read_to_string(s.dags().join("got")).unwrap(),
+        "20 20\n",
+        "the retry saw the state its failed try kept"
+    );
+    let outputs = s.store.outputs("handoff", &first).await.unwrap();
+    assert_eq!(serde_json::Value::Object(outputs["extract"].clone()), serde_json::json!({"rows": 20, "day": "it's"}));
+    assert_eq!(outputs["count"]["table"], "views.handoff");
+    assert_eq!(outputs["count"]["rows"], 1);
+    let batches = weir_lake::query::run(&s.lake, "SELECT rows, day FROM views.handoff", None).await.unwrap();
+    let text = deltalake::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains("| 20   | it's |"), "the output is a SQL literal: {text}");
+
+    let second = runs::trigger(&s.store, &d, Default::default(), Some(Utc::now())).await.unwrap();
+    assert_eq!(s.finished("handoff", &second, Duration::from_secs(60)).await.state, RunState::Success);
+    assert_eq!(std::fs::read_to_string(s.dags().join("got")).unwrap(), "20 20\n30 30\n");
+    let state = s.store.task_state("handoff", "extract").await.unwrap();
+    assert_eq!(serde_json::Value::Object(state), serde_json::json!({"n": 3}));
+
+    let run = runs::trigger(&s.store, &bad, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("bad_output", &run, Duration::from_secs(60)).await.state, RunState::Failed);
+    let tries = s.store.tries(&key("bad_output", &run, "t")).await.unwrap();
+    let reason = tries[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("$WEIR_OUTPUT: a JSON object is expected, not an array"), "{reason}");
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -960,6 +1015,7 @@ on_both_databases!(
     notify_posts_the_run_to_a_webhook,
     failures_retries_successes_and_deadlines_are_notified,
     lake_commits_start_table_triggered_runs,
+    outputs_flow_between_tasks_and_state_survives_retries_and_runs,
 );
 
 /// `mode: all` waits for a commit to every table; without signals (no bus) the scheduler finds
