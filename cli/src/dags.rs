@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use weir_flow::{
+    approvals::{self, Decision},
     dag::{self, Dag, TaskKind},
     runs::{self, ClearSpec},
     scheduler::Scheduler,
@@ -114,6 +115,10 @@ pub enum DagsCommand {
         #[arg(long = "try")]
         try_number: Option<u32>,
     },
+    /// Approve an approval task that is waiting: it succeeds and the run goes on.
+    Approve(DecideArgs),
+    /// Reject an approval task that is waiting: it fails.
+    Reject(DecideArgs),
     /// Show the state the DAG's tasks keep across tries and runs ($WEIR_STATE), or set or clear
     /// one task's.
     State {
@@ -128,6 +133,23 @@ pub enum DagsCommand {
         #[arg(long, requires = "task")]
         clear: bool,
     },
+}
+
+/// `weir dags approve|reject`.
+#[derive(Args)]
+pub struct DecideArgs {
+    /// The DAG.
+    dag: String,
+    /// The run id.
+    run: String,
+    /// The approval task.
+    task: String,
+    /// Who decides (default: $USER); must be one of the task's approvers when it names them.
+    #[arg(long)]
+    by: Option<String>,
+    /// Why.
+    #[arg(long, default_value = "")]
+    comment: String,
 }
 
 /// `weir scheduler`.
@@ -392,6 +414,8 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        DagsCommand::Approve(args) => decide(&store, args, Decision::Approve).await,
+        DagsCommand::Reject(args) => decide(&store, args, Decision::Reject).await,
         DagsCommand::State { dag, task, set, clear } => {
             let d = store.dag(&dag).await?;
             if let (Some(task), true) = (&task, set.is_some() || clear) {
@@ -518,6 +542,23 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<()> {
         r = worker.run(telemetry::stop_signal()) => r?,
         r = server => r.context("health and metrics server")?,
     }
+    Ok(())
+}
+
+/// `weir dags approve|reject`.
+async fn decide(store: &Store, args: DecideArgs, decision: Decision) -> anyhow::Result<()> {
+    let by = args.by.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+    let key = TaskKey { dag_id: args.dag, run_id: args.run, task_id: args.task };
+    let d = approvals::decide(store, &key, decision, &by, &args.comment).await?;
+    eprintln!(
+        "{} {} {}: {} by {} (try {})",
+        key.dag_id,
+        key.run_id,
+        key.task_id,
+        d.decision.as_str(),
+        d.by,
+        d.try_number
+    );
     Ok(())
 }
 

@@ -39,6 +39,13 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
          - id: after\n    script: [\"true\"]\n    upstream: [slow]\n",
     )
     .unwrap();
+    // An approval task, decided from its page.
+    std::fs::write(
+        examples.join("dags/console_gate.yaml"),
+        "description: an approval for the console test\ntasks:\n  - id: gate\n    \
+         approval: {message: 'Ship the report?', approvers: [carol]}\n  - {id: ship, upstream: [gate], script: [\"true\"]}\n",
+    )
+    .unwrap();
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, pg_port) = (free(), free());
     let (operate, read) = ("console-operate-token", "console-read-token");
@@ -115,6 +122,7 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
         "04-dag-grid",
         "05-dag-graph",
         "06-task",
+        "06c-approval",
         "08-dag-code-diff",
         "10-lake-table",
         "11-streams",

@@ -180,6 +180,38 @@ fn a_scheduler_killed_mid_task_reruns_it_after_a_restart() {
     assert!(slow.contains("success") && slow.split_whitespace().nth(2) == Some("2"), "{tasks}");
 }
 
+#[test]
+fn an_approval_waits_for_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(
+        d.join("dags/gated.yaml"),
+        "tasks:\n  - {id: gate, approval: {message: 'ship it?', approvers: [bob]}}\n  \
+         - {id: ship, upstream: [gate], script: [sh, -c, 'echo shipped >> shipped']}\n",
+    )
+    .unwrap();
+    let mut sched = scheduler(d, free_port());
+    let run = ok(dags(d, &["dags", "trigger", "gated"])).trim().to_string();
+    let started = Instant::now();
+    while !ok(dags(d, &["dags", "tasks", "gated", &run]))
+        .lines()
+        .any(|l| l.starts_with("gate") && l.contains("running"))
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "the approval never started waiting");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let refused = dags(d, &["dags", "approve", "gated", &run, "gate", "--by", "eve"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("\"eve\" may not decide"), "{refused:?}");
+    let out = dags(d, &["dags", "approve", "gated", &run, "gate", "--by", "bob", "--comment", "go"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("approve by bob (try 1)"), "{out:?}");
+    assert_eq!(wait_for_run(d, "gated", &run, Duration::from_secs(30)), "success");
+    interrupt(&mut sched);
+    assert_eq!(std::fs::read_to_string(d.join("dags/shipped")).unwrap(), "shipped\n");
+    let log = ok(dags(d, &["dags", "logs", "gated", &run, "gate"]));
+    assert!(log.contains("approved by bob") && log.contains(": go"), "{log}");
+}
+
 /// Whether process `pid` runs (a zombie does not).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

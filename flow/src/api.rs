@@ -19,6 +19,9 @@
 //!   not running ([`crate::ui::task_detail`]);
 //! - `POST /api/v1/dags/{dag}/runs/{run}/tasks/{task}/state` with `{"state": "success"|"failed"}`:
 //!   mark it by hand;
+//! - `POST /api/v1/dags/{dag}/runs/{run}/tasks/{task}/approval` with `{"decision":
+//!   "approve"|"reject", "by": "…", "comment": "…"}`: decide a waiting approval task, as
+//!   `weir dags approve|reject` ([`crate::approvals`]);
 //! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs[?try=N][&offset=B][&limit=B]`: a try's
 //!   log (the last try by default) as text, whole, or `limit` bytes from `offset` (the last
 //!   `limit` bytes without `offset`), with `X-Log-Start` and `X-Log-Size` saying which part;
@@ -90,6 +93,7 @@ pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
         .route("/api/v1/dags/{dag}/runs/{run}/tasks", get(tasks))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}", get(task_detail))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/state", post(mark))
+        .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/approval", post(approve))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs", get(logs))
         .route("/api/v1/workers/desired", get(desired))
         .route("/api/v1/schedulers", get(schedulers))
@@ -175,6 +179,18 @@ pub fn openapi_paths() -> Value {
                 "summary": "Mark a task instance success or failed by hand (not while queued or running); the run is settled anew",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["state"], "properties": {"state": {"type": "string", "enum": ["success", "failed"]}}}}}},
                 "responses": with(json!({"description": "{\"state\": \"success\"}"}))
+            }
+        },
+        "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/approval": {
+            "parameters": [param("dag"), param("run"), param("task")],
+            "post": {
+                "summary": "Approve or reject an approval task waiting for a decision; `by` must be one of its approvers when it names them. The decision, who and when, is recorded and published on weir.flow.events",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["decision", "by"], "properties": {
+                    "decision": {"type": "string", "enum": ["approve", "reject"]}, "by": {"type": "string"}, "comment": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "{\"decision\": \"approve\", \"by\": \"…\", \"at\": \"…\", \"try_number\": 1}"},
+                              "400": {"description": "bad body, or not an approval task"}, "401": {"description": "missing or wrong bearer token"},
+                              "403": {"description": "not one of the task's approvers, or a token that may not operate"}, "404": {"description": "no such DAG or run"},
+                              "409": {"description": "the task is not waiting for a decision"}}
             }
         },
         "/api/v1/dags/{dag}/runs/{run}/tasks/{task}/logs": {
@@ -347,6 +363,46 @@ async fn mark(
             ),
         ),
         Err(e) => failed(e.into()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: String,
+    by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+async fn approve(
+    State(api): State<Arc<Api>>,
+    Path((dag_id, run_id, task_id)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::approvals::{self, Refusal};
+    let expected = "{\"decision\": \"approve\"|\"reject\", \"by\": \"…\", \"comment\": \"…\"}";
+    let body = match body_of::<DecisionBody>(&body, expected) {
+        Ok(b) => b,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let decision = match body.decision.parse() {
+        Ok(d) => d,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    if body.by.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "by: say who decides");
+    }
+    let key = TaskKey { dag_id, run_id, task_id };
+    match approvals::decide(&api.store, &key, decision, &body.by, &body.comment).await {
+        Ok(d) => Json(json!({"dag_id": key.dag_id, "run_id": key.run_id, "task_id": key.task_id,
+                             "decision": d.decision, "by": d.by, "comment": d.comment,
+                             "at": d.at.to_rfc3339(), "try_number": d.try_number}))
+        .into_response(),
+        Err(e @ Refusal::NotApproval(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ Refusal::NotApprover { .. }) => error(StatusCode::FORBIDDEN, e),
+        Err(e @ Refusal::NotWaiting(_)) => error(StatusCode::CONFLICT, e),
+        Err(Refusal::Store(e)) => failed(e.into()),
     }
 }
 

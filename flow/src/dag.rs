@@ -204,6 +204,16 @@ pub enum TaskKind {
         /// Text (templated).
         message: String,
     },
+    /// Waits for a person to approve or reject (`weir dags approve`, the API, the console):
+    /// approved, it succeeds; rejected, or undecided after `timeout`, it fails.
+    Approval {
+        /// What the approver is asked (templated).
+        message: String,
+        /// Who may decide (anyone with an operate token when empty).
+        approvers: Vec<String>,
+        /// Fails when no one decided after this long.
+        timeout: Duration,
+    },
     /// Publishes an artifact on `weir.flow.events` for downstream systems: its files (path,
     /// size, MD5) and the URI of its payload. A missing file fails the try.
     Push {
@@ -235,6 +245,7 @@ impl TaskKind {
             TaskKind::Sensor { .. } => "sensor",
             TaskKind::Notify { .. } => "notify",
             TaskKind::Push { .. } => "push",
+            TaskKind::Approval { .. } => "approval",
         }
     }
 }
@@ -333,6 +344,16 @@ struct TaskFile {
     timeout: Option<String>,
     notify: Option<NotifyFile>,
     push: Option<PushFile>,
+    approval: Option<ApprovalFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalFile {
+    message: String,
+    #[serde(default)]
+    approvers: Vec<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -613,11 +634,15 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         }
         kinds.push(TaskKind::Push { files: p.files, uri: p.uri });
     }
+    if let Some(a) = t.approval {
+        let timeout = dur("approval timeout", a.timeout.as_ref(), Duration::from_secs(24 * 3600))?;
+        kinds.push(TaskKind::Approval { message: a.message, approvers: a.approvers, timeout });
+    }
     let kind = match kinds.len() {
         1 => kinds.pop().expect("one"),
         0 => {
             return Err(format!(
-                "task {:?} has no kind: give one of script, sql, branch, lake_snapshot, sensor, notify, push",
+                "task {:?} has no kind: give one of script, sql, branch, lake_snapshot, sensor, notify, push, approval",
                 t.id
             ));
         }

@@ -11,6 +11,7 @@ use weir_batch::sql::WriteMode;
 use weir_lake::catalog::Lake;
 
 use crate::{
+    approvals,
     dag::{self, Dag, TaskKind},
     outputs,
     rules::TaskState,
@@ -246,6 +247,23 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     serde_json::json!({"table": written.table, "version": written.version, "rows": written.rows});
                 let serde_json::Value::Object(output) = output else { unreachable!("an object") };
                 env.store.record_output(key, env.try_number, &output).await.map_err(|e| e.to_string())?;
+                Ok(None)
+            };
+            run.await
+        }
+        TaskKind::Approval { message, approvers, timeout } => {
+            let run = async {
+                let message = ctx.render(message, Syntax::Text)?;
+                let who = if approvers.is_empty() {
+                    "anyone with an operate token".to_string()
+                } else {
+                    approvers.join(", ")
+                };
+                let how = format!("weir dags approve {} {} {}", key.dag_id, key.run_id, key.task_id);
+                write_log(log, &format!("[weir] waiting for approval by {who}: {message}\n[weir] decide with `{how}` (or reject), the API or the console\n")).await;
+                let d = approvals::wait(env.store, key, env.try_number, *timeout).await?;
+                let comment = if d.comment.is_empty() { String::new() } else { format!(": {}", d.comment) };
+                write_log(log, &format!("[weir] approved by {} at {}{comment}\n", d.by, d.at.to_rfc3339())).await;
                 Ok(None)
             };
             run.await

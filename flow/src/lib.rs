@@ -3,7 +3,7 @@
 //! DAG files and their model ([`dag`]), schedules and data intervals ([`schedule`]), DAGs that
 //! lake commits start ([`triggers`]), trigger
 //! rules and states ([`rules`]), templating ([`template`]), what tasks hand on and keep
-//! ([`outputs`]), the metadata store ([`store`]), the
+//! ([`outputs`]), tasks that wait for a person's decision ([`approvals`]), the metadata store ([`store`]), the
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
 //! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
 //! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
@@ -13,6 +13,7 @@
 //! missed deadlines, and the orchestrator's own alerts ([`notices`]).
 
 pub mod api;
+pub mod approvals;
 pub mod autoscale;
 pub mod cluster;
 pub mod dag;

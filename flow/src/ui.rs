@@ -262,6 +262,18 @@ pub async fn task_detail(store: &Store, d: &Dag, key: &TaskKey) -> Result<Option
         .collect();
     let why = why_waiting(store, d, ti, &instances).await?;
     let task = d.task(&key.task_id);
+    // An approval task: what it asks, who may decide, and the decision on its latest try.
+    let approval = match task.map(|t| &t.kind) {
+        Some(crate::dag::TaskKind::Approval { message, approvers, timeout }) => {
+            let decision = match ti.try_number {
+                0 => None,
+                n => store.decision(key, n).await?,
+            };
+            json!({"message": message, "approvers": approvers, "timeout_s": timeout.as_secs(), "decision": decision,
+                   "waiting": ti.state == crate::rules::TaskState::Running && decision.is_none()})
+        }
+        _ => Value::Null,
+    };
     Ok(Some(json!({
         "dag_id": key.dag_id, "run_id": key.run_id, "task_id": key.task_id,
         "state": ti.state.as_str(), "try_number": ti.try_number, "max_tries": ti.max_tries,
@@ -269,7 +281,7 @@ pub async fn task_detail(store: &Store, d: &Dag, key: &TaskKey) -> Result<Option
         "next_try_at": time(ti.next_try_at), "started_at": time(ti.started_at), "ended_at": time(ti.ended_at),
         "kind": task.map(|t| t.kind.name()), "upstream": task.map(|t| t.upstream.clone()),
         "downstream": d.downstream(&key.task_id).map(|t| t.id.clone()).collect::<Vec<_>>(),
-        "tries": tries, "why_not_running": why,
+        "tries": tries, "why_not_running": why, "approval": approval,
     })))
 }
 

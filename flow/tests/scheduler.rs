@@ -979,6 +979,81 @@ async fn outputs_flow_between_tasks_and_state_survives_retries_and_runs(db: Db) 
     s.stop().await;
 }
 
+/// Waits until `task` of the run is running.
+async fn running(s: &Setup, dag_id: &str, run_id: &str, task: &str) {
+    let started = Instant::now();
+    while s.state(dag_id, run_id, task).await != TaskState::Running {
+        assert!(started.elapsed() < Duration::from_secs(30), "{task} never ran: {:?}", s.states(dag_id, run_id).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An approval task waits for a person: through the API only a listed approver may decide, and
+/// only while it waits; approved, the run goes on; rejected (with the CLI's function), the task
+/// fails with who and why; undecided past its timeout, it fails.
+async fn approval_tasks_wait_for_a_decision(db: Db) {
+    let mut s = Setup::new(db).await;
+    let d = s.write_dag(
+        "publish",
+        "tasks:\n  - {id: prepare, script: [\"true\"]}\n  - id: gate\n    upstream: [prepare]\n    \
+         approval: {message: 'Publish {{ ds }}?', approvers: [alice], timeout: 60s}\n  \
+         - {id: publish, upstream: [gate], script: [sh, -c, 'echo published >> published']}\n",
+    );
+    let lonely = s.write_dag("lonely", "tasks:\n  - {id: gate, approval: {message: 'anyone?', timeout: 1s}}\n");
+    s.start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let api = weir_flow::api::router(s.store.clone(), s.lake.clone(), s.dags());
+    tokio::spawn(async move { axum::serve(listener, api).await.unwrap() });
+    let post = |run: String, body: serde_json::Value| async move {
+        let url = format!("http://{addr}/api/v1/dags/publish/runs/{run}/tasks/gate/approval");
+        let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    };
+
+    let first = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    let (status, body) = post(first.clone(), serde_json::json!({"decision": "approve", "by": "alice"})).await;
+    assert_eq!(status, 409, "not waiting yet, or already deciding: {body}");
+    running(&s, "publish", &first, "gate").await;
+    let (status, body) = post(first.clone(), serde_json::json!({"decision": "approve", "by": "mallory"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("\"mallory\" may not decide"), "{body}");
+    let (status, body) = post(first.clone(), serde_json::json!({"decision": "maybe", "by": "alice"})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) =
+        post(first.clone(), serde_json::json!({"decision": "approve", "by": "alice", "comment": "numbers check out"}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], "approve");
+    assert_eq!(body["try_number"], 1);
+    assert_eq!(s.finished("publish", &first, Duration::from_secs(30)).await.state, RunState::Success);
+    assert_eq!(std::fs::read_to_string(s.dags().join("published")).unwrap(), "published\n");
+    let decided = s.store.decision(&key("publish", &first, "gate"), 1).await.unwrap().unwrap();
+    assert_eq!((decided.by.as_str(), decided.comment.as_str()), ("alice", "numbers check out"));
+    let tries = s.store.tries(&key("publish", &first, "gate")).await.unwrap();
+    let log = std::fs::read_to_string(&tries[0].log).unwrap();
+    assert!(log.contains("waiting for approval by alice: Publish ") && log.contains("approved by alice"), "{log}");
+    let (status, _) = post(first.clone(), serde_json::json!({"decision": "reject", "by": "alice"})).await;
+    assert_eq!(status, 409, "a decided try is not decided again");
+
+    let second = runs::trigger(&s.store, &d, Default::default(), Some(Utc::now())).await.unwrap();
+    running(&s, "publish", &second, "gate").await;
+    let k = key("publish", &second, "gate");
+    weir_flow::approvals::decide(&s.store, &k, weir_flow::approvals::Decision::Reject, "alice", "wrong totals")
+        .await
+        .unwrap();
+    assert_eq!(s.finished("publish", &second, Duration::from_secs(30)).await.state, RunState::Failed);
+    assert_eq!(s.state("publish", &second, "publish").await, TaskState::UpstreamFailed);
+    let reason = s.store.tries(&k).await.unwrap()[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("rejected by alice: wrong totals"), "{reason}");
+
+    let run = runs::trigger(&s.store, &lonely, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("lonely", &run, Duration::from_secs(30)).await.state, RunState::Failed);
+    let reason = s.store.tries(&key("lonely", &run, "gate")).await.unwrap()[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("no decision within 1s"), "{reason}");
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1016,6 +1091,7 @@ on_both_databases!(
     failures_retries_successes_and_deadlines_are_notified,
     lake_commits_start_table_triggered_runs,
     outputs_flow_between_tasks_and_state_survives_retries_and_runs,
+    approval_tasks_wait_for_a_decision,
 );
 
 /// `mode: all` waits for a commit to every table; without signals (no bus) the scheduler finds

@@ -255,6 +255,28 @@ try:
     until(lambda: log.text.count("line ") == 40, "the whole log once the try ended", timeout=30)
     step("a running try's log streams into the page, colours stripped; downstream says it waits on upstream")
 
+    # An approval task waits on its page; a non-approver is refused, an approver's decision lets the run go on.
+    status, body = http("POST", "/api/v1/dags/console_gate/runs", OPERATE, {})
+    assert status == 201, (status, body)
+    gate_run = json.loads(body)["run_id"]
+    until(lambda: db("SELECT state FROM flow_task_instances WHERE dag_id = 'console_gate' AND run_id = ? AND task_id = 'gate'", gate_run) == [("running",)], "the approval task waits")
+    open_page(f"/task/console_gate/{gate_run}/gate")
+    box = until(lambda: d.find_element(By.ID, "approval"), "the approval box")
+    assert "Ship the report?" in box.text and "carol" in box.text, box.text
+    d.find_element(By.ID, "a-approve").click()
+    kind, text = confirm(type_into("ap-by", "mallory"))
+    assert kind == "error" and "may not decide" in text, (kind, text)
+    until(lambda: d.find_element(By.ID, "a-approve"), "the page again after the refusal")
+    d.find_element(By.ID, "a-approve").click()
+    kind, text = confirm(lambda: (type_into("ap-by", "carol")(), type_into("ap-comment", "looks right")()))
+    assert kind == "ok" and '"decision":"approve"' in text, (kind, text)
+    until(lambda: db("SELECT state FROM flow_dag_runs WHERE dag_id = 'console_gate' AND run_id = ?", gate_run) == [("success",)], "the approved run succeeds")
+    open_page(f"/task/console_gate/{gate_run}/gate")
+    decided = until(lambda: d.find_element(By.ID, "ap-decision"), "the decision on the page")
+    assert "approve" in decided.text and "carol" in decided.text and "looks right" in decided.text, decided.text
+    shot("06c-approval")
+    step("an approval task is decided from its page: a non-approver refused, the approver's decision shown and the run goes on")
+
     # Backfill a date range.
     open_page(f"/dag/{DAG}/runs")
     d.find_element(By.ID, "a-backfill").click()

@@ -461,6 +461,7 @@ pages.task = async (main, [dag, run, task], q) => {
     <p class="muted">run <a href="${href(["dag", dag, "graph"], {run})}">${esc(run)}</a> · ${esc(t.kind)} · try ${t.try_number} of ${t.max_tries} · pool ${esc(t.pool)} · queue ${esc(t.queue)}
     · upstream ${esc((t.upstream || []).join(", ") || "—")} · downstream ${esc(t.downstream.join(", ") || "—")}</p>
     ${t.why_not_running ? `<section id="why"><b>Why it is not running:</b> ${esc(t.why_not_running)}</section>` : ""}
+    ${t.approval ? approvalBox(t.approval) : ""}
     <div class="bar">
       <button id="a-clear"${opAttr()}>Clear…</button>
       <button id="a-success"${opAttr()}>Mark success</button>
@@ -476,9 +477,26 @@ pages.task = async (main, [dag, run, task], q) => {
     $("a-" + s).onclick = () => act(`Mark ${task} in ${run} as ${s}?`,
       () => api(`/api/v1/dags/${enc(dag)}/runs/${enc(run)}/tasks/${enc(task)}/state`, {method: "POST", body: {state: s}}));
   }
+  for (const decision of ["approve", "reject"]) {
+    const button = $("a-" + decision);
+    if (button) button.onclick = () => act(`${decision === "approve" ? "Approve" : "Reject"} ${task} in ${run}?`,
+      (input) => api(`/api/v1/dags/${enc(dag)}/runs/${enc(run)}/tasks/${enc(task)}/approval`, {method: "POST", body: input}),
+      `<label>by <input id="ap-by"></label><br><label>comment <input id="ap-comment"></label>`,
+      () => ({decision, by: $("ap-by").value, comment: $("ap-comment").value}));
+  }
   if (tryNo > 0) await showLog(dag, run, task, tryNo);
   else $("log-info").textContent = "no try yet";
 };
+
+/* An approval task: its question, who may decide, and the decision or the buttons to make it. */
+function approvalBox(a) {
+  const d = a.decision;
+  const decided = d ? `<p id="ap-decision"><b>${esc(d.decision)}</b> by ${esc(d.by)} ${esc(when(d.at))}${d.comment ? " — " + esc(d.comment) : ""}</p>` : "";
+  const buttons = a.waiting ? `<div class="bar"><button id="a-approve"${opAttr()}>Approve…</button>
+      <button id="a-reject" class="danger"${opAttr()}>Reject…</button></div>` : "";
+  return `<section id="approval"><h2>Approval</h2><p>${esc(a.message)}</p>
+    <p class="muted">approvers: ${esc(a.approvers.join(", ") || "anyone who may operate")} · times out after ${esc(dur(a.timeout_s * 1000))}</p>${decided}${buttons}</section>`;
+}
 
 /* The log a page at a time: its end first, earlier pages on demand, new bytes while the try runs. */
 async function showLog(dag, run, task, tryNo) {
