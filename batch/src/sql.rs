@@ -25,7 +25,7 @@ use deltalake::{
 };
 use weir_lake::{
     catalog::{Lake, LakeError},
-    query::Registration,
+    query::{Registration, Versions},
 };
 
 use crate::engine::Engine;
@@ -39,6 +39,9 @@ pub struct ViewWritten {
     pub version: u64,
     /// Rows written.
     pub rows: u64,
+    /// The lake tables the query read, at the versions it read (also in the commit's
+    /// `weir.source.inputs`).
+    pub inputs: Versions,
 }
 
 /// How a SQL task's result lands in its view.
@@ -52,32 +55,43 @@ pub enum WriteMode {
     Append,
 }
 
-/// Runs `sql` on `engine` and writes its result to `views.<view>`; `source` goes into the
-/// commit's metadata.
+/// Runs `sql` on `engine` and writes its result to `views.<view>`: tables `versions` names are read
+/// at those versions, the others at their latest. `source` goes into the commit's metadata, with
+/// the versions read as `inputs`.
 pub async fn write_view(
     lake: &Lake,
     engine: &Engine,
     sql: &str,
     view: &str,
     mode: WriteMode,
-    source: serde_json::Value,
+    mut source: serde_json::Value,
+    versions: &Versions,
 ) -> Result<ViewWritten, LakeError> {
     let name = format!("views.{view}");
     let url = lake.table_url(&name)?;
     let table = DeltaTable::try_from_url(url).await.map_err(|e| LakeError::delta(&name, e))?;
     let before = table.version();
+    let query_err = |e| LakeError::Query(Box::new(e));
     let write = match engine {
         Engine::Local => {
-            let (ctx, sql) = weir_lake::query::session_for(lake, sql, None).await?;
-            let frame = ctx.sql(&sql).await.map_err(|e| LakeError::Query(Box::new(e)))?;
-            table
+            let ctx = weir_lake::query::new_session()?;
+            let (sql, registered) =
+                weir_lake::query::register_pinned(&ctx, lake, sql, Registration::Delta, versions).await?;
+            let inputs = weir_lake::query::tables_read(&ctx, &sql, &registered)?;
+            source["inputs"] = serde_json::json!(inputs);
+            let frame = ctx.sql(&sql).await.map_err(query_err)?;
+            let write = table
                 .write(Vec::new())
                 .with_input_plan(frame.logical_plan().clone())
-                .with_session_state(Arc::new(ctx.state()))
+                .with_session_state(Arc::new(ctx.state()));
+            (write, inputs)
         }
         Engine::Ballista { scheduler } => {
             let ctx = ballista_session(scheduler, view).await?;
-            let (sql, _) = weir_lake::query::register_for(&ctx, lake, sql, Registration::Files).await?;
+            let (sql, registered) =
+                weir_lake::query::register_pinned(&ctx, lake, sql, Registration::Files, versions).await?;
+            let inputs = weir_lake::query::tables_read(&ctx, &sql, &registered)?;
+            source["inputs"] = serde_json::json!(inputs);
             let on_cluster = |e: DataFusionError| {
                 LakeError::Query(Box::new(e.context(format!("running on the Ballista scheduler at {engine}"))))
             };
@@ -86,9 +100,10 @@ pub async fn write_view(
             let done =
                 crate::cluster_write::write(&ctx, &engine.to_string(), &table, &name, frame, mode, source).await?;
             lake.announce(&name, done.version, "view").await;
-            return Ok(ViewWritten { table: name, version: done.version, rows: done.rows });
+            return Ok(ViewWritten { table: name, version: done.version, rows: done.rows, inputs });
         }
     };
+    let (write, inputs) = write;
     let mut write =
         write.with_commit_properties(CommitProperties::default().with_metadata([("weir.source".to_string(), source)]));
     write = match (mode, before.is_some()) {
@@ -110,7 +125,7 @@ pub async fn write_view(
         .and_then(|m| m.get("num_added_rows"))
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
-    Ok(ViewWritten { table: name, version, rows })
+    Ok(ViewWritten { table: name, version, rows, inputs })
 }
 
 /// The session configuration of a Ballista job writing `views.<view>`: Ballista's defaults, the
@@ -149,14 +164,47 @@ mod tests {
         };
         let lake = Lake::new(&config);
         let source = serde_json::json!({"test": true});
-        write_view(&lake, &Engine::Local, "SELECT 1 AS n", "counter", WriteMode::Overwrite, source.clone())
-            .await
-            .unwrap();
-        write_view(&lake, &Engine::Local, "SELECT 2 AS n", "counter", WriteMode::Overwrite, source.clone())
-            .await
-            .unwrap();
+        write_view(
+            &lake,
+            &Engine::Local,
+            "SELECT 1 AS n",
+            "counter",
+            WriteMode::Overwrite,
+            source.clone(),
+            &Versions::new(),
+        )
+        .await
+        .unwrap();
+        write_view(
+            &lake,
+            &Engine::Local,
+            "SELECT 2 AS n",
+            "counter",
+            WriteMode::Overwrite,
+            source.clone(),
+            &Versions::new(),
+        )
+        .await
+        .unwrap();
         let sql = "SELECT n FROM views.counter VERSION AS OF 0";
-        write_view(&lake, &Engine::Local, sql, "first", WriteMode::Overwrite, source).await.unwrap();
+        let written =
+            write_view(&lake, &Engine::Local, sql, "first", WriteMode::Overwrite, source.clone(), &Versions::new())
+                .await
+                .unwrap();
+        assert_eq!(written.inputs, Versions::from([("views.counter".to_string(), 0)]), "the version read is recorded");
+        // Pinned: the latest is read at the version given, and the commit says so.
+        let pinned = Versions::from([("views.counter".to_string(), 0)]);
+        let sql = "WITH c AS (SELECT n FROM views.counter) SELECT n FROM c";
+        let written =
+            write_view(&lake, &Engine::Local, sql, "pinned", WriteMode::Overwrite, source, &pinned).await.unwrap();
+        assert_eq!(written.inputs, pinned, "a CTE is not a table");
+        let commit = lake.history("views.pinned", Some(1)).await.unwrap();
+        let recorded = &commit[0].info["weir.source"]["inputs"];
+        assert_eq!(recorded, &serde_json::json!({"views.counter": 0}), "{recorded}");
+        let batches = weir_lake::query::run(&lake, "SELECT n FROM views.pinned", None).await.unwrap();
+        let n = deltalake::arrow::compute::cast(batches[0].column(0), &deltalake::arrow::datatypes::DataType::Int64)
+            .unwrap();
+        assert_eq!(n.as_primitive::<deltalake::arrow::datatypes::Int64Type>().value(0), 1, "read the pinned version");
         let batches = weir_lake::query::run(&lake, "SELECT n FROM views.first", None).await.unwrap();
         let n = deltalake::arrow::compute::cast(batches[0].column(0), &deltalake::arrow::datatypes::DataType::Int64)
             .unwrap();

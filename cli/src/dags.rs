@@ -87,6 +87,18 @@ pub enum DagsCommand {
         /// Only this run (default: every run of the DAG).
         #[arg(long)]
         run: Option<String>,
+        /// SQL tasks read the tables' latest versions (by default a rerun reads what its first
+        /// try read).
+        #[arg(long)]
+        latest: bool,
+    },
+    /// The lake tables each SQL task of a run read, at which versions, and the view version it
+    /// wrote (the latest run when none is named).
+    Lineage {
+        /// The DAG.
+        dag: String,
+        /// The run id.
+        run: Option<String>,
     },
     /// The DAG's runs, newest first.
     Runs {
@@ -352,9 +364,9 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
             eprintln!("{} backfill run(s) created; `weir scheduler` runs them", created.len());
             Ok(())
         }
-        DagsCommand::Clear { dag, task, downstream, failed, run } => {
+        DagsCommand::Clear { dag, task, downstream, failed, run, latest } => {
             let d = load(config, &dag)?;
-            let spec = ClearSpec { task, downstream, only_failed: failed, run_id: run };
+            let spec = ClearSpec { task, downstream, only_failed: failed, run_id: run, latest };
             let cleared = runs::clear(&store, &d, &spec).await?;
             for (run, tasks) in &cleared {
                 println!("{run}: {}", tasks.join(", "));
@@ -411,6 +423,23 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
                 if let Some(output) = outputs.get(&t.task_id) {
                     println!("  output: {}", serde_json::Value::Object(output.clone()));
                 }
+            }
+            Ok(())
+        }
+        DagsCommand::Lineage { dag, run } => {
+            let run = match run {
+                Some(r) => r,
+                None => {
+                    store.runs(&dag, 1).await?.into_iter().next().map(|r| r.run_id).context("the DAG has no runs")?
+                }
+            };
+            store.run(&dag, &run).await?;
+            println!("{dag} {run}");
+            for e in store.lineage(&dag, &run).await? {
+                let read: Vec<String> = e.read.iter().map(|(t, v)| format!("{t}@{v}")).collect();
+                let wrote = e.wrote.map_or_else(|| "(no view yet)".to_string(), |(v, n)| format!("{v}@{n}"));
+                let read = if read.is_empty() { "no lake table".to_string() } else { read.join(", ") };
+                println!("  {} (try {}): {read} → {wrote}", e.task_id, e.try_number);
             }
             Ok(())
         }

@@ -212,6 +212,25 @@ fn an_approval_waits_for_the_cli() {
     assert!(log.contains("approved by bob") && log.contains(": go"), "{log}");
 }
 
+#[test]
+fn lineage_shows_the_versions_each_sql_task_read_and_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("dags")).unwrap();
+    std::fs::write(
+        d.join("dags/chain.yaml"),
+        "tasks:\n  - {id: a, sql: 'SELECT 1 AS n'}\n  - {id: b, upstream: [a], sql: 'SELECT n + 1 AS n FROM views.a'}\n",
+    )
+    .unwrap();
+    let mut sched = scheduler(d, free_port());
+    let run = ok(dags(d, &["dags", "trigger", "chain"])).trim().to_string();
+    assert_eq!(wait_for_run(d, "chain", &run, Duration::from_secs(60)), "success");
+    interrupt(&mut sched);
+    let lineage = ok(dags(d, &["dags", "lineage", "chain"]));
+    assert!(lineage.contains("  a (try 1): no lake table → views.a@0"), "{lineage}");
+    assert!(lineage.contains("  b (try 1): views.a@0 → views.b@0"), "{lineage}");
+}
+
 /// Whether process `pid` runs (a zombie does not).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -15,6 +15,8 @@
 //! - `POST /api/v1/dags/{dag}/runs` with `{"conf": {…}, "logical_date": "…"}` (both optional):
 //!   a manual run, as `weir dags trigger`;
 //! - `GET /api/v1/dags/{dag}/runs/{run}/tasks`: its task instances;
+//! - `GET /api/v1/dags/{dag}/runs/{run}/lineage`: the table versions its SQL tasks read and the
+//!   view versions they wrote ([`crate::lineage`]);
 //! - `GET /api/v1/dags/{dag}/runs/{run}/tasks/{task}`: a task instance, its tries and why it is
 //!   not running ([`crate::ui::task_detail`]);
 //! - `POST /api/v1/dags/{dag}/runs/{run}/tasks/{task}/state` with `{"state": "success"|"failed"}`:
@@ -91,6 +93,7 @@ pub fn router(store: Store, lake: Arc<Lake>, dags_dir: PathBuf) -> Router {
         .route("/api/v1/dags/{dag}/backfill", post(backfill))
         .route("/api/v1/dags/{dag}/runs", get(list_runs).post(trigger))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks", get(tasks))
+        .route("/api/v1/dags/{dag}/runs/{run}/lineage", get(lineage))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}", get(task_detail))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/state", post(mark))
         .route("/api/v1/dags/{dag}/runs/{run}/tasks/{task}/approval", post(approve))
@@ -147,9 +150,10 @@ pub fn openapi_paths() -> Value {
         "/api/v1/dags/{dag}/clear": {
             "parameters": [param("dag")],
             "post": {
-                "summary": "Run task instances again (as `weir dags clear`): one task (and its downstream) or all, failed ones only or all, one run or every run",
+                "summary": "Run task instances again (as `weir dags clear`): one task (and its downstream) or all, failed ones only or all, one run or every run; SQL tasks read the table versions their earlier tries read unless `latest`",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
-                    "task": {"type": "string"}, "downstream": {"type": "boolean"}, "only_failed": {"type": "boolean"}, "run_id": {"type": "string"}
+                    "task": {"type": "string"}, "downstream": {"type": "boolean"}, "only_failed": {"type": "boolean"}, "run_id": {"type": "string"},
+                    "latest": {"type": "boolean"}
                 }}}}},
                 "responses": with(json!({"description": "{\"cleared\": [{\"run_id\": \"…\", \"task_ids\": [...]}]}"}))
             }
@@ -164,6 +168,10 @@ pub fn openapi_paths() -> Value {
                 }}}}},
                 "responses": {"201": {"description": "{\"run_id\": \"manual__…\"}"}, "400": {"description": "invalid conf or date"}, "401": {"description": "missing or wrong bearer token"}, "404": {"description": "no such DAG"}}
             }
+        },
+        "/api/v1/dags/{dag}/runs/{run}/lineage": {
+            "parameters": [param("dag"), param("run")],
+            "get": {"summary": "The run's lineage: per SQL task the lake table versions it read and the view version it wrote; edges table@version → task → view@version", "responses": with(json!({"description": "{\"tasks\": [{task_id, try_number, read, wrote}], \"edges\": [{from, to}]}"}))}
         },
         "/api/v1/dags/{dag}/runs/{run}/tasks": {
             "parameters": [param("dag"), param("run")],
@@ -406,6 +414,16 @@ async fn approve(
     }
 }
 
+async fn lineage(State(api): State<Arc<Api>>, Path((dag_id, run_id)): Path<(String, String)>) -> Response {
+    if let Err(e) = api.store.run(&dag_id, &run_id).await {
+        return failed(e.into());
+    }
+    match api.store.lineage(&dag_id, &run_id).await {
+        Ok(edges) => Json(crate::lineage::lineage_json(&edges)).into_response(),
+        Err(e) => failed(e.into()),
+    }
+}
+
 async fn desired(State(api): State<Arc<Api>>) -> Response {
     match api.store.desired().await {
         Ok(queues) => Json(json!({ "queues": queues })).into_response(),
@@ -527,10 +545,13 @@ struct ClearBody {
     #[serde(default)]
     only_failed: bool,
     run_id: Option<String>,
+    #[serde(default)]
+    latest: bool,
 }
 
 async fn clear(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: axum::body::Bytes) -> Response {
-    let expected = "{\"task\": \"…\", \"downstream\": bool, \"only_failed\": bool, \"run_id\": \"…\"}";
+    let expected =
+        "{\"task\": \"…\", \"downstream\": bool, \"only_failed\": bool, \"run_id\": \"…\", \"latest\": bool}";
     let (body, d): (ClearBody, _) = match api.body_and_dag(&dag_id, &body, expected) {
         Ok(got) => got,
         Err((status, why)) => return error(status, why),
@@ -540,6 +561,7 @@ async fn clear(State(api): State<Arc<Api>>, Path(dag_id): Path<String>, body: ax
         downstream: body.downstream,
         only_failed: body.only_failed,
         run_id: body.run_id,
+        latest: body.latest,
     };
     match runs::clear(&api.store, &d, &spec).await {
         Ok(cleared) => {

@@ -96,6 +96,7 @@ pub(crate) async fn run_try(
         cwd: &cwd,
         log: &log,
         pid_file: &pid_file,
+        inputs: &run.inputs,
         lake,
         store,
         key: &key,
@@ -179,6 +180,8 @@ struct Env<'a> {
     log: &'a Path,
     /// Where the try's process group is recorded while it runs.
     pid_file: &'a Path,
+    /// A table-triggered run's input versions.
+    inputs: &'a crate::store::Inputs,
     lake: &'a Lake,
     store: &'a Store,
     key: &'a TaskKey,
@@ -230,11 +233,26 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     (false, None) => WriteMode::Overwrite,
                 };
                 write_log(log, &format!("[weir] views.{view} ← {sql} (engine {engine})\n")).await;
+                let pinned = pinned_versions(env).await?;
+                if !pinned.is_empty() {
+                    let list: Vec<String> = pinned.iter().map(|(t, v)| format!("{t}@{v}")).collect();
+                    write_log(
+                        log,
+                        &format!(
+                            "[weir] reading {} (recorded before; `weir dags clear --latest` reads the latest)\n",
+                            list.join(", ")
+                        ),
+                    )
+                    .await;
+                }
                 let source = serde_json::json!({"dag": key.dag_id, "run": key.run_id, "task": key.task_id});
-                let written =
-                    with_timeout(timeout, weir_batch::sql::write_view(lake, &engine, &sql, view, mode, source))
-                        .await?
-                        .map_err(|e| e.to_string())?;
+                let written = with_timeout(
+                    timeout,
+                    weir_batch::sql::write_view(lake, &engine, &sql, view, mode, source, &pinned),
+                )
+                .await?
+                .map_err(|e| e.to_string())?;
+                env.store.record_inputs(key, env.try_number, &written.inputs).await.map_err(|e| e.to_string())?;
                 write_log(
                     log,
                     &format!(
@@ -338,6 +356,15 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
             Outcome::Failed(reason)
         }
     }
+}
+
+/// The table versions a SQL try reads (see [`crate::lineage`]): what an earlier try of the
+/// instance read, else, in a table-triggered run, the versions the run covers.
+async fn pinned_versions(env: &Env<'_>) -> Result<weir_lake::query::Versions, String> {
+    if let Some(pinned) = env.store.pinned_inputs(env.key).await.map_err(|e| e.to_string())? {
+        return Ok(pinned);
+    }
+    Ok(env.inputs.iter().filter_map(|(t, i)| Some((t.clone(), u64::try_from(i.version).ok()?))).collect())
 }
 
 /// Runs a script of the try with its pid file and its `$WEIR_OUTPUT` / `$WEIR_STATE` files

@@ -81,6 +81,8 @@ pub struct ClearSpec {
     pub only_failed: bool,
     /// Only this run; every run of the DAG when `None`.
     pub run_id: Option<String>,
+    /// SQL tasks read the lake tables' latest versions, not those their earlier tries read.
+    pub latest: bool,
 }
 
 /// Clears task instances so the scheduler runs them again (a new try each; earlier tries stay
@@ -114,7 +116,7 @@ pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(St
         if chosen.is_empty() {
             continue;
         }
-        store.clear(&dag.id, &run.run_id, &chosen).await?;
+        store.clear(&dag.id, &run.run_id, &chosen, spec.latest).await?;
         cleared.push((run.run_id.clone(), chosen.into_iter().map(|(t, _)| t).collect()));
     }
     Ok(cleared)

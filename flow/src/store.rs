@@ -939,18 +939,28 @@ impl Store {
 
     /// Clears task instances of a run so they run again: state none, and retries counted afresh
     /// from the current try (the tries so far stay in the history). The run becomes queued.
-    pub async fn clear(&self, dag_id: &str, run_id: &str, tasks: &[(String, u32)]) -> Result<(), StoreError> {
+    /// With `latest`, the next tries read the lake tables' latest versions instead of those the
+    /// earlier tries read ([`Self::pinned_inputs`]).
+    pub async fn clear(
+        &self,
+        dag_id: &str,
+        run_id: &str,
+        tasks: &[(String, u32)],
+        latest: bool,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let mut made = Vec::new();
         for (task_id, retries) in tasks {
             let r = sqlx::query(
                 "UPDATE flow_task_instances SET state = 'none', max_tries = try_number + $1, next_try_at = NULL, \
-                 ended_at = NULL WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued')",
+                 ended_at = NULL, inputs_after = CASE WHEN $5 THEN try_number ELSE inputs_after END \
+                 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued')",
             )
             .bind(i64::from(*retries) + 1)
             .bind(dag_id)
             .bind(run_id)
             .bind(task_id)
+            .bind(latest)
             .execute(&mut *tx)
             .await?;
             if r.rows_affected() > 0 {

@@ -1054,6 +1054,54 @@ async fn approval_tasks_wait_for_a_decision(db: Db) {
     s.stop().await;
 }
 
+/// One number from `sql` over the lake.
+async fn scalar(lake: &Lake, sql: &str) -> i64 {
+    use deltalake::arrow::{array::AsArray as _, datatypes::Int64Type};
+    let batches = weir_lake::query::run(lake, sql, None).await.unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// A SQL task records the table versions it read; a cleared task reads them again (its result
+/// equals the first try's, checked with time travel on the view) and `--latest` reads the newest.
+async fn a_rerun_reads_the_versions_its_first_try_read(db: Db) {
+    let mut s = Setup::new(db).await;
+    commit(&s.lake, "raw.orders", false).await;
+    let read = commit(&s.lake, "raw.orders", false).await;
+    let d =
+        s.write_dag("counts", "tasks:\n  - {id: count, view: counts, sql: 'SELECT count(*) AS n FROM raw.orders'}\n");
+    s.start();
+    let run = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("counts", &run, Duration::from_secs(60)).await.state, RunState::Success);
+    let lineage = s.store.lineage("counts", &run).await.unwrap();
+    assert_eq!(lineage.len(), 1);
+    assert_eq!(lineage[0].read.get("raw.orders"), Some(&read));
+    assert_eq!(lineage[0].wrote, Some(("views.counts".to_string(), 0)));
+    assert_eq!(scalar(&s.lake, "SELECT n FROM views.counts").await, 2);
+
+    let newest = commit(&s.lake, "raw.orders", false).await;
+    let clear = |latest| ClearSpec { run_id: Some(run.clone()), latest, ..ClearSpec::default() };
+    runs::clear(&s.store, &d, &clear(false)).await.unwrap();
+    assert_eq!(s.finished("counts", &run, Duration::from_secs(60)).await.state, RunState::Success);
+    let lineage = s.store.lineage("counts", &run).await.unwrap();
+    assert_eq!((lineage[0].try_number, lineage[0].read.get("raw.orders")), (2, Some(&read)), "{lineage:?}");
+    assert_eq!(
+        scalar(&s.lake, "SELECT n FROM views.counts VERSION AS OF 1").await,
+        2,
+        "the rerun read what try 1 read"
+    );
+    assert_eq!(
+        scalar(&s.lake, &format!("SELECT count(*) FROM raw.orders VERSION AS OF {read}")).await,
+        scalar(&s.lake, "SELECT n FROM views.counts VERSION AS OF 1").await
+    );
+
+    runs::clear(&s.store, &d, &clear(true)).await.unwrap();
+    assert_eq!(s.finished("counts", &run, Duration::from_secs(60)).await.state, RunState::Success);
+    let lineage = s.store.lineage("counts", &run).await.unwrap();
+    assert_eq!((lineage[0].try_number, lineage[0].read.get("raw.orders")), (3, Some(&newest)), "{lineage:?}");
+    assert_eq!(scalar(&s.lake, "SELECT n FROM views.counts").await, 3, "--latest read the newest version");
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1092,6 +1140,7 @@ on_both_databases!(
     lake_commits_start_table_triggered_runs,
     outputs_flow_between_tasks_and_state_survives_retries_and_runs,
     approval_tasks_wait_for_a_decision,
+    a_rerun_reads_the_versions_its_first_try_read,
 );
 
 /// `mode: all` waits for a commit to every table; without signals (no bus) the scheduler finds

@@ -152,9 +152,29 @@ pub async fn register_for(
     sql: &str,
     how: Registration,
 ) -> Result<(String, Vec<Registered>), LakeError> {
+    register_pinned(ctx, lake, sql, how, &Versions::new()).await
+}
+
+/// Table versions, by `<namespace>.<table>`.
+pub type Versions = BTreeMap<String, u64>;
+
+/// [`register_for`], with the tables `versions` names registered at those versions rather than
+/// their latest (a rerun reading what its first try read).
+pub async fn register_pinned(
+    ctx: &SessionContext,
+    lake: &Lake,
+    sql: &str,
+    how: Registration,
+    versions: &Versions,
+) -> Result<(String, Vec<Registered>), LakeError> {
     let (sql, pinned) = rewrite_time_travel(sql)?;
-    let mut tables: Vec<(String, String, deltalake::DeltaTable)> =
-        lake.open_all().await?.into_iter().map(|(name, t)| (name.clone(), name, t)).collect();
+    let mut tables: Vec<(String, String, deltalake::DeltaTable)> = Vec::new();
+    for (name, mut table) in lake.open_all().await? {
+        if let Some(&v) = versions.get(&name) {
+            table.load_version(v).await.map_err(|e| LakeError::delta(&name, e))?;
+        }
+        tables.push((name.clone(), name, table));
+    }
     for ((name, v), alias) in pinned {
         tables.push((name.clone(), alias, lake.open(&name, Some(v)).await?));
     }
@@ -168,6 +188,30 @@ pub async fn register_for(
         registered.push(Registered::of(name, table)?);
     }
     Ok((sql, registered))
+}
+
+/// The lake tables `sql` (as [`register_pinned`] rewrote it) reads, with the version each is read
+/// at: from `registered`, or from a `VERSION AS OF` alias (`raw.orders@v3`). CTEs are not tables.
+pub fn tables_read(ctx: &SessionContext, sql: &str, registered: &[Registered]) -> Result<Versions, LakeError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(query_err)?;
+    let mut out = Versions::new();
+    for r in state.resolve_table_references(&statement).map_err(query_err)? {
+        let (Some(ns), table) = (r.schema(), r.table()) else { continue };
+        match table.rsplit_once("@v").and_then(|(t, v)| Some((t, v.parse::<u64>().ok()?))) {
+            Some((t, v)) => {
+                out.insert(format!("{ns}.{t}"), v);
+            }
+            None => {
+                let name = format!("{ns}.{table}");
+                if let Some(reg) = registered.iter().find(|x| x.name == name) {
+                    out.insert(name, reg.version);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The URL of `table`'s data file at `path` (as its log names it, relative to the table).

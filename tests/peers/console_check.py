@@ -204,10 +204,12 @@ try:
     nodes = until(lambda: d.find_elements(By.CSS_SELECTOR, "#graph rect.node.s-success"), "the graph's nodes coloured success")
     assert len(nodes) == 5, len(nodes)
     assert "from the console" in main_text(), "the run's conf is not shown"
+    lineage = d.find_element(By.ID, "lineage").text
+    assert "current.food_delivery_orders@" in lineage and "order_facts (try 1)" in lineage and "views.order_facts@" in lineage, lineage
     shot("05-dag-graph")
     d.find_element(By.CSS_SELECTOR, '#graph g[data-task="order_facts"] rect').click()
     until(lambda: "/task/" in d.current_url and "order_facts" in d.current_url, "a node opens its task")
-    step("graph: left to right, states coloured, opens tasks")
+    step("graph: left to right, states coloured, opens tasks; the run's lineage lists table versions read and the view written")
 
     # A task try: tries, log, mark failed, clear with downstream, mark success.
     open_page(f"/task/{DAG}/{run_id}/order_facts")

@@ -212,7 +212,7 @@ fn rows_of(batches: &[RecordBatch]) -> anyhow::Result<Vec<Vec<String>>> {
 /// the view's rows (read after the clock stops).
 async fn run_task(lake: &Lake, engine: &Engine, view: &str) -> anyhow::Result<(f64, Vec<Vec<String>>)> {
     let started = Instant::now();
-    write_view(lake, engine, QUERY, view, WriteMode::Overwrite, json!({"bench": "batch"}))
+    write_view(lake, engine, QUERY, view, WriteMode::Overwrite, json!({"bench": "batch"}), &Default::default())
         .await
         .with_context(|| format!("the SQL task on {engine}"))?;
     let seconds = started.elapsed().as_secs_f64();

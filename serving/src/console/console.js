@@ -394,6 +394,7 @@ dagTabs.graph = async (el, id, d, q) => {
   const graph = (version && version.graph) || d.graph;
   const states = {};
   if (run) for (const t of (await api(`/api/v1/dags/${enc(id)}/runs/${enc(run.run_id)}/tasks`)).tasks) states[t.task_id] = t;
+  const lineage = run ? await api(`/api/v1/dags/${enc(id)}/runs/${enc(run.run_id)}/lineage`) : {tasks: []};
   const layers = [];
   for (const n of graph.nodes) (layers[n.layer] = layers[n.layer] || []).push(n);
   const NW = 170, NH = 30, GX = 60, GY = 14, pos = {};
@@ -415,7 +416,11 @@ dagTabs.graph = async (el, id, d, q) => {
   svg += "</svg>";
   const choose = `<select id="graph-run" aria-label="run">${runs.map((r) => `<option value="${esc(r.run_id)}"${r.run_id === runId ? " selected" : ""}>${esc(r.run_id)} (${esc(r.state)})</option>`).join("")}</select>`;
   el.innerHTML = `<section><div class="bar">run ${choose} ${run ? badge(run.state) + ` <span class="muted">data interval ${esc(when(run.data_interval_start))} → ${esc(when(run.data_interval_end))} · conf <code>${esc(JSON.stringify(run.conf))}</code> · version <a href="${href(["dag", id, "code"], {version: run.version})}">${esc(run.version.slice(0, 10))}</a></span>` : ""}</div>${svg}
-    <p class="muted">${Object.entries({success: 1, failed: 1, running: 1, queued: 1, up_for_retry: 1, skipped: 1, upstream_failed: 1, none: 1}).map(([s]) => `<span class="dot s-${s}"></span>${s}`).join(" &nbsp;")}</p></section>`;
+    <p class="muted">${Object.entries({success: 1, failed: 1, running: 1, queued: 1, up_for_retry: 1, skipped: 1, upstream_failed: 1, none: 1}).map(([s]) => `<span class="dot s-${s}"></span>${s}`).join(" &nbsp;")}</p></section>
+    ${run && run.inputs && Object.keys(run.inputs).length ? `<section><h2>Triggered by commits</h2>${table(Object.entries(run.inputs).map(([t, i]) => ({table: t, previous: i.previous, version: i.version})), ["table", "previous", "version"])}</section>` : ""}
+    <section id="lineage"><h2>Lineage <span class="muted">table@version → SQL task → view@version</span></h2>${table(lineage.tasks.map((t) => ({
+      read: Object.entries(t.read).map(([n, v]) => `${n}@${v}`).join(", ") || "—", task: `${t.task_id} (try ${t.try_number})`,
+      wrote: t.wrote ? `${t.wrote.table}@${t.wrote.version}` : "—"})), ["read", "task", "wrote"])}</section>`;
   $("graph-run").onchange = (e) => { location.hash = href(["dag", id, "graph"], {run: e.target.value}); };
   $("graph").onclick = (e) => {
     const g = e.target.closest("g[data-task]");
