@@ -116,8 +116,10 @@ impl Dag {
 /// One task of a DAG.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
-    /// Unique within the DAG.
+    /// Unique within the DAG (`<group>.<id>` for a task of a group).
     pub id: String,
+    /// The task group it belongs to (`a.b` when nested), shown grouped.
+    pub group: Option<String>,
     /// What it runs.
     pub kind: TaskKind,
     /// Tasks that must finish first.
@@ -316,7 +318,13 @@ struct TaskDefaults {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TaskFile {
+    /// A task's id (absent for a group).
+    #[serde(default)]
     id: String,
+    /// A task group: its id, its own default args, and its tasks.
+    group: Option<String>,
+    tasks: Option<Vec<TaskFile>>,
+    default_args: Option<TaskDefaults>,
     #[serde(default)]
     upstream: Vec<String>,
     retries: Option<u32>,
@@ -455,15 +463,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
         return Err(err("notifications.on_deadline_missed needs a deadline".into()));
     }
     let defaults = raw.default_args;
+    let mut groups = Groups::default();
     let mut tasks = Vec::with_capacity(raw.tasks.len());
+    flatten(raw.tasks, None, &defaults, "tasks", &mut tasks, &mut groups).map_err(err)?;
     let mut seen = HashMap::new();
-    for (i, t) in raw.tasks.into_iter().enumerate() {
-        let task = task(t, &defaults).map_err(|reason| err(format!("tasks[{i}]: {reason}")))?;
-        if seen.insert(task.id.clone(), i).is_some() {
-            return Err(err(format!("tasks[{i}]: task id {:?} is used twice", task.id)));
+    for (i, task) in tasks.iter().enumerate() {
+        if groups.members.contains_key(&task.id) {
+            return Err(err(format!("task id {:?} is also a group's id", task.id)));
         }
-        tasks.push(task);
+        if seen.insert(task.id.clone(), i).is_some() {
+            return Err(err(format!("task id {:?} is used twice", task.id)));
+        }
     }
+    groups.resolve(&mut tasks);
     for t in &tasks {
         for u in &t.upstream {
             if !seen.contains_key(u) {
@@ -550,6 +562,166 @@ pub fn load_dir(dir: &Path) -> (Vec<Dag>, Vec<DagError>) {
         }
     });
     (dags, errors)
+}
+
+/// Task groups met while flattening: their members (ids with the group's prefix, nested groups'
+/// included) and the upstream the group itself lists.
+#[derive(Default)]
+struct Groups {
+    members: BTreeMap<String, Vec<String>>,
+    upstream: BTreeMap<String, Vec<String>>,
+}
+
+impl Groups {
+    /// The tasks of `group` no other task of it depends on.
+    fn leaves(&self, group: &str, tasks: &[Task]) -> Vec<String> {
+        let members = &self.members[group];
+        let inner = |t: &Task| members.contains(&t.id);
+        members.iter().filter(|m| !tasks.iter().filter(|t| inner(t)).any(|t| t.upstream.contains(m))).cloned().collect()
+    }
+
+    /// Resolves upstream names: a sibling's short id inside a group, a group's id (its leaves);
+    /// a group's own upstream goes to its tasks that have none inside it.
+    fn resolve(&self, tasks: &mut [Task]) {
+        let ids: BTreeSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        for t in tasks.iter_mut() {
+            let group = t.group.clone();
+            for u in &mut t.upstream {
+                // Innermost group first: `b` inside `a.x` is `a.x.b`, then `a.b`, then `b`.
+                let mut scope = group.clone();
+                while let Some(g) = scope {
+                    let candidate = format!("{g}.{u}");
+                    if ids.contains(&candidate) || self.members.contains_key(&candidate) {
+                        *u = candidate;
+                        break;
+                    }
+                    scope = g.rsplit_once('.').map(|(parent, _)| parent.to_string());
+                }
+            }
+        }
+        for (group, upstream) in &self.upstream {
+            let members = &self.members[group];
+            let roots: Vec<String> = tasks
+                .iter()
+                .filter(|t| members.contains(&t.id) && !t.upstream.iter().any(|u| members.contains(u)))
+                .map(|t| t.id.clone())
+                .collect();
+            for t in tasks.iter_mut().filter(|t| roots.contains(&t.id)) {
+                t.upstream.extend(upstream.iter().cloned());
+            }
+        }
+        // Group ids as upstream stand for the group's leaves (after the groups' own upstream).
+        let snapshot = tasks.to_vec();
+        for t in tasks.iter_mut() {
+            let mut expanded: Vec<String> = Vec::new();
+            for u in &t.upstream {
+                let names = match self.members.contains_key(u) {
+                    true => self.leaves(u, &snapshot),
+                    false => vec![u.clone()],
+                };
+                for n in names {
+                    if !expanded.contains(&n) {
+                        expanded.push(n);
+                    }
+                }
+            }
+            t.upstream = expanded;
+        }
+    }
+}
+
+/// `entries` (tasks and groups) as tasks, a group's tasks prefixed with its id and given its
+/// default args over the outer ones; `at` says where, for errors.
+fn flatten(
+    entries: Vec<TaskFile>,
+    group: Option<&str>,
+    defaults: &TaskDefaults,
+    at: &str,
+    out: &mut Vec<Task>,
+    groups: &mut Groups,
+) -> Result<(), String> {
+    for (i, mut t) in entries.into_iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        let Some(name) = t.group.take() else {
+            if t.tasks.is_some() || t.default_args.is_some() {
+                return Err(format!("{here}: tasks and default_args belong to a group (give it `group: <id>`)"));
+            }
+            let mut task = task(t, defaults).map_err(|reason| format!("{here}: {reason}"))?;
+            if let Some(g) = group {
+                task.id = format!("{g}.{}", task.id);
+                task.group = Some(g.to_string());
+            }
+            for parent in ancestors(group) {
+                groups.members.entry(parent).or_default().push(task.id.clone());
+            }
+            out.push(task);
+            continue;
+        };
+        check_id("group", &name).map_err(|e| format!("{here}: {e}"))?;
+        let full = match group {
+            Some(g) => format!("{g}.{name}"),
+            None => name,
+        };
+        let Some(inner) = t.tasks.take().filter(|t| !t.is_empty()) else {
+            return Err(format!("{here}: group {full:?} needs tasks"));
+        };
+        if !t.id.is_empty() || t.has_kind() {
+            return Err(format!("{here}: group {full:?} takes group, tasks, default_args and upstream only"));
+        }
+        if groups.members.contains_key(&full) {
+            return Err(format!("{here}: group {full:?} is defined twice"));
+        }
+        groups.members.insert(full.clone(), Vec::new());
+        groups.upstream.insert(full.clone(), t.upstream.clone());
+        let merged = match &t.default_args {
+            Some(own) => own.over(defaults),
+            None => defaults.clone(),
+        };
+        flatten(inner, Some(&full), &merged, &format!("{here}.tasks"), out, groups)?;
+    }
+    Ok(())
+}
+
+/// `group` and the groups around it (`a.b` → `a.b`, `a`).
+fn ancestors(group: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut g = group.map(str::to_string);
+    while let Some(name) = g {
+        g = name.rsplit_once('.').map(|(parent, _)| parent.to_string());
+        out.push(name);
+    }
+    out
+}
+
+impl TaskDefaults {
+    /// These defaults, falling back to `outer` for what they leave unset.
+    fn over(&self, outer: &TaskDefaults) -> TaskDefaults {
+        TaskDefaults {
+            retries: self.retries.or(outer.retries),
+            retry_delay: self.retry_delay.clone().or_else(|| outer.retry_delay.clone()),
+            retry_exponential_backoff: self.retry_exponential_backoff.or(outer.retry_exponential_backoff),
+            max_retry_delay: self.max_retry_delay.clone().or_else(|| outer.max_retry_delay.clone()),
+            execution_timeout: self.execution_timeout.clone().or_else(|| outer.execution_timeout.clone()),
+            queue: self.queue.clone().or_else(|| outer.queue.clone()),
+            priority: self.priority.or(outer.priority),
+            pool: self.pool.clone().or_else(|| outer.pool.clone()),
+            trigger_rule: self.trigger_rule.clone().or_else(|| outer.trigger_rule.clone()),
+        }
+    }
+}
+
+impl TaskFile {
+    /// Whether it names a task kind.
+    fn has_kind(&self) -> bool {
+        self.script.is_some()
+            || self.sql.is_some()
+            || self.branch.is_some()
+            || self.lake_snapshot.is_some()
+            || self.sensor.is_some()
+            || self.notify.is_some()
+            || self.push.is_some()
+            || self.approval.is_some()
+    }
 }
 
 fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
@@ -666,6 +838,7 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
     }
     Ok(Task {
         id: t.id,
+        group: None,
         kind,
         upstream: t.upstream,
         trigger_rule,
@@ -905,6 +1078,35 @@ tasks:
         assert!(e.contains("deadline \"soon\""), "{e}");
         let e = err("tasks:\n  - {id: a, push: {files: [], uri: 's3://b/k'}}\n");
         assert!(e.contains("push needs at least one file"), "{e}");
+    }
+
+    #[test]
+    fn task_groups_prefix_their_tasks_and_stand_for_their_leaves() {
+        let d = parse_str(
+            "default_args: {retries: 1, pool: small}\ntasks:\n  - {id: extract, script: [\"true\"]}\n  \
+             - group: load\n    upstream: [extract]\n    default_args: {retries: 3}\n    tasks:\n      \
+             - {id: orders, script: [\"true\"]}\n      - {id: check, upstream: [orders], script: [\"true\"], retries: 0}\n      \
+             - group: dims\n        tasks:\n          - {id: customers, script: [\"true\"]}\n  \
+             - {id: report, upstream: [load], script: [\"true\"]}\n",
+        )
+        .unwrap();
+        let t = |id: &str| d.task(id).unwrap_or_else(|| panic!("no task {id}: {:?}", d.tasks));
+        assert_eq!(t("load.orders").upstream, ["extract"], "the group's upstream goes to its roots");
+        assert_eq!(t("load.check").upstream, ["load.orders"], "a sibling by its short id");
+        assert_eq!(t("load.dims.customers").upstream, ["extract"]);
+        assert_eq!(t("load.dims.customers").group.as_deref(), Some("load.dims"));
+        assert_eq!(t("report").upstream, ["load.check", "load.dims.customers"], "a group stands for its leaves");
+        assert_eq!((t("load.orders").retries, t("load.check").retries, t("extract").retries), (3, 0, 1));
+        assert_eq!(t("load.orders").pool, "small", "outer default args reach into the group");
+        let err = |text: &str| parse_str(text).unwrap_err().to_string();
+        let e = err("tasks:\n  - {group: g, tasks: []}\n");
+        assert!(e.contains("group \"g\" needs tasks"), "{e}");
+        let e = err("tasks:\n  - {group: g, script: [\"true\"], tasks: [{id: a, script: [\"true\"]}]}\n");
+        assert!(e.contains("takes group, tasks, default_args and upstream only"), "{e}");
+        let e = err("tasks:\n  - {id: a, tasks: [{id: b, script: [\"true\"]}]}\n");
+        assert!(e.contains("belong to a group"), "{e}");
+        let e = err("tasks:\n  - {id: a, upstream: [nope], script: [\"true\"]}\n");
+        assert!(e.contains("upstream \"nope\" is not a task"), "{e}");
     }
 
     #[test]

@@ -185,7 +185,7 @@ pub fn graph(d: &Dag) -> Value {
                 TaskKind::Script { command, .. } | TaskKind::Branch { command } => command.join(" "),
                 _ => String::new(),
             };
-            json!({"id": t.id, "kind": t.kind.name(), "trigger_rule": t.trigger_rule.to_string(),
+            json!({"id": t.id, "group": t.group, "kind": t.kind.name(), "trigger_rule": t.trigger_rule.to_string(),
                    "layer": layer.get(t.id.as_str()), "detail": what, "upstream": t.upstream})
         })
         .collect();

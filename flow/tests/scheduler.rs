@@ -1143,6 +1143,31 @@ on_both_databases!(
     a_rerun_reads_the_versions_its_first_try_read,
 );
 
+/// A task group runs as its flattened tasks: after the group's upstream, its own default args
+/// (a retry), and a task downstream of the group waits for all of the group's last tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_group_runs_between_its_upstream_and_downstream() {
+    let mut s = Setup::new(Db::Sqlite).await;
+    let calls = s.path("calls");
+    let d = s.write_dag(
+        "grouped",
+        &format!(
+            "tasks:\n  - {{id: extract, script: [sh, -c, 'echo extract >> order']}}\n  \
+             - group: load\n    upstream: [extract]\n    default_args: {{retries: 1, retry_delay: 0s}}\n    tasks:\n      \
+             - {{id: flaky, script: {}}}\n      - {{id: slow, script: [sh, -c, 'sleep 0.3; echo slow >> order']}}\n  \
+             - {{id: report, upstream: [load], script: [sh, -c, 'echo report >> order']}}\n",
+            succeed_on_call(&calls, 2)
+        ),
+    );
+    s.start();
+    let run = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("grouped", &run, Duration::from_secs(60)).await.state, RunState::Success);
+    let order = std::fs::read_to_string(s.dags().join("order")).unwrap();
+    assert!(order.starts_with("extract\n") && order.ends_with("slow\nreport\n"), "{order}");
+    assert_eq!(s.store.tries(&key("grouped", &run, "load.flaky")).await.unwrap().len(), 2, "the group's retries");
+    s.stop().await;
+}
+
 /// `mode: all` waits for a commit to every table; without signals (no bus) the scheduler finds
 /// commits in the tables' logs when it reads the DAG folder, and a scheduler started after
 /// commits it never heard of runs for them once.

@@ -386,6 +386,9 @@ dagTabs.runs = async (el, id) => {
 };
 
 /* Tasks left to right by layer (longest path from a root), coloured by the chosen run's states. */
+/* A task's id within its group (the group is drawn on the node). */
+const short = (n) => (n.group && n.id.startsWith(n.group + ".") ? n.id.slice(n.group.length + 1) : n.id);
+
 dagTabs.graph = async (el, id, d, q) => {
   const runs = (await api(`/api/v1/dags/${enc(id)}/runs`)).runs;
   const runId = q.get("run") || runs[0]?.run_id;
@@ -411,7 +414,8 @@ dagTabs.graph = async (el, id, d, q) => {
     const p = pos[n.id];
     svg += `<g data-task="${esc(n.id)}" style="cursor:pointer"><title>${esc(n.id)} (${esc(n.kind)}, ${esc(n.trigger_rule)}) ${esc(n.detail)}: ${esc(st)}</title>` +
       `<rect class="node s-${esc(st)}" x="${p.x}" y="${p.y}" width="${NW}" height="${NH}" fill-opacity="0.85"/>` +
-      `<text x="${p.x + 8}" y="${p.y + 19}">${n.kind === "branch" ? "◇ " : ""}${esc(n.id.length > 20 ? n.id.slice(0, 19) + "…" : n.id)}</text></g>`;
+      `<text x="${p.x + 8}" y="${p.y + 19}">${n.kind === "branch" ? "◇ " : ""}${esc(short(n).length > 20 ? short(n).slice(0, 19) + "…" : short(n))}</text>` +
+      (n.group ? `<text class="group" x="${p.x + NW - 4}" y="${p.y + 10}" text-anchor="end">${esc(n.group)}</text>` : "") + "</g>";
   }
   svg += "</svg>";
   const choose = `<select id="graph-run" aria-label="run">${runs.map((r) => `<option value="${esc(r.run_id)}"${r.run_id === runId ? " selected" : ""}>${esc(r.run_id)} (${esc(r.state)})</option>`).join("")}</select>`;
