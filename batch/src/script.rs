@@ -79,51 +79,49 @@ pub struct Script {
     pub capture_stdout: bool,
     /// Where the try's process group is recorded while it runs, so that the next executor finds
     /// it should this one die with it running ([`crate::orphans`]).
-    pub pid_file: Option<PathBuf>,
+    pub ledger: Option<std::sync::Arc<crate::orphans::Ledger>>,
 }
 
 /// The try's process group (the script is its leader, its children are in it): killed whole
 /// when the try runs past its timeout or is dropped unfinished (cancelled, scheduler shut down),
 /// so a `sh -c` script's children do not outlive it. A script that ends by itself keeps what it
 /// left running in the background.
-/// While it runs, the group is recorded in the script's pid file (removed when it ends).
+/// While it runs, the group is recorded in the executor's ledger.
 struct Group {
     pgid: Option<nix::unistd::Pid>,
-    pid_file: Option<PathBuf>,
+    ledger: Option<std::sync::Arc<crate::orphans::Ledger>>,
 }
 
 impl Group {
-    fn of(child: &tokio::process::Child, pid_file: Option<&Path>) -> Group {
+    fn of(child: &tokio::process::Child, ledger: Option<&std::sync::Arc<crate::orphans::Ledger>>) -> Group {
         let id = child.id();
-        let pid_file = match (id.and_then(crate::orphans::Record::of_group), pid_file) {
-            (Some(record), Some(path)) => match record.write(path) {
-                Ok(()) => Some(path.to_path_buf()),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot record the try's process group");
-                    None
-                }
-            },
+        let ledger = match (id, ledger) {
+            (Some(id), Some(ledger)) => {
+                ledger.started(id);
+                Some(ledger.clone())
+            }
             _ => None,
         };
-        Group { pgid: id.and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw), pid_file }
+        Group { pgid: id.and_then(|id| i32::try_from(id).ok()).map(nix::unistd::Pid::from_raw), ledger }
     }
 
     fn kill(&mut self) {
-        if let Some(pgid) = self.pgid.take() {
+        if let Some(pgid) = self.pgid {
             let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
         self.forget();
     }
 
     fn disarm(&mut self) {
-        self.pgid = None;
         self.forget();
     }
 
+    /// The group is no longer this try's to kill: out of the ledger.
     fn forget(&mut self) {
-        if let Some(path) = self.pid_file.take() {
-            let _ = std::fs::remove_file(path);
+        if let (Some(pgid), Some(ledger)) = (self.pgid.take(), self.ledger.take()) {
+            ledger.ended(pgid.as_raw().unsigned_abs());
         }
+        self.pgid = None;
     }
 }
 
@@ -155,7 +153,7 @@ impl Script {
             let (reader, writer) = std::io::pipe().map_err(log_err)?;
             cmd.stdout(Stdio::from(writer.try_clone().map_err(log_err)?)).stderr(Stdio::from(writer));
             let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
-            let mut group = Group::of(&child, self.pid_file.as_deref());
+            let mut group = Group::of(&child, self.ledger.as_ref());
             drop(cmd); // its copies of the pipe's writing end: the pipe ends with the process
             let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into()).map_err(log_err)?;
             let mut buf = vec![0u8; 16 << 10];
@@ -194,7 +192,7 @@ impl Script {
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| ScriptError::Spawn { program: program.clone(), source })?;
-        let mut group = Group::of(&child, self.pid_file.as_deref());
+        let mut group = Group::of(&child, self.ledger.as_ref());
         let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
         let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
         let mut tail = String::new();
@@ -307,7 +305,7 @@ mod tests {
             log: dir.join("logs/t/1.log"),
             timeout,
             capture_stdout: true,
-            pid_file: None,
+            ledger: None,
         }
     }
 
@@ -376,25 +374,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_group_is_recorded_while_it_runs() {
+    async fn the_group_is_in_the_ledger_while_it_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("running/d/r/t.1.pid");
+        let ledger = std::sync::Arc::new(crate::orphans::Ledger::new(&dir.path().join("running")));
         let marker = dir.path().join("go");
         let command = format!("while [ ! -e {} ]; do sleep 0.01; done", marker.display());
-        let s = Script { pid_file: Some(pid_file.clone()), ..script(dir.path(), &["sh", "-c", &command], None) };
+        let s = Script { ledger: Some(ledger.clone()), ..script(dir.path(), &["sh", "-c", &command], None) };
         let running = tokio::spawn(async move { s.run().await });
+        let file = ledger.path().to_path_buf();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !pid_file.exists() {
-            assert!(Instant::now() < deadline, "no pid file while the script runs");
+        while std::fs::read_to_string(&file).unwrap_or_default().is_empty() {
+            assert!(Instant::now() < deadline, "the group never reached the ledger");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let text = std::fs::read_to_string(&pid_file).unwrap();
-        let fields: Vec<u64> = text.split_whitespace().map(|f| f.parse().unwrap()).collect();
-        assert_eq!(fields[0], u64::from(std::process::id()), "{text}");
-        assert_eq!(crate::orphans::kill_orphans(&dir.path().join("running")).len(), 0, "its executor is alive");
+        assert!(std::fs::read_to_string(&file).unwrap().starts_with("+ "));
+        assert!(crate::orphans::kill_orphans(&dir.path().join("running")).is_empty(), "its executor is alive");
         std::fs::write(&marker, "").unwrap();
         running.await.unwrap().unwrap();
-        assert!(!pid_file.exists(), "the file goes with the group");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "", "nothing runs: the ledger is empty");
     }
 
     #[tokio::test]

@@ -145,6 +145,22 @@ pub struct Task {
 }
 
 impl Task {
+    /// Whether any of its templated text contains `needle` (say `tasks.`: it reads other tasks'
+    /// outputs, which are then looked up for its tries).
+    pub fn templates_mention(&self, needle: &str) -> bool {
+        let mut texts: Vec<&String> = Vec::new();
+        match &self.kind {
+            TaskKind::Script { command, env } => texts.extend(command.iter().chain(env.values())),
+            TaskKind::Branch { command } => texts.extend(command),
+            TaskKind::Sql { sql, replace_where, .. } => texts.extend(std::iter::once(sql).chain(replace_where)),
+            TaskKind::Notify { url, message } => texts.extend([url, message]),
+            TaskKind::Push { files, uri } => texts.extend(files.iter().chain([uri])),
+            TaskKind::Approval { message, .. } => texts.push(message),
+            TaskKind::LakeSnapshot { .. } | TaskKind::Sensor { .. } => {}
+        }
+        texts.iter().any(|t| t.contains(needle))
+    }
+
     /// The wait before try `next_try` (2 = the first retry).
     pub fn retry_wait(&self, next_try: u32) -> Duration {
         if !self.retry_exponential_backoff {

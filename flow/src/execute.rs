@@ -26,7 +26,7 @@ pub fn log_path(logs_dir: &Path, key: &TaskKey, try_number: u32) -> PathBuf {
 }
 
 /// Where the process groups of the tries running from `logs_dir` are recorded (see
-/// [`weir_batch::orphans`]).
+/// [`weir_batch::orphans`]), beside the tries' `$WEIR_OUTPUT` and `$WEIR_STATE` files.
 pub fn running_dir(logs_dir: &Path) -> PathBuf {
     logs_dir.join(".running")
 }
@@ -34,9 +34,14 @@ pub fn running_dir(logs_dir: &Path) -> PathBuf {
 /// Kills what an executor that died (SIGKILL, a crash) left running from `logs_dir` on this
 /// machine, before its tries run again; logs each group killed.
 pub fn kill_orphans(logs_dir: &Path) {
-    for (file, record) in weir_batch::orphans::kill_orphans(&running_dir(logs_dir)) {
-        tracing::warn!(file = %file.display(), group = record.group, executor = record.owner, "killed the processes of a try whose executor died");
+    for (ledger, group) in weir_batch::orphans::kill_orphans(&running_dir(logs_dir)) {
+        tracing::warn!(ledger = %ledger.display(), group, "killed the processes of a try whose executor died");
     }
+}
+
+/// The ledger of an executor running tries from `logs_dir`.
+pub fn ledger(logs_dir: &Path) -> std::sync::Arc<weir_batch::orphans::Ledger> {
+    std::sync::Arc::new(weir_batch::orphans::Ledger::new(&running_dir(logs_dir)))
 }
 
 /// How a try ended.
@@ -59,11 +64,10 @@ pub(crate) async fn run_try(
     logs_dir: &Path,
     with: &With<'_>,
 ) -> (Outcome, Option<String>) {
-    let With { lake, store, batch } = *with;
+    let With { lake, store, batch, ledger } = *with;
     let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: task_id.to_string() };
     let log = log_path(logs_dir, &key, try_number);
-    let pid_file =
-        running_dir(logs_dir).join(&key.dag_id).join(&key.run_id).join(format!("{}.{try_number}.pid", key.task_id));
+
     let Some(task) = dag.task(task_id) else {
         let reason = format!("DAG {} version {} has no task {task_id:?}", dag.id, dag.hash);
         write_log(&log, &format!("[weir] failed: {reason}\n")).await;
@@ -80,8 +84,13 @@ pub(crate) async fn run_try(
         &run.conf,
     )
     .with_inputs(&run.inputs);
-    // What earlier tasks of the run handed on (a failure to read them fails the try).
-    let ctx = match store.outputs(&run.dag_id, &run.run_id).await {
+    // What earlier tasks of the run handed on, when its templates read any (a failure to read
+    // them fails the try).
+    let outputs = match task.templates_mention("tasks.") {
+        true => store.outputs(&run.dag_id, &run.run_id).await,
+        false => Ok(Default::default()),
+    };
+    let ctx = match outputs {
         Ok(outputs) => ctx.with_outputs(&outputs),
         Err(e) => {
             let reason = format!("reading the run's task outputs: {e}");
@@ -95,7 +104,8 @@ pub(crate) async fn run_try(
         ctx: &ctx,
         cwd: &cwd,
         log: &log,
-        pid_file: &pid_file,
+        ledger,
+        scratch: &running_dir(logs_dir),
         inputs: &run.inputs,
         lake,
         store,
@@ -169,6 +179,8 @@ pub(crate) fn finish_of(
 pub(crate) struct With<'a> {
     pub lake: &'a Lake,
     pub store: &'a Store,
+    /// Where the executor records its tries' process groups.
+    pub ledger: &'a std::sync::Arc<weir_batch::orphans::Ledger>,
     /// Where SQL tasks run.
     pub batch: &'a weir_batch::engine::BatchConfig,
 }
@@ -179,7 +191,9 @@ struct Env<'a> {
     cwd: &'a Path,
     log: &'a Path,
     /// Where the try's process group is recorded while it runs.
-    pid_file: &'a Path,
+    ledger: &'a std::sync::Arc<weir_batch::orphans::Ledger>,
+    /// Where its `$WEIR_OUTPUT` and `$WEIR_STATE` files are.
+    scratch: &'a Path,
     /// A table-triggered run's input versions.
     inputs: &'a crate::store::Inputs,
     lake: &'a Lake,
@@ -379,7 +393,7 @@ async fn run_script(
 ) -> Result<String, String> {
     let key = env.key;
     let state = env.store.task_state(&key.dag_id, &key.task_id).await.map_err(|e| e.to_string())?;
-    let files = outputs::Files::prepare(&env.pid_file.with_extension("files"), state)
+    let files = outputs::Files::prepare(env.scratch, key, env.try_number, state)
         .map_err(|e| format!("preparing $WEIR_OUTPUT and $WEIR_STATE: {e}"))?;
     vars.extend(files.env());
     let script = weir_batch::script::Script {
@@ -389,7 +403,7 @@ async fn run_script(
         log: env.log.into(),
         timeout,
         capture_stdout,
-        pid_file: Some(env.pid_file.into()),
+        ledger: Some(env.ledger.clone()),
     };
     let ran = script.run().await.map_err(|e| e.to_string());
     let handed = async {

@@ -5,9 +5,10 @@
 //!   succeeds the object is kept with the try (`flow_task_tries.output`), and templates of the
 //!   run's other tasks read it as `{{ tasks.<id>.output.<key> }}` (as data: a SQL literal, never
 //!   code). A SQL task's output is `{table, version, rows}` of the view it wrote.
-//! - **State.** `$WEIR_STATE` names a file holding the task's state (a JSON object, `{}` at first);
-//!   whatever object the script leaves there, whether the try succeeds or not, is the state the
-//!   next try or run finds (a cursor, a watermark). `weir dags state` shows and sets it.
+//! - **State.** `$WEIR_STATE` names a file holding the task's state (a JSON object; there is no
+//!   file while the task has none); whatever object the script leaves there, whether the try
+//!   succeeds or not, is the state the next try or run finds (a cursor, a watermark). `weir dags
+//!   state` shows and sets it.
 //!
 //! Both are bounded to [`MAX_BYTES`]; a script that writes something else fails its try with the
 //! reason (an output) or keeps the state it had (the state, logged).
@@ -25,30 +26,44 @@ use crate::store::{Store, StoreError, TaskKey, now};
 /// The largest output or state, in bytes of JSON.
 pub const MAX_BYTES: usize = 64 << 10;
 
-/// The files a try exchanges with its script, in a folder of their own.
+/// The two files a try exchanges with its script, in the executor's folder of running tries,
+/// named after the try (no folder or file is created per try unless the script writes one, or the
+/// task has state to hand it: a fan-out of short tries spends most on creating files).
 pub(crate) struct Files {
-    dir: PathBuf,
+    output: PathBuf,
+    state_file: PathBuf,
     /// The state the try started with.
     state: Map<String, Value>,
 }
 
 impl Files {
-    /// The files in `dir` (created), the state file holding `state`.
-    pub fn prepare(dir: &Path, state: Map<String, Value>) -> std::io::Result<Files> {
-        let dir = dir.to_path_buf();
-        std::fs::create_dir_all(&dir)?;
-        let files = Files { dir, state };
-        let _ = std::fs::remove_file(files.output());
-        std::fs::write(files.state_file(), Value::Object(files.state.clone()).to_string())?;
+    /// The files of try `try_number` of `key` in `dir`; the state file holds `state` when it is not
+    /// empty (else there is none).
+    pub fn prepare(dir: &Path, key: &TaskKey, try_number: u32, state: Map<String, Value>) -> std::io::Result<Files> {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("{}\0{}\0{}\0{try_number}", key.dag_id, key.run_id, key.task_id));
+        let name: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        let files = Files {
+            output: dir.join(format!("{name}.output.json")),
+            state_file: dir.join(format!("{name}.state.json")),
+            state,
+        };
+        remove_if_there(&files.output)?;
+        if files.state.is_empty() {
+            remove_if_there(&files.state_file)?;
+        } else {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(&files.state_file, Value::Object(files.state.clone()).to_string())?;
+        }
         Ok(files)
     }
 
     fn output(&self) -> PathBuf {
-        self.dir.join("output.json")
+        self.output.clone()
     }
 
     fn state_file(&self) -> PathBuf {
-        self.dir.join("state.json")
+        self.state_file.clone()
     }
 
     /// `WEIR_OUTPUT` and `WEIR_STATE` for the script.
@@ -70,7 +85,7 @@ impl Files {
 
     /// The state the script left, when it changed it (a bad one is logged and dropped).
     pub fn changed_state(&self) -> Option<Map<String, Value>> {
-        let bytes = std::fs::read(self.state_file()).ok()?;
+        let bytes = std::fs::read(self.state_file()).ok()?; // none: unchanged (or never any)
         match object(&bytes) {
             Ok(state) if state != self.state => Some(state),
             Ok(_) => None,
@@ -81,9 +96,17 @@ impl Files {
         }
     }
 
-    /// Removes the folder.
+    /// Removes the files.
     pub fn remove(self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = remove_if_there(&self.output);
+        let _ = remove_if_there(&self.state_file);
+    }
+}
+
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -182,6 +182,8 @@ pub struct Scheduler {
     events_wake: Arc<tokio::sync::Notify>,
     /// Table-triggered DAGs: the tables' versions and the DAGs' cursors, while leading.
     triggers: Triggers,
+    /// The local executor's record of its tries' process groups.
+    ledger: Arc<weir_batch::orphans::Ledger>,
 }
 
 /// How often, on SQLite (no notifications), the leader looks for the ends of workers' tries and
@@ -218,6 +220,7 @@ impl Scheduler {
     pub fn new(store: Store, lake: Arc<Lake>, config: FlowConfig) -> Scheduler {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let logs_dir = config.logs_dir_for(&lake);
+        let ledger = execute::ledger(&logs_dir);
         Scheduler {
             base: store.clone(),
             store,
@@ -238,6 +241,7 @@ impl Scheduler {
             bus: None,
             events_wake: Arc::default(),
             triggers: Triggers::default(),
+            ledger,
         }
     }
 
@@ -964,10 +968,10 @@ impl Scheduler {
             .insert(key.clone(), Running { pool: ti.pool.clone(), dag: Some(dag.clone()), max_tries: ti.max_tries });
         let (dag, run) = (dag.clone(), run.clone());
         let (lake, store, logs_dir) = (self.lake.clone(), self.store.clone(), self.logs_dir.clone());
-        let batch = self.config.batch.clone();
+        let (batch, ledger) = (self.config.batch.clone(), self.ledger.clone());
         let done = self.done_tx.clone();
         tokio::spawn(async move {
-            let with = execute::With { lake: &lake, store: &store, batch: &batch };
+            let with = execute::With { lake: &lake, store: &store, batch: &batch, ledger: &ledger };
             let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &with).await;
             let _ = done.send(Completion { key, try_number, outcome, log });
         });

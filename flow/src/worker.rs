@@ -28,6 +28,8 @@ pub struct Worker {
     queues: Vec<String>,
     slots: usize,
     logs_dir: PathBuf,
+    /// The record of its tries' process groups.
+    ledger: Arc<weir_batch::orphans::Ledger>,
 }
 
 /// DAG versions tries run with, by (dag, hash).
@@ -37,7 +39,8 @@ impl Worker {
     /// A worker claiming from `queues`, running up to `slots` tries at once.
     pub fn new(store: Store, lake: Arc<Lake>, config: FlowConfig, queues: Vec<String>, slots: usize) -> Worker {
         let logs_dir = config.logs_dir_for(&lake);
-        Worker { store, lake, config, queues, slots, logs_dir }
+        let ledger = crate::execute::ledger(&logs_dir);
+        Worker { store, lake, config, queues, slots, logs_dir, ledger }
     }
 
     /// Claims and runs tries until `shutdown`, then drains.
@@ -84,6 +87,7 @@ impl Worker {
                                 me: me.clone(),
                                 versions: versions.clone(),
                                 batch: self.config.batch.clone(),
+                                ledger: self.ledger.clone(),
                             };
                             running.spawn(t.run(claim));
                         }
@@ -124,6 +128,7 @@ struct Try {
     me: String,
     versions: Versions,
     batch: weir_batch::engine::BatchConfig,
+    ledger: Arc<weir_batch::orphans::Ledger>,
 }
 
 impl Try {
@@ -139,7 +144,7 @@ impl Try {
                     &key.task_id,
                     claim.try_number,
                     &self.logs_dir,
-                    &execute::With { lake: &self.lake, store: &self.store, batch: &self.batch },
+                    &execute::With { lake: &self.lake, store: &self.store, batch: &self.batch, ledger: &self.ledger },
                 )
                 .await;
                 (outcome, log, Some(dag))

@@ -935,7 +935,7 @@ async fn outputs_flow_between_tasks_and_state_survives_retries_and_runs(db: Db) 
   - id: extract
     retries: 1
     retry_delay: 0s
-    script: [sh, -c, 'n=$(tr -cd 0-9 < "$WEIR_STATE"); n=$((${n:-0} + 1)); echo "{\"n\": $n}" > "$WEIR_STATE"; echo "{\"rows\": $((n * 10)), \"day\": \"it''s\"}" > "$WEIR_OUTPUT"; [ $n -ge 2 ]']
+    script: [sh, -c, 'n=$(cat "$WEIR_STATE" 2>/dev/null | tr -cd 0-9); n=$((${n:-0} + 1)); echo "{\"n\": $n}" > "$WEIR_STATE"; echo "{\"rows\": $((n * 10)), \"day\": \"it''s\"}" > "$WEIR_OUTPUT"; [ $n -ge 2 ]']
   - id: use
     upstream: [extract]
     script: [sh, -c, 'echo "$1 $WEIR_TASKS_EXTRACT_OUTPUT_ROWS" >> got', sh, '{{ tasks.extract.output.rows }}']
