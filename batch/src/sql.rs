@@ -164,28 +164,12 @@ mod tests {
         };
         let lake = Lake::new(&config);
         let source = serde_json::json!({"test": true});
-        write_view(
-            &lake,
-            &Engine::Local,
-            "SELECT 1 AS n",
-            "counter",
-            WriteMode::Overwrite,
-            source.clone(),
-            &Versions::new(),
-        )
-        .await
-        .unwrap();
-        write_view(
-            &lake,
-            &Engine::Local,
-            "SELECT 2 AS n",
-            "counter",
-            WriteMode::Overwrite,
-            source.clone(),
-            &Versions::new(),
-        )
-        .await
-        .unwrap();
+        for sql in ["SELECT 1 AS n", "SELECT 2 AS n"] {
+            let none = Versions::new();
+            write_view(&lake, &Engine::Local, sql, "counter", WriteMode::Overwrite, source.clone(), &none)
+                .await
+                .unwrap();
+        }
         let sql = "SELECT n FROM views.counter VERSION AS OF 0";
         let written =
             write_view(&lake, &Engine::Local, sql, "first", WriteMode::Overwrite, source.clone(), &Versions::new())

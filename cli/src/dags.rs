@@ -399,12 +399,7 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DagsCommand::Tasks { dag, run } => {
-            let run = match run {
-                Some(r) => r,
-                None => {
-                    store.runs(&dag, 1).await?.into_iter().next().map(|r| r.run_id).context("the DAG has no runs")?
-                }
-            };
+            let run = run_or_latest(&store, &dag, run).await?;
             let r = store.run(&dag, &run).await?;
             println!("{} {} ({})", r.dag_id, r.run_id, r.state);
             let mut tasks = store.tasks(&dag, &run).await?;
@@ -427,12 +422,7 @@ pub async fn run(config: &Config, command: DagsCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DagsCommand::Lineage { dag, run } => {
-            let run = match run {
-                Some(r) => r,
-                None => {
-                    store.runs(&dag, 1).await?.into_iter().next().map(|r| r.run_id).context("the DAG has no runs")?
-                }
-            };
+            let run = run_or_latest(&store, &dag, run).await?;
             store.run(&dag, &run).await?;
             println!("{dag} {run}");
             for e in store.lineage(&dag, &run).await? {
@@ -572,6 +562,14 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<()> {
         r = server => r.context("health and metrics server")?,
     }
     Ok(())
+}
+
+/// `run`, or the DAG's latest run when none is named.
+async fn run_or_latest(store: &Store, dag: &str, run: Option<String>) -> anyhow::Result<String> {
+    match run {
+        Some(r) => Ok(r),
+        None => store.runs(dag, 1).await?.into_iter().next().map(|r| r.run_id).context("the DAG has no runs"),
+    }
 }
 
 /// `weir dags approve|reject`.

@@ -33,17 +33,8 @@ pub struct Edge {
 impl Store {
     /// Keeps the versions try `try_number` of `key` read.
     pub async fn record_inputs(&self, key: &TaskKey, try_number: u32, inputs: &Versions) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE flow_task_tries SET inputs = $1 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND try_number = $5",
-        )
-        .bind(serde_json::to_string(inputs).expect("versions serialize"))
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(try_number))
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let json = serde_json::to_string(inputs).expect("versions serialize");
+        self.set_try_json(key, try_number, crate::store::TryJson::Inputs, json).await
     }
 
     /// The versions a new try of `key` reads: those of its first try that read any since the

@@ -148,17 +148,8 @@ impl Store {
         try_number: u32,
         output: &Map<String, Value>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE flow_task_tries SET output = $1 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND try_number = $5",
-        )
-        .bind(Value::Object(output.clone()).to_string())
-        .bind(&key.dag_id)
-        .bind(&key.run_id)
-        .bind(&key.task_id)
-        .bind(i64::from(try_number))
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let json = Value::Object(output.clone()).to_string();
+        self.set_try_json(key, try_number, crate::store::TryJson::Output, json).await
     }
 
     /// The outputs of `run_id`'s tasks, by task: each one's latest try that left one.

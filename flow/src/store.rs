@@ -1106,6 +1106,44 @@ impl Store {
     }
 }
 
+/// A JSON column of a try that something besides its start and end fills in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TryJson {
+    /// What it handed on (`$WEIR_OUTPUT`, a SQL task's view).
+    Output,
+    /// The table versions it read.
+    Inputs,
+}
+
+impl Store {
+    /// Sets `column` of try `try_number` of `key` to `json`.
+    pub(crate) async fn set_try_json(
+        &self,
+        key: &TaskKey,
+        try_number: u32,
+        column: TryJson,
+        json: String,
+    ) -> Result<(), StoreError> {
+        let sql = match column {
+            TryJson::Output => {
+                "UPDATE flow_task_tries SET output = $1 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND try_number = $5"
+            }
+            TryJson::Inputs => {
+                "UPDATE flow_task_tries SET inputs = $1 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND try_number = $5"
+            }
+        };
+        sqlx::query(sql)
+            .bind(json)
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(try_number))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
 /// Moves `dag_id`'s cursor on `table` to `version`.
 async fn set_cursor(tx: &mut Tx<'_>, dag_id: &str, table: &str, version: i64) -> Result<(), StoreError> {
     sqlx::query(
