@@ -11,6 +11,11 @@
 //! Baseline in the same run: spawning `true` directly (one after another; then with the same
 //! number of slots), the floor any executor of processes has.
 //!
+//! With `--history RUNS`: the chain and the fan-out on an empty metadata DB and on one that already
+//! holds RUNS finished runs of `--history-tasks` tasks each (100,000 × 30 = 3 M task instances and
+//! as many tries, as in apache/airflow#54283); the ratios say whether scheduling stays flat as
+//! history grows.
+//!
 //! With `--schedulers N --workers M`: the same workload with remote workers, for 1, 2, … N
 //! schedulers (on PostgreSQL with `--metadata-url`); the baseline is one scheduler.
 
@@ -52,6 +57,12 @@ pub struct SchedulerBenchArgs {
     /// Commits to the input table of the table-triggered DAG, one run each.
     #[arg(long, default_value_t = 100)]
     commits: usize,
+    /// History: measure on an empty metadata DB and on one holding this many finished runs.
+    #[arg(long)]
+    history: Option<usize>,
+    /// History: tasks per past run.
+    #[arg(long, default_value_t = 30)]
+    history_tasks: usize,
     /// Scale-out: remote workers.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -106,6 +117,9 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
 
     if let Some(schedulers) = args.schedulers {
         return scale_out(&args, schedulers, &dags, lake, config, tmp.path()).await;
+    }
+    if let Some(runs) = args.history {
+        return history(&args, runs, &dags, lake, config, tmp.path()).await;
     }
 
     let store = Store::open(sqlite(tmp.path(), "weir").await?).await?;
@@ -312,6 +326,89 @@ async fn scale_out(
         "by_schedulers": results,
         "goals": {"fan_out_ratio_to_one_scheduler": 0.9},
     }))
+}
+
+/// `--history RUNS`: the same workload on an empty metadata DB, then on one filled with RUNS
+/// finished runs of `--history-tasks` tasks (each with its one try), both on SQLite.
+async fn history(
+    args: &SchedulerBenchArgs,
+    runs: usize,
+    dags: &[dag::Dag],
+    lake: Arc<Lake>,
+    config: FlowConfig,
+    tmp: &std::path::Path,
+) -> anyhow::Result<Value> {
+    anyhow::ensure!(runs > 0 && args.history_tasks > 0, "--history and --history-tasks must be positive");
+    let mut measured = Vec::new();
+    for (name, past) in [("empty", 0), ("history", runs)] {
+        let pool = sqlite(tmp, name).await?;
+        let store = Store::open(pool.clone()).await?;
+        if past > 0 {
+            eprintln!("history: writing {past} finished runs × {} tasks (and their tries)", args.history_tasks);
+            let started = Instant::now();
+            fill_history(&pool, past, args.history_tasks).await?;
+            eprintln!("history: written in {:.1} s", started.elapsed().as_secs_f64());
+        }
+        let scheduler = Scheduler::new(store.clone(), lake.clone(), config.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let handle = tokio::spawn(scheduler.run(until(stopped)));
+        eprintln!("history: measuring on the {name} metadata DB");
+        measured.push(measure(&store, dags, args).await?);
+        let _ = stop.send(true);
+        handle.await??;
+    }
+    let (empty, full) = (&measured[0], &measured[1]);
+    let p50 = |m: &Measured| percentile(&m.gaps, 0.5);
+    Ok(json!({
+        "benchmark": "scheduler",
+        "mode": "history",
+        "machine": machine(),
+        "metadata_db": "sqlite (embedded default)",
+        "history": {"runs": runs, "task_instances": runs * args.history_tasks, "tries": runs * args.history_tasks},
+        "empty": {"chain": empty.chain_json(args), "fan_out": empty.fan_json(args)},
+        "with_history": {"chain": full.chain_json(args), "fan_out": full.fan_json(args)},
+        "ratio_chain_p50_history_to_empty": p50(full) / p50(empty),
+        "ratio_fan_out_time_history_to_empty": full.fan_secs / empty.fan_secs,
+        "goals": {"ratio_history_to_empty_at_most": 1.2},
+    }))
+}
+
+/// Writes `runs` finished runs of DAG `history` with `tasks` task instances each, and their tries
+/// (generated inside the database, in one transaction).
+async fn fill_history(pool: &weir_schemas::metadata::Pool, runs: usize, tasks: usize) -> anyhow::Result<()> {
+    let (runs, tasks) = (runs as i64, tasks as i64);
+    let numbers = "WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < $1 - 1), \
+                   t(j) AS (SELECT 0 UNION ALL SELECT j + 1 FROM t WHERE j < $2 - 1) ";
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "{numbers}INSERT INTO flow_dag_runs (dag_id, run_id, run_type, logical_date, interval_start, interval_end, \
+         state, conf, dag_hash, created_at, started_at, ended_at) \
+         SELECT 'history', 'scheduled__' || i, 'scheduled', i * 60000000, i * 60000000, (i + 1) * 60000000, \
+         'success', '{{}}', 'h', i, i, i FROM r"
+    ))
+    .bind(runs)
+    .bind(tasks)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "{numbers}INSERT INTO flow_task_instances (dag_id, run_id, task_id, state, try_number, max_tries, queue, pool, \
+         priority, started_at, ended_at) SELECT 'history', 'scheduled__' || i, 't' || j, 'success', 1, 1, 'default', \
+         'default_pool', 1, i, i FROM r, t"
+    ))
+    .bind(runs)
+    .bind(tasks)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "{numbers}INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, ended_at, log) \
+         SELECT 'history', 'scheduled__' || i, 't' || j, 1, 'success', i, i, '' FROM r, t"
+    ))
+    .bind(runs)
+    .bind(tasks)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// What one measurement found.
