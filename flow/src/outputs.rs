@@ -48,11 +48,11 @@ impl Files {
             state_file: dir.join(format!("{name}.state.json")),
             state,
         };
+        std::fs::create_dir_all(dir)?; // once per executor; after that a lookup
         remove_if_there(&files.output)?;
         if files.state.is_empty() {
             remove_if_there(&files.state_file)?;
         } else {
-            std::fs::create_dir_all(dir)?;
             std::fs::write(&files.state_file, Value::Object(files.state.clone()).to_string())?;
         }
         Ok(files)
