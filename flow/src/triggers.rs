@@ -118,6 +118,9 @@ impl Triggers {
     /// The runs due now, among `dags`; notes when the others with commits will be due.
     pub fn due(&mut self, dags: &HashMap<String, Arc<Dag>>) -> Vec<Due> {
         let now = Instant::now();
+        // A DAG whose file went away or no longer waits on tables waits for nothing (a pending
+        // entry left behind would keep the loop's timer in the past).
+        self.pending.retain(|id, _| dags.get(id).is_some_and(|d| trigger(d).is_some()));
         let mut out = Vec::new();
         for dag in dags.values() {
             let Some(t) = trigger(dag) else { continue };
@@ -211,4 +214,64 @@ pub(crate) async fn follow(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dags(texts: &[(&str, &str)]) -> HashMap<String, Arc<Dag>> {
+        texts
+            .iter()
+            .map(|(id, text)| {
+                let d = crate::dag::parse(std::path::Path::new(&format!("{id}.yaml")), text).unwrap();
+                (d.id.clone(), Arc::new(d))
+            })
+            .collect()
+    }
+
+    fn commit(table: &str, version: u64) -> Commit {
+        Commit { table: table.into(), version, ts_ms: 0, operation: "append".into() }
+    }
+
+    #[test]
+    fn debounced_runs_wait_and_a_dag_gone_leaves_nothing_pending() {
+        let on = dags(&[("d", "schedule: {tables: [raw.a], debounce: 1h}\ntasks:\n  - {id: t, script: [\"true\"]}\n")]);
+        let mut t = Triggers::default();
+        t.cursors.insert("d".into(), BTreeMap::from([("raw.a".to_string(), 0)]));
+        t.heard(&commit("raw.a", 1));
+        assert!(t.due(&on).is_empty(), "debounced for an hour");
+        assert!(t.next_due().is_some());
+        t.heard(&commit("raw.a", 2));
+        assert!(t.due(&on).is_empty());
+        // The file now has a cron schedule: nothing is pending any more.
+        let cron =
+            dags(&[("d", "schedule: '@daily'\nstart_date: 2026-01-01\ntasks:\n  - {id: t, script: [\"true\"]}\n")]);
+        assert!(t.due(&cron).is_empty());
+        assert_eq!(t.next_due(), None, "no timer left in the past");
+    }
+
+    #[test]
+    fn all_needs_every_table_and_any_one() {
+        let both = "tasks:\n  - {id: t, script: [\"true\"]}\n";
+        let on = dags(&[
+            ("all", &format!("schedule: {{tables: [raw.a, raw.b], mode: all}}\n{both}")),
+            ("any", &format!("schedule: {{tables: [raw.a, raw.b]}}\n{both}")),
+        ]);
+        let mut t = Triggers::default();
+        for d in ["all", "any"] {
+            t.cursors.insert(d.into(), BTreeMap::from([("raw.a".to_string(), 3), ("raw.b".to_string(), -1)]));
+        }
+        t.heard(&commit("raw.b", 0));
+        t.heard(&commit("raw.a", 2)); // older than the cursor: nothing new
+        let due: Vec<String> = t.due(&on).into_iter().map(|d| d.dag.id.clone()).collect();
+        assert_eq!(due, ["any"]);
+        t.created("any", &Inputs::from([("raw.b".to_string(), InputVersion { version: 0, previous: -1 })]));
+        t.heard(&commit("raw.a", 4));
+        let due = t.due(&on);
+        assert_eq!(due.len(), 2, "all: both tables moved; any: raw.a moved");
+        let all = due.iter().find(|d| d.dag.id == "all").unwrap();
+        assert_eq!(all.inputs["raw.a"], InputVersion { version: 4, previous: 3 });
+        assert_eq!(all.inputs["raw.b"], InputVersion { version: 0, previous: -1 });
+    }
 }
