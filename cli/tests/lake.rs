@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
@@ -116,19 +116,37 @@ fn kill_9_of_the_lake_writer_neither_loses_nor_duplicates() {
         let out = weir(d, BUS, &["query", "--format", "csv", "SELECT count(*) FROM raw.shop_weir_lake_kill_t"], None);
         String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
     };
+    // Commits made so far: the Delta log's entries (cheap to count, unlike a query).
+    let log = d.join("weir-data/lake/raw/shop_weir_lake_kill_t/_delta_log");
+    let commits = || {
+        std::fs::read_dir(&log)
+            .map(|dir| dir.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+            .unwrap_or(0)
+    };
     let mut seed = std::process::id() as u64 | 1;
     let mut interrupted = 0;
     for _ in 0..8 {
+        let before = commits();
         let mut child = spawn();
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(300 + seed % 700));
+        // Kill at a random moment after this writer's first commit (however long its start takes
+        // on a loaded machine), unless it finished everything first.
+        let started = Instant::now();
+        while commits() == before && child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(60), "the writer committed nothing in 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(seed % 400));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let n = committed();
         eprintln!("killed with {n} of {expected} rows committed");
         interrupted += usize::from(n > 0 && n < expected);
+        if n >= expected {
+            break; // nothing left to interrupt
+        }
     }
     assert!(interrupted >= 3, "at least three kills landed while the writer was writing: {interrupted}");
     ok(weir(d, BUS, &["lake", "run", "--once"], None));
@@ -225,7 +243,7 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
     let all = || (0..4).flat_map(ids);
     let expected = all().count() + all().filter(|i| i % 4 == 0).count() + all().filter(|i| i % 10 == 0).count();
     let expected = expected as i64;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     while committed() < expected {
         assert!(started.elapsed() < Duration::from_secs(120), "the writers stalled at {} rows", committed());
     }
