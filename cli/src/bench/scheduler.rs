@@ -124,11 +124,9 @@ pub async fn run(args: SchedulerBenchArgs) -> anyhow::Result<Value> {
 
     let store = Store::open(sqlite(tmp.path(), "weir").await?).await?;
     let scheduler = Scheduler::new(store.clone(), lake, config);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let handle = tokio::spawn(scheduler.run(until(stopped)));
+    let running = Started::new(scheduler);
     let measured = measure(&store, &dags, &args).await?;
-    let _ = stop.send(true);
-    handle.await??;
+    running.stop().await?;
     let total = args.dags * args.width;
     let triggered = table_trigger(tmp.path(), &args, args.slots).await?;
 
@@ -201,8 +199,7 @@ async fn table_trigger(tmp: &std::path::Path, args: &SchedulerBenchArgs, slots: 
     let store = Store::open(sqlite(&dir, "weir").await?).await?;
     let config = FlowConfig { dags_dir, slots, logs_dir: Some(dir.join("logs")), ..FlowConfig::default() };
     let scheduler = Scheduler::new(store.clone(), lake.clone(), config).with_bus(bus);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let handle = tokio::spawn(scheduler.run(until(stopped)));
+    let running = Started::new(scheduler);
     while store.table_cursors("on_commit").await?.is_empty() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -232,8 +229,7 @@ async fn table_trigger(tmp: &std::path::Path, args: &SchedulerBenchArgs, slots: 
         let started = started.ok_or_else(|| anyhow::anyhow!("the triggered run's task has no try"))?;
         latencies.push((started - committed).num_microseconds().unwrap_or(0) as f64 / 1000.0);
     }
-    let _ = stop.send(true);
-    handle.await??;
+    running.stop().await?;
     latencies.sort_by(f64::total_cmp);
     let p50 = percentile(&latencies, 0.5);
     Ok(json!({
@@ -350,12 +346,10 @@ async fn history(
             eprintln!("history: written in {:.1} s", started.elapsed().as_secs_f64());
         }
         let scheduler = Scheduler::new(store.clone(), lake.clone(), config.clone());
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let handle = tokio::spawn(scheduler.run(until(stopped)));
+        let running = Started::new(scheduler);
         eprintln!("history: measuring on the {name} metadata DB");
         measured.push(measure(&store, dags, args).await?);
-        let _ = stop.send(true);
-        handle.await??;
+        running.stop().await?;
     }
     let (empty, full) = (&measured[0], &measured[1]);
     let p50 = |m: &Measured| percentile(&m.gaps, 0.5);
@@ -474,6 +468,25 @@ async fn measure(store: &Store, dags: &[dag::Dag], args: &SchedulerBenchArgs) ->
     }
     let fan_secs = started.elapsed().as_secs_f64();
     Ok(Measured { gaps, chain_secs, fan_secs, fan_rate: total as f64 / fan_secs })
+}
+
+/// A scheduler running in this process until [`Started::stop`].
+struct Started {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<Result<(), weir_flow::FlowError>>,
+}
+
+impl Started {
+    fn new(scheduler: Scheduler) -> Started {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        Started { stop, handle: tokio::spawn(scheduler.run(until(stopped))) }
+    }
+
+    /// Stops it and waits until it has (its error, if it failed).
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        Ok(self.handle.await??)
+    }
 }
 
 /// Resolves when `stop` turns true.
