@@ -194,16 +194,15 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
     let history = ok(weir(d, &bus, &["topics", "describe", &format!("{prefix}.schema-history")], None));
     assert!(history.contains("config\tretention.ms=-1") && history.contains("config\tretention.bytes=-1"), "{history}");
 
-    let mut logs = 0;
-    let mut spawn = || {
-        logs += 1;
+    // Writer n logs to writer{n}.log.
+    let spawn = |n: usize| {
         Command::new(env!("CARGO_BIN_EXE_weir"))
             .args(["lake", "run", "--listen", "127.0.0.1:0"])
             .current_dir(d)
             .env("WEIR_BUS_URL", &bus)
             .env("WEIR_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join(format!("writer{logs}.log"))).unwrap())
+            .stderr(std::fs::File::create(d.join(format!("writer{n}.log"))).unwrap())
             .spawn()
             .unwrap()
     };
@@ -217,10 +216,31 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
     // slows down with a partition's length (tansu 0.6 on SQLite: 5,000 records read in 0.9 s,
     // 10,000 in 4.7 s).
     let ids = |round: i64| round * 1000 + 1..=round * 1000 + 750;
-    let steady = spawn();
-    let mut racer = spawn();
+    // A writer is in the race once it has positioned its consumer on the topic (its log says so).
+    let positioned = |writer: usize| {
+        let log = std::fs::read_to_string(d.join(format!("writer{writer}.log"))).unwrap_or_default();
+        log.lines().any(|l| l.contains("lake writer positioned") && l.contains(&format!("{prefix}.weir_lake_race.t")))
+    };
+    // Commits made so far: the Delta log's entries (cheap to count, unlike a query).
+    let delta_log = d.join(format!("weir-data/lake/raw/{prefix}_weir_lake_race_t/_delta_log"));
+    let commits = || {
+        std::fs::read_dir(&delta_log)
+            .map(|dir| dir.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count())
+            .unwrap_or(0)
+    };
+    let steady = spawn(1);
+    let mut racer = spawn(2);
+    let mut logs = 2;
     let mut seed = std::process::id() as u64 | 1;
     for round in 0..4 {
+        // Both writers must be following the topic before the round's changes arrive, however
+        // long a start takes on a loaded machine; otherwise one of them has nothing to race for.
+        let started = Instant::now();
+        while !(positioned(1) && positioned(logs)) {
+            assert!(started.elapsed() < Duration::from_secs(60), "a writer did not position itself in 60 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = commits();
         let (first, last) = (*ids(round).start(), *ids(round).end());
         mariadb(&format!(
             "SET SESSION max_recursive_iterations = 100000; INSERT INTO weir_lake_race.t WITH RECURSIVE s(i) AS \
@@ -232,11 +252,18 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(200 + seed % 600));
+        // Kill at a random moment after the round's first commit: the race for its offsets is on.
+        let started = Instant::now();
+        while commits() == before {
+            assert!(started.elapsed() < Duration::from_secs(60), "no writer committed round {round} in 60 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(seed % 400));
         racer.kill().unwrap(); // SIGKILL
         racer.wait().unwrap();
         eprintln!("racer killed in round {round} with {} rows committed", committed());
-        racer = spawn();
+        logs += 1;
+        racer = spawn(logs);
     }
     let changes = ok(weir(d, &bus, &["topics", "describe", &format!("{prefix}.weir_lake_race.t")], None));
     assert!(changes.contains("config\tretention.ms=604800000"), "{changes}");
@@ -267,5 +294,6 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
         .map(|log| log.matches("rejoining from the table").count())
         .sum();
     assert_eq!(summary, format!("{expected}\t{expected}\t{ids}\t{updated}\n"), "after {fenced} fenced batches");
+    eprintln!("{fenced} batches fenced");
     assert!(fenced > 0, "the writers raced for the same offsets and one was fenced");
 }
