@@ -90,8 +90,9 @@ pub struct Notifications {
 }
 
 impl Dag {
-    /// The task with id `id`.
+    /// The task with id `id`; for a mapped instance (`<task>[<index>]`), its task.
     pub fn task(&self, id: &str) -> Option<&Task> {
+        let id = mapped_index(id).map_or(id, |(parent, _)| parent);
         self.tasks.iter().find(|t| t.id == id)
     }
 
@@ -142,6 +143,51 @@ pub struct Task {
     pub priority: i64,
     /// The pool whose slots it takes.
     pub pool: String,
+    /// Expanded at run time into one instance per item (see [`MapSpec`]).
+    pub map: Option<MapSpec>,
+}
+
+/// `map:` — a task expanded at run time into one instance per item, `<task>[0]`, `<task>[1]`…,
+/// each with its own tries, retries and log; its templates read the item as `{{ map.item }}`
+/// (`{{ map.item.<key> }}` for an object) and `{{ map.index }}`. The task itself stands for all
+/// of them: its downstream tasks wait until every instance has finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapSpec {
+    /// Where the items come from.
+    pub source: MapSource,
+    /// More items than this fail the expansion (`max_map`; Airflow's `max_map_length`).
+    pub max: usize,
+}
+
+/// The items of a mapped task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapSource {
+    /// `over: [..]`: a list written in the DAG file.
+    Over(Vec<serde_json::Value>),
+    /// `sql: SELECT …`: one item per row of a query on the lake (templated) — the value of a
+    /// one-column row, else an object of the row's columns.
+    Sql(String),
+    /// `from: tasks.<id>.output.<key>`: a JSON array an upstream task wrote to `$WEIR_OUTPUT`.
+    From {
+        /// The upstream task.
+        task: String,
+        /// The output's key.
+        key: String,
+    },
+}
+
+/// Items a task may map over unless it says otherwise (`max_map`).
+pub const DEFAULT_MAX_MAP: usize = 1024;
+
+/// `(task, index)` for the id of a mapped instance, `<task>[<index>]`.
+pub fn mapped_index(id: &str) -> Option<(&str, u32)> {
+    let (parent, rest) = id.strip_suffix(']')?.rsplit_once('[')?;
+    Some((parent, rest.parse().ok()?))
+}
+
+/// The id of instance `index` of mapped task `task`.
+pub fn mapped_id(task: &str, index: u32) -> String {
+    format!("{task}[{index}]")
 }
 
 impl Task {
@@ -157,6 +203,9 @@ impl Task {
             TaskKind::Push { files, uri } => texts.extend(files.iter().chain([uri])),
             TaskKind::Approval { message, .. } => texts.push(message),
             TaskKind::LakeSnapshot { .. } | TaskKind::Sensor { .. } => {}
+        }
+        if let Some(MapSpec { source: MapSource::Sql(sql), .. }) = &self.map {
+            texts.push(sql);
         }
         texts.iter().any(|t| t.contains(needle))
     }
@@ -369,6 +418,17 @@ struct TaskFile {
     notify: Option<NotifyFile>,
     push: Option<PushFile>,
     approval: Option<ApprovalFile>,
+    map: Option<MapFile>,
+    max_map: Option<usize>,
+}
+
+/// `map: {over | sql | from}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapFile {
+    over: Option<Vec<serde_json::Value>>,
+    sql: Option<String>,
+    from: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -493,6 +553,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
     }
     groups.resolve(&mut tasks);
     for t in &tasks {
+        if let Some(MapSpec { source: MapSource::From { task, .. }, .. }) = &t.map
+            && !t.upstream.contains(task)
+        {
+            return Err(err(format!("task {:?}: maps over the output of {task:?}, which is not its upstream", t.id)));
+        }
         for u in &t.upstream {
             if !seen.contains_key(u) {
                 return Err(err(format!("task {:?}: upstream {u:?} is not a task of this DAG", t.id)));
@@ -852,6 +917,11 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
     if !matches!(kind, TaskKind::Script { .. }) && !t.env.is_empty() {
         return Err(format!("task {:?}: env belongs to script tasks", t.id));
     }
+    let map = match t.map {
+        Some(m) => Some(map_spec(&t.id, &kind, m, t.max_map)?),
+        None if t.max_map.is_some() => return Err(format!("task {:?}: max_map belongs to mapped tasks", t.id)),
+        None => None,
+    };
     Ok(Task {
         id: t.id,
         group: None,
@@ -866,7 +936,33 @@ fn task(t: TaskFile, d: &TaskDefaults) -> Result<Task, String> {
         queue: a.queue.clone().or_else(|| d.queue.clone()).unwrap_or_else(|| "default".into()),
         priority: a.priority.or(d.priority).unwrap_or(1),
         pool: a.pool.clone().or_else(|| d.pool.clone()).unwrap_or_else(|| "default_pool".into()),
+        map,
     })
+}
+
+/// `map:` of task `id` of kind `kind`, checked.
+fn map_spec(id: &str, kind: &TaskKind, m: MapFile, max: Option<usize>) -> Result<MapSpec, String> {
+    if matches!(kind, TaskKind::Branch { .. } | TaskKind::Approval { .. } | TaskKind::LakeSnapshot { .. }) {
+        return Err(format!("task {id:?}: {} tasks cannot be mapped", kind.name()));
+    }
+    let source = match (m.over, m.sql, m.from) {
+        (Some(over), None, None) => MapSource::Over(over),
+        (None, Some(sql), None) => MapSource::Sql(sql),
+        (None, None, Some(from)) => {
+            let (task, key) = from
+                .strip_prefix("tasks.")
+                .and_then(|rest| rest.split_once(".output."))
+                .filter(|(task, key)| !task.is_empty() && !key.is_empty())
+                .ok_or_else(|| format!("task {id:?}: map from {from:?}: expected tasks.<id>.output.<key>"))?;
+            MapSource::From { task: task.into(), key: key.into() }
+        }
+        _ => return Err(format!("task {id:?}: map takes exactly one of over, sql and from")),
+    };
+    let max = max.unwrap_or(DEFAULT_MAX_MAP);
+    if max == 0 {
+        return Err(format!("task {id:?}: max_map must be at least 1"));
+    }
+    Ok(MapSpec { source, max })
 }
 
 /// `schedule: {tables, mode, debounce}`, checked.
@@ -1094,6 +1190,30 @@ tasks:
         assert!(e.contains("deadline \"soon\""), "{e}");
         let e = err("tasks:\n  - {id: a, push: {files: [], uri: 's3://b/k'}}\n");
         assert!(e.contains("push needs at least one file"), "{e}");
+        let e = err("tasks:\n  - {id: a, script: [true], map: {over: [1], sql: SELECT 1}}\n");
+        assert!(e.contains("map takes exactly one of over, sql and from"), "{e}");
+        let e = err("tasks:\n  - {id: a, script: [true], map: {from: list.files}}\n");
+        assert!(e.contains("expected tasks.<id>.output.<key>"), "{e}");
+        let e =
+            err("tasks:\n  - {id: l, script: [true]}\n  - {id: a, script: [true], map: {from: tasks.l.output.f}}\n");
+        assert!(e.contains("maps over the output of \"l\", which is not its upstream"), "{e}");
+        let e = err("tasks:\n  - {id: a, script: [true], max_map: 5}\n");
+        assert!(e.contains("max_map belongs to mapped tasks"), "{e}");
+        let e = err("tasks:\n  - {id: a, approval: {message: ok}, map: {over: [1]}}\n");
+        assert!(e.contains("approval tasks cannot be mapped"), "{e}");
+    }
+
+    #[test]
+    fn mapped_instances_resolve_to_their_task() {
+        let d = parse_str("tasks:\n  - {id: a.b, script: [true], map: {over: [x, 2]}, max_map: 10}\n").unwrap();
+        let task = d.task("a.b[12]").unwrap();
+        assert_eq!(task.id, "a.b");
+        assert_eq!(task.map, Some(MapSpec { source: MapSource::Over(vec!["x".into(), 2.into()]), max: 10 }));
+        assert_eq!(mapped_index("a.b[12]"), Some(("a.b", 12)));
+        assert_eq!(mapped_index("a.b"), None);
+        assert_eq!(mapped_index("a.b[x]"), None);
+        assert_eq!(mapped_id("a.b", 3), "a.b[3]");
+        assert!(d.task("c[1]").is_none());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub(crate) enum Outcome {
     Success,
     /// A branch chose these downstream tasks.
     Follow(Vec<String>),
+    /// A mapped task expands into one instance per item.
+    Mapped(Vec<serde_json::Value>),
     Failed(String),
 }
 
@@ -97,6 +99,39 @@ pub(crate) async fn run_try(
             write_log(&log, &format!("[weir] failed: {reason}\n")).await;
             return (Outcome::Failed(reason), None);
         }
+    };
+    // A mapped task's own try expands it; an instance of it runs with its item.
+    let ctx = match (&task.map, dag::mapped_index(task_id)) {
+        (Some(spec), None) => {
+            let outcome = match crate::mapping::items(spec, &ctx, lake, store, &key).await {
+                Ok(items) => {
+                    let shown: Vec<String> = items.iter().take(5).map(|i| i.to_string()).collect();
+                    let more = if items.len() > shown.len() { ", …" } else { "" };
+                    let line = format!("[weir] mapped over {} items: {}{more}\n", items.len(), shown.join(", "));
+                    write_log(&log, &line).await;
+                    Outcome::Mapped(items)
+                }
+                Err(reason) => {
+                    write_log(&log, &format!("[weir] failed: {reason}\n")).await;
+                    Outcome::Failed(reason)
+                }
+            };
+            return (outcome, None);
+        }
+        (Some(spec), Some(_)) => match store.map_item(&key).await {
+            Ok(Some((index, item))) => ctx.with_map(index, &item, matches!(spec.source, dag::MapSource::Over(_))),
+            Ok(None) => {
+                let reason = format!("{task_id} is not an instance of mapped task {}", task.id);
+                write_log(&log, &format!("[weir] failed: {reason}\n")).await;
+                return (Outcome::Failed(reason), None);
+            }
+            Err(e) => {
+                let reason = format!("reading the mapped item: {e}");
+                write_log(&log, &format!("[weir] failed: {reason}\n")).await;
+                return (Outcome::Failed(reason), None);
+            }
+        },
+        (None, _) => ctx,
     };
     let cwd = dag.file.parent().map(Path::to_path_buf).unwrap_or_default();
     tracing::debug!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, try_number, "task started");
@@ -157,10 +192,22 @@ pub(crate) fn finish_of(
         retry_wait,
         skip,
         log: log.clone(),
+        expand: None,
     };
     let (dag_id, run_id, task_id) = (&key.dag_id, &key.run_id, &key.task_id);
     match outcome {
         Outcome::Success | Outcome::Follow(_) => finish(TaskState::Success, None, None, skip),
+        // Airflow's rule: a task mapped over nothing is skipped.
+        Outcome::Mapped(items) if items.is_empty() => {
+            finish(TaskState::Skipped, Some("mapped over no items".into()), None, Vec::new())
+        }
+        Outcome::Mapped(items) => {
+            let tries = dag.and_then(|d| d.task(task_id)).map_or(1, |t| t.retries + 1);
+            Finish {
+                expand: Some(crate::store::Expansion { items, tries }),
+                ..finish(TaskState::Mapped, None, None, Vec::new())
+            }
+        }
         Outcome::Failed(reason) if try_number < max_tries => {
             let task = dag.and_then(|d| d.task(task_id));
             let wait = task.map_or(Duration::ZERO, |t| t.retry_wait(try_number + 1));

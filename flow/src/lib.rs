@@ -4,7 +4,7 @@
 //! lake commits start ([`triggers`]), trigger
 //! rules and states ([`rules`]), templating ([`template`]), what tasks hand on and keep
 //! ([`outputs`]), tasks that wait for a person's decision ([`approvals`]), the table versions SQL tasks
-//! read and reread ([`lineage`]), the metadata store ([`store`]), the
+//! read and reread ([`lineage`]), tasks mapped over items at run time ([`mapping`]), the metadata store ([`store`]), the
 //! commands users run against it ([`runs`]: trigger, backfill, clear) and the scheduler with its
 //! local executor ([`scheduler`]), running one try wherever it runs ([`execute`]), and the HTTP
 //! routes over runs and logs ([`api`]). Scale-out: the lease that makes one of several schedulers
@@ -22,6 +22,7 @@ pub mod events;
 pub mod execute;
 pub mod lease;
 pub mod lineage;
+mod mapping;
 pub mod notices;
 pub mod outputs;
 pub mod rules;

@@ -23,13 +23,17 @@ pub enum TaskState {
     UpForRetry,
     /// An upstream task failed, so this one will not run.
     UpstreamFailed,
-    /// Not run: a branch chose another path, or the trigger rule said so.
+    /// Not run: a branch chose another path, the trigger rule said so, or it mapped over no items.
     Skipped,
+    /// A mapped task expanded into its instances (`<task>[i]`); waiting until they all finish.
+    Mapped,
+    /// A mapped instance a later expansion of its task no longer has (fewer items).
+    Removed,
 }
 
 impl TaskState {
     /// Every state, for listing.
-    pub const ALL: [TaskState; 9] = [
+    pub const ALL: [TaskState; 11] = [
         TaskState::None,
         TaskState::Scheduled,
         TaskState::Queued,
@@ -39,6 +43,8 @@ impl TaskState {
         TaskState::UpForRetry,
         TaskState::UpstreamFailed,
         TaskState::Skipped,
+        TaskState::Mapped,
+        TaskState::Removed,
     ];
 
     /// The name stored in the metadata DB and shown to users.
@@ -53,12 +59,21 @@ impl TaskState {
             TaskState::UpForRetry => "up_for_retry",
             TaskState::UpstreamFailed => "upstream_failed",
             TaskState::Skipped => "skipped",
+            TaskState::Mapped => "mapped",
+            TaskState::Removed => "removed",
         }
     }
 
     /// Finished for good (nothing will change it but a clear).
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskState::Success | TaskState::Failed | TaskState::UpstreamFailed | TaskState::Skipped)
+        matches!(
+            self,
+            TaskState::Success
+                | TaskState::Failed
+                | TaskState::UpstreamFailed
+                | TaskState::Skipped
+                | TaskState::Removed
+        )
     }
 }
 

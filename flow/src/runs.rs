@@ -87,13 +87,25 @@ pub struct ClearSpec {
 
 /// Clears task instances so the scheduler runs them again (a new try each; earlier tries stay
 /// in the history). Returns (run id, task ids) of what was cleared.
+///
+/// A mapped task cleared expands anew (its instances run again, with the items of the new
+/// expansion). Named on its own (`task[3]`), or failed when only failed instances are cleared,
+/// a mapped instance runs again with its item, and its task waits for it again.
 pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(String, Vec<String>)>, FlowError> {
+    let instance = spec.task.as_deref().and_then(|t| crate::dag::mapped_index(t).map(|_| t.to_string()));
     let tasks: Vec<String> = match &spec.task {
         Some(t) => {
-            if dag.task(t).is_none() {
+            let Some(task) = dag.task(t) else {
                 return Err(FlowError::Invalid(format!("DAG {} has no task {t:?}", dag.id)));
+            };
+            let mut tasks: Vec<String> = match spec.downstream {
+                true => dag.downstream_closure(&task.id).into_iter().collect(),
+                false => vec![task.id.clone()],
+            };
+            if instance.is_some() {
+                tasks.retain(|id| *id != task.id); // the instance, not its whole task
             }
-            if spec.downstream { dag.downstream_closure(t).into_iter().collect() } else { vec![t.clone()] }
+            tasks
         }
         None => dag.tasks.iter().map(|t| t.id.clone()).collect(),
     };
@@ -101,22 +113,37 @@ pub async fn clear(store: &Store, dag: &Dag, spec: &ClearSpec) -> Result<Vec<(St
         Some(r) => vec![store.run(&dag.id, r).await?],
         None => store.all_runs(&dag.id).await?,
     };
+    let failed = |ti: &crate::store::TaskRow| {
+        matches!(ti.state, crate::rules::TaskState::Failed | crate::rules::TaskState::UpstreamFailed)
+    };
     let mut cleared = Vec::new();
     for run in runs {
         let instances = store.tasks(&dag.id, &run.run_id).await?;
-        let chosen: Vec<(String, u32)> = instances
-            .iter()
-            .filter(|ti| tasks.contains(&ti.task_id))
-            .filter(|ti| {
-                !spec.only_failed
-                    || matches!(ti.state, crate::rules::TaskState::Failed | crate::rules::TaskState::UpstreamFailed)
-            })
-            .map(|ti| (ti.task_id.clone(), dag.task(&ti.task_id).map_or(0, |t| t.retries)))
-            .collect();
+        let mut chosen: Vec<(String, u32)> = Vec::new();
+        let mut mapped: Vec<String> = Vec::new();
+        for ti in &instances {
+            let pick = match &ti.parent {
+                Some(parent) => {
+                    let named = instance.as_deref() == Some(ti.task_id.as_str());
+                    let again =
+                        (named || (spec.only_failed && tasks.contains(parent))) && (!spec.only_failed || failed(ti));
+                    if again && !mapped.contains(parent) {
+                        mapped.push(parent.clone());
+                    }
+                    again
+                }
+                None => tasks.contains(&ti.task_id) && (!spec.only_failed || failed(ti)),
+            };
+            if pick {
+                chosen.push((ti.task_id.clone(), dag.task(&ti.task_id).map_or(0, |t| t.retries)));
+            }
+        }
+        // A mapped task whose instances run again waits for them; it does not expand anew.
+        chosen.retain(|(id, _)| !mapped.contains(id));
         if chosen.is_empty() {
             continue;
         }
-        store.clear(&dag.id, &run.run_id, &chosen, spec.latest).await?;
+        store.clear(&dag.id, &run.run_id, &chosen, &mapped, spec.latest).await?;
         cleared.push((run.run_id.clone(), chosen.into_iter().map(|(t, _)| t).collect()));
     }
     Ok(cleared)

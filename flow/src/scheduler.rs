@@ -35,7 +35,7 @@ use crate::{
     dag::{self, Dag},
     events,
     execute::{self, Outcome, log_path},
-    lease,
+    lease, mapping,
     notices::QueueAlerts,
     rules::{Decision, RunState, TaskState, decide},
     store::{DONE_CHANNEL, Finish, RunRow, Store, StoreError, TaskKey, TaskRow},
@@ -597,7 +597,10 @@ impl Scheduler {
                         let wake = tokio::time::Instant::now() + wait + Duration::from_millis(1);
                         self.next_retry = Some(self.next_retry.map_or(wake, |t| t.min(wake)));
                     }
-                    let state = if f.state == TaskState::Success { "success" } else { "failed" };
+                    let state = match f.state {
+                        TaskState::Success | TaskState::Mapped | TaskState::Skipped => "success",
+                        _ => "failed",
+                    };
                     metrics::counter!("weir_flow_task_tries_total", "dag" => f.key.dag_id.clone(), "state" => state)
                         .increment(1);
                 }
@@ -773,9 +776,33 @@ impl Scheduler {
         }
         let mut tasks: HashMap<String, TaskRow> =
             self.store.tasks(&run.dag_id, &run.run_id).await?.into_iter().map(|t| (t.task_id.clone(), t)).collect();
-        // Decide until nothing changes: a skip or upstream failure can settle tasks further down.
         let now = Utc::now();
         let mut changes = Vec::new();
+        // Mapped instances: a cleared one, or one whose retry is due, is scheduled; a mapped task
+        // whose instances have all finished settles (before its downstream tasks are decided).
+        for ti in tasks.values_mut().filter(|t| t.parent.is_some()) {
+            let due = match ti.state {
+                TaskState::None => true,
+                TaskState::UpForRetry => ti.next_try_at.is_none_or(|t| t <= now),
+                _ => false,
+            };
+            if due {
+                ti.state = TaskState::Scheduled;
+                changes.push((ti.task_id.clone(), TaskState::Scheduled));
+            }
+        }
+        for task in dag.tasks.iter().filter(|t| t.map.is_some()) {
+            if tasks.get(&task.id).is_none_or(|ti| ti.state != TaskState::Mapped) {
+                continue;
+            }
+            let instances: Vec<TaskRow> =
+                tasks.values().filter(|t| t.parent.as_deref() == Some(task.id.as_str())).cloned().collect();
+            if let Some(state) = mapping::settled(&instances) {
+                tasks.get_mut(&task.id).expect("present").state = state;
+                changes.push((task.id.clone(), state));
+            }
+        }
+        // Decide until nothing changes: a skip or upstream failure can settle tasks further down.
         loop {
             let mut changed = false;
             for task in &dag.tasks {
@@ -817,6 +844,7 @@ impl Scheduler {
             // Queued again by a clear, or its version is gone: the full pass handles it.
             _ => return self.schedule_run(&run).await,
         };
+        let ended = self.after_mapped(&dag, &run, ended).await?;
         let mut rows: HashMap<String, TaskRow> = HashMap::new();
         let mut changes = Vec::new();
         let mut frontier: Vec<String> =
@@ -863,6 +891,43 @@ impl Scheduler {
         Ok(())
     }
 
+    /// What the ends of `ended` mean for mapped tasks: a mapped task's try that expanded it
+    /// queues its instances; when the last instance of a mapped task finishes, the task settles
+    /// (see [`mapping::settled`]) and counts as ended too. Returns the ended tasks, settled
+    /// mapped tasks included.
+    async fn after_mapped(&mut self, dag: &Arc<Dag>, run: &RunRow, ended: &[String]) -> Result<Vec<String>, FlowError> {
+        let mut all = ended.to_vec();
+        let expanded: Vec<String> = ended
+            .iter()
+            .filter(|id| dag::mapped_index(id).is_none() && dag.task(id).is_some_and(|t| t.map.is_some()))
+            .cloned()
+            .collect();
+        let mut parents: Vec<String> =
+            ended.iter().filter_map(|id| dag::mapped_index(id).map(|(p, _)| p.to_string())).collect();
+        parents.sort();
+        parents.dedup();
+        if expanded.is_empty() && parents.is_empty() {
+            return Ok(all);
+        }
+        let rows = self.store.tasks_in(&run.dag_id, &run.run_id, &[expanded, parents.clone()].concat()).await?;
+        let mut settled = Vec::new();
+        for row in rows.iter().filter(|r| r.state == TaskState::Mapped) {
+            let instances = self.store.mapped(&run.dag_id, &run.run_id, &row.task_id).await?;
+            if parents.contains(&row.task_id) {
+                if let Some(state) = mapping::settled(&instances) {
+                    settled.push((row.task_id.clone(), state));
+                    all.push(row.task_id.clone());
+                }
+            } else {
+                for ti in instances.iter().filter(|t| t.state == TaskState::Scheduled) {
+                    self.enqueue(dag, run, ti);
+                }
+            }
+        }
+        self.store.set_task_states(&run.dag_id, &run.run_id, &settled).await?;
+        Ok(all)
+    }
+
     /// Puts a scheduled instance in the queue of those waiting for a slot (see `dispatch`).
     fn enqueue(&mut self, dag: &Arc<Dag>, run: &RunRow, ti: &TaskRow) {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
@@ -881,7 +946,9 @@ impl Scheduler {
             return Ok(()); // cleared meanwhile
         }
         let failed = tasks.iter().any(|ti| {
-            dag.downstream(&ti.task_id).next().is_none()
+            // A mapped task stands for its instances.
+            ti.parent.is_none()
+                && dag.downstream(&ti.task_id).next().is_none()
                 && matches!(ti.state, TaskState::Failed | TaskState::UpstreamFailed)
         });
         let state = if failed { RunState::Failed } else { RunState::Success };

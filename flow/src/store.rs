@@ -147,6 +147,8 @@ pub struct TaskRow {
     pub started_at: Option<DateTime<Utc>>,
     /// When its last try ended.
     pub ended_at: Option<DateTime<Utc>>,
+    /// For an instance of a mapped task (`<task>[<index>]`): that task.
+    pub parent: Option<String>,
 }
 
 /// A task instance as a grid shows it.
@@ -199,6 +201,18 @@ pub struct Finish {
     pub skip: Vec<String>,
     /// Where the try's log is now, when it moved (to the lake's object storage).
     pub log: Option<String>,
+    /// A mapped task's expansion (its state is then `mapped`): its instances are created, or
+    /// those of an earlier expansion scheduled again, in the same transaction.
+    pub expand: Option<Expansion>,
+}
+
+/// The instances a mapped task expands into.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expansion {
+    /// One instance per item, `<task>[<index>]`.
+    pub items: Vec<serde_json::Value>,
+    /// Tries each instance has (the task's retries + 1).
+    pub tries: u32,
 }
 
 /// Identifies a task instance.
@@ -695,7 +709,7 @@ impl Store {
     }
 
     const TASK_COLUMNS: &str =
-        "task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at";
+        "task_id, state, try_number, max_tries, priority, pool, queue, next_try_at, started_at, ended_at, map_parent";
 
     /// A row of [`Self::TASK_COLUMNS`].
     fn task_row(r: &AnyRow) -> Result<TaskRow, StoreError> {
@@ -711,7 +725,83 @@ impl Store {
             next_try_at: r.get::<Option<i64>, _>(7).map(instant),
             started_at: r.get::<Option<i64>, _>(8).map(instant),
             ended_at: r.get::<Option<i64>, _>(9).map(instant),
+            parent: r.get(10),
         })
+    }
+
+    /// The instances of mapped task `parent` in a run, by index (removed ones included).
+    pub async fn mapped(&self, dag_id: &str, run_id: &str, parent: &str) -> Result<Vec<TaskRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND map_parent = $3 ORDER BY map_index",
+            Self::TASK_COLUMNS
+        );
+        let rows = sqlx::query(&sql).bind(dag_id).bind(run_id).bind(parent).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::task_row).collect()
+    }
+
+    /// The index and item of a mapped instance.
+    pub async fn map_item(&self, key: &TaskKey) -> Result<Option<(u32, serde_json::Value)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT map_index, map_item FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 AND task_id = $3 \
+             AND map_parent IS NOT NULL",
+        )
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let item: String = row.get(1);
+        let item = serde_json::from_str(&item).map_err(|e| StoreError::Corrupt(format!("map item of {key:?}: {e}")))?;
+        Ok(Some((row.get::<i64, _>(0) as u32, item)))
+    }
+
+    /// Creates (or schedules again) the instances `ids` of mapped task `key` for `expansion` and
+    /// removes those past its items.
+    async fn expand<'a>(
+        tx: &mut Tx<'_>,
+        key: &'a TaskKey,
+        ids: &'a [String],
+        expansion: &Expansion,
+        t: i64,
+        made: &mut Vec<Change<'a>>,
+    ) -> Result<(), StoreError> {
+        for (index, (id, item)) in ids.iter().zip(&expansion.items).enumerate() {
+            sqlx::query(
+                "INSERT INTO flow_task_instances (dag_id, run_id, task_id, state, try_number, max_tries, queue, pool, \
+                 priority, map_parent, map_index, map_item) SELECT dag_id, run_id, $1, 'scheduled', 0, $2, queue, pool, \
+                 priority, task_id, $3, $4 FROM flow_task_instances WHERE dag_id = $5 AND run_id = $6 AND task_id = $7 \
+                 ON CONFLICT (dag_id, run_id, task_id) DO UPDATE SET state = 'scheduled', \
+                 max_tries = flow_task_instances.try_number + $8, next_try_at = NULL, ended_at = NULL, \
+                 map_index = excluded.map_index, map_item = excluded.map_item",
+            )
+            .bind(id)
+            .bind(i64::from(expansion.tries))
+            .bind(index as i64)
+            .bind(item.to_string())
+            .bind(&key.dag_id)
+            .bind(&key.run_id)
+            .bind(&key.task_id)
+            .bind(i64::from(expansion.tries))
+            .execute(&mut **tx)
+            .await?;
+            made.push(Change::task(&key.dag_id, &key.run_id, id, None, TaskState::Scheduled.as_str()));
+        }
+        let removed = sqlx::query(
+            "UPDATE flow_task_instances SET state = 'removed', ended_at = $1 WHERE dag_id = $2 AND run_id = $3 \
+             AND map_parent = $4 AND map_index >= $5 AND state <> 'removed'",
+        )
+        .bind(t)
+        .bind(&key.dag_id)
+        .bind(&key.run_id)
+        .bind(&key.task_id)
+        .bind(expansion.items.len() as i64)
+        .execute(&mut **tx)
+        .await?;
+        if removed.rows_affected() > 0 {
+            tracing::info!(dag = %key.dag_id, run_id = %key.run_id, task = %key.task_id, removed = removed.rows_affected(), "mapped instances past the new expansion's items removed");
+        }
+        Ok(())
     }
 
     /// The task instances `ids` of a run.
@@ -736,7 +826,7 @@ impl Store {
     pub async fn unfinished(&self, dag_id: &str, run_id: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) FROM flow_task_instances WHERE dag_id = $1 AND run_id = $2 \
-             AND state NOT IN ('success', 'failed', 'upstream_failed', 'skipped')",
+             AND state NOT IN ('success', 'failed', 'upstream_failed', 'skipped', 'removed')",
         )
         .bind(dag_id)
         .bind(run_id)
@@ -845,11 +935,19 @@ impl Store {
         let mut recorded = Vec::with_capacity(finishes.len());
         let mut made = Vec::new();
         let held = if worker.is_some() { "worker = $8" } else { "$8 = $8" };
+        // The ids of the instances expansions create.
+        let instances: Vec<Vec<String>> = finishes
+            .iter()
+            .map(|f| {
+                let n = f.expand.as_ref().map_or(0, |e| e.items.len());
+                (0..n).map(|i| crate::dag::mapped_id(&f.key.task_id, i as u32)).collect()
+            })
+            .collect();
         let update = format!(
             "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 \
              AND run_id = $5 AND task_id = $6 AND try_number = $7 AND state = 'running' AND {held}"
         );
-        for f in finishes {
+        for (i, f) in finishes.iter().enumerate() {
             let key = &f.key;
             let done = sqlx::query(&update)
                 .bind(f.state.as_str())
@@ -872,6 +970,9 @@ impl Store {
                 Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(f.try_number), f.state.as_str())
                     .because(f.reason.as_deref()),
             );
+            if let Some(expansion) = &f.expand {
+                Self::expand(&mut tx, key, &instances[i], expansion, t, &mut made).await?;
+            }
             for task_id in &f.skip {
                 let skipped = sqlx::query(
                     "UPDATE flow_task_instances SET state = 'skipped', ended_at = $1 WHERE dag_id = $2 AND run_id = $3 \
@@ -887,7 +988,12 @@ impl Store {
                     made.push(Change::task(&key.dag_id, &key.run_id, task_id, None, TaskState::Skipped.as_str()));
                 }
             }
-            let try_state = if f.state == TaskState::UpForRetry { TaskState::Failed } else { f.state };
+            // The try that expanded a mapped task succeeded.
+            let try_state = match f.state {
+                TaskState::UpForRetry => TaskState::Failed,
+                TaskState::Mapped => TaskState::Success,
+                s => s,
+            };
             sqlx::query(
                 "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3, log = COALESCE($8, log) \
                  WHERE dag_id = $4 AND run_id = $5 AND task_id = $6 AND try_number = $7",
@@ -940,12 +1046,15 @@ impl Store {
     /// Clears task instances of a run so they run again: state none, and retries counted afresh
     /// from the current try (the tries so far stay in the history). The run becomes queued.
     /// With `latest`, the next tries read the lake tables' latest versions instead of those the
-    /// earlier tries read ([`Self::pinned_inputs`]).
+    /// earlier tries read ([`Self::pinned_inputs`]). Mapped tasks in `mapped` wait for their
+    /// cleared instances again (state `mapped`); a mapped task cleared itself expands anew once
+    /// none of its instances runs.
     pub async fn clear(
         &self,
         dag_id: &str,
         run_id: &str,
         tasks: &[(String, u32)],
+        mapped: &[String],
         latest: bool,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
@@ -954,17 +1063,36 @@ impl Store {
             let r = sqlx::query(
                 "UPDATE flow_task_instances SET state = 'none', max_tries = try_number + $1, next_try_at = NULL, \
                  ended_at = NULL, inputs_after = CASE WHEN $5 THEN try_number ELSE inputs_after END \
-                 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued')",
+                 WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued') \
+                 AND NOT EXISTS (SELECT 1 FROM flow_task_instances m WHERE m.dag_id = $6 AND m.run_id = $7 \
+                 AND m.map_parent = $8 AND m.state IN ('running', 'queued'))",
             )
             .bind(i64::from(*retries) + 1)
             .bind(dag_id)
             .bind(run_id)
             .bind(task_id)
             .bind(latest)
+            .bind(dag_id)
+            .bind(run_id)
+            .bind(task_id)
             .execute(&mut *tx)
             .await?;
             if r.rows_affected() > 0 {
                 made.push(Change::task(dag_id, run_id, task_id, None, TaskState::None.as_str()));
+            }
+        }
+        for task_id in mapped {
+            let r = sqlx::query(
+                "UPDATE flow_task_instances SET state = 'mapped', ended_at = NULL WHERE dag_id = $1 AND run_id = $2 \
+                 AND task_id = $3",
+            )
+            .bind(dag_id)
+            .bind(run_id)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+            if r.rows_affected() > 0 {
+                made.push(Change::task(dag_id, run_id, task_id, None, TaskState::Mapped.as_str()));
             }
         }
         sqlx::query("UPDATE flow_dag_runs SET state = 'queued', ended_at = NULL WHERE dag_id = $1 AND run_id = $2")

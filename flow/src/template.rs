@@ -3,7 +3,9 @@
 //! `dag_id`, `task_id`, `try_number` (Weir's own values, in fixed formats), in a table-triggered
 //! run `inputs.<table>.version` and `inputs.<table>.previous` (the table version the run covers and
 //! the one the previous run covered), `tasks.<id>.output.<key>` (what an earlier task of the run
-//! handed on, see [`crate::outputs`]; data, like a conf's values) and `params.<key>` (the DAG
+//! handed on, see [`crate::outputs`]; data, like a conf's values), in a mapped instance
+//! `map.index` and `map.item` (`map.item.<key>` for an object; data unless the DAG file's `over`
+//! list holds it) and `params.<key>` (the DAG
 //! file's params, overridden by a manual run's conf). An unknown name is an error that names
 //! it; `{{{{` writes `{{`.
 //!
@@ -115,6 +117,25 @@ impl Context {
         self
     }
 
+    /// Adds a mapped instance's `map.index` and `map.item` (and `map.item.<key>` for each key of
+    /// an object item): the DAG file's when `written` (its `over` list), else data.
+    pub fn with_map(mut self, index: u32, item: &Value, written: bool) -> Context {
+        let origin = if written { Origin::Dag } else { Origin::Output };
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let var = Var { text: index.to_string(), value: Value::from(index), origin: Origin::Weir };
+        self.vars.insert("map.index".into(), var);
+        self.vars.insert("map.item".into(), Var { text: text(item), value: item.clone(), origin });
+        if let Value::Object(fields) = item {
+            for (k, v) in fields {
+                self.vars.insert(format!("map.item.{k}"), Var { text: text(v), value: v.clone(), origin });
+            }
+        }
+        self
+    }
+
     /// Adds a table-triggered run's input versions (`inputs.<table>.version`, `.previous`).
     pub fn with_inputs(mut self, inputs: &crate::store::Inputs) -> Context {
         for (table, input) in inputs {
@@ -197,7 +218,7 @@ impl Context {
                 }
                 (Origin::Output, true, _) => {
                     return Err(format!(
-                        "{{{{ {name} | raw }}}}: a task's output is data, and raw text comes only from the DAG file's params"
+                        "{{{{ {name} | raw }}}}: a task's output is data (so is an item mapped from it or from a query), and raw text comes only from the DAG file"
                     ));
                 }
                 (Origin::Weir, _, _) | (_, true, _) | (_, false, Syntax::Text) => var.text.clone(),
@@ -508,6 +529,22 @@ mod tests {
         let err = c.render_argv(&argv(&["sh", "-c", "echo {{ tasks.extract.output.day }}"])).unwrap_err();
         assert!(err.contains("$WEIR_TASKS_EXTRACT_OUTPUT_DAY"), "{err}");
         assert!(c.env().contains(&("WEIR_INPUT_RAW_ORDERS_PREVIOUS".into(), "4".into())));
+    }
+
+    #[test]
+    fn mapped_items_are_data_unless_the_dag_file_lists_them() {
+        let base = context(serde_json::json!({}), serde_json::json!({}));
+        let queried = base.clone().with_map(3, &serde_json::json!({"region": "it's", "n": 2}), false);
+        let sql = "SELECT {{ map.index }}, {{ map.item.region }}, {{ map.item.n }}";
+        assert_eq!(queried.render(sql, Syntax::Sql).unwrap(), "SELECT 3, 'it''s', 2");
+        assert_eq!(queried.render("{{ map.item }}", Syntax::Text).unwrap(), r#"{"region":"it's","n":2}"#);
+        let err = queried.render("{{ map.item.region | raw }}", Syntax::Sql).unwrap_err();
+        assert!(err.contains("is data"), "{err}");
+        let err = queried.render_argv(&argv(&["sh", "-c", "echo {{ map.item.region }}"])).unwrap_err();
+        assert!(err.contains("$WEIR_MAP_ITEM_REGION"), "{err}");
+        assert!(queried.env().contains(&("WEIR_MAP_INDEX".into(), "3".into())));
+        let written = base.with_map(0, &serde_json::json!("orders"), true);
+        assert_eq!(written.render("SELECT * FROM {{ map.item | raw }}", Syntax::Sql).unwrap(), "SELECT * FROM orders");
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub async fn grid(store: &Store, current: &Dag, runs: usize) -> Result<Value, St
     let mut cells: Vec<Vec<Value>> = vec![Vec::new(); run_rows.len()];
     for ti in &instances {
         let Some(&r) = row_of.get(ti.run_id.as_str()) else { continue };
+        if crate::dag::mapped_index(&ti.task_id).is_some() {
+            continue; // a mapped task's cell stands for its instances (listed on its page)
+        }
         let c = *column.entry(ti.task_id.clone()).or_insert_with(|| {
             tasks.push(ti.task_id.clone());
             tasks.len() - 1
@@ -274,6 +277,23 @@ pub async fn task_detail(store: &Store, d: &Dag, key: &TaskKey) -> Result<Option
         }
         _ => Value::Null,
     };
+    // A mapped task: its instances; an instance: its index and item.
+    let mapped = match task.and_then(|t| t.map.as_ref()) {
+        Some(_) if crate::dag::mapped_index(&key.task_id).is_none() => {
+            let mut list: Vec<(u32, &crate::store::TaskRow)> = instances
+                .iter()
+                .filter(|t| t.parent.as_deref() == Some(key.task_id.as_str()))
+                .filter_map(|t| Some((crate::dag::mapped_index(&t.task_id)?.1, t)))
+                .collect();
+            list.sort_by_key(|(i, _)| *i);
+            json!(list.iter().map(|(i, t)| json!({"index": i, "task_id": t.task_id, "state": t.state.as_str(), "try_number": t.try_number})).collect::<Vec<_>>())
+        }
+        _ => Value::Null,
+    };
+    let item = match store.map_item(key).await? {
+        Some((index, item)) => json!({"index": index, "item": item}),
+        None => Value::Null,
+    };
     Ok(Some(json!({
         "dag_id": key.dag_id, "run_id": key.run_id, "task_id": key.task_id,
         "state": ti.state.as_str(), "try_number": ti.try_number, "max_tries": ti.max_tries,
@@ -281,7 +301,7 @@ pub async fn task_detail(store: &Store, d: &Dag, key: &TaskKey) -> Result<Option
         "next_try_at": time(ti.next_try_at), "started_at": time(ti.started_at), "ended_at": time(ti.ended_at),
         "kind": task.map(|t| t.kind.name()), "upstream": task.map(|t| t.upstream.clone()),
         "downstream": d.downstream(&key.task_id).map(|t| t.id.clone()).collect::<Vec<_>>(),
-        "tries": tries, "why_not_running": why, "approval": approval,
+        "tries": tries, "why_not_running": why, "approval": approval, "mapped": mapped, "map_item": item,
     })))
 }
 

@@ -1102,6 +1102,105 @@ async fn a_rerun_reads_the_versions_its_first_try_read(db: Db) {
     s.stop().await;
 }
 
+/// Mapped tasks: one instance per row of a query on the lake (50), per item of an upstream
+/// task's output (one fails its first try and retries), none for an empty list (skipped); the
+/// downstream task waits for all of them. An expansion past `max_map` fails with the reason; a
+/// failed instance fails its task and, cleared with only failed ones, runs again alone.
+async fn mapped_tasks_expand_at_run_time(db: Db) {
+    let mut s = Setup::new(db).await;
+    let d = s.write_dag(
+        "fan",
+        r#"tasks:
+  - id: regions
+    view: regions
+    sql: "SELECT value AS region, concat('r', CAST(value AS VARCHAR)) AS name FROM generate_series(1, 50)"
+  - id: per_region
+    upstream: [regions]
+    map: {sql: "SELECT region, name FROM views.regions ORDER BY region"}
+    script: [sh, -c, 'echo "$WEIR_MAP_INDEX $WEIR_MAP_ITEM_NAME $1" >> regions.txt', sh, '{{ map.item.region }}']
+  - id: list
+    script: [sh, -c, 'echo "{\"files\": [\"a\", \"b\", \"c\"]}" > "$WEIR_OUTPUT"']
+  - id: per_file
+    upstream: [list]
+    retries: 1
+    retry_delay: 0s
+    map: {from: tasks.list.output.files}
+    script: [sh, -c, 'if [ "$1" = b ] && [ ! -f b.once ]; then touch b.once; exit 1; fi; echo "$1" >> files.txt', sh, '{{ map.item }}']
+  - id: nothing
+    map: {over: []}
+    script: ["false"]
+  - id: after
+    upstream: [per_region, per_file, nothing]
+    trigger_rule: none_failed
+    script: [sh, -c, 'echo done > after.txt']
+"#,
+    );
+    let many =
+        s.write_dag("too_many", "tasks:\n  - {id: each, map: {over: [1, 2, 3]}, max_map: 2, script: [\"true\"]}\n");
+    let fixable = s.write_dag(
+        "fixable",
+        "tasks:\n  - id: each\n    map: {over: [ok1, bad, ok2]}\n    \
+         script: [sh, -c, '[ \"$WEIR_MAP_ITEM\" != bad ] || [ -f fixed ]']\n  \
+         - {id: then, upstream: [each], script: [\"true\"]}\n",
+    );
+    s.start();
+    let run = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("fan", &run, Duration::from_secs(120)).await.state, RunState::Success);
+    let states = s.states("fan", &run).await;
+    let instances: Vec<_> = states.iter().filter(|(t, _)| t.starts_with("per_region[")).collect();
+    assert_eq!(instances.len(), 50, "{states:?}");
+    assert!(instances.iter().all(|(_, st)| *st == TaskState::Success), "{instances:?}");
+    let mut lines: Vec<String> =
+        std::fs::read_to_string(s.dags().join("regions.txt")).unwrap().lines().map(str::to_string).collect();
+    lines.sort_by_key(|l| l.split(' ').next().unwrap().parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..50).map(|i| format!("{i} r{} {}", i + 1, i + 1)).collect();
+    assert_eq!(lines, expected, "each instance saw its own row");
+    let mut files: Vec<String> =
+        std::fs::read_to_string(s.dags().join("files.txt")).unwrap().lines().map(str::to_string).collect();
+    files.sort();
+    assert_eq!(files, ["a", "b", "c"]);
+    assert_eq!(s.store.tries(&key("fan", &run, "per_file[1]")).await.unwrap().len(), 2, "b failed once, then retried");
+    assert_eq!(s.store.tries(&key("fan", &run, "per_file[0]")).await.unwrap().len(), 1);
+    assert_eq!(s.state("fan", &run, "per_region").await, TaskState::Success);
+    assert_eq!(s.state("fan", &run, "nothing").await, TaskState::Skipped, "mapped over no items");
+    assert_eq!(s.state("fan", &run, "after").await, TaskState::Success);
+    assert!(s.dags().join("after.txt").exists());
+
+    let run = runs::trigger(&s.store, &many, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("too_many", &run, Duration::from_secs(60)).await.state, RunState::Failed);
+    let reason = s.store.tries(&key("too_many", &run, "each")).await.unwrap()[0].reason.clone().unwrap_or_default();
+    assert_eq!(reason, "3 items to map over, more than max_map (2)");
+
+    let run = runs::trigger(&s.store, &fixable, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("fixable", &run, Duration::from_secs(60)).await.state, RunState::Failed);
+    assert_eq!(
+        s.states("fixable", &run).await,
+        [
+            ("each".to_string(), TaskState::Failed),
+            ("each[0]".to_string(), TaskState::Success),
+            ("each[1]".to_string(), TaskState::Failed),
+            ("each[2]".to_string(), TaskState::Success),
+            ("then".to_string(), TaskState::UpstreamFailed),
+        ]
+    );
+    std::fs::write(s.dags().join("fixed"), "").unwrap();
+    let spec = ClearSpec { run_id: Some(run.clone()), only_failed: true, ..ClearSpec::default() };
+    let cleared = runs::clear(&s.store, &fixable, &spec).await.unwrap();
+    assert_eq!(cleared, [(run.clone(), vec!["each[1]".to_string(), "then".to_string()])]);
+    assert_eq!(s.finished("fixable", &run, Duration::from_secs(60)).await.state, RunState::Success);
+    let tries = |t: &'static str| {
+        let k = key("fixable", &run, t);
+        let store = s.store.clone();
+        async move { store.tries(&k).await.unwrap().len() }
+    };
+    assert_eq!(
+        (tries("each").await, tries("each[0]").await, tries("each[1]").await),
+        (1, 1, 2),
+        "only the failed instance ran again"
+    );
+    s.stop().await;
+}
+
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1141,6 +1240,7 @@ on_both_databases!(
     outputs_flow_between_tasks_and_state_survives_retries_and_runs,
     approval_tasks_wait_for_a_decision,
     a_rerun_reads_the_versions_its_first_try_read,
+    mapped_tasks_expand_at_run_time,
 );
 
 /// A task group runs as its flattened tasks: after the group's upstream, its own default args

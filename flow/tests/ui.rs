@@ -55,6 +55,7 @@ async fn check(store: Store) {
         retry_wait: Some(wait),
         skip: Vec::new(),
         log: None,
+        expand: None,
     };
     store.finish_tries(&[finish]).await.unwrap();
     let detail = ui::task_detail(&store, &d, &key("extract")).await.unwrap().unwrap();
@@ -102,6 +103,62 @@ async fn check(store: Store) {
     assert!(start > first + day * 7 && end <= Utc::now() && Utc::now() - end < day, "{next}");
 }
 
+/// A mapped task's expansion as the console shows it: its page lists its instances, an
+/// instance's page shows its item, the grid keeps one row for the task; a second expansion with
+/// fewer items schedules the instances again and removes the one past them.
+async fn check_mapped(store: Store) {
+    let d =
+        dag::parse(Path::new("/dags/fan.yaml"), "tasks:\n  - {id: each, map: {over: [a, b, c]}, script: [\"true\"]}\n")
+            .unwrap();
+    store.sync_dags(std::slice::from_ref(&d), &[]).await.unwrap();
+    let now = Utc::now();
+    assert!(store.create_run(&d, "m", "manual", Interval { start: now, end: now }, &Default::default()).await.unwrap());
+    let key = |task: &str| TaskKey { dag_id: "fan".into(), run_id: "m".into(), task_id: task.into() };
+    let expand = |try_number: u32, items: Vec<serde_json::Value>| Finish {
+        key: key("each"),
+        try_number,
+        state: TaskState::Mapped,
+        reason: None,
+        retry_wait: None,
+        skip: Vec::new(),
+        log: None,
+        expand: Some(weir_flow::store::Expansion { items, tries: 1 }),
+    };
+    store.set_task_states("fan", "m", &[("each".into(), TaskState::Scheduled)]).await.unwrap();
+    store.start_tries(&[(key("each"), 1, "/nonexistent/log".into())]).await.unwrap();
+    store.finish_tries(&[expand(1, vec![json!("a"), json!("b"), json!("c")])]).await.unwrap();
+    let detail = ui::task_detail(&store, &d, &key("each")).await.unwrap().unwrap();
+    assert_eq!(detail["state"], "mapped");
+    let listed: Vec<(String, String)> = detail["mapped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["task_id"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+        .collect();
+    let scheduled = |i: u32| (format!("each[{i}]"), "scheduled".to_string());
+    assert_eq!(listed, [scheduled(0), scheduled(1), scheduled(2)]);
+    let instance = ui::task_detail(&store, &d, &key("each[1]")).await.unwrap().unwrap();
+    assert_eq!(instance["map_item"], json!({"index": 1, "item": "b"}));
+    assert_eq!(ui::grid(&store, &d, 5).await.unwrap()["tasks"], json!(["each"]));
+
+    // Expanded anew (after a clear) over fewer items.
+    store.set_task_states("fan", "m", &[("each".into(), TaskState::Scheduled)]).await.unwrap();
+    store.start_tries(&[(key("each"), 2, "/nonexistent/log".into())]).await.unwrap();
+    store.finish_tries(&[expand(2, vec![json!("x"), json!("y")])]).await.unwrap();
+    let states: Vec<(String, TaskState)> =
+        store.mapped("fan", "m", "each").await.unwrap().into_iter().map(|t| (t.task_id, t.state)).collect();
+    assert_eq!(
+        states,
+        [
+            ("each[0]".into(), TaskState::Scheduled),
+            ("each[1]".into(), TaskState::Scheduled),
+            ("each[2]".into(), TaskState::Removed)
+        ]
+    );
+    assert_eq!(store.map_item(&key("each[0]")).await.unwrap(), Some((0, json!("x"))));
+    assert_eq!(store.unfinished("fan", "m").await.unwrap(), 3, "each and its two live instances");
+}
+
 #[tokio::test]
 async fn console_read_models_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -109,10 +166,14 @@ async fn console_read_models_on_sqlite() {
         weir_schemas::metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5))
             .await
             .unwrap();
-    check(Store::open(pool).await.unwrap()).await;
+    let store = Store::open(pool).await.unwrap();
+    check(store.clone()).await;
+    check_mapped(store).await;
 }
 
 #[tokio::test]
 async fn console_read_models_on_postgres() {
-    check(Store::open(common::postgres_database().await).await.unwrap()).await;
+    let store = Store::open(common::postgres_database().await).await.unwrap();
+    check(store.clone()).await;
+    check_mapped(store).await;
 }

@@ -112,6 +112,7 @@ async fn fill(store: &Store, dir: &Path, args: &ConsoleBenchArgs) -> anyhow::Res
                 retry_wait: None,
                 skip: Vec::new(),
                 log: None,
+                expand: None,
             })
             .collect();
         store.finish_tries(&finishes).await?;

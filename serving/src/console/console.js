@@ -299,7 +299,7 @@ const dagTabs = {};
 
 /* Colours of task states (as in console.css), for the grid's canvas. */
 const STATE_COLOURS = {success: "#12b76a", failed: "#f04438", upstream_failed: "#f04438", running: "#2e90fa", queued: "#98a2b3",
-  scheduled: "#98a2b3", up_for_retry: "#f79009", skipped: "#d0d5dd", none: "#e4e7ec"};
+  scheduled: "#98a2b3", up_for_retry: "#f79009", skipped: "#d0d5dd", none: "#e4e7ec", mapped: "#7a5af8", removed: "#f2f4f7"};
 const CELL = 16;
 
 /* Airflow's grid: a row per task, a column per run (oldest left). Drawn on one canvas, so 200
@@ -420,7 +420,7 @@ dagTabs.graph = async (el, id, d, q) => {
   svg += "</svg>";
   const choose = `<select id="graph-run" aria-label="run">${runs.map((r) => `<option value="${esc(r.run_id)}"${r.run_id === runId ? " selected" : ""}>${esc(r.run_id)} (${esc(r.state)})</option>`).join("")}</select>`;
   el.innerHTML = `<section><div class="bar">run ${choose} ${run ? badge(run.state) + ` <span class="muted">data interval ${esc(when(run.data_interval_start))} → ${esc(when(run.data_interval_end))} · conf <code>${esc(JSON.stringify(run.conf))}</code> · version <a href="${href(["dag", id, "code"], {version: run.version})}">${esc(run.version.slice(0, 10))}</a></span>` : ""}</div>${svg}
-    <p class="muted">${Object.entries({success: 1, failed: 1, running: 1, queued: 1, up_for_retry: 1, skipped: 1, upstream_failed: 1, none: 1}).map(([s]) => `<span class="dot s-${s}"></span>${s}`).join(" &nbsp;")}</p></section>
+    <p class="muted">${Object.entries({success: 1, failed: 1, running: 1, queued: 1, up_for_retry: 1, skipped: 1, upstream_failed: 1, mapped: 1, none: 1}).map(([s]) => `<span class="dot s-${s}"></span>${s}`).join(" &nbsp;")}</p></section>
     ${run && run.inputs && Object.keys(run.inputs).length ? `<section><h2>Triggered by commits</h2>${table(Object.entries(run.inputs).map(([t, i]) => ({table: t, previous: i.previous, version: i.version})), ["table", "previous", "version"])}</section>` : ""}
     <section id="lineage"><h2>Lineage <span class="muted">table@version → SQL task → view@version</span></h2>${table(lineage.tasks.map((t) => ({
       read: Object.entries(t.read).map(([n, v]) => `${n}@${v}`).join(", ") || "—", task: `${t.task_id} (try ${t.try_number})`,
@@ -471,6 +471,9 @@ pages.task = async (main, [dag, run, task], q) => {
     · upstream ${esc((t.upstream || []).join(", ") || "—")} · downstream ${esc(t.downstream.join(", ") || "—")}</p>
     ${t.why_not_running ? `<section id="why"><b>Why it is not running:</b> ${esc(t.why_not_running)}</section>` : ""}
     ${t.approval ? approvalBox(t.approval) : ""}
+    ${t.map_item ? `<section id="map-item"><b>Mapped item ${t.map_item.index}:</b> <code>${esc(JSON.stringify(t.map_item.item))}</code></section>` : ""}
+    ${t.mapped ? `<section id="mapped"><h2>Mapped instances (${t.mapped.length})</h2>${table(t.mapped, ["task_id", "state", "try_number"], (r, c) =>
+      c === "task_id" ? `<a href="${href(["task", dag, run, r.task_id])}">${esc(r.task_id)}</a>` : c === "state" ? badge(r.state) : esc(r[c]))}</section>` : ""}
     <div class="bar">
       <button id="a-clear"${opAttr()}>Clear…</button>
       <button id="a-success"${opAttr()}>Mark success</button>
