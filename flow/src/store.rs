@@ -279,6 +279,10 @@ impl Tx<'_> {
     }
 }
 
+/// Rows one multi-row statement writes at most (well under SQLite's and PostgreSQL's limits on
+/// parameters).
+const ROWS_PER_STATEMENT: usize = 200;
+
 /// How long a write waits for its turn before it fails (SQLite's `busy_timeout` as set by
 /// [`weir_schemas::metadata::connect`]).
 const TURN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -936,39 +940,58 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let t = now();
-        let mut started = Vec::with_capacity(starts.len());
-        let mut made = Vec::with_capacity(starts.len());
-        for (key, try_number, log) in starts {
-            let updated = sqlx::query(
-                "UPDATE flow_task_instances SET state = 'running', try_number = $1, started_at = $2, ended_at = NULL, worker = NULL, \
-                 next_try_at = NULL WHERE dag_id = $3 AND run_id = $4 AND task_id = $5 AND state = 'scheduled'",
-            )
-            .bind(i64::from(*try_number))
-            .bind(t)
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                started.push(false);
-                continue;
+        // A few statements for all of them, not two each: every statement is a round trip to
+        // the database on the scheduler's critical path.
+        let mut updated: std::collections::HashSet<(String, String, String)> = std::collections::HashSet::new();
+        for chunk in starts.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|j| format!("(${}, ${}, ${}, ${})", 4 * j + 2, 4 * j + 3, 4 * j + 4, 4 * j + 5))
+                .collect();
+            let sql = format!(
+                "UPDATE flow_task_instances SET state = 'running', try_number = v.column4, started_at = $1, \
+                 ended_at = NULL, worker = NULL, next_try_at = NULL FROM (VALUES {}) AS v \
+                 WHERE flow_task_instances.dag_id = v.column1 AND flow_task_instances.run_id = v.column2 \
+                 AND flow_task_instances.task_id = v.column3 AND flow_task_instances.state = 'scheduled' \
+                 RETURNING flow_task_instances.dag_id, flow_task_instances.run_id, flow_task_instances.task_id",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(t);
+            for (key, try_number, _) in chunk {
+                q = q.bind(&key.dag_id).bind(&key.run_id).bind(&key.task_id).bind(i64::from(*try_number));
             }
-            sqlx::query(
-                "INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, log) \
-                 VALUES ($1, $2, $3, $4, 'running', $5, $6)",
-            )
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .bind(i64::from(*try_number))
-            .bind(t)
-            .bind(log)
-            .execute(&mut *tx)
-            .await?;
-            started.push(true);
-            made.push(Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(*try_number), "running"));
+            for r in q.fetch_all(&mut *tx).await? {
+                updated.insert((r.get(0), r.get(1), r.get(2)));
+            }
         }
+        let started: Vec<bool> = starts
+            .iter()
+            .map(|(k, _, _)| updated.contains(&(k.dag_id.clone(), k.run_id.clone(), k.task_id.clone())))
+            .collect();
+        let tries: Vec<&(TaskKey, u32, String)> =
+            starts.iter().zip(&started).filter(|(_, ok)| **ok).map(|(s, _)| s).collect();
+        for chunk in tries.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|j| {
+                    let p = |k: usize| format!("${}", 5 * j + k + 1);
+                    format!("({}, {}, {}, {}, 'running', $1, {})", p(1), p(2), p(3), p(4), p(5))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO flow_task_tries (dag_id, run_id, task_id, try_number, state, started_at, log) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(t);
+            for (key, try_number, log) in chunk {
+                q = q.bind(&key.dag_id).bind(&key.run_id).bind(&key.task_id).bind(i64::from(*try_number)).bind(log);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let made: Vec<Change> = tries
+            .iter()
+            .map(|(key, try_number, _)| {
+                Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(*try_number), "running")
+            })
+            .collect();
         events::record(&mut tx, t, &made).await?;
         tx.commit().await?;
         Ok(started)
