@@ -837,7 +837,7 @@ impl Store {
                  priority, map_parent, map_index, map_item) SELECT dag_id, run_id, $1, 'scheduled', 0, $2, queue, pool, \
                  priority, task_id, $3, $4 FROM flow_task_instances WHERE dag_id = $5 AND run_id = $6 AND task_id = $7 \
                  ON CONFLICT (dag_id, run_id, task_id) DO UPDATE SET state = 'scheduled', \
-                 max_tries = flow_task_instances.try_number + $8, next_try_at = NULL, ended_at = NULL, \
+                 max_tries = flow_task_instances.try_number + $2, next_try_at = NULL, ended_at = NULL, \
                  map_index = excluded.map_index, map_item = excluded.map_item",
             )
             .bind(id)
@@ -847,7 +847,6 @@ impl Store {
             .bind(&key.dag_id)
             .bind(&key.run_id)
             .bind(&key.task_id)
-            .bind(i64::from(expansion.tries))
             .execute(&mut **tx)
             .await?;
             made.push(Change::task(&key.dag_id, &key.run_id, id, None, TaskState::Scheduled.as_str()));
@@ -1148,17 +1147,14 @@ impl Store {
                 "UPDATE flow_task_instances SET state = 'none', max_tries = try_number + $1, next_try_at = NULL, \
                  ended_at = NULL, inputs_after = CASE WHEN $5 THEN try_number ELSE inputs_after END \
                  WHERE dag_id = $2 AND run_id = $3 AND task_id = $4 AND state NOT IN ('running', 'queued') \
-                 AND NOT EXISTS (SELECT 1 FROM flow_task_instances m WHERE m.dag_id = $6 AND m.run_id = $7 \
-                 AND m.map_parent = $8 AND m.state IN ('running', 'queued'))",
+                 AND NOT EXISTS (SELECT 1 FROM flow_task_instances m WHERE m.dag_id = $2 AND m.run_id = $3 \
+                 AND m.map_parent = $4 AND m.state IN ('running', 'queued'))",
             )
             .bind(i64::from(*retries) + 1)
             .bind(dag_id)
             .bind(run_id)
             .bind(task_id)
             .bind(latest)
-            .bind(dag_id)
-            .bind(run_id)
-            .bind(task_id)
             .execute(&mut *tx)
             .await?;
             if r.rows_affected() > 0 {
