@@ -46,6 +46,13 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
          approval: {message: 'Ship the report?', approvers: [carol]}\n  - {id: ship, upstream: [gate], script: [\"true\"]}\n",
     )
     .unwrap();
+    // A mapped task: its page lists its instances, an instance's page shows its item.
+    std::fs::write(
+        examples.join("dags/console_fan.yaml"),
+        "description: a mapped task for the console test\ntasks:\n  - id: each\n    \
+         map: {over: [north, south]}\n    script: [\"true\"]\n",
+    )
+    .unwrap();
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, pg_port) = (free(), free());
     let (operate, read) = ("console-operate-token", "console-read-token");
@@ -123,6 +130,7 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
         "05-dag-graph",
         "06-task",
         "06c-approval",
+        "06d-mapped",
         "08-dag-code-diff",
         "10-lake-table",
         "11-streams",

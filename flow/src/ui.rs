@@ -226,6 +226,14 @@ async fn why_waiting(
                 ti.pool, d.max_active_tasks
             ))
         }
+        TaskState::Mapped => {
+            let mine: Vec<&TaskRow> = instances
+                .iter()
+                .filter(|t| t.parent.as_deref() == Some(ti.task_id.as_str()) && t.state != TaskState::Removed)
+                .collect();
+            let done = mine.iter().filter(|t| t.state.is_finished()).count();
+            Some(format!("waiting for its mapped instances: {done} of {} finished", mine.len()))
+        }
         TaskState::Queued => {
             let workers = store.workers().await?;
             let live = workers.iter().filter(|w| w.state == "active" && w.queues.contains(&ti.queue)).count();

@@ -129,6 +129,7 @@ async fn check_mapped(store: Store) {
     store.finish_tries(&[expand(1, vec![json!("a"), json!("b"), json!("c")])]).await.unwrap();
     let detail = ui::task_detail(&store, &d, &key("each")).await.unwrap().unwrap();
     assert_eq!(detail["state"], "mapped");
+    assert_eq!(detail["why_not_running"], "waiting for its mapped instances: 0 of 3 finished");
     let listed: Vec<(String, String)> = detail["mapped"]
         .as_array()
         .unwrap()

@@ -279,6 +279,21 @@ try:
     shot("06c-approval")
     step("an approval task is decided from its page: a non-approver refused, the approver's decision shown and the run goes on")
 
+    # A mapped task: its page lists its instances with their states; an instance's page shows its item.
+    status, body = http("POST", "/api/v1/dags/console_fan/runs", OPERATE, {})
+    assert status == 201, (status, body)
+    fan_run = json.loads(body)["run_id"]
+    until(lambda: db("SELECT state FROM flow_dag_runs WHERE dag_id = 'console_fan' AND run_id = ?", fan_run) == [("success",)], "the mapped run succeeds")
+    open_page(f"/task/console_fan/{fan_run}/each")
+    mapped = until(lambda: d.find_element(By.ID, "mapped"), "the mapped instances")
+    assert "Mapped instances (2)" in mapped.text and "each[0]" in mapped.text and "each[1]" in mapped.text, mapped.text
+    assert mapped.text.count("success") == 2, mapped.text
+    shot("06d-mapped")
+    mapped.find_element(By.LINK_TEXT, "each[1]").click()
+    item = until(lambda: d.find_element(By.ID, "map-item"), "the instance's item")
+    assert "Mapped item 1" in item.text and '"south"' in item.text, item.text
+    step("a mapped task's page lists its instances; an instance's page shows its item")
+
     # Backfill a date range.
     open_page(f"/dag/{DAG}/runs")
     d.find_element(By.ID, "a-backfill").click()
