@@ -778,9 +778,12 @@ impl Scheduler {
             self.store.tasks(&run.dag_id, &run.run_id).await?.into_iter().map(|t| (t.task_id.clone(), t)).collect();
         let now = Utc::now();
         let mut changes = Vec::new();
-        // Mapped instances: a cleared one, or one whose retry is due, is scheduled; a mapped task
-        // whose instances have all finished settles (before its downstream tasks are decided).
-        for ti in tasks.values_mut().filter(|t| t.parent.is_some()) {
+        // Mapped instances of a task still `mapped` (not cleared to expand anew): a cleared one,
+        // or one whose retry is due, is scheduled; a mapped task whose instances have all
+        // finished settles (before its downstream tasks are decided).
+        let waiting: Vec<String> =
+            tasks.values().filter(|t| t.state == TaskState::Mapped).map(|t| t.task_id.clone()).collect();
+        for ti in tasks.values_mut().filter(|t| t.parent.as_ref().is_some_and(|p| waiting.contains(p))) {
             let due = match ti.state {
                 TaskState::None => true,
                 TaskState::UpForRetry => ti.next_try_at.is_none_or(|t| t <= now),
