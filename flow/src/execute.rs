@@ -72,8 +72,7 @@ pub(crate) async fn run_try(
 
     let Some(task) = dag.task(task_id) else {
         let reason = format!("DAG {} version {} has no task {task_id:?}", dag.id, dag.hash);
-        write_log(&log, &format!("[weir] failed: {reason}\n")).await;
-        return (Outcome::Failed(reason), None);
+        return (failed(&log, reason).await, None);
     };
     let ctx = Context::new(
         &run.dag_id,
@@ -96,8 +95,7 @@ pub(crate) async fn run_try(
         Ok(outputs) => ctx.with_outputs(&outputs),
         Err(e) => {
             let reason = format!("reading the run's task outputs: {e}");
-            write_log(&log, &format!("[weir] failed: {reason}\n")).await;
-            return (Outcome::Failed(reason), None);
+            return (failed(&log, reason).await, None);
         }
     };
     // A mapped task's own try expands it; an instance of it runs with its item.
@@ -111,10 +109,7 @@ pub(crate) async fn run_try(
                     write_log(&log, &line).await;
                     Outcome::Mapped(items)
                 }
-                Err(reason) => {
-                    write_log(&log, &format!("[weir] failed: {reason}\n")).await;
-                    Outcome::Failed(reason)
-                }
+                Err(reason) => failed(&log, reason).await,
             };
             return (outcome, None);
         }
@@ -122,13 +117,11 @@ pub(crate) async fn run_try(
             Ok(Some((index, item))) => ctx.with_map(index, &item, matches!(spec.source, dag::MapSource::Over(_))),
             Ok(None) => {
                 let reason = format!("{task_id} is not an instance of mapped task {}", task.id);
-                write_log(&log, &format!("[weir] failed: {reason}\n")).await;
-                return (Outcome::Failed(reason), None);
+                return (failed(&log, reason).await, None);
             }
             Err(e) => {
                 let reason = format!("reading the mapped item: {e}");
-                write_log(&log, &format!("[weir] failed: {reason}\n")).await;
-                return (Outcome::Failed(reason), None);
+                return (failed(&log, reason).await, None);
             }
         },
         (None, _) => ctx,
@@ -412,10 +405,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
     match result {
         Ok(None) => Outcome::Success,
         Ok(Some(chosen)) => Outcome::Follow(chosen),
-        Err(reason) => {
-            write_log(log, &format!("[weir] failed: {reason}\n")).await;
-            Outcome::Failed(reason)
-        }
+        Err(reason) => failed(log, reason).await,
     }
 }
 
@@ -507,6 +497,12 @@ async fn sense(until: &dag::SensorCondition, poke: Duration, env: &Env<'_>) -> R
         }
         tokio::time::sleep(poke).await;
     }
+}
+
+/// A failed try: the reason, also written to its log.
+async fn failed(log: &Path, reason: String) -> Outcome {
+    write_log(log, &format!("[weir] failed: {reason}\n")).await;
+    Outcome::Failed(reason)
 }
 
 async fn with_timeout<T>(limit: Option<Duration>, f: impl std::future::Future<Output = T>) -> Result<T, String> {
