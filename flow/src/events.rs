@@ -94,7 +94,7 @@ pub(crate) async fn record(tx: &mut Tx<'_>, at: i64, changes: &[Change<'_>]) -> 
     let first = last - changes.len() as i64 + 1;
     // One statement per chunk of changes, not one per change: each statement is a round trip
     // to the database on the scheduler's critical path.
-    const PER_STATEMENT: usize = 200;
+    const PER_STATEMENT: usize = crate::store::ROWS_PER_STATEMENT;
     for (n, chunk) in changes.chunks(PER_STATEMENT).enumerate() {
         let rows: Vec<String> = (0..chunk.len())
             .map(|j| {

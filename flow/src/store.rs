@@ -281,7 +281,7 @@ impl Tx<'_> {
 
 /// Rows one multi-row statement writes at most (well under SQLite's and PostgreSQL's limits on
 /// parameters).
-const ROWS_PER_STATEMENT: usize = 200;
+pub(crate) const ROWS_PER_STATEMENT: usize = 200;
 
 /// How long a write waits for its turn before it fails (SQLite's `busy_timeout` as set by
 /// [`weir_schemas::metadata::connect`]).

@@ -113,6 +113,13 @@ def http(method, path, token, body=None):
         return e.code, e.read()
 
 
+def trigger(dag):
+    """A manual run of `dag` through the API (with the operate token): its run id."""
+    status, body = http("POST", f"/api/v1/dags/{dag}/runs", OPERATE, {})
+    assert status == 201, (status, body)
+    return json.loads(body)["run_id"]
+
+
 try:
     # ---- a read token: everything shows, no action is possible, in the UI and the API ----
     open_page("/dags", READ)
@@ -242,9 +249,7 @@ try:
     step("mark success; a state other than success/failed is refused (400)")
 
     # A running try: its log is followed as it grows (colours stripped); downstream says why it waits.
-    status, body = http("POST", "/api/v1/dags/console_slow/runs", OPERATE, {})
-    assert status == 201, (status, body)
-    slow_run = json.loads(body)["run_id"]
+    slow_run = trigger("console_slow")
     until(lambda: db("SELECT state FROM flow_task_instances WHERE dag_id = 'console_slow' AND run_id = ? AND task_id = 'slow'", slow_run) == [("running",)], "the slow task runs")
     open_page(f"/task/console_slow/{slow_run}/after")
     until(lambda: "waiting on upstream: slow (running)" in d.find_element(By.ID, "why").text, "why the downstream task waits")
@@ -258,9 +263,7 @@ try:
     step("a running try's log streams into the page, colours stripped; downstream says it waits on upstream")
 
     # An approval task waits on its page; a non-approver is refused, an approver's decision lets the run go on.
-    status, body = http("POST", "/api/v1/dags/console_gate/runs", OPERATE, {})
-    assert status == 201, (status, body)
-    gate_run = json.loads(body)["run_id"]
+    gate_run = trigger("console_gate")
     until(lambda: db("SELECT state FROM flow_task_instances WHERE dag_id = 'console_gate' AND run_id = ? AND task_id = 'gate'", gate_run) == [("running",)], "the approval task waits")
     open_page(f"/task/console_gate/{gate_run}/gate")
     box = until(lambda: d.find_element(By.ID, "approval"), "the approval box")
@@ -280,9 +283,7 @@ try:
     step("an approval task is decided from its page: a non-approver refused, the approver's decision shown and the run goes on")
 
     # A mapped task: its page lists its instances with their states; an instance's page shows its item.
-    status, body = http("POST", "/api/v1/dags/console_fan/runs", OPERATE, {})
-    assert status == 201, (status, body)
-    fan_run = json.loads(body)["run_id"]
+    fan_run = trigger("console_fan")
     until(lambda: db("SELECT state FROM flow_dag_runs WHERE dag_id = 'console_fan' AND run_id = ?", fan_run) == [("success",)], "the mapped run succeeds")
     open_page(f"/task/console_fan/{fan_run}/each")
     mapped = until(lambda: d.find_element(By.ID, "mapped"), "the mapped instances")
