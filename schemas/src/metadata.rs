@@ -105,6 +105,9 @@ pub async fn connect(url: &str, timeout: Duration) -> Result<AnyPool, MetadataEr
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(timeout)
+        // A connection to a local file cannot go stale: no ping (a round trip to the
+        // connection's thread) before each use. A server's connection is checked.
+        .test_before_acquire(!sqlite)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {
