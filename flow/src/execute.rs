@@ -66,7 +66,7 @@ pub(crate) async fn run_try(
     logs_dir: &Path,
     with: &With<'_>,
 ) -> (Outcome, Option<String>) {
-    let With { lake, store, batch, ledger } = *with;
+    let With { lake, store, batch, ledger, state } = *with;
     let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: task_id.to_string() };
     let log = log_path(logs_dir, &key, try_number);
 
@@ -141,6 +141,7 @@ pub(crate) async fn run_try(
         try_number,
         interval: run.interval,
         batch,
+        state,
     };
     let outcome = execute(task, &env).await;
     let moved = match lake.url() {
@@ -223,6 +224,9 @@ pub(crate) struct With<'a> {
     pub ledger: &'a std::sync::Arc<weir_batch::orphans::Ledger>,
     /// Where SQL tasks run.
     pub batch: &'a weir_batch::engine::BatchConfig,
+    /// The task's state (`$WEIR_STATE`) when the caller read it already (the scheduler reads
+    /// those of the tries it starts together); `None`: the try reads it.
+    pub state: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// What a try runs with.
@@ -242,6 +246,8 @@ struct Env<'a> {
     try_number: u32,
     interval: crate::schedule::Interval,
     batch: &'a weir_batch::engine::BatchConfig,
+    /// The task's state, when read already (see [`With::state`]).
+    state: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Runs one try of `task`.
@@ -429,7 +435,10 @@ async fn run_script(
     env: &Env<'_>,
 ) -> Result<String, String> {
     let key = env.key;
-    let state = env.store.task_state(&key.dag_id, &key.task_id).await.map_err(|e| e.to_string())?;
+    let state = match env.state {
+        Some(state) => state.clone(),
+        None => env.store.task_state(&key.dag_id, &key.task_id).await.map_err(|e| e.to_string())?,
+    };
     let files = outputs::Files::prepare(env.scratch, key, env.try_number, state)
         .map_err(|e| format!("preparing $WEIR_OUTPUT and $WEIR_STATE: {e}"))?;
     vars.extend(files.env());

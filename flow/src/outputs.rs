@@ -14,7 +14,7 @@
 //! reason (an output) or keeps the state it had (the state, logged).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -182,6 +182,32 @@ impl Store {
             .fetch_optional(self.pool())
             .await?;
         row.map_or(Ok(Map::new()), |r| parse(&r.get::<String, _>(0)))
+    }
+
+    /// The states of the tasks `keys` (DAG id, task id) that have one, in one statement per
+    /// [`crate::store::ROWS_PER_STATEMENT`] tasks: the scheduler reads those of the tries it
+    /// starts at once, not one read per try.
+    pub(crate) async fn task_states_of(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<HashMap<(String, String), Map<String, Value>>, StoreError> {
+        let mut states = HashMap::new();
+        for chunk in keys.chunks(crate::store::ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len()).map(|j| format!("(${}, ${})", 2 * j + 1, 2 * j + 2)).collect();
+            let sql = format!(
+                "SELECT s.dag_id, s.task_id, s.value FROM flow_task_state s JOIN (VALUES {}) AS v \
+                 ON s.dag_id = v.column1 AND s.task_id = v.column2",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (dag_id, task_id) in chunk {
+                q = q.bind(*dag_id).bind(*task_id);
+            }
+            for r in q.fetch_all(self.pool()).await? {
+                states.insert((r.get(0), r.get(1)), parse(&r.get::<String, _>(2))?);
+            }
+        }
+        Ok(states)
     }
 
     /// Every task's state in `dag_id`, with when it was last set.

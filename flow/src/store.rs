@@ -3,7 +3,7 @@
 //! Each state change is one statement or one transaction; the scheduler keeps nothing that a
 //! restart would need outside these tables.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use sqlx::{AnyPool, Row as _, any::AnyRow};
@@ -669,6 +669,22 @@ impl Store {
         sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(Self::run_row).collect()
     }
 
+    /// The task instances of every active (queued or running) run, counted by state.
+    pub async fn active_task_counts(&self) -> Result<HashMap<(String, String), HashMap<String, i64>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.dag_id, i.run_id, i.state, COUNT(*) FROM flow_task_instances i JOIN flow_dag_runs r \
+             ON r.dag_id = i.dag_id AND r.run_id = i.run_id WHERE r.state IN ('queued', 'running') \
+             GROUP BY i.dag_id, i.run_id, i.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: HashMap<(String, String), HashMap<String, i64>> = HashMap::new();
+        for r in &rows {
+            counts.entry((r.get(0), r.get(1))).or_default().insert(r.get(2), r.get(3));
+        }
+        Ok(counts)
+    }
+
     /// The runs of a DAG, newest logical date first.
     pub async fn runs(&self, dag_id: &str, limit: usize) -> Result<Vec<RunRow>, StoreError> {
         let sql = format!(
@@ -934,11 +950,55 @@ impl Store {
     /// Starts tries of scheduled task instances — (instance, try number, log file) — in one
     /// transaction. For each: false (and nothing changed) when it is no longer scheduled.
     pub async fn start_tries(&self, starts: &[(TaskKey, u32, String)]) -> Result<Vec<bool>, StoreError> {
-        if starts.is_empty() {
-            return Ok(Vec::new());
+        self.end_and_start(&[], None, starts).await.map(|(_, started)| started)
+    }
+
+    /// Records the ends of tries (see [`Self::finish_tries`]) and starts others (see
+    /// [`Self::start_tries`]) in one transaction: the scheduler fills the slots the ended tries
+    /// free from its queue as it records their ends. Returns, per finish and per start, whether
+    /// it was recorded.
+    pub async fn finish_and_start(
+        &self,
+        finishes: &[Finish],
+        starts: &[(TaskKey, u32, String)],
+    ) -> Result<(Vec<bool>, Vec<bool>), StoreError> {
+        self.end_and_start(finishes, None, starts).await
+    }
+
+    async fn end_and_start(
+        &self,
+        finishes: &[Finish],
+        worker: Option<&str>,
+        starts: &[(TaskKey, u32, String)],
+    ) -> Result<(Vec<bool>, Vec<bool>), StoreError> {
+        if finishes.is_empty() && starts.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
         }
         let mut tx = self.begin().await?;
         let t = now();
+        let mut made = Vec::new();
+        // The ids of the instances expansions create.
+        let instances: Vec<Vec<String>> = finishes
+            .iter()
+            .map(|f| {
+                let n = f.expand.as_ref().map_or(0, |e| e.items.len());
+                (0..n).map(|i| crate::dag::mapped_id(&f.key.task_id, i as u32)).collect()
+            })
+            .collect();
+        let recorded = self.end_rows(&mut tx, t, finishes, worker, &instances, &mut made).await?;
+        let started = Self::start_rows(&mut tx, t, starts, &mut made).await?;
+        events::record(&mut tx, t, &made).await?;
+        tx.commit().await?;
+        Ok((recorded, started))
+    }
+
+    /// Within `tx`: marks `starts` running (those still scheduled) and adds their tries.
+    async fn start_rows<'a>(
+        tx: &mut Tx<'_>,
+        t: i64,
+        starts: &'a [(TaskKey, u32, String)],
+        made: &mut Vec<Change<'a>>,
+    ) -> Result<Vec<bool>, StoreError> {
         // A few statements for all of them, not two each: every statement is a round trip to
         // the database on the scheduler's critical path.
         let mut updated: std::collections::HashSet<(String, String, String)> = std::collections::HashSet::new();
@@ -958,7 +1018,7 @@ impl Store {
             for (key, try_number, _) in chunk {
                 q = q.bind(&key.dag_id).bind(&key.run_id).bind(&key.task_id).bind(i64::from(*try_number));
             }
-            for r in q.fetch_all(&mut *tx).await? {
+            for r in q.fetch_all(&mut **tx).await? {
                 updated.insert((r.get(0), r.get(1), r.get(2)));
             }
         }
@@ -983,16 +1043,11 @@ impl Store {
             for (key, try_number, log) in chunk {
                 q = q.bind(&key.dag_id).bind(&key.run_id).bind(&key.task_id).bind(i64::from(*try_number)).bind(log);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
-        let made: Vec<Change> = tries
-            .iter()
-            .map(|(key, try_number, _)| {
-                Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(*try_number), "running")
-            })
-            .collect();
-        events::record(&mut tx, t, &made).await?;
-        tx.commit().await?;
+        made.extend(tries.iter().map(|(key, try_number, _)| {
+            Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(*try_number), "running")
+        }));
         Ok(started)
     }
 
@@ -1010,51 +1065,71 @@ impl Store {
     }
 
     async fn finish(&self, finishes: &[Finish], worker: Option<&str>) -> Result<Vec<bool>, StoreError> {
+        self.end_and_start(finishes, worker, &[]).await.map(|(recorded, _)| recorded)
+    }
+
+    /// Within `tx`: records the ends of `finishes` (see [`Finish`]), with the instances of
+    /// expansions (`instances`, per finish).
+    async fn end_rows<'a>(
+        &self,
+        tx: &mut Tx<'_>,
+        t: i64,
+        finishes: &'a [Finish],
+        worker: Option<&str>,
+        instances: &'a [Vec<String>],
+        made: &mut Vec<Change<'a>>,
+    ) -> Result<Vec<bool>, StoreError> {
         if finishes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let t = now();
-        let mut recorded = Vec::with_capacity(finishes.len());
-        let mut made = Vec::new();
-        let held = if worker.is_some() { "worker = $8" } else { "$8 = $8" };
-        // The ids of the instances expansions create.
-        let instances: Vec<Vec<String>> = finishes
-            .iter()
-            .map(|f| {
-                let n = f.expand.as_ref().map_or(0, |e| e.items.len());
-                (0..n).map(|i| crate::dag::mapped_id(&f.key.task_id, i as u32)).collect()
-            })
-            .collect();
-        let update = format!(
-            "UPDATE flow_task_instances SET state = $1, ended_at = $2, next_try_at = $3 WHERE dag_id = $4 \
-             AND run_id = $5 AND task_id = $6 AND try_number = $7 AND state = 'running' AND {held}"
-        );
-        for (i, f) in finishes.iter().enumerate() {
-            let key = &f.key;
-            let done = sqlx::query(&update)
-                .bind(f.state.as_str())
-                .bind(t)
+        // As in `start_tries`: one statement per table for all of them, not two per try.
+        let held = if worker.is_some() { "AND flow_task_instances.worker = $2" } else { "AND $2 = $2" };
+        let mut ended: std::collections::HashSet<(String, String, String)> = std::collections::HashSet::new();
+        for chunk in finishes.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|j| {
+                    let p = |k: usize| format!("${}", 6 * j + k + 2);
+                    format!("({}, {}, {}, {}, {}, {})", p(1), p(2), p(3), p(4), p(5), p(6))
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE flow_task_instances SET state = v.column5, ended_at = $1, next_try_at = v.column6 \
+                 FROM (VALUES {}) AS v WHERE flow_task_instances.dag_id = v.column1 \
+                 AND flow_task_instances.run_id = v.column2 AND flow_task_instances.task_id = v.column3 \
+                 AND flow_task_instances.try_number = v.column4 AND flow_task_instances.state = 'running' {held} \
+                 RETURNING flow_task_instances.dag_id, flow_task_instances.run_id, flow_task_instances.task_id",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(t).bind(worker.unwrap_or(""));
+            for f in chunk {
                 // Counted from the end as recorded, so the wait is never shorter than asked.
-                .bind(f.retry_wait.map(|w| t + i64::try_from(w.as_micros()).unwrap_or(i64::MAX / 2)))
-                .bind(&key.dag_id)
-                .bind(&key.run_id)
-                .bind(&key.task_id)
-                .bind(i64::from(f.try_number))
-                .bind(worker.unwrap_or(""))
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
-                recorded.push(false);
-                continue;
+                let next_try = f.retry_wait.map(|w| t + i64::try_from(w.as_micros()).unwrap_or(i64::MAX / 2));
+                q = q
+                    .bind(&f.key.dag_id)
+                    .bind(&f.key.run_id)
+                    .bind(&f.key.task_id)
+                    .bind(i64::from(f.try_number))
+                    .bind(f.state.as_str())
+                    .bind(next_try);
             }
-            recorded.push(true);
+            for r in q.fetch_all(&mut **tx).await? {
+                ended.insert((r.get(0), r.get(1), r.get(2)));
+            }
+        }
+        let recorded: Vec<bool> = finishes
+            .iter()
+            .map(|f| ended.contains(&(f.key.dag_id.clone(), f.key.run_id.clone(), f.key.task_id.clone())))
+            .collect();
+        let done: Vec<(&Finish, &Vec<String>)> =
+            finishes.iter().zip(instances).zip(&recorded).filter(|(_, ok)| **ok).map(|(f, _)| f).collect();
+        for (f, ids) in &done {
+            let key = &f.key;
             made.push(
                 Change::task(&key.dag_id, &key.run_id, &key.task_id, Some(f.try_number), f.state.as_str())
                     .because(f.reason.as_deref()),
             );
             if let Some(expansion) = &f.expand {
-                Self::expand(&mut tx, key, &instances[i], expansion, t, &mut made).await?;
+                Self::expand(tx, key, ids, expansion, t, made).await?;
             }
             for task_id in &f.skip {
                 let skipped = sqlx::query(
@@ -1065,38 +1140,50 @@ impl Store {
                 .bind(&key.dag_id)
                 .bind(&key.run_id)
                 .bind(task_id)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 if skipped.rows_affected() > 0 {
                     made.push(Change::task(&key.dag_id, &key.run_id, task_id, None, TaskState::Skipped.as_str()));
                 }
             }
-            // The try that expanded a mapped task succeeded.
-            let try_state = match f.state {
-                TaskState::UpForRetry => TaskState::Failed,
-                TaskState::Mapped => TaskState::Success,
-                s => s,
-            };
-            sqlx::query(
-                "UPDATE flow_task_tries SET state = $1, ended_at = $2, reason = $3, log = COALESCE($8, log) \
-                 WHERE dag_id = $4 AND run_id = $5 AND task_id = $6 AND try_number = $7",
-            )
-            .bind(try_state.as_str())
-            .bind(t)
-            .bind(f.reason.as_deref())
-            .bind(&key.dag_id)
-            .bind(&key.run_id)
-            .bind(&key.task_id)
-            .bind(i64::from(f.try_number))
-            .bind(f.log.as_deref())
-            .execute(&mut *tx)
-            .await?;
             if worker.is_some() {
-                self.notify(&mut tx, DONE_CHANNEL, &format!("{}\n{}\n{}", key.dag_id, key.run_id, key.task_id)).await?;
+                self.notify(tx, DONE_CHANNEL, &format!("{}\n{}\n{}", key.dag_id, key.run_id, key.task_id)).await?;
             }
         }
-        events::record(&mut tx, t, &made).await?;
-        tx.commit().await?;
+        for chunk in done.chunks(ROWS_PER_STATEMENT) {
+            let chunk: Vec<&Finish> = chunk.iter().map(|(f, _)| *f).collect();
+            let values: Vec<String> = (0..chunk.len())
+                .map(|j| {
+                    let p = |k: usize| format!("${}", 7 * j + k + 1);
+                    format!("({}, {}, {}, {}, {}, {}, {})", p(1), p(2), p(3), p(4), p(5), p(6), p(7))
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE flow_task_tries SET state = v.column5, ended_at = $1, reason = v.column6, \
+                 log = COALESCE(v.column7, flow_task_tries.log) FROM (VALUES {}) AS v \
+                 WHERE flow_task_tries.dag_id = v.column1 AND flow_task_tries.run_id = v.column2 \
+                 AND flow_task_tries.task_id = v.column3 AND flow_task_tries.try_number = v.column4",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(t);
+            for f in &chunk {
+                // The try that expanded a mapped task succeeded.
+                let try_state = match f.state {
+                    TaskState::UpForRetry => TaskState::Failed,
+                    TaskState::Mapped => TaskState::Success,
+                    s => s,
+                };
+                q = q
+                    .bind(&f.key.dag_id)
+                    .bind(&f.key.run_id)
+                    .bind(&f.key.task_id)
+                    .bind(i64::from(f.try_number))
+                    .bind(try_state.as_str())
+                    .bind(f.reason.as_deref())
+                    .bind(f.log.as_deref());
+            }
+            q.execute(&mut **tx).await?;
+        }
         Ok(recorded)
     }
 

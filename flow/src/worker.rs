@@ -144,7 +144,13 @@ impl Try {
                     &key.task_id,
                     claim.try_number,
                     &self.logs_dir,
-                    &execute::With { lake: &self.lake, store: &self.store, batch: &self.batch, ledger: &self.ledger },
+                    &execute::With {
+                        lake: &self.lake,
+                        store: &self.store,
+                        batch: &self.batch,
+                        ledger: &self.ledger,
+                        state: None,
+                    },
                 )
                 .await;
                 (outcome, log, Some(dag))
