@@ -790,7 +790,8 @@ impl Scheduler {
     /// task instances (counted by state, one statement for all runs) show nothing to decide,
     /// retry or settle, and exactly as many scheduled as wait here, is not read: reading every
     /// row of every active run each second took an eighth of the loop's time in a 100 × 100
-    /// fan-out. The full pass (at each read of the DAG folder) reads them all.
+    /// fan-out. What other processes change in a run (a clear, a mark) queues it again, and a
+    /// queued run is always read; the full pass (at each read of the DAG folder) reads them all.
     async fn schedule_all(&mut self, full: bool) -> Result<(), FlowError> {
         let runs = self.store.active_runs().await?;
         let counts = if full { None } else { Some(self.store.active_task_counts().await?) };

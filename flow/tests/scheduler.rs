@@ -454,6 +454,50 @@ async fn clear_reruns_with_a_new_try_and_keeps_history(db: Db) {
     s.stop().await;
 }
 
+/// Between two full reads of the DAG folder (a minute apart here) the pass still acts on what
+/// another process changes in a running run: a task cleared while another holds the run open
+/// runs again at once, not at the next full read.
+async fn the_pass_acts_on_a_clear_between_full_reads(db: Db) {
+    let mut s = Setup::new(db).await;
+    let release = s.path("release");
+    let d = s.write_dag(
+        "held",
+        &format!(
+            "tasks:\n  - {{id: a, script: [true]}}\n  - {{id: hold, script: [sh, -c, 'while [ ! -e \"{}\" ]; do sleep 0.05; done']}}\n",
+            release.display()
+        ),
+    );
+    let config = FlowConfig { parse_interval: Duration::from_secs(60), ..s.config() };
+    s.start_with(config);
+    let run_id = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
+    running(&s, "held", &run_id, "hold").await;
+    let started = Instant::now();
+    while s.state("held", &run_id, "a").await != TaskState::Success {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a never succeeded: {:?}",
+            s.states("held", &run_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spec = ClearSpec { task: Some("a".into()), run_id: Some(run_id.clone()), ..ClearSpec::default() };
+    runs::clear(&s.store, &d, &spec).await.unwrap();
+    let cleared = Instant::now();
+    while s.store.tries(&key("held", &run_id, "a")).await.unwrap().len() < 2 {
+        assert!(
+            cleared.elapsed() < Duration::from_secs(15),
+            "the cleared task did not run again before the next full read: {:?}",
+            s.states("held", &run_id).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(s.finished("held", &run_id, Duration::from_secs(20)).await.state, RunState::Success);
+    let tries = s.store.tries(&key("held", &run_id, "a")).await.unwrap();
+    assert_eq!(tries.iter().map(|t| t.state).collect::<Vec<_>>(), [TaskState::Success, TaskState::Success]);
+    s.stop().await;
+}
+
 /// Tasks append `start end` (ns) to a file; returns the most that overlapped.
 fn max_overlap(file: &Path) -> usize {
     let spans: Vec<(u128, u128)> = std::fs::read_to_string(file)
@@ -1229,6 +1273,7 @@ on_both_databases!(
     a_branch_that_names_a_stranger_fails,
     catchup_backfill_and_templated_dates,
     clear_reruns_with_a_new_try_and_keeps_history,
+    the_pass_acts_on_a_clear_between_full_reads,
     concurrency_limits_hold,
     a_run_finishes_with_the_dag_version_it_started_with,
     broken_files_are_reported_and_the_rest_runs,
