@@ -1034,9 +1034,10 @@ async fn running(s: &Setup, dag_id: &str, run_id: &str, task: &str) {
 
 /// An approval task waits for a person: through the API only a listed approver may decide, and
 /// only while it waits; approved, the run goes on; rejected (with the CLI's function), the task
-/// fails with who and why; undecided past its timeout, it fails.
+/// fails with who and why; undecided past its timeout, it fails. Each decision is read back
+/// from `weir.flow.events` on the bus.
 async fn approval_tasks_wait_for_a_decision(db: Db) {
-    let mut s = Setup::new(db).await;
+    let mut s = Setup::new(db).await.with_signals();
     let d = s.write_dag(
         "publish",
         "tasks:\n  - {id: prepare, script: [\"true\"]}\n  - id: gate\n    upstream: [prepare]\n    \
@@ -1095,6 +1096,33 @@ async fn approval_tasks_wait_for_a_decision(db: Db) {
     assert_eq!(s.finished("lonely", &run, Duration::from_secs(30)).await.state, RunState::Failed);
     let reason = s.store.tries(&key("lonely", &run, "gate")).await.unwrap()[0].reason.clone().unwrap_or_default();
     assert!(reason.contains("no decision within 1s"), "{reason}");
+
+    // The decisions, as the relay published them.
+    use weir_bus::{ConsumerConfig, TopicPartition};
+    let bus = s.bus.clone().expect("with_signals gives a bus");
+    let topic = TopicPartition::new(weir_flow::events::EVENTS_TOPIC, 0);
+    let mut consumer = bus.consumer(ConsumerConfig::new("approvals")).await.unwrap();
+    consumer.assign(std::slice::from_ref(&topic)).await.unwrap();
+    consumer.seek(&topic, 0).await.unwrap();
+    let mut decisions: Vec<(String, serde_json::Value)> = Vec::new();
+    let started = Instant::now();
+    while decisions.len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "approval events on the bus: {decisions:?}");
+        for m in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            let e: weir_flow::events::FlowEvent = serde_json::from_slice(m.value.as_deref().unwrap()).unwrap();
+            if e.kind == "approval" {
+                assert_eq!((e.dag_id.as_str(), e.task_id.as_deref(), e.try_number), ("publish", Some("gate"), Some(1)));
+                decisions.push((e.run_id, e.detail.unwrap_or_default()));
+            }
+        }
+    }
+    assert_eq!(
+        decisions,
+        [
+            (first, serde_json::json!({"decision": "approve", "by": "alice", "comment": "numbers check out"})),
+            (second, serde_json::json!({"decision": "reject", "by": "alice", "comment": "wrong totals"})),
+        ]
+    );
     s.stop().await;
 }
 
