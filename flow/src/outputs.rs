@@ -193,11 +193,10 @@ impl Store {
     ) -> Result<HashMap<(String, String), Map<String, Value>>, StoreError> {
         let mut states = HashMap::new();
         for chunk in keys.chunks(crate::store::ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len()).map(|j| format!("(${}, ${})", 2 * j + 1, 2 * j + 2)).collect();
             let sql = format!(
                 "SELECT s.dag_id, s.task_id, s.value FROM flow_task_state s JOIN (VALUES {}) AS v \
                  ON s.dag_id = v.column1 AND s.task_id = v.column2",
-                values.join(", ")
+                crate::store::value_rows(chunk.len(), 2, 1)
             );
             let mut q = sqlx::query(&sql);
             for (dag_id, task_id) in chunk {

@@ -283,6 +283,16 @@ impl Tx<'_> {
 /// parameters).
 pub(crate) const ROWS_PER_STATEMENT: usize = 200;
 
+/// The `VALUES` of a multi-row statement: `rows` tuples of `cols` numbered parameters, from
+/// `$first` on — `value_rows(2, 2, 3)` is `($3, $4), ($5, $6)`.
+pub(crate) fn value_rows(rows: usize, cols: usize, first: usize) -> String {
+    let tuple = |r: usize| {
+        let params: Vec<String> = (0..cols).map(|c| format!("${}", first + r * cols + c)).collect();
+        format!("({})", params.join(", "))
+    };
+    (0..rows).map(tuple).collect::<Vec<_>>().join(", ")
+}
+
 /// How long a write waits for its turn before it fails (SQLite's `busy_timeout` as set by
 /// [`weir_schemas::metadata::connect`]).
 const TURN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -1003,16 +1013,13 @@ impl Store {
         // the database on the scheduler's critical path.
         let mut updated: std::collections::HashSet<(String, String, String)> = std::collections::HashSet::new();
         for chunk in starts.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|j| format!("(${}, ${}, ${}, ${})", 4 * j + 2, 4 * j + 3, 4 * j + 4, 4 * j + 5))
-                .collect();
             let sql = format!(
                 "UPDATE flow_task_instances SET state = 'running', try_number = v.column4, started_at = $1, \
                  ended_at = NULL, worker = NULL, next_try_at = NULL FROM (VALUES {}) AS v \
                  WHERE flow_task_instances.dag_id = v.column1 AND flow_task_instances.run_id = v.column2 \
                  AND flow_task_instances.task_id = v.column3 AND flow_task_instances.state = 'scheduled' \
                  RETURNING flow_task_instances.dag_id, flow_task_instances.run_id, flow_task_instances.task_id",
-                values.join(", ")
+                value_rows(chunk.len(), 4, 2)
             );
             let mut q = sqlx::query(&sql).bind(t);
             for (key, try_number, _) in chunk {
@@ -1086,19 +1093,13 @@ impl Store {
         let held = if worker.is_some() { "AND flow_task_instances.worker = $2" } else { "AND $2 = $2" };
         let mut ended: std::collections::HashSet<(String, String, String)> = std::collections::HashSet::new();
         for chunk in finishes.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|j| {
-                    let p = |k: usize| format!("${}", 6 * j + k + 2);
-                    format!("({}, {}, {}, {}, {}, {})", p(1), p(2), p(3), p(4), p(5), p(6))
-                })
-                .collect();
             let sql = format!(
                 "UPDATE flow_task_instances SET state = v.column5, ended_at = $1, next_try_at = v.column6 \
                  FROM (VALUES {}) AS v WHERE flow_task_instances.dag_id = v.column1 \
                  AND flow_task_instances.run_id = v.column2 AND flow_task_instances.task_id = v.column3 \
                  AND flow_task_instances.try_number = v.column4 AND flow_task_instances.state = 'running' {held} \
                  RETURNING flow_task_instances.dag_id, flow_task_instances.run_id, flow_task_instances.task_id",
-                values.join(", ")
+                value_rows(chunk.len(), 6, 3)
             );
             let mut q = sqlx::query(&sql).bind(t).bind(worker.unwrap_or(""));
             for f in chunk {
@@ -1152,18 +1153,12 @@ impl Store {
         }
         for chunk in done.chunks(ROWS_PER_STATEMENT) {
             let chunk: Vec<&Finish> = chunk.iter().map(|(f, _)| *f).collect();
-            let values: Vec<String> = (0..chunk.len())
-                .map(|j| {
-                    let p = |k: usize| format!("${}", 7 * j + k + 1);
-                    format!("({}, {}, {}, {}, {}, {}, {})", p(1), p(2), p(3), p(4), p(5), p(6), p(7))
-                })
-                .collect();
             let sql = format!(
                 "UPDATE flow_task_tries SET state = v.column5, ended_at = $1, reason = v.column6, \
                  log = COALESCE(v.column7, flow_task_tries.log) FROM (VALUES {}) AS v \
                  WHERE flow_task_tries.dag_id = v.column1 AND flow_task_tries.run_id = v.column2 \
                  AND flow_task_tries.task_id = v.column3 AND flow_task_tries.try_number = v.column4",
-                values.join(", ")
+                value_rows(chunk.len(), 7, 2)
             );
             let mut q = sqlx::query(&sql).bind(t);
             for f in &chunk {
@@ -1451,4 +1446,14 @@ async fn set_cursor(tx: &mut Tx<'_>, dag_id: &str, table: &str, version: i64) ->
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn value_rows_number_every_parameter_once() {
+        assert_eq!(super::value_rows(2, 2, 3), "($3, $4), ($5, $6)");
+        assert_eq!(super::value_rows(1, 3, 1), "($1, $2, $3)");
+        assert_eq!(super::value_rows(0, 3, 1), "");
+    }
 }
