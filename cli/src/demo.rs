@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use weir_bus::{Bus, BusError, Record};
 use weir_flow::{dag, rules::RunState, runs, store::Store};
 use weir_lake::{Lake, writer::table_name};
+use weir_notify::Receiver;
 use weir_schemas::{
     avro::AvroSchema,
     connect::{Field, Value, schema},
@@ -31,7 +32,6 @@ use weir_schemas::{
     registry::SchemaRegistry,
     serializer::AvroSerializer,
 };
-use weir_stream::notify::Receiver;
 
 use crate::{
     config::Config,

@@ -8,11 +8,11 @@ use anyhow::Context;
 use clap::Args;
 use weir_bus::Bus;
 use weir_lake::Lake;
+use weir_notify::{Notifier, Retry};
 use weir_schemas::registry::SchemaRegistry;
 use weir_stream::{
     Engine, Pipeline,
     alert::{self, AlertConfig, RuleSet},
-    notify::{Notifier, Retry},
     pipeline::{self, Format},
     silence,
 };

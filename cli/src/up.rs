@@ -26,10 +26,10 @@ use tokio::{sync::watch, task::JoinSet};
 use weir_bus::Bus;
 use weir_flow::{scheduler::Scheduler, store::Store};
 use weir_lake::Lake;
+use weir_notify::{Notifier, Receiver, Retry};
 use weir_schemas::{registry::SchemaRegistry, serializer::AvroSerializer, tokens::Tokens};
 use weir_stream::{
     alert,
-    notify::{Notifier, Receiver, Retry},
     pipeline::{self, Format},
 };
 

@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
-use weir_stream::notify::Receiver;
+use weir_notify::Receiver;
 
 use crate::{rules::TriggerRule, schedule::Schedule};
 

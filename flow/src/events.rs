@@ -205,7 +205,7 @@ pub const GATHER: Duration = Duration::from_millis(25);
 /// scheduler last read them.
 pub struct Notices {
     /// Sends notifications in the background.
-    pub notifier: weir_stream::notify::Notifier,
+    pub notifier: weir_notify::Notifier,
     /// The DAG folder as last read.
     pub dags: Arc<std::sync::RwLock<HashMap<String, Arc<Dag>>>>,
 }

@@ -14,7 +14,7 @@ use std::{
 };
 
 use chrono::Utc;
-use weir_stream::notify::{Alert, Notification, Notifier, Receiver};
+use weir_notify::{Alert, Notification, Notifier, Receiver};
 
 use crate::{autoscale::QueueLoad, dag::Dag, events::FlowEvent};
 

@@ -26,7 +26,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use weir_lake::catalog::Lake;
-use weir_stream::notify::{Notifier, Receiver, Retry};
+use weir_notify::{Notifier, Receiver, Retry};
 
 use crate::{
     FlowError,

@@ -459,7 +459,7 @@ async fn a_queue_nobody_serves_raises_an_alert_that_resolves() {
     let dag = c.write_dag("orphan", "tasks:\n  - {id: t, queue: gpu, script: [true]}\n");
     let mut config = c.config();
     config.queued_alert_after = Duration::from_millis(300);
-    config.receivers = vec![weir_stream::notify::Receiver {
+    config.receivers = vec![weir_notify::Receiver {
         name: "ops".into(),
         webhook: Some(format!("http://{addr}/alerts")),
         slack: None,

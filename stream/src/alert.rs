@@ -43,10 +43,10 @@ use deltalake::{
 };
 use serde::{Deserialize, Serialize};
 use weir_bus::{Producer, Record};
+use weir_notify::{Alert, Notification, Notifier, Receiver};
 
 use crate::{
     engine::fmt_ms,
-    notify::{Alert, Notification, Notifier, Receiver},
     pipeline::{Pipeline, PipelineError, Window},
     silence::{Matcher, Silence, Silences},
     sketch::stable_hash,

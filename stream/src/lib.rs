@@ -1,7 +1,7 @@
 //! # weir-stream — the speed layer
 //!
 //! Streaming pipelines over bus topics: event-time windows with watermarks, aggregates,
-//! checkpoints to the lake's object storage, and alert rules with their notifiers.
+//! checkpoints to the lake's object storage, and alert rules (sent by `weir-notify`'s notifiers).
 //!
 //! - [`config`]: `[stream]` in `weir.toml`.
 //! - [`pipeline`]: pipeline files (`pipelines/*.yaml`) — source, filter, key, event time,
@@ -14,14 +14,12 @@
 //!   checkpoints.
 //! - [`alert`]: alert rules with Prometheus semantics over results; `weir.alerts`.
 //! - [`silence`]: silences from alert files and the API (`weir.alerts.silences`).
-//! - [`notify`]: webhook (Alertmanager payload), Slack and Jira notifiers with retries.
 
 pub mod alert;
 pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod eval;
-pub mod notify;
 pub mod pipeline;
 pub mod silence;
 pub mod sketch;

@@ -10,6 +10,7 @@ use std::{
 use serde_json::Value as Json;
 use weir_bus::{Bus, ConsumerConfig, Record, TopicPartition, local::LocalBus};
 use weir_lake::{Lake, LakeConfig, LakeUrl};
+use weir_notify::{Notifier, Retry};
 use weir_schemas::{
     avro::AvroSchema,
     connect::{Field, Value, decimal_bytes, schema},
@@ -21,7 +22,6 @@ use weir_schemas::{
 use weir_stream::{
     Engine, EngineConfig, Pipeline,
     alert::{self, RuleSet},
-    notify::{Notifier, Retry},
     pipeline,
 };
 

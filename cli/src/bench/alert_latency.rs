@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use weir_bus::{Bus, ConsumerConfig, local::LocalBus};
 use weir_ingest::mysql::{MysqlSource, MysqlSourceConfig};
 use weir_lake::{Lake, LakeConfig, LakeUrl};
+use weir_notify::{Notifier, Retry};
 use weir_schemas::{
     metadata,
     registry::{SchemaRegistry, store::SqlRegistry},
@@ -29,7 +30,6 @@ use weir_schemas::{
 use weir_stream::{
     Engine, EngineConfig,
     alert::{self, RuleSet},
-    notify::{Notifier, Retry},
     pipeline,
 };
 

@@ -5,8 +5,8 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use weir_e2e::https::{Receiver, tls_dir};
+use weir_notify::{self as notify, Alert, Notification, Notifier, Retry};
 use weir_schemas::http::{self, HttpConfig};
-use weir_stream::notify::{self, Alert, Notification, Notifier, Retry};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_reach_https_receivers_through_a_private_ca() {

@@ -1,7 +1,13 @@
-//! Notifiers: where alert notifications go and in what shape. A webhook gets Alertmanager's
-//! webhook JSON (version 4), Slack an incoming-webhook message, Jira a new issue per firing
-//! group. Sending happens on background tasks with retries and exponential backoff, so a slow
-//! or failing receiver never holds up a pipeline.
+//! # weir-notify — where notifications go, and in what shape
+//!
+//! The one place both the speed layer's alert rules (`weir-stream`'s `alert`) and the
+//! orchestrator's task notices (`weir-flow`'s `notices`: failures, retries, SLA misses) send
+//! through. A caller builds a [`Notification`] (a group of [`Alert`]s for one [`Receiver`]) and
+//! hands it to a [`Notifier`], which queues it and returns at once; a background sender per
+//! receiver posts it, in order, as Alertmanager's webhook JSON (version 4) to a webhook, an
+//! incoming-webhook message to Slack, or a new issue per firing group to Jira, with retries and
+//! exponential backoff ([`Retry`]), so a slow or failing receiver never holds up a pipeline or a
+//! scheduler. HTTPS trust comes from `weir_schemas::http` (`[http]` in `weir.toml`).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
