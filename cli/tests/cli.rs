@@ -8,9 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod common;
-
-use common::{kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
+use weir_e2e::harness::{Proc, kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
 use weir_ingest::cassandra::fixtures::{Fixture, default_dir};
 
 fn round_trip(bus_url: &str, topic: &str) {
@@ -124,14 +122,14 @@ fn a_topic_that_does_not_exist_is_named() {
 
 /// `weir registry` on a free loopback port in `dir` (its metadata DB there): the process and the
 /// URL its first line announces.
-fn registry(dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["registry", "--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+fn registry(dir: &std::path::Path) -> (Proc, String) {
+    let mut child = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["registry", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("schema registry on ").expect("address line").to_string();
@@ -253,13 +251,13 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
     // `--once` takes the signals sent so far and finishes the snapshot they ask for.
     let toml = std::fs::read_to_string(d.join("weir.toml")).unwrap();
     std::fs::write(d.join("weir.toml"), toml.replace("topic_prefix", "read_only = true\ntopic_prefix")).unwrap();
-    let mut waiting = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["ingest", "snapshot", "maria", "--tables", "weir_cli.t", "--wait"])
-        .current_dir(d)
-        .env("WEIR_BUS_URL", "local:./weir-data/bus")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut waiting = Proc::spawn(
+        std::process::Command::new(weir_e2e::harness::weir_bin())
+            .args(["ingest", "snapshot", "maria", "--tables", "weir_cli.t", "--wait"])
+            .current_dir(d)
+            .env("WEIR_BUS_URL", "local:./weir-data/bus")
+            .stdout(std::process::Stdio::piped()),
+    );
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(waiting.stdout.take().unwrap()));
     let sent = lines.next().unwrap().unwrap();
     assert!(sent.contains("execute-snapshot") && sent.contains("shop.signals (offset 0)"), "{sent}");
@@ -329,7 +327,7 @@ fn confluents_consumer_and_avro_deserializer_read_every_record_of_a_mariadb_sour
     // insert) × BEGIN/END = 8.
     let table = format!("{prefix}.weir_cfk.t");
     let transaction = format!("{prefix}.transaction");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/confluent_consumer.py");
+    let script = weir_e2e::harness::repo_path("tests/peers").join("confluent_consumer.py");
     let out = Command::new(&python)
         .arg(&script)
         .args([&brokers, &registry_url, "17", &table, &prefix, &transaction])
@@ -376,14 +374,14 @@ fn kill_9_of_a_mysql_ingest_loses_and_repeats_nothing() {
     let d = dir.path();
     std::fs::write(d.join("weir.toml"), mysql_source_toml(&url, 6402, "weir_kill", "max_batch = 700\n")).unwrap();
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["ingest", "--listen", "127.0.0.1:0"])
-            .current_dir(d)
-            .env("WEIR_BUS_URL", "local:./weir-data/bus")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        Proc::spawn(
+            Command::new(weir_e2e::harness::weir_bin())
+                .args(["ingest", "--listen", "127.0.0.1:0"])
+                .current_dir(d)
+                .env("WEIR_BUS_URL", "local:./weir-data/bus")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     };
     let mut seed = std::process::id() as u64 | 1;
     let mut kills = 0;
@@ -442,20 +440,20 @@ fn a_finished_initial_only_source_leaves_the_others_running() {
         .replace("\"maria\"", "\"only\"");
     let follow = mysql_source_toml(&url, 6404, "weir_only", "").replace("\"shop\"", "\"live\"");
     std::fs::write(d.join("weir.toml"), format!("{only}\n{follow}")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["ingest", "--listen", "127.0.0.1:0"])
-        .current_dir(d)
-        .env("WEIR_BUS_URL", "local:./weir-data/bus")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["ingest", "--listen", "127.0.0.1:0"])
+            .current_dir(d)
+            .env("WEIR_BUS_URL", "local:./weir-data/bus")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     mariadb("INSERT INTO weir_only.t VALUES (2)");
     std::thread::sleep(Duration::from_secs(2));
     let still_running = child.try_wait().unwrap().is_none();
     child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = child.into_inner().wait_with_output().unwrap();
     assert!(still_running, "weir ingest exited: {}", String::from_utf8_lossy(&out.stderr));
     let consumed = ok(weir(
         d,

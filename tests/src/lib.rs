@@ -1,9 +1,16 @@
-//! End-to-end tests of the `weir` binary against real services; see `tests/`. The library holds
-//! test peers that several crates' tests share: [`https::Receiver`], an HTTPS server that is not
-//! ours (Python's `ssl`), with the certificates `scripts/services` made, and [`debezium::peer`],
-//! Debezium's own classes run in a JVM, and [`mariadb_pair::Pair`], a MariaDB primary with a GTID
-//! replica of its own, for failover tests.
+//! # weir-e2e — the end-to-end tests and what they share
+//!
+//! `tests/tests/*.rs` run several roles as processes of the `weir` binary against the real
+//! services `scripts/services` starts on loopback (the README's table says which file tests
+//! what). This library is what they, and the crates' own tests, share:
+//! - [`harness`]: the `weir` binary (built on first use), processes killed when a test ends
+//!   ([`harness::Proc`]), the test services' addresses, `weir up` started and waited for;
+//! - [`https::Receiver`], an HTTPS server that is not ours (Python's `ssl`), with the
+//!   certificates `scripts/services` made;
+//! - [`debezium::peer`], Debezium's own classes run in a JVM;
+//! - [`mariadb_pair::Pair`], a MariaDB primary with a GTID replica of its own, for failover tests.
 
 pub mod debezium;
+pub mod harness;
 pub mod https;
 pub mod mariadb_pair;

@@ -8,6 +8,7 @@ use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
+use weir_e2e::harness::Proc;
 
 use serde_json::Value;
 
@@ -30,7 +31,7 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
     let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
     let dir = tempfile::tempdir().unwrap();
     let examples = dir.path().join("examples");
-    copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"), &examples);
+    copy_dir(&weir_e2e::harness::repo_path("examples"), &examples);
     // A DAG whose first task writes coloured lines for ~10 s: its log is followed while it runs.
     std::fs::write(
         examples.join("dags/console_slow.yaml"),
@@ -56,19 +57,19 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, pg_port) = (free(), free());
     let (operate, read) = ("console-operate-token", "console-read-token");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["demo", "--duration", "600s", "--dag-after", "3s", "--outage-after", "3s", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--pg-listen")
-        .arg(format!("127.0.0.1:{pg_port}"))
-        .arg("--examples")
-        .arg(&examples)
-        .env("WEIR_SERVING_TOKENS", format!("operate:{operate},read:{read}"))
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["demo", "--duration", "600s", "--dag-after", "3s", "--outage-after", "3s", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--pg-listen")
+            .arg(format!("127.0.0.1:{pg_port}"))
+            .arg("--examples")
+            .arg(&examples)
+            .env("WEIR_SERVING_TOKENS", format!("operate:{operate},read:{read}"))
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap()),
+    );
     let url = format!("http://127.0.0.1:{port}");
 
     // The demo's first run of orders_daily succeeded: the lake has its tables, the grid its cells.
@@ -92,7 +93,7 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/console_check.py");
+    let script = weir_e2e::harness::repo_path("tests/peers").join("console_check.py");
     let mut check = Command::new(python)
         .arg(script)
         .arg(&url)

@@ -4,16 +4,14 @@
 //! -9 twenty times while 500 tasks run; every task must run exactly once, every failover is
 //! timed, and `weir.flow.events` must carry every state change in order across the leaders.
 
-mod common;
-
 use std::{
     collections::HashSet,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{free_port, kafka, ok, weir};
+use weir_e2e::harness::{Proc, free_port, kafka, ok, weir};
 
 const KILLS: usize = 20;
 const RUNS: usize = 5;
@@ -25,18 +23,18 @@ fn cli(dir: &Path, args: &[&str]) -> String {
 }
 
 /// A role as its own process, with `host` as its machine's name.
-fn role(dir: &Path, args: &[&str], host: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .current_dir(dir)
-        .env("WEIR_BUS_URL", kafka())
-        .env("HOSTNAME", host)
-        .env("WEIR_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn role(dir: &Path, args: &[&str], host: &str) -> Proc {
+    Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .current_dir(dir)
+            .env("WEIR_BUS_URL", kafka())
+            .env("HOSTNAME", host)
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// A fresh database on the test PostgreSQL; its URL.
@@ -89,9 +87,8 @@ fn killing_the_leader_twenty_times_loses_and_repeats_nothing() {
     }
     std::fs::write(d.join(format!("dags/{dag_id}.yaml")), dag).unwrap();
 
-    let mut schedulers: Vec<Child> = (0..3).map(|i| role(d, &["scheduler"], &format!("sched-{i}"))).collect();
-    let mut workers: Vec<Child> =
-        (0..2).map(|i| role(d, &["worker", "--slots", "4"], &format!("worker-{i}"))).collect();
+    let mut schedulers: Vec<Proc> = (0..3).map(|i| role(d, &["scheduler"], &format!("sched-{i}"))).collect();
+    let mut workers: Vec<Proc> = (0..2).map(|i| role(d, &["worker", "--slots", "4"], &format!("worker-{i}"))).collect();
     let started = Instant::now();
     while lease(d).0.is_empty() {
         assert!(started.elapsed() < Duration::from_secs(20), "no scheduler took the lease");

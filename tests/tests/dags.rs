@@ -1,29 +1,27 @@
 //! `weir dags` and `weir scheduler` as a user runs them: DAG files in `dags/`, the embedded
 //! metadata DB, the scheduler as its own process (stopped with Ctrl-C, or killed with -9).
 
-mod common;
-
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{free_port, ok, weir};
+use weir_e2e::harness::{Proc, free_port, ok, weir};
 
 fn dags(dir: &Path, args: &[&str]) -> std::process::Output {
     weir(dir, "local:./weir-data/bus", args, None)
 }
 
-fn scheduler(dir: &Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["scheduler", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(dir)
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+fn scheduler(dir: &Path, port: u16) -> Proc {
+    Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["scheduler", "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir)
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
 }
 
 /// Polls `weir dags runs` until the run's state is final.

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use weir_e2e::harness::Proc;
 
 use serde_json::{Value, json};
 
@@ -16,19 +17,19 @@ async fn the_demo_runs_every_role_and_answers_queries() {
     let dir = tempfile::tempdir().unwrap();
     let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (port, pg_port) = (free(), free());
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["demo", "--duration", "60s", "--dag-after", "8s", "--outage-after", "3s", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--pg-listen")
-        .arg(format!("127.0.0.1:{pg_port}"))
-        .arg("--examples")
-        .arg(&examples)
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let examples = weir_e2e::harness::repo_path("examples");
+    let mut child = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["demo", "--duration", "60s", "--dag-after", "8s", "--outage-after", "3s", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--pg-listen")
+            .arg(format!("127.0.0.1:{pg_port}"))
+            .arg("--examples")
+            .arg(&examples)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap()),
+    );
     let lines: Arc<Mutex<Vec<String>>> = Arc::default();
     let sink = lines.clone();
     let stdout = child.stdout.take().unwrap();
@@ -168,7 +169,7 @@ async fn the_demo_runs_every_role_and_answers_queries() {
     }
 
     // The console's overview in headless Chromium: its DOM after the page's calls ran, and a
-    // screenshot (cli/tests/console.rs drives every page and action through Selenium).
+    // screenshot (tests/tests/console.rs drives every page and action through Selenium).
     let page = format!("http://127.0.0.1:{port}/#token={token}");
     let chromium = |extra: &[String]| {
         let mut args: Vec<String> = [

@@ -4,18 +4,16 @@
 //! consume, query and trigger meanwhile. `kill -9` of `weir up` while a writer keeps changing the
 //! source loses and repeats nothing. A user without replication privileges is told what to grant.
 
-mod common;
-
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::{EMBEDDED, Up, mariadb, ok, test_mysql_url, weir_up};
+use weir_e2e::harness::{EMBEDDED, Up, mariadb, ok, test_mysql_url, weir_up};
 
 /// `weir` beside `weir up` in `dir`.
 fn weir(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    common::weir(dir, EMBEDDED, args, None)
+    weir_e2e::harness::weir(dir, EMBEDDED, args, None)
 }
 
 /// A database of its own for each test run.

@@ -3,14 +3,12 @@
 //! a `read` token lists DAGs but cannot trigger one (403 naming `operate`), an `operate` token
 //! triggers, pauses/unpauses and clears it; plain HTTP gets no answer.
 
-mod common;
-
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::free_port;
+use weir_e2e::harness::{Proc, free_port};
 use weir_schemas::http::HttpConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,15 +30,15 @@ async fn scopes_guard_the_orchestrators_routes_over_https() {
         ),
     )
     .unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
-        .current_dir(d)
-        .env("WEIR_BUS_URL", "local:./bus")
-        .env("WEIR_SERVING_TOKENS", "read:reader-token,operate:operator-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut serve = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--pg-listen", &format!("127.0.0.1:{pg_port}")])
+            .current_dir(d)
+            .env("WEIR_BUS_URL", "local:./bus")
+            .env("WEIR_SERVING_TOKENS", "read:reader-token,operate:operator-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     let https = HttpConfig { ca_file: Some(certs.join("ca.pem")), ..HttpConfig::default() }.build().unwrap();
     let base = format!("https://127.0.0.1:{port}");
     let started = Instant::now();

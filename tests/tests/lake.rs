@@ -4,14 +4,12 @@
 //! change in the lake exactly once, also on the Kafka-protocol test broker with a second writer
 //! racing for the same partitions.
 
-mod common;
-
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
+use weir_e2e::harness::{Proc, kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
 
 const BUS: &str = "local:./weir-data/bus";
 
@@ -102,14 +100,14 @@ fn kill_9_of_the_lake_writer_neither_loses_nor_duplicates() {
     let expected = 30_000 + 10_000 + 3_000;
 
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["lake", "run", "--listen", "127.0.0.1:0"])
-            .current_dir(d)
-            .env("WEIR_BUS_URL", BUS)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        Proc::spawn(
+            Command::new(weir_e2e::harness::weir_bin())
+                .args(["lake", "run", "--listen", "127.0.0.1:0"])
+                .current_dir(d)
+                .env("WEIR_BUS_URL", BUS)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
     };
     // Until the first commit there is no table to count.
     let committed = || -> i64 {
@@ -196,15 +194,15 @@ fn two_writers_and_kill_9_on_kafka_write_every_change_once() {
 
     // Writer n logs to writer{n}.log.
     let spawn = |n: usize| {
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["lake", "run", "--listen", "127.0.0.1:0"])
-            .current_dir(d)
-            .env("WEIR_BUS_URL", &bus)
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join(format!("writer{n}.log"))).unwrap())
-            .spawn()
-            .unwrap()
+        Proc::spawn(
+            Command::new(weir_e2e::harness::weir_bin())
+                .args(["lake", "run", "--listen", "127.0.0.1:0"])
+                .current_dir(d)
+                .env("WEIR_BUS_URL", &bus)
+                .env("WEIR_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(d.join(format!("writer{n}.log"))).unwrap()),
+        )
     };
     let committed = || -> i64 {
         let out = weir(d, &bus, &["query", "--format", "csv", &format!("SELECT count(*) FROM {table}")], None);

@@ -3,30 +3,28 @@
 //! killed with -9 again and again while events arrive — and every window's result still counts
 //! every event exactly once.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{free_port, kafka, ok, weir};
 use serde_json::{Value, json};
+use weir_e2e::harness::{Proc, free_port, kafka, ok, weir};
 
 /// Starts `weir <args>` in `dir` on the test broker; its log is appended to `dir/<role>.log`.
-fn spawn(dir: &Path, args: &[&str]) -> Child {
+fn spawn(dir: &Path, args: &[&str]) -> Proc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", args[0]))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(args)
-        .current_dir(dir)
-        .env("WEIR_BUS_URL", kafka())
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
+    Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(args)
+            .current_dir(dir)
+            .env("WEIR_BUS_URL", kafka())
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
 }
 
 /// The last lines of a role's log in `dir`, for a failure message.
@@ -210,15 +208,15 @@ async fn ingest_http_takes_ingest_tokens_and_rotates_them_from_a_file() {
     let port = free_port();
     std::fs::write(d.join("weir.toml"), "[ingest.http]\ntokens_file = \"tokens\"\n").unwrap();
     std::fs::write(d.join("tokens"), "# who may post\ningest:first-token\n").unwrap();
-    let mut ingest = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["ingest", "http", "--listen", &format!("127.0.0.1:{port}")])
-        .current_dir(d)
-        .env("WEIR_BUS_URL", "local:./bus")
-        .env("WEIR_INGEST_TOKENS", "read:reader-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut ingest = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["ingest", "http", "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(d)
+            .env("WEIR_BUS_URL", "local:./bus")
+            .env("WEIR_INGEST_TOKENS", "read:reader-token")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     wait_healthy(port).await;
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/topics/app-events");

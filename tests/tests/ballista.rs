@@ -2,44 +2,30 @@
 //! executor`s on loopback run a DAG's join (the `orders_daily` shape) and a `replace_where`
 //! backfill, and the views equal the in-process engine's.
 
-mod common;
-
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{free_port, ok, weir};
+use weir_e2e::harness::{Proc, free_port, ok, weir};
 
 const BUS: &str = "local:./weir-data/bus";
 
-/// A child process killed when the test ends, passed or not.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &Path, args: &[&str]) -> Killed {
+fn spawn(dir: &Path, args: &[&str]) -> Proc {
     spawn_logged(dir, args, &dir.join(format!("{}.log", args.join("_").replace(['/', ':', '.'], "-"))))
 }
 
 /// [`spawn`] with its log (stderr) in `log`.
-fn spawn_logged(dir: &Path, args: &[&str], log: &Path) -> Killed {
+fn spawn_logged(dir: &Path, args: &[&str], log: &Path) -> Proc {
     let log = std::fs::File::create(log).unwrap();
-    Killed(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+    Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
             .args(args)
             .current_dir(dir)
             .env("WEIR_BUS_URL", BUS)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+            .stderr(log),
     )
 }
 
@@ -65,8 +51,8 @@ fn wait_healthy(port: u16, what: &str) {
 struct Cluster {
     grpc: u16,
     /// Each executor and its log.
-    executors: Vec<(Killed, std::path::PathBuf)>,
-    _scheduler: Killed,
+    executors: Vec<(Proc, std::path::PathBuf)>,
+    _scheduler: Proc,
 }
 
 impl Cluster {
@@ -405,8 +391,8 @@ fn an_executor_killed_mid_query_has_its_tasks_run_again_and_the_view_is_the_same
         std::thread::sleep(Duration::from_millis(20));
     };
     let (mut child, _) = cluster.executors.remove(victim);
-    child.0.kill().unwrap(); // SIGKILL
-    child.0.wait().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
     let tasks = ok(weir(d, BUS, &["dags", "tasks", "heavy", &run], None));
     let on_cluster = tasks.lines().find(|l| l.starts_with("on_cluster")).unwrap_or_default().to_string();
     assert_eq!(

@@ -2,23 +2,21 @@
 //! terminals: topics, producers and a consumer group shared with the running process, SQL and
 //! DAG commands beside it, and no acknowledged record lost or torn by `kill -9` of it.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{EMBEDDED, free_port, ok, up_until, weir_up};
+use weir_e2e::harness::{EMBEDDED, Proc, free_port, ok, up_until, weir_up};
 
 /// `weir` beside `weir up` in `dir`.
 fn weir(dir: &std::path::Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    common::weir(dir, EMBEDDED, args, stdin)
+    weir_e2e::harness::weir(dir, EMBEDDED, args, stdin)
 }
 
 /// `weir up` in `dir`, checking its /healthz names every role running.
-async fn up(dir: &std::path::Path) -> Child {
+async fn up(dir: &std::path::Path) -> Proc {
     let up = weir_up(dir, &[]).await;
     let body: serde_json::Value =
         reqwest::get(format!("http://127.0.0.1:{}/healthz", up.port)).await.unwrap().json().await.unwrap();
@@ -96,14 +94,14 @@ async fn other_commands_share_a_running_weir_up() {
     // every partition, so records produced after the kill all reach it.
     ok(weir(&d, &["topics", "create", "later", "--partitions", "4"], None));
     ok(weir(&d, &["produce", "later"], Some("first\tbefore the kill\n")));
-    let mut killed = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["consume", "later", "--group", "k", "--timeout-ms", "60000"])
-        .current_dir(&d)
-        .env_remove("WEIR_BUS_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut killed = Proc::spawn(
+        Command::new(weir_e2e::harness::weir_bin())
+            .args(["consume", "later", "--group", "k", "--timeout-ms", "60000"])
+            .current_dir(&d)
+            .env_remove("WEIR_BUS_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(killed.stdout.take().unwrap()), &mut first).unwrap();
     assert!(first.contains("before the kill"), "the member did not read: {first:?}");
@@ -170,7 +168,7 @@ fn stop(child: &mut Child, dir: &std::path::Path) {
 async fn weir_up_runs_on_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let kafka = common::kafka();
+    let kafka = weir_e2e::harness::kafka();
     let ingest_port = free_port();
     std::fs::write(
         d.join("weir.toml"),
@@ -185,7 +183,7 @@ async fn weir_up_runs_on_kafka() {
     .unwrap();
     let mut running = up(d).await;
     let topic = format!("up-on-kafka-{}", std::process::id());
-    ok(common::weir(d, &kafka, &["topics", "create", &topic, "--partitions", "2"], None));
+    ok(weir_e2e::harness::weir(d, &kafka, &["topics", "create", &topic, "--partitions", "2"], None));
     let posted = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{ingest_port}/topics/{topic}"))
         .json(&serde_json::json!({"on": "kafka"}))
@@ -196,7 +194,7 @@ async fn weir_up_runs_on_kafka() {
     // It ends at the first record; the long idle limit only matters when the shared broker is
     // slow under a full run (once the record took over the default 5 s to arrive).
     let args = ["consume", &topic, "--group", "look", "--max", "1", "--timeout-ms", "30000"];
-    let read = ok(common::weir(d, &kafka, &args, None));
+    let read = ok(weir_e2e::harness::weir(d, &kafka, &args, None));
     assert!(read.contains("\"kafka\""), "{read}");
     assert!(std::fs::read_to_string(d.join("up.out")).unwrap().contains(&format!("bus {kafka}")));
     stop(&mut running, d);
