@@ -5,7 +5,6 @@
 //! command or role. Library crates return typed errors; here they become `anyhow` messages.
 
 mod ballista;
-mod bench;
 mod cassandra;
 mod config;
 mod console;
@@ -96,7 +95,7 @@ enum Command {
     Ballista(ballista::BallistaCommand),
     /// Run a benchmark and print its result as JSON.
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(weir_bench::BenchCommand),
 }
 
 #[tokio::main]
@@ -156,6 +155,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) => init::run(a).await,
         Command::Up(a) => up::run(&config, a).await,
         Command::Demo(a) => demo::run(&config, a).await,
-        Command::Bench(b) => bench::run(&config, b).await,
+        Command::Bench(b) => {
+            let wiring = weir_bench::Wiring {
+                bus: config.bus.clone(),
+                routes: |catalog, tokens, store, lake, dags| {
+                    serve::routes(catalog, tokens, store, lake, dags, axum::Router::new(), axum::Router::new())
+                },
+            };
+            weir_bench::run(&wiring, b).await
+        }
     }
 }

@@ -470,16 +470,3 @@ fn a_finished_initial_only_source_leaves_the_others_running() {
     ));
     assert_eq!(consumed.lines().count(), 1, "the initial_only source stopped after its snapshot");
 }
-
-#[test]
-fn bench_bus_measures_the_shared_embedded_log_beside_the_local_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = weir(dir.path(), "local:./bus", &["bench", "bus", "--records", "3000", "--batch", "100"], None);
-    let report: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
-    for backend in ["local", "local_shared"] {
-        let b = &report["backends"][backend];
-        assert!(b["produce_records_per_s"].as_f64().unwrap() > 0.0, "{report}");
-        assert!(b["consume_records_per_s"].as_f64().unwrap() > 0.0, "{report}");
-    }
-    assert!(report["backends"]["local_shared_to_local"]["consume"].as_f64().unwrap() > 0.0, "{report}");
-}

@@ -187,7 +187,7 @@ fn stats(v: &[f64]) -> Value {
     json!({"median": median(s.clone()), "min": s.first(), "max": s.last(), "n": s.len()})
 }
 
-pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<Value> {
+pub async fn run(args: ConsoleBenchArgs, routes: super::Routes) -> anyhow::Result<Value> {
     let tmp = tempfile::tempdir()?;
     let pool =
         weir_schemas::metadata::connect(&format!("sqlite://{}/weir.db", tmp.path().display()), Duration::from_secs(10))
@@ -208,15 +208,7 @@ pub async fn run(args: ConsoleBenchArgs) -> anyhow::Result<Value> {
     let realtime = Arc::new(weir_serving::realtime::Realtime::new(serving.realtime_retention));
     let catalog = Arc::new(weir_serving::catalog::Catalog::new(lake.clone(), realtime, serving));
     let tokens = Arc::new(weir_schemas::tokens::Tokens::from_text(TOKEN)?);
-    let routes = crate::serve::routes(
-        catalog,
-        tokens,
-        store.clone(),
-        Arc::new(lake),
-        tmp.path().join("dags"),
-        axum::Router::new(),
-        axum::Router::new(),
-    );
+    let routes = routes(catalog, tokens, store.clone(), Arc::new(lake), tmp.path().join("dags"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, routes).await });

@@ -57,7 +57,7 @@ pub fn run(args: CdcCassandraArgs) -> anyhow::Result<Value> {
         all_secs += secs;
     }
     Ok(json!({
-        "bench": "cdc-cassandra",
+        "benchmark": "cdc-cassandra",
         "threads": 1,
         "repeat": args.repeat,
         "mb_per_s": (all_bytes as f64 / 1e6 / all_secs * 10.0).round() / 10.0,

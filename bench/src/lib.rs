@@ -1,4 +1,12 @@
-//! `weir bench <name>`: benchmarks that print one JSON document on stdout (progress on stderr).
+//! # weir-bench — the benchmarks
+//!
+//! `weir bench <name>` runs one (the `weir` binary hands it its wiring, [`Wiring`]); each prints
+//! one JSON document on stdout, progress on stderr, and measures itself against a baseline or a
+//! peer in the same run (docs/benchmarks.md records the figures, machine and command). The
+//! benchmarks drive the crates' public APIs in process, or the `weir` binary's roles as child
+//! processes (the running executable, `std::env::current_exe`), against real services on
+//! loopback where they need one. `tests/tests/bench.rs` runs every one at a tiny size and checks
+//! its JSON, so none can rot unnoticed.
 
 mod alert_latency;
 mod batch;
@@ -14,7 +22,25 @@ mod stream;
 
 use clap::Subcommand;
 
-use crate::config::Config;
+use std::{path::PathBuf, sync::Arc};
+
+/// What a benchmark takes from the `weir` binary's wiring.
+pub struct Wiring {
+    /// `[bus]` of `weir.toml`.
+    pub bus: weir_bus::BusConfig,
+    /// Every HTTP route of the serving role as `weir serve` composes them (the console benchmark
+    /// serves them).
+    pub routes: Routes,
+}
+
+/// The serving role's routes from its catalogue, tokens, metadata store, lake and DAG folder.
+pub type Routes = fn(
+    Arc<weir_serving::catalog::Catalog>,
+    Arc<weir_schemas::tokens::Tokens>,
+    weir_flow::store::Store,
+    Arc<weir_lake::Lake>,
+    PathBuf,
+) -> axum::Router;
 
 /// The benchmarks.
 #[derive(Subcommand)]
@@ -43,13 +69,14 @@ pub enum BenchCommand {
     Stream(stream::StreamBenchArgs),
 }
 
-pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
-    let result = match command {
+/// Runs one benchmark and prints its JSON document.
+pub async fn run(wiring: &Wiring, command: BenchCommand) -> anyhow::Result<()> {
+    let mut result = match command {
         BenchCommand::Batch(args) => batch::run(args).await?,
-        BenchCommand::Bus(args) => bus::run(config, args).await?,
+        BenchCommand::Bus(args) => bus::run(&wiring.bus, args).await?,
         BenchCommand::CdcCassandra(args) => cdc_cassandra::run(args)?,
-        BenchCommand::CdcMysql(args) => cdc_mysql::run(config, args).await?,
-        BenchCommand::Console(args) => console::run(args).await?,
+        BenchCommand::CdcMysql(args) => cdc_mysql::run(&wiring.bus, args).await?,
+        BenchCommand::Console(args) => console::run(args, wiring.routes).await?,
         BenchCommand::Lake(args) => lake::run(args).await?,
         BenchCommand::Scheduler(args) => scheduler::run(args).await?,
         BenchCommand::Stream(args) => stream::run(args).await?,
@@ -57,6 +84,10 @@ pub async fn run(config: &Config, command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Serve(args) => serve::run(args).await?,
         BenchCommand::Snapshot(args) => snapshot::run(args).await?,
     };
+    // Every document says where it was measured.
+    if let Some(doc) = result.as_object_mut() {
+        doc.entry("machine").or_insert_with(machine);
+    }
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }

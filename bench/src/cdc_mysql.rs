@@ -31,7 +31,7 @@ use weir_schemas::{
 };
 
 use super::machine;
-use crate::config::Config;
+use weir_bus::BusConfig;
 
 /// `weir bench cdc-mysql`.
 #[derive(Args)]
@@ -68,9 +68,9 @@ struct Rig {
     serializer: Arc<AvroSerializer>,
 }
 
-async fn rig(config: &Config) -> anyhow::Result<Rig> {
+async fn rig(config: &BusConfig) -> anyhow::Result<Rig> {
     let dir = tempfile::tempdir()?;
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::open(&dir.path().join("bus"), config.bus.local.clone())?);
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::open(&dir.path().join("bus"), config.local.clone())?);
     let pool = metadata::connect(&format!("sqlite://{}/weir.db", dir.path().display()), Duration::from_secs(5)).await?;
     let registry: Arc<dyn SchemaRegistry> = Arc::new(SqlRegistry::open(pool).await?);
     Ok(Rig { dir, bus, serializer: Arc::new(AvroSerializer::new(registry)) })
@@ -84,7 +84,7 @@ fn source_config(args: &CdcMysqlArgs, rig: &Rig, name: &str, server_id: u32) -> 
     c
 }
 
-pub async fn run(config: &Config, args: CdcMysqlArgs) -> anyhow::Result<Value> {
+pub async fn run(config: &BusConfig, args: CdcMysqlArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(args.changes >= 2 && args.txn_rows > 0 && args.rate >= 100, "changes, txn_rows, rate too small");
     let db = &args.database;
     let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(&args.url)?).await.context("connecting")?;
@@ -100,7 +100,7 @@ pub async fn run(config: &Config, args: CdcMysqlArgs) -> anyhow::Result<Value> {
     let incremental = incremental(config, &args, &mut conn).await?;
     conn.query_drop(format!("DROP DATABASE {db}")).await?;
     Ok(json!({
-        "bench": "cdc-mysql",
+        "benchmark": "cdc-mysql",
         "server": conn.server_version(),
         "drain": drain,
         "steady": steady,
@@ -110,7 +110,7 @@ pub async fn run(config: &Config, args: CdcMysqlArgs) -> anyhow::Result<Value> {
 }
 
 /// Writes the backlog, then times the source's catch-up and the bare decoder's.
-async fn drain(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
+async fn drain(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
     let db = &args.database;
     let rig = rig(config).await?;
     let mut source =
@@ -203,7 +203,7 @@ async fn bare_decode(url: &str, file: &str, pos: u64) -> anyhow::Result<(u64, f6
 }
 
 /// Commits `rate` changes/s while the source runs; measures commit-to-consume latency.
-async fn steady(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
+async fn steady(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
     let db = args.database.clone();
     conn.query_drop(format!("TRUNCATE TABLE {db}.orders")).await?; // no snapshot backlog
     let rig = rig(config).await?;
@@ -322,7 +322,7 @@ fn latency(commits: &[(i64, Instant)], arrivals: &HashMap<i64, Instant>) -> Valu
 
 /// Phase (c): the initial snapshot of `snapshot_rows` rows (the baseline), then an incremental
 /// snapshot of the same rows by signal in each window mode while the writer goes on.
-async fn incremental(config: &Config, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
+async fn incremental(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_async::Conn) -> anyhow::Result<Value> {
     let db = args.database.clone();
     conn.query_drop(format!("TRUNCATE TABLE {db}.orders")).await?;
     conn.query_drop(format!(

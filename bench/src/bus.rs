@@ -17,7 +17,7 @@ use weir_bus::{
 };
 
 use super::{Progress, machine};
-use crate::config::Config;
+use weir_bus::BusConfig;
 
 /// `weir bench bus`.
 #[derive(Args)]
@@ -42,7 +42,7 @@ pub struct BusBenchArgs {
     dir: Option<std::path::PathBuf>,
 }
 
-pub async fn run(config: &Config, args: BusBenchArgs) -> anyhow::Result<Value> {
+pub async fn run(config: &BusConfig, args: BusBenchArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(
         args.records > 0 && args.batch > 0 && args.partitions > 0,
         "records, batch and partitions must be positive"
@@ -51,7 +51,7 @@ pub async fn run(config: &Config, args: BusBenchArgs) -> anyhow::Result<Value> {
 
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let owner = LocalBus::open(&dir, config.bus.local.clone())?;
+    let owner = LocalBus::open(&dir, config.local.clone())?;
     owner.serve()?;
     let local = measure(Arc::new(owner.clone()), "local", &args).await?;
     let shared = measure(Arc::new(RemoteBus::connect(&dir).await?), "local shared", &args).await?;
@@ -64,16 +64,16 @@ pub async fn run(config: &Config, args: BusBenchArgs) -> anyhow::Result<Value> {
     results.insert("local_shared".into(), shared);
     results.insert("local_shared_to_local".into(), ratios);
 
-    let kafka = args.kafka.clone().or(match &config.bus.url {
+    let kafka = args.kafka.clone().or(match &config.url {
         BusUrl::Kafka(brokers) => Some(brokers.clone()),
         BusUrl::Local(_) => None,
     });
     if let Some(brokers) = kafka {
-        let bus: Arc<dyn Bus> = Arc::new(weir_bus::kafka::KafkaBus::connect(&brokers, config.bus.kafka.clone()).await?);
+        let bus: Arc<dyn Bus> = Arc::new(weir_bus::kafka::KafkaBus::connect(&brokers, config.kafka.clone()).await?);
         results.insert("kafka".into(), measure(bus, "kafka", &args).await?);
     }
     Ok(json!({
-        "bench": "bus",
+        "benchmark": "bus",
         "records": args.records,
         "value_bytes": args.value_bytes,
         "partitions": args.partitions,
