@@ -268,6 +268,10 @@ pub fn openapi() -> Value {
                 "summary": "The scope of the caller's bearer token (read, operate, ingest, admin) and whether it may operate",
                 "responses": {"200": {"description": "{\"scope\": \"read\", \"operate\": false}"}, "401": {"description": "missing or wrong bearer token"}}
             }},
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document: every route of the API with its methods, parameters and answers",
+                "responses": {"200": {"description": "OpenAPI 3.0"}, "401": {"description": "missing or wrong bearer token"}}
+            }},
             "/api/v1/tables": {"get": {
                 "summary": "The catalogue: every table and view with its columns",
                 "responses": {"200": {"description": "tables"}, "401": {"description": "missing or wrong bearer token"}}
