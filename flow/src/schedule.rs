@@ -3,7 +3,7 @@
 //! date, and becomes due when `end` has passed.
 //!
 //! A schedule is a five-field cron expression (`minute hour day-of-month month day-of-week`, with
-//! `*`, lists, ranges, steps, month and weekday names), a preset (`@hourly`, `@daily`,
+//! `*`, lists, ranges, steps, month and weekday names, `L`, `W`, `#`; evaluated by `croner`), a preset (`@hourly`, `@daily`,
 //! `@weekly`, `@monthly`, `@yearly`), a fixed interval (`@every 15m`), `@once`, or none (manual
 //! runs only), or a set of lake tables whose commits start runs ([`TableTrigger`], see
 //! [`crate::triggers`]). Cron ticks are evaluated in the DAG's time zone: a daily run at 02:30 in a zone
@@ -11,9 +11,7 @@
 
 use std::{fmt, time::Duration};
 
-use chrono::{
-    DateTime, Datelike as _, Duration as ChronoDuration, NaiveDate, NaiveDateTime, TimeZone as _, Timelike as _, Utc,
-};
+use chrono::{DateTime, Duration as ChronoDuration, Timelike as _, Utc};
 use chrono_tz::Tz;
 
 /// A data interval `[start, end)`.
@@ -32,8 +30,8 @@ pub enum Schedule {
     None,
     /// One run, for the instant `start_date`.
     Once,
-    /// Cron ticks.
-    Cron(Cron),
+    /// Cron ticks (boxed: croner's parsed pattern is large beside the other variants).
+    Cron(Box<Cron>),
     /// Every fixed duration from `start_date`.
     Every(Duration),
     /// When lake tables commit (no time intervals: see [`crate::triggers`]).
@@ -95,7 +93,7 @@ impl Schedule {
         if s.starts_with('@') {
             parsed.text = s.to_string(); // shown as the user wrote it
         }
-        Ok(Schedule::Cron(parsed))
+        Ok(Schedule::Cron(Box::new(parsed)))
     }
 
     /// The first data interval at or after `start_date`.
@@ -192,142 +190,43 @@ fn chrono_dur(d: Duration) -> ChronoDuration {
     ChronoDuration::from_std(d).unwrap_or(ChronoDuration::MAX)
 }
 
-/// A parsed five-field cron expression.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed five-field cron expression, evaluated by the `croner` crate (POSIX/Vixie fields with
+/// names, lists, ranges and steps, `L`, `W` and `#`; either day field matches when both are
+/// restricted). Its ticks agree with the evaluator Weir had before, daylight saving included,
+/// over 42,000 ticks in five zones (docs/architecture.md, "Own code or a crate").
+#[derive(Debug, Clone)]
 pub struct Cron {
     text: String,
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    /// Both day fields restricted: a day matches either (as in Vixie cron).
-    either_day: bool,
+    cron: croner::Cron,
+}
+
+impl PartialEq for Cron {
+    fn eq(&self, other: &Cron) -> bool {
+        self.text == other.text
+    }
 }
 
 impl Cron {
     /// Parses `minute hour day-of-month month day-of-week`.
     pub fn parse(s: &str) -> Result<Cron, String> {
-        let fields: Vec<&str> = s.split_whitespace().collect();
-        if fields.len() != 5 {
-            return Err(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-                fields.len()
-            ));
-        }
-        const MONTHS: &[&str] = &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
-        const DAYS: &[&str] = &["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-        let minutes = field(fields[0], "minute", 0, 59, &[], 0)?;
-        let hours = field(fields[1], "hour", 0, 23, &[], 0)?;
-        let days = field(fields[2], "day-of-month", 1, 31, &[], 0)?;
-        let months = field(fields[3], "month", 1, 12, MONTHS, 1)?;
-        let mut weekdays = field(fields[4], "day-of-week", 0, 7, DAYS, 0)?;
-        if weekdays & (1 << 7) != 0 {
-            weekdays = (weekdays | 1) & !(1 << 7); // 7 is Sunday too
-        }
-        Ok(Cron {
-            text: s.split_whitespace().collect::<Vec<_>>().join(" "),
-            minutes,
-            hours,
-            days,
-            months,
-            weekdays,
-            either_day: !fields[2].starts_with('*') && !fields[4].starts_with('*'),
-        })
+        let text = s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(&text)
+            .map_err(|e| format!("{e} (expected minute hour day-of-month month day-of-week)"))?;
+        Ok(Cron { text, cron })
     }
 
-    fn day_matches(&self, d: NaiveDate) -> bool {
-        let dom = self.days & (1 << d.day()) != 0;
-        let dow = self.weekdays & (1 << d.weekday().num_days_from_sunday()) != 0;
-        if self.either_day { dom || dow } else { dom && dow }
-    }
-
-    /// The first tick at or after `t` (seconds are rounded up to the next minute).
+    /// The first tick at or after `t` (seconds are rounded up to the next minute); a tick at a
+    /// local time that daylight saving skips fires at the first minute after the gap, one in a
+    /// repeated hour fires once, at its first occurrence.
     pub fn next_at_or_after(&self, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        let local = t.with_timezone(&tz).naive_local();
-        let mut cur = local.with_second(0)?.with_nanosecond(0)?;
-        if cur < local {
-            cur += ChronoDuration::minutes(1);
-        }
-        let limit = cur + ChronoDuration::days(366 * 5);
-        while cur < limit {
-            if self.months & (1 << cur.month()) == 0 {
-                let (y, m) = if cur.month() == 12 { (cur.year() + 1, 1) } else { (cur.year(), cur.month() + 1) };
-                cur = NaiveDate::from_ymd_opt(y, m, 1)?.and_hms_opt(0, 0, 0)?;
-                continue;
-            }
-            if !self.day_matches(cur.date()) {
-                cur = cur.date().succ_opt()?.and_hms_opt(0, 0, 0)?;
-                continue;
-            }
-            if self.hours & (1 << cur.hour()) == 0 {
-                cur = cur.with_minute(0)? + ChronoDuration::hours(1);
-                continue;
-            }
-            if self.minutes & (1 << cur.minute()) == 0 {
-                cur += ChronoDuration::minutes(1);
-                continue;
-            }
-            match resolve(tz, cur) {
-                Some(at) if at >= t => return Some(at),
-                _ => cur += ChronoDuration::minutes(1),
-            }
-        }
-        None
+        // Whole seconds: a tick is on a minute, and at or after `t`.
+        let t = if t.nanosecond() == 0 { t } else { t.with_nanosecond(0)? + ChronoDuration::seconds(1) };
+        self.cron.find_next_occurrence(&t.with_timezone(&tz), true).ok().map(|at| at.with_timezone(&Utc))
     }
-}
-
-/// A local time in `tz` as an instant: the earlier of a repeated time; a time inside a gap moves
-/// to the gap's end.
-fn resolve(tz: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
-    if let Some(t) = tz.from_local_datetime(&local).earliest() {
-        return Some(t.with_timezone(&Utc));
-    }
-    (1..=180).find_map(|m| {
-        tz.from_local_datetime(&(local + ChronoDuration::minutes(m))).earliest().map(|t| t.with_timezone(&Utc))
-    })
-}
-
-/// One cron field as a bit set.
-fn field(s: &str, what: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result<u64, String> {
-    let value = |v: &str| -> Result<u32, String> {
-        if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(v)) {
-            return Ok(i as u32 + name_base);
-        }
-        let n: u32 = v.parse().map_err(|_| format!("{what} {v:?} is not a number"))?;
-        if n < lo || n > hi {
-            return Err(format!("{what} {n} is outside {lo}-{hi}"));
-        }
-        Ok(n)
-    };
-    let mut bits = 0u64;
-    for part in s.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, st)) => {
-                let st: u32 = st.parse().map_err(|_| format!("{what} step {st:?} is not a number"))?;
-                if st == 0 {
-                    return Err(format!("{what} step must be positive"));
-                }
-                (r, st)
-            }
-            None => (part, 1),
-        };
-        let (a, b) = if range == "*" {
-            (lo, hi)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (value(a)?, value(b)?)
-        } else {
-            let a = value(range)?;
-            (a, if step > 1 { hi } else { a })
-        };
-        if a > b {
-            return Err(format!("{what} range {range:?} runs backwards"));
-        }
-        for v in (a..=b).step_by(step as usize) {
-            bits |= 1 << v;
-        }
-    }
-    Ok(bits)
 }
 
 #[cfg(test)]
@@ -361,8 +260,18 @@ mod tests {
         // Both day fields restricted: either matches.
         let c = Cron::parse("0 0 13 * fri").unwrap();
         assert_eq!(c.next_at_or_after(utc("2026-11-01T00:00:00Z"), Tz::UTC).unwrap(), utc("2026-11-06T00:00:00Z"));
-        assert!(Cron::parse("61 * * * *").unwrap_err().contains("minute 61"));
-        assert!(Cron::parse("* * *").unwrap_err().contains("5 fields"));
+        assert!(
+            Cron::parse("61 * * * *").unwrap_err().contains("out of bounds"),
+            "{}",
+            Cron::parse("61 * * * *").unwrap_err()
+        );
+        assert!(Cron::parse("* * *").unwrap_err().contains("minute hour day-of-month month day-of-week"));
+        assert!(Cron::parse("0 * * * * *").is_err(), "no seconds field: ticks are whole minutes");
+        // The last day of the month; a leap day eight years on (2100 is no leap year).
+        let c = Cron::parse("0 0 L * *").unwrap();
+        assert_eq!(c.next_at_or_after(utc("2026-02-10T00:00:00Z"), Tz::UTC).unwrap(), utc("2026-02-28T00:00:00Z"));
+        let c = Cron::parse("0 0 29 2 *").unwrap();
+        assert_eq!(c.next_at_or_after(utc("2096-03-01T00:00:00Z"), Tz::UTC).unwrap(), utc("2104-02-29T00:00:00Z"));
     }
 
     #[test]
@@ -377,6 +286,9 @@ mod tests {
         let t = c.next_at_or_after(utc("2026-10-24T12:00:00Z"), paris).unwrap();
         assert_eq!(t, utc("2026-10-25T00:30:00Z"));
         assert_eq!(c.next_at_or_after(t + ChronoDuration::minutes(1), paris).unwrap(), utc("2026-10-26T01:30:00Z"));
+        // A tick just before the spring gap does not fire again after it (croner 3 did).
+        let c = Cron::parse("30 1 * * *").unwrap();
+        assert_eq!(c.next_at_or_after(utc("2026-03-29T00:31:00Z"), paris).unwrap(), utc("2026-03-29T23:30:00Z"));
     }
 
     #[test]
