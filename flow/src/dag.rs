@@ -1159,7 +1159,7 @@ tasks:
         let e = err("tasks:\n  - {id: a}\n");
         assert!(e.contains("has no kind"), "{e}");
         let e = err("schedule: '61 * * * *'\nstart_date: 2026-11-01\ntasks:\n  - {id: a, script: [true]}\n");
-        assert!(e.contains("schedule") && e.contains("minute 61"), "{e}");
+        assert!(e.contains("schedule") && e.contains("minute \"61\""), "{e}");
         let e = err("schedule: '@daily'\ntasks:\n  - {id: a, script: [true]}\n");
         assert!(e.contains("start_date is required"), "{e}");
         let e = err("timezone: Mars/Olympus\ntasks:\n  - {id: a, script: [true]}\n");

@@ -209,13 +209,24 @@ impl PartialEq for Cron {
 impl Cron {
     /// Parses `minute hour day-of-month month day-of-week`.
     pub fn parse(s: &str) -> Result<Cron, String> {
-        let text = s.split_whitespace().collect::<Vec<_>>().join(" ");
-        let cron = croner::parser::CronParser::builder()
+        const FIELDS: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+        let fields: Vec<&str> = s.split_whitespace().collect();
+        if fields.len() != FIELDS.len() {
+            return Err(format!("expected 5 fields ({}), found {}", FIELDS.join(" "), fields.len()));
+        }
+        let text = fields.join(" ");
+        let parser = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Disallowed)
             .year(croner::parser::Year::Disallowed)
-            .build()
-            .parse(&text)
-            .map_err(|e| format!("{e} (expected minute hour day-of-month month day-of-week)"))?;
+            .build();
+        let cron = parser.parse(&text).map_err(|e| {
+            // croner says what is wrong, not where: name the first field that fails on its own.
+            let alone = |i: usize| (0..5).map(|j| if j == i { fields[j] } else { "*" }).collect::<Vec<_>>().join(" ");
+            match (0..5).find(|&i| parser.parse(&alone(i)).is_err()) {
+                Some(i) => format!("{} {:?}: {e}", FIELDS[i], fields[i]),
+                None => e.to_string(),
+            }
+        })?;
         Ok(Cron { text, cron })
     }
 
@@ -260,12 +271,15 @@ mod tests {
         // Both day fields restricted: either matches.
         let c = Cron::parse("0 0 13 * fri").unwrap();
         assert_eq!(c.next_at_or_after(utc("2026-11-01T00:00:00Z"), Tz::UTC).unwrap(), utc("2026-11-06T00:00:00Z"));
+        let e = Cron::parse("61 * * * *").unwrap_err();
+        assert!(e.starts_with("minute \"61\": ") && e.contains("out of bounds"), "{e}");
+        let e = Cron::parse("0 0 32 * *").unwrap_err();
+        assert!(e.starts_with("day-of-month \"32\": "), "{e}");
         assert!(
-            Cron::parse("61 * * * *").unwrap_err().contains("out of bounds"),
-            "{}",
-            Cron::parse("61 * * * *").unwrap_err()
+            Cron::parse("* * *")
+                .unwrap_err()
+                .contains("5 fields (minute hour day-of-month month day-of-week), found 3")
         );
-        assert!(Cron::parse("* * *").unwrap_err().contains("minute hour day-of-month month day-of-week"));
         assert!(Cron::parse("0 * * * * *").is_err(), "no seconds field: ticks are whole minutes");
         // The last day of the month; a leap day eight years on (2100 is no leap year).
         let c = Cron::parse("0 0 L * *").unwrap();
