@@ -48,16 +48,14 @@ fn round_trip_on_the_embedded_log() {
 
 #[test]
 fn round_trip_on_kafka() {
-    let brokers = std::env::var("WEIR_TEST_KAFKA")
-        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
+    let brokers = weir_e2e::harness::kafka_brokers();
     let topic = format!("cli-orders-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
     round_trip(&format!("kafka://{brokers}"), &topic);
 }
 
 #[test]
 fn topic_configs_reach_kafka_and_the_embedded_log_applies_retention_only() {
-    let brokers = std::env::var("WEIR_TEST_KAFKA")
-        .expect("WEIR_TEST_KAFKA is not set: run scripts/test, which starts a Kafka-protocol broker on loopback");
+    let brokers = weir_e2e::harness::kafka_brokers();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let kafka = format!("kafka://{brokers}");
@@ -298,8 +296,8 @@ fn ingest_once_snapshots_and_streams_a_mariadb_table() {
 #[test]
 fn confluents_consumer_and_avro_deserializer_read_every_record_of_a_mariadb_source() {
     let url = test_mysql_url();
-    let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
-    let brokers = std::env::var("WEIR_TEST_KAFKA").expect("WEIR_TEST_KAFKA is not set: run scripts/test");
+    let python = weir_e2e::harness::python();
+    let brokers = weir_e2e::harness::kafka_brokers();
     let prefix = format!("cfk{}", std::process::id());
     mariadb(
         "DROP DATABASE IF EXISTS weir_cfk; CREATE DATABASE weir_cfk; \

@@ -129,10 +129,29 @@ fn service(var: &str, what: &str) -> String {
     })
 }
 
-/// The bus URL of the test Kafka-protocol broker (`WEIR_TEST_KAFKA`).
-pub fn kafka() -> String {
-    format!("kafka://{}", service("WEIR_TEST_KAFKA", "a Kafka-protocol broker"))
+/// The test Kafka-protocol broker's address (`WEIR_TEST_KAFKA`, host:port).
+pub fn kafka_brokers() -> String {
+    service("WEIR_TEST_KAFKA", "a Kafka-protocol broker")
 }
+
+/// The bus URL of the test Kafka-protocol broker.
+pub fn kafka() -> String {
+    format!("kafka://{}", kafka_brokers())
+}
+
+/// The test S3 server's endpoint (`WEIR_TEST_S3_ENDPOINT`; moto).
+pub fn s3_endpoint() -> String {
+    service("WEIR_TEST_S3_ENDPOINT", "an S3 server (moto)")
+}
+
+/// The Python with the peers' packages (`WEIR_TEST_PYTHON`: confluent-kafka, fastavro, DuckDB,
+/// Selenium).
+pub fn python() -> PathBuf {
+    PathBuf::from(service("WEIR_TEST_PYTHON", "nothing, but installs a Python with the peers' packages and"))
+}
+
+/// The test certificates (`WEIR_TEST_TLS_DIR`), see [`crate::https::tls_dir`].
+pub use crate::https::tls_dir;
 
 /// The test PostgreSQL server's URL (`WEIR_TEST_POSTGRES_URL`).
 pub fn postgres_url() -> String {

@@ -3,7 +3,7 @@
 //! `tests/tests/*.rs` run several roles as processes of the `weir` binary against the real
 //! services `scripts/services` starts on loopback (the README's table says which file tests
 //! what). This library is what they, and the crates' own tests, share:
-//! - [`harness`]: the `weir` binary (built on first use), processes killed when a test ends
+//! - [`harness`]: the `weir` binary under test, processes killed when a test ends
 //!   ([`harness::Proc`]), the test services' addresses, `weir up` started and waited for;
 //! - [`https::Receiver`], an HTTPS server that is not ours (Python's `ssl`), with the
 //!   certificates `scripts/services` made;

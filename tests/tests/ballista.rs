@@ -321,7 +321,7 @@ fn views_written_by_executors_have_the_local_engines_rows_and_schemas() {
         assert_eq!(local, query(d, &sql.replace("{}", "ballista")), "{sql}");
         assert_eq!(local.lines().count(), 1 + rows, "{local}");
     }
-    let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
+    let python = weir_e2e::harness::python();
     let read = |view: &str| {
         let path = d.join("weir-data/lake/views").join(view);
         // os._exit: skip the interpreter teardown, where the deltalake package's native threads
@@ -418,8 +418,7 @@ fn an_executor_killed_mid_query_has_its_tasks_run_again_and_the_view_is_the_same
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lake_on_s3_is_read_by_the_cluster_through_its_bucket() {
-    let endpoint = std::env::var("WEIR_TEST_S3_ENDPOINT")
-        .expect("WEIR_TEST_S3_ENDPOINT is not set: run scripts/test, which starts a local S3 server");
+    let endpoint = weir_e2e::harness::s3_endpoint();
     let bucket = format!("weir-ballista-{}", std::process::id());
     let created = reqwest::Client::new().put(format!("{endpoint}/{bucket}")).send().await.unwrap();
     assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());

@@ -28,7 +28,7 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test]
 async fn every_page_and_action_of_the_console_works_in_chromium() {
-    let python = std::env::var("WEIR_TEST_PYTHON").expect("WEIR_TEST_PYTHON is not set: run scripts/test");
+    let python = weir_e2e::harness::python();
     let dir = tempfile::tempdir().unwrap();
     let examples = dir.path().join("examples");
     copy_dir(&weir_e2e::harness::repo_path("examples"), &examples);

@@ -39,8 +39,7 @@ fn role(dir: &Path, args: &[&str], host: &str) -> Proc {
 
 /// A fresh database on the test PostgreSQL; its URL.
 fn database() -> String {
-    let base = std::env::var("WEIR_TEST_POSTGRES_URL")
-        .expect("WEIR_TEST_POSTGRES_URL is not set: run scripts/test, which starts PostgreSQL on loopback");
+    let base = weir_e2e::harness::postgres_url();
     let name = format!("ha_{}", std::process::id());
     let out = Command::new("psql").args([&base, "-qc", &format!("CREATE DATABASE {name}")]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

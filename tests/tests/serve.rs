@@ -14,8 +14,7 @@ use weir_schemas::http::HttpConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_guard_the_orchestrators_routes_over_https() {
-    let certs =
-        std::path::PathBuf::from(std::env::var("WEIR_TEST_TLS_DIR").expect("WEIR_TEST_TLS_DIR: run scripts/test"));
+    let certs = weir_e2e::harness::tls_dir();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (port, pg_port) = (free_port(), free_port());
