@@ -114,7 +114,8 @@ async fn drain(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_async::
     let db = &args.database;
     let rig = rig(config).await?;
     let mut source =
-        MysqlSource::new(source_config(args, &rig, "drain", 54_001), rig.bus.clone(), rig.serializer.clone()).await?;
+        MysqlSource::new(source_config(args, &rig, "drain", 4_054_001), rig.bus.clone(), rig.serializer.clone())
+            .await?;
     source.catch_up().await?; // snapshot of the empty table: the offset is now the backlog's start
     let start = (source.offset().file.clone(), source.offset().pos);
 
@@ -184,7 +185,7 @@ async fn insert_orders(conn: &mut mysql_async::Conn, db: &str, rows: usize, per_
 async fn bare_decode(url: &str, file: &str, pos: u64) -> anyhow::Result<(u64, f64)> {
     let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(url)?).await?;
     conn.query_drop("SET @mariadb_slave_capability = 4").await?;
-    let request = BinlogStreamRequest::new(54_002).with_filename(file.as_bytes()).with_pos(pos).with_non_blocking();
+    let request = BinlogStreamRequest::new(4_054_002).with_filename(file.as_bytes()).with_pos(pos).with_non_blocking();
     let started = Instant::now();
     let mut stream = conn.get_binlog_stream(request).await?;
     let mut rows = 0u64;
@@ -208,7 +209,8 @@ async fn steady(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_async:
     conn.query_drop(format!("TRUNCATE TABLE {db}.orders")).await?; // no snapshot backlog
     let rig = rig(config).await?;
     let mut source =
-        MysqlSource::new(source_config(args, &rig, "steady", 54_003), rig.bus.clone(), rig.serializer.clone()).await?;
+        MysqlSource::new(source_config(args, &rig, "steady", 4_054_003), rig.bus.clone(), rig.serializer.clone())
+            .await?;
     source.catch_up().await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut stopped_source = stopped.clone();
@@ -335,7 +337,7 @@ async fn incremental(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_a
     // Baseline: the initial (consistent, one-query-per-table) snapshot of the same rows.
     let baseline = rig(config).await?;
     let mut source = MysqlSource::new(
-        source_config(args, &baseline, "initial", 54_004),
+        source_config(args, &baseline, "initial", 4_054_004),
         baseline.bus.clone(),
         baseline.serializer.clone(),
     )
@@ -347,7 +349,7 @@ async fn incremental(config: &BusConfig, args: &CdcMysqlArgs, conn: &mut mysql_a
     eprintln!("cdc-mysql: initial snapshot of {} rows at {initial:.0} rows/s", stats.snapshot_rows);
 
     let mut modes = serde_json::Map::new();
-    for (mode, read_only, server_id) in [("signal_table", false, 54_005u32), ("read_only", true, 54_006)] {
+    for (mode, read_only, server_id) in [("signal_table", false, 4_054_005u32), ("read_only", true, 4_054_006)] {
         let rig = rig(config).await?;
         let mut c = source_config(args, &rig, mode, server_id);
         c.include_tables = vec![format!("{db}.orders")];
