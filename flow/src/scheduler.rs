@@ -206,6 +206,9 @@ struct Running {
     /// The DAG version of a local try.
     dag: Option<Arc<Dag>>,
     max_tries: u32,
+    /// A local try's task: aborted when this scheduler stops leading, which drops the try and
+    /// kills its process group.
+    task: Option<tokio::task::AbortHandle>,
 }
 
 /// Scheduled task instances waiting for a slot, in the order they start, counted per run.
@@ -389,8 +392,15 @@ impl Scheduler {
                 }
             }
         }
-        // A new term starts from the database: local tries still running here are reset to
-        // retries by whoever leads next, and their late ends are refused.
+        // A new term starts from the database: whoever leads next resets the tries still running
+        // here to retries. Having lost the lease (or failing), this scheduler stops them now, their
+        // whole process groups, so that no try runs here while its retry runs elsewhere.
+        if !matches!(ended, Ok(Ended::Shutdown)) {
+            let stopped = self.running.values().filter_map(|r| r.task.as_ref()).inspect(|t| t.abort()).count();
+            if stopped > 0 {
+                tracing::warn!(stopped, "no longer leading: the tries running here were stopped");
+            }
+        }
         self.running.clear();
         ended
     }
@@ -555,7 +565,7 @@ impl Scheduler {
             .handed()
             .await?
             .into_iter()
-            .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0 }))
+            .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0, task: None }))
             .collect();
         Ok(())
     }
@@ -1128,7 +1138,8 @@ impl Scheduler {
             let queued = self.store.queue_tasks(&keys).await?;
             for ((key, w), ok) in keys.into_iter().zip(&chosen).zip(queued) {
                 if ok {
-                    self.running.insert(key, Running { pool: w.ti.pool.clone(), dag: None, max_tries: w.ti.max_tries });
+                    let running = Running { pool: w.ti.pool.clone(), dag: None, max_tries: w.ti.max_tries, task: None };
+                    self.running.insert(key, running);
                 }
             }
         } else if !chosen.is_empty() {
@@ -1152,18 +1163,19 @@ impl Scheduler {
         state: serde_json::Map<String, serde_json::Value>,
     ) {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
-        self.running
-            .insert(key.clone(), Running { pool: ti.pool.clone(), dag: Some(dag.clone()), max_tries: ti.max_tries });
+        let (running_key, pool, max_tries, dag_version) = (key.clone(), ti.pool.clone(), ti.max_tries, dag.clone());
         let (dag, run) = (dag.clone(), run.clone());
         let (lake, store, logs_dir) = (self.lake.clone(), self.store.clone(), self.logs_dir.clone());
         let (batch, ledger) = (self.config.batch.clone(), self.ledger.clone());
         let done = self.done_tx.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let with =
                 execute::With { lake: &lake, store: &store, batch: &batch, ledger: &ledger, state: Some(&state) };
             let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &with).await;
             let _ = done.send(Completion { key, try_number, outcome, log });
         });
+        let running = Running { pool, dag: Some(dag_version), max_tries, task: Some(task.abort_handle()) };
+        self.running.insert(running_key, running);
     }
 }
 

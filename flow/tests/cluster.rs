@@ -491,3 +491,49 @@ async fn a_queue_nobody_serves_raises_an_alert_that_resolves() {
     scheduler.abort();
     gpu.abort();
 }
+
+/// Whether process `pid` still runs (a zombie does not).
+fn runs(pid: u32) -> bool {
+    weir_batch::orphans::start_time(pid).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_that_loses_its_lease_stops_its_local_tries() {
+    let c = Cluster::new().await;
+    let pids = c.dir.path().join("pids");
+    // The try's shell and its child both outlive a plain kill of the shell alone.
+    let dag = c.write_dag(
+        "long",
+        &format!(
+            "tasks:\n  - {{id: a, retries: 1, script: [sh, -c, 'sleep 60 & echo $$ $! >> {}; wait']}}\n",
+            pids.display()
+        ),
+    );
+    let config = FlowConfig { executor: Executor::Local, ..c.config() };
+    let s = Scheduler::new(c.store.clone(), c.lake.clone(), config);
+    let scheduler = tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() });
+    c.wait_until("the scheduler leads", Duration::from_secs(5), || async { !c.leader().await.0.is_empty() }).await;
+    let (_, epoch) = c.leader().await;
+    c.store.upsert_dag(&dag).await.unwrap();
+    runs::trigger(&c.store, &dag, serde_json::Map::new(), None).await.unwrap();
+    c.wait_until("the try runs", Duration::from_secs(10), || async { !lines(&pids).is_empty() }).await;
+    let first: Vec<u32> = lines(&pids)[0].split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert!(first.iter().all(|&p| runs(p)), "the try's shell and sleep run: {first:?}");
+
+    // Another scheduler takes the lease (as after a partition): this one is fenced off.
+    let intruder = c.store.acquire_lease("intruder", &c.store.lease().await.unwrap()).await.unwrap().unwrap();
+    assert_eq!(intruder.epoch, epoch + 1);
+    c.wait_until("the fenced scheduler stops its try, child included", Duration::from_secs(5), || async {
+        first.iter().all(|&p| !runs(p))
+    })
+    .await;
+    // The intruder never renews: the scheduler leads again, resets the stopped try and retries
+    // it; the retry runs alone.
+    c.wait_until("the try runs again", Duration::from_secs(15), || async { lines(&pids).len() >= 2 }).await;
+    let second: Vec<u32> = lines(&pids)[1].split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert!(first.iter().all(|&p| !runs(p)), "the first try is gone while its retry runs");
+    assert!(second.iter().all(|&p| runs(p)), "the retry runs: {second:?}");
+    scheduler.abort();
+    // The retry's process group (its shell leads it), left by the aborted scheduler task.
+    std::process::Command::new("kill").args(["-9", &format!("-{}", second[0])]).status().unwrap();
+}
