@@ -126,6 +126,11 @@ struct Checkpoint {
     windows: Snapshot,
     alerts: serde_json::Value,
     stats: Stats,
+    /// The key columns of the windows' keys: (name, Arrow type, nullable). A restored engine
+    /// writes the restored windows' keys with them before it decodes any new event (absent in
+    /// checkpoints written before it was recorded).
+    #[serde(default)]
+    key_columns: Option<Vec<(String, String, bool)>>,
 }
 
 /// Wall-clock time in ms since the epoch.
@@ -143,6 +148,9 @@ pub struct Engine {
     producer: Box<dyn Producer>,
     decoder: Decoder,
     compiled: Option<(Compiled, RowConverter)>,
+    /// The key columns of results and their row converter: the compiled pipeline's, or, until
+    /// an event is decoded after a restore, the checkpoint's.
+    keys: Option<(Vec<Field>, RowConverter)>,
     windows: Windows,
     partitions: BTreeMap<u32, PartitionState>,
     watermark: i64,
@@ -248,6 +256,7 @@ impl Engine {
             last_checkpoint: Instant::now(),
             last_early: Instant::now(),
             compiled: None,
+            keys: None,
             fingerprint,
             p,
             config,
@@ -304,6 +313,16 @@ impl Engine {
         if c.fingerprint == self.fingerprint {
             self.windows.restore(c.windows).map_err(|e| self.checkpoint_err(e))?;
             self.rules.restore(c.alerts);
+            if let Some(columns) = c.key_columns {
+                let mut fields = Vec::with_capacity(columns.len());
+                for (name, data_type, nullable) in columns {
+                    let data_type: DataType = data_type
+                        .parse()
+                        .map_err(|e| self.checkpoint_err(format!("{path}: key column {name}: {e}")))?;
+                    fields.push(Field::new(name, data_type, nullable));
+                }
+                self.keys = Some(key_columns(fields));
+            }
             self.watermark = c.watermark;
             self.stats = c.stats;
         } else {
@@ -331,6 +350,9 @@ impl Engine {
             windows: self.windows.snapshot(),
             alerts: self.rules.snapshot(),
             stats: self.stats,
+            key_columns: self.keys.as_ref().map(|(fields, _)| {
+                fields.iter().map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable())).collect()
+            }),
         };
         let bytes = serde_json::to_vec(&c).map_err(|e| self.checkpoint_err(e))?;
         let size = bytes.len();
@@ -430,6 +452,7 @@ impl Engine {
             if self.compiled.as_ref().is_none_or(|(c, _)| c.schema() != &d.batch.schema()) {
                 let c = Compiled::new(&self.p, d.batch.schema())?;
                 let conv = c.key_converter();
+                self.keys = Some(key_columns(c.key_fields.clone()));
                 self.compiled = Some((c, conv));
             }
             let (compiled, converter) = self.compiled.as_ref().expect("compiled above");
@@ -544,14 +567,14 @@ impl Engine {
     fn results_batch(&self, out: &[Emitted]) -> RecordBatch {
         let mut fields = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();
-        if let Some((compiled, converter)) = &self.compiled
-            && !compiled.key_fields.is_empty()
+        if let Some((key_fields, converter)) = &self.keys
+            && !key_fields.is_empty()
         {
             let parser = converter.parser();
             let keys = converter
                 .convert_rows(out.iter().map(|e| parser.parse(&e.key)))
-                .expect("keys were made by this converter");
-            fields.extend(compiled.key_fields.iter().cloned());
+                .expect("keys were made by a converter of the same key types");
+            fields.extend(key_fields.iter().cloned());
             columns.extend(keys);
         }
         let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
@@ -596,7 +619,7 @@ impl Engine {
         writer.finish().expect("JSON encoding of plain columns");
         let rows: Vec<serde_json::Map<String, serde_json::Value>> =
             serde_json::from_slice(&writer.into_inner()).expect("arrow-json writes JSON");
-        let key_count = self.compiled.as_ref().map_or(0, |(c, _)| c.key_fields.len());
+        let key_count = self.keys.as_ref().map_or(0, |(fields, _)| fields.len());
         let records: Vec<Record> = rows
             .into_iter()
             .zip(&out)
@@ -620,6 +643,12 @@ impl Engine {
         self.rules.publish(changes, &*self.producer).await.map_err(|e| self.bus_err(e))?;
         Ok(())
     }
+}
+
+/// Key columns with the row converter of their values.
+fn key_columns(fields: Vec<Field>) -> (Vec<Field>, RowConverter) {
+    let converter = crate::eval::key_converter(&fields);
+    (fields, converter)
 }
 
 /// Milliseconds since the epoch as RFC 3339 text.

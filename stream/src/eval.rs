@@ -65,6 +65,13 @@ pub struct Prepared {
     pub columns: Vec<Column>,
 }
 
+/// The row converter of keys with columns `fields` (one for the same types encodes and decodes
+/// the same bytes: a restored engine decodes the keys a previous one encoded).
+pub fn key_converter(fields: &[Field]) -> RowConverter {
+    RowConverter::new(fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())
+        .expect("every Arrow type has a row format")
+}
+
 impl Compiled {
     /// Compiles `p`'s expressions for batches of `schema`.
     pub fn new(p: &Pipeline, schema: SchemaRef) -> Result<Compiled, ExprError> {
@@ -114,8 +121,7 @@ impl Compiled {
 
     /// A converter between key columns and their row format.
     pub fn key_converter(&self) -> RowConverter {
-        RowConverter::new(self.key_fields.iter().map(|f| SortField::new(f.data_type().clone())).collect())
-            .expect("every Arrow type has a row format")
+        key_converter(&self.key_fields)
     }
 
     fn err(&self, what: &str, expr: &str, source: DataFusionError) -> ExprError {
