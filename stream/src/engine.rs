@@ -314,14 +314,19 @@ impl Engine {
             self.windows.restore(c.windows).map_err(|e| self.checkpoint_err(e))?;
             self.rules.restore(c.alerts);
             if let Some(columns) = c.key_columns {
-                let mut fields = Vec::with_capacity(columns.len());
-                for (name, data_type, nullable) in columns {
-                    let data_type: DataType = data_type
-                        .parse()
-                        .map_err(|e| self.checkpoint_err(format!("{path}: key column {name}: {e}")))?;
-                    fields.push(Field::new(name, data_type, nullable));
+                let fields: Result<Vec<Field>, String> = columns
+                    .into_iter()
+                    .map(|(name, data_type, nullable)| match data_type.parse::<DataType>() {
+                        Ok(t) => Ok(Field::new(name, t, nullable)),
+                        Err(e) => Err(format!("key column {name}: {e}")),
+                    })
+                    .collect();
+                match fields {
+                    Ok(fields) => self.keys = Some(key_columns(fields)),
+                    // As with a checkpoint from before key columns were recorded: keys are known
+                    // again from the first event decoded.
+                    Err(e) => tracing::warn!(pipeline = %self.p.id, error = %e, "cannot restore the key columns"),
                 }
-                self.keys = Some(key_columns(fields));
             }
             self.watermark = c.watermark;
             self.stats = c.stats;
