@@ -54,9 +54,8 @@ pub fn weir(dir: &Path, bus_url: &str, args: &[&str], stdin: Option<&str>) -> Ou
     child.wait_with_output().unwrap()
 }
 
-/// A `weir <args>` command in `dir` with `WEIR_LOG` unset, to spawn with [`Proc::spawn`] once
-/// configured.
-pub fn weir_command(dir: &Path, args: &[&str]) -> Command {
+/// A `weir <args>` command in `dir` with `WEIR_LOG` unset.
+fn weir_command(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(weir_bin());
     command.args(args).current_dir(dir).env_remove("WEIR_LOG");
     command
@@ -103,18 +102,6 @@ impl Drop for Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-}
-
-/// Polls `check` every 100 ms until it gives a value; panics naming `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(started.elapsed() < timeout, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
