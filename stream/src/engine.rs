@@ -147,9 +147,10 @@ pub struct Engine {
     consumer: Box<dyn Consumer>,
     producer: Box<dyn Producer>,
     decoder: Decoder,
-    compiled: Option<(Compiled, RowConverter)>,
-    /// The key columns of results and their row converter: the compiled pipeline's, or, until
-    /// an event is decoded after a restore, the checkpoint's.
+    compiled: Option<Compiled>,
+    /// The key columns and their row converter, which encodes the windows' keys and decodes them
+    /// into results: the compiled pipeline's, or, until an event is decoded after a restore, the
+    /// checkpoint's.
     keys: Option<(Vec<Field>, RowConverter)>,
     windows: Windows,
     partitions: BTreeMap<u32, PartitionState>,
@@ -454,13 +455,13 @@ impl Engine {
         let mut dead: Vec<(usize, String)> = polled.dead;
         let mut late = 0u64;
         for d in polled.batches {
-            if self.compiled.as_ref().is_none_or(|(c, _)| c.schema() != &d.batch.schema()) {
+            if self.compiled.as_ref().is_none_or(|c| c.schema() != &d.batch.schema()) {
                 let c = Compiled::new(&self.p, d.batch.schema())?;
-                let conv = c.key_converter();
                 self.keys = Some(key_columns(c.key_fields.clone()));
-                self.compiled = Some((c, conv));
+                self.compiled = Some(c);
             }
-            let (compiled, converter) = self.compiled.as_ref().expect("compiled above");
+            let compiled = self.compiled.as_ref().expect("compiled above");
+            let (_, converter) = self.keys.as_ref().expect("set with compiled");
             let prepared = compiled.prepare(&d.batch, converter)?;
             for (row, &msg) in d.rows.iter().enumerate() {
                 if prepared.keep.as_ref().is_some_and(|k| !k.is_valid(row) || !k.value(row)) {

@@ -120,10 +120,6 @@ impl Compiled {
     }
 
     /// A converter between key columns and their row format.
-    pub fn key_converter(&self) -> RowConverter {
-        key_converter(&self.key_fields)
-    }
-
     fn err(&self, what: &str, expr: &str, source: DataFusionError) -> ExprError {
         ExprError { pipeline: self.pipeline.clone(), what: what.into(), expr: expr.into(), source }
     }
