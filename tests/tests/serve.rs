@@ -101,6 +101,9 @@ async fn scopes_guard_the_orchestrators_routes_over_https() {
     serve.wait().unwrap();
 }
 
+/// The HTTP methods a route may have.
+const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
 /// The routes `weir serve` answers that the serving layer, the orchestrator and the health
 /// endpoints register, read from their sources: (path, method) for every `.route("/…",
 /// get(…).post(…))` but the console's page and assets.
@@ -112,26 +115,24 @@ fn registered_routes() -> std::collections::BTreeSet<(String, String)> {
         .filter(|f| f.extension().is_some_and(|e| e == "rs"))
         .chain([weir_e2e::harness::repo_path("cli/src/telemetry.rs")]);
     for file in files {
-        {
-            let text = std::fs::read_to_string(&file).unwrap();
-            for (_, rest) in text.match_indices(".route(\"/").map(|(i, _)| text.split_at(i + ".route(\"".len())) {
-                let (path, rest) = rest.split_once('"').unwrap();
-                if !path.starts_with("/api/") && (path == "/" || path.contains('.')) {
-                    continue; // the console's page and assets
-                }
-                let line = rest.lines().next().unwrap();
-                let methods: Vec<&str> = ["get", "post", "put", "patch", "delete"]
-                    .into_iter()
-                    .filter(|m| {
-                        line.match_indices(&format!("{m}(")).any(|(i, _)| {
-                            i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric() && line.as_bytes()[i - 1] != b'_'
-                        })
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (_, rest) in text.match_indices(".route(\"/").map(|(i, _)| text.split_at(i + ".route(\"".len())) {
+            let (path, rest) = rest.split_once('"').unwrap();
+            if !path.starts_with("/api/") && (path == "/" || path.contains('.')) {
+                continue; // the console's page and assets
+            }
+            let line = rest.lines().next().unwrap();
+            let methods: Vec<&str> = METHODS
+                .into_iter()
+                .filter(|m| {
+                    line.match_indices(&format!("{m}(")).any(|(i, _)| {
+                        i == 0 || !line.as_bytes()[i - 1].is_ascii_alphanumeric() && line.as_bytes()[i - 1] != b'_'
                     })
-                    .collect();
-                assert!(!methods.is_empty(), "{}: no method on the line of {path}: {line}", file.display());
-                for m in methods {
-                    routes.insert((path.to_string(), m.to_string()));
-                }
+                })
+                .collect();
+            assert!(!methods.is_empty(), "{}: no method on the line of {path}: {line}", file.display());
+            for m in methods {
+                routes.insert((path.to_string(), m.to_string()));
             }
         }
     }
@@ -165,7 +166,6 @@ async fn the_openapi_document_names_every_route_and_only_routes_that_answer() {
         assert!(started.elapsed() < Duration::from_secs(30), "weir serve did not answer");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
     let mut documented = std::collections::BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for m in item.as_object().unwrap().keys().filter(|k| METHODS.contains(&k.as_str())) {
