@@ -1163,7 +1163,9 @@ impl Scheduler {
         state: serde_json::Map<String, serde_json::Value>,
     ) {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
-        let (running_key, pool, max_tries, dag_version) = (key.clone(), ti.pool.clone(), ti.max_tries, dag.clone());
+        let mut running =
+            Running { pool: ti.pool.clone(), dag: Some(dag.clone()), max_tries: ti.max_tries, task: None };
+        let running_key = key.clone();
         let (dag, run) = (dag.clone(), run.clone());
         let (lake, store, logs_dir) = (self.lake.clone(), self.store.clone(), self.logs_dir.clone());
         let (batch, ledger) = (self.config.batch.clone(), self.ledger.clone());
@@ -1174,7 +1176,7 @@ impl Scheduler {
             let (outcome, log) = execute::run_try(&dag, &run, &key.task_id, try_number, &logs_dir, &with).await;
             let _ = done.send(Completion { key, try_number, outcome, log });
         });
-        let running = Running { pool, dag: Some(dag_version), max_tries, task: Some(task.abort_handle()) };
+        running.task = Some(task.abort_handle());
         self.running.insert(running_key, running);
     }
 }

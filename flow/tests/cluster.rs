@@ -61,7 +61,12 @@ impl Cluster {
 
     /// A scheduler task; aborting it is a crash (nothing is given up cleanly).
     fn scheduler(&self) -> tokio::task::JoinHandle<()> {
-        let s = Scheduler::new(self.store.clone(), self.lake.clone(), self.config());
+        self.scheduler_with(self.config())
+    }
+
+    /// [`Self::scheduler`] with `config`.
+    fn scheduler_with(&self, config: FlowConfig) -> tokio::task::JoinHandle<()> {
+        let s = Scheduler::new(self.store.clone(), self.lake.clone(), config);
         tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() })
     }
 
@@ -501,7 +506,7 @@ fn runs(pid: u32) -> bool {
 async fn a_scheduler_that_loses_its_lease_stops_its_local_tries() {
     let c = Cluster::new().await;
     let pids = c.dir.path().join("pids");
-    // The try's shell and its child both outlive a plain kill of the shell alone.
+    // The try's shell and its background child: killing the shell alone would leave the child.
     let dag = c.write_dag(
         "long",
         &format!(
@@ -509,9 +514,7 @@ async fn a_scheduler_that_loses_its_lease_stops_its_local_tries() {
             pids.display()
         ),
     );
-    let config = FlowConfig { executor: Executor::Local, ..c.config() };
-    let s = Scheduler::new(c.store.clone(), c.lake.clone(), config);
-    let scheduler = tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() });
+    let scheduler = c.scheduler_with(FlowConfig { executor: Executor::Local, ..c.config() });
     c.wait_until("the scheduler leads", Duration::from_secs(5), || async { !c.leader().await.0.is_empty() }).await;
     let (_, epoch) = c.leader().await;
     c.store.upsert_dag(&dag).await.unwrap();
