@@ -73,6 +73,9 @@ fn start(dir: &Path, name: &str, server_id: u32) -> Server {
     assert!(status.success(), "mariadb-install-db for the {name}");
     let port = free_port();
     let socket = dir.join(format!("{name}.sock"));
+    // Its own directory for temporary tables, apart from the shared test server's.
+    let tmp = dir.join(format!("{name}-tmp"));
+    std::fs::create_dir_all(&tmp).unwrap();
     let child = Command::new("mariadbd")
         .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-name-resolve"])
         .arg(format!("--datadir={}", data.display()))
@@ -82,6 +85,7 @@ fn start(dir: &Path, name: &str, server_id: u32) -> Server {
         .args(["--log-bin=mysql-bin", "--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL"])
         .args(["--log-slave-updates", "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M"])
         .arg(format!("--server-id={server_id}"))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
         .spawn()

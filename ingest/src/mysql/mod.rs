@@ -235,6 +235,24 @@ impl MysqlSourceConfig {
             && !self.exclude_tables.iter().any(|p| glob(p, &name))
     }
 
+    /// The databases every captured table is in, when the include patterns name them literally
+    /// (`shop.*`, `billing.invoices`); `None` when any table of any database may be captured.
+    /// `information_schema` is read for these databases only: on a server with many schemas its
+    /// reads are the heaviest statements a source sends.
+    pub fn captured_databases(&self) -> Option<Vec<String>> {
+        let mut dbs: Vec<String> = Vec::new();
+        for pattern in &self.include_tables {
+            let (db, table) = pattern.split_once('.')?;
+            if db.contains('*') || table.contains('.') {
+                return None;
+            }
+            if !dbs.iter().any(|d| d == db) {
+                dbs.push(db.to_string());
+            }
+        }
+        (!dbs.is_empty()).then_some(dbs)
+    }
+
     /// Whether the operation with Debezium code `op` is emitted.
     pub fn emits(&self, op: &str) -> bool {
         !self.skipped_operations.iter().any(|s| s == op)
@@ -331,6 +349,16 @@ mod tests {
         assert!(c.captures("shop", "orders"));
         assert!(!c.captures("mysql", "user"), "system databases are never captured");
         c.include_tables = vec!["shop.*".into()];
+        assert_eq!(c.captured_databases(), Some(vec!["shop".to_string()]));
+        let with = |patterns: &[&str]| {
+            let mut c = c.clone();
+            c.include_tables = patterns.iter().map(|p| p.to_string()).collect();
+            c.captured_databases()
+        };
+        assert_eq!(with(&["a.t", "b.*", "a.u"]), Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(with(&["a.t", "shop_*.orders"]), None, "a wildcard database");
+        assert_eq!(with(&[]), None, "every database");
+        assert_eq!(with(&["a.b.c"]), None, "a dot in a name: which part is the database is unclear");
         c.exclude_tables = vec!["shop.tmp_*".into()];
         assert!(c.captures("shop", "orders"));
         assert!(!c.captures("shop", "tmp_x"));

@@ -1106,7 +1106,13 @@ pub(super) async fn load_definitions(
     conn: &mut Conn,
     config: &MysqlSourceConfig,
 ) -> Result<BTreeMap<TableName, TableDef>, LoadError> {
-    let system = super::SYSTEM_DATABASES.map(|d| format!("'{d}'")).join(",");
+    let quote = |d: &str| format!("'{}'", d.replace('\\', "\\\\").replace('\'', "''"));
+    let system = super::SYSTEM_DATABASES.map(quote).join(",");
+    // Only the databases captured, when the include patterns name them.
+    let only = match config.captured_databases() {
+        Some(dbs) => format!(" IN ({})", dbs.iter().map(|d| quote(d)).collect::<Vec<_>>().join(",")),
+        None => format!(" NOT IN ({system})"),
+    };
     type ColumnRow =
         (String, String, String, String, String, String, Option<u64>, Option<u64>, Option<u64>, Option<String>);
     let rows: Vec<ColumnRow> = conn
@@ -1115,7 +1121,7 @@ pub(super) async fn load_definitions(
              c.NUMERIC_PRECISION, c.NUMERIC_SCALE, c.DATETIME_PRECISION, c.CHARACTER_SET_NAME \
              FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
                ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
-             WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA NOT IN ({system}) \
+             WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA{only} \
              ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION"
         ))
         .await
@@ -1123,7 +1129,7 @@ pub(super) async fn load_definitions(
     let keys: Vec<(String, String, String)> = conn
         .query(format!(
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-             WHERE CONSTRAINT_NAME = 'PRIMARY' AND TABLE_SCHEMA NOT IN ({system}) \
+             WHERE CONSTRAINT_NAME = 'PRIMARY' AND TABLE_SCHEMA{only} \
              ORDER BY TABLE_SCHEMA, TABLE_NAME, ORDINAL_POSITION"
         ))
         .await
@@ -1132,7 +1138,7 @@ pub(super) async fn load_definitions(
     let checks: Vec<(String, String, String)> = conn
         .query(format!(
             "SELECT CONSTRAINT_SCHEMA, TABLE_NAME, CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS \
-             WHERE CONSTRAINT_SCHEMA NOT IN ({system})"
+             WHERE CONSTRAINT_SCHEMA{only}"
         ))
         .await
         .unwrap_or_default();
