@@ -131,7 +131,7 @@ pub async fn run(config: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let counts = Arc::new(Counts::default());
     let console = Console::default();
     let hook = console_receiver(counts.clone(), console.clone()).await?;
-    let receiver = Arc::new(Receiver { name: "demo".into(), webhook: Some(hook), slack: None, jira: None });
+    let receiver = Arc::new(Receiver { name: "demo".into(), webhook: Some(hook), ..Receiver::default() });
     // The scheduler starts once the four change logs have their first commits, so that the
     // DAG's runs find their tables.
     let (gate_tx, gate) = watch::channel(false);

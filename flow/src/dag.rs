@@ -520,9 +520,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Dag, DagError> {
         if !names.insert(r.name.as_str()) {
             return Err(err(format!("receivers: {:?} is defined twice", r.name)));
         }
-        if r.webhook.is_none() && r.slack.is_none() && r.jira.is_none() {
-            return Err(err(format!("receivers: {:?} has no webhook, slack or jira", r.name)));
-        }
+        r.check().map_err(|e| err(format!("receivers: {e}")))?;
     }
     let n = &raw.notifications;
     for (key, list) in [
@@ -1181,7 +1179,9 @@ tasks:
         let e = err("notifications: {on_failure: [pager]}\ntasks:\n  - {id: a, script: [true]}\n");
         assert!(e.contains("notifications.on_failure: no receiver \"pager\""), "{e}");
         let e = err("receivers: [{name: pager}]\ntasks:\n  - {id: a, script: [true]}\n");
-        assert!(e.contains("\"pager\" has no webhook, slack or jira"), "{e}");
+        assert!(e.contains("receiver pager: none of webhook, slack, jira, alertmanager is set"), "{e}");
+        let e = err("receivers: [{name: am, alertmanager: {urls: []}}]\ntasks:\n  - {id: a, script: [true]}\n");
+        assert!(e.contains("receiver am: alertmanager: urls is empty"), "{e}");
         let e = err(
             "receivers: [{name: p, webhook: 'http://x'}]\nnotifications: {on_deadline_missed: [p]}\ntasks:\n  - {id: a, script: [true]}\n",
         );

@@ -68,6 +68,7 @@ pub fn for_event(event: &FlowEvent, dag: &Dag) -> Vec<Notification> {
             receiver: Arc::new(r.clone()),
             group_labels: BTreeMap::from([("alertname".to_string(), alertname.to_string())]),
             alerts: vec![alert.clone()],
+            ongoing: false,
         })
         .collect()
 }
@@ -81,6 +82,8 @@ fn alert(labels: BTreeMap<String, String>, summary: String, starts_at: &str) -> 
         starts_at: starts_at.to_string(),
         ends_at: "0001-01-01T00:00:00Z".into(),
         fingerprint,
+        generator_url: String::new(),
+        silenced: false,
     }
 }
 
@@ -134,6 +137,7 @@ impl QueueAlerts {
                     receiver: Arc::new(r.clone()),
                     group_labels: BTreeMap::from([("alertname".to_string(), "TaskQueuedTooLong".to_string())]),
                     alerts: vec![a.clone()],
+                    ongoing: true,
                 });
             }
         }

@@ -467,8 +467,7 @@ async fn a_queue_nobody_serves_raises_an_alert_that_resolves() {
     config.receivers = vec![weir_notify::Receiver {
         name: "ops".into(),
         webhook: Some(format!("http://{addr}/alerts")),
-        slack: None,
-        jira: None,
+        ..weir_notify::Receiver::default()
     }];
     let s = Scheduler::new(c.store.clone(), c.lake.clone(), config);
     let scheduler = tokio::spawn(async move { s.run(std::future::pending()).await.unwrap() });

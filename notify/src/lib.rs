@@ -7,7 +7,9 @@
 //! receiver posts it, in order, as Alertmanager's webhook JSON (version 4) to a webhook, an
 //! incoming-webhook message to Slack, or a new issue per firing group to Jira, with retries and
 //! exponential backoff ([`Retry`]), so a slow or failing receiver never holds up a pipeline or a
-//! scheduler. HTTPS trust comes from `weir_schemas::http` (`[http]` in `weir.toml`).
+//! scheduler. A receiver may also name Prometheus Alertmanagers ([`alertmanager`]), which get
+//! every alert as Prometheus sends them, resent while it fires. HTTPS trust comes from
+//! `weir_schemas::http` (`[http]` in `weir.toml`).
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -15,8 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tokio::sync::mpsc;
 
+pub mod alertmanager;
+
+pub use alertmanager::Alertmanager;
+
 /// A receiver of notifications (`receivers:` in an alerts file).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receiver {
     /// Its name, used by rules' `receivers:`.
@@ -27,6 +33,27 @@ pub struct Receiver {
     pub slack: Option<String>,
     /// Jira: an issue per firing group.
     pub jira: Option<Jira>,
+    /// Prometheus Alertmanagers: every alert, silenced here or not, resent while it fires.
+    pub alertmanager: Option<Alertmanager>,
+}
+
+impl Receiver {
+    /// What is wrong with it, if anything: it must send somewhere, and its settings must hold.
+    pub fn check(&self) -> Result<(), String> {
+        if self.webhook.is_none() && self.slack.is_none() && self.jira.is_none() && self.alertmanager.is_none() {
+            return Err(format!("receiver {}: none of webhook, slack, jira, alertmanager is set", self.name));
+        }
+        match &self.alertmanager {
+            Some(am) => am.check().map_err(|e| format!("receiver {}: {e}", self.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether it posts each notification (webhook, Slack, Jira), as opposed to only holding
+    /// alerts for Alertmanagers.
+    fn posts(&self) -> bool {
+        self.webhook.is_some() || self.slack.is_some() || self.jira.is_some()
+    }
 }
 
 /// Where and how to open Jira issues.
@@ -63,6 +90,13 @@ pub struct Alert {
     pub ends_at: String,
     /// Stable identity of the alert (rule + labels).
     pub fingerprint: String,
+    /// A link back to where it comes from (`generatorURL`); empty for none.
+    #[serde(default)]
+    pub generator_url: String,
+    /// Whether one of Weir's silences matches it: webhooks, Slack and Jira do not get it, an
+    /// Alertmanager does (its own silences decide there).
+    #[serde(skip)]
+    pub silenced: bool,
 }
 
 /// A group of alerts for one receiver.
@@ -74,6 +108,10 @@ pub struct Notification {
     pub group_labels: BTreeMap<String, String>,
     /// The alerts whose state changed.
     pub alerts: Vec<Alert>,
+    /// Whether its firing alerts are states that a later notification resolves (alert rules,
+    /// queue alerts), which an Alertmanager receiver holds and resends; false for one-off notices
+    /// (a task failed), which end on their own.
+    pub ongoing: bool,
 }
 
 impl Notification {
@@ -112,7 +150,7 @@ impl Notification {
                 "annotations": a.annotations,
                 "startsAt": a.starts_at,
                 "endsAt": a.ends_at,
-                "generatorURL": "",
+                "generatorURL": a.generator_url,
                 "fingerprint": a.fingerprint,
             })).collect::<Vec<_>>(),
         })
@@ -155,11 +193,12 @@ impl Notification {
     }
 }
 
-/// Hands notifications to background senders: one per receiver, so each receiver gets its
-/// notifications in order and a slow one holds up only itself.
+/// Hands notifications to background senders: one per receiver (and one more for its
+/// Alertmanagers), so each receiver gets its notifications in order and a slow one holds up only
+/// itself.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<Notification>,
+    tx: mpsc::Sender<alertmanager::Message>,
 }
 
 /// How hard senders try.
@@ -182,30 +221,59 @@ impl Default for Retry {
 impl Notifier {
     /// Starts the sender tasks; notifications queue up to 10,000 deep.
     pub fn start(retry: Retry) -> Notifier {
-        let (tx, mut rx) = mpsc::channel::<Notification>(10_000);
+        let (tx, mut rx) = mpsc::channel::<alertmanager::Message>(10_000);
         let client = weir_schemas::http::client();
         tokio::spawn(async move {
             let mut senders: BTreeMap<String, mpsc::UnboundedSender<Notification>> = BTreeMap::new();
-            while let Some(n) = rx.recv().await {
-                let sender = senders.entry(n.receiver.name.clone()).or_insert_with(|| {
-                    let (tx, mut queue) = mpsc::unbounded_channel::<Notification>();
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        while let Some(n) = queue.recv().await {
-                            deliver(&client, &n, retry).await;
-                        }
+            let mut alertmanagers: BTreeMap<String, mpsc::UnboundedSender<alertmanager::Message>> = BTreeMap::new();
+            while let Some(message) = rx.recv().await {
+                let (alertmanager::Message::Changed(n) | alertmanager::Message::Restored(n)) = &message;
+                let receiver = n.receiver.clone();
+                let changed = match &message {
+                    alertmanager::Message::Changed(n) if receiver.posts() => {
+                        let alerts: Vec<Alert> = n.alerts.iter().filter(|a| !a.silenced).cloned().collect();
+                        (!alerts.is_empty()).then(|| Notification { alerts, ..n.clone() })
+                    }
+                    _ => None,
+                };
+                if receiver.alertmanager.is_some() {
+                    let sender = alertmanagers
+                        .entry(receiver.name.clone())
+                        .or_insert_with(|| alertmanager::spawn(client.clone(), receiver.clone()));
+                    let _ = sender.send(message);
+                }
+                if let Some(n) = changed {
+                    let sender = senders.entry(receiver.name.clone()).or_insert_with(|| {
+                        let (tx, mut queue) = mpsc::unbounded_channel::<Notification>();
+                        let client = client.clone();
+                        tokio::spawn(async move {
+                            while let Some(n) = queue.recv().await {
+                                deliver(&client, &n, retry).await;
+                            }
+                        });
+                        tx
                     });
-                    tx
-                });
-                let _ = sender.send(n);
+                    let _ = sender.send(n);
+                }
             }
         });
         Notifier { tx }
     }
 
-    /// Queues a notification; never waits (a full queue drops it with an error log).
+    /// Queues a notification of alerts whose state changed; never waits (a full queue drops it
+    /// with an error log).
     pub fn send(&self, n: Notification) {
-        if let Err(e) = self.tx.try_send(n) {
+        self.queue(alertmanager::Message::Changed(n));
+    }
+
+    /// Queues alerts still in the state they were in before a restart (a restored checkpoint):
+    /// only Alertmanagers get them (they hold alerts; the other receivers were told before).
+    pub fn restored(&self, n: Notification) {
+        self.queue(alertmanager::Message::Restored(n));
+    }
+
+    fn queue(&self, message: alertmanager::Message) {
+        if let Err(e) = self.tx.try_send(message) {
             tracing::error!(error = %e, "notification queue full or closed: notification dropped");
             metrics::counter!("weir_stream_notifications_dropped_total").increment(1);
         }

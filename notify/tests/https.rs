@@ -19,7 +19,7 @@ async fn alerts_reach_https_receivers_through_a_private_ca() {
             name: "oncall".into(),
             webhook: Some(receiver.url("/alertmanager")),
             slack: Some(receiver.url("/slack")),
-            jira: None,
+            ..notify::Receiver::default()
         }),
         group_labels: labels.clone(),
         alerts: vec![Alert {
@@ -29,7 +29,10 @@ async fn alerts_reach_https_receivers_through_a_private_ca() {
             starts_at: "2026-12-04T10:00:00Z".into(),
             ends_at: "0001-01-01T00:00:00Z".into(),
             fingerprint: "f1".into(),
+            generator_url: String::new(),
+            silenced: false,
         }],
+        ongoing: true,
     });
     let mut got = receiver.wait_for(2, Duration::from_secs(20));
     got.sort_by(|a, b| a.path.cmp(&b.path));

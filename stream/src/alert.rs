@@ -7,7 +7,11 @@
 //! watermark, for an early result of a window still open).
 //!
 //! Every state change goes to `weir.alerts` (JSON); changes to firing and resolved are grouped by
-//! the file's `group_by` labels and sent to the rule's receivers, unless a silence matches.
+//! the file's `group_by` labels and sent to the rule's receivers, unless a silence matches. A
+//! receiver with `alertmanager:` hands every alert to Prometheus Alertmanager instead, silenced
+//! or not, resent while it fires and again after a restart (`weir_notify::alertmanager`), so
+//! Alertmanager's routing, grouping, silences and inhibitions act on it; each alert links back to
+//! the console's streams page when the file sets `external_url`.
 //!
 //! ```yaml
 //! rules:
@@ -20,7 +24,9 @@
 //!     annotations: {summary: "{{ $value }} of payments failed at merchant {{ $labels.merchant_id }}"}
 //! receivers:
 //!   - {name: oncall, webhook: "http://127.0.0.1:9093/hook"}
+//!   - {name: am, alertmanager: {urls: ["http://127.0.0.1:9093"], resend_every: 1m}}
 //! group_by: [alertname]
+//! external_url: "https://weir.example.com"
 //! silences:
 //!   - {matchers: {merchant_id: "7"}, ends_at: "2026-12-01T00:00:00Z", comment: "migration"}
 //! ```
@@ -126,6 +132,8 @@ struct AlertsFile {
     group_by: Option<Vec<String>>,
     #[serde(default)]
     silences: Vec<FileSilence>,
+    #[serde(default)]
+    external_url: Option<String>,
 }
 
 /// Everything the `alerts/` folder defines.
@@ -139,6 +147,9 @@ pub struct AlertConfig {
     pub group_by: Vec<String>,
     /// The files' silences and those published through the API.
     pub silences: Arc<Silences>,
+    /// Where Weir's console is for the people alerted (`external_url`): alerts link to its
+    /// streams page.
+    pub external_url: Option<String>,
 }
 
 /// Reads every `*.yaml` in `dir`; a bad file is reported and the others still load.
@@ -180,6 +191,9 @@ pub fn load_dir(dir: &Path) -> (AlertConfig, Vec<PipelineError>) {
         if let Some(g) = f.group_by {
             config.group_by = g;
         }
+        if let Some(url) = f.external_url {
+            config.external_url = Some(url);
+        }
         silences.extend(f.silences.into_iter().enumerate().map(|(n, s)| {
             Silence {
                 id: format!("file:{}#{n}", path.display()),
@@ -194,7 +208,12 @@ pub fn load_dir(dir: &Path) -> (AlertConfig, Vec<PipelineError>) {
                 comment: s.comment,
             }
         }));
-        config.receivers.extend(f.receivers.into_iter().map(Arc::new));
+        for r in f.receivers {
+            match r.check() {
+                Ok(()) => config.receivers.push(Arc::new(r)),
+                Err(e) => errors.push(err(None, e)),
+            }
+        }
         for r in f.rules {
             config.rules.push(Rule {
                 name: r.alert,
@@ -547,40 +566,76 @@ impl RuleSet {
         // order: the n-th change of an alert goes out in the n-th round.
         let mut rounds: Vec<BTreeMap<(String, Labels), Vec<Alert>>> = Vec::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
-        for c in changes.iter().filter(|c| matches!(c.state, State::Firing | State::Resolved) && !c.silenced) {
+        // Silenced ones too: the notifier keeps them from all but Alertmanagers.
+        for c in changes.iter().filter(|c| matches!(c.state, State::Firing | State::Resolved)) {
             let round = seen.entry(c.fingerprint.as_str()).or_default();
             if rounds.len() <= *round {
                 rounds.push(BTreeMap::new());
             }
             let groups = &mut rounds[*round];
             *round += 1;
-            let rule = &self.rules[c.rule];
-            let group: BTreeMap<String, String> =
-                self.config.group_by.iter().filter_map(|l| c.labels.get(l).map(|v| (l.clone(), v.clone()))).collect();
-            let alert = Alert {
-                status: if c.state == State::Firing { "firing".into() } else { "resolved".into() },
-                labels: c.labels.clone(),
-                annotations: c.annotations.clone(),
-                starts_at: c.active_at.clone(),
-                ends_at: if c.state == State::Resolved {
-                    c.evaluated_at.clone()
-                } else {
-                    "0001-01-01T00:00:00Z".into()
-                },
-                fingerprint: c.fingerprint.clone(),
-            };
-            for receiver in
-                self.config.receivers.iter().filter(|x| rule.receivers.is_empty() || rule.receivers.contains(&x.name))
-            {
-                groups.entry((receiver.name.clone(), group.clone())).or_default().push(alert.clone());
-            }
+            self.group(c, groups, |_| true);
         }
         for ((name, group_labels), alerts) in rounds.into_iter().flatten() {
-            let receiver =
-                self.config.receivers.iter().find(|r| r.name == name).expect("grouped by a known receiver").clone();
-            notifier.send(Notification { receiver, group_labels, alerts });
+            notifier.send(Notification { receiver: self.receiver(&name), group_labels, alerts, ongoing: true });
         }
         Ok(())
+    }
+
+    /// Hands the alerts firing in a restored checkpoint to the Alertmanager receivers, which
+    /// hold and resend what fires (an Alertmanager that restarted meanwhile knows nothing of
+    /// them); the other receivers were notified when they fired.
+    pub fn announce_restored(&self) {
+        let Some(notifier) = &self.notifier else { return };
+        let mut groups = BTreeMap::new();
+        for (fp, i) in self.instances.iter().filter(|(_, i)| i.state == State::Firing) {
+            let c = self.change(i, fp, i.last_true);
+            self.group(&c, &mut groups, |r| r.alertmanager.is_some());
+        }
+        for ((name, group_labels), alerts) in groups {
+            notifier.restored(Notification { receiver: self.receiver(&name), group_labels, alerts, ongoing: true });
+        }
+    }
+
+    /// Adds the alert of change `c` to `groups`, by receiver (of its rule's, those `wanted`) and
+    /// group-by labels.
+    fn group(
+        &self,
+        c: &Change,
+        groups: &mut BTreeMap<(String, Labels), Vec<Alert>>,
+        wanted: impl Fn(&Receiver) -> bool,
+    ) {
+        let rule = &self.rules[c.rule];
+        let group: Labels =
+            self.config.group_by.iter().filter_map(|l| c.labels.get(l).map(|v| (l.clone(), v.clone()))).collect();
+        let alert = Alert {
+            status: if c.state == State::Firing { "firing".into() } else { "resolved".into() },
+            labels: c.labels.clone(),
+            annotations: c.annotations.clone(),
+            // As Prometheus sends it: since when it fires (not since when it was pending).
+            starts_at: c.fired_at.clone().unwrap_or_else(|| c.active_at.clone()),
+            ends_at: if c.state == State::Resolved { c.evaluated_at.clone() } else { "0001-01-01T00:00:00Z".into() },
+            fingerprint: c.fingerprint.clone(),
+            generator_url: self
+                .config
+                .external_url
+                .as_ref()
+                .map(|u| format!("{}/#/streams", u.trim_end_matches('/')))
+                .unwrap_or_default(),
+            silenced: c.silenced,
+        };
+        for receiver in self
+            .config
+            .receivers
+            .iter()
+            .filter(|x| (rule.receivers.is_empty() || rule.receivers.contains(&x.name)) && wanted(x))
+        {
+            groups.entry((receiver.name.clone(), group.clone())).or_default().push(alert.clone());
+        }
+    }
+
+    fn receiver(&self, name: &str) -> Arc<Receiver> {
+        self.config.receivers.iter().find(|r| r.name == name).expect("grouped by a known receiver").clone()
     }
 }
 

@@ -314,6 +314,7 @@ impl Engine {
         if c.fingerprint == self.fingerprint {
             self.windows.restore(c.windows).map_err(|e| self.checkpoint_err(e))?;
             self.rules.restore(c.alerts);
+            self.rules.announce_restored();
             if let Some(columns) = c.key_columns {
                 let fields: Result<Vec<Field>, String> = columns
                     .into_iter()

@@ -419,6 +419,158 @@ async fn alerts_fire_and_resolve_and_every_notifier_delivers() {
     assert_eq!(fields["summary"], "merchant 1 failed 0.75");
 }
 
+/// Polls `check` every 50 ms until it gives something, for at most `limit`.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(t) = check().await {
+            return t;
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Weir's alerts in a real Prometheus Alertmanager: its grouping puts two merchants' alerts in
+/// one notification, its silence holds back a third (that Weir sent: silences are
+/// Alertmanager's there), a resolved alert reaches its receiver, and an Alertmanager that lost
+/// its alerts (kill -9) has the firing one again from Weir's resends, and again from a stream
+/// engine restored from its checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_reach_a_real_alertmanager_whose_grouping_and_silences_act_on_them() {
+    let s = setup(1).await;
+    let (addr, received) = receiver().await;
+    let mut am = weir_e2e::alertmanager::Alertmanager::start(&format!(
+        "route:\n  receiver: hook\n  group_by: [alertname]\n  group_wait: 300ms\n  group_interval: 500ms\n  \
+         repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{addr}/am\n"
+    ))
+    .await;
+    let silence = am.silence(&[("merchant_id", "3")], "merchant 3 is migrating").await;
+    let alerts_dir = s.dir.path().join("alerts");
+    std::fs::create_dir_all(&alerts_dir).unwrap();
+    std::fs::write(
+        alerts_dir.join("payments.yaml"),
+        format!(
+            "rules:\n  - alert: PaymentFailuresHigh\n    pipeline: p\n    expr: \"failed / payments > 0.5\"\n    \
+             labels: {{severity: page}}\n    annotations: {{summary: \"merchant {{{{ $labels.merchant_id }}}} failing\"}}\n\
+             receivers:\n  - {{name: am, alertmanager: {{urls: [\"{}\"], resend_every: 500ms}}}}\n\
+             external_url: \"https://weir.example.com/\"\n",
+            am.url()
+        ),
+    )
+    .unwrap();
+    let (config, errors) = alert::load_dir(&alerts_dir);
+    assert!(errors.is_empty(), "{errors:?}");
+    let config = Arc::new(config);
+    // Windows close only as events move the watermark, never with the clock.
+    let p = s.pipeline(&format!("{PER_MINUTE}watermark: {{max_out_of_orderness: 0s, idle_timeout: 1h}}\n"));
+    let engine = |notifier: Notifier| s.engine(&p, RuleSet::for_pipeline(&p, config.clone(), Some(notifier)));
+    let mut engine_a = engine(Notifier::start(Retry::default())).await;
+    let hook = || -> Vec<Json> {
+        received.lock().unwrap().iter().filter(|(path, _, _)| path == "/am").map(|(_, _, b)| b.clone()).collect()
+    };
+    let merchants = |n: &Json| -> Vec<(String, String)> {
+        let mut m: Vec<(String, String)> = n["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (a["labels"]["merchant_id"].as_str().unwrap().to_string(), a["status"].as_str().unwrap().to_string())
+            })
+            .collect();
+        m.sort();
+        m
+    };
+
+    // Minute 0: merchants 1, 2 and 3 fail 3 of 4 payments, 4 fails none; a payment of minute 1
+    // closes minute 0.
+    let mut payments = Vec::new();
+    for m in 1..=4 {
+        for i in 0..4 {
+            payments.push(Payment {
+                id: m * 100 + i,
+                merchant: m,
+                cents: 100,
+                failed: m < 4 && i < 3,
+                at: T0 + i * 1000,
+            });
+        }
+    }
+    payments.push(Payment { id: 1_000, merchant: 4, cents: 100, failed: false, at: T0 + 60_000 });
+    s.produce(&payments).await;
+    engine_a.drain().await.unwrap();
+    let first =
+        eventually("Alertmanager's first notification", Duration::from_secs(20), || async { hook().first().cloned() })
+            .await;
+    let firing = |m: &str| (m.to_string(), "firing".to_string());
+    assert_eq!(merchants(&first), vec![firing("1"), firing("2")], "one group, without the silenced merchant: {first}");
+    assert_eq!(first["groupLabels"]["alertname"], "PaymentFailuresHigh");
+    assert_eq!(first["commonLabels"]["severity"], "page");
+    assert_eq!(first["commonAnnotations"], Json::Object(Default::default()), "the summaries differ");
+    let alert = &first["alerts"][0];
+    assert_eq!(alert["annotations"]["summary"], "merchant 1 failing");
+    assert_eq!(alert["startsAt"], "2026-01-01T00:01:00Z", "fired at the end of minute 0, in event time");
+    assert_eq!(alert["generatorURL"], "https://weir.example.com/#/streams");
+    let silenced = am.alerts("merchant_id=\"3\"").await;
+    assert_eq!(silenced.len(), 1, "{silenced:?}");
+    assert_eq!(silenced[0]["status"]["state"], "suppressed");
+    assert_eq!(silenced[0]["status"]["silencedBy"], serde_json::json!([silence]));
+
+    // Minute 1: merchant 1 recovers, 2 still fails, 3 has no payment; minute 2 closes it.
+    let mut payments = Vec::new();
+    for i in 0..4 {
+        payments.push(Payment { id: 2_000 + i, merchant: 1, cents: 100, failed: false, at: T0 + 60_000 + i * 1000 });
+        payments.push(Payment { id: 2_100 + i, merchant: 2, cents: 100, failed: i < 3, at: T0 + 60_000 + i * 1000 });
+    }
+    payments.push(Payment { id: 3_000, merchant: 4, cents: 100, failed: false, at: T0 + 120_000 });
+    s.produce(&payments).await;
+    engine_a.drain().await.unwrap();
+    let resolved = eventually("merchant 1 resolved at the receiver", Duration::from_secs(20), || async {
+        hook().into_iter().find(|n| merchants(n).contains(&("1".to_string(), "resolved".to_string())))
+    })
+    .await;
+    assert_eq!(merchants(&resolved), vec![("1".into(), "resolved".into()), firing("2")], "{resolved}");
+    let one = resolved["alerts"].as_array().unwrap().iter().find(|a| a["labels"]["merchant_id"] == "1").unwrap();
+    assert_eq!(one["endsAt"], "2026-01-01T00:02:00Z", "resolved at the end of minute 1");
+    // Firing: ends four resends ahead of the wall clock, so it resolves if Weir goes quiet.
+    let two = am.alerts("merchant_id=\"2\"").await;
+    assert_eq!(two[0]["status"]["state"], "active");
+    let ends = humantime::parse_rfc3339_weak(two[0]["endsAt"].as_str().unwrap()).unwrap();
+    let ahead = ends.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    assert!(ahead <= Duration::from_secs(3), "endsAt {:?} is {ahead:?} ahead, not about 4 x 500 ms", two[0]["endsAt"]);
+
+    // Alertmanager crashes: its alerts are gone until Weir's next resend brings merchant 2 back.
+    am.crash_and_restart().await;
+    let relearned = eventually("merchant 2 resent", Duration::from_secs(10), || async {
+        let alerts = am.alerts("").await;
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    let active: Vec<&str> = relearned
+        .iter()
+        .filter(|a| a["status"]["state"] == "active")
+        .map(|a| a["labels"]["merchant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(active, ["2"], "only what still fires: {relearned:?}");
+
+    // Weir restarts from its checkpoint with no new event while Alertmanager crashes again: the
+    // restored engine announces what fires.
+    drop(engine_a);
+    am.crash_and_restart().await;
+    let _engine_b = engine(Notifier::start(Retry::default())).await;
+    let relearned = eventually("merchant 2 announced by the restored engine", Duration::from_secs(10), || async {
+        let alerts = am.alerts("merchant_id=\"2\"").await;
+        (!alerts.is_empty()).then_some(alerts)
+    })
+    .await;
+    assert_eq!(relearned[0]["status"]["state"], "active");
+    assert_eq!(relearned[0]["startsAt"], "2026-01-01T00:01:00.000Z");
+}
+
 #[tokio::test]
 async fn a_changed_pipeline_starts_afresh_at_its_checkpoint() {
     let s = setup(3).await;

@@ -8,8 +8,10 @@
 //! - [`https::Receiver`], an HTTPS server that is not ours (Python's `ssl`), with the
 //!   certificates `scripts/services` made;
 //! - [`debezium::peer`], Debezium's own classes run in a JVM;
-//! - [`mariadb_pair::Pair`], a MariaDB primary with a GTID replica of its own, for failover tests.
+//! - [`mariadb_pair::Pair`], a MariaDB primary with a GTID replica of its own, for failover tests;
+//! - [`alertmanager::Alertmanager`], a real Prometheus Alertmanager with a test's own configuration.
 
+pub mod alertmanager;
 pub mod debezium;
 pub mod harness;
 pub mod https;
