@@ -2,7 +2,9 @@
 //! the embedded bus, through a pipeline with 1-minute tumbling windows per merchant computing
 //! count, sum, avg and p95 of the amount. Reports events/s of wall time and per CPU-second of
 //! the process (the goal is per core), and, in the same run, the rate of decoding alone (the
-//! same events into the same Arrow batches) as the baseline the window work adds to.
+//! same events into the same Arrow batches) as the baseline the window work adds to, and the
+//! same pipeline written in SQL (`pipelines/*.sql`) over the same events, whose rate should equal
+//! the YAML one's (goal: at least 0.9 of it).
 
 use std::{sync::Arc, time::Instant};
 
@@ -70,9 +72,27 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
              - {{name: p95_amount, fn: percentile, expr: amount, q: 0.95}}\n"
         ),
     )?;
-    let (mut loaded, errors) = pipeline::load_dir(&pipelines);
+    std::fs::write(
+        pipelines.join("payments_per_minute_sql.sql"),
+        format!(
+            "CREATE PIPELINE payments_per_minute_sql AS\nSELECT merchant_id, COUNT(*) AS payments, SUM(amount) AS amount,\n  \
+             AVG(amount) AS avg_amount, APPROX_PERCENTILE_CONT(amount, 0.95) AS p95_amount\nFROM \"{TOPIC}\"\n\
+             GROUP BY merchant_id, TUMBLE(_source_ts_ms, INTERVAL '1' MINUTE)\n"
+        ),
+    )?;
+    let (loaded, errors) = pipeline::load_dir(&pipelines);
     anyhow::ensure!(errors.is_empty(), "bench pipeline refused: {errors:?}");
-    let p = loaded.pop().expect("one pipeline");
+    let [p, p_sql]: [pipeline::Pipeline; 2] =
+        loaded.try_into().map_err(|l: Vec<_>| anyhow::anyhow!("{} pipelines, not 2", l.len()))?;
+    anyhow::ensure!(
+        pipeline::Pipeline {
+            id: p.id.clone(),
+            file: p.file.clone(),
+            output_topic: p.output_topic.clone(),
+            ..p_sql.clone()
+        } == p,
+        "the SQL pipeline differs from the YAML one"
+    );
     let lake_dir = tmp.path().join("lake");
     std::fs::create_dir_all(&lake_dir)?;
     let url = format!("file://{}", lake_dir.display()).parse().map_err(|e: String| anyhow::anyhow!(e))?;
@@ -96,19 +116,33 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
         (started.elapsed().as_secs_f64(), cpu_seconds() - cpu)
     };
 
-    eprintln!("pipeline: {} events, {} keys, 1-minute windows", args.events, args.keys);
-    let config = EngineConfig { checkpoint_interval: std::time::Duration::from_secs(10), ..EngineConfig::default() };
-    let mut engine = Engine::open(p, config, bus.clone(), Some(registry), lake, RuleSet::empty()).await?;
-    let (started, cpu) = (Instant::now(), cpu_seconds());
-    let stats = engine.drain().await?;
-    let (secs, cpu_secs) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    let mut runs = Vec::new();
+    for (form, p) in [("YAML", p), ("SQL", p_sql)] {
+        eprintln!("pipeline ({form}): {} events, {} keys, 1-minute windows", args.events, args.keys);
+        let config =
+            EngineConfig { checkpoint_interval: std::time::Duration::from_secs(10), ..EngineConfig::default() };
+        let mut engine =
+            Engine::open(p, config, bus.clone(), Some(registry.clone()), lake.clone(), RuleSet::empty()).await?;
+        let (started, cpu) = (Instant::now(), cpu_seconds());
+        let stats = engine.drain().await?;
+        let (secs, cpu_secs) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        anyhow::ensure!(
+            stats.aggregated as usize == args.events,
+            "the {form} pipeline aggregated {} of {} events",
+            stats.aggregated,
+            args.events
+        );
+        runs.push((stats, secs, cpu_secs));
+    }
+    let [(stats, secs, cpu_secs), (sql_stats, sql_secs, sql_cpu_secs)] = [runs[0], runs[1]];
     anyhow::ensure!(
-        stats.aggregated as usize == args.events,
-        "the pipeline aggregated {} of {} events",
-        stats.aggregated,
-        args.events
+        sql_stats.results == stats.results,
+        "the SQL pipeline closed {} windows, YAML {}",
+        sql_stats.results,
+        stats.results
     );
     let per_core = args.events as f64 / cpu_secs;
+    let sql_per_core = args.events as f64 / sql_cpu_secs;
     Ok(json!({
         "benchmark": "stream",
         "machine": machine(),
@@ -130,7 +164,14 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
             "events_per_cpu_s": (args.events as f64 / decode_cpu).round(),
         },
         "ratio_pipeline_to_decode_only": decode_cpu / cpu_secs,
-        "goals": {"events_per_cpu_s": 500_000},
+        "sql_pipeline": {
+            "seconds": sql_secs,
+            "cpu_seconds": sql_cpu_secs,
+            "events_per_s": (args.events as f64 / sql_secs).round(),
+            "events_per_cpu_s": sql_per_core.round(),
+        },
+        "ratio_sql_to_yaml": sql_per_core / per_core,
+        "goals": {"events_per_cpu_s": 500_000, "ratio_sql_to_yaml": 0.9},
     }))
 }
 

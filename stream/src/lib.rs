@@ -6,6 +6,7 @@
 //! - [`config`]: `[stream]` in `weir.toml`.
 //! - [`pipeline`]: pipeline files (`pipelines/*.yaml`) — source, filter, key, event time,
 //!   window, aggregates, watermark.
+//! - [`sql`]: pipelines written in SQL (`pipelines/*.sql`), parsed into the same [`Pipeline`].
 //! - [`decode`]: bus messages (Debezium Avro envelopes, JSON) into Arrow batches.
 //! - [`eval`]: the pipeline's SQL expressions compiled by DataFusion and evaluated per batch.
 //! - [`window`]: tumbling, hopping and session window state; closing, lateness, early results.
@@ -23,6 +24,7 @@ pub mod eval;
 pub mod pipeline;
 pub mod silence;
 pub mod sketch;
+pub mod sql;
 pub mod window;
 
 pub use config::StreamConfig;

@@ -1,5 +1,6 @@
-//! Pipeline files (`pipelines/*.yaml`): what a streaming pipeline reads, how it windows and
-//! aggregates, and where its results go. Parsing and checking only; [`crate::engine`] runs them.
+//! Pipeline files (`pipelines/*.yaml`, and `*.sql` through [`crate::sql`]): what a streaming
+//! pipeline reads, how it windows and aggregates, and where its results go. Parsing and checking
+//! only; [`crate::engine`] runs them.
 //!
 //! ```yaml
 //! id: payment_failures
@@ -84,7 +85,7 @@ pub struct Source {
     pub ops: Vec<String>,
 }
 
-fn default_ops() -> Vec<String> {
+pub(crate) fn default_ops() -> Vec<String> {
     vec!["c".into(), "u".into(), "r".into()]
 }
 
@@ -281,8 +282,11 @@ struct AggregateFile {
     q: Option<f64>,
 }
 
-/// Reads and checks one pipeline file.
+/// Reads and checks one pipeline file: SQL when its name ends in `.sql`, YAML otherwise.
 pub fn load_file(path: &Path) -> Result<Pipeline, PipelineError> {
+    if path.extension().is_some_and(|e| e == "sql") {
+        return crate::sql::load_file(path);
+    }
     let err = |line: Option<usize>, reason: String| PipelineError { file: path.display().to_string(), line, reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
     let f: PipelineFile =
@@ -379,14 +383,14 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
     })
 }
 
-/// Every `*.yaml` / `*.yml` pipeline in `dir`: the good ones, and an error for each bad one (a
-/// bad file never stops the others; two files with one id both fail).
+/// Every `*.yaml` / `*.yml` / `*.sql` pipeline in `dir`: the good ones, and an error for each bad
+/// one (a bad file never stops the others; two files with one id both fail).
 pub fn load_dir(dir: &Path) -> (Vec<Pipeline>, Vec<PipelineError>) {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "sql"))
             .collect(),
         Err(e) => {
             let error =

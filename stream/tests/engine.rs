@@ -571,6 +571,43 @@ async fn alerts_reach_a_real_alertmanager_whose_grouping_and_silences_act_on_the
     assert_eq!(relearned[0]["startsAt"], "2026-01-01T00:01:00.000Z");
 }
 
+/// `PER_MINUTE` in SQL.
+const PER_MINUTE_SQL: &str = "-- payments per merchant and minute\nCREATE PIPELINE twin WITH (idle_timeout = '300ms')\n\
+    AS SELECT merchant_id,\n  COUNT(*) AS payments,\n  SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,\n  \
+    SUM(amount) AS amount,\n  APPROX_PERCENTILE_CONT(amount, 0.95) AS p95_amount,\n  APPROX_DISTINCT(id) AS ids\n\
+    FROM \"shop.shop.payments\"\nGROUP BY merchant_id, TUMBLE(_source_ts_ms, INTERVAL '1' MINUTE);\n";
+
+#[tokio::test]
+async fn a_sql_pipeline_gives_the_results_of_its_yaml_twin() {
+    let s = setup(1).await;
+    let yaml = s.pipeline(&format!("{PER_MINUTE}watermark: {{idle_timeout: 300ms}}\n"));
+    let path = s.dir.path().join("twin.sql");
+    std::fs::write(&path, PER_MINUTE_SQL).unwrap();
+    let sql = pipeline::load_file(&path).unwrap();
+    assert_ne!(yaml.output_topic, sql.output_topic);
+    let payments: Vec<Payment> = (0..2_000)
+        .map(|i| Payment { id: i % 700, merchant: i % 5, cents: 100 + i % 97, failed: i % 3 == 0, at: T0 + i * 150 })
+        .collect();
+    s.produce(&payments).await;
+    for p in [&yaml, &sql] {
+        let mut engine = s.engine(p, RuleSet::empty()).await;
+        engine.drain().await.unwrap();
+        drain_idle(&mut engine, Duration::from_millis(300)).await;
+        assert_eq!(engine.stats().aggregated, 2_000, "{}", p.id);
+    }
+    // Each result names its pipeline; the rest must be equal.
+    let (mut from_yaml, mut from_sql) = (s.results(&yaml).await, s.results(&sql).await);
+    for (results, p) in [(&mut from_yaml, &yaml), (&mut from_sql, &sql)] {
+        for r in results.values_mut() {
+            assert_eq!(r.as_object_mut().unwrap().remove("pipeline"), Some(Json::String(p.id.clone())));
+        }
+    }
+    // 2,000 payments 150 ms apart: 5 minutes, 5 merchants.
+    assert_eq!(from_yaml.len(), 25, "{from_yaml:?}");
+    assert!(from_yaml.values().all(|r| r["final"] == true));
+    assert_eq!(from_sql, from_yaml);
+}
+
 #[tokio::test]
 async fn a_changed_pipeline_starts_afresh_at_its_checkpoint() {
     let s = setup(3).await;

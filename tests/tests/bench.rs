@@ -197,6 +197,12 @@ fn stream() {
     smoke(
         "stream",
         &["--events", "20000", "--keys", "100", "--partitions", "2", "--events-per-second", "100"],
-        &["/windows_closed_results", "/pipeline/events_per_s", "/baseline_decode_only/events_per_cpu_s"],
+        &[
+            "/windows_closed_results",
+            "/pipeline/events_per_s",
+            "/baseline_decode_only/events_per_cpu_s",
+            "/sql_pipeline/events_per_s",
+            "/ratio_sql_to_yaml",
+        ],
     );
 }

@@ -1,0 +1,620 @@
+//! Pipelines written in SQL (`pipelines/*.sql`), parsed with DataFusion's SQL parser into the
+//! same [`Pipeline`] a YAML file gives, so they run on the same windows, checkpoints and
+//! exactly-once path. A mistake is reported at its line and column in the file.
+//!
+//! ```sql
+//! CREATE PIPELINE payment_failures
+//!   WATERMARK FOR _source_ts_ms AS _source_ts_ms - INTERVAL '2' SECOND
+//!   WITH (allowed_lateness = '1m', idle_timeout = '5s', early_results = '1s')
+//! AS SELECT merchant_id,
+//!        COUNT(*) AS payments,
+//!        SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed,
+//!        APPROX_PERCENTILE_CONT(amount, 0.95) AS p95_amount,
+//!        APPROX_DISTINCT(id) AS customers
+//! FROM "shop.shop.payments"
+//! WHERE status <> 'pending'
+//! GROUP BY merchant_id, TUMBLE(_source_ts_ms, INTERVAL '1' MINUTE)
+//! ```
+//!
+//! - `GROUP BY` holds the key expressions and one window: `TUMBLE(time, size)`,
+//!   `HOP(time, slide, size)` (as Flink writes it) or `SESSION(time, gap)`; `time` is the event
+//!   time expression.
+//! - The selected items are key expressions, or aggregates named with `AS`: `COUNT(*)`,
+//!   `COUNT(x)`, `SUM`, `MIN`, `MAX`, `AVG`, `APPROX_DISTINCT(x)` (or `COUNT(DISTINCT x)`, also
+//!   estimated) and `APPROX_PERCENTILE_CONT(x, q)`. Results always carry `window_start`,
+//!   `window_end` and `final` too.
+//! - `WATERMARK FOR time AS time - INTERVAL …` sets the out-of-orderness; `WITH (…)` takes
+//!   `format`, `ops`, `allowed_lateness`, `idle_timeout`, `early_results`, `output_topic` and
+//!   `description`, as the YAML keys of the same names do.
+
+use std::{path::Path, time::Duration};
+
+use deltalake::datafusion::sql::sqlparser::{
+    ast::{
+        DateTimeField, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
+        ObjectNamePart, SelectItem, SetExpr, Spanned, TableFactor, Value,
+    },
+    dialect::GenericDialect,
+    parser::Parser,
+    tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer},
+};
+
+use crate::pipeline::{self, AggFn, Aggregate, Format, Pipeline, PipelineError, Source, Watermark, Window};
+
+/// A mistake at a place in the file.
+struct Mistake {
+    at: Location,
+    reason: String,
+}
+
+fn mistake(at: impl Into<Location>, reason: impl Into<String>) -> Mistake {
+    Mistake { at: at.into(), reason: reason.into() }
+}
+
+/// Reads and checks one SQL pipeline file.
+pub fn load_file(path: &Path) -> Result<Pipeline, PipelineError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| PipelineError {
+        file: file.clone(),
+        line: None,
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(&text, path).map_err(|m| PipelineError {
+        file: file.clone(),
+        line: (m.at.line > 0).then_some(m.at.line as usize),
+        reason: if m.at.line > 0 { format!("column {}: {}", m.at.column, m.reason) } else { m.reason },
+    })
+}
+
+/// The header's tokens, meaningful ones only, each with where it is.
+struct Tokens {
+    tokens: Vec<TokenWithSpan>,
+    next: usize,
+}
+
+impl Tokens {
+    fn peek(&self) -> &TokenWithSpan {
+        &self.tokens[self.next.min(self.tokens.len() - 1)]
+    }
+
+    fn take(&mut self) -> TokenWithSpan {
+        let t = self.peek().clone();
+        self.next += 1;
+        t
+    }
+
+    fn is_word(&self, word: &str) -> bool {
+        matches!(&self.peek().token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+    }
+
+    fn expect_word(&mut self, word: &str) -> Result<(), Mistake> {
+        if self.is_word(word) {
+            self.next += 1;
+            Ok(())
+        } else {
+            Err(mistake(self.peek().span.start, format!("expected {word}, found {}", self.peek().token)))
+        }
+    }
+
+    fn expect(&mut self, token: Token) -> Result<(), Mistake> {
+        if self.peek().token == token {
+            self.next += 1;
+            Ok(())
+        } else {
+            Err(mistake(self.peek().span.start, format!("expected {token}, found {}", self.peek().token)))
+        }
+    }
+
+    fn name(&mut self, what: &str) -> Result<(String, Location), Mistake> {
+        let t = self.take();
+        match t.token {
+            Token::Word(w) => Ok((w.value, t.span.start)),
+            other => Err(mistake(t.span.start, format!("expected {what}, found {other}"))),
+        }
+    }
+}
+
+fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
+    let dialect = GenericDialect {};
+    let tokens =
+        Tokenizer::new(&dialect, text).tokenize_with_location().map_err(|e| mistake(e.location, e.message.clone()))?;
+    let tokens: Vec<TokenWithSpan> = tokens.into_iter().filter(|t| !matches!(t.token, Token::Whitespace(_))).collect();
+    let end = tokens.last().map(|t| t.span.end).unwrap_or(Location { line: 1, column: 1 });
+    let mut h = Tokens { tokens, next: 0 };
+    h.tokens.push(TokenWithSpan { token: Token::EOF, span: Span::new(end, end) });
+
+    // CREATE PIPELINE <id> [WATERMARK FOR <time> AS <time> - INTERVAL …] [WITH (k = 'v', …)] AS
+    h.expect_word("CREATE")?;
+    h.expect_word("PIPELINE")?;
+    let (id, id_at) = h.name("the pipeline's name")?;
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(mistake(id_at, format!("pipeline name {id:?}: use letters, digits, '_' and '-'")));
+    }
+    let mut watermark_for: Option<(String, Location)> = None;
+    let mut watermark = Watermark::default();
+    if h.is_word("WATERMARK") {
+        h.next += 1;
+        h.expect_word("FOR")?;
+        let (column, at) = h.name("the event time column")?;
+        h.expect_word("AS")?;
+        let (again, again_at) = h.name("the event time column")?;
+        if again != column {
+            return Err(mistake(again_at, format!("the watermark is {column} minus an interval, not {again}")));
+        }
+        h.expect(Token::Minus)?;
+        // The interval's tokens, up to WITH or AS, parsed as an expression.
+        let start = h.next;
+        while !(h.is_word("WITH") || h.is_word("AS") || h.peek().token == Token::EOF) {
+            h.next += 1;
+        }
+        let expr = expression(&h.tokens[start..h.next], &dialect)?;
+        watermark.max_out_of_orderness = interval(&expr)?;
+        watermark_for = Some((column, at));
+    }
+    let mut options: Vec<(String, String, Location)> = Vec::new();
+    if h.is_word("WITH") {
+        h.next += 1;
+        h.expect(Token::LParen)?;
+        loop {
+            let (key, at) = h.name("an option name")?;
+            h.expect(Token::Eq)?;
+            let value = h.take();
+            let Token::SingleQuotedString(value) = value.token else {
+                return Err(mistake(value.span.start, format!("option {key}: give its value in single quotes")));
+            };
+            options.push((key.to_ascii_lowercase(), value, at));
+            if h.peek().token == Token::Comma {
+                h.next += 1;
+                continue;
+            }
+            h.expect(Token::RParen)?;
+            break;
+        }
+    }
+    h.expect_word("AS")?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(h.tokens[h.next..].to_vec());
+    let query = parser.parse_query().map_err(|e| parser_mistake(&e.to_string()))?;
+    if parser.peek_token().token == Token::SemiColon {
+        parser.next_token();
+    }
+    let trailing = parser.peek_token();
+    if trailing.token != Token::EOF {
+        return Err(mistake(trailing.span.start, format!("unexpected {} after the query", trailing.token)));
+    }
+    if let Some(with) = &query.with {
+        return Err(mistake(with.span().start, "WITH queries are not supported in a pipeline"));
+    }
+    if let Some(order) = &query.order_by {
+        return Err(mistake(order.span().start, "a pipeline's results have no order: remove ORDER BY"));
+    }
+    if let Some(limit) = &query.limit_clause {
+        return Err(mistake(limit.span().start, "a pipeline has no LIMIT"));
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(mistake(query.body.span().start, "a pipeline is one SELECT … FROM … GROUP BY …"));
+    };
+    if select.distinct.is_some() {
+        return Err(mistake(select.span().start, "SELECT DISTINCT: group by the columns instead"));
+    }
+    if let Some(having) = &select.having {
+        return Err(mistake(having.span().start, "HAVING: conditions on results belong in alert rules (alerts/)"));
+    }
+
+    // FROM: one topic.
+    let table = match select.from.as_slice() {
+        [one] => one,
+        [] => return Err(mistake(select.span().start, "FROM names the source topic")),
+        [_, second, ..] => return Err(mistake(second.span().start, "one source topic (joins are not supported yet)")),
+    };
+    if let Some(join) = table.joins.first() {
+        return Err(mistake(join.span().start, "joins are not supported yet: one source topic"));
+    }
+    let topic = match &table.relation {
+        TableFactor::Table { name, args: None, .. } => {
+            let parts: Option<Vec<&str>> = name
+                .0
+                .iter()
+                .map(|p| match p {
+                    ObjectNamePart::Identifier(i) => Some(i.value.as_str()),
+                    _ => None,
+                })
+                .collect();
+            parts.map(|p| p.join(".")).ok_or_else(|| mistake(name.span().start, "FROM names a topic"))?
+        }
+        other => return Err(mistake(other.span().start, "FROM names a topic (as \"shop.shop.payments\")")),
+    };
+    let topic_at = table.relation.span().start;
+    weir_bus::validate_topic_name(&topic).map_err(|e| mistake(topic_at, format!("source topic: {e}")))?;
+
+    // GROUP BY: keys and one window.
+    let group = match &select.group_by {
+        GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => exprs,
+        _ => return Err(mistake(select.span().start, "GROUP BY the keys and TUMBLE, HOP or SESSION")),
+    };
+    let mut key: Vec<String> = Vec::new();
+    let mut window: Option<(Window, String)> = None;
+    for expr in group {
+        match window_call(expr)? {
+            Some(w) if window.is_some() => {
+                let _ = w;
+                return Err(mistake(expr.span().start, "one window per pipeline"));
+            }
+            Some(w) => window = Some(w),
+            None => key.push(expr.to_string()),
+        }
+    }
+    let Some((window, event_time)) = window else {
+        return Err(mistake(
+            select.span().start,
+            "GROUP BY needs a window: TUMBLE(time, size), HOP(time, slide, size) or SESSION(time, gap)",
+        ));
+    };
+    if let Some((column, at)) = watermark_for
+        && column != event_time
+    {
+        return Err(mistake(at, format!("the watermark is FOR {column}, the window's time is {event_time}")));
+    }
+
+    // SELECT: keys and named aggregates.
+    let mut aggregates: Vec<Aggregate> = Vec::new();
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) if key.contains(&e.to_string()) => {}
+            SelectItem::UnnamedExpr(Expr::Identifier(i))
+                if matches!(i.value.as_str(), "window_start" | "window_end" | "final") => {}
+            SelectItem::UnnamedExpr(e) if aggregate(e, "x")?.is_some() => {
+                return Err(mistake(e.span().start, format!("name the aggregate: {e} AS <name>")));
+            }
+            SelectItem::UnnamedExpr(e) => {
+                return Err(mistake(e.span().start, format!("{e} is neither a GROUP BY key nor an aggregate")));
+            }
+            SelectItem::ExprWithAlias { expr, alias } => match aggregate(expr, &alias.value)? {
+                Some(a) => {
+                    if aggregates.iter().any(|b| b.name == a.name) || key.contains(&a.name) {
+                        return Err(mistake(alias.span.start, format!("{} is named twice", a.name)));
+                    }
+                    if matches!(a.name.as_str(), "window_start" | "window_end" | "final") {
+                        return Err(mistake(alias.span.start, format!("{} is a reserved output column", a.name)));
+                    }
+                    aggregates.push(a);
+                }
+                None if key.contains(&expr.to_string()) => {
+                    return Err(mistake(alias.span.start, "a key column keeps its name in the results: remove AS"));
+                }
+                None => {
+                    return Err(mistake(
+                        expr.span().start,
+                        format!("{expr} is neither a GROUP BY key nor an aggregate"),
+                    ));
+                }
+            },
+            other => return Err(mistake(other.span().start, format!("{other}: select keys and aggregates"))),
+        }
+    }
+    if aggregates.is_empty() {
+        return Err(mistake(select.span().start, "select at least one aggregate"));
+    }
+
+    // WITH options.
+    let mut source =
+        Source { topic, format: Format::Debezium, fields: Default::default(), ops: pipeline::default_ops() };
+    let mut description = String::new();
+    let mut early_results = None;
+    let mut output_topic = format!("weir.stream.{id}");
+    let duration = |value: &str, key: &str, at: Location| {
+        humantime::parse_duration(value).map_err(|e| mistake(at, format!("option {key} = {value:?}: {e}")))
+    };
+    for (key, value, at) in options {
+        match key.as_str() {
+            "format" => {
+                source.format = match value.as_str() {
+                    "debezium" => Format::Debezium,
+                    "avro" => Format::Avro,
+                    "json" => return Err(mistake(at, "a json source lists its fields: write it as a YAML pipeline")),
+                    other => return Err(mistake(at, format!("format {other:?}: debezium or avro"))),
+                }
+            }
+            "ops" => {
+                source.ops = value.split(',').map(|o| o.trim().to_string()).collect();
+                if let Some(bad) = source.ops.iter().find(|o| !matches!(o.as_str(), "c" | "u" | "d" | "r")) {
+                    return Err(mistake(at, format!("ops: {bad:?} is not one of c, u, d, r")));
+                }
+            }
+            "allowed_lateness" => watermark.allowed_lateness = duration(&value, &key, at)?,
+            "idle_timeout" => watermark.idle_timeout = duration(&value, &key, at)?,
+            "early_results" => early_results = Some(duration(&value, &key, at)?),
+            "output_topic" => {
+                weir_bus::validate_topic_name(&value).map_err(|e| mistake(at, format!("output_topic: {e}")))?;
+                output_topic = value;
+            }
+            "description" => description = value,
+            other => {
+                return Err(mistake(
+                    at,
+                    format!(
+                        "unknown option {other:?} (format, ops, allowed_lateness, idle_timeout, early_results, output_topic, description)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Pipeline {
+        id,
+        description,
+        source,
+        filter: select.selection.as_ref().map(|e| e.to_string()),
+        key,
+        event_time,
+        window,
+        aggregates,
+        watermark,
+        output_topic,
+        early_results,
+        file: path.to_path_buf(),
+    })
+}
+
+/// A parser error's message, with its place taken out of the text (`… at Line: 3, Column: 7`).
+fn parser_mistake(message: &str) -> Mistake {
+    let message = message.strip_prefix("sql parser error: ").unwrap_or(message);
+    let place = message.rfind(" at Line: ").and_then(|i| {
+        let (line, column) = message[i + 10..].split_once(", Column: ")?;
+        Some((i, Location { line: line.trim().parse().ok()?, column: column.trim().parse().ok()? }))
+    });
+    match place {
+        Some((i, at)) => mistake(at, &message[..i]),
+        None => mistake(Location { line: 0, column: 0 }, message),
+    }
+}
+
+fn expression(tokens: &[TokenWithSpan], dialect: &GenericDialect) -> Result<Expr, Mistake> {
+    let mut parser = Parser::new(dialect).with_tokens_with_locations(tokens.to_vec());
+    parser.parse_expr().map_err(|e| parser_mistake(&e.to_string()))
+}
+
+/// `INTERVAL '5' SECOND`, `INTERVAL '1' MINUTE`, `INTERVAL '30 seconds'`.
+fn interval(e: &Expr) -> Result<Duration, Mistake> {
+    let at = e.span().start;
+    let Expr::Interval(i) = e else {
+        return Err(mistake(at, format!("expected an INTERVAL, found {e}")));
+    };
+    let text = match i.value.as_ref() {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => s.clone(),
+            Value::Number(n, _) => n.clone(),
+            other => return Err(mistake(at, format!("INTERVAL {other}: give a number"))),
+        },
+        other => return Err(mistake(at, format!("INTERVAL {other}: give a number"))),
+    };
+    let unit = match &i.leading_field {
+        None => {
+            return humantime::parse_duration(&text).map_err(|err| mistake(at, format!("INTERVAL '{text}': {err}")));
+        }
+        Some(DateTimeField::Millisecond | DateTimeField::Milliseconds) => 1,
+        Some(DateTimeField::Second | DateTimeField::Seconds) => 1_000,
+        Some(DateTimeField::Minute | DateTimeField::Minutes) => 60_000,
+        Some(DateTimeField::Hour | DateTimeField::Hours) => 3_600_000,
+        Some(DateTimeField::Day | DateTimeField::Days) => 86_400_000,
+        Some(other) => {
+            return Err(mistake(at, format!("INTERVAL … {other}: use MILLISECOND, SECOND, MINUTE, HOUR or DAY")));
+        }
+    };
+    let n: u64 = text.trim().parse().map_err(|_| mistake(at, format!("INTERVAL '{text}': a whole number")))?;
+    let d = Duration::from_millis(n * unit);
+    if d.is_zero() {
+        return Err(mistake(at, "an interval must be at least 1 ms"));
+    }
+    Ok(d)
+}
+
+/// A function call's name (upper case) and plain arguments.
+fn call(e: &Expr) -> Option<(String, Option<DuplicateTreatment>, Vec<&FunctionArgExpr>)> {
+    let Expr::Function(f) = e else { return None };
+    let name = f.name.to_string().to_ascii_uppercase();
+    let (distinct, args) = match &f.args {
+        FunctionArguments::List(list) => (
+            list.duplicate_treatment,
+            list.args
+                .iter()
+                .map(|a| match a {
+                    FunctionArg::Unnamed(a) => Some(a),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        FunctionArguments::None => (None, Vec::new()),
+        FunctionArguments::Subquery(_) => return None,
+    };
+    Some((name, distinct, args))
+}
+
+/// The window a GROUP BY item declares, with its event-time expression; `None` for a key.
+fn window_call(e: &Expr) -> Result<Option<(Window, String)>, Mistake> {
+    let Some((name, _, args)) = call(e) else { return Ok(None) };
+    let at = e.span().start;
+    let exprs: Vec<&Expr> = args
+        .iter()
+        .map(|a| match a {
+            FunctionArgExpr::Expr(e) => Ok(e),
+            _ => Err(mistake(at, format!("{name}: arguments are expressions"))),
+        })
+        .collect::<Result<_, _>>()?;
+    let (window, time) = match (name.as_str(), exprs.as_slice()) {
+        ("TUMBLE", [time, size]) => (Window::Tumbling(interval(size)?), time),
+        ("HOP", [time, slide, size]) => {
+            let (slide, size) = (interval(slide)?, interval(size)?);
+            if slide > size || size.as_millis() % slide.as_millis() != 0 {
+                return Err(mistake(at, "HOP(time, slide, size): size must be a multiple of slide"));
+            }
+            (Window::Hopping { size, slide }, time)
+        }
+        ("SESSION", [time, gap]) => (Window::Session { gap: interval(gap)? }, time),
+        ("TUMBLE", _) => return Err(mistake(at, "TUMBLE(time, size)")),
+        ("HOP", _) => return Err(mistake(at, "HOP(time, slide, size)")),
+        ("SESSION", _) => return Err(mistake(at, "SESSION(time, gap)")),
+        _ => return Ok(None),
+    };
+    Ok(Some((window, time.to_string())))
+}
+
+/// The aggregate an item computes, named `name`; `None` when it is not an aggregate call.
+fn aggregate(e: &Expr, name: &str) -> Result<Option<Aggregate>, Mistake> {
+    let Some((function, distinct, args)) = call(e) else { return Ok(None) };
+    let at = e.span().start;
+    let distinct = matches!(distinct, Some(DuplicateTreatment::Distinct));
+    let one = |args: &[&FunctionArgExpr]| match args {
+        [FunctionArgExpr::Expr(x)] => Ok(x.to_string()),
+        _ => Err(mistake(at, format!("{function} takes one expression"))),
+    };
+    let (func, expr, q) = match function.as_str() {
+        "COUNT" if distinct => (AggFn::CountDistinct, Some(one(&args)?), 0.0),
+        "COUNT" => match args.as_slice() {
+            [FunctionArgExpr::Wildcard] | [] => (AggFn::Count, None, 0.0),
+            _ => (AggFn::Count, Some(one(&args)?), 0.0),
+        },
+        "APPROX_DISTINCT" => (AggFn::CountDistinct, Some(one(&args)?), 0.0),
+        "SUM" | "MIN" | "MAX" | "AVG" if distinct => {
+            return Err(mistake(at, format!("{function}(DISTINCT …) is not supported")));
+        }
+        "SUM" => (AggFn::Sum, Some(one(&args)?), 0.0),
+        "MIN" => (AggFn::Min, Some(one(&args)?), 0.0),
+        "MAX" => (AggFn::Max, Some(one(&args)?), 0.0),
+        "AVG" => (AggFn::Avg, Some(one(&args)?), 0.0),
+        "APPROX_PERCENTILE_CONT" => match args.as_slice() {
+            [FunctionArgExpr::Expr(x), FunctionArgExpr::Expr(Expr::Value(v))] => {
+                let q: f64 = match &v.value {
+                    Value::Number(n, _) => n.parse().unwrap_or(f64::NAN),
+                    _ => f64::NAN,
+                };
+                if !(q > 0.0 && q < 1.0) {
+                    return Err(mistake(
+                        v.span().start,
+                        format!("APPROX_PERCENTILE_CONT: the quantile {v} is not in (0, 1)"),
+                    ));
+                }
+                (AggFn::Percentile, Some(x.to_string()), q)
+            }
+            _ => return Err(mistake(at, "APPROX_PERCENTILE_CONT(expression, quantile)")),
+        },
+        _ => return Ok(None),
+    };
+    Ok(Some(Aggregate { name: name.to_string(), func, expr, q }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(sql: &str) -> Result<Pipeline, PipelineError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sql");
+        std::fs::write(&path, sql).unwrap();
+        load_file(&path)
+    }
+
+    const SQL: &str = "CREATE PIPELINE fails\n  WATERMARK FOR _source_ts_ms AS _source_ts_ms - INTERVAL '2' SECOND\n  \
+        WITH (allowed_lateness = '30s', early_results = '1s')\nAS SELECT merchant_id, COUNT(*) AS n,\n  \
+        APPROX_PERCENTILE_CONT(amount, 0.95) AS p95, COUNT(DISTINCT id) AS ids,\n  \
+        SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END) AS failed\nFROM \"shop.shop.payments\"\n\
+        WHERE amount > 0\nGROUP BY merchant_id, HOP(_source_ts_ms, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE);\n";
+
+    #[test]
+    fn sql_gives_the_pipeline_yaml_gives() {
+        let p = load(SQL).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("fails.yaml");
+        std::fs::write(
+            &yaml,
+            "source: {topic: shop.shop.payments}\nfilter: \"amount > 0\"\nkey: merchant_id\n\
+             window: {hopping: {size: 5m, slide: 1m}}\naggregates:\n  - {name: n, fn: count}\n  \
+             - {name: p95, fn: percentile, expr: amount, q: 0.95}\n  - {name: ids, fn: count_distinct, expr: id}\n  \
+             - {name: failed, fn: sum, expr: \"CASE WHEN status = 'failed' THEN 1 ELSE 0 END\"}\n\
+             watermark: {max_out_of_orderness: 2s, allowed_lateness: 30s}\noutput: {early_results: 1s}\n",
+        )
+        .unwrap();
+        let from_yaml = pipeline::load_file(&yaml).unwrap();
+        assert_eq!(Pipeline { file: from_yaml.file.clone(), ..p }, from_yaml);
+    }
+
+    #[test]
+    fn windows_and_options() {
+        let p = load(
+            "create pipeline s with (format = 'avro', ops = 'c, d', idle_timeout = '1m', output_topic = 'out.s')\n\
+             as select count(*) as n from a.b.c group by user_id, session(_timestamp, interval '30 seconds')",
+        )
+        .unwrap();
+        assert_eq!(p.window, Window::Session { gap: Duration::from_secs(30) });
+        assert_eq!((p.source.topic.as_str(), p.source.format), ("a.b.c", Format::Avro));
+        assert_eq!(p.source.ops, ["c", "d"]);
+        assert_eq!(p.watermark.idle_timeout, Duration::from_secs(60));
+        assert_eq!(p.watermark.max_out_of_orderness, Watermark::default().max_out_of_orderness);
+        assert_eq!(
+            (p.key, p.event_time, p.output_topic),
+            (vec!["user_id".to_string()], "_timestamp".into(), "out.s".into())
+        );
+        let p =
+            load("CREATE PIPELINE t AS SELECT MAX(v) AS top FROM \"x.y\" GROUP BY TUMBLE(ts, INTERVAL '10' SECOND)")
+                .unwrap();
+        assert_eq!(p.window, Window::Tumbling(Duration::from_secs(10)));
+        assert!(p.key.is_empty());
+    }
+
+    #[test]
+    fn mistakes_point_at_their_line_and_column() {
+        let cases = [
+            (
+                "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\"\nGROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)\nHAVING n > 1",
+                4,
+                "alert rules",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT COUNT(*) FROM \"a.b\" GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                2,
+                "name the aggregate",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT v, COUNT(*) AS n FROM \"a.b\"\nGROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)",
+                2,
+                "v is neither",
+            ),
+            ("CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\" GROUP BY k", 2, "needs a window"),
+            (
+                "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n\n  FROM \"a.b\" JOIN \"c.d\" ON x = y\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                3,
+                "joins are not supported",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\"\nGROUP BY HOP(ts, INTERVAL '2' MINUTE, INTERVAL '5' MINUTE)",
+                3,
+                "multiple of slide",
+            ),
+            (
+                "CREATE PIPELINE p WITH (speed = 'fast') AS SELECT COUNT(*) AS n FROM \"a.b\" GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                1,
+                "unknown option \"speed\"",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\"\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE) LIMIT",
+                3,
+                "Expected",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT APPROX_PERCENTILE_CONT(v, 95) AS p FROM \"a.b\"\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                2,
+                "not in (0, 1)",
+            ),
+            (
+                "CREATE PIPELINE p WATERMARK FOR t AS t - INTERVAL '1' SECOND AS\nSELECT COUNT(*) AS n FROM \"a.b\"\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                1,
+                "the window's time is ts",
+            ),
+            ("CREATE TABLE p AS SELECT 1", 1, "expected PIPELINE"),
+        ];
+        for (sql, line, want) in cases {
+            let e = load(sql).unwrap_err();
+            assert_eq!(e.line, Some(line), "{sql}: {e}");
+            assert!(e.reason.contains(want), "{want:?} not in {e}");
+            assert!(e.reason.starts_with("column "), "{e}");
+        }
+    }
+}
