@@ -68,11 +68,12 @@ struct Held {
     ends: Option<SystemTime>,
 }
 
-/// What the sender task is told.
+/// What the notifier is told; the Alertmanager sender holds and sends both alike, the other
+/// receivers get only changes.
 pub(crate) enum Message {
-    /// Alerts whose state changed: sent now, and held.
+    /// Alerts whose state changed.
     Changed(Notification),
-    /// Alerts in the state they were in before a restart: held, sent with the next round.
+    /// Alerts in the state they were in before a restart (a restored checkpoint).
     Restored(Notification),
 }
 
@@ -96,25 +97,21 @@ async fn run(client: reqwest::Client, receiver: Arc<Receiver>, mut rx: mpsc::Unb
                 let now = SystemTime::now();
                 let mut changed = Vec::new();
                 let mut next = Some(first);
-                // Everything queued goes in one post.
-                while let Some(message) = next {
-                    let (n, now_too) = match message {
-                        Message::Changed(n) => (n, true),
-                        Message::Restored(n) => (n, false),
-                    };
+                // Everything queued goes in one post, at once.
+                while let Some(Message::Changed(n) | Message::Restored(n)) = next {
                     for alert in n.alerts {
                         let ends = match alert.status.as_str() {
                             "resolved" => Some(parse_time(&alert.ends_at).unwrap_or(now)),
                             _ if n.ongoing => None,
                             _ => Some(now.max(parse_time(&alert.starts_at).unwrap_or(now)) + 4 * am.resend_every),
                         };
-                        if now_too {
-                            changed.push(alert.fingerprint.clone());
-                        }
+                        changed.push(alert.fingerprint.clone());
                         held.insert(alert.fingerprint.clone(), Held { alert, ends });
                     }
                     next = rx.try_recv().ok();
                 }
+                changed.sort();
+                changed.dedup();
                 changed
             }
             _ = resend.tick() => {
