@@ -236,9 +236,10 @@ impl Notifier {
                     }
                     _ => None,
                 };
-                if receiver.alertmanager.is_some() {
+                if let Some(am) = &receiver.alertmanager {
+                    // By name and settings: two DAG files may each define a receiver `ops`.
                     let sender = alertmanagers
-                        .entry(receiver.name.clone())
+                        .entry(format!("{}\u{0}{am:?}", receiver.name))
                         .or_insert_with(|| alertmanager::spawn(client.clone(), receiver.clone()));
                     let _ = sender.send(message);
                 }

@@ -8,7 +8,7 @@
 //!
 //! Every state change goes to `weir.alerts` (JSON); changes to firing and resolved are grouped by
 //! the file's `group_by` labels and sent to the rule's receivers, unless a silence matches. A
-//! receiver with `alertmanager:` hands every alert to Prometheus Alertmanager instead, silenced
+//! receiver with `alertmanager:` also hands every alert to Prometheus Alertmanager, silenced
 //! or not, resent while it fires and again after a restart (`weir_notify::alertmanager`), so
 //! Alertmanager's routing, grouping, silences and inhibitions act on it; each alert links back to
 //! the console's streams page when the file sets `external_url`.
