@@ -610,6 +610,12 @@ mod tests {
             ),
             ("CREATE TABLE p AS SELECT 1", 1, "expected PIPELINE"),
         ];
+        let e = load("CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\"\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)\nHAVING n > 1")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}:4: column 8: HAVING: conditions on results belong in alert rules (alerts/)", e.file)
+        );
         for (sql, line, want) in cases {
             let e = load(sql).unwrap_err();
             assert_eq!(e.line, Some(line), "{sql}: {e}");
