@@ -536,6 +536,9 @@ async fn a_scheduler_that_loses_its_lease_stops_its_local_tries() {
     assert!(first.iter().all(|&p| !runs(p)), "the first try is gone while its retry runs");
     assert!(second.iter().all(|&p| runs(p)), "the retry runs: {second:?}");
     scheduler.abort();
-    // The retry's process group (its shell leads it), left by the aborted scheduler task.
-    std::process::Command::new("kill").args(["-9", &format!("-{}", second[0])]).status().unwrap();
+    // The retry's process group (its shell leads it), left by the aborted scheduler task — only
+    // while its leader still runs: once it is gone its number may lead another group.
+    if runs(second[0]) {
+        std::process::Command::new("kill").args(["-9", &format!("-{}", second[0])]).status().unwrap();
+    }
 }

@@ -107,6 +107,17 @@ impl Setup {
         self.bus.producer().await.unwrap().send(TOPIC, records).await.unwrap();
     }
 
+    /// The alert rules of `yaml`, written to `alerts/payments.yaml` and loaded as `weir stream`
+    /// loads them.
+    fn alert_config(&self, yaml: &str) -> alert::AlertConfig {
+        let dir = self.dir.path().join("alerts");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("payments.yaml"), yaml).unwrap();
+        let (config, errors) = alert::load_dir(&dir);
+        assert!(errors.is_empty(), "{errors:?}");
+        config
+    }
+
     fn pipeline(&self, yaml: &str) -> Pipeline {
         let path = self.dir.path().join("p.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -340,23 +351,15 @@ async fn receiver() -> (std::net::SocketAddr, Received) {
 async fn alerts_fire_and_resolve_and_every_notifier_delivers() {
     let s = setup(1).await;
     let (addr, received) = receiver().await;
-    let alerts_dir = s.dir.path().join("alerts");
-    std::fs::create_dir_all(&alerts_dir).unwrap();
     // The Jira token comes from an environment variable; cargo sets CARGO_PKG_NAME for tests.
-    std::fs::write(
-        alerts_dir.join("payments.yaml"),
-        format!(
-            "rules:\n  - alert: PaymentFailuresHigh\n    pipeline: p\n    expr: \"failed / payments > 0.5\"\n    \
+    let config = s.alert_config(&format!(
+        "rules:\n  - alert: PaymentFailuresHigh\n    pipeline: p\n    expr: \"failed / payments > 0.5\"\n    \
              value: \"failed / payments\"\n    labels: {{severity: page}}\n    \
              annotations: {{summary: \"merchant {{{{ $labels.merchant_id }}}} failed {{{{ $value }}}}\"}}\n\
              receivers:\n  - {{name: oncall, webhook: \"http://{addr}/hook\"}}\n  \
              - {{name: chat, slack: \"http://{addr}/slack\"}}\n  \
              - {{name: tickets, jira: {{url: \"http://{addr}/jira\", project: OPS, token_env: CARGO_PKG_NAME}}}}\n"
-        ),
-    )
-    .unwrap();
-    let (config, errors) = alert::load_dir(&alerts_dir);
-    assert!(errors.is_empty(), "{errors:?}");
+    ));
     let p = s.pipeline(&format!("{PER_MINUTE}watermark: {{max_out_of_orderness: 0s, idle_timeout: 300ms}}\n"));
     let notifier = Notifier::start(Retry { initial: Duration::from_millis(50), ..Retry::default() });
     let rules = RuleSet::for_pipeline(&p, Arc::new(config), Some(notifier));
@@ -450,22 +453,13 @@ async fn alerts_reach_a_real_alertmanager_whose_grouping_and_silences_act_on_the
     ))
     .await;
     let silence = am.silence(&[("merchant_id", "3")], "merchant 3 is migrating").await;
-    let alerts_dir = s.dir.path().join("alerts");
-    std::fs::create_dir_all(&alerts_dir).unwrap();
-    std::fs::write(
-        alerts_dir.join("payments.yaml"),
-        format!(
+    let config = Arc::new(s.alert_config(&format!(
             "rules:\n  - alert: PaymentFailuresHigh\n    pipeline: p\n    expr: \"failed / payments > 0.5\"\n    \
              labels: {{severity: page}}\n    annotations: {{summary: \"merchant {{{{ $labels.merchant_id }}}} failing\"}}\n\
              receivers:\n  - {{name: am, alertmanager: {{urls: [\"{}\"], resend_every: 500ms}}}}\n\
              external_url: \"https://weir.example.com/\"\n",
             am.url()
-        ),
-    )
-    .unwrap();
-    let (config, errors) = alert::load_dir(&alerts_dir);
-    assert!(errors.is_empty(), "{errors:?}");
-    let config = Arc::new(config);
+    )));
     // Windows close only as events move the watermark, never with the clock.
     let p = s.pipeline(&format!("{PER_MINUTE}watermark: {{max_out_of_orderness: 0s, idle_timeout: 1h}}\n"));
     let engine = |notifier: Notifier| s.engine(&p, RuleSet::for_pipeline(&p, config.clone(), Some(notifier)));
