@@ -295,17 +295,42 @@ pub fn load_file(path: &Path) -> Result<Pipeline, PipelineError> {
     check(f, stem, path).map_err(|reason| err(None, reason))
 }
 
+/// The columns every result has besides its keys and aggregates.
+pub(crate) const RESULT_COLUMNS: [&str; 3] = ["window_start", "window_end", "final"];
+
+/// Whether `id` can name a pipeline (YAML `id`, SQL `CREATE PIPELINE <id>`).
+pub(crate) fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{id:?}: use letters, digits, '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Whether every operation named is a Debezium one.
+pub(crate) fn check_ops(ops: &[String]) -> Result<(), String> {
+    match ops.iter().find(|op| !matches!(op.as_str(), "c" | "u" | "d" | "r")) {
+        Some(op) => Err(format!("{op:?} is not one of c, u, d, r")),
+        None => Ok(()),
+    }
+}
+
+/// Whether hopping windows of `size` every `slide` tile time (size a multiple of slide).
+pub(crate) fn check_hop(size: Duration, slide: Duration) -> Result<(), String> {
+    if slide > size || !size.as_millis().is_multiple_of(slide.as_millis()) {
+        return Err(format!(
+            "size {} must be a multiple of slide {}",
+            humantime::format_duration(size),
+            humantime::format_duration(slide)
+        ));
+    }
+    Ok(())
+}
+
 fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String> {
     let id = f.id.unwrap_or(stem);
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(format!("id {id:?}: use letters, digits, '_' and '-'"));
-    }
+    check_id(&id).map_err(|e| format!("id {e}"))?;
     weir_bus::validate_topic_name(&f.source.topic).map_err(|e| format!("source.topic: {e}"))?;
-    for op in &f.source.ops {
-        if !matches!(op.as_str(), "c" | "u" | "d" | "r") {
-            return Err(format!("source.ops: {op:?} is not one of c, u, d, r"));
-        }
-    }
+    check_ops(&f.source.ops).map_err(|e| format!("source.ops: {e}"))?;
     match (f.source.format, f.source.fields.is_empty()) {
         (Format::Json, true) => return Err("source.fields: a json source lists its fields and their types".into()),
         (Format::Debezium | Format::Avro, false) => {
@@ -322,13 +347,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
         Window::Hopping { size, slide } => {
             positive("size", size)?;
             positive("slide", slide)?;
-            if slide > size || size.as_millis() % slide.as_millis() != 0 {
-                return Err(format!(
-                    "window: size {} must be a multiple of slide {}",
-                    humantime::format_duration(size),
-                    humantime::format_duration(slide)
-                ));
-            }
+            check_hop(size, slide).map_err(|e| format!("window: {e}"))?;
         }
         Window::Session { gap } => positive("gap", gap)?,
     }
@@ -341,7 +360,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
         if names.insert(a.name.clone(), ()).is_some() {
             return Err(format!("aggregates: {:?} appears twice", a.name));
         }
-        if matches!(a.name.as_str(), "window_start" | "window_end" | "final") {
+        if RESULT_COLUMNS.contains(&a.name.as_str()) {
             return Err(format!("aggregates: {:?} is a reserved output column", a.name));
         }
         if a.expr.is_none() && a.func != AggFn::Count {

@@ -127,9 +127,7 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
     h.expect_word("CREATE")?;
     h.expect_word("PIPELINE")?;
     let (id, id_at) = h.name("the pipeline's name")?;
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        return Err(mistake(id_at, format!("pipeline name {id:?}: use letters, digits, '_' and '-'")));
-    }
+    pipeline::check_id(&id).map_err(|e| mistake(id_at, format!("pipeline name {e}")))?;
     let mut watermark_for: Option<(String, Location)> = None;
     let mut watermark = Watermark::default();
     if h.is_word("WATERMARK") {
@@ -260,8 +258,7 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
     for item in &select.projection {
         match item {
             SelectItem::UnnamedExpr(e) if key.contains(&e.to_string()) => {}
-            SelectItem::UnnamedExpr(Expr::Identifier(i))
-                if matches!(i.value.as_str(), "window_start" | "window_end" | "final") => {}
+            SelectItem::UnnamedExpr(Expr::Identifier(i)) if pipeline::RESULT_COLUMNS.contains(&i.value.as_str()) => {}
             SelectItem::UnnamedExpr(e) if aggregate(e, "x")?.is_some() => {
                 return Err(mistake(e.span().start, format!("name the aggregate: {e} AS <name>")));
             }
@@ -273,7 +270,7 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
                     if aggregates.iter().any(|b| b.name == a.name) || key.contains(&a.name) {
                         return Err(mistake(alias.span.start, format!("{} is named twice", a.name)));
                     }
-                    if matches!(a.name.as_str(), "window_start" | "window_end" | "final") {
+                    if pipeline::RESULT_COLUMNS.contains(&a.name.as_str()) {
                         return Err(mistake(alias.span.start, format!("{} is a reserved output column", a.name)));
                     }
                     aggregates.push(a);
@@ -316,9 +313,7 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
             }
             "ops" => {
                 source.ops = value.split(',').map(|o| o.trim().to_string()).collect();
-                if let Some(bad) = source.ops.iter().find(|o| !matches!(o.as_str(), "c" | "u" | "d" | "r")) {
-                    return Err(mistake(at, format!("ops: {bad:?} is not one of c, u, d, r")));
-                }
+                pipeline::check_ops(&source.ops).map_err(|e| mistake(at, format!("ops: {e}")))?;
             }
             "allowed_lateness" => watermark.allowed_lateness = duration(&value, &key, at)?,
             "idle_timeout" => watermark.idle_timeout = duration(&value, &key, at)?,
@@ -443,9 +438,7 @@ fn window_call(e: &Expr) -> Result<Option<(Window, String)>, Mistake> {
         ("TUMBLE", [time, size]) => (Window::Tumbling(interval(size)?), time),
         ("HOP", [time, slide, size]) => {
             let (slide, size) = (interval(slide)?, interval(size)?);
-            if slide > size || size.as_millis() % slide.as_millis() != 0 {
-                return Err(mistake(at, "HOP(time, slide, size): size must be a multiple of slide"));
-            }
+            pipeline::check_hop(size, slide).map_err(|e| mistake(at, format!("HOP(time, slide, size): {e}")))?;
             (Window::Hopping { size, slide }, time)
         }
         ("SESSION", [time, gap]) => (Window::Session { gap: interval(gap)? }, time),
