@@ -537,8 +537,11 @@ async fn a_scheduler_that_loses_its_lease_stops_its_local_tries() {
     assert!(second.iter().all(|&p| runs(p)), "the retry runs: {second:?}");
     scheduler.abort();
     // The retry's process group (its shell leads it), left by the aborted scheduler task — only
-    // while its leader still runs: once it is gone its number may lead another group.
+    // while its leader still runs: once it is gone its number may lead another group. Signalled
+    // with killpg(2), never `/usr/bin/kill -9 -<group>`: procps-ng 4.0.2 reads `-12345` as `-1`
+    // and kills every process it may (what stopped a whole CI run here).
     if runs(second[0]) {
-        std::process::Command::new("kill").args(["-9", &format!("-{}", second[0])]).status().unwrap();
+        let group = nix::unistd::Pid::from_raw(i32::try_from(second[0]).unwrap());
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
 }
