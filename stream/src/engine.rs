@@ -1,7 +1,8 @@
 //! Runs one pipeline: reads every partition of its source topic, decodes and evaluates whole
 //! batches, feeds the window state, tracks the watermark per partition, emits results to the
 //! pipeline's topic (and to its alert rules), dead-letters bad and late events, and checkpoints
-//! state + offsets to the lake's object storage.
+//! state + offsets to the lake's object storage. Events are enriched from the pipeline's joined
+//! tables ([`crate::join`]) before its filter, keys and aggregates see them.
 //!
 //! Exactly-once state: a checkpoint is one object (`checkpoints/stream/<pipeline>.json`, replaced
 //! atomically) holding the window state and the next offset of every partition together. After a
@@ -30,6 +31,7 @@ use crate::{
     alert::RuleSet,
     decode::Decoder,
     eval::{Compiled, ExprError},
+    join::{Table, TableSnapshot},
     pipeline::{AggFn, Pipeline},
     sketch::stable_hash,
     window::{Emitted, Snapshot, Value, Windows},
@@ -59,6 +61,15 @@ pub enum EngineError {
     /// An expression does not compile or evaluate.
     #[error(transparent)]
     Expr(#[from] ExprError),
+    /// A joined table cannot be read or does not fit the events.
+    #[error("pipeline {pipeline}: {source}")]
+    Join {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed.
+        #[source]
+        source: crate::join::JoinError,
+    },
     /// A checkpoint could not be read or written.
     #[error("pipeline {pipeline}: checkpoint: {reason}")]
     Checkpoint {
@@ -99,6 +110,9 @@ pub struct Stats {
     pub results: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Events a join dropped: an inner join's table had no row for their key.
+    #[serde(default)]
+    pub unjoined: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -131,6 +145,9 @@ struct Checkpoint {
     /// checkpoints written before it was recorded).
     #[serde(default)]
     key_columns: Option<Vec<(String, String, bool)>>,
+    /// The joined tables' rows and changelog offsets, in the order of the pipeline's joins.
+    #[serde(default)]
+    tables: Vec<TableSnapshot>,
 }
 
 /// Wall-clock time in ms since the epoch.
@@ -153,6 +170,7 @@ pub struct Engine {
     /// checkpoint's.
     keys: Option<(Vec<Field>, RowConverter)>,
     windows: Windows,
+    tables: Vec<Table>,
     partitions: BTreeMap<u32, PartitionState>,
     watermark: i64,
     stats: Stats,
@@ -237,12 +255,30 @@ impl Engine {
         let fingerprint = format!(
             "{:016x}",
             stable_hash(
-                format!("{:?}{:?}{:?}{:?}{:?}{:?}", p.source, p.filter, p.key, p.event_time, p.window, p.aggregates)
-                    .as_bytes()
+                format!(
+                    "{:?}{:?}{:?}{:?}{:?}{:?}{}",
+                    p.source,
+                    p.filter,
+                    p.key,
+                    p.event_time,
+                    p.window,
+                    p.aggregates,
+                    // Pipelines without joins keep the fingerprint they had before joins existed.
+                    if p.joins.is_empty() { String::new() } else { format!("{:?}", p.joins) }
+                )
+                .as_bytes()
             )
         );
         let funcs: Vec<(AggFn, f64)> = p.aggregates.iter().map(|a| (a.func, a.q)).collect();
+        let mut tables = Vec::new();
+        for j in &p.joins {
+            let table = Table::open(&p.id, j, &*bus, registry.clone())
+                .await
+                .map_err(|source| EngineError::Join { pipeline: p.id.clone(), source })?;
+            tables.push(table);
+        }
         let mut engine = Engine {
+            tables,
             windows: Windows::new(p.window, p.watermark.allowed_lateness, funcs),
             decoder: Decoder::new(&p.source, registry),
             consumer: bus.consumer(ConsumerConfig::new(format!("weir-stream-{}", p.id))).await.map_err(bus_err)?,
@@ -265,6 +301,9 @@ impl Engine {
             lake,
         };
         engine.restore().await?;
+        for t in &mut engine.tables {
+            t.seek().await.map_err(|source| EngineError::Join { pipeline: engine.p.id.clone(), source })?;
+        }
         let tps: Vec<TopicPartition> =
             engine.partitions.keys().map(|&n| TopicPartition::new(engine.p.source.topic.clone(), n)).collect();
         engine.consumer.assign(&tps).await.map_err(|e| engine.bus_err(e))?;
@@ -291,6 +330,12 @@ impl Engine {
     /// Counters so far (restored ones included).
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Rows of each joined table now, and the changes read from its changelog since the
+    /// pipeline was opened (a restored table reads only what came after its checkpoint).
+    pub fn tables(&self) -> Vec<(usize, u64)> {
+        self.tables.iter().map(|t| (t.len(), t.changes_read())).collect()
     }
 
     /// The current watermark (ms since the epoch; `i64::MIN` before any event).
@@ -330,6 +375,11 @@ impl Engine {
                     Err(e) => tracing::warn!(pipeline = %self.p.id, error = %e, "cannot restore the key columns"),
                 }
             }
+            if c.tables.len() == self.tables.len() {
+                for (t, snapshot) in self.tables.iter_mut().zip(c.tables) {
+                    t.restore(snapshot).map_err(|source| EngineError::Join { pipeline: self.p.id.clone(), source })?;
+                }
+            }
             self.watermark = c.watermark;
             self.stats = c.stats;
         } else {
@@ -347,7 +397,12 @@ impl Engine {
     pub async fn checkpoint(&mut self) -> Result<(), EngineError> {
         let started = Instant::now();
         self.stats.checkpoints += 1;
+        let mut tables = Vec::new();
+        for t in &mut self.tables {
+            tables.push(t.snapshot().map_err(|source| EngineError::Join { pipeline: self.p.id.clone(), source })?);
+        }
         let c = Checkpoint {
+            tables,
             pipeline: self.p.id.clone(),
             topic: self.p.source.topic.clone(),
             fingerprint: self.fingerprint.clone(),
@@ -455,7 +510,23 @@ impl Engine {
             .map_err(|source| EngineError::Registry { pipeline: self.p.id.clone(), source })?;
         let mut dead: Vec<(usize, String)> = polled.dead;
         let mut late = 0u64;
-        for d in polled.batches {
+        let id = self.p.id.clone();
+        let join_err = |source| EngineError::Join { pipeline: id.clone(), source };
+        if !polled.batches.is_empty() {
+            for t in &mut self.tables {
+                t.catch_up(&*self.bus).await.map_err(join_err)?;
+            }
+        }
+        for mut d in polled.batches {
+            for t in &self.tables {
+                let (batch, kept) = t.enrich(&d.batch).map_err(join_err)?;
+                if let Some(kept) = kept {
+                    let before = d.rows.len();
+                    d.rows = d.rows.iter().zip(kept.values().iter()).filter(|(_, k)| *k).map(|(&r, _)| r).collect();
+                    self.stats.unjoined += (before - d.rows.len()) as u64;
+                }
+                d.batch = batch;
+            }
             if self.compiled.as_ref().is_none_or(|c| c.schema() != &d.batch.schema()) {
                 let c = Compiled::new(&self.p, d.batch.schema())?;
                 self.keys = Some(key_columns(c.key_fields.clone()));

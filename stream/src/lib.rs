@@ -9,6 +9,7 @@
 //! - [`sql`]: pipelines written in SQL (`pipelines/*.sql`), parsed into the same [`Pipeline`].
 //! - [`decode`]: bus messages (Debezium Avro envelopes, JSON) into Arrow batches.
 //! - [`eval`]: the pipeline's SQL expressions compiled by DataFusion and evaluated per batch.
+//! - [`join`]: stream–table joins: tables kept from Debezium changelog topics, events enriched.
 //! - [`window`]: tumbling, hopping and session window state; closing, lateness, early results.
 //! - [`sketch`]: mergeable quantile and distinct-count summaries.
 //! - [`engine`]: runs one pipeline: watermark per partition, results topic, dead letters,
@@ -21,6 +22,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod eval;
+pub mod join;
 pub mod pipeline;
 pub mod silence;
 pub mod sketch;

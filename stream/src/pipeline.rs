@@ -14,6 +14,8 @@
 //!   - {name: failed, fn: sum, expr: "CASE WHEN status = 'failed' THEN 1 ELSE 0 END"}
 //!   - {name: p95_amount, fn: percentile, expr: amount, q: 0.95}
 //! watermark: {max_out_of_orderness: 2s, allowed_lateness: 1m, idle_timeout: 5s}
+//! joins:                                       # enrich each event with a table's current row
+//!   - {topic: shop.shop.merchants, key: id, on: merchant_id, columns: [city], kind: left}
 //! ```
 
 use std::{
@@ -62,8 +64,37 @@ pub struct Pipeline {
     pub output_topic: String,
     /// Also emit open windows' running results this often (none: only when a window closes).
     pub early_results: Option<Duration>,
+    /// Tables each event is enriched from before the filter, keys and aggregates see it.
+    pub joins: Vec<Join>,
     /// The file it came from.
     pub file: PathBuf,
+}
+
+/// A stream–table join: each event gets the current row of a table whose changes are on a
+/// Debezium changelog topic (see [`crate::join`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    /// The table's changelog topic (Debezium envelopes, Avro, as ingest writes them).
+    pub topic: String,
+    /// The table's key column.
+    pub key: String,
+    /// The event column holding the key to look up.
+    pub on: String,
+    /// The table's columns added to each event: (column in the table, name in the event).
+    pub columns: Vec<(String, String)>,
+    /// What happens to an event whose key has no row.
+    pub kind: JoinKind,
+}
+
+/// What a join does with an event whose key the table does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinKind {
+    /// The event is dropped (SQL `JOIN`).
+    #[default]
+    Inner,
+    /// The event is kept with nulls in the table's columns (SQL `LEFT JOIN`).
+    Left,
 }
 
 /// Where a pipeline's events come from.
@@ -253,6 +284,27 @@ struct PipelineFile {
     #[serde(default)]
     watermark: Watermark,
     output: Option<OutputFile>,
+    #[serde(default)]
+    joins: Vec<JoinFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinFile {
+    topic: String,
+    key: String,
+    on: String,
+    columns: ColumnsFile,
+    #[serde(default)]
+    kind: JoinKind,
+}
+
+/// A join's columns: names kept as they are, or each mapped to its name in the event.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ColumnsFile {
+    Same(Vec<String>),
+    Renamed(serde_yaml_ng::Mapping),
 }
 
 #[derive(Deserialize, Default)]
@@ -312,6 +364,27 @@ pub(crate) fn check_ops(ops: &[String]) -> Result<(), String> {
         Some(op) => Err(format!("{op:?} is not one of c, u, d, r")),
         None => Ok(()),
     }
+}
+
+/// Whether the joins can be used: a topic, a key, at least one column, and no event column
+/// named twice.
+pub(crate) fn check_joins(joins: &[Join]) -> Result<(), String> {
+    let mut names: HashMap<&str, &str> = HashMap::new();
+    for j in joins {
+        weir_bus::validate_topic_name(&j.topic).map_err(|e| format!("joins: topic: {e}"))?;
+        if j.key.is_empty() || j.on.is_empty() {
+            return Err(format!("joins: {}: give the table's key and the event column it is looked up with", j.topic));
+        }
+        if j.columns.is_empty() {
+            return Err(format!("joins: {}: name at least one column to add to the events", j.topic));
+        }
+        for (_, name) in &j.columns {
+            if let Some(other) = names.insert(name, &j.topic) {
+                return Err(format!("joins: column {name:?} comes from both {other} and {}", j.topic));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether hopping windows of `size` every `slide` tile time (size a multiple of slide).
@@ -383,6 +456,21 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
         Format::Debezium => "_source_ts_ms".into(),
         Format::Json | Format::Avro => "_timestamp".into(),
     });
+    let mut joins = Vec::new();
+    for j in f.joins {
+        let columns = match j.columns {
+            ColumnsFile::Same(names) => names.into_iter().map(|n| (n.clone(), n)).collect(),
+            ColumnsFile::Renamed(map) => map
+                .into_iter()
+                .map(|(k, v)| match (k, v) {
+                    (serde_yaml_ng::Value::String(k), serde_yaml_ng::Value::String(v)) => Ok((k, v)),
+                    _ => Err(format!("joins: {}: columns maps a table column to its name in the events", j.topic)),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        joins.push(Join { topic: j.topic, key: j.key, on: j.on, columns, kind: j.kind });
+    }
+    check_joins(&joins)?;
     let output = f.output.unwrap_or(OutputFile { topic: None, early_results: None });
     let output_topic = output.topic.unwrap_or_else(|| format!("weir.stream.{id}"));
     weir_bus::validate_topic_name(&output_topic).map_err(|e| format!("output.topic: {e}"))?;
@@ -398,6 +486,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
         watermark: f.watermark,
         output_topic,
         early_results: output.early_results,
+        joins,
         file: path.to_path_buf(),
     })
 }

@@ -23,23 +23,31 @@
 //!   `COUNT(x)`, `SUM`, `MIN`, `MAX`, `AVG`, `APPROX_DISTINCT(x)` (or `COUNT(DISTINCT x)`, also
 //!   estimated) and `APPROX_PERCENTILE_CONT(x, q)`. Results always carry `window_start`,
 //!   `window_end` and `final` too.
+//! - `JOIN "topic" [FOR SYSTEM_TIME AS OF …] [AS] t ON <event column> = t.<key>` (or `LEFT JOIN`)
+//!   enriches each event with the current row of the table whose Debezium changelog `topic` is
+//!   ([`crate::join`]); the table's columns are written `t.column` and added to the events under
+//!   their own name (the source's may be qualified with its alias too).
 //! - `WATERMARK FOR time AS time - INTERVAL …` sets the out-of-orderness; `WITH (…)` takes
 //!   `format`, `ops`, `allowed_lateness`, `idle_timeout`, `early_results`, `output_topic` and
 //!   `description`, as the YAML keys of the same names do.
 
-use std::{path::Path, time::Duration};
+use std::{ops::ControlFlow, path::Path, time::Duration};
 
 use deltalake::datafusion::sql::sqlparser::{
+    self,
     ast::{
-        DateTimeField, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr,
-        ObjectNamePart, SelectItem, SetExpr, Spanned, TableFactor, Value,
+        BinaryOperator, DateTimeField, DuplicateTreatment, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+        GroupByExpr, JoinConstraint, JoinOperator, ObjectNamePart, SelectItem, SetExpr, Spanned, TableFactor, Value,
+        visit_expressions_mut,
     },
     dialect::GenericDialect,
     parser::Parser,
     tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer},
 };
 
-use crate::pipeline::{self, AggFn, Aggregate, Format, Pipeline, PipelineError, Source, Watermark, Window};
+use crate::pipeline::{
+    self, AggFn, Aggregate, Format, Join, JoinKind, Pipeline, PipelineError, Source, Watermark, Window,
+};
 
 /// A mistake at a place in the file.
 struct Mistake {
@@ -170,7 +178,8 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
         }
     }
     h.expect_word("AS")?;
-    let mut parser = Parser::new(&dialect).with_tokens_with_locations(h.tokens[h.next..].to_vec());
+    let query_tokens = without_system_time(&h.tokens[h.next..])?;
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(query_tokens);
     let query = parser.parse_query().map_err(|e| parser_mistake(&e.to_string()))?;
     if parser.peek_token().token == Token::SemiColon {
         parser.next_token();
@@ -198,31 +207,73 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
         return Err(mistake(having.span().start, "HAVING: conditions on results belong in alert rules (alerts/)"));
     }
 
-    // FROM: one topic.
+    // FROM: one topic, and the tables joined to it.
     let table = match select.from.as_slice() {
         [one] => one,
         [] => return Err(mistake(select.span().start, "FROM names the source topic")),
-        [_, second, ..] => return Err(mistake(second.span().start, "one source topic (joins are not supported yet)")),
-    };
-    if let Some(join) = table.joins.first() {
-        return Err(mistake(join.span().start, "joins are not supported yet: one source topic"));
-    }
-    let topic = match &table.relation {
-        TableFactor::Table { name, args: None, .. } => {
-            let parts: Option<Vec<&str>> = name
-                .0
-                .iter()
-                .map(|p| match p {
-                    ObjectNamePart::Identifier(i) => Some(i.value.as_str()),
-                    _ => None,
-                })
-                .collect();
-            parts.map(|p| p.join(".")).ok_or_else(|| mistake(name.span().start, "FROM names a topic"))?
+        [_, second, ..] => {
+            return Err(mistake(second.span().start, "one source topic: add tables with JOIN … ON"));
         }
-        other => return Err(mistake(other.span().start, "FROM names a topic (as \"shop.shop.payments\")")),
     };
+    let (topic, names) = relation(&table.relation)?;
     let topic_at = table.relation.span().start;
     weir_bus::validate_topic_name(&topic).map_err(|e| mistake(topic_at, format!("source topic: {e}")))?;
+    let mut joins: Vec<(Join, Vec<String>, Location)> = Vec::new();
+    for j in &table.joins {
+        joins.push(join(j, &names)?);
+    }
+    // Qualified columns: the source's lose their qualifier, a table's are added to the events
+    // under their own name.
+    let mut select = select.as_ref().clone();
+    let mut used: Vec<(Option<usize>, String, Location)> = Vec::new();
+    let mut unqualify = |e: &mut Expr| {
+        if let Expr::CompoundIdentifier(parts) = e
+            && let [qualifier, column] = parts.as_slice()
+        {
+            let from = if names.contains(&qualifier.value) {
+                None
+            } else if let Some(i) = joins.iter().position(|(_, n, _)| n.contains(&qualifier.value)) {
+                Some(i)
+            } else {
+                return ControlFlow::Break(mistake(
+                    qualifier.span.start,
+                    format!("{} is neither the source ({}) nor a joined table", qualifier.value, names.join(" or ")),
+                ));
+            };
+            if !used.iter().any(|(f, c, _)| *f == from && *c == column.value) {
+                used.push((from, column.value.clone(), column.span.start));
+            }
+            *e = Expr::Identifier(column.clone());
+        }
+        ControlFlow::Continue(())
+    };
+    for flow in [
+        visit_expressions_mut(&mut select.projection, &mut unqualify),
+        visit_expressions_mut(&mut select.selection, &mut unqualify),
+        visit_expressions_mut(&mut select.group_by, &mut unqualify),
+    ] {
+        if let ControlFlow::Break(m) = flow {
+            return Err(m);
+        }
+    }
+    for (from, column, at) in &used {
+        if from.is_some() && used.iter().any(|(f, c, _)| f != from && c == column) {
+            return Err(mistake(*at, format!("{column} is a column of two sources: events get one of that name")));
+        }
+        if let Some(i) = from {
+            joins[*i].0.columns.push((column.clone(), column.clone()));
+        }
+    }
+    for (j, names, at) in &joins {
+        if j.columns.is_empty() {
+            return Err(mistake(
+                *at,
+                format!("nothing of {} is used: select or group by one of its columns", names[0]),
+            ));
+        }
+    }
+    let joins: Vec<Join> = joins.into_iter().map(|(j, ..)| j).collect();
+    pipeline::check_joins(&joins).map_err(|e| mistake(topic_at, e))?;
 
     // GROUP BY: keys and one window.
     let group = match &select.group_by {
@@ -345,8 +396,112 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
         watermark,
         output_topic,
         early_results,
+        joins,
         file: path.to_path_buf(),
     })
+}
+
+/// The query's tokens without each `FOR SYSTEM_TIME AS OF <column>` (Flink's mark of a lookup
+/// join, `<column>` its processing time, as `p.proc_time` or `PROCTIME()`), which the generic
+/// dialect does not parse: a joined table is always read as it stands when the event is
+/// processed.
+fn without_system_time(tokens: &[TokenWithSpan]) -> Result<Vec<TokenWithSpan>, Mistake> {
+    let word = |t: Option<&TokenWithSpan>, w: &str| matches!(t.map(|t| &t.token), Some(Token::Word(x)) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        if !(word(tokens.get(i), "FOR")
+            && word(tokens.get(i + 1), "SYSTEM_TIME")
+            && word(tokens.get(i + 2), "AS")
+            && word(tokens.get(i + 3), "OF"))
+        {
+            out.push(tokens[i].clone());
+            i += 1;
+            continue;
+        }
+        let at = tokens[i].span.start;
+        i += 4;
+        // A column, maybe qualified, or a call without arguments.
+        if !matches!(tokens.get(i).map(|t| &t.token), Some(Token::Word(_))) {
+            return Err(mistake(at, "FOR SYSTEM_TIME AS OF <processing time column>"));
+        }
+        i += 1;
+        while matches!(tokens.get(i).map(|t| &t.token), Some(Token::Period))
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::Word(_)))
+        {
+            i += 2;
+        }
+        if matches!(tokens.get(i).map(|t| &t.token), Some(Token::LParen))
+            && matches!(tokens.get(i + 1).map(|t| &t.token), Some(Token::RParen))
+        {
+            i += 2;
+        }
+    }
+    Ok(out)
+}
+
+/// A relation's topic and the names its columns may be qualified with (its alias, else the
+/// topic).
+fn relation(factor: &TableFactor) -> Result<(String, Vec<String>), Mistake> {
+    let TableFactor::Table { name, args: None, alias, .. } = factor else {
+        return Err(mistake(factor.span().start, "FROM and JOIN name topics (as \"shop.shop.payments\")"));
+    };
+    let parts: Option<Vec<&str>> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.value.as_str()),
+            _ => None,
+        })
+        .collect();
+    let topic = parts.map(|p| p.join(".")).ok_or_else(|| mistake(name.span().start, "FROM names a topic"))?;
+    let names = match alias {
+        Some(a) => vec![a.name.value.clone()],
+        None => vec![topic.clone()],
+    };
+    Ok((topic, names))
+}
+
+/// A `JOIN "topic" [FOR SYSTEM_TIME AS OF …] [AS] t ON <event column> = t.<key>` (or `LEFT
+/// JOIN`); the source's columns may be qualified with `source` names. Its columns are filled in
+/// from what the query uses.
+fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String>, Location), Mistake> {
+    let at = j.span().start;
+    let (kind, constraint) = match &j.join_operator {
+        JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinKind::Inner, c),
+        JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (JoinKind::Left, c),
+        _ => {
+            return Err(mistake(
+                at,
+                "JOIN or LEFT JOIN a table: each event looks up its key in the table's current rows",
+            ));
+        }
+    };
+    let (topic, names) = relation(&j.relation)?;
+    weir_bus::validate_topic_name(&topic)
+        .map_err(|e| mistake(j.relation.span().start, format!("joined topic: {e}")))?;
+    let shape = "ON <event column> = <table>.<key>: one equality between an event column and the table's key";
+    let JoinConstraint::On(Expr::BinaryOp { left, op: BinaryOperator::Eq, right }) = constraint else {
+        return Err(mistake(at, shape));
+    };
+    // Which side names the table: `t.key`; the other is the event's column, qualified or not.
+    let side = |e: &Expr| -> Option<(bool, String)> {
+        match e {
+            Expr::Identifier(i) => Some((false, i.value.clone())),
+            Expr::CompoundIdentifier(p) if p.len() == 2 && names.contains(&p[0].value) => {
+                Some((true, p[1].value.clone()))
+            }
+            Expr::CompoundIdentifier(p) if p.len() == 2 && source.contains(&p[0].value) => {
+                Some((false, p[1].value.clone()))
+            }
+            _ => None,
+        }
+    };
+    let (key, on) = match (side(left), side(right)) {
+        (Some((true, key)), Some((false, on))) | (Some((false, on)), Some((true, key))) => (key, on),
+        _ => return Err(mistake(left.span().start, shape)),
+    };
+    Ok((Join { topic, key, on, columns: Vec::new(), kind }, names, at))
 }
 
 /// A parser error's message, with its place taken out of the text (`… at Line: 3, Column: 7`).
@@ -530,6 +685,32 @@ mod tests {
     }
 
     #[test]
+    fn joins_give_the_pipeline_yaml_gives() {
+        let p = load(
+            "CREATE PIPELINE by_city AS\nSELECT m.city, c.tier, COUNT(*) AS n, SUM(p.amount) AS amount\n\
+             FROM \"shop.shop.payments\" AS p\n\
+             JOIN \"shop.shop.merchants\" FOR SYSTEM_TIME AS OF p.proc_time AS m ON p.merchant_id = m.id\n\
+             LEFT JOIN \"crm.crm.customers\" c ON c.id = customer_id\n\
+             WHERE m.city <> 'Nowhere' AND p.status = 'paid'\n\
+             GROUP BY m.city, c.tier, TUMBLE(p._source_ts_ms, INTERVAL '1' MINUTE)",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("by_city.yaml");
+        std::fs::write(
+            &yaml,
+            "source: {topic: shop.shop.payments}\nfilter: \"city <> 'Nowhere' AND status = 'paid'\"\nkey: [city, tier]\n\
+             window: {tumbling: 1m}\naggregates:\n  - {name: n, fn: count}\n  - {name: amount, fn: sum, expr: amount}\n\
+             joins:\n  - {topic: shop.shop.merchants, key: id, on: merchant_id, columns: [city]}\n  \
+             - {topic: crm.crm.customers, key: id, on: customer_id, columns: {tier: tier}, kind: left}\n",
+        )
+        .unwrap();
+        let from_yaml = pipeline::load_file(&yaml).unwrap();
+        assert_eq!(Pipeline { file: from_yaml.file.clone(), ..p }, from_yaml);
+        assert_eq!(from_yaml.joins[1].kind, JoinKind::Left);
+    }
+
+    #[test]
     fn windows_and_options() {
         let p = load(
             "create pipeline s with (format = 'avro', ops = 'c, d', idle_timeout = '1m', output_topic = 'out.s')\n\
@@ -574,7 +755,27 @@ mod tests {
             (
                 "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n\n  FROM \"a.b\" JOIN \"c.d\" ON x = y\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
                 3,
-                "joins are not supported",
+                "ON <event column> = <table>.<key>",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT m.city, COUNT(*) AS n FROM \"a.b\"\n  RIGHT JOIN \"c.d\" m ON k = m.id\nGROUP BY m.city, TUMBLE(ts, INTERVAL '1' MINUTE)",
+                3,
+                "JOIN or LEFT JOIN",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT x.city, COUNT(*) AS n FROM \"a.b\" JOIN \"c.d\" m ON k = m.id\nGROUP BY x.city, TUMBLE(ts, INTERVAL '1' MINUTE)",
+                2,
+                "x is neither the source (a.b) nor a joined table",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\"\n  JOIN \"c.d\" m ON k = m.id\nGROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+                3,
+                "nothing of m is used",
+            ),
+            (
+                "CREATE PIPELINE p AS\nSELECT p.id, m.id, COUNT(*) AS n FROM \"a.b\" p JOIN \"c.d\" m ON p.k = m.id\nGROUP BY p.id, m.id, TUMBLE(ts, INTERVAL '1' MINUTE)",
+                2,
+                "id is a column of two sources",
             ),
             (
                 "CREATE PIPELINE p AS\nSELECT COUNT(*) AS n FROM \"a.b\"\nGROUP BY HOP(ts, INTERVAL '2' MINUTE, INTERVAL '5' MINUTE)",

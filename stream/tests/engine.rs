@@ -26,6 +26,8 @@ use weir_stream::{
 };
 
 const TOPIC: &str = "shop.shop.payments";
+/// The changelog of the merchants table payments are joined with.
+const MERCHANTS: &str = "shop.shop.merchants";
 /// 2026-01-01T00:00:00Z: event times well in the past, so an idle source closes every window.
 const T0: i64 = 1_767_225_600_000;
 
@@ -105,6 +107,59 @@ impl Setup {
             records.push(Record::keyed(key, value));
         }
         self.bus.producer().await.unwrap().send(TOPIC, records).await.unwrap();
+    }
+
+    /// Changes to the merchants table (id, city) on its changelog topic, as ingest writes them:
+    /// a delete carries the row as its `before` image.
+    async fn produce_merchants(&self, changes: &[(Op, i64, &str)]) {
+        match self.bus.create_topic(MERCHANTS, 1).await {
+            Ok(()) | Err(weir_bus::BusError::TopicExists(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let t = TableSchemas::new(
+            MERCHANTS,
+            vec![Field::new("id", schema::int64()), Field::new("city", schema::string())],
+            vec![Field::new("id", schema::int64())],
+            binlog_source_schema(BinlogFlavor::Mariadb),
+        );
+        let value_schema = AvroSchema::new(t.envelope.clone()).unwrap();
+        let mut records = Vec::new();
+        for (n, &(op, id, city)) in changes.iter().enumerate() {
+            let row = Value::Struct(vec![Value::Int64(id), Value::String(city.into())]);
+            let (before, after) = match op {
+                Op::Delete => (row, Value::Null),
+                _ => (Value::Null, row),
+            };
+            let source = BinlogSource {
+                flavor: BinlogFlavor::Mariadb,
+                name: "shop".into(),
+                ts_us: T0 * 1000,
+                snapshot: SnapshotMarker::False,
+                db: "shop".into(),
+                table: Some("merchants".into()),
+                server_id: 1,
+                gtid: None,
+                file: "mysql-bin.000001".into(),
+                pos: 4 + n as i64,
+                row: 0,
+                thread: None,
+                query: None,
+            };
+            let source = source.to_value(&binlog_source_schema(BinlogFlavor::Mariadb));
+            let envelope = t.envelope_value(op, before, after, source, None, 0);
+            let value = self.serializer.serialize(MERCHANTS, false, &value_schema, &envelope).await.unwrap();
+            records.push(Record::keyed(id.to_string(), value));
+        }
+        self.bus.producer().await.unwrap().send(MERCHANTS, records).await.unwrap();
+    }
+
+    /// The latest result per (first key column as text, window start) on the results topic.
+    async fn results_by(&self, p: &Pipeline, key: &str) -> BTreeMap<(String, String), Json> {
+        let mut latest = BTreeMap::new();
+        for (_, r) in self.read(&p.output_topic).await {
+            latest.insert((r[key].to_string(), r["window_start"].as_str().unwrap().to_string()), r);
+        }
+        latest
     }
 
     /// The alert rules of `yaml`, written to `alerts/payments.yaml` and loaded as `weir stream`
@@ -677,4 +732,87 @@ async fn plain_avro_events_in_session_windows() {
     let dlq = s.read("app.clicks.dlq").await;
     assert_eq!(dlq.len(), 1);
     assert!(dlq[0].0["weir.dlq.reason"].contains("Confluent wire format"));
+}
+
+/// Payments per city: each payment gets its merchant's city from the merchants table's
+/// changelog, as the table stands when the payment is processed.
+const PER_CITY: &str = "source: {topic: shop.shop.payments}\nkey: city\nwindow: {tumbling: 1m}\n\
+    aggregates:\n  - {name: payments, fn: count}\n  - {name: amount, fn: sum, expr: amount}\n\
+    joins:\n  - {topic: shop.shop.merchants, key: id, on: merchant_id, columns: [city]}\n\
+    watermark: {idle_timeout: 300ms}\n";
+
+/// `PER_CITY` in SQL, with a LEFT JOIN: payments of unknown merchants count under a null city.
+const PER_CITY_LEFT_SQL: &str = "CREATE PIPELINE per_city_left WITH (idle_timeout = '300ms') AS\n\
+    SELECT m.city, COUNT(*) AS payments, SUM(p.amount) AS amount\nFROM \"shop.shop.payments\" p\n\
+    LEFT JOIN \"shop.shop.merchants\" FOR SYSTEM_TIME AS OF p.proc_time AS m ON p.merchant_id = m.id\n\
+    GROUP BY m.city, TUMBLE(p._source_ts_ms, INTERVAL '1' MINUTE)\n";
+
+/// A stream–table join follows the table: an update moves a merchant's later payments to its
+/// new city, a delete drops them (inner join) or leaves their city null (left join), and a
+/// pipeline restored from its checkpoint has the table back without reading it again.
+#[tokio::test]
+async fn a_stream_table_join_follows_updates_to_the_table() {
+    let s = setup(1).await;
+    s.produce_merchants(&[(Op::Create, 1, "Berlin"), (Op::Create, 2, "Paris"), (Op::Create, 3, "Rome")]).await;
+    let inner = s.pipeline(PER_CITY);
+    let path = s.dir.path().join("per_city_left.sql");
+    std::fs::write(&path, PER_CITY_LEFT_SQL).unwrap();
+    let left = pipeline::load_file(&path).unwrap();
+    // Minute `m`: merchants 1..=4 (4 is in no table) take 10 + merchant payments of 1.00 each.
+    let minute_of = |m: i64| -> Vec<Payment> {
+        let mut out = Vec::new();
+        for merchant in 1..=4 {
+            for k in 0..10 + merchant {
+                let id = m * 1000 + merchant * 100 + k;
+                out.push(Payment { id, merchant, cents: 100, failed: false, at: T0 + m * 60_000 + k * 1000 });
+            }
+        }
+        out
+    };
+    let mut engines = vec![s.engine(&inner, RuleSet::empty()).await, s.engine(&left, RuleSet::empty()).await];
+    s.produce(&minute_of(0)).await;
+    for e in &mut engines {
+        e.drain().await.unwrap();
+        assert_eq!(e.tables(), vec![(3, 3)], "{}: three merchants read", e.pipeline().id);
+    }
+    // Merchant 2 moves to Berlin, merchant 3 is deleted; then minute 1's payments.
+    s.produce_merchants(&[(Op::Update, 2, "Berlin"), (Op::Delete, 3, "Rome")]).await;
+    s.produce(&minute_of(1)).await;
+    for e in &mut engines {
+        e.drain().await.unwrap();
+        assert_eq!(e.tables(), vec![(2, 5)], "{}", e.pipeline().id);
+    }
+    // Both stop (their last checkpoint holds the table); merchant 1 moves to Oslo meanwhile.
+    drop(engines);
+    s.produce_merchants(&[(Op::Update, 1, "Oslo")]).await;
+    s.produce(&minute_of(2)).await;
+    for p in [&inner, &left] {
+        let mut e = s.engine(p, RuleSet::empty()).await;
+        e.drain().await.unwrap();
+        drain_idle(&mut e, Duration::from_millis(300)).await;
+        assert_eq!(e.tables(), vec![(2, 1)], "{}: only the change after the checkpoint is read", p.id);
+        let unjoined = if p.id == inner.id { 14 * 3 + 13 * 2 } else { 0 };
+        assert_eq!(e.stats().unjoined, unjoined, "{}", p.id);
+        assert_eq!(e.stats().aggregated, 3 * 50 - unjoined, "{}", p.id);
+    }
+    let count = |r: &BTreeMap<(String, String), Json>, city: &str, m: i64| {
+        r.get(&(city.to_string(), minute(m))).map(|r| r["payments"].as_i64().unwrap())
+    };
+    let from_inner = s.results_by(&inner, "city").await;
+    let from_left = s.results_by(&left, "city").await;
+    for r in [&from_inner, &from_left] {
+        assert_eq!(count(r, "\"Berlin\"", 0), Some(11));
+        assert_eq!(count(r, "\"Paris\"", 0), Some(12));
+        assert_eq!(count(r, "\"Rome\"", 0), Some(13));
+        assert_eq!(count(r, "\"Berlin\"", 1), Some(11 + 12), "merchant 2 moved to Berlin: {r:?}");
+        assert_eq!(count(r, "\"Paris\"", 1), None);
+        assert_eq!(count(r, "\"Rome\"", 1), None, "merchant 3 was deleted");
+        assert_eq!(count(r, "\"Oslo\"", 2), Some(11), "the update made while the pipeline was down");
+        assert_eq!(count(r, "\"Berlin\"", 2), Some(12));
+    }
+    assert!(from_inner.keys().all(|(city, _)| city != "null"), "{from_inner:?}");
+    assert_eq!(count(&from_left, "null", 0), Some(14));
+    assert_eq!(count(&from_left, "null", 1), Some(13 + 14));
+    assert_eq!(count(&from_left, "null", 2), Some(13 + 14));
+    assert!(from_left.values().chain(from_inner.values()).all(|r| r["final"] == true));
 }

@@ -203,6 +203,9 @@ fn stream() {
             "/baseline_decode_only/events_per_cpu_s",
             "/sql_pipeline/events_per_s",
             "/ratio_sql_to_yaml",
+            "/join_pipeline/events_per_cpu_s",
+            "/ratio_join_to_yaml",
+            "/pipeline_again/events_per_cpu_s",
         ],
     );
 }
