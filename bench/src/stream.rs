@@ -8,6 +8,13 @@
 //! merchant and its city, the city looked up for each event in a merchants table kept from its
 //! Debezium changelog. The YAML pipeline runs first and again last; the others are compared with
 //! the mean of its two runs, so that the order they run in weighs less.
+//!
+//! Peer: where Apache Flink is installed (`scripts/deps flink`), Flink SQL on a local mini-cluster
+//! (parallelism 1, streaming mode) runs the same tumbling windows per merchant — count, sum and
+//! average of the amount — over the same payments written to a CSV file (`bench/flink/tumbling.py`),
+//! and a Weir pipeline with exactly those aggregates runs beside it; both report events per
+//! CPU-second (Flink: of its JVM while the job runs). Flink reads plain CSV where Weir decodes
+//! Avro change-event envelopes, which favours Flink.
 
 use std::{sync::Arc, time::Instant};
 
@@ -50,6 +57,29 @@ pub struct StreamBenchArgs {
     /// Partitions of the topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    /// A Python with PyFlink (`apache-flink`) for the Flink comparison [default:
+    /// ~/.cache/weir/flink-venv/bin/python when it exists, as `scripts/deps flink` installs it;
+    /// without one the comparison is skipped]
+    #[arg(long)]
+    flink_python: Option<std::path::PathBuf>,
+    /// Skip the Flink comparison even where Flink is installed.
+    #[arg(long, conflicts_with = "flink_python")]
+    no_flink: bool,
+}
+
+/// The Python `--flink-python` names, or the one `scripts/deps flink` installs if it is there.
+fn flink_python(args: &StreamBenchArgs) -> Option<std::path::PathBuf> {
+    if args.no_flink {
+        return None;
+    }
+    if let Some(p) = &args.flink_python {
+        return Some(p.clone());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    let python = cache.join("weir/flink-venv/bin/python");
+    python.exists().then_some(python)
 }
 
 /// CPU seconds (user + system) this process has used.
@@ -66,7 +96,9 @@ fn cpu_seconds() -> f64 {
 pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(args.events > 0 && args.keys > 0 && args.partitions > 0, "arguments must be positive");
     let super::Embedded { tmp, bus, registry } = super::embedded(TOPIC, args.partitions).await?;
-    let bytes = produce(&bus, registry.clone(), &args).await?;
+    let flink = flink_python(&args);
+    let csv = flink.as_ref().map(|_| tmp.path().join("payments.csv"));
+    let bytes = produce(&bus, registry.clone(), &args, csv.as_deref()).await?;
     produce_merchants(&bus, registry.clone(), args.keys).await?;
 
     let pipelines = tmp.path().join("pipelines");
@@ -101,6 +133,10 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
     anyhow::ensure!(errors.is_empty(), "bench pipeline refused: {errors:?}");
     let [p_join, p, p_sql]: [pipeline::Pipeline; 3] =
         loaded.try_into().map_err(|l: Vec<_>| anyhow::anyhow!("{} pipelines, not 3", l.len()))?;
+    // What Flink computes: the YAML pipeline without its percentile.
+    let mut flink_twin = p.clone();
+    flink_twin.id = format!("{}_flink_twin", p.id);
+    flink_twin.aggregates.retain(|a| a.func != pipeline::AggFn::Percentile);
     anyhow::ensure!(
         pipeline::Pipeline {
             id: p.id.clone(),
@@ -136,7 +172,11 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
     let mut runs = Vec::new();
     let mut again = p.clone();
     again.id = format!("{}_again", p.id);
-    for (form, p) in [("YAML", p), ("SQL", p_sql), ("join", p_join), ("YAML, again", again)] {
+    let mut forms = vec![("YAML", p), ("SQL", p_sql), ("join", p_join), ("YAML, again", again)];
+    if flink.is_some() {
+        forms.push(("Flink's aggregates", flink_twin));
+    }
+    for (form, p) in forms {
         eprintln!("pipeline ({form}): {} events, {} keys, 1-minute windows", args.events, args.keys);
         let config =
             EngineConfig { checkpoint_interval: std::time::Duration::from_secs(10), ..EngineConfig::default() };
@@ -167,6 +207,45 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
             stats.results
         );
     }
+    let flink = match (&flink, &csv) {
+        (Some(python), Some(csv)) => {
+            let (_, twin_secs, twin_cpu) = runs[4];
+            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flink/tumbling.py");
+            eprintln!("peer: Apache Flink ({}) on the same {} events", python.display(), args.events);
+            let out = std::process::Command::new(python)
+                .arg(&script)
+                .arg(csv)
+                .arg(tmp.path().join("flink-results"))
+                .stderr(std::process::Stdio::inherit())
+                .output()?;
+            anyhow::ensure!(out.status.success(), "{} {} failed ({})", python.display(), script.display(), out.status);
+            let f: Value = serde_json::from_slice(&out.stdout)
+                .map_err(|e| anyhow::anyhow!("Flink's report: {e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+            anyhow::ensure!(f["events"] == json!(args.events), "Flink read {} events of {}", f["events"], args.events);
+            let flink_cpu = f["cpu_seconds"].as_f64().unwrap_or(f64::NAN);
+            json!({
+                "flink": {
+                    "version": f["flink"],
+                    "parallelism": 1,
+                    "input": "CSV file",
+                    "results": f["results"],
+                    "seconds": f["seconds"],
+                    "cpu_seconds": flink_cpu,
+                    "events_per_cpu_s": (args.events as f64 / flink_cpu).round(),
+                },
+                "weir": {
+                    "input": "Debezium Avro envelopes on the embedded bus",
+                    "results_closed": runs[4].0.results,
+                    "seconds": twin_secs,
+                    "cpu_seconds": twin_cpu,
+                    "events_per_cpu_s": (args.events as f64 / twin_cpu).round(),
+                },
+                "ratio_weir_to_flink": flink_cpu / twin_cpu,
+            })
+        }
+        _ if args.no_flink => json!({"skipped": "--no-flink"}),
+        _ => json!({"skipped": "no PyFlink: `scripts/deps flink` installs it, or give --flink-python"}),
+    };
     let per_core = args.events as f64 / cpu_secs;
     let again_per_core = args.events as f64 / again_cpu_secs;
     let yaml_per_core = (per_core + again_per_core) / 2.0;
@@ -215,6 +294,7 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
             "events_per_cpu_s": join_per_core.round(),
         },
         "ratio_join_to_yaml": join_per_core / yaml_per_core,
+        "peer_flink": flink,
         "goals": {"events_per_cpu_s": 500_000, "ratio_sql_to_yaml": 0.9},
     }))
 }
@@ -269,11 +349,19 @@ async fn produce_merchants(bus: &Arc<LocalBus>, registry: Arc<dyn SchemaRegistry
 }
 
 /// Produces the events (inserts of payments, in event-time order); returns their Avro bytes.
+/// With `csv`, the same payments go to that file too (id, merchant_id, amount, event time in ms)
+/// for the Flink comparison.
 async fn produce(
     bus: &Arc<LocalBus>,
     registry: Arc<dyn SchemaRegistry>,
     args: &StreamBenchArgs,
+    csv: Option<&std::path::Path>,
 ) -> anyhow::Result<u64> {
+    use std::io::Write as _;
+    let mut csv = match csv {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     let serializer = AvroSerializer::new(registry);
     let source_schema = binlog_source_schema(BinlogFlavor::Mariadb);
     let t = TableSchemas::new(TOPIC, columns(), vec![Field::new("id", schema::int64())], source_schema.clone());
@@ -285,16 +373,21 @@ async fn produce(
     let (mut bytes, mut records) = (0u64, Vec::with_capacity(10_000));
     for i in 0..args.events as i64 {
         let merchant = (i * 7_919) % args.keys;
+        let cents = i % 50_000 + 100;
+        let at_ms = T0_MS + i * 1000 / args.events_per_second;
+        if let Some(csv) = &mut csv {
+            writeln!(csv, "{i},{merchant},{}.{:02},{at_ms}", cents / 100, cents % 100)?;
+        }
         let row = V::Struct(vec![
             V::Int64(i),
             V::Int64(merchant),
-            V::Bytes(decimal_bytes(i128::from(i % 50_000) + 100)),
+            V::Bytes(decimal_bytes(i128::from(cents))),
             V::String(statuses[(i % 4) as usize].into()),
         ]);
         let source = BinlogSource {
             flavor: BinlogFlavor::Mariadb,
             name: "bench".into(),
-            ts_us: (T0_MS + i * 1000 / args.events_per_second) * 1000,
+            ts_us: at_ms * 1000,
             snapshot: SnapshotMarker::False,
             db: "shop".into(),
             table: Some("payments".into()),
@@ -318,6 +411,9 @@ async fn produce(
     }
     if !records.is_empty() {
         producer.send(TOPIC, records).await?;
+    }
+    if let Some(mut csv) = csv {
+        csv.flush()?;
     }
     progress.update(args.events);
     Ok(bytes)

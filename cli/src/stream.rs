@@ -64,7 +64,8 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     errors.extend(alert_errors);
     if args.check {
         for p in &pipelines {
-            println!("pipeline {:<28} {} → {}", p.id, p.source.topic, p.output_topic);
+            let joined: String = p.joins.iter().map(|j| format!(" ⋈ {}", j.topic)).collect();
+            println!("pipeline {:<28} {}{joined} → {}", p.id, p.source.topic, p.output_topic);
         }
         for r in &alerts.rules {
             println!("alert    {:<28} on {}: {}", r.name, r.pipeline, r.expr);

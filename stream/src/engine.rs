@@ -523,7 +523,10 @@ impl Engine {
                 if let Some(kept) = kept {
                     let before = d.rows.len();
                     d.rows = d.rows.iter().zip(kept.values().iter()).filter(|(_, k)| *k).map(|(&r, _)| r).collect();
-                    self.stats.unjoined += (before - d.rows.len()) as u64;
+                    let dropped = (before - d.rows.len()) as u64;
+                    self.stats.unjoined += dropped;
+                    metrics::counter!("weir_stream_unjoined_events_total", "pipeline" => self.p.id.clone())
+                        .increment(dropped);
                 }
                 d.batch = batch;
             }

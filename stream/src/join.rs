@@ -79,11 +79,14 @@ pub struct TableSnapshot {
     pub rows: Option<String>,
 }
 
-/// Chunks are compacted when they hold more than this many rows and twice the live ones.
+/// Chunks are compacted when they hold more than this many rows and twice the live ones…
 const COMPACT_AFTER: usize = 4096;
+/// …or when there are more than this many (each lookup batch spans them all).
+const MAX_CHUNKS: usize = 64;
 
 /// One joined table.
 pub struct Table {
+    pipeline: String,
     join: Join,
     decoder: Decoder,
     consumer: Box<dyn Consumer>,
@@ -130,6 +133,7 @@ impl Table {
             .await
             .map_err(bus_err)?;
         Ok(Table {
+            pipeline: pipeline.to_string(),
             join: join.clone(),
             decoder: Decoder::new(&source, Some(registry)),
             consumer,
@@ -254,6 +258,8 @@ impl Table {
         if idle == 5 {
             tracing::debug!(topic = %self.join.topic, "changelog end offsets not reached; joining with what was read");
         }
+        metrics::gauge!("weir_stream_join_rows", "pipeline" => self.pipeline.clone(), "topic" => self.join.topic.clone())
+            .set(self.rows.len() as f64);
         Ok(())
     }
 
@@ -334,7 +340,7 @@ impl Table {
                 _ => {}
             }
         }
-        if self.stored > COMPACT_AFTER && self.stored > 2 * self.rows.len() {
+        if self.chunks.len() > MAX_CHUNKS || self.stored > COMPACT_AFTER && self.stored > 2 * self.rows.len() {
             self.compact()?;
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! `weir ingest http` and `weir stream` as a user runs them, as separate processes on the test
 //! Kafka-protocol broker: JSON events POSTed by a service, a pipeline file, the stream role
 //! killed with -9 again and again while events arrive — and every window's result still counts
-//! every event exactly once.
+//! every event exactly once. And a SQL pipeline joining a real MariaDB's payments with its
+//! merchants, both captured by `weir ingest`, that follows a merchant's move across restarts.
 
 use std::{
     collections::BTreeMap,
@@ -11,7 +12,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use weir_e2e::harness::{Proc, free_port, kafka, ok, weir};
+use weir_e2e::harness::{Proc, free_port, kafka, mariadb, mysql_source_toml, ok, test_mysql_url, weir};
 
 /// Starts `weir <args>` in `dir` on the test broker; its log is appended to `dir/<role>.log`.
 fn spawn(dir: &Path, args: &[&str]) -> Proc {
@@ -56,9 +57,9 @@ fn order(i: i64) -> Value {
 /// after 5 s without a record: with 1 s, the check stalled under load at the same 61 of 90
 /// windows, most likely because a loaded broker's first fetch of a partition came after the read
 /// had already stopped.
-fn results(dir: &Path, topic: &str) -> BTreeMap<(String, String), Value> {
+fn results(dir: &Path, bus: &str, topic: &str) -> BTreeMap<(String, String), Value> {
     let group = format!("check-{}", rand_id());
-    let out = ok(weir(dir, &kafka(), &["consume", topic, "--group", &group, "--timeout-ms", "5000"], None));
+    let out = ok(weir(dir, bus, &["consume", topic, "--group", &group, "--timeout-ms", "5000"], None));
     let mut latest = BTreeMap::new();
     for line in out.lines() {
         let value = line.splitn(4, '\t').nth(3).unwrap();
@@ -156,7 +157,7 @@ async fn posted_events_are_windowed_exactly_once_across_kill_9() {
     wait_healthy(stream_port).await;
     let started = Instant::now();
     let got = loop {
-        let r = results(d, &output);
+        let r = results(d, &kafka(), &output);
         if r.len() == expected.len() && r.values().all(|v| v["final"] == true) {
             break r;
         }
@@ -239,4 +240,66 @@ async fn ingest_http_takes_ingest_tokens_and_rotates_them_from_a_file() {
     assert_eq!(post(Some("first-token")).await, 401, "the old token no longer works");
     ingest.kill().unwrap();
     ingest.wait().unwrap();
+}
+
+/// A SQL pipeline over change events `weir ingest` captured from a real MariaDB: payments per
+/// merchant city, the city joined from the merchants table's changelog. A merchant that moves
+/// counts in its new city from then on, also after `weir stream` restarts from its checkpoint;
+/// a payment of a merchant the table does not hold is dropped by the inner join.
+#[test]
+fn a_sql_pipeline_joins_mariadb_payments_with_their_merchants() {
+    const BUS: &str = "local:./weir-data/bus";
+    mariadb(&format!(
+        "DROP DATABASE IF EXISTS weir_join; CREATE DATABASE weir_join; \
+         CREATE TABLE weir_join.merchants (id INT PRIMARY KEY, city VARCHAR(20)); \
+         CREATE TABLE weir_join.payments (id INT PRIMARY KEY, merchant_id INT, amount DECIMAL(10,2), paid_at BIGINT); \
+         INSERT INTO weir_join.merchants VALUES (1, 'lyon'), (2, 'oslo'); \
+         INSERT INTO weir_join.payments VALUES (1, 1, 10.00, {a}), (2, 1, 5.50, {b}), (3, 2, 7.25, {c}), (4, 3, 1.00, {c})",
+        a = T0,
+        b = T0 + 1_000,
+        c = T0 + 2_000,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("weir.toml"), mysql_source_toml(&test_mysql_url(), 6431, "weir_join", "")).unwrap();
+    std::fs::create_dir_all(d.join("pipelines")).unwrap();
+    std::fs::write(
+        d.join("pipelines/per_city.sql"),
+        // Windows close by event time only (never by an idle source): the events are from the past.
+        "CREATE PIPELINE per_city WITH (idle_timeout = '1h') AS\n\
+         SELECT m.city, COUNT(*) AS payments, SUM(p.amount) AS amount\n\
+         FROM \"shop.weir_join.payments\" p\n\
+         JOIN \"shop.weir_join.merchants\" FOR SYSTEM_TIME AS OF p.proc_time AS m ON p.merchant_id = m.id\n\
+         GROUP BY m.city, TUMBLE(p.paid_at, INTERVAL '1' MINUTE)\n",
+    )
+    .unwrap();
+    ok(weir(d, BUS, &["ingest", "--once"], None));
+    let check = ok(weir(d, BUS, &["stream", "--check"], None));
+    assert!(check.contains("shop.weir_join.payments ⋈ shop.weir_join.merchants → weir.stream.per_city"), "{check}");
+    let once = ok(weir(d, BUS, &["stream", "--once"], None));
+    assert!(once.contains("\"unjoined\":1"), "merchant 3 is in no table: {once}");
+
+    // Merchant 2 moves to Lyon; its next payment is a minute later, and one of merchant 1 in the
+    // minute after moves the watermark past that minute.
+    mariadb(&format!(
+        "UPDATE weir_join.merchants SET city = 'lyon' WHERE id = 2; \
+         INSERT INTO weir_join.payments VALUES (5, 2, 2.00, {}), (6, 1, 1.00, {})",
+        T0 + 60_000,
+        T0 + 125_000
+    ));
+    ok(weir(d, BUS, &["ingest", "--once"], None));
+    let once = ok(weir(d, BUS, &["stream", "--once"], None));
+    assert!(once.contains("\"aggregated\":5"), "the restored pipeline counts on: {once}");
+
+    let r = results(d, BUS, "weir.stream.per_city");
+    let minute = |m: i64| {
+        humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_millis((T0 + m * 60_000) as u64)).to_string()
+    };
+    let payments = |city: &str, m: i64| r.get(&(city.to_string(), minute(m))).map(|r| r["payments"].as_i64().unwrap());
+    assert_eq!(payments("lyon", 0), Some(2), "{r:?}");
+    assert_eq!(payments("oslo", 0), Some(1), "{r:?}");
+    assert_eq!(payments("lyon", 1), Some(1), "merchant 2 counts in its new city: {r:?}");
+    assert_eq!(payments("oslo", 1), None, "{r:?}");
+    assert_eq!(r[&("lyon".to_string(), minute(0))]["amount"], 15.5);
+    assert!(r.values().all(|r| r["final"] == true), "{r:?}");
 }
