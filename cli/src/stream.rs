@@ -51,7 +51,7 @@ pub struct Shared {
 impl Shared {
     async fn open(&self, p: &Pipeline) -> anyhow::Result<Engine> {
         let rules = RuleSet::for_pipeline(p, self.alerts.clone(), Some(self.notifier.clone()));
-        let registry = (p.source.format != Format::Json).then(|| self.registry.clone()).flatten();
+        let registry = needs_registry(p).then(|| self.registry.clone()).flatten();
         Ok(Engine::open(p.clone(), self.config.stream.engine(), self.bus.clone(), registry, self.lake.clone(), rules)
             .await?)
     }
@@ -64,7 +64,7 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     errors.extend(alert_errors);
     if args.check {
         for p in &pipelines {
-            let joined: String = p.joins.iter().map(|j| format!(" ⋈ {}", j.topic)).collect();
+            let joined: String = p.joins.iter().map(|j| format!(" ⋈ {}", j.table)).collect();
             println!("pipeline {:<28} {}{joined} → {}", p.id, p.source.topic, p.output_topic);
         }
         for r in &alerts.rules {
@@ -82,7 +82,7 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
         tracing::error!(alert = %r.name, "rule watches pipeline {:?}, which is not loaded", r.pipeline);
     }
     anyhow::ensure!(!pipelines.is_empty(), "no pipelines in {}", s.pipelines_dir.display());
-    let needs_registry = pipelines.iter().any(|p| p.source.format != Format::Json);
+    let needs_registry = pipelines.iter().any(needs_registry);
     let shared = Arc::new(Shared {
         bus: weir_bus::open(&config.bus).await.with_context(|| format!("opening bus {}", config.bus.url))?,
         registry: if needs_registry { Some(registry(config).await?) } else { None },
@@ -125,6 +125,11 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `p` reads Avro (its source, or a joined table's changelog): schemas from the registry.
+fn needs_registry(p: &Pipeline) -> bool {
+    p.source.format != Format::Json || p.joins.iter().any(|j| matches!(j.table, pipeline::TableRef::Changelog(_)))
+}
+
 /// Runs pipeline `p` as role `pipeline <id>` until `stop`, reopening it from its checkpoint
 /// after a failure.
 pub fn spawn_pipeline(
@@ -137,16 +142,22 @@ pub fn spawn_pipeline(
     roles::supervise(tasks, health, &format!("pipeline {}", p.id), stop, move |role| {
         let (shared, p) = (shared.clone(), p.clone());
         async move {
-            // A source topic its producer has not created yet (a first snapshot still running)
-            // is a wait, not a failure.
-            let mut waiting = false;
-            while let Err(weir_bus::BusError::UnknownTopic(_)) = shared.bus.topic(&p.source.topic).await {
-                if !std::mem::replace(&mut waiting, true) {
-                    tracing::info!(pipeline = %p.id, topic = %p.source.topic, "waiting for the source topic");
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    _ = role.stopping() => return Ok(()),
+            // A source or joined changelog topic its producer has not created yet (a first
+            // snapshot still running) is a wait, not a failure.
+            let changelogs = p.joins.iter().filter_map(|j| match &j.table {
+                pipeline::TableRef::Changelog(topic) => Some(topic),
+                pipeline::TableRef::Lake(_) => None,
+            });
+            for topic in std::iter::once(&p.source.topic).chain(changelogs) {
+                let mut waiting = false;
+                while let Err(weir_bus::BusError::UnknownTopic(_)) = shared.bus.topic(topic).await {
+                    if !std::mem::replace(&mut waiting, true) {
+                        tracing::info!(pipeline = %p.id, %topic, "waiting for the topic to be created");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                        _ = role.stopping() => return Ok(()),
+                    }
                 }
             }
             let engine = shared.open(&p).await?;

@@ -23,12 +23,19 @@ pub struct StreamConfig {
     /// Longest wait for new events before watermarks and timers are looked at.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How often a pipeline looks for a newer version of a lake table it joins.
+    #[serde(with = "humantime_serde")]
+    pub table_refresh: Duration,
 }
 
 impl StreamConfig {
     /// How each pipeline runs.
     pub fn engine(&self) -> EngineConfig {
-        EngineConfig { checkpoint_interval: self.checkpoint_interval, poll_interval: self.poll_interval }
+        EngineConfig {
+            checkpoint_interval: self.checkpoint_interval,
+            poll_interval: self.poll_interval,
+            table_refresh: self.table_refresh,
+        }
     }
 }
 
@@ -40,6 +47,7 @@ impl Default for StreamConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9097)),
             checkpoint_interval: EngineConfig::default().checkpoint_interval,
             poll_interval: EngineConfig::default().poll_interval,
+            table_refresh: EngineConfig::default().table_refresh,
         }
     }
 }

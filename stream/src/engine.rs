@@ -87,11 +87,17 @@ pub struct EngineConfig {
     pub checkpoint_interval: Duration,
     /// Longest wait for new events before the watermark and timers are looked at.
     pub poll_interval: Duration,
+    /// How often a joined lake table is looked at for a newer version.
+    pub table_refresh: Duration,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { checkpoint_interval: Duration::from_secs(10), poll_interval: Duration::from_millis(100) }
+        EngineConfig {
+            checkpoint_interval: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(100),
+            table_refresh: Duration::from_secs(1),
+        }
     }
 }
 
@@ -272,7 +278,7 @@ impl Engine {
         let funcs: Vec<(AggFn, f64)> = p.aggregates.iter().map(|a| (a.func, a.q)).collect();
         let mut tables = Vec::new();
         for j in &p.joins {
-            let table = Table::open(&p.id, j, &*bus, registry.clone())
+            let table = Table::open(&p.id, j, &*bus, registry.clone(), &lake, config.table_refresh)
                 .await
                 .map_err(|source| EngineError::Join { pipeline: p.id.clone(), source })?;
             tables.push(table);

@@ -1,6 +1,8 @@
 //! Stream–table joins: the tables a pipeline's events are enriched from. A table is the current
 //! state of a Debezium changelog topic (what ingest writes for a source table): each change puts
-//! its row under its key (`c`, `u`, `r`), removes it (`d`) or empties the table (`t`).
+//! its row under its key (`c`, `u`, `r`), removes it (`d`) or empties the table (`t`). Or it is a
+//! lake table (`current.*`, or a batch view `views.*` a DAG writes), read whole again when a newer
+//! version of it is committed (looked for at most every [`EngineConfig::table_refresh`]).
 //!
 //! An event looks its key up in the table as it stands when the pipeline processes the event (a
 //! processing-time lookup join, Flink's `JOIN … FOR SYSTEM_TIME AS OF proc_time`): before each
@@ -12,12 +14,15 @@
 //! index; events get their columns by `interleave` (no value is copied one by one), and chunks
 //! are compacted once most of their rows are stale. A checkpoint holds the table's live rows
 //! (Arrow IPC) with the changelog offsets after them, so a restored pipeline joins against the
-//! table it had and reads on from there.
+//! table it had and reads on from there; a lake table's checkpoint is its version (it is read
+//! again on restore).
+//!
+//! [`EngineConfig::table_refresh`]: crate::engine::EngineConfig::table_refresh
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use base64::Engine as _;
@@ -27,41 +32,43 @@ use deltalake::arrow::{
     datatypes::{DataType, Field, Schema},
     ipc::{reader::StreamReader, writer::StreamWriter},
 };
+use deltalake::datafusion::{error::DataFusionError, prelude::SessionContext};
 use serde::{Deserialize, Serialize};
 use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, TopicPartition};
+use weir_lake::{Lake, catalog::LakeError};
 use weir_schemas::registry::{RegistryError, SchemaRegistry};
 
 use crate::{
     decode::Decoder,
-    pipeline::{Format, Join, JoinKind, Source},
+    pipeline::{Format, Join, JoinKind, Source, TableRef},
 };
 
 /// Why a join cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     /// The bus failed.
-    #[error("join {topic}: bus: {source}")]
+    #[error("join {table}: bus: {source}")]
     Bus {
-        /// The changelog topic.
-        topic: String,
+        /// The table.
+        table: String,
         /// The bus error.
         #[source]
         source: Box<BusError>,
     },
     /// The schema registry could not be reached.
-    #[error("join {topic}: schema registry: {source}")]
+    #[error("join {table}: schema registry: {source}")]
     Registry {
-        /// The changelog topic.
-        topic: String,
+        /// The table.
+        table: String,
         /// The registry error.
         #[source]
         source: Box<RegistryError>,
     },
     /// The table or the events do not fit the join as written.
-    #[error("join {topic}: {reason}")]
+    #[error("join {table}: {reason}")]
     Mismatch {
-        /// The changelog topic.
-        topic: String,
+        /// The table.
+        table: String,
         /// What does not fit.
         reason: String,
     },
@@ -70,13 +77,16 @@ pub enum JoinError {
 /// A table's part of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TableSnapshot {
-    /// The changelog topic.
+    /// The changelog topic or lake table.
     pub topic: String,
-    /// Partition → the next offset to read.
+    /// Partition → the next offset to read (changelogs).
     pub next: BTreeMap<u32, i64>,
     /// The live rows as one Arrow IPC stream (base64): `_key` then the added columns; none
-    /// before the first change.
+    /// before the first change, nor for a lake table (read again on restore).
     pub rows: Option<String>,
+    /// The lake table's version the rows were read from.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// Chunks are compacted when they hold more than this many rows and twice the live ones…
@@ -84,13 +94,31 @@ const COMPACT_AFTER: usize = 4096;
 /// …or when there are more than this many (each lookup batch spans them all).
 const MAX_CHUNKS: usize = 64;
 
+/// Where a table's rows come from, and how far they were read.
+enum Reader {
+    Changelog {
+        decoder: Decoder,
+        consumer: Box<dyn Consumer>,
+        /// Partition → the next offset to read.
+        next: BTreeMap<u32, i64>,
+    },
+    Lake {
+        lake: Lake,
+        /// The version read.
+        version: Option<u64>,
+        /// When the lake was last asked for a newer version, and how often to ask.
+        checked: Option<Instant>,
+        every: Duration,
+    },
+}
+
 /// One joined table.
 pub struct Table {
     pipeline: String,
     join: Join,
-    decoder: Decoder,
-    consumer: Box<dyn Consumer>,
-    next: BTreeMap<u32, i64>,
+    /// The topic or lake table.
+    name: String,
+    reader: Reader,
     /// The added columns as events get them (named as in the events), known from the first
     /// change read or from the checkpoint.
     fields: Option<Vec<Field>>,
@@ -105,39 +133,51 @@ pub struct Table {
 }
 
 impl Table {
-    /// Opens the table of `join` for pipeline `pipeline`, empty and positioned at the start of
-    /// its changelog (see [`Table::restore`]).
+    /// Opens the table of `join` for pipeline `pipeline`, empty: a changelog positioned at its
+    /// start (see [`Table::restore`]), a lake table read by the first [`Table::catch_up`] and
+    /// looked at again every `refresh`.
     pub async fn open(
         pipeline: &str,
         join: &Join,
         bus: &dyn Bus,
         registry: Option<Arc<dyn SchemaRegistry>>,
+        lake: &Lake,
+        refresh: Duration,
     ) -> Result<Table, JoinError> {
-        let topic = join.topic.clone();
-        let bus_err = |source| JoinError::Bus { topic: topic.clone(), source: Box::new(source) };
-        let Some(registry) = registry else {
-            return Err(JoinError::Mismatch {
-                topic,
-                reason: "a changelog's Avro schemas come from the schema registry: none is configured".into(),
-            });
+        let name = join.table.name().to_string();
+        let reader = match &join.table {
+            TableRef::Lake(_) => Reader::Lake { lake: lake.clone(), version: None, checked: None, every: refresh },
+            TableRef::Changelog(topic) => {
+                let bus_err = |source| JoinError::Bus { table: name.clone(), source: Box::new(source) };
+                let Some(registry) = registry else {
+                    return Err(JoinError::Mismatch {
+                        table: name,
+                        reason: "a changelog's Avro schemas come from the schema registry: none is configured".into(),
+                    });
+                };
+                let info = bus.topic(topic).await.map_err(bus_err)?;
+                let source = Source {
+                    topic: topic.clone(),
+                    format: Format::Debezium,
+                    fields: BTreeMap::new(),
+                    ops: ["c", "u", "r", "d"].map(String::from).to_vec(),
+                };
+                let consumer = bus
+                    .consumer(ConsumerConfig::new(format!("weir-stream-{pipeline}-join-{topic}")))
+                    .await
+                    .map_err(bus_err)?;
+                Reader::Changelog {
+                    decoder: Decoder::new(&source, Some(registry)),
+                    consumer,
+                    next: (0..info.partitions).map(|p| (p, 0)).collect(),
+                }
+            }
         };
-        let info = bus.topic(&join.topic).await.map_err(bus_err)?;
-        let source = Source {
-            topic: join.topic.clone(),
-            format: Format::Debezium,
-            fields: BTreeMap::new(),
-            ops: ["c", "u", "r", "d"].map(String::from).to_vec(),
-        };
-        let consumer = bus
-            .consumer(ConsumerConfig::new(format!("weir-stream-{pipeline}-join-{}", join.topic)))
-            .await
-            .map_err(bus_err)?;
         Ok(Table {
             pipeline: pipeline.to_string(),
             join: join.clone(),
-            decoder: Decoder::new(&source, Some(registry)),
-            consumer,
-            next: (0..info.partitions).map(|p| (p, 0)).collect(),
+            name,
+            reader,
             fields: None,
             chunks: Vec::new(),
             stored: 0,
@@ -147,17 +187,19 @@ impl Table {
     }
 
     fn mismatch(&self, reason: impl Into<String>) -> JoinError {
-        JoinError::Mismatch { topic: self.join.topic.clone(), reason: reason.into() }
+        JoinError::Mismatch { table: self.name.clone(), reason: reason.into() }
     }
 
     fn bus_err(&self, source: BusError) -> JoinError {
-        JoinError::Bus { topic: self.join.topic.clone(), source: Box::new(source) }
+        JoinError::Bus { table: self.name.clone(), source: Box::new(source) }
     }
 
     /// Takes the rows and offsets of a checkpoint (of the same join); call before [`Table::seek`].
+    /// A lake table is read again instead.
     pub fn restore(&mut self, snapshot: TableSnapshot) -> Result<(), JoinError> {
+        let Reader::Changelog { next, .. } = &mut self.reader else { return Ok(()) };
         for (p, n) in snapshot.next {
-            self.next.insert(p, n);
+            next.insert(p, n);
         }
         let Some(text) = snapshot.rows else { return Ok(()) };
         let bytes = base64::engine::general_purpose::STANDARD
@@ -183,20 +225,31 @@ impl Table {
         Ok(())
     }
 
-    /// Positions the reader at the next change of every partition.
+    /// Positions a changelog's reader at the next change of every partition.
     pub async fn seek(&mut self) -> Result<(), JoinError> {
-        let tps: Vec<TopicPartition> =
-            self.next.keys().map(|&p| TopicPartition::new(self.join.topic.clone(), p)).collect();
-        self.consumer.assign(&tps).await.map_err(|e| self.bus_err(e))?;
+        let Reader::Changelog { consumer, next, .. } = &mut self.reader else { return Ok(()) };
+        let tps: Vec<TopicPartition> = next.keys().map(|&p| TopicPartition::new(self.name.clone(), p)).collect();
+        let bus_err = |source| JoinError::Bus { table: self.name.clone(), source: Box::new(source) };
+        consumer.assign(&tps).await.map_err(bus_err)?;
         for tp in &tps {
-            let next = self.next[&tp.partition];
-            self.consumer.seek(tp, next).await.map_err(|e| self.bus_err(e))?;
+            consumer.seek(tp, next[&tp.partition]).await.map_err(bus_err)?;
         }
         Ok(())
     }
 
     /// The table's part of a checkpoint (compacts it first).
     pub fn snapshot(&mut self) -> Result<TableSnapshot, JoinError> {
+        let (next, version) = match &self.reader {
+            Reader::Changelog { next, .. } => (next.clone(), None),
+            Reader::Lake { version, .. } => {
+                return Ok(TableSnapshot {
+                    topic: self.name.clone(),
+                    next: BTreeMap::new(),
+                    rows: None,
+                    version: *version,
+                });
+            }
+        };
         self.compact()?;
         let rows = match &self.fields {
             None => None,
@@ -220,7 +273,7 @@ impl Table {
                 Some(base64::engine::general_purpose::STANDARD.encode(bytes))
             }
         };
-        Ok(TableSnapshot { topic: self.join.topic.clone(), next: self.next.clone(), rows })
+        Ok(TableSnapshot { topic: self.name.clone(), next, rows, version })
     }
 
     /// Rows held now.
@@ -238,16 +291,34 @@ impl Table {
         self.changes
     }
 
-    /// Reads the changelog up to the end offsets the bus reports now.
+    /// Brings the table up to date: a changelog read up to the end offsets the bus reports now,
+    /// a lake table read again if a newer version was committed.
     pub async fn catch_up(&mut self, bus: &dyn Bus) -> Result<(), JoinError> {
-        let ends = bus.end_offsets(&self.join.topic).await.map_err(|e| self.bus_err(e))?;
-        let behind =
-            |next: &BTreeMap<u32, i64>| next.iter().any(|(&p, &n)| ends.get(p as usize).is_some_and(|&end| n < end));
+        if matches!(self.reader, Reader::Lake { .. }) {
+            self.refresh_from_lake().await?;
+        } else {
+            self.read_changelog(bus).await?;
+        }
+        metrics::gauge!("weir_stream_join_rows", "pipeline" => self.pipeline.clone(), "table" => self.name.clone())
+            .set(self.rows.len() as f64);
+        Ok(())
+    }
+
+    async fn read_changelog(&mut self, bus: &dyn Bus) -> Result<(), JoinError> {
+        let ends = bus.end_offsets(&self.name).await.map_err(|e| self.bus_err(e))?;
+        let behind = |reader: &Reader| match reader {
+            Reader::Changelog { next, .. } => {
+                next.iter().any(|(&p, &n)| ends.get(p as usize).is_some_and(|&end| n < end))
+            }
+            Reader::Lake { .. } => false,
+        };
         // A poll that finds nothing while the ends say more is there (records the bus counts but
         // never hands out, as transaction markers) ends the wait after a few tries.
         let mut idle = 0;
-        while behind(&self.next) && idle < 5 {
-            let polled = self.consumer.poll(Duration::from_millis(100)).await.map_err(|e| self.bus_err(e))?;
+        while behind(&self.reader) && idle < 5 {
+            let Reader::Changelog { consumer, .. } = &mut self.reader else { break };
+            let polled = consumer.poll(Duration::from_millis(100)).await;
+            let polled = polled.map_err(|e| self.bus_err(e))?;
             if polled.is_empty() {
                 idle += 1;
                 continue;
@@ -256,10 +327,50 @@ impl Table {
             self.apply(&polled).await?;
         }
         if idle == 5 {
-            tracing::debug!(topic = %self.join.topic, "changelog end offsets not reached; joining with what was read");
+            tracing::debug!(table = %self.name, "changelog end offsets not reached; joining with what was read");
         }
-        metrics::gauge!("weir_stream_join_rows", "pipeline" => self.pipeline.clone(), "topic" => self.join.topic.clone())
-            .set(self.rows.len() as f64);
+        Ok(())
+    }
+
+    /// Reads the lake table again when a version newer than the one read is there (asking at
+    /// most every `every`).
+    async fn refresh_from_lake(&mut self) -> Result<(), JoinError> {
+        let Reader::Lake { lake, version, checked, every } = &mut self.reader else { return Ok(()) };
+        if checked.is_some_and(|at| at.elapsed() < *every) {
+            return Ok(());
+        }
+        *checked = Some(Instant::now());
+        let (lake, read) = (lake.clone(), *version);
+        let lake_err = |e: LakeError| JoinError::Mismatch { table: self.name.clone(), reason: e.to_string() };
+        let latest = lake.latest_version(&self.name, read).await.map_err(lake_err)?;
+        let Some(latest) = latest.filter(|&v| Some(v) != read) else { return Ok(()) };
+        let table = lake.open(&self.name, Some(latest)).await.map_err(lake_err)?;
+        let query_err = |e: DataFusionError| JoinError::Mismatch { table: self.name.clone(), reason: e.to_string() };
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|e| JoinError::Mismatch { table: self.name.clone(), reason: e.to_string() })?;
+        let mut wanted: Vec<&str> = vec![self.join.key.as_str()];
+        wanted.extend(self.join.columns.iter().map(|(from, _)| from.as_str()));
+        let batches = SessionContext::new()
+            .read_table(provider)
+            .and_then(|df| df.select_columns(&wanted))
+            .map_err(query_err)?
+            .collect()
+            .await
+            .map_err(query_err)?;
+        self.rows.clear();
+        self.chunks.truncate(1);
+        self.stored = 0;
+        for batch in &batches {
+            self.changes += batch.num_rows() as u64;
+            self.apply_batch(batch)?;
+        }
+        self.compact()?;
+        if let Reader::Lake { version, .. } = &mut self.reader {
+            *version = Some(latest);
+        }
+        tracing::info!(pipeline = %self.pipeline, table = %self.name, version = latest, rows = self.rows.len(), "read the joined lake table");
         Ok(())
     }
 
@@ -272,18 +383,18 @@ impl Table {
 
     /// Applies changes read from the changelog.
     async fn apply(&mut self, messages: &[Message]) -> Result<(), JoinError> {
+        let Reader::Changelog { decoder, next, .. } = &mut self.reader else { return Ok(()) };
         for m in messages {
-            let next = self.next.entry(m.partition).or_insert(0);
+            let next = next.entry(m.partition).or_insert(0);
             *next = (*next).max(m.offset + 1);
         }
         self.changes += messages.len() as u64;
-        let decoded = self
-            .decoder
+        let decoded = decoder
             .decode(messages)
             .await
-            .map_err(|source| JoinError::Registry { topic: self.join.topic.clone(), source: Box::new(source) })?;
+            .map_err(|source| JoinError::Registry { table: self.name.clone(), source: Box::new(source) })?;
         if let Some((i, reason)) = decoded.dead.first() {
-            tracing::warn!(topic = %self.join.topic, count = decoded.dead.len(), offset = messages[*i].offset, %reason, "changelog records that cannot be decoded are skipped");
+            tracing::warn!(table = %self.name, count = decoded.dead.len(), offset = messages[*i].offset, %reason, "changelog records that cannot be decoded are skipped");
         }
         for d in decoded.batches {
             self.apply_batch(&d.batch)?;
@@ -300,7 +411,8 @@ impl Table {
         };
         let keys = cast(&column(&self.join.key)?, &DataType::Utf8).map_err(|e| self.mismatch(e.to_string()))?;
         let keys = keys.as_string::<i32>().clone();
-        let ops = column("_op")?.as_string::<i32>().clone();
+        // A lake table's rows have no operation: each is the row of its key.
+        let ops = batch.column_by_name("_op").map(|ops| ops.as_string::<i32>().clone());
         let mut added: Vec<ArrayRef> = Vec::new();
         for (from, _) in &self.join.columns {
             added.push(column(from)?);
@@ -319,7 +431,7 @@ impl Table {
         for (a, f) in added.iter_mut().zip(wanted) {
             if a.data_type() != f.data_type() {
                 *a = cast(a, f.data_type()).map_err(|e| JoinError::Mismatch {
-                    topic: self.join.topic.clone(),
+                    table: self.name.clone(),
                     reason: format!("column {}: {e}", f.name()),
                 })?;
             }
@@ -328,7 +440,7 @@ impl Table {
         self.chunks.push(added);
         self.stored += batch.num_rows();
         for row in 0..batch.num_rows() {
-            match ops.is_valid(row).then(|| ops.value(row)) {
+            match ops.as_ref().and_then(|ops| ops.is_valid(row).then(|| ops.value(row))) {
                 Some("t") => self.rows.clear(),
                 Some("d") if keys.is_valid(row) => {
                     self.rows.remove(keys.value(row));

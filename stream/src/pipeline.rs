@@ -16,6 +16,7 @@
 //! watermark: {max_out_of_orderness: 2s, allowed_lateness: 1m, idle_timeout: 5s}
 //! joins:                                       # enrich each event with a table's current row
 //!   - {topic: shop.shop.merchants, key: id, on: merchant_id, columns: [city], kind: left}
+//!   - {table: views.merchant_tiers, key: merchant_id, on: merchant_id, columns: [tier]}
 //! ```
 
 use std::{
@@ -70,12 +71,11 @@ pub struct Pipeline {
     pub file: PathBuf,
 }
 
-/// A stream–table join: each event gets the current row of a table whose changes are on a
-/// Debezium changelog topic (see [`crate::join`]).
+/// A stream–table join: each event gets the current row of a table (see [`crate::join`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Join {
-    /// The table's changelog topic (Debezium envelopes, Avro, as ingest writes them).
-    pub topic: String,
+    /// The table.
+    pub table: TableRef,
     /// The table's key column.
     pub key: String,
     /// The event column holding the key to look up.
@@ -84,6 +84,47 @@ pub struct Join {
     pub columns: Vec<(String, String)>,
     /// What happens to an event whose key has no row.
     pub kind: JoinKind,
+}
+
+/// Where a joined table's rows come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableRef {
+    /// A Debezium changelog topic (Avro envelopes, as ingest writes them), followed change by
+    /// change.
+    Changelog(String),
+    /// A lake table (`current.*` or `views.*`), read whole again after each commit to it.
+    Lake(String),
+}
+
+impl TableRef {
+    /// The topic or lake table.
+    pub fn name(&self) -> &str {
+        match self {
+            TableRef::Changelog(name) | TableRef::Lake(name) => name,
+        }
+    }
+
+    /// A topic, or a lake table when `name` is one a lookup can read (`current.*`, `views.*`;
+    /// `raw.*` tables are change logs: their topic is the table to join).
+    pub fn parse(name: &str) -> Result<TableRef, String> {
+        match name.split_once('.').map(|(ns, _)| ns) {
+            Some("current" | "views") => {
+                weir_lake::catalog::check_name(name).map_err(|e| e.to_string())?;
+                Ok(TableRef::Lake(name.to_string()))
+            }
+            Some("raw") => Err(format!("{name} is a change log: join the topic it is written from")),
+            _ => {
+                weir_bus::validate_topic_name(name).map_err(|e| format!("topic {name}: {e}"))?;
+                Ok(TableRef::Changelog(name.to_string()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What a join does with an event whose key the table does not hold.
@@ -291,7 +332,8 @@ struct PipelineFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JoinFile {
-    topic: String,
+    topic: Option<String>,
+    table: Option<String>,
     key: String,
     on: String,
     columns: ColumnsFile,
@@ -371,16 +413,16 @@ pub(crate) fn check_ops(ops: &[String]) -> Result<(), String> {
 pub(crate) fn check_joins(joins: &[Join]) -> Result<(), String> {
     let mut names: HashMap<&str, &str> = HashMap::new();
     for j in joins {
-        weir_bus::validate_topic_name(&j.topic).map_err(|e| format!("joins: topic: {e}"))?;
+        let table = j.table.name();
         if j.key.is_empty() || j.on.is_empty() {
-            return Err(format!("joins: {}: give the table's key and the event column it is looked up with", j.topic));
+            return Err(format!("joins: {table}: give the table's key and the event column it is looked up with"));
         }
         if j.columns.is_empty() {
-            return Err(format!("joins: {}: name at least one column to add to the events", j.topic));
+            return Err(format!("joins: {table}: name at least one column to add to the events"));
         }
         for (_, name) in &j.columns {
-            if let Some(other) = names.insert(name, &j.topic) {
-                return Err(format!("joins: column {name:?} comes from both {other} and {}", j.topic));
+            if let Some(other) = names.insert(name, table) {
+                return Err(format!("joins: column {name:?} comes from both {other} and {table}"));
             }
         }
     }
@@ -458,17 +500,32 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
     });
     let mut joins = Vec::new();
     for j in f.joins {
+        let table = match (j.topic, j.table) {
+            (Some(topic), None) => {
+                weir_bus::validate_topic_name(&topic).map_err(|e| format!("joins: topic: {e}"))?;
+                TableRef::Changelog(topic)
+            }
+            (None, Some(table)) => match TableRef::parse(&table).map_err(|e| format!("joins: {e}"))? {
+                lake @ TableRef::Lake(_) => lake,
+                TableRef::Changelog(_) => {
+                    return Err(format!(
+                        "joins: table {table}: a lake table to look up is current.* or views.* (a changelog is topic:)"
+                    ));
+                }
+            },
+            _ => return Err("joins: give either the topic of a table's changelog or a lake table (table:)".into()),
+        };
         let columns = match j.columns {
             ColumnsFile::Same(names) => names.into_iter().map(|n| (n.clone(), n)).collect(),
             ColumnsFile::Renamed(map) => map
                 .into_iter()
                 .map(|(k, v)| match (k, v) {
                     (serde_yaml_ng::Value::String(k), serde_yaml_ng::Value::String(v)) => Ok((k, v)),
-                    _ => Err(format!("joins: {}: columns maps a table column to its name in the events", j.topic)),
+                    _ => Err(format!("joins: {table}: columns maps a table column to its name in the events")),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        joins.push(Join { topic: j.topic, key: j.key, on: j.on, columns, kind: j.kind });
+        joins.push(Join { table, key: j.key, on: j.on, columns, kind: j.kind });
     }
     check_joins(&joins)?;
     let output = f.output.unwrap_or(OutputFile { topic: None, early_results: None });
@@ -590,6 +647,21 @@ mod tests {
         let e = load("source: {topic: t.a.b}\nwindow: {tumbling: 1m}\naggregates:\n  - {name: n, fn: count, q: 3}\n")
             .unwrap_err();
         assert!(e.reason.contains("q is only for percentile"), "{e}");
+        let joined = "source: {topic: t.a.b}\nwindow: {tumbling: 1m}\naggregates: [{name: n, fn: count}]\njoins:\n";
+        for (join, want) in [
+            ("  - {key: id, on: k, columns: [c]}", "give either the topic"),
+            ("  - {topic: a.b, table: current.t, key: id, on: k, columns: [c]}", "give either the topic"),
+            ("  - {table: shop.t, key: id, on: k, columns: [c]}", "current.* or views.*"),
+            ("  - {table: raw.t, key: id, on: k, columns: [c]}", "raw.t is a change log"),
+            ("  - {topic: a.b, key: id, on: k, columns: []}", "at least one column"),
+            (
+                "  - {topic: a.b, key: id, on: k, columns: [c]}\n  - {topic: c.d, key: id, on: k, columns: [c]}",
+                "comes from both",
+            ),
+        ] {
+            let e = load(&format!("{joined}{join}\n")).unwrap_err();
+            assert!(e.reason.contains(want), "{want:?} not in {e}");
+        }
         let e = load("source: {topic: t.a.b}\nwindow: {tumbling: 1m}\naggregates: [{name: n, fn: count}]\nx: 1\n")
             .unwrap_err();
         assert_eq!(e.line, Some(4), "{e}");

@@ -24,8 +24,8 @@
 //!   estimated) and `APPROX_PERCENTILE_CONT(x, q)`. Results always carry `window_start`,
 //!   `window_end` and `final` too.
 //! - `JOIN "topic" [FOR SYSTEM_TIME AS OF …] [AS] t ON <event column> = t.<key>` (or `LEFT JOIN`)
-//!   enriches each event with the current row of the table whose Debezium changelog `topic` is
-//!   ([`crate::join`]); the table's columns are written `t.column` and added to the events under
+//!   enriches each event with the current row of the table whose Debezium changelog `topic` is,
+//!   or of a lake table (`JOIN current.shop_merchants t …`, `views.*` too) ([`crate::join`]); the table's columns are written `t.column` and added to the events under
 //!   their own name (the source's may be qualified with its alias too).
 //! - `WATERMARK FOR time AS time - INTERVAL …` sets the out-of-orderness; `WITH (…)` takes
 //!   `format`, `ops`, `allowed_lateness`, `idle_timeout`, `early_results`, `output_topic` and
@@ -46,7 +46,7 @@ use deltalake::datafusion::sql::sqlparser::{
 };
 
 use crate::pipeline::{
-    self, AggFn, Aggregate, Format, Join, JoinKind, Pipeline, PipelineError, Source, Watermark, Window,
+    self, AggFn, Aggregate, Format, Join, JoinKind, Pipeline, PipelineError, Source, TableRef, Watermark, Window,
 };
 
 /// A mistake at a place in the file.
@@ -477,9 +477,8 @@ fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String
             ));
         }
     };
-    let (topic, names) = relation(&j.relation)?;
-    weir_bus::validate_topic_name(&topic)
-        .map_err(|e| mistake(j.relation.span().start, format!("joined topic: {e}")))?;
+    let (name, names) = relation(&j.relation)?;
+    let table = TableRef::parse(&name).map_err(|e| mistake(j.relation.span().start, format!("joined table: {e}")))?;
     let shape = "ON <event column> = <table>.<key>: one equality between an event column and the table's key";
     let JoinConstraint::On(Expr::BinaryOp { left, op: BinaryOperator::Eq, right }) = constraint else {
         return Err(mistake(at, shape));
@@ -501,7 +500,7 @@ fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String
         (Some((true, key)), Some((false, on))) | (Some((false, on)), Some((true, key))) => (key, on),
         _ => return Err(mistake(left.span().start, shape)),
     };
-    Ok((Join { topic, key, on, columns: Vec::new(), kind }, names, at))
+    Ok((Join { table, key, on, columns: Vec::new(), kind }, names, at))
 }
 
 /// A parser error's message, with its place taken out of the text (`… at Line: 3, Column: 7`).
@@ -708,6 +707,19 @@ mod tests {
         let from_yaml = pipeline::load_file(&yaml).unwrap();
         assert_eq!(Pipeline { file: from_yaml.file.clone(), ..p }, from_yaml);
         assert_eq!(from_yaml.joins[1].kind, JoinKind::Left);
+        // A lake table (a batch view) instead of a changelog.
+        let p = load(
+            "CREATE PIPELINE t AS SELECT v.tier, COUNT(*) AS n FROM \"a.b\" LEFT JOIN views.merchant_tiers v \
+             ON merchant_id = v.merchant_id GROUP BY v.tier, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        )
+        .unwrap();
+        assert_eq!(p.joins[0].table, TableRef::Lake("views.merchant_tiers".into()));
+        let e = load(
+            "CREATE PIPELINE t AS\nSELECT r.x, COUNT(*) AS n FROM \"a.b\"\nJOIN raw.shop_orders r ON k = r.id \
+             GROUP BY r.x, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(":3: column 6: joined table: raw.shop_orders is a change log"), "{e}");
     }
 
     #[test]

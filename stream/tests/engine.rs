@@ -180,8 +180,12 @@ impl Setup {
     }
 
     async fn engine(&self, p: &Pipeline, rules: RuleSet) -> Engine {
-        let config =
-            EngineConfig { checkpoint_interval: Duration::from_secs(3600), poll_interval: Duration::from_millis(50) };
+        let config = EngineConfig {
+            checkpoint_interval: Duration::from_secs(3600),
+            poll_interval: Duration::from_millis(50),
+            // A joined lake table is looked at again before every batch of events.
+            table_refresh: Duration::ZERO,
+        };
         Engine::open(p.clone(), config, self.bus.clone(), Some(self.registry.clone()), self.lake.clone(), rules)
             .await
             .unwrap()
@@ -815,4 +819,67 @@ async fn a_stream_table_join_follows_updates_to_the_table() {
     assert_eq!(count(&from_left, "null", 1), Some(13 + 14));
     assert_eq!(count(&from_left, "null", 2), Some(13 + 14));
     assert!(from_left.values().chain(from_inner.values()).all(|r| r["final"] == true));
+}
+
+/// A lake table (here `current.merchants`) joined as a lookup: each new version committed to
+/// it is read again, and events processed after that see its rows.
+#[tokio::test]
+async fn a_lake_table_join_sees_each_committed_version() {
+    use deltalake::arrow::{
+        array::{Int64Array, RecordBatch, StringArray},
+        datatypes::{DataType, Field as ArrowField, Schema},
+    };
+    let s = setup(1).await;
+    let write = |rows: Vec<(i64, &'static str)>| {
+        let lake = s.lake.clone();
+        async move {
+            let schema = Arc::new(Schema::new(vec![
+                ArrowField::new("id", DataType::Int64, false),
+                ArrowField::new("city", DataType::Utf8, true),
+            ]));
+            let ids: Int64Array = rows.iter().map(|r| Some(r.0)).collect();
+            let cities: StringArray = rows.iter().map(|r| Some(r.1)).collect();
+            let batch = RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(cities)]).unwrap();
+            let url = lake.table_url("current.merchants").unwrap();
+            std::fs::create_dir_all(url.to_file_path().unwrap()).unwrap();
+            deltalake::DeltaTable::try_from_url(url)
+                .await
+                .unwrap()
+                .write(vec![batch])
+                .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+                .await
+                .unwrap();
+        }
+    };
+    write(vec![(1, "lyon"), (2, "oslo")]).await;
+    let p = s.pipeline(
+        "source: {topic: shop.shop.payments}\nkey: city\nwindow: {tumbling: 1m}\naggregates: [{name: payments, fn: count}]\n\
+         joins:\n  - {table: current.merchants, key: id, on: merchant_id, columns: [city], kind: left}\n\
+         watermark: {idle_timeout: 300ms}\n",
+    );
+    // Minute `m`: merchants 1..=3 (3 is in no version of the table) take 10 + merchant payments.
+    let minute_of = |m: i64| -> Vec<Payment> {
+        let mut out = Vec::new();
+        for merchant in 1..=3 {
+            for k in 0..10 + merchant {
+                let id = m * 1000 + merchant * 100 + k;
+                out.push(Payment { id, merchant, cents: 100, failed: false, at: T0 + m * 60_000 + k * 1000 });
+            }
+        }
+        out
+    };
+    let mut engine = s.engine(&p, RuleSet::empty()).await;
+    s.produce(&minute_of(0)).await;
+    engine.drain().await.unwrap();
+    assert_eq!(engine.tables(), vec![(2, 2)], "version 0 read");
+    // Version 1: merchant 2 moves to Lyon.
+    write(vec![(1, "lyon"), (2, "lyon")]).await;
+    s.produce(&minute_of(1)).await;
+    engine.drain().await.unwrap();
+    drain_idle(&mut engine, Duration::from_millis(300)).await;
+    assert_eq!(engine.tables(), vec![(2, 4)], "version 1 read as a whole");
+    let r = s.results_by(&p, "city").await;
+    let count = |city: &str, m: i64| r.get(&(city.to_string(), minute(m))).map(|r| r["payments"].as_i64().unwrap());
+    assert_eq!((count("\"lyon\"", 0), count("\"oslo\"", 0), count("null", 0)), (Some(11), Some(12), Some(13)), "{r:?}");
+    assert_eq!((count("\"lyon\"", 1), count("\"oslo\"", 1), count("null", 1)), (Some(23), None, Some(13)), "{r:?}");
 }
