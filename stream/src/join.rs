@@ -109,6 +109,8 @@ enum Reader {
         /// When the lake was last asked for a newer version, and how often to ask.
         checked: Option<Instant>,
         every: Duration,
+        /// Whether the log said the table has no commit yet.
+        missing_told: bool,
     },
 }
 
@@ -146,7 +148,9 @@ impl Table {
     ) -> Result<Table, JoinError> {
         let name = join.table.name().to_string();
         let reader = match &join.table {
-            TableRef::Lake(_) => Reader::Lake { lake: lake.clone(), version: None, checked: None, every: refresh },
+            TableRef::Lake(_) => {
+                Reader::Lake { lake: lake.clone(), version: None, checked: None, every: refresh, missing_told: false }
+            }
             TableRef::Changelog(topic) => {
                 let bus_err = |source| JoinError::Bus { table: name.clone(), source: Box::new(source) };
                 let Some(registry) = registry else {
@@ -335,7 +339,7 @@ impl Table {
     /// Reads the lake table again when a version newer than the one read is there (asking at
     /// most every `every`).
     async fn refresh_from_lake(&mut self) -> Result<(), JoinError> {
-        let Reader::Lake { lake, version, checked, every } = &mut self.reader else { return Ok(()) };
+        let Reader::Lake { lake, version, checked, every, missing_told } = &mut self.reader else { return Ok(()) };
         if checked.is_some_and(|at| at.elapsed() < *every) {
             return Ok(());
         }
@@ -343,6 +347,9 @@ impl Table {
         let (lake, read) = (lake.clone(), *version);
         let lake_err = |e: LakeError| JoinError::Mismatch { table: self.name.clone(), reason: e.to_string() };
         let latest = lake.latest_version(&self.name, read).await.map_err(lake_err)?;
+        if latest.is_none() && !std::mem::replace(missing_told, true) {
+            tracing::warn!(pipeline = %self.pipeline, table = %self.name, "the joined lake table has no commit yet: events find no row until it has");
+        }
         let Some(latest) = latest.filter(|&v| Some(v) != read) else { return Ok(()) };
         let table = lake.open(&self.name, Some(latest)).await.map_err(lake_err)?;
         let query_err = |e: DataFusionError| JoinError::Mismatch { table: self.name.clone(), reason: e.to_string() };

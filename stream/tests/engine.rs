@@ -738,6 +738,19 @@ async fn plain_avro_events_in_session_windows() {
     assert!(dlq[0].0["weir.dlq.reason"].contains("Confluent wire format"));
 }
 
+/// Minute `m`'s payments of merchants `1..=last`: merchant `n` takes 10 + n payments of 1.00, one
+/// a second from the minute's start.
+fn merchants_in_minute(last: i64, m: i64) -> Vec<Payment> {
+    let mut out = Vec::new();
+    for merchant in 1..=last {
+        for k in 0..10 + merchant {
+            let id = m * 1000 + merchant * 100 + k;
+            out.push(Payment { id, merchant, cents: 100, failed: false, at: T0 + m * 60_000 + k * 1000 });
+        }
+    }
+    out
+}
+
 /// Payments per city: each payment gets its merchant's city from the merchants table's
 /// changelog, as the table stands when the payment is processed.
 const PER_CITY: &str = "source: {topic: shop.shop.payments}\nkey: city\nwindow: {tumbling: 1m}\n\
@@ -762,17 +775,8 @@ async fn a_stream_table_join_follows_updates_to_the_table() {
     let path = s.dir.path().join("per_city_left.sql");
     std::fs::write(&path, PER_CITY_LEFT_SQL).unwrap();
     let left = pipeline::load_file(&path).unwrap();
-    // Minute `m`: merchants 1..=4 (4 is in no table) take 10 + merchant payments of 1.00 each.
-    let minute_of = |m: i64| -> Vec<Payment> {
-        let mut out = Vec::new();
-        for merchant in 1..=4 {
-            for k in 0..10 + merchant {
-                let id = m * 1000 + merchant * 100 + k;
-                out.push(Payment { id, merchant, cents: 100, failed: false, at: T0 + m * 60_000 + k * 1000 });
-            }
-        }
-        out
-    };
+    // Merchant 4 is in no table.
+    let minute_of = |m: i64| merchants_in_minute(4, m);
     let mut engines = vec![s.engine(&inner, RuleSet::empty()).await, s.engine(&left, RuleSet::empty()).await];
     s.produce(&minute_of(0)).await;
     for e in &mut engines {
@@ -857,17 +861,8 @@ async fn a_lake_table_join_sees_each_committed_version() {
          joins:\n  - {table: current.merchants, key: id, on: merchant_id, columns: [city], kind: left}\n\
          watermark: {idle_timeout: 300ms}\n",
     );
-    // Minute `m`: merchants 1..=3 (3 is in no version of the table) take 10 + merchant payments.
-    let minute_of = |m: i64| -> Vec<Payment> {
-        let mut out = Vec::new();
-        for merchant in 1..=3 {
-            for k in 0..10 + merchant {
-                let id = m * 1000 + merchant * 100 + k;
-                out.push(Payment { id, merchant, cents: 100, failed: false, at: T0 + m * 60_000 + k * 1000 });
-            }
-        }
-        out
-    };
+    // Merchant 3 is in no version of the table.
+    let minute_of = |m: i64| merchants_in_minute(3, m);
     let mut engine = s.engine(&p, RuleSet::empty()).await;
     s.produce(&minute_of(0)).await;
     engine.drain().await.unwrap();
