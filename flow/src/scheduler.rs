@@ -209,6 +209,9 @@ struct Running {
     /// A local try's task: aborted when this scheduler stops leading, which drops the try and
     /// kills its process group.
     task: Option<tokio::task::AbortHandle>,
+    /// Whether it takes one of the executor's slots and its pool's: a local approval waiting for
+    /// a person does not (as Airflow's deferred tasks do not).
+    holds_slot: bool,
 }
 
 /// Scheduled task instances waiting for a slot, in the order they start, counted per run.
@@ -216,6 +219,8 @@ struct Running {
 struct Queue {
     order: BTreeMap<WaitOrder, Waiting>,
     per_run: HashMap<(String, String), usize>,
+    /// How many of them are approvals.
+    approvals: usize,
 }
 
 impl Queue {
@@ -223,6 +228,7 @@ impl Queue {
     fn insert(&mut self, order: WaitOrder, w: Waiting) {
         if let std::collections::btree_map::Entry::Vacant(e) = self.order.entry(order) {
             *self.per_run.entry((w.run.dag_id.clone(), w.run.run_id.clone())).or_default() += 1;
+            self.approvals += usize::from(w.is_approval());
             e.insert(w);
         }
     }
@@ -230,6 +236,7 @@ impl Queue {
     /// Takes the task at `order` out.
     fn remove(&mut self, order: &WaitOrder) -> Option<Waiting> {
         let w = self.order.remove(order)?;
+        self.approvals -= usize::from(w.is_approval());
         let run = (w.run.dag_id.clone(), w.run.run_id.clone());
         if let Some(n) = self.per_run.get_mut(&run) {
             *n -= 1;
@@ -255,6 +262,17 @@ struct Waiting {
     dag: Arc<Dag>,
     run: RunRow,
     ti: TaskRow,
+}
+
+impl Waiting {
+    fn is_approval(&self) -> bool {
+        is_approval(&self.dag, &self.ti.task_id)
+    }
+}
+
+/// Whether task `task_id` of `dag` is an approval (a wait for a person).
+fn is_approval(dag: &Dag, task_id: &str) -> bool {
+    dag.task(task_id).is_some_and(|t| matches!(t.kind, crate::dag::TaskKind::Approval { .. }))
 }
 
 impl Scheduler {
@@ -565,7 +583,7 @@ impl Scheduler {
             .handed()
             .await?
             .into_iter()
-            .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0, task: None }))
+            .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0, task: None, holds_slot: true }))
             .collect();
         Ok(())
     }
@@ -1061,30 +1079,43 @@ impl Scheduler {
 
     /// Takes from the queue the waiting tasks that may start now, highest priority (then oldest
     /// run) first, within the executor's slots, the pools and each DAG's max_active_tasks. The
-    /// tries of `ending` (whose ends are being recorded) no longer hold their slots.
+    /// tries of `ending` (whose ends are being recorded) no longer hold their slots; on the
+    /// local executor approvals hold none (they count towards max_active_tasks).
     fn choose(&mut self, ending: &std::collections::HashSet<TaskKey>) -> Vec<(WaitOrder, Waiting)> {
         let mut chosen = Vec::new();
         let running: Vec<(&TaskKey, &Running)> = self.running.iter().filter(|(k, _)| !ending.contains(*k)).collect();
         let mut per_run: HashMap<(String, String), usize> = HashMap::new();
         let mut per_pool: HashMap<&str, usize> = HashMap::new();
+        let mut busy = 0;
         for (k, r) in &running {
             *per_run.entry((k.dag_id.clone(), k.run_id.clone())).or_default() += 1;
-            *per_pool.entry(r.pool.as_str()).or_default() += 1;
+            if r.holds_slot {
+                *per_pool.entry(r.pool.as_str()).or_default() += 1;
+                busy += 1;
+            }
         }
+        let local = self.config.executor == Executor::Local;
         for (order, w) in &self.waiting.order {
-            if running.len() + chosen.len() >= self.config.slots {
+            let slotless = local && w.is_approval();
+            if busy >= self.config.slots && !slotless {
+                if local && self.waiting.approvals > 0 {
+                    continue; // an approval further on may still start
+                }
                 break;
             }
             let run_key = (w.run.dag_id.clone(), w.run.run_id.clone());
             if per_run.get(&run_key).copied().unwrap_or(0) >= w.dag.max_active_tasks {
                 continue;
             }
-            let pool_slots = self.config.pools.get(&w.ti.pool).copied().unwrap_or(self.config.slots);
-            let used = per_pool.entry(w.ti.pool.as_str()).or_default();
-            if *used >= pool_slots {
-                continue;
+            if !slotless {
+                let pool_slots = self.config.pools.get(&w.ti.pool).copied().unwrap_or(self.config.slots);
+                let used = per_pool.entry(w.ti.pool.as_str()).or_default();
+                if *used >= pool_slots {
+                    continue;
+                }
+                *used += 1;
+                busy += 1;
             }
-            *used += 1;
             *per_run.entry(run_key).or_default() += 1;
             chosen.push(order.clone());
         }
@@ -1138,7 +1169,13 @@ impl Scheduler {
             let queued = self.store.queue_tasks(&keys).await?;
             for ((key, w), ok) in keys.into_iter().zip(&chosen).zip(queued) {
                 if ok {
-                    let running = Running { pool: w.ti.pool.clone(), dag: None, max_tries: w.ti.max_tries, task: None };
+                    let running = Running {
+                        pool: w.ti.pool.clone(),
+                        dag: None,
+                        max_tries: w.ti.max_tries,
+                        task: None,
+                        holds_slot: true,
+                    };
                     self.running.insert(key, running);
                 }
             }
@@ -1163,8 +1200,13 @@ impl Scheduler {
         state: serde_json::Map<String, serde_json::Value>,
     ) {
         let key = TaskKey { dag_id: run.dag_id.clone(), run_id: run.run_id.clone(), task_id: ti.task_id.clone() };
-        let mut running =
-            Running { pool: ti.pool.clone(), dag: Some(dag.clone()), max_tries: ti.max_tries, task: None };
+        let mut running = Running {
+            pool: ti.pool.clone(),
+            dag: Some(dag.clone()),
+            max_tries: ti.max_tries,
+            task: None,
+            holds_slot: !is_approval(dag, &ti.task_id),
+        };
         let running_key = key.clone();
         let (dag, run) = (dag.clone(), run.clone());
         let (lake, store, logs_dir) = (self.lake.clone(), self.store.clone(), self.logs_dir.clone());

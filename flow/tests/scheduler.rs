@@ -1316,6 +1316,31 @@ on_both_databases!(
     mapped_tasks_expand_at_run_time,
 );
 
+/// Approvals waiting for a person hold none of the local executor's slots: with more of them
+/// waiting than there are slots (4), another DAG's script still runs, and the approvals all go
+/// on once decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_approvals_hold_no_slot() {
+    let mut s = Setup::new(Db::Sqlite).await;
+    assert_eq!(s.config().slots, 4);
+    let gates: String =
+        (0..6).map(|i| format!("  - {{id: gate{i}, approval: {{message: 'go?', timeout: 60s}}}}\n")).collect();
+    let gated = s.write_dag("gated", &format!("tasks:\n{gates}"));
+    let busy = s.write_dag("busy", "tasks:\n  - {id: work, script: [\"true\"]}\n");
+    s.start();
+    let gated_run = runs::trigger(&s.store, &gated, Default::default(), None).await.unwrap();
+    for i in 0..6 {
+        running(&s, "gated", &gated_run, &format!("gate{i}")).await;
+    }
+    let busy_run = runs::trigger(&s.store, &busy, Default::default(), None).await.unwrap();
+    assert_eq!(s.finished("busy", &busy_run, Duration::from_secs(30)).await.state, RunState::Success);
+    for i in 0..6 {
+        let k = key("gated", &gated_run, &format!("gate{i}"));
+        weir_flow::approvals::decide(&s.store, &k, weir_flow::approvals::Decision::Approve, "alice", "").await.unwrap();
+    }
+    assert_eq!(s.finished("gated", &gated_run, Duration::from_secs(30)).await.state, RunState::Success);
+}
+
 /// A task group runs as its flattened tasks: after the group's upstream, its own default args
 /// (a retry), and a task downstream of the group waits for all of the group's last tasks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
