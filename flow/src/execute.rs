@@ -101,7 +101,24 @@ pub(crate) async fn run_try(
     // A mapped task's own try expands it; an instance of it runs with its item.
     let ctx = match (&task.map, dag::mapped_index(task_id)) {
         (Some(spec), None) => {
-            let outcome = match crate::mapping::items(spec, &ctx, lake, store, &key).await {
+            let expanded = async {
+                let pinned = match store.pinned_inputs(&key).await.map_err(|e| e.to_string())? {
+                    Some(pinned) => pinned,
+                    None => run
+                        .inputs
+                        .iter()
+                        .filter_map(|(t, i)| Some((t.clone(), u64::try_from(i.version).ok()?)))
+                        .collect(),
+                };
+                let (items, read) = crate::mapping::items(spec, &ctx, lake, store, &key, &pinned).await?;
+                if !read.is_empty() {
+                    store.record_inputs(&key, try_number, &read).await.map_err(|e| e.to_string())?;
+                    let list: Vec<String> = read.iter().map(|(t, v)| format!("{t}@{v}")).collect();
+                    write_log(&log, &format!("[weir] the items' query read {}\n", list.join(", "))).await;
+                }
+                Ok::<_, String>(items)
+            };
+            let outcome = match expanded.await {
                 Ok(items) => {
                     let shown: Vec<String> = items.iter().take(5).map(|i| i.to_string()).collect();
                     let more = if items.len() > shown.len() { ", …" } else { "" };

@@ -4,9 +4,16 @@
 //! one instance per item, `<task>[<index>]`, created in the transaction that records the try
 //! ([`crate::store::Expansion`]). The scheduler runs the instances like any task and settles the
 //! task when they have all finished: failed when one failed, else succeeded.
+//!
+//! A `map: {sql}` query reads lake tables as a SQL task does ([`crate::lineage`]): the versions
+//! it read are kept with the try, and a rerun of the expansion (after `weir dags clear`) reads
+//! those versions again, so it gives the same items; `clear --latest` reads the latest.
 
 use serde_json::Value;
-use weir_lake::catalog::Lake;
+use weir_lake::{
+    catalog::Lake,
+    query::{Registration, Versions},
+};
 
 use crate::{
     dag::{MapSource, MapSpec},
@@ -15,19 +22,30 @@ use crate::{
     template::{Context, Syntax},
 };
 
-/// The items of one expansion of the mapped task `key` (at most `spec.max`).
+/// The items of one expansion of the mapped task `key` (at most `spec.max`), and the table
+/// versions a `sql` source read (its tables at `pinned` where it names them).
 pub(crate) async fn items(
     spec: &MapSpec,
     ctx: &Context,
     lake: &Lake,
     store: &Store,
     key: &TaskKey,
-) -> Result<Vec<Value>, String> {
+    pinned: &Versions,
+) -> Result<(Vec<Value>, Versions), String> {
+    let mut read = Versions::new();
     let items = match &spec.source {
         MapSource::Over(items) => items.clone(),
         MapSource::Sql(sql) => {
             let sql = ctx.render(sql, Syntax::Sql)?;
-            let batches = weir_lake::query::run(lake, &sql, None).await.map_err(|e| format!("map sql: {e}"))?;
+            let err = |e: weir_lake::catalog::LakeError| format!("map sql: {e}");
+            let session = weir_lake::query::new_session().map_err(err)?;
+            let (sql, registered) =
+                weir_lake::query::register_pinned(&session, lake, &sql, Registration::Delta, pinned)
+                    .await
+                    .map_err(err)?;
+            read = weir_lake::query::tables_read(&session, &sql, &registered).map_err(err)?;
+            let frame = session.sql(&sql).await.map_err(|e| format!("map sql: {e}"))?;
+            let batches = frame.collect().await.map_err(|e| format!("map sql: {e}"))?;
             rows(&batches).map_err(|e| format!("map sql: {e}"))?
         }
         MapSource::From { task, key: name } => {
@@ -44,7 +62,7 @@ pub(crate) async fn items(
     if items.len() > spec.max {
         return Err(format!("{} items to map over, more than max_map ({})", items.len(), spec.max));
     }
-    Ok(items)
+    Ok((items, read))
 }
 
 /// The rows of a query's result as items: a one-column row's value, else an object of its columns.

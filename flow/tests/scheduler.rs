@@ -1139,14 +1139,22 @@ async fn a_rerun_reads_the_versions_its_first_try_read(db: Db) {
     let mut s = Setup::new(db).await;
     commit(&s.lake, "raw.orders", false).await;
     let read = commit(&s.lake, "raw.orders", false).await;
-    let d =
-        s.write_dag("counts", "tasks:\n  - {id: count, view: counts, sql: 'SELECT count(*) AS n FROM raw.orders'}\n");
+    // A mapped task whose items come from the same table: one item, the count.
+    let d = s.write_dag(
+        "counts",
+        "tasks:\n  - {id: count, view: counts, sql: 'SELECT count(*) AS n FROM raw.orders'}\n  \
+         - {id: each, map: {sql: 'SELECT count(*) AS n FROM raw.orders'}, script: [sh, -c, 'echo $WEIR_MAP_ITEM >> each.txt']}\n",
+    );
+    let each = s.dags().join("each.txt");
+    let items = || std::fs::read_to_string(&each).unwrap_or_default();
     s.start();
     let run = runs::trigger(&s.store, &d, Default::default(), None).await.unwrap();
     assert_eq!(s.finished("counts", &run, Duration::from_secs(60)).await.state, RunState::Success);
     let lineage = s.store.lineage("counts", &run).await.unwrap();
-    assert_eq!(lineage.len(), 1);
+    assert_eq!(lineage.len(), 2, "{lineage:?}");
     assert_eq!(lineage[0].read.get("raw.orders"), Some(&read));
+    assert_eq!((lineage[1].task_id.as_str(), lineage[1].read.get("raw.orders")), ("each", Some(&read)));
+    assert_eq!(items(), "2\n");
     assert_eq!(lineage[0].wrote, Some(("views.counts".to_string(), 0)));
     assert_eq!(scalar(&s.lake, "SELECT n FROM views.counts").await, 2);
 
@@ -1165,12 +1173,14 @@ async fn a_rerun_reads_the_versions_its_first_try_read(db: Db) {
         scalar(&s.lake, &format!("SELECT count(*) FROM raw.orders VERSION AS OF {read}")).await,
         scalar(&s.lake, "SELECT n FROM views.counts VERSION AS OF 1").await
     );
+    assert_eq!(items(), "2\n2\n", "the expansion again read what its first try read: the same item");
 
     runs::clear(&s.store, &d, &clear(true)).await.unwrap();
     assert_eq!(s.finished("counts", &run, Duration::from_secs(60)).await.state, RunState::Success);
     let lineage = s.store.lineage("counts", &run).await.unwrap();
     assert_eq!((lineage[0].try_number, lineage[0].read.get("raw.orders")), (3, Some(&newest)), "{lineage:?}");
     assert_eq!(scalar(&s.lake, "SELECT n FROM views.counts").await, 3, "--latest read the newest version");
+    assert_eq!(items(), "2\n2\n3\n", "--latest expanded over the newest version");
     s.stop().await;
 }
 
