@@ -8,6 +8,9 @@
 //! A `map: {sql}` query reads lake tables as a SQL task does ([`crate::lineage`]): the versions
 //! it read are kept with the try, and a rerun of the expansion (after `weir dags clear`) reads
 //! those versions again, so it gives the same items; `clear --latest` reads the latest.
+//!
+//! `map: {from: tasks.<t>.output.<key>}` over a task `t` that is itself mapped gives one item per
+//! instance of `t` (its `<key>`, in index order), as Airflow maps over a mapped task's results.
 
 use serde_json::Value;
 use weir_lake::{
@@ -50,12 +53,31 @@ pub(crate) async fn items(
         }
         MapSource::From { task, key: name } => {
             let outputs = store.outputs(&key.dag_id, &key.run_id).await.map_err(|e| e.to_string())?;
-            let value = outputs.get(task).and_then(|o| o.get(name)).ok_or_else(|| {
-                format!("map from tasks.{task}.output.{name}: task {task:?} handed on no {name:?} (its $WEIR_OUTPUT)")
-            })?;
-            match value {
-                Value::Array(items) => items.clone(),
-                other => return Err(format!("map from tasks.{task}.output.{name}: a list is expected, not {other}")),
+            let instances = store.mapped(&key.dag_id, &key.run_id, task).await.map_err(|e| e.to_string())?;
+            if instances.is_empty() {
+                let value = outputs.get(task).and_then(|o| o.get(name)).ok_or_else(|| {
+                    format!(
+                        "map from tasks.{task}.output.{name}: task {task:?} handed on no {name:?} (its $WEIR_OUTPUT)"
+                    )
+                })?;
+                match value {
+                    Value::Array(items) => items.clone(),
+                    other => {
+                        return Err(format!("map from tasks.{task}.output.{name}: a list is expected, not {other}"));
+                    }
+                }
+            } else {
+                // A mapped upstream: one item per instance, in index order — the `name` each handed
+                // on (as Airflow maps over a mapped task's results).
+                instances
+                    .iter()
+                    .filter(|i| i.state != TaskState::Removed)
+                    .map(|i| {
+                        outputs.get(&i.task_id).and_then(|o| o.get(name)).cloned().ok_or_else(|| {
+                            format!("map from tasks.{task}.output.{name}: instance {} handed on no {name:?}", i.task_id)
+                        })
+                    })
+                    .collect::<Result<Vec<Value>, String>>()?
             }
         }
     };

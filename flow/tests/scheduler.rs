@@ -1185,7 +1185,8 @@ async fn a_rerun_reads_the_versions_its_first_try_read(db: Db) {
 }
 
 /// Mapped tasks: one instance per row of a query on the lake (50), per item of an upstream
-/// task's output (one fails its first try and retries), none for an empty list (skipped); the
+/// task's output (one fails its first try and retries), per instance of a mapped upstream (its
+/// output), none for an empty list (skipped); the
 /// downstream task waits for all of them. An expansion past `max_map` fails with the reason; a
 /// failed instance fails its task and, cleared with only failed ones, runs again alone.
 async fn mapped_tasks_expand_at_run_time(db: Db) {
@@ -1207,7 +1208,11 @@ async fn mapped_tasks_expand_at_run_time(db: Db) {
     retries: 1
     retry_delay: 0s
     map: {from: tasks.list.output.files}
-    script: [sh, -c, 'if [ "$1" = b ] && [ ! -f b.once ]; then touch b.once; exit 1; fi; echo "$1" >> files.txt', sh, '{{ map.item }}']
+    script: [sh, -c, 'if [ "$1" = b ] && [ ! -f b.once ]; then touch b.once; exit 1; fi; echo "$1" >> files.txt; printf "{\"twice\": \"%s%s\"}" "$1" "$1" > "$WEIR_OUTPUT"', sh, '{{ map.item }}']
+  - id: per_twice
+    upstream: [per_file]
+    map: {from: tasks.per_file.output.twice}
+    script: [sh, -c, 'echo "$WEIR_MAP_INDEX $1" >> twice.txt', sh, '{{ map.item }}']
   - id: nothing
     map: {over: []}
     script: ["false"]
@@ -1241,6 +1246,10 @@ async fn mapped_tasks_expand_at_run_time(db: Db) {
         std::fs::read_to_string(s.dags().join("files.txt")).unwrap().lines().map(str::to_string).collect();
     files.sort();
     assert_eq!(files, ["a", "b", "c"]);
+    let mut twice: Vec<String> =
+        std::fs::read_to_string(s.dags().join("twice.txt")).unwrap().lines().map(str::to_string).collect();
+    twice.sort();
+    assert_eq!(twice, ["0 aa", "1 bb", "2 cc"], "one instance per instance of the mapped upstream, in its order");
     assert_eq!(s.store.tries(&key("fan", &run, "per_file[1]")).await.unwrap().len(), 2, "b failed once, then retried");
     assert_eq!(s.store.tries(&key("fan", &run, "per_file[0]")).await.unwrap().len(), 1);
     assert_eq!(s.state("fan", &run, "per_region").await, TaskState::Success);
