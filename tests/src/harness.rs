@@ -105,9 +105,28 @@ impl Drop for Proc {
     }
 }
 
-/// A port free on loopback right now.
+/// A port free on loopback right now, below the kernel's ephemeral range (32768–60999 here): a
+/// port `bind(0)` hands out is released before the process under test binds it, and meanwhile
+/// the kernel may give it to any outgoing connection as its local port (which once failed the
+/// console test with "Address already in use"). Ports 20000–31999 are never handed out that way;
+/// the fixed test services sit below them.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) << 32
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    for _ in 0..1000 {
+        // A splitmix64 step over the seed and a counter: tests in parallel processes spread out.
+        let mut x = seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let port = 20_000 + (x ^ (x >> 31)) % 12_000;
+        let port = u16::try_from(port).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999 on loopback after 1000 tries")
 }
 
 fn service(var: &str, what: &str) -> String {

@@ -4,7 +4,6 @@
 //! replica, point a client at it.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -57,10 +56,6 @@ pub struct Pair {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn start(dir: &Path, name: &str, server_id: u32) -> Server {
     let data = dir.join(name);
     let status = Command::new("mariadb-install-db")
@@ -71,7 +66,7 @@ fn start(dir: &Path, name: &str, server_id: u32) -> Server {
         .status()
         .expect("mariadb-install-db (installed by scripts/deps)");
     assert!(status.success(), "mariadb-install-db for the {name}");
-    let port = free_port();
+    let port = crate::harness::free_port();
     let socket = dir.join(format!("{name}.sock"));
     // Its own directory for temporary tables, apart from the shared test server's.
     let tmp = dir.join(format!("{name}-tmp"));

@@ -54,7 +54,7 @@ async fn every_page_and_action_of_the_console_works_in_chromium() {
          map: {over: [north, south]}\n    script: [\"true\"]\n",
     )
     .unwrap();
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = weir_e2e::harness::free_port;
     let (port, pg_port) = (free(), free());
     let (operate, read) = ("console-operate-token", "console-read-token");
     let mut child = Proc::spawn(

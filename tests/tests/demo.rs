@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn the_demo_runs_every_role_and_answers_queries() {
     let dir = tempfile::tempdir().unwrap();
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = weir_e2e::harness::free_port;
     let (port, pg_port) = (free(), free());
     let examples = weir_e2e::harness::repo_path("examples");
     let mut child = Proc::spawn(
