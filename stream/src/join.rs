@@ -357,7 +357,7 @@ impl Table {
             .table_provider()
             .await
             .map_err(|e| JoinError::Mismatch { table: self.name.clone(), reason: e.to_string() })?;
-        let mut wanted: Vec<&str> = vec![self.join.key.as_str()];
+        let mut wanted: Vec<&str> = self.join.key.iter().map(String::as_str).collect();
         wanted.extend(self.join.columns.iter().map(|(from, _)| from.as_str()));
         let batches = SessionContext::new()
             .read_table(provider)
@@ -416,8 +416,7 @@ impl Table {
                 self.mismatch(format!("the table has no column {name:?} (it has {})", names.join(", ")))
             })
         };
-        let keys = cast(&column(&self.join.key)?, &DataType::Utf8).map_err(|e| self.mismatch(e.to_string()))?;
-        let keys = keys.as_string::<i32>().clone();
+        let keys = key_text(batch, &self.join.key).map_err(|e| self.mismatch(format!("the table: {e}")))?;
         // A lake table's rows have no operation: each is the row of its key.
         let ops = batch.column_by_name("_op").map(|ops| ops.as_string::<i32>().clone());
         let mut added: Vec<ArrayRef> = Vec::new();
@@ -495,12 +494,7 @@ impl Table {
     /// `batch` with the table's columns added; with an inner join, the rows whose key the table
     /// holds (`Some(mask)` says which of `batch`'s rows are kept).
     pub fn enrich(&self, batch: &RecordBatch) -> Result<(RecordBatch, Option<BooleanArray>), JoinError> {
-        let on = batch.column_by_name(&self.join.on).ok_or_else(|| {
-            let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
-            self.mismatch(format!("the events have no column {:?} (they have {})", self.join.on, names.join(", ")))
-        })?;
-        let on = cast(on, &DataType::Utf8).map_err(|e| self.mismatch(e.to_string()))?;
-        let on = on.as_string::<i32>();
+        let on = key_text(batch, &self.join.on).map_err(|e| self.mismatch(format!("the events: {e}")))?;
         let at: Vec<(usize, usize)> = (0..batch.num_rows())
             .map(|row| if on.is_valid(row) { self.rows.get(on.value(row)).copied().unwrap_or((0, 0)) } else { (0, 0) })
             .collect();
@@ -537,4 +531,29 @@ impl Table {
             }
         }
     }
+}
+
+/// The key of each row of `batch` as text: the `columns`' values cast to text, joined by the
+/// unit separator (U+001F) when there are several; null when one of them is.
+fn key_text(batch: &RecordBatch, columns: &[String]) -> Result<StringArray, String> {
+    let mut texts = Vec::new();
+    for name in columns {
+        let column = batch.column_by_name(name).ok_or_else(|| {
+            let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+            format!("no column {name:?} (there are {})", names.join(", "))
+        })?;
+        let text = cast(column, &DataType::Utf8).map_err(|e| format!("column {name}: {e}"))?;
+        texts.push(text.as_string::<i32>().clone());
+    }
+    if let [one] = texts.as_slice() {
+        return Ok(one.clone());
+    }
+    Ok((0..batch.num_rows())
+        .map(|row| {
+            if texts.iter().any(|t| t.is_null(row)) {
+                return None;
+            }
+            Some(texts.iter().map(|t| t.value(row)).collect::<Vec<_>>().join("\u{1f}"))
+        })
+        .collect())
 }

@@ -76,10 +76,10 @@ pub struct Pipeline {
 pub struct Join {
     /// The table.
     pub table: TableRef,
-    /// The table's key column.
-    pub key: String,
-    /// The event column holding the key to look up.
-    pub on: String,
+    /// The table's key columns (one, or several for a composite key).
+    pub key: Vec<String>,
+    /// The event columns holding the key to look up, in the order of `key`.
+    pub on: Vec<String>,
     /// The table's columns added to each event: (column in the table, name in the event).
     pub columns: Vec<(String, String)>,
     /// What happens to an event whose key has no row.
@@ -334,8 +334,8 @@ struct PipelineFile {
 struct JoinFile {
     topic: Option<String>,
     table: Option<String>,
-    key: String,
-    on: String,
+    key: KeyList,
+    on: KeyList,
     columns: ColumnsFile,
     #[serde(default)]
     kind: JoinKind,
@@ -356,6 +356,16 @@ enum KeyList {
     None,
     One(String),
     Many(Vec<String>),
+}
+
+impl KeyList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            KeyList::None => Vec::new(),
+            KeyList::One(k) => vec![k],
+            KeyList::Many(k) => k,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -416,6 +426,13 @@ pub(crate) fn check_joins(joins: &[Join]) -> Result<(), String> {
         let table = j.table.name();
         if j.key.is_empty() || j.on.is_empty() {
             return Err(format!("joins: {table}: give the table's key and the event column it is looked up with"));
+        }
+        if j.key.len() != j.on.len() {
+            return Err(format!(
+                "joins: {table}: the key has {} columns and `on` {}: one event column per key column",
+                j.key.len(),
+                j.on.len()
+            ));
         }
         if j.columns.is_empty() {
             return Err(format!("joins: {table}: name at least one column to add to the events"));
@@ -489,11 +506,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
         };
         aggregates.push(Aggregate { name: a.name, func: a.func, expr: a.expr, q });
     }
-    let key = match f.key {
-        KeyList::None => Vec::new(),
-        KeyList::One(k) => vec![k],
-        KeyList::Many(k) => k,
-    };
+    let key = f.key.into_vec();
     let event_time = f.event_time.unwrap_or_else(|| match f.source.format {
         Format::Debezium => "_source_ts_ms".into(),
         Format::Json | Format::Avro => "_timestamp".into(),
@@ -525,7 +538,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        joins.push(Join { table, key: j.key, on: j.on, columns, kind: j.kind });
+        joins.push(Join { table, key: j.key.into_vec(), on: j.on.into_vec(), columns, kind: j.kind });
     }
     check_joins(&joins)?;
     let output = f.output.unwrap_or(OutputFile { topic: None, early_results: None });
@@ -654,6 +667,7 @@ mod tests {
             ("  - {table: shop.t, key: id, on: k, columns: [c]}", "current.* or views.*"),
             ("  - {table: raw.t, key: id, on: k, columns: [c]}", "raw.t is a change log"),
             ("  - {topic: a.b, key: id, on: k, columns: []}", "at least one column"),
+            ("  - {topic: a.b, key: [id, region], on: k, columns: [c]}", "one event column per key column"),
             (
                 "  - {topic: a.b, key: id, on: k, columns: [c]}\n  - {topic: c.d, key: id, on: k, columns: [c]}",
                 "comes from both",

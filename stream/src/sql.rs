@@ -23,7 +23,7 @@
 //!   `COUNT(x)`, `SUM`, `MIN`, `MAX`, `AVG`, `APPROX_DISTINCT(x)` (or `COUNT(DISTINCT x)`, also
 //!   estimated) and `APPROX_PERCENTILE_CONT(x, q)`. Results always carry `window_start`,
 //!   `window_end` and `final` too.
-//! - `JOIN "topic" [FOR SYSTEM_TIME AS OF …] [AS] t ON <event column> = t.<key>` (or `LEFT JOIN`)
+//! - `JOIN "topic" [FOR SYSTEM_TIME AS OF …] [AS] t ON <event column> = t.<key> [AND …]` (or `LEFT JOIN`)
 //!   enriches each event with the current row of the table whose Debezium changelog `topic` is,
 //!   or of a lake table (`JOIN current.shop_merchants t …`, `views.*` too) ([`crate::join`]); the table's columns are written `t.column` and added to the events under
 //!   their own name (the source's may be qualified with its alias too).
@@ -479,10 +479,27 @@ fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String
     };
     let (name, names) = relation(&j.relation)?;
     let table = TableRef::parse(&name).map_err(|e| mistake(j.relation.span().start, format!("joined table: {e}")))?;
-    let shape = "ON <event column> = <table>.<key>: one equality between an event column and the table's key";
-    let JoinConstraint::On(Expr::BinaryOp { left, op: BinaryOperator::Eq, right }) = constraint else {
+    let shape =
+        "ON <event column> = <table>.<key> [AND …]: equalities between event columns and the table's key columns";
+    let JoinConstraint::On(on) = constraint else {
         return Err(mistake(at, shape));
     };
+    // The equalities of `a AND b AND …`, in order.
+    fn equalities<'e>(e: &'e Expr, out: &mut Vec<(&'e Expr, &'e Expr)>) -> bool {
+        match e {
+            Expr::BinaryOp { left, op: BinaryOperator::And, right } => equalities(left, out) && equalities(right, out),
+            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
+                out.push((left, right));
+                true
+            }
+            Expr::Nested(inner) => equalities(inner, out),
+            _ => false,
+        }
+    }
+    let mut pairs = Vec::new();
+    if !equalities(on, &mut pairs) {
+        return Err(mistake(on.span().start, shape));
+    }
     // Which side names the table: `t.key`; the other is the event's column, qualified or not.
     let side = |e: &Expr| -> Option<(bool, String)> {
         match e {
@@ -496,10 +513,16 @@ fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String
             _ => None,
         }
     };
-    let (key, on) = match (side(left), side(right)) {
-        (Some((true, key)), Some((false, on))) | (Some((false, on)), Some((true, key))) => (key, on),
-        _ => return Err(mistake(left.span().start, shape)),
-    };
+    let (mut key, mut on) = (Vec::new(), Vec::new());
+    for (left, right) in pairs {
+        match (side(left), side(right)) {
+            (Some((true, k)), Some((false, o))) | (Some((false, o)), Some((true, k))) => {
+                key.push(k);
+                on.push(o);
+            }
+            _ => return Err(mistake(left.span().start, shape)),
+        }
+    }
     Ok((Join { table, key, on, columns: Vec::new(), kind }, names, at))
 }
 
@@ -714,6 +737,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.joins[0].table, TableRef::Lake("views.merchant_tiers".into()));
+        // A composite key: one equality per key column, either way round.
+        let p = load(
+            "CREATE PIPELINE t AS SELECT r.label, COUNT(*) AS n FROM \"a.b\" p JOIN current.rates r \
+             ON p.merchant_id = r.merchant AND (r.currency = p.currency) GROUP BY r.label, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.joins[0].key.clone(), p.joins[0].on.clone()),
+            (vec!["merchant".to_string(), "currency".into()], vec!["merchant_id".to_string(), "currency".into()])
+        );
         let e = load(
             "CREATE PIPELINE t AS\nSELECT r.x, COUNT(*) AS n FROM \"a.b\"\nJOIN raw.shop_orders r ON k = r.id \
              GROUP BY r.x, TUMBLE(ts, INTERVAL '1' MINUTE)",

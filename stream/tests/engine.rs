@@ -825,6 +825,57 @@ async fn a_stream_table_join_follows_updates_to_the_table() {
     assert!(from_left.values().chain(from_inner.values()).all(|r| r["final"] == true));
 }
 
+/// A join on a composite key (merchant and status) into a lake table: each payment finds the
+/// row of its merchant *and* status.
+#[tokio::test]
+async fn a_join_on_two_key_columns() {
+    use deltalake::arrow::{
+        array::{Int64Array, RecordBatch, StringArray},
+        datatypes::{DataType, Field as ArrowField, Schema},
+    };
+    let s = setup(1).await;
+    let schema = Arc::new(Schema::new(vec![
+        ArrowField::new("merchant", DataType::Int64, false),
+        ArrowField::new("status", DataType::Utf8, false),
+        ArrowField::new("label", DataType::Utf8, true),
+    ]));
+    let rows = [(1, "paid", "m1 paid"), (1, "failed", "m1 failed"), (2, "paid", "m2 paid")];
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(rows.iter().map(|r| Some(r.0)).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| Some(r.1)).collect::<StringArray>()),
+            Arc::new(rows.iter().map(|r| Some(r.2)).collect::<StringArray>()),
+        ],
+    )
+    .unwrap();
+    let url = s.lake.table_url("current.labels").unwrap();
+    std::fs::create_dir_all(url.to_file_path().unwrap()).unwrap();
+    deltalake::DeltaTable::try_from_url(url).await.unwrap().write(vec![batch]).await.unwrap();
+    let path = s.dir.path().join("labels.sql");
+    std::fs::write(
+        &path,
+        "CREATE PIPELINE labels WITH (idle_timeout = '300ms') AS\n\
+         SELECT l.label, COUNT(*) AS payments FROM \"shop.shop.payments\" p\n\
+         JOIN current.labels l ON p.merchant_id = l.merchant AND p.status = l.status\n\
+         GROUP BY l.label, TUMBLE(p._source_ts_ms, INTERVAL '1' MINUTE)\n",
+    )
+    .unwrap();
+    let p = pipeline::load_file(&path).unwrap();
+    // Merchants 1 and 2, every third payment failed: 2 × 30 payments, 10 of each failed.
+    let payments: Vec<Payment> = (0..60)
+        .map(|i| Payment { id: i, merchant: 1 + i % 2, cents: 100, failed: (i / 2) % 3 == 0, at: T0 + i * 500 })
+        .collect();
+    s.produce(&payments).await;
+    let mut engine = s.engine(&p, RuleSet::empty()).await;
+    engine.drain().await.unwrap();
+    drain_idle(&mut engine, Duration::from_millis(300)).await;
+    let r = s.results_by(&p, "label").await;
+    let count = |label: &str| r.get(&(format!("{label:?}"), minute(0))).map(|r| r["payments"].as_i64().unwrap());
+    assert_eq!((count("m1 paid"), count("m1 failed"), count("m2 paid")), (Some(20), Some(10), Some(20)), "{r:?}");
+    assert_eq!(engine.stats().unjoined, 10, "merchant 2's failed payments have no row");
+}
+
 /// A lake table (here `current.merchants`) joined as a lookup: each new version committed to
 /// it is read again, and events processed after that see its rows.
 #[tokio::test]
