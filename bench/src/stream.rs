@@ -36,6 +36,8 @@ use super::{Progress, machine};
 const TOPIC: &str = "bench.shop.payments";
 /// The merchants table's changelog (id, city) the join case looks cities up in.
 const MERCHANTS: &str = "bench.shop.merchants";
+/// Flink's side of the comparison.
+const FLINK_SCRIPT: &str = include_str!("../flink/tumbling.py");
 /// Distinct cities of the merchants.
 const CITIES: i64 = 100;
 /// Event time of the first event: 2026-11-23T00:00:00Z.
@@ -210,7 +212,9 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
     let flink = match (&flink, &csv) {
         (Some(python), Some(csv)) => {
             let (_, twin_secs, twin_cpu) = runs[4];
-            let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flink/tumbling.py");
+            // The script is part of the binary: it runs wherever `weir` does, not only from a checkout.
+            let script = tmp.path().join("tumbling.py");
+            std::fs::write(&script, FLINK_SCRIPT)?;
             eprintln!("peer: Apache Flink ({}) on the same {} events", python.display(), args.events);
             let out = std::process::Command::new(python)
                 .arg(&script)

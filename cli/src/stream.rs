@@ -127,7 +127,7 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
 
 /// Whether `p` reads Avro (its source, or a joined table's changelog): schemas from the registry.
 fn needs_registry(p: &Pipeline) -> bool {
-    p.source.format != Format::Json || p.joins.iter().any(|j| matches!(j.table, pipeline::TableRef::Changelog(_)))
+    p.source.format != Format::Json || p.joins.iter().any(|j| j.table.changelog().is_some())
 }
 
 /// Runs pipeline `p` as role `pipeline <id>` until `stop`, reopening it from its checkpoint
@@ -144,11 +144,8 @@ pub fn spawn_pipeline(
         async move {
             // A source or joined changelog topic its producer has not created yet (a first
             // snapshot still running) is a wait, not a failure.
-            let changelogs = p.joins.iter().filter_map(|j| match &j.table {
-                pipeline::TableRef::Changelog(topic) => Some(topic),
-                pipeline::TableRef::Lake(_) => None,
-            });
-            for topic in std::iter::once(&p.source.topic).chain(changelogs) {
+            let changelogs = p.joins.iter().filter_map(|j| j.table.changelog());
+            for topic in std::iter::once(p.source.topic.as_str()).chain(changelogs) {
                 let mut waiting = false;
                 while let Err(weir_bus::BusError::UnknownTopic(_)) = shared.bus.topic(topic).await {
                     if !std::mem::replace(&mut waiting, true) {

@@ -102,14 +102,7 @@ pub(crate) async fn run_try(
     let ctx = match (&task.map, dag::mapped_index(task_id)) {
         (Some(spec), None) => {
             let expanded = async {
-                let pinned = match store.pinned_inputs(&key).await.map_err(|e| e.to_string())? {
-                    Some(pinned) => pinned,
-                    None => run
-                        .inputs
-                        .iter()
-                        .filter_map(|(t, i)| Some((t.clone(), u64::try_from(i.version).ok()?)))
-                        .collect(),
-                };
+                let pinned = pinned_versions(store, &key, &run.inputs).await?;
                 let (items, read) = crate::mapping::items(spec, &ctx, lake, store, &key, &pinned).await?;
                 if !read.is_empty() {
                     store.record_inputs(&key, try_number, &read).await.map_err(|e| e.to_string())?;
@@ -310,7 +303,7 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
                     (false, None) => WriteMode::Overwrite,
                 };
                 write_log(log, &format!("[weir] views.{view} ← {sql} (engine {engine})\n")).await;
-                let pinned = pinned_versions(env).await?;
+                let pinned = pinned_versions(env.store, env.key, env.inputs).await?;
                 if !pinned.is_empty() {
                     let list: Vec<String> = pinned.iter().map(|(t, v)| format!("{t}@{v}")).collect();
                     write_log(
@@ -432,13 +425,18 @@ async fn execute(task: &dag::Task, env: &Env<'_>) -> Outcome {
     }
 }
 
-/// The table versions a SQL try reads (see [`crate::lineage`]): what an earlier try of the
-/// instance read, else, in a table-triggered run, the versions the run covers.
-async fn pinned_versions(env: &Env<'_>) -> Result<weir_lake::query::Versions, String> {
-    if let Some(pinned) = env.store.pinned_inputs(env.key).await.map_err(|e| e.to_string())? {
+/// The table versions a try of `key` that reads the lake (a SQL task, a `map: {sql}` expansion)
+/// reads (see [`crate::lineage`]): what an earlier try of the instance read, else, in a
+/// table-triggered run, the versions the run covers (its `inputs`).
+async fn pinned_versions(
+    store: &Store,
+    key: &TaskKey,
+    inputs: &crate::store::Inputs,
+) -> Result<weir_lake::query::Versions, String> {
+    if let Some(pinned) = store.pinned_inputs(key).await.map_err(|e| e.to_string())? {
         return Ok(pinned);
     }
-    Ok(env.inputs.iter().filter_map(|(t, i)| Some((t.clone(), u64::try_from(i.version).ok()?))).collect())
+    Ok(inputs.iter().filter_map(|(t, i)| Some((t.clone(), u64::try_from(i.version).ok()?))).collect())
 }
 
 /// Runs a script of the try with its pid file and its `$WEIR_OUTPUT` / `$WEIR_STATE` files

@@ -104,6 +104,14 @@ impl TableRef {
         }
     }
 
+    /// The changelog topic, when it is one.
+    pub fn changelog(&self) -> Option<&str> {
+        match self {
+            TableRef::Changelog(topic) => Some(topic),
+            TableRef::Lake(_) => None,
+        }
+    }
+
     /// A topic, or a lake table when `name` is one a lookup can read (`current.*`, `views.*`;
     /// `raw.*` tables are change logs: their topic is the table to join).
     pub fn parse(name: &str) -> Result<TableRef, String> {
