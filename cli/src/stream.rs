@@ -11,9 +11,10 @@ use weir_lake::Lake;
 use weir_notify::{Notifier, Retry};
 use weir_schemas::registry::SchemaRegistry;
 use weir_stream::{
-    Engine, Pipeline,
+    Engine, Pipeline, Stats,
     alert::{self, AlertConfig, RuleSet},
     pipeline::{self, Format},
+    scale::{Member, RulesFactory},
     silence,
 };
 
@@ -36,6 +37,10 @@ pub struct StreamArgs {
     /// Where to serve /healthz and /metrics (default: stream.listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Share each pipeline's partitions with the other `weir stream --scale-out` processes on
+    /// the same bus (as stream.scale_out = true).
+    #[arg(long)]
+    scale_out: bool,
 }
 
 /// Everything a pipeline needs to (re)start.
@@ -48,16 +53,47 @@ pub struct Shared {
     pub config: Config,
 }
 
+/// A pipeline run by this process alone, or as one member of its consumer groups.
+enum Running {
+    Alone(Engine),
+    Member(Member),
+}
+
 impl Shared {
-    async fn open(&self, p: &Pipeline) -> anyhow::Result<Engine> {
-        let rules = RuleSet::for_pipeline(p, self.alerts.clone(), Some(self.notifier.clone()));
+    async fn open(&self, p: &Pipeline) -> anyhow::Result<Running> {
         let registry = needs_registry(p).then(|| self.registry.clone()).flatten();
-        Ok(Engine::open(p.clone(), self.config.stream.engine(), self.bus.clone(), registry, self.lake.clone(), rules)
-            .await?)
+        let (engine, bus, lake) = (self.config.stream.engine(), self.bus.clone(), self.lake.clone());
+        if self.config.stream.scale_out {
+            let (pipeline, alerts, notifier) = (p.clone(), self.alerts.clone(), self.notifier.clone());
+            let rules: RulesFactory =
+                Arc::new(move || RuleSet::for_pipeline(&pipeline, alerts.clone(), Some(notifier.clone())));
+            return Ok(Running::Member(Member::open(p.clone(), engine, bus, registry, lake, rules).await?));
+        }
+        let rules = RuleSet::for_pipeline(p, self.alerts.clone(), Some(self.notifier.clone()));
+        Ok(Running::Alone(Engine::open(p.clone(), engine, bus, registry, lake, rules).await?))
+    }
+}
+
+impl Running {
+    async fn drain(&mut self) -> anyhow::Result<Stats> {
+        Ok(match self {
+            Running::Alone(e) => e.drain().await?,
+            Running::Member(m) => m.drain().await?,
+        })
+    }
+
+    async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Stats> {
+        Ok(match self {
+            Running::Alone(e) => e.run(shutdown).await?,
+            Running::Member(m) => m.run(shutdown).await?,
+        })
     }
 }
 
 pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    config.stream.scale_out |= args.scale_out;
+    let config = &config;
     let s = &config.stream;
     let (pipelines, mut errors) = pipeline::load_dir(&s.pipelines_dir);
     let (alerts, alert_errors) = alert::load_dir(&s.alerts_dir);
@@ -93,8 +129,8 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     });
     if args.once {
         for p in &pipelines {
-            let mut engine = shared.open(p).await?;
-            let stats = engine.drain().await?;
+            let mut running = shared.open(p).await?;
+            let stats = running.drain().await?;
             println!("{}: {}", p.id, serde_json::to_string(&stats)?);
         }
         // Let queued notifications go out before the process ends.
@@ -157,9 +193,9 @@ pub fn spawn_pipeline(
                     }
                 }
             }
-            let engine = shared.open(&p).await?;
+            let running = shared.open(&p).await?;
             role.ready();
-            let stats = engine.run(role.stopping()).await?;
+            let stats = running.run(role.stopping()).await?;
             tracing::info!(pipeline = %p.id, ?stats, "pipeline stopped");
             Ok(())
         }

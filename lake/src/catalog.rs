@@ -228,14 +228,26 @@ impl Lake {
     /// The objects directly below the folder `rel` (outside the table namespaces, like
     /// [`Self::put_object`]'s), as paths relative to the lake's root, sorted.
     pub async fn list_objects(&self, rel: &str) -> Result<Vec<String>, LakeError> {
+        Ok(self.list(rel).await?.0)
+    }
+
+    /// The folders directly below the folder `rel`, as paths relative to the lake's root, sorted.
+    pub async fn list_folders(&self, rel: &str) -> Result<Vec<String>, LakeError> {
+        Ok(self.list(rel).await?.1)
+    }
+
+    /// The objects and the folders directly below `rel`, each sorted.
+    async fn list(&self, rel: &str) -> Result<(Vec<String>, Vec<String>), LakeError> {
         let root = self.url.root_url().map_err(|reason| LakeError::Table { table: self.url.to_string(), reason })?;
         let lake = self.url.to_string();
         let store = store_for(&root, HashMap::<String, String>::new()).map_err(|e| LakeError::delta(&lake, e))?;
         let listing =
             store.list_with_delimiter(Some(&Path::from(rel))).await.map_err(|e| LakeError::delta(&lake, e.into()))?;
-        let mut out: Vec<String> = listing.objects.iter().map(|o| o.location.to_string()).collect();
-        out.sort();
-        Ok(out)
+        let mut objects: Vec<String> = listing.objects.iter().map(|o| o.location.to_string()).collect();
+        let mut folders: Vec<String> = listing.common_prefixes.iter().map(|p| p.to_string()).collect();
+        objects.sort();
+        folders.sort();
+        Ok((objects, folders))
     }
 
     /// The latest version of table `name`, from its Delta log's file names alone (no table state

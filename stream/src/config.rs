@@ -26,6 +26,10 @@ pub struct StreamConfig {
     /// How often a pipeline looks for a newer version of a lake table it joins.
     #[serde(with = "humantime_serde")]
     pub table_refresh: Duration,
+    /// Run each pipeline as one member of its consumer groups ([`crate::scale`]): the `weir
+    /// stream` processes with the same pipelines on the same bus share each pipeline's
+    /// partitions, repartitioned by its key, and take over those of a member that stops or dies.
+    pub scale_out: bool,
 }
 
 impl StreamConfig {
@@ -48,6 +52,7 @@ impl Default for StreamConfig {
             checkpoint_interval: EngineConfig::default().checkpoint_interval,
             poll_interval: EngineConfig::default().poll_interval,
             table_refresh: EngineConfig::default().table_refresh,
+            scale_out: false,
         }
     }
 }

@@ -9,6 +9,13 @@
 //! crash the pipeline restores it and re-reads from those offsets, so no event is counted twice
 //! or lost. Results emitted between that checkpoint and the crash are emitted again with the same
 //! identity (key, window) and the same values: the results topic is an upsert stream.
+//!
+//! An engine reads either the whole source topic through its own consumer ([`Engine::open`]) or
+//! one partition of the pipeline's by-key topic that a scale-out member polls for it
+//! ([`Engine::open_shard`], [`crate::scale`]). A shard keeps its watermark per *source*
+//! partition (from the records' `weir.source.*` headers), skips a record whose source offset it
+//! has already taken (a repartitioner that crashed before committing sends it again), and
+//! checkpoints to `checkpoints/stream/<pipeline>/<partition>.json`.
 
 use std::{
     collections::BTreeMap,
@@ -121,9 +128,11 @@ pub struct Stats {
     pub unjoined: u64,
 }
 
+/// One source partition's progress and clock.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct PartitionState {
-    /// The next offset to read.
+    /// The next offset to read (a shard: the next source offset to take; smaller ones are
+    /// duplicates).
     next: i64,
     /// The largest event time seen.
     max_time: Option<i64>,
@@ -154,6 +163,41 @@ struct Checkpoint {
     /// The joined tables' rows and changelog offsets, in the order of the pipeline's joins.
     #[serde(default)]
     tables: Vec<TableSnapshot>,
+    /// A shard's partition of the by-key topic and the next offset to read there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<(u32, i64)>,
+}
+
+/// What an engine reads.
+enum Input {
+    /// Every partition of the source topic, through the engine's own consumer.
+    Whole(Box<dyn Consumer>),
+    /// One partition of the by-key topic, polled by a scale-out member that hands the records
+    /// to [`Engine::step`].
+    Shard {
+        /// The partition.
+        partition: u32,
+        /// The next offset to take.
+        next: i64,
+        /// `next` at the last checkpoint: what the member commits for the partition.
+        checkpointed: i64,
+        /// The source partitions that may count as idle: their events have all been
+        /// repartitioned and this shard has read its partition to its end ([`Engine::set_quiet`]).
+        quiet: std::collections::BTreeSet<u32>,
+    },
+}
+
+/// The header a repartitioned record carries its source partition in.
+pub const SOURCE_PARTITION: &str = "weir.source.partition";
+/// The header a repartitioned record carries its source offset in.
+pub const SOURCE_OFFSET: &str = "weir.source.offset";
+/// The header a repartitioned record carries its source key in (its own key is the pipeline's).
+pub const SOURCE_KEY: &str = "weir.source.key";
+
+/// The source partition and offset a repartitioned record carries in its headers.
+pub fn source_position(m: &Message) -> Option<(u32, i64)> {
+    let number = |name| m.header(name).and_then(|v| std::str::from_utf8(v).ok()?.parse::<i64>().ok());
+    Some((u32::try_from(number(SOURCE_PARTITION)?).ok()?, number(SOURCE_OFFSET)?))
 }
 
 /// Wall-clock time in ms since the epoch.
@@ -167,8 +211,8 @@ pub struct Engine {
     config: EngineConfig,
     bus: Arc<dyn Bus>,
     lake: Lake,
-    consumer: Box<dyn Consumer>,
-    producer: Box<dyn Producer>,
+    input: Input,
+    producer: Arc<dyn Producer>,
     decoder: Decoder,
     compiled: Option<Compiled>,
     /// The key columns and their row converter, which encodes the windows' keys and decodes them
@@ -177,6 +221,7 @@ pub struct Engine {
     keys: Option<(Vec<Field>, RowConverter)>,
     windows: Windows,
     tables: Vec<Table>,
+    /// Per source partition.
     partitions: BTreeMap<u32, PartitionState>,
     watermark: i64,
     stats: Stats,
@@ -217,22 +262,65 @@ fn next_offsets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<u32, 
 }
 
 /// The positions of every pipeline with a checkpoint in `lake` (a checkpoint that cannot be
-/// read is logged and left out).
+/// read is logged and left out). A scale-out pipeline's position is on its by-key topic, merged
+/// from its shards' checkpoints: each partition's next offset, the oldest checkpoint time and
+/// watermark, the counters summed.
 pub async fn positions(lake: &Lake) -> Result<Vec<Position>, LakeError> {
+    /// A checkpoint's position and, for a shard's, its partition and next offset there.
+    type Read = Option<(Position, Option<(u32, i64)>)>;
+    let read = async |path: &str| -> Result<Read, LakeError> {
+        let Some(bytes) = lake.read_object(path).await? else { return Ok(None) };
+        let parsed = serde_json::from_slice::<Position>(&bytes)
+            .and_then(|p| Ok((p, serde_json::from_slice::<ShardOf>(&bytes)?.shard)));
+        match parsed {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => {
+                tracing::warn!(checkpoint = %path, error = %e, "unreadable checkpoint");
+                Ok(None)
+            }
+        }
+    };
     let mut out = Vec::new();
     for path in lake.list_objects("checkpoints/stream").await? {
-        let Some(bytes) = lake.read_object(&path).await? else { continue };
-        match serde_json::from_slice::<Position>(&bytes) {
-            Ok(p) => out.push(p),
-            Err(e) => tracing::warn!(checkpoint = %path, error = %e, "unreadable checkpoint"),
+        if let Some((p, _)) = read(&path).await? {
+            out.push(p);
         }
     }
+    for folder in lake.list_folders("checkpoints/stream").await? {
+        let mut merged: Option<Position> = None;
+        for path in lake.list_objects(&folder).await? {
+            let Some((p, Some((partition, next)))) = read(&path).await? else { continue };
+            let m = merged.get_or_insert_with(|| Position {
+                topic: crate::scale::by_key_topic(&p.pipeline),
+                next: BTreeMap::new(),
+                stats: Stats::default(),
+                ..p.clone()
+            });
+            m.next.insert(partition, next);
+            m.taken_at_ms = m.taken_at_ms.min(p.taken_at_ms);
+            m.watermark = m.watermark.min(p.watermark);
+            m.stats = crate::scale::sum(m.stats, p.stats);
+        }
+        out.extend(merged);
+    }
     Ok(out)
+}
+
+/// The shard a checkpoint belongs to.
+#[derive(Deserialize)]
+struct ShardOf {
+    #[serde(default)]
+    shard: Option<(u32, i64)>,
 }
 
 /// The object a pipeline's checkpoint lives at, below the lake's root.
 pub fn checkpoint_path(pipeline: &str) -> String {
     format!("checkpoints/stream/{pipeline}.json")
+}
+
+/// The object the checkpoint of a scale-out pipeline's shard `partition` lives at.
+pub fn shard_checkpoint_path(pipeline: &str, partition: u32) -> String {
+    format!("checkpoints/stream/{pipeline}/{partition}.json")
 }
 
 impl Engine {
@@ -245,6 +333,81 @@ impl Engine {
         registry: Option<Arc<dyn SchemaRegistry>>,
         lake: Lake,
         rules: RuleSet,
+    ) -> Result<Engine, EngineError> {
+        let bus_err = |source| EngineError::Bus { pipeline: p.id.clone(), source };
+        let consumer = bus.consumer(ConsumerConfig::new(format!("weir-stream-{}", p.id))).await.map_err(bus_err)?;
+        let producer: Arc<dyn Producer> = bus.producer().await.map_err(bus_err)?.into();
+        let mut engine = Engine::build(p, config, bus, registry, lake, rules, Input::Whole(consumer), producer).await?;
+        let tps: Vec<TopicPartition> =
+            engine.partitions.keys().map(|&n| TopicPartition::new(engine.p.source.topic.clone(), n)).collect();
+        let Input::Whole(consumer) = &mut engine.input else { unreachable!("built whole") };
+        let seeks: Vec<(TopicPartition, i64)> =
+            tps.iter().map(|tp| (tp.clone(), engine.partitions[&tp.partition].next)).collect();
+        let assigned = async {
+            consumer.assign(&tps).await?;
+            for (tp, next) in &seeks {
+                consumer.seek(tp, *next).await?;
+            }
+            Ok(())
+        };
+        assigned.await.map_err(|e| engine.bus_err(e))?;
+        Ok(engine)
+    }
+
+    /// Opens partition `partition` of scale-out pipeline `p`'s by-key topic as a shard: restores
+    /// its checkpoint (if any); the member that polls the partition hands its records to
+    /// [`Engine::step`] from [`Engine::shard_next`] on.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_shard(
+        p: Pipeline,
+        config: EngineConfig,
+        bus: Arc<dyn Bus>,
+        registry: Option<Arc<dyn SchemaRegistry>>,
+        lake: Lake,
+        rules: RuleSet,
+        producer: Arc<dyn Producer>,
+        partition: u32,
+    ) -> Result<Engine, EngineError> {
+        let input = Input::Shard { partition, next: 0, checkpointed: 0, quiet: Default::default() };
+        Engine::build(p, config, bus, registry, lake, rules, input, producer).await
+    }
+
+    /// A shard's next offset to take from its by-key partition, and that offset at its last
+    /// checkpoint (`None` for an engine reading the whole source).
+    pub fn shard_next(&self) -> Option<(i64, i64)> {
+        match self.input {
+            Input::Shard { next, checkpointed, .. } => Some((next, checkpointed)),
+            Input::Whole(_) => None,
+        }
+    }
+
+    /// Whether a source partition has been silent for the idle timeout: a shard then needs to
+    /// be told whether it is quiet ([`Engine::set_quiet`]) before it counts as idle.
+    pub fn may_be_idle(&self) -> bool {
+        let idle = self.p.watermark.idle_timeout;
+        self.partitions.values().any(|p| p.last_seen.elapsed() >= idle)
+    }
+
+    /// Tells a shard which source partitions are quiet: every event of theirs has been
+    /// repartitioned and the shard has read its by-key partition to its end. Only those count
+    /// as idle when silent: one whose repartitioner died (its events waiting for the group to
+    /// move it) holds the watermark back instead of being passed by it.
+    pub fn set_quiet(&mut self, partitions: std::collections::BTreeSet<u32>) {
+        if let Input::Shard { quiet, .. } = &mut self.input {
+            *quiet = partitions;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build(
+        p: Pipeline,
+        config: EngineConfig,
+        bus: Arc<dyn Bus>,
+        registry: Option<Arc<dyn SchemaRegistry>>,
+        lake: Lake,
+        rules: RuleSet,
+        input: Input,
+        producer: Arc<dyn Producer>,
     ) -> Result<Engine, EngineError> {
         let bus_err = |source| EngineError::Bus { pipeline: p.id.clone(), source };
         let info = bus.topic(&p.source.topic).await.map_err(bus_err)?;
@@ -287,8 +450,8 @@ impl Engine {
             tables,
             windows: Windows::new(p.window, p.watermark.allowed_lateness, funcs),
             decoder: Decoder::new(&p.source, registry),
-            consumer: bus.consumer(ConsumerConfig::new(format!("weir-stream-{}", p.id))).await.map_err(bus_err)?,
-            producer: bus.producer().await.map_err(bus_err)?,
+            input,
+            producer,
             partitions: (0..info.partitions)
                 .map(|n| (n, PartitionState { next: 0, max_time: None, last_seen: Instant::now() }))
                 .collect(),
@@ -310,14 +473,23 @@ impl Engine {
         for t in &mut engine.tables {
             t.seek().await.map_err(|source| EngineError::Join { pipeline: engine.p.id.clone(), source })?;
         }
-        let tps: Vec<TopicPartition> =
-            engine.partitions.keys().map(|&n| TopicPartition::new(engine.p.source.topic.clone(), n)).collect();
-        engine.consumer.assign(&tps).await.map_err(|e| engine.bus_err(e))?;
-        for tp in &tps {
-            let next = engine.partitions[&tp.partition].next;
-            engine.consumer.seek(tp, next).await.map_err(|e| engine.bus_err(e))?;
-        }
         Ok(engine)
+    }
+
+    /// Where this engine's checkpoint lives.
+    fn checkpoint_object(&self) -> String {
+        match self.input {
+            Input::Whole(_) => checkpoint_path(&self.p.id),
+            Input::Shard { partition, .. } => shard_checkpoint_path(&self.p.id, partition),
+        }
+    }
+
+    /// The consumer of an engine reading the whole source.
+    fn consumer(&mut self) -> &mut Box<dyn Consumer> {
+        match &mut self.input {
+            Input::Whole(c) => c,
+            Input::Shard { .. } => panic!("a shard is polled by its scale-out member, not by itself"),
+        }
     }
 
     fn bus_err(&self, source: BusError) -> EngineError {
@@ -350,7 +522,7 @@ impl Engine {
     }
 
     async fn restore(&mut self) -> Result<(), EngineError> {
-        let path = checkpoint_path(&self.p.id);
+        let path = self.checkpoint_object();
         let Some(bytes) = self.lake.read_object(&path).await.map_err(|e: LakeError| self.checkpoint_err(e))? else {
             tracing::info!(pipeline = %self.p.id, "no checkpoint: reading the source from its start");
             return Ok(());
@@ -361,6 +533,11 @@ impl Engine {
                 p.next = state.next;
                 p.max_time = state.max_time;
             }
+        }
+        if let (Input::Shard { partition, next, checkpointed, .. }, Some((at, at_next))) = (&mut self.input, c.shard)
+            && *partition == at
+        {
+            (*next, *checkpointed) = (at_next, at_next);
         }
         if c.fingerprint == self.fingerprint {
             self.windows.restore(c.windows).map_err(|e| self.checkpoint_err(e))?;
@@ -421,18 +598,30 @@ impl Engine {
             key_columns: self.keys.as_ref().map(|(fields, _)| {
                 fields.iter().map(|f| (f.name().clone(), f.data_type().to_string(), f.is_nullable())).collect()
             }),
+            shard: match self.input {
+                Input::Shard { partition, next, .. } => Some((partition, next)),
+                Input::Whole(_) => None,
+            },
         };
         let bytes = serde_json::to_vec(&c).map_err(|e| self.checkpoint_err(e))?;
         let size = bytes.len();
-        self.lake.put_object(&checkpoint_path(&self.p.id), bytes).await.map_err(|e| self.checkpoint_err(e))?;
+        self.lake.put_object(&self.checkpoint_object(), bytes).await.map_err(|e| self.checkpoint_err(e))?;
         self.last_checkpoint = Instant::now();
+        let topic = self.p.source.topic.clone();
+        let consumer = match &mut self.input {
+            Input::Whole(consumer) => consumer,
+            Input::Shard { next, checkpointed, .. } => {
+                // Its member commits it for the by-key partition.
+                *checkpointed = *next;
+                return Ok(());
+            }
+        };
         // The checkpoint's offsets go to the pipeline's group after the checkpoint itself: never
         // ahead of it. They show its lag and keep the embedded log's retention from deleting
         // what a restart would read again.
-        let topic = &self.p.source.topic;
         let offsets: Vec<(TopicPartition, i64)> =
             self.partitions.iter().map(|(&n, p)| (TopicPartition::new(topic.clone(), n), p.next)).collect();
-        if let Err(e) = self.consumer.commit(&offsets).await {
+        if let Err(e) = consumer.commit(&offsets).await {
             tracing::warn!(pipeline = %self.p.id, error = %e, "could not commit the checkpoint's offsets to the bus (the checkpoint keeps them)");
         }
         let id = self.p.id.clone();
@@ -448,7 +637,7 @@ impl Engine {
         loop {
             let polled = tokio::select! {
                 _ = &mut shutdown => break,
-                polled = self.consumer.poll(self.config.poll_interval) => polled.map_err(|e| self.bus_err(e))?,
+                polled = poll(&mut self) => polled?,
             };
             self.step(polled).await?;
         }
@@ -460,7 +649,7 @@ impl Engine {
     /// passes and checkpoints; for tests and benchmarks. Returns once a poll finds nothing.
     pub async fn drain(&mut self) -> Result<Stats, EngineError> {
         loop {
-            let polled = self.consumer.poll(self.config.poll_interval).await.map_err(|e| self.bus_err(e))?;
+            let polled = poll(self).await?;
             let empty = polled.is_empty();
             self.step(polled).await?;
             if empty {
@@ -474,7 +663,7 @@ impl Engine {
     /// Polls once and processes what came (no checkpoint unless one is due); returns how many
     /// messages it read.
     pub async fn poll_once(&mut self) -> Result<usize, EngineError> {
-        let polled = self.consumer.poll(self.config.poll_interval).await.map_err(|e| self.bus_err(e))?;
+        let polled = poll(self).await?;
         let n = polled.len();
         self.step(polled).await?;
         Ok(n)
@@ -501,11 +690,50 @@ impl Engine {
 
     async fn take(&mut self, messages: &[Message]) -> Result<(), EngineError> {
         let now = Instant::now();
-        for m in messages {
-            if let Some(p) = self.partitions.get_mut(&m.partition) {
-                p.next = p.next.max(m.offset + 1);
-                p.last_seen = now;
+        let fresh: Vec<Message>;
+        let messages = match &mut self.input {
+            Input::Whole(_) => {
+                for m in messages {
+                    if let Some(p) = self.partitions.get_mut(&m.partition) {
+                        p.next = p.next.max(m.offset + 1);
+                        p.last_seen = now;
+                    }
+                }
+                messages
             }
+            Input::Shard { next, quiet, .. } => {
+                let keep: Vec<bool> = messages
+                    .iter()
+                    .map(|m| {
+                        if m.offset < *next {
+                            return false;
+                        }
+                        *next = m.offset + 1;
+                        let Some((partition, offset)) = source_position(m) else { return true };
+                        let Some(p) = self.partitions.get_mut(&partition) else { return true };
+                        if offset < p.next {
+                            return false;
+                        }
+                        p.next = offset + 1;
+                        p.last_seen = now;
+                        // It speaks again: quiet no more until the member looks again.
+                        quiet.remove(&partition);
+                        true
+                    })
+                    .collect();
+                let skipped = keep.iter().filter(|k| !**k).count();
+                if skipped == 0 {
+                    messages
+                } else {
+                    metrics::counter!("weir_stream_duplicates_total", "pipeline" => self.p.id.clone())
+                        .increment(skipped as u64);
+                    fresh = messages.iter().zip(&keep).filter(|(_, k)| **k).map(|(m, _)| m.clone()).collect();
+                    &fresh
+                }
+            }
+        };
+        if messages.is_empty() {
+            return Ok(());
         }
         self.stats.events += messages.len() as u64;
         metrics::counter!("weir_stream_events_total", "pipeline" => self.p.id.clone()).increment(messages.len() as u64);
@@ -555,8 +783,11 @@ impl Engine {
                 let key: &[u8] = prepared.keys.as_ref().map_or(&[], |k| k.row(row).data());
                 if self.windows.add(key, t, &prepared.columns, row, self.watermark) {
                     self.stats.aggregated += 1;
-                    let part = self.partitions.get_mut(&messages[msg].partition).expect("an assigned partition");
-                    part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
+                    let m = &messages[msg];
+                    let source = source_position(m).map_or(m.partition, |(p, _)| p);
+                    if let Some(part) = self.partitions.get_mut(&source) {
+                        part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
+                    }
                 } else {
                     late += 1;
                     let reason = format!(
@@ -581,7 +812,8 @@ impl Engine {
 
     async fn dead_letter(&mut self, messages: &[Message], mut dead: Vec<(usize, String)>) -> Result<(), EngineError> {
         dead.sort_by_key(|(i, _)| *i);
-        let topic = format!("{}.dlq", self.p.source.topic);
+        let source = &self.p.source.topic;
+        let topic = format!("{source}.dlq");
         if !self.dlq_ready {
             match self.bus.create_topic(&topic, 1).await {
                 Ok(()) | Err(BusError::TopicExists(_)) => self.dlq_ready = true,
@@ -592,17 +824,17 @@ impl Engine {
             .iter()
             .map(|(i, reason)| {
                 let m = &messages[*i];
-                Record {
-                    key: m.key.clone(),
-                    value: m.value.clone(),
-                    timestamp_ms: Some(m.timestamp_ms),
-                    ..Record::default()
-                }
-                .with_header("weir.dlq.reason", reason.clone())
-                .with_header("weir.dlq.topic", m.topic.to_string())
-                .with_header("weir.dlq.partition", m.partition.to_string())
-                .with_header("weir.dlq.offset", m.offset.to_string())
-                .with_header("weir.dlq.pipeline", self.p.id.clone())
+                // A repartitioned record is named by where it came from.
+                let (from, partition, offset, key) = match source_position(m) {
+                    Some((p, o)) => (source.clone(), p, o, m.header(SOURCE_KEY).cloned()),
+                    None => (m.topic.to_string(), m.partition, m.offset, m.key.clone()),
+                };
+                Record { key, value: m.value.clone(), timestamp_ms: Some(m.timestamp_ms), ..Record::default() }
+                    .with_header("weir.dlq.reason", reason.clone())
+                    .with_header("weir.dlq.topic", from)
+                    .with_header("weir.dlq.partition", partition.to_string())
+                    .with_header("weir.dlq.offset", offset.to_string())
+                    .with_header("weir.dlq.pipeline", self.p.id.clone())
             })
             .collect();
         if let Some((_, reason)) = dead.first() {
@@ -617,11 +849,21 @@ impl Engine {
 
     /// Moves the watermark: the smallest (largest event time − out-of-orderness) over the
     /// partitions that are not idle; when all are idle, the wall clock minus the idle timeout.
+    /// A shard's source partition is idle only when also quiet ([`Engine::set_quiet`]).
     fn next_watermark(&self) -> i64 {
         let w = &self.p.watermark;
         let idle = w.idle_timeout;
         let ooo = w.max_out_of_orderness.as_millis() as i64;
-        let active: Vec<&PartitionState> = self.partitions.values().filter(|p| p.last_seen.elapsed() < idle).collect();
+        let may_idle = |n: &u32| match &self.input {
+            Input::Whole(_) => true,
+            Input::Shard { quiet, .. } => quiet.contains(n),
+        };
+        let active: Vec<&PartitionState> = self
+            .partitions
+            .iter()
+            .filter(|(n, p)| p.last_seen.elapsed() < idle || !may_idle(n))
+            .map(|(_, p)| p)
+            .collect();
         let candidate = if active.is_empty() {
             now_ms() - idle.as_millis() as i64
         } else if active.iter().any(|p| p.max_time.is_none()) {
@@ -730,6 +972,12 @@ impl Engine {
         self.rules.publish(changes, &*self.producer).await.map_err(|e| self.bus_err(e))?;
         Ok(())
     }
+}
+
+/// One poll of an engine reading the whole source.
+async fn poll(engine: &mut Engine) -> Result<Vec<Message>, EngineError> {
+    let every = engine.config.poll_interval;
+    engine.consumer().poll(every).await.map_err(|e| engine.bus_err(e))
 }
 
 /// Key columns with the row converter of their values.

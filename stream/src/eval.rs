@@ -203,3 +203,61 @@ impl Compiled {
         Ok(Prepared { keys, times, keep, columns })
     }
 }
+
+/// The keys a scale-out pipeline routes its events by ([`crate::scale`]): the key expressions
+/// compiled for the *source's* rows (joins run after the repartition), each row's values cast to
+/// text and joined by the unit separator (U+001F), a null as the empty text. Text, not Arrow's
+/// row format, so that two batches decoded with different column types route a key alike.
+pub struct RouteKeys {
+    schema: SchemaRef,
+    pipeline: String,
+    keys: Vec<(String, Arc<dyn PhysicalExpr>)>,
+}
+
+impl RouteKeys {
+    /// Compiles `p`'s key expressions for source batches of `schema`.
+    pub fn new(p: &Pipeline, schema: SchemaRef) -> Result<RouteKeys, ExprError> {
+        let ctx = SessionContext::new();
+        let what = "key (a scale-out pipeline is repartitioned by its key before its joins, so the key must \
+                    come from the source's columns)";
+        let err =
+            |expr: &str, source| ExprError { pipeline: p.id.clone(), what: what.into(), expr: expr.into(), source };
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| err("", e))?;
+        let keys = p
+            .key
+            .iter()
+            .map(|k| {
+                let expr = ctx.parse_sql_expr(k, &df_schema).map_err(|e| err(k, e))?;
+                Ok((k.clone(), ctx.create_physical_expr(expr, &df_schema).map_err(|e| err(k, e))?))
+            })
+            .collect::<Result<_, ExprError>>()?;
+        Ok(RouteKeys { schema, pipeline: p.id.clone(), keys })
+    }
+
+    /// The schema this was compiled for.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Each row's key as text.
+    pub fn texts(&self, batch: &RecordBatch) -> Result<Vec<String>, ExprError> {
+        let n = batch.num_rows();
+        let mut columns = Vec::with_capacity(self.keys.len());
+        for (name, e) in &self.keys {
+            let err =
+                |source| ExprError { pipeline: self.pipeline.clone(), what: "key".into(), expr: name.clone(), source };
+            let v = e.evaluate(batch).and_then(|v| v.into_array(n)).map_err(err)?;
+            let text = cast(&v, &DataType::Utf8).map_err(|e| err(e.into()))?;
+            columns.push(text.as_string::<i32>().clone());
+        }
+        fn text(c: &StringArray, row: usize) -> &str {
+            if c.is_null(row) { "" } else { c.value(row) }
+        }
+        Ok((0..n)
+            .map(|row| match columns.as_slice() {
+                [one] => text(one, row).to_string(),
+                _ => columns.iter().map(|c| text(c, row)).collect::<Vec<_>>().join("\u{1f}"),
+            })
+            .collect())
+    }
+}

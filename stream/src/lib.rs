@@ -14,6 +14,8 @@
 //! - [`sketch`]: mergeable quantile and distinct-count summaries.
 //! - [`engine`]: runs one pipeline: watermark per partition, results topic, dead letters,
 //!   checkpoints.
+//! - [`scale`]: scale-out — a pipeline shared by several processes through consumer groups,
+//!   repartitioned by key through a bus topic, one engine per partition.
 //! - [`alert`]: alert rules with Prometheus semantics over results; `weir.alerts`.
 //! - [`silence`]: silences from alert files and the API (`weir.alerts.silences`).
 
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod eval;
 pub mod join;
 pub mod pipeline;
+pub mod scale;
 pub mod silence;
 pub mod sketch;
 pub mod sql;

@@ -929,3 +929,86 @@ async fn a_lake_table_join_sees_each_committed_version() {
     assert_eq!((count("\"lyon\"", 0), count("\"oslo\"", 0), count("null", 0)), (Some(11), Some(12), Some(13)), "{r:?}");
     assert_eq!((count("\"lyon\"", 1), count("\"oslo\"", 1), count("null", 1)), (Some(23), None, Some(13)), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_scale_out_pipeline_is_split_between_members_and_survives_one_dying() {
+    use weir_stream::scale::{Member, by_key_topic};
+    let s = setup(4).await;
+    // Payments are keyed by their id; the pipeline groups by merchant: repartitioned by it.
+    let p = s.pipeline(&format!("{PER_MINUTE}watermark: {{idle_timeout: 300ms}}\n"));
+    let payments: Vec<Payment> = (0..4_000)
+        .map(|i| Payment { id: i, merchant: i % 11, cents: 100 + i % 13, failed: i % 5 == 0, at: T0 + i * 50 })
+        .collect();
+    let mut expected: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    for p in &payments {
+        let e = expected.entry((p.merchant, minute((p.at - T0) / 60_000))).or_default();
+        e.0 += 1;
+        e.1 += p.cents;
+    }
+    let config = EngineConfig {
+        checkpoint_interval: Duration::from_secs(3600),
+        poll_interval: Duration::from_millis(20),
+        table_refresh: Duration::ZERO,
+    };
+    let member = || async {
+        let rules: weir_stream::scale::RulesFactory = Arc::new(RuleSet::empty);
+        let (bus, registry) = (s.bus.clone(), Some(s.registry.clone()));
+        Member::open(p.clone(), config.clone(), bus, registry, s.lake.clone(), rules).await.unwrap()
+    };
+    let (mut a, mut b) = (member().await, member().await);
+    let events = |a: &Member, b: &Member| a.stats().events + b.stats().events;
+    let both_until = async |a: &mut Member, b: &mut Member, n: u64| {
+        let started = std::time::Instant::now();
+        while events(a, b) < n {
+            assert!(started.elapsed() < Duration::from_secs(30), "stuck at {} of {n} events", events(a, b));
+            a.poll_once().await.unwrap();
+            b.poll_once().await.unwrap();
+        }
+    };
+    s.produce(&payments[..2_000]).await;
+    both_until(&mut a, &mut b, 2_000).await;
+    // The group split the by-key topic's partitions between the two.
+    let (held_a, held_b) = (a.shards(), b.shards());
+    assert!(!held_a.is_empty() && !held_b.is_empty(), "a holds {held_a:?}, b {held_b:?}");
+    assert_eq!(held_a.len() + held_b.len(), 4, "a holds {held_a:?}, b {held_b:?}");
+    a.checkpoint().await.unwrap();
+    b.checkpoint().await.unwrap();
+    let b_checkpointed = b.stats().events;
+    // B takes more events into its windows, then dies without a checkpoint.
+    s.produce(&payments[2_000..3_000]).await;
+    both_until(&mut a, &mut b, 3_000).await;
+    let b_took = b.stats().events;
+    assert!(b_took > b_checkpointed, "b took events after its checkpoint");
+    drop(b);
+    // A gains B's partitions, restores their checkpoints and reads again what B had not
+    // checkpointed; nothing is counted twice.
+    s.produce(&payments[3_000..]).await;
+    a.drain().await.unwrap();
+    assert_eq!(a.shards(), vec![0, 1, 2, 3]);
+    assert_eq!(a.stats().events, 4_000, "every event exactly once (b had taken {b_took})");
+    // A repartitioner that died between sending and committing sends records again: skipped.
+    let mut again = Vec::new();
+    let mut reader = s.bus.consumer(ConsumerConfig::new("copy")).await.unwrap();
+    reader.assign(&[TopicPartition::new(by_key_topic(&p.id), 0)]).await.unwrap();
+    for m in reader.poll(Duration::from_millis(500)).await.unwrap().into_iter().take(100) {
+        again.push(Record { key: m.key, value: m.value, headers: m.headers, partition: Some(0), timestamp_ms: None });
+    }
+    assert!(!again.is_empty());
+    s.bus.producer().await.unwrap().send(&by_key_topic(&p.id), again).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    a.drain().await.unwrap();
+    assert_eq!(a.stats().events, 4_000, "records sent again are skipped");
+    // Consumer-lag views see the pipeline at the end of its by-key topic.
+    let positions = weir_stream::engine::positions(&s.lake).await.unwrap();
+    let at = positions.iter().find(|x| x.pipeline == p.id).expect("the scale-out pipeline's position");
+    assert_eq!(at.topic, by_key_topic(&p.id));
+    assert_eq!(at.next.values().copied().collect::<Vec<_>>(), s.bus.end_offsets(&at.topic).await.unwrap());
+    assert_eq!(at.stats.events, 4_000);
+    let got: BTreeMap<(i64, String), (i64, i64)> = s
+        .results(&p)
+        .await
+        .into_iter()
+        .map(|(k, r)| (k, (r["payments"].as_i64().unwrap(), (r["amount"].as_f64().unwrap() * 100.0).round() as i64)))
+        .collect();
+    assert_eq!(got, expected);
+}

@@ -303,3 +303,126 @@ fn a_sql_pipeline_joins_mariadb_payments_with_their_merchants() {
     assert_eq!(r[&("lyon".to_string(), minute(0))]["amount"], 15.5);
     assert!(r.values().all(|r| r["final"] == true), "{r:?}");
 }
+
+/// `weir stream --scale-out` as three processes sharing one pipeline on the test broker: the
+/// group splits the partitions, orders keyed by their id are repartitioned by city, and with one
+/// process after another killed with -9 (and started again) while orders arrive, every window
+/// still counts every order exactly once.
+#[tokio::test]
+async fn three_scale_out_processes_count_every_event_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A dead member's partitions move once the broker misses its heartbeats for 6 s. The idle
+    // timeout is longer: a source partition whose repartitioner died is waited for, not passed
+    // by the watermark.
+    std::fs::write(
+        d.join("weir.toml"),
+        "[stream]\ncheckpoint_interval = \"300ms\"\npoll_interval = \"50ms\"\n\n\
+         [bus.kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+    )
+    .unwrap();
+    let run = rand_id() % 1_000_000_000;
+    let (topic, pipeline) = (format!("scale-orders-{run}"), format!("scaled_{run}"));
+    let output = format!("weir.stream.{pipeline}");
+    ok(weir(d, &kafka(), &["topics", "create", &topic, "--partitions", "4"], None));
+    std::fs::create_dir_all(d.join("pipelines")).unwrap();
+    std::fs::write(
+        d.join("pipelines/orders.yaml"),
+        format!("id: {pipeline}\nsource:\n  topic: {topic}\n  format: json\n  fields: {{order_id: int, city: string, amount: float, at: timestamp}}\n\
+         key: city\nevent_time: at\nwindow: {{tumbling: 1m}}\naggregates:\n  - {{name: orders, fn: count}}\n  \
+         - {{name: revenue, fn: sum, expr: amount}}\n  - {{name: distinct_orders, fn: count_distinct, expr: order_id}}\n\
+         watermark: {{max_out_of_orderness: 0s, idle_timeout: 20s}}\n"
+        ),
+    )
+    .unwrap();
+    const CITIES8: [&str; 8] = ["lyon", "oslo", "pune", "lima", "kobe", "graz", "cork", "baku"];
+    let order = |i: i64| json!({"order_id": i, "city": CITIES8[(i * 5 % 8) as usize], "amount": (i % 17) as f64 + 0.5, "at": T0 + i * 200});
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let start = |n: usize| {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(d.join(format!("stream-{n}.log"))).unwrap();
+        Proc::spawn(
+            Command::new(weir_e2e::harness::weir_bin())
+                .args(["stream", "--scale-out", "--listen", &format!("127.0.0.1:{}", ports[n])])
+                .current_dir(d)
+                .env("WEIR_BUS_URL", kafka())
+                .env("WEIR_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+    };
+    let mut procs: Vec<Proc> = (0..3).map(start).collect();
+    let (total, batch) = (3_000i64, 250i64);
+    let mut kills = 0;
+    for from in (0..total).step_by(batch as usize) {
+        let lines: String = (from..from + batch).map(|i| format!("{i}\t{}\n", order(i))).collect();
+        ok(weir(d, &kafka(), &["produce", &topic], Some(&lines)));
+        if from > 0 && from % 750 == 0 {
+            let n = kills % 3;
+            procs[n].kill().unwrap(); // SIGKILL
+            procs[n].wait().unwrap();
+            kills += 1;
+            procs[n] = start(n);
+        }
+    }
+    let mut expected: BTreeMap<(String, i64), (i64, f64)> = BTreeMap::new();
+    for i in 0..total {
+        let o = order(i);
+        let e = expected
+            .entry((o["city"].as_str().unwrap().to_string(), (o["at"].as_i64().unwrap() - T0) / 60_000))
+            .or_default();
+        e.0 += 1;
+        e.1 += o["amount"].as_f64().unwrap();
+    }
+    let tails = || {
+        (0..3).map(|n| format!("stream-{n}:\n{}", log_tail(d, &format!("stream-{n}")))).collect::<Vec<_>>().join("\n")
+    };
+    let started = Instant::now();
+    let got = loop {
+        let r = results(d, &kafka(), &output);
+        if r.len() == expected.len() && r.values().all(|v| v["final"] == true) {
+            break r;
+        }
+        // A bound, not a wait: the idle timeout is 20 s and a killed member's partitions move after 6 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "results incomplete: {} of {}; the logs end:\n{}",
+            r.len(),
+            expected.len(),
+            tails()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for ((city, minute), (orders, revenue)) in &expected {
+        let start =
+            humantime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_millis((T0 + minute * 60_000) as u64));
+        let r = &got[&(city.clone(), start.to_string())];
+        assert_eq!(r["orders"], *orders, "{city} minute {minute} after {kills} kill -9s: {r}\n{}", tails());
+        assert_eq!(r["distinct_orders"], *orders, "{city} minute {minute}");
+        assert!((r["revenue"].as_f64().unwrap() - revenue).abs() < 1e-6, "{city} minute {minute}: {r}");
+    }
+    assert_eq!(kills, 3);
+    // The three share the by-key topic's four partitions.
+    let shards = format!("weir_stream_shards{{pipeline=\"{pipeline}\"}} ");
+    let started = Instant::now();
+    loop {
+        let mut held = Vec::new();
+        for port in &ports {
+            let m = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+            let n: f64 =
+                m.lines().find_map(|l| l.strip_prefix(&shards)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+            held.push(n as u32);
+        }
+        if held.iter().sum::<u32>() == 4 && held.iter().filter(|&&n| n > 0).count() >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "shards held: {held:?}\n{}", tails());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in &mut procs {
+        Command::new("kill").args(["-INT", &p.id().to_string()]).status().unwrap();
+    }
+    for p in &mut procs {
+        assert!(p.wait().unwrap().success(), "weir stream --scale-out stops cleanly on Ctrl-C\n{}", tails());
+    }
+}
