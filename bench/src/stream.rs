@@ -9,6 +9,12 @@
 //! Debezium changelog. The YAML pipeline runs first and again last; the others are compared with
 //! the mean of its two runs, so that the order they run in weighs less.
 //!
+//! Scale-out: the YAML pipeline as a scale-out pipeline ([`weir_stream::scale`]: repartitioned
+//! by merchant through a bus topic, one engine per partition) run by one member, then by two
+//! members splitting the partitions, each on its own thread and runtime (as two processes would
+//! be, here sharing the embedded bus in-process). Goal: two members at least 1.7 times one
+//! member's events per second of wall time.
+//!
 //! Peer: where Apache Flink is installed (`scripts/deps flink`), Flink SQL on a local mini-cluster
 //! (parallelism 1, streaming mode) runs the same tumbling windows per merchant — count, sum and
 //! average of the amount — over the same payments written to a CSV file (`bench/flink/tumbling.py`),
@@ -29,7 +35,7 @@ use weir_schemas::{
     registry::SchemaRegistry,
     serializer::AvroSerializer,
 };
-use weir_stream::{Engine, EngineConfig, alert::RuleSet, decode::Decoder, pipeline};
+use weir_stream::{Engine, EngineConfig, alert::RuleSet, decode::Decoder, pipeline, scale::Member};
 
 use super::{Progress, machine};
 
@@ -67,6 +73,9 @@ pub struct StreamBenchArgs {
     /// Skip the Flink comparison even where Flink is installed.
     #[arg(long, conflicts_with = "flink_python")]
     no_flink: bool,
+    /// Skip the scale-out case (one member, then two).
+    #[arg(long)]
+    no_scale_out: bool,
 }
 
 /// The Python `--flink-python` names, or the one `scripts/deps flink` installs if it is there.
@@ -172,6 +181,7 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
     };
 
     let mut runs = Vec::new();
+    let runs_pipeline = p.clone();
     let mut again = p.clone();
     again.id = format!("{}_again", p.id);
     let mut forms = vec![("YAML", p), ("SQL", p_sql), ("join", p_join), ("YAML, again", again)];
@@ -250,6 +260,32 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
         _ if args.no_flink => json!({"skipped": "--no-flink"}),
         _ => json!({"skipped": "no PyFlink: `scripts/deps flink` installs it, or give --flink-python"}),
     };
+    let scale_out = if args.no_scale_out {
+        json!({"skipped": "--no-scale-out"})
+    } else {
+        // One member, two, two, one: each is the mean of a run early and one late.
+        let mut cases = Vec::new();
+        for (run, members) in [1, 2, 2, 1].into_iter().enumerate() {
+            let mut p = runs_pipeline.clone();
+            p.id = format!("{}_scale_out_{run}", runs_pipeline.id);
+            eprintln!("scale-out: {members} member(s), {} events repartitioned by merchant", args.events);
+            let bus: Arc<dyn Bus> = bus.clone();
+            cases.push(scale_out_run(p, members, bus, registry.clone(), lake.clone(), args.events as u64)?);
+        }
+        let case = |a: (f64, f64, u64), b: (f64, f64, u64)| {
+            let (secs, cpu) = ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0);
+            json!({
+                "seconds": [a.0, b.0],
+                "cpu_seconds": [a.1, b.1],
+                "results": [a.2, b.2],
+                "events_per_s": (args.events as f64 / secs).round(),
+                "events_per_cpu_s": (args.events as f64 / cpu).round(),
+            })
+        };
+        let (one, two) = (case(cases[0], cases[3]), case(cases[1], cases[2]));
+        let ratio = two["events_per_s"].as_f64().unwrap_or(f64::NAN) / one["events_per_s"].as_f64().unwrap_or(f64::NAN);
+        json!({"one_member": one, "two_members": two, "ratio_two_to_one": ratio})
+    };
     let per_core = args.events as f64 / cpu_secs;
     let again_per_core = args.events as f64 / again_cpu_secs;
     let yaml_per_core = (per_core + again_per_core) / 2.0;
@@ -299,8 +335,80 @@ pub async fn run(args: StreamBenchArgs) -> anyhow::Result<Value> {
         },
         "ratio_join_to_yaml": join_per_core / yaml_per_core,
         "peer_flink": flink,
-        "goals": {"events_per_cpu_s": 500_000, "ratio_sql_to_yaml": 0.9},
+        "scale_out": scale_out,
+        "goals": {"events_per_cpu_s": 500_000, "ratio_sql_to_yaml": 0.9, "scale_out_ratio_two_to_one": 1.7},
     }))
+}
+
+/// Runs `members` scale-out members of `p`, each on its own thread with its own runtime, until
+/// together they have aggregated `events`; returns the wall and CPU seconds (of the whole
+/// process) from the members' first poll.
+fn scale_out_run(
+    p: pipeline::Pipeline,
+    members: usize,
+    bus: Arc<dyn Bus>,
+    registry: Arc<dyn SchemaRegistry>,
+    lake: Lake,
+    events: u64,
+) -> anyhow::Result<(f64, f64, u64)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let aggregated: Arc<Vec<AtomicU64>> = Arc::new((0..members).map(|_| AtomicU64::new(0)).collect());
+    let results: Arc<Vec<AtomicU64>> = Arc::new((0..members).map(|_| AtomicU64::new(0)).collect());
+    // Every member joins the groups before any polls, so that they split the partitions.
+    let joined = Arc::new(std::sync::Barrier::new(members + 1));
+    // No member leaves (its partitions would move to one still counting) before all are done.
+    let finished = Arc::new(std::sync::Barrier::new(members));
+    let threads: Vec<_> = (0..members)
+        .map(|i| {
+            let (p, bus, registry, lake) = (p.clone(), bus.clone(), registry.clone(), lake.clone());
+            let (aggregated, joined, finished) = (aggregated.clone(), joined.clone(), finished.clone());
+            let results = results.clone();
+            let thread = std::thread::Builder::new().name(format!("scale-out-{i}"));
+            thread.spawn(move || -> anyhow::Result<()> {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(async move {
+                    let config = EngineConfig {
+                        checkpoint_interval: std::time::Duration::from_secs(10),
+                        ..EngineConfig::default()
+                    };
+                    let rules: weir_stream::scale::RulesFactory = Arc::new(RuleSet::empty);
+                    let member = Member::open(p, config, bus, Some(registry), lake, rules).await;
+                    joined.wait();
+                    let mut member = member?;
+                    let mut idle_since = Instant::now();
+                    while aggregated.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>() < events {
+                        if member.poll_once().await? > 0 {
+                            idle_since = Instant::now();
+                        }
+                        aggregated[i].store(member.stats().aggregated, Ordering::Relaxed);
+                        anyhow::ensure!(
+                            idle_since.elapsed() < std::time::Duration::from_secs(30),
+                            "scale-out member {i} read nothing for 30 s"
+                        );
+                    }
+                    member.checkpoint().await?;
+                    results[i].store(member.stats().results, Ordering::Relaxed);
+                    finished.wait();
+                    Ok(())
+                })
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    joined.wait();
+    let (started, cpu) = (Instant::now(), cpu_seconds());
+    let mut progress = Progress::new("scale-out events aggregated", events as usize);
+    while threads.iter().any(|t| !t.is_finished()) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        progress.update(aggregated.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>() as usize);
+    }
+    let (secs, cpu_secs) = (started.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+    for (i, t) in threads.into_iter().enumerate() {
+        let done = t.join().map_err(|_| anyhow::anyhow!("scale-out member {i} panicked"))?;
+        done.map_err(|e| e.context(format!("scale-out member {i}")))?;
+    }
+    let total: u64 = aggregated.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    anyhow::ensure!(total == events, "the scale-out members aggregated {total} of {events} events");
+    Ok((secs, cpu_secs, results.iter().map(|r| r.load(Ordering::Relaxed)).sum()))
 }
 
 /// A `payments` row: id, merchant, amount, status.
