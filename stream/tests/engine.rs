@@ -211,6 +211,12 @@ impl Setup {
         }
     }
 
+    /// Payments and their amount in cents per (merchant, window start), from the results topic.
+    async fn payments_per_minute(&self, p: &Pipeline) -> BTreeMap<(i64, String), (i64, i64)> {
+        let cents = |r: &Json| (r["amount"].as_f64().unwrap() * 100.0).round() as i64;
+        self.results(p).await.into_iter().map(|(k, r)| (k, (r["payments"].as_i64().unwrap(), cents(&r)))).collect()
+    }
+
     /// The latest result per (merchant, window start) on the results topic.
     async fn results(&self, p: &Pipeline) -> BTreeMap<(i64, String), Json> {
         let mut latest = BTreeMap::new();
@@ -220,6 +226,17 @@ impl Setup {
         }
         latest
     }
+}
+
+/// Payments and their amount in cents per (merchant, window start).
+fn per_minute(payments: &[Payment]) -> BTreeMap<(i64, String), (i64, i64)> {
+    let mut out: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
+    for p in payments {
+        let e = out.entry((p.merchant, minute((p.at - T0) / 60_000))).or_default();
+        e.0 += 1;
+        e.1 += p.cents;
+    }
+    out
 }
 
 fn rand_suffix() -> u64 {
@@ -309,12 +326,7 @@ async fn a_restart_from_the_checkpoint_neither_loses_nor_double_counts() {
     let payments: Vec<Payment> = (0..3_000)
         .map(|i| Payment { id: i, merchant: i % 7, cents: 100 + i % 13, failed: i % 5 == 0, at: T0 + i * 100 })
         .collect();
-    let mut expected: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
-    for p in &payments {
-        let e = expected.entry((p.merchant, minute((p.at - T0) / 60_000))).or_default();
-        e.0 += 1;
-        e.1 += p.cents;
-    }
+    let expected = per_minute(&payments);
     // Engine A: the first third, checkpointed at the end of its drain.
     s.produce(&payments[..1_000]).await;
     let mut a = s.engine(&p, RuleSet::empty()).await;
@@ -330,13 +342,7 @@ async fn a_restart_from_the_checkpoint_neither_loses_nor_double_counts() {
     b.drain().await.unwrap();
     drain_idle(&mut b, Duration::from_millis(300)).await;
     assert_eq!(b.stats().aggregated, 3_000, "every event exactly once");
-    let got: BTreeMap<(i64, String), (i64, i64)> = s
-        .results(&p)
-        .await
-        .into_iter()
-        .map(|(k, r)| (k, (r["payments"].as_i64().unwrap(), (r["amount"].as_f64().unwrap() * 100.0).round() as i64)))
-        .collect();
-    assert_eq!(got, expected);
+    assert_eq!(s.payments_per_minute(&p).await, expected);
     // The checkpoint's positions (what consumer-lag views read) are the end of the source.
     b.checkpoint().await.unwrap();
     let positions = weir_stream::engine::positions(&s.lake).await.unwrap();
@@ -939,12 +945,7 @@ async fn a_scale_out_pipeline_is_split_between_members_and_survives_one_dying() 
     let payments: Vec<Payment> = (0..4_000)
         .map(|i| Payment { id: i, merchant: i % 11, cents: 100 + i % 13, failed: i % 5 == 0, at: T0 + i * 50 })
         .collect();
-    let mut expected: BTreeMap<(i64, String), (i64, i64)> = BTreeMap::new();
-    for p in &payments {
-        let e = expected.entry((p.merchant, minute((p.at - T0) / 60_000))).or_default();
-        e.0 += 1;
-        e.1 += p.cents;
-    }
+    let expected = per_minute(&payments);
     let config = EngineConfig {
         checkpoint_interval: Duration::from_secs(3600),
         poll_interval: Duration::from_millis(20),
@@ -1004,11 +1005,5 @@ async fn a_scale_out_pipeline_is_split_between_members_and_survives_one_dying() 
     assert_eq!(at.topic, by_key_topic(&p.id));
     assert_eq!(at.next.values().copied().collect::<Vec<_>>(), s.bus.end_offsets(&at.topic).await.unwrap());
     assert_eq!(at.stats.events, 4_000);
-    let got: BTreeMap<(i64, String), (i64, i64)> = s
-        .results(&p)
-        .await
-        .into_iter()
-        .map(|(k, r)| (k, (r["payments"].as_i64().unwrap(), (r["amount"].as_f64().unwrap() * 100.0).round() as i64)))
-        .collect();
-    assert_eq!(got, expected);
+    assert_eq!(s.payments_per_minute(&p).await, expected);
 }
