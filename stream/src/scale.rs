@@ -102,7 +102,7 @@ impl Member {
                 topic: by_key,
                 engines: BTreeMap::new(),
                 committed: BTreeMap::new(),
-                sought: BTreeSet::new(),
+                unsought: BTreeSet::new(),
                 p,
                 config,
                 bus,
@@ -332,8 +332,9 @@ struct Shards {
     engines: BTreeMap<u32, Engine>,
     /// The offset committed (or found) for each partition held.
     committed: BTreeMap<u32, i64>,
-    /// Partitions sought back to their shard's offset since they were gained.
-    sought: BTreeSet<u32>,
+    /// Gained partitions not yet sought to their shard's offset (a partition cannot be sought
+    /// until the consumer fetches it): their records are left until it is.
+    unsought: BTreeSet<u32>,
 }
 
 impl Shards {
@@ -365,7 +366,7 @@ impl Shards {
         for p in lost {
             self.engines.remove(&p);
             self.committed.remove(&p);
-            self.sought.remove(&p);
+            self.unsought.remove(&p);
             tracing::info!(pipeline = %self.p.id, partition = p, "partition moved to another member: its shard resumes there from its checkpoint");
         }
         let gained: Vec<u32> = now.iter().filter(|p| !self.engines.contains_key(p)).copied().collect();
@@ -382,12 +383,11 @@ impl Shards {
             )
             .await?;
             let (next, _) = engine.shard_next().expect("a shard");
-            // Where the group's committed offset is behind the checkpoint (a crash between the
-            // two), records before `next` are skipped; where it is ahead, the partition is sought
-            // back at its first records.
-            if let Err(e) = self.consumer.seek(&TopicPartition::new(self.topic.clone(), p), next).await {
-                tracing::debug!(pipeline = %self.p.id, partition = p, error = %e, "not sought yet");
-            }
+            // The group's committed offset, where the consumer starts, can be behind the
+            // checkpoint (a crash between the two) or ahead of it (the partition's previous
+            // holder checkpointed and committed after this one read its checkpoint): either way
+            // reading starts at the checkpoint's offset, sought before any record is taken.
+            self.unsought.insert(p);
             tracing::info!(pipeline = %self.p.id, partition = p, next, "partition gained: its shard resumes from its checkpoint");
             self.committed.insert(p, next);
             self.engines.insert(p, engine);
@@ -439,14 +439,15 @@ impl Shards {
         for (&p, engine) in &mut self.engines {
             let mut messages = by_partition.remove(&p).unwrap_or_default();
             let (next, _) = engine.shard_next().expect("a shard");
-            if messages.first().is_some_and(|m| m.offset > next) && self.sought.insert(p) {
-                tracing::info!(pipeline = %self.p.id, partition = p, from = messages[0].offset, to = next, "seeking back to the shard's checkpoint");
-                let tp = TopicPartition::new(self.topic.clone(), p);
-                self.consumer
-                    .seek(&tp, next)
-                    .await
-                    .map_err(|e| EngineError::Bus { pipeline: self.p.id.clone(), source: e })?;
+            if self.unsought.contains(&p) {
+                // Records polled before the seek are read again after it.
                 messages.clear();
+                match self.consumer.seek(&TopicPartition::new(self.topic.clone(), p), next).await {
+                    Ok(()) => {
+                        self.unsought.remove(&p);
+                    }
+                    Err(e) => tracing::debug!(pipeline = %self.p.id, partition = p, error = %e, "not sought yet"),
+                }
             }
             engine.step(messages).await?;
             let (_, checkpointed) = engine.shard_next().expect("a shard");
