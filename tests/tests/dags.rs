@@ -148,7 +148,7 @@ fn a_scheduler_killed_mid_task_reruns_it_after_a_restart() {
     std::fs::write(
         d.join("dags/long.yaml"),
         "default_args: {retries: 1, retry_delay: 1s}\ntasks:\n  \
-         - id: slow\n    script: [sh, -c, 'echo started $$ >> calls; sleep 3; echo done >> calls']\n  \
+         - id: slow\n    script: [sh, -c, 'echo started $$ >> calls; sleep 10; echo done >> calls']\n  \
          - id: after\n    upstream: [slow]\n    script: [sh, -c, 'echo after >> calls']\n",
     )
     .unwrap();
@@ -164,7 +164,8 @@ fn a_scheduler_killed_mid_task_reruns_it_after_a_restart() {
     let calls = std::fs::read_to_string(d.join("dags/calls")).unwrap();
     let orphan: u32 = calls.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(alive(orphan), "the first try's shell outlives the killed scheduler");
-    // Restarted at once: it stops the orphan before running the task again.
+    // Restarted at once: it stops the orphan before running the task again. (The task sleeps 10 s:
+    // with 3 s, a restart slowed by the whole suite's load let the orphan finish on its own.)
     let mut sched = scheduler(d, free_port());
     assert_eq!(wait_for_run(d, "long", &run, Duration::from_secs(30)), "success");
     interrupt(&mut sched);
