@@ -318,9 +318,8 @@ fn a_sql_pipeline_joins_mariadb_payments_with_their_merchants() {
 /// still counts every order exactly once.
 ///
 /// Ignored in `scripts/test` for now: on two loaded cores (the full suite, or two busy loops
-/// beside it) a by-key partition was left to no process after a rebalance in 2 of 5 runs (the
-/// group's assignment and the shards' logs disagree; cause not found yet), so the results stay
-/// incomplete. The counts were exact in every run that completed. Run it with `cargo nextest run
+/// beside it) the results stopped short in 4 of 12 runs — a by-key partition left to no process
+/// after a rebalance (cause not found yet). The counts were exact in every run that completed. Run it with `cargo nextest run
 /// -p weir --test stream --run-ignored all three_scale`.
 #[tokio::test]
 #[ignore = "a by-key partition is sometimes left unassigned after a rebalance under load: see the doc comment"]
