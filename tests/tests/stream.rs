@@ -16,7 +16,12 @@ use weir_e2e::harness::{Proc, free_port, kafka, mariadb, mysql_source_toml, ok, 
 
 /// Starts `weir <args>` in `dir` on the test broker; its log is appended to `dir/<role>.log`.
 fn spawn(dir: &Path, args: &[&str]) -> Proc {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", args[0]))).unwrap();
+    spawn_logged(dir, args[0], args)
+}
+
+/// Starts `weir <args>` in `dir` on the test broker; its log is appended to `dir/<log>.log`.
+fn spawn_logged(dir: &Path, log: &str, args: &[&str]) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{log}.log"))).unwrap();
     Proc::spawn(
         Command::new(weir_e2e::harness::weir_bin())
             .args(args)
@@ -26,6 +31,21 @@ fn spawn(dir: &Path, args: &[&str]) -> Proc {
             .stdout(Stdio::null())
             .stderr(log),
     )
+}
+
+/// `pipelines/orders.yaml` in `dir`: pipeline `id` counting `topic`'s JSON orders, their revenue
+/// and distinct ids per city and minute, with no out-of-orderness and `idle` as idle timeout.
+fn write_orders_pipeline(dir: &Path, id: &str, topic: &str, idle: &str) {
+    std::fs::create_dir_all(dir.join("pipelines")).unwrap();
+    std::fs::write(
+        dir.join("pipelines/orders.yaml"),
+        format!("id: {id}\nsource:\n  topic: {topic}\n  format: json\n  fields: {{order_id: int, city: string, amount: float, at: timestamp}}\n\
+         key: city\nevent_time: at\nwindow: {{tumbling: 1m}}\naggregates:\n  - {{name: orders, fn: count}}\n  \
+         - {{name: revenue, fn: sum, expr: amount}}\n  - {{name: distinct_orders, fn: count_distinct, expr: order_id}}\n\
+         watermark: {{max_out_of_orderness: 0s, idle_timeout: {idle}}}\n"
+        ),
+    )
+    .unwrap();
 }
 
 /// The last lines of a role's log in `dir`, for a failure message.
@@ -121,16 +141,7 @@ async fn posted_events_are_windowed_exactly_once_across_kill_9() {
     let run = rand_id() % 1_000_000_000;
     let (topic, pipeline) = (format!("app-orders-{run}"), format!("orders_{run}"));
     let output = format!("weir.stream.{pipeline}");
-    std::fs::create_dir_all(d.join("pipelines")).unwrap();
-    std::fs::write(
-        d.join("pipelines/orders.yaml"),
-        format!("id: {pipeline}\nsource:\n  topic: {topic}\n  format: json\n  fields: {{order_id: int, city: string, amount: float, at: timestamp}}\n\
-         key: city\nevent_time: at\nwindow: {{tumbling: 1m}}\naggregates:\n  - {{name: orders, fn: count}}\n  \
-         - {{name: revenue, fn: sum, expr: amount}}\n  - {{name: distinct_orders, fn: count_distinct, expr: order_id}}\n\
-         watermark: {{max_out_of_orderness: 0s, idle_timeout: 1s}}\n"
-        ),
-    )
-    .unwrap();
+    write_orders_pipeline(d, &pipeline, &topic, "1s");
     let mut ingest = spawn(d, &["ingest", "http", "--listen", &format!("127.0.0.1:{ingest_port}")]);
     wait_healthy(ingest_port).await;
     let http = reqwest::Client::new();
@@ -339,31 +350,13 @@ async fn three_scale_out_processes_count_every_event_once_across_kill_9() {
     let (topic, pipeline) = (format!("scale-orders-{run}"), format!("scaled_{run}"));
     let output = format!("weir.stream.{pipeline}");
     ok(weir(d, &kafka(), &["topics", "create", &topic, "--partitions", "4"], None));
-    std::fs::create_dir_all(d.join("pipelines")).unwrap();
-    std::fs::write(
-        d.join("pipelines/orders.yaml"),
-        format!("id: {pipeline}\nsource:\n  topic: {topic}\n  format: json\n  fields: {{order_id: int, city: string, amount: float, at: timestamp}}\n\
-         key: city\nevent_time: at\nwindow: {{tumbling: 1m}}\naggregates:\n  - {{name: orders, fn: count}}\n  \
-         - {{name: revenue, fn: sum, expr: amount}}\n  - {{name: distinct_orders, fn: count_distinct, expr: order_id}}\n\
-         watermark: {{max_out_of_orderness: 0s, idle_timeout: 20s}}\n"
-        ),
-    )
-    .unwrap();
+    write_orders_pipeline(d, &pipeline, &topic, "20s");
     const CITIES8: [&str; 8] = ["lyon", "oslo", "pune", "lima", "kobe", "graz", "cork", "baku"];
     let order = |i: i64| json!({"order_id": i, "city": CITIES8[(i * 5 % 8) as usize], "amount": (i % 17) as f64 + 0.5, "at": T0 + i * 200});
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let start = |n: usize| {
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(d.join(format!("stream-{n}.log"))).unwrap();
-        Proc::spawn(
-            Command::new(weir_e2e::harness::weir_bin())
-                .args(["stream", "--scale-out", "--listen", &format!("127.0.0.1:{}", ports[n])])
-                .current_dir(d)
-                .env("WEIR_BUS_URL", kafka())
-                .env("WEIR_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log),
-        )
+        let listen = format!("127.0.0.1:{}", ports[n]);
+        spawn_logged(d, &format!("stream-{n}"), &["stream", "--scale-out", "--listen", &listen])
     };
     let mut procs: Vec<Proc> = (0..3).map(start).collect();
     let (total, batch) = (3_000i64, 250i64);
