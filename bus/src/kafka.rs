@@ -19,7 +19,7 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::{ClientContext, DefaultClientContext},
     config::RDKafkaLogLevel,
-    consumer::{CommitMode, Consumer as _, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer},
     error::KafkaError,
     message::{BorrowedMessage, Header, Headers, OwnedHeaders},
     metadata::Metadata,
@@ -85,6 +85,57 @@ impl ClientContext for CauseContext {
         tracing::error!(target: "librdkafka", %error, "{reason}");
         self.note(reason);
     }
+}
+
+/// A consumer's context: forwards librdkafka's reports to `tracing` and logs every change of
+/// the partitions the group assigns it, as Kafka's own clients do (a rebalance is what an
+/// operator looks for first when a consumer stops making progress).
+struct GroupContext {
+    group: String,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let group = &self.group;
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", group, fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", group, fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", group, fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", group, fac, "{message}"),
+        }
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let group = &self.group;
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(group, partitions = %partitions_text(tpl), "group assigned partitions")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(group, partitions = %partitions_text(tpl), "group revoked partitions")
+            }
+            Rebalance::Error(e) => tracing::warn!(group, error = %e, "group rebalance failed"),
+        }
+    }
+}
+
+/// `topic[0,2] other[1]`.
+fn partitions_text(tpl: &TopicPartitionList) -> String {
+    let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for e in tpl.elements() {
+        by_topic.entry(e.topic().to_string()).or_default().push(e.partition());
+    }
+    let parts: Vec<String> = by_topic
+        .into_iter()
+        .map(|(t, ps)| format!("{t}[{}]", ps.iter().map(i32::to_string).collect::<Vec<_>>().join(",")))
+        .collect();
+    if parts.is_empty() { "none".into() } else { parts.join(" ") }
 }
 
 impl KafkaBus {
@@ -299,9 +350,11 @@ impl Bus for KafkaBus {
             ("enable.partition.eof", "false"),
             ("auto.offset.reset", reset),
         ];
-        let consumer: StreamConsumer = client_config(&self.brokers, &self.config, &self.properties, &settings)
-            .create()
-            .map_err(|e| BusError::kafka(format!("creating consumer of group {:?}", config.group), e))?;
+        let context = GroupContext { group: config.group.clone() };
+        let consumer: StreamConsumer<GroupContext> =
+            client_config(&self.brokers, &self.config, &self.properties, &settings)
+                .create_with_context(context)
+                .map_err(|e| BusError::kafka(format!("creating consumer of group {:?}", config.group), e))?;
         Ok(Box::new(KafkaConsumer {
             consumer: Arc::new(consumer),
             bus_admin: self.admin.clone(),
@@ -364,7 +417,7 @@ impl Producer for KafkaProducer {
 
 /// Consumer on a Kafka cluster.
 struct KafkaConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     bus_admin: Arc<AdminClient<DefaultClientContext>>,
     brokers: String,
     timeout: Duration,
@@ -374,7 +427,10 @@ struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&StreamConsumer) -> T + Send + 'static) -> T {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StreamConsumer<GroupContext>) -> T + Send + 'static,
+    ) -> T {
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || f(&consumer)).await.expect("consumer task panicked")
     }
