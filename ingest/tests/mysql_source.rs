@@ -708,6 +708,30 @@ async fn ddl_mid_stream_decodes_each_row_with_its_own_schema_and_survives_restar
     assert_eq!(events[5].schema_id, events[4].schema_id);
 }
 
+/// DDL on a database the source does not capture is none of its schema changes, also when a
+/// captured table's own DDL follows it in the binlog before the source reads either (the
+/// definitions read then already show the captured table's change).
+#[tokio::test]
+async fn ddl_of_another_database_is_not_a_schema_change_of_the_source() {
+    let mut s = Setup::new("weir_ddl_own").await;
+    s.sql("CREATE TABLE t (id INT PRIMARY KEY, a INT)").await;
+    let mut source = s.source(s.config()).await;
+    source.catch_up().await.unwrap();
+    let before = s.records("shop").await.len();
+    s.sql(
+        "DROP DATABASE IF EXISTS weir_ddl_other;\n\
+         CREATE DATABASE weir_ddl_other;\n\
+         CREATE TABLE weir_ddl_other.u (id INT PRIMARY KEY);\n\
+         ALTER TABLE t ADD COLUMN b INT",
+    )
+    .await;
+    source.catch_up().await.unwrap();
+    let changes = s.records("shop").await;
+    let ddls: Vec<String> =
+        changes[before..].iter().map(|(_, v, _, _)| string(field(v.as_ref().unwrap(), "ddl"))).collect();
+    assert_eq!(ddls, ["ALTER TABLE t ADD COLUMN b INT"]);
+}
+
 #[tokio::test]
 async fn a_schema_change_the_registry_refuses_stops_the_source_naming_the_subject() {
     let mut s = Setup::new("weir_incompatible").await;

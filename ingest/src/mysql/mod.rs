@@ -26,6 +26,7 @@
 
 pub mod columns;
 pub mod connection;
+pub mod ddl;
 pub mod events;
 pub mod history;
 pub mod incremental;
@@ -235,6 +236,14 @@ impl MysqlSourceConfig {
             && !self.exclude_tables.iter().any(|p| glob(p, &name))
     }
 
+    /// Whether a table of database `db` may be captured: whether DDL on the database as a whole
+    /// (`CREATE|DROP DATABASE`) can concern this source.
+    pub fn may_capture_database(&self, db: &str) -> bool {
+        !SYSTEM_DATABASES.contains(&db)
+            && (self.include_tables.is_empty()
+                || self.include_tables.iter().any(|p| p.split_once('.').is_none_or(|(d, _)| glob(d, db))))
+    }
+
     /// The databases every captured table is in, when the include patterns name them literally
     /// (`shop.*`, `billing.invoices`); `None` when any table of any database may be captured.
     /// `information_schema` is read for these databases only: on a server with many schemas its
@@ -348,7 +357,9 @@ mod tests {
         let mut c = MysqlSourceConfig::new("s", "mysql://x", "p");
         assert!(c.captures("shop", "orders"));
         assert!(!c.captures("mysql", "user"), "system databases are never captured");
+        assert!(c.may_capture_database("any") && !c.may_capture_database("mysql"));
         c.include_tables = vec!["shop.*".into()];
+        assert!(c.may_capture_database("shop") && !c.may_capture_database("weir_cli"));
         assert_eq!(c.captured_databases(), Some(vec!["shop".to_string()]));
         let with = |patterns: &[&str]| {
             let mut c = c.clone();
@@ -357,6 +368,9 @@ mod tests {
         };
         assert_eq!(with(&["a.t", "b.*", "a.u"]), Some(vec!["a".to_string(), "b".to_string()]));
         assert_eq!(with(&["a.t", "shop_*.orders"]), None, "a wildcard database");
+        let mut wild = c.clone();
+        wild.include_tables = vec!["shop_*.orders".into()];
+        assert!(wild.may_capture_database("shop_eu") && !wild.may_capture_database("crm"));
         assert_eq!(with(&[]), None, "every database");
         assert_eq!(with(&["a.b.c"]), None, "a dot in a name: which part is the database is unclear");
         c.exclude_tables = vec!["shop.tmp_*".into()];

@@ -33,6 +33,7 @@ use weir_schemas::{
 use super::{
     EventFormat, MysqlError, MysqlSourceConfig, SnapshotMode,
     columns::{InfoColumn, TableDef},
+    ddl::Named,
     events::{MetadataEvents, RowChange, SchemaChangeEvents, TableEvents},
     history::{HistoryRecord, TableChange},
     incremental::{Incremental, SnapshotQueue},
@@ -1037,6 +1038,19 @@ impl MysqlSource {
             return Ok(());
         }
         if !matches!(first, "CREATE" | "ALTER" | "DROP" | "RENAME") {
+            return Ok(());
+        }
+        // DDL on databases and tables this source does not capture (another application's, on
+        // the same server) is none of its schema changes. Reading the definitions for it would
+        // also file, under its statement, a captured table's change made after it on the server
+        // (the definitions are read now, not as of the statement's binlog position).
+        if let Some(named) = super::ddl::named(db, sql)
+            && !named.iter().any(|n| match n {
+                Named::Database(d) => self.config.may_capture_database(d),
+                Named::Table(d, t) => self.config.captures(d, t),
+            })
+        {
+            tracing::debug!(source = %self.config.name, ddl = %sql, "DDL on what this source does not capture: skipped");
             return Ok(());
         }
         let now = self.load_definitions().await?;
