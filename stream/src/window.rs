@@ -42,10 +42,10 @@ pub enum Acc {
     Count(i64),
     /// Sum and how many values.
     Sum(f64, u64),
-    /// Smallest value (+∞ while empty).
-    Min(f64),
-    /// Largest value (−∞ while empty).
-    Max(f64),
+    /// Smallest value (+∞ while empty; null in a checkpoint, as JSON has no infinity).
+    Min(#[serde(with = "empty_min")] f64),
+    /// Largest value (−∞ while empty; null in a checkpoint).
+    Max(#[serde(with = "empty_max")] f64),
     /// Sum and count.
     Avg(f64, u64),
     /// Distinct values.
@@ -53,6 +53,24 @@ pub enum Acc {
     /// A quantile sketch and the quantile asked for.
     Quantile(Quantiles, f64),
 }
+
+/// An extremum as a checkpoint holds it: its value, or null while no value came (JSON has no
+/// infinities: written as they were, an empty min or max read back as an error).
+macro_rules! extremum_serde {
+    ($name:ident, $empty:expr) => {
+        mod $name {
+            pub fn serialize<S: serde::Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(&x.is_finite().then_some(*x), s)
+            }
+
+            pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+                Ok(<Option<f64> as serde::Deserialize>::deserialize(d)?.unwrap_or($empty))
+            }
+        }
+    };
+}
+extremum_serde!(empty_min, f64::INFINITY);
+extremum_serde!(empty_max, f64::NEG_INFINITY);
 
 impl Acc {
     fn new(func: AggFn, q: f64) -> Acc {
@@ -474,6 +492,15 @@ mod tests {
 
     fn count_sum() -> Vec<(AggFn, f64)> {
         vec![(AggFn::Count, 0.0), (AggFn::Sum, 0.0)]
+    }
+
+    #[test]
+    fn an_empty_min_and_max_survive_a_checkpoint() {
+        for acc in [Acc::new(AggFn::Min, 0.0), Acc::new(AggFn::Max, 0.0), Acc::Max(2.5)] {
+            let text = serde_json::to_string(&acc).unwrap();
+            assert_eq!(serde_json::from_str::<Acc>(&text).unwrap(), acc, "{text}");
+        }
+        assert_eq!(serde_json::to_string(&Acc::new(AggFn::Max, 0.0)).unwrap(), r#"{"Max":null}"#);
     }
 
     #[test]
