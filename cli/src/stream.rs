@@ -100,7 +100,11 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<()> {
     errors.extend(alert_errors);
     if args.check {
         for p in &pipelines {
-            let joined: String = p.joins.iter().map(|j| format!(" ⋈ {}", j.table)).collect();
+            let mut joined: String = p.joins.iter().map(|j| format!(" ⋈ {}", j.table)).collect();
+            if let Some(i) = &p.interval {
+                let span = |d| humantime::format_duration(d).to_string();
+                joined += &format!(" ⋈ {} within [-{}, +{}]", i.stream.topic, span(i.before), span(i.after));
+            }
             println!("pipeline {:<28} {}{joined} → {}", p.id, p.source.topic, p.output_topic);
         }
         for r in &alerts.rules {

@@ -37,7 +37,8 @@ use weir_schemas::registry::{RegistryError, SchemaRegistry};
 use crate::{
     alert::RuleSet,
     decode::Decoder,
-    eval::{Compiled, ExprError},
+    eval::{Compiled, ExprError, Prepared},
+    interval::{Interval, IntervalSnapshot},
     join::{Table, TableSnapshot},
     pipeline::{AggFn, Pipeline},
     sketch::stable_hash,
@@ -76,6 +77,23 @@ pub enum EngineError {
         /// What failed.
         #[source]
         source: crate::join::JoinError,
+    },
+    /// The interval join's other stream cannot be read or does not fit the events.
+    #[error("pipeline {pipeline}: {source}")]
+    Interval {
+        /// The pipeline.
+        pipeline: String,
+        /// What failed.
+        #[source]
+        source: Box<crate::interval::IntervalError>,
+    },
+    /// The pipeline asks for what this way of running it does not do.
+    #[error("pipeline {pipeline}: {reason}")]
+    Unsupported {
+        /// The pipeline.
+        pipeline: String,
+        /// What, and what to do instead.
+        reason: String,
     },
     /// A checkpoint could not be read or written.
     #[error("pipeline {pipeline}: checkpoint: {reason}")]
@@ -166,6 +184,9 @@ struct Checkpoint {
     /// A shard's partition of the by-key topic and the next offset to read there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     shard: Option<(u32, i64)>,
+    /// The interval join's held events, kept rows and offsets of the other topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval: Option<IntervalSnapshot>,
 }
 
 /// What an engine reads.
@@ -221,6 +242,7 @@ pub struct Engine {
     keys: Option<(Vec<Field>, RowConverter)>,
     windows: Windows,
     tables: Vec<Table>,
+    interval: Option<Box<Interval>>,
     /// Per source partition.
     partitions: BTreeMap<u32, PartitionState>,
     watermark: i64,
@@ -434,6 +456,7 @@ impl Engine {
                     p.aggregates,
                     // Pipelines without joins keep the fingerprint they had before joins existed.
                     if p.joins.is_empty() { String::new() } else { format!("{:?}", p.joins) }
+                        + &p.interval.as_ref().map_or(String::new(), |i| format!("{i:?}"))
                 )
                 .as_bytes()
             )
@@ -446,7 +469,19 @@ impl Engine {
                 .map_err(|source| EngineError::Join { pipeline: p.id.clone(), source })?;
             tables.push(table);
         }
+        let interval = match (&p.interval, &input) {
+            (None, _) => None,
+            (Some(_), Input::Shard { .. }) => {
+                return Err(EngineError::Unsupported { pipeline: p.id.clone(), reason: SCALE_OUT_INTERVAL.into() });
+            }
+            (Some(spec), Input::Whole(_)) => Some(Box::new(
+                Interval::open(&p.id, spec.clone(), &*bus, registry.clone())
+                    .await
+                    .map_err(|source| EngineError::Interval { pipeline: p.id.clone(), source: Box::new(source) })?,
+            )),
+        };
         let mut engine = Engine {
+            interval,
             tables,
             windows: Windows::new(p.window, p.watermark.allowed_lateness, funcs),
             decoder: Decoder::new(&p.source, registry),
@@ -472,6 +507,11 @@ impl Engine {
         engine.restore().await?;
         for t in &mut engine.tables {
             t.seek().await.map_err(|source| EngineError::Join { pipeline: engine.p.id.clone(), source })?;
+        }
+        if let Some(i) = &mut engine.interval {
+            i.seek()
+                .await
+                .map_err(|source| EngineError::Interval { pipeline: engine.p.id.clone(), source: Box::new(source) })?;
         }
         Ok(engine)
     }
@@ -514,6 +554,11 @@ impl Engine {
     /// pipeline was opened (a restored table reads only what came after its checkpoint).
     pub fn tables(&self) -> Vec<(usize, u64)> {
         self.tables.iter().map(|t| (t.len(), t.changes_read())).collect()
+    }
+
+    /// An interval join's held events and the other stream's rows it keeps now.
+    pub fn interval(&self) -> Option<(usize, usize)> {
+        self.interval.as_ref().map(|i| (i.held(), i.kept()))
     }
 
     /// The current watermark (ms since the epoch; `i64::MIN` before any event).
@@ -563,6 +608,12 @@ impl Engine {
                     t.restore(snapshot).map_err(|source| EngineError::Join { pipeline: self.p.id.clone(), source })?;
                 }
             }
+            if let (Some(i), Some(snapshot)) = (&mut self.interval, c.interval) {
+                i.restore(snapshot).map_err(|source| EngineError::Interval {
+                    pipeline: self.p.id.clone(),
+                    source: Box::new(source),
+                })?;
+            }
             self.watermark = c.watermark;
             self.stats = c.stats;
         } else {
@@ -584,7 +635,16 @@ impl Engine {
         for t in &mut self.tables {
             tables.push(t.snapshot().map_err(|source| EngineError::Join { pipeline: self.p.id.clone(), source })?);
         }
+        let interval =
+            match &self.interval {
+                Some(i) => Some(i.snapshot().map_err(|source| EngineError::Interval {
+                    pipeline: self.p.id.clone(),
+                    source: Box::new(source),
+                })?),
+                None => None,
+            };
         let c = Checkpoint {
+            interval,
             tables,
             pipeline: self.p.id.clone(),
             topic: self.p.source.topic.clone(),
@@ -671,6 +731,7 @@ impl Engine {
 
     /// One poll's worth of work: take the messages, then the watermark, timers and checkpoint.
     pub async fn step(&mut self, polled: Vec<Message>) -> Result<(), EngineError> {
+        self.take_other().await?;
         if !polled.is_empty() {
             self.take(&polled).await?;
         }
@@ -764,14 +825,32 @@ impl Engine {
                 }
                 d.batch = batch;
             }
-            if self.compiled.as_ref().is_none_or(|c| c.schema() != &d.batch.schema()) {
-                let c = Compiled::new(&self.p, d.batch.schema())?;
-                self.keys = Some(key_columns(c.key_fields.clone()));
-                self.compiled = Some(c);
+            if let Some(interval) = &mut self.interval {
+                // Held until the other stream has every event that can match them.
+                let interval_err = |source| EngineError::Interval { pipeline: id.clone(), source: Box::new(source) };
+                let times = interval.left_times(&id, &self.p.event_time, &d.batch).map_err(interval_err)?;
+                let mut held = Vec::new();
+                for (row, &msg) in d.rows.iter().enumerate() {
+                    let Some(t) = times[row] else {
+                        dead.push((msg, format!("event_time {:?} is null", self.p.event_time)));
+                        continue;
+                    };
+                    if !self.windows.accepts(t, self.watermark) {
+                        late += 1;
+                        dead.push((msg, late_reason(&self.p, t, self.watermark)));
+                        continue;
+                    }
+                    let m = &messages[msg];
+                    let source = source_position(m).map_or(m.partition, |(p, _)| p);
+                    if let Some(part) = self.partitions.get_mut(&source) {
+                        part.max_time = Some(part.max_time.map_or(t, |m| m.max(t)));
+                    }
+                    held.push((row, t));
+                }
+                interval.hold(&d.batch, &held).map_err(interval_err)?;
+                continue;
             }
-            let compiled = self.compiled.as_ref().expect("compiled above");
-            let (_, converter) = self.keys.as_ref().expect("set with compiled");
-            let prepared = compiled.prepare(&d.batch, converter)?;
+            let prepared = self.prepare(&d.batch)?;
             for (row, &msg) in d.rows.iter().enumerate() {
                 if prepared.keep.as_ref().is_some_and(|k| !k.is_valid(row) || !k.value(row)) {
                     continue;
@@ -790,13 +869,7 @@ impl Engine {
                     }
                 } else {
                     late += 1;
-                    let reason = format!(
-                        "late: event time {} is more than the allowed lateness ({}) behind the watermark {}",
-                        fmt_ms(t),
-                        humantime::format_duration(self.p.watermark.allowed_lateness),
-                        fmt_ms(self.watermark)
-                    );
-                    dead.push((msg, reason));
+                    dead.push((msg, late_reason(&self.p, t, self.watermark)));
                 }
             }
         }
@@ -810,13 +883,99 @@ impl Engine {
         Ok(())
     }
 
-    async fn dead_letter(&mut self, messages: &[Message], mut dead: Vec<(usize, String)>) -> Result<(), EngineError> {
+    /// Compiles the pipeline's expressions for `batch`'s schema (once per schema) and evaluates
+    /// them on it.
+    // EngineError is as large as a BusError; this runs once per batch, not per event.
+    #[allow(clippy::result_large_err)]
+    fn prepare(&mut self, batch: &RecordBatch) -> Result<Prepared, EngineError> {
+        if self.compiled.as_ref().is_none_or(|c| c.schema() != &batch.schema()) {
+            let c = Compiled::new(&self.p, batch.schema())?;
+            self.keys = Some(key_columns(c.key_fields.clone()));
+            self.compiled = Some(c);
+        }
+        let compiled = self.compiled.as_ref().expect("compiled above");
+        let (_, converter) = self.keys.as_ref().expect("set with compiled");
+        Ok(compiled.prepare(batch, converter)?)
+    }
+
+    /// Reads what the interval join's other stream has now; its undecodable events, and those
+    /// without a key or time, go to its own dead letters.
+    async fn take_other(&mut self) -> Result<(), EngineError> {
+        let Some(interval) = &mut self.interval else { return Ok(()) };
+        let id = self.p.id.clone();
+        let interval_err = |source| EngineError::Interval { pipeline: id.clone(), source: Box::new(source) };
+        let polled = interval.poll().await.map_err(interval_err)?;
+        if polled.is_empty() {
+            return Ok(());
+        }
+        let dead = interval.take_other(&id, &polled).await.map_err(interval_err)?;
+        if !dead.is_empty() {
+            let topic = interval.spec().stream.topic.clone();
+            self.dead_letter_to(&topic, &polled, dead).await?;
+        }
+        Ok(())
+    }
+
+    /// Joins the held events the other stream's watermark has passed and puts the joined rows
+    /// into their windows.
+    // EngineError is as large as a BusError; this runs once per batch, not per event.
+    #[allow(clippy::result_large_err)]
+    fn release(&mut self) -> Result<(), EngineError> {
+        let Some(interval) = &mut self.interval else { return Ok(()) };
+        let id = self.p.id.clone();
+        interval.advance(&self.p.watermark, now_ms());
+        let released = interval
+            .release()
+            .map_err(|source| EngineError::Interval { pipeline: id.clone(), source: Box::new(source) })?;
+        metrics::gauge!("weir_stream_interval_held", "pipeline" => id.clone()).set(interval.held() as f64);
+        metrics::gauge!("weir_stream_interval_kept", "pipeline" => id.clone()).set(interval.kept() as f64);
+        if released.unjoined > 0 {
+            self.stats.unjoined += released.unjoined;
+            metrics::counter!("weir_stream_unjoined_events_total", "pipeline" => id.clone())
+                .increment(released.unjoined);
+        }
+        let mut late = 0u64;
+        for batch in &released.batches {
+            let prepared = self.prepare(batch)?;
+            for row in 0..batch.num_rows() {
+                if prepared.keep.as_ref().is_some_and(|k| !k.is_valid(row) || !k.value(row)) {
+                    continue;
+                }
+                let Some(t) = prepared.times[row] else { continue };
+                let key: &[u8] = prepared.keys.as_ref().map_or(&[], |k| k.row(row).data());
+                if self.windows.add(key, t, &prepared.columns, row, self.watermark) {
+                    self.stats.aggregated += 1;
+                } else {
+                    late += 1;
+                }
+            }
+        }
+        if late > 0 {
+            // Not expected: a held event's windows stay open until it is released.
+            tracing::warn!(pipeline = %id, late, "joined events came after their windows closed");
+            self.stats.late += late;
+            metrics::counter!("weir_stream_late_events_total", "pipeline" => id).increment(late);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, messages: &[Message], dead: Vec<(usize, String)>) -> Result<(), EngineError> {
+        let source = self.p.source.topic.clone();
+        self.dead_letter_to(&source, messages, dead).await
+    }
+
+    /// Sends `dead` (indexes into `messages`, read from `source`, with why) to `<source>.dlq`.
+    async fn dead_letter_to(
+        &mut self,
+        source: &str,
+        messages: &[Message],
+        mut dead: Vec<(usize, String)>,
+    ) -> Result<(), EngineError> {
         dead.sort_by_key(|(i, _)| *i);
-        let source = &self.p.source.topic;
         let topic = format!("{source}.dlq");
-        if !self.dlq_ready {
+        if !self.dlq_ready || source != self.p.source.topic {
             match self.bus.create_topic(&topic, 1).await {
-                Ok(()) | Err(BusError::TopicExists(_)) => self.dlq_ready = true,
+                Ok(()) | Err(BusError::TopicExists(_)) => self.dlq_ready |= source == self.p.source.topic,
                 Err(e) => return Err(self.bus_err(e)),
             }
         }
@@ -826,7 +985,7 @@ impl Engine {
                 let m = &messages[*i];
                 // A repartitioned record is named by where it came from.
                 let (from, partition, offset, key) = match source_position(m) {
-                    Some((p, o)) => (source.clone(), p, o, m.header(SOURCE_KEY).cloned()),
+                    Some((p, o)) => (source.to_string(), p, o, m.header(SOURCE_KEY).cloned()),
                     None => (m.topic.to_string(), m.partition, m.offset, m.key.clone()),
                 };
                 Record { key, value: m.value.clone(), timestamp_ms: Some(m.timestamp_ms), ..Record::default() }
@@ -875,7 +1034,15 @@ impl Engine {
     }
 
     async fn advance(&mut self) -> Result<(), EngineError> {
-        let wm = self.next_watermark();
+        self.release()?;
+        let mut wm = self.next_watermark();
+        if let Some(i) = &mut self.interval {
+            // No window closes before the events still held for it are released.
+            let after = i.spec().after.as_millis() as i64;
+            wm = wm.min(i.watermark().saturating_sub(after)).max(self.watermark);
+            let accepted_from = wm.saturating_sub(self.windows.lateness() + self.windows.span());
+            i.expire(i.earliest_held().map_or(accepted_from, |t| t.min(accepted_from)));
+        }
         if wm > self.watermark || self.windows.has_late_updates() {
             self.watermark = wm;
             let closed = self.windows.advance(wm);
@@ -978,6 +1145,20 @@ impl Engine {
 async fn poll(engine: &mut Engine) -> Result<Vec<Message>, EngineError> {
     let every = engine.config.poll_interval;
     engine.consumer().poll(every).await.map_err(|e| engine.bus_err(e))
+}
+
+/// Why a pipeline with an interval join is refused scale-out.
+pub const SCALE_OUT_INTERVAL: &str =
+    "an interval join does not run scale-out yet (its other stream is not repartitioned): run it without --scale-out";
+
+/// Why an event at `t` is late at watermark `wm`.
+fn late_reason(p: &Pipeline, t: i64, wm: i64) -> String {
+    format!(
+        "late: event time {} is more than the allowed lateness ({}) behind the watermark {}",
+        fmt_ms(t),
+        humantime::format_duration(p.watermark.allowed_lateness),
+        fmt_ms(wm)
+    )
 }
 
 /// Key columns with the row converter of their values.

@@ -169,15 +169,7 @@ impl Compiled {
         };
         let (tname, te) = &self.time;
         let t = self.eval("event_time", tname, te, batch)?;
-        let t = match t.data_type() {
-            DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => {
-                cast(&t, &DataType::Timestamp(TimeUnit::Millisecond, None))
-            }
-            // Numbers are milliseconds since the epoch.
-            _ => cast(&t, &DataType::Int64).and_then(|c| cast(&c, &DataType::Timestamp(TimeUnit::Millisecond, None))),
-        }
-        .map_err(|e| self.err("event_time", tname, e.into()))?;
-        let times: Vec<Option<i64>> = t.as_primitive::<TimestampMillisecondType>().iter().collect();
+        let times = times_ms(&t).map_err(|e| self.err("event_time", tname, e.into()))?;
         let mut columns = Vec::with_capacity(self.aggs.len());
         for (name, func, e) in &self.aggs {
             let what = format!("aggregates.{name}");
@@ -201,6 +193,54 @@ impl Compiled {
             columns.push(column);
         }
         Ok(Prepared { keys, times, keep, columns })
+    }
+}
+
+/// Event times in ms since the epoch: timestamps and dates as they are, numbers as milliseconds.
+fn times_ms(t: &ArrayRef) -> Result<Vec<Option<i64>>, deltalake::arrow::error::ArrowError> {
+    let ms = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let t = match t.data_type() {
+        DataType::Timestamp(..) | DataType::Date32 | DataType::Date64 => cast(t, &ms)?,
+        _ => cast(&cast(t, &DataType::Int64)?, &ms)?,
+    };
+    Ok(t.as_primitive::<TimestampMillisecondType>().iter().collect())
+}
+
+/// One time expression compiled for one schema: an interval join's event times, of either
+/// stream.
+pub struct TimeOf {
+    schema: SchemaRef,
+    pipeline: String,
+    what: String,
+    text: String,
+    expr: Arc<dyn PhysicalExpr>,
+}
+
+impl TimeOf {
+    /// Compiles `text` (named `what` in errors) for batches of `schema`.
+    pub fn new(pipeline: &str, what: &str, text: &str, schema: SchemaRef) -> Result<TimeOf, ExprError> {
+        let err = |source| ExprError { pipeline: pipeline.into(), what: what.into(), expr: text.into(), source };
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(err)?;
+        let ctx = SessionContext::new();
+        let expr = ctx.parse_sql_expr(text, &df_schema).and_then(|e| ctx.create_physical_expr(e, &df_schema));
+        Ok(TimeOf { expr: expr.map_err(err)?, schema, pipeline: pipeline.into(), what: what.into(), text: text.into() })
+    }
+
+    /// The schema this was compiled for.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Each row's time in ms (`None` where null).
+    pub fn times(&self, batch: &RecordBatch) -> Result<Vec<Option<i64>>, ExprError> {
+        let err = |source| ExprError {
+            pipeline: self.pipeline.clone(),
+            what: self.what.clone(),
+            expr: self.text.clone(),
+            source,
+        };
+        let t = self.expr.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())).map_err(err)?;
+        times_ms(&t).map_err(|e| err(e.into()))
     }
 }
 

@@ -535,7 +535,7 @@ impl Table {
 
 /// The key of each row of `batch` as text: the `columns`' values cast to text, joined by the
 /// unit separator (U+001F) when there are several; null when one of them is.
-fn key_text(batch: &RecordBatch, columns: &[String]) -> Result<StringArray, String> {
+pub(crate) fn key_text(batch: &RecordBatch, columns: &[String]) -> Result<StringArray, String> {
     let mut texts = Vec::new();
     for name in columns {
         let column = batch.column_by_name(name).ok_or_else(|| {

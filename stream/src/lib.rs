@@ -24,6 +24,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod eval;
+pub mod interval;
 pub mod join;
 pub mod pipeline;
 pub mod scale;

@@ -67,6 +67,8 @@ pub struct Pipeline {
     pub early_results: Option<Duration>,
     /// Tables each event is enriched from before the filter, keys and aggregates see it.
     pub joins: Vec<Join>,
+    /// Another stream each event is joined with, within a time interval (after `joins`).
+    pub interval: Option<IntervalJoin>,
     /// The file it came from.
     pub file: PathBuf,
 }
@@ -83,6 +85,28 @@ pub struct Join {
     /// The table's columns added to each event: (column in the table, name in the event).
     pub columns: Vec<(String, String)>,
     /// What happens to an event whose key has no row.
+    pub kind: JoinKind,
+}
+
+/// A stream–stream interval join: each event meets the other stream's events with its key whose
+/// time lies within `[event time − before, event time + after]` (see [`crate::interval`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalJoin {
+    /// The other stream (its topic, format and JSON fields).
+    pub stream: Source,
+    /// The other stream's event-time column.
+    pub time: String,
+    /// The other stream's key columns.
+    pub key: Vec<String>,
+    /// The event columns they must equal, in the order of `key`.
+    pub on: Vec<String>,
+    /// How far before an event's time the other's may lie.
+    pub before: Duration,
+    /// How far after an event's time the other's may lie.
+    pub after: Duration,
+    /// The other stream's columns added to each joined row: (its column, name in the event).
+    pub columns: Vec<(String, String)>,
+    /// What happens to an event with no match in the interval.
     pub kind: JoinKind,
 }
 
@@ -335,6 +359,30 @@ struct PipelineFile {
     output: Option<OutputFile>,
     #[serde(default)]
     joins: Vec<JoinFile>,
+    interval_join: Option<IntervalJoinFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntervalJoinFile {
+    source: Source,
+    time: Option<String>,
+    key: KeyList,
+    on: KeyList,
+    between: BetweenFile,
+    columns: ColumnsFile,
+    #[serde(default)]
+    kind: JoinKind,
+}
+
+/// `between: {before: 5m, after: 1h}`: the other's time within [time − before, time + after].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BetweenFile {
+    #[serde(default, with = "humantime_serde")]
+    before: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    after: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +403,22 @@ struct JoinFile {
 enum ColumnsFile {
     Same(Vec<String>),
     Renamed(serde_yaml_ng::Mapping),
+}
+
+impl ColumnsFile {
+    /// (column in the joined source, name in the events); `what` names the join in errors.
+    fn pairs(self, what: &str) -> Result<Vec<(String, String)>, String> {
+        match self {
+            ColumnsFile::Same(names) => Ok(names.into_iter().map(|n| (n.clone(), n)).collect()),
+            ColumnsFile::Renamed(map) => map
+                .into_iter()
+                .map(|(k, v)| match (k, v) {
+                    (serde_yaml_ng::Value::String(k), serde_yaml_ng::Value::String(v)) => Ok((k, v)),
+                    _ => Err(format!("{what}: columns maps a joined column to its name in the events")),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -454,6 +518,26 @@ pub(crate) fn check_joins(joins: &[Join]) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether an interval join can be used: a key, as many `on` columns, at least one column, and
+/// no column named as one the table joins add.
+pub(crate) fn check_interval(i: &IntervalJoin, joins: &[Join]) -> Result<(), String> {
+    let topic = &i.stream.topic;
+    if i.key.is_empty() || i.key.len() != i.on.len() {
+        return Err(format!(
+            "interval_join: {topic}: give its key columns and as many event columns (`on`) they must equal"
+        ));
+    }
+    if i.columns.is_empty() {
+        return Err(format!("interval_join: {topic}: name at least one of its columns to add to the events"));
+    }
+    for (_, name) in &i.columns {
+        if let Some(j) = joins.iter().find(|j| j.columns.iter().any(|(_, n)| n == name)) {
+            return Err(format!("interval_join: column {name:?} comes from both {topic} and {}", j.table));
+        }
+    }
+    Ok(())
+}
+
 /// Whether hopping windows of `size` every `slide` tile time (size a multiple of slide).
 pub(crate) fn check_hop(size: Duration, slide: Duration) -> Result<(), String> {
     if slide > size || !size.as_millis().is_multiple_of(slide.as_millis()) {
@@ -536,19 +620,38 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
             },
             _ => return Err("joins: give either the topic of a table's changelog or a lake table (table:)".into()),
         };
-        let columns = match j.columns {
-            ColumnsFile::Same(names) => names.into_iter().map(|n| (n.clone(), n)).collect(),
-            ColumnsFile::Renamed(map) => map
-                .into_iter()
-                .map(|(k, v)| match (k, v) {
-                    (serde_yaml_ng::Value::String(k), serde_yaml_ng::Value::String(v)) => Ok((k, v)),
-                    _ => Err(format!("joins: {table}: columns maps a table column to its name in the events")),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let columns = j.columns.pairs(&format!("joins: {table}"))?;
         joins.push(Join { table, key: j.key.into_vec(), on: j.on.into_vec(), columns, kind: j.kind });
     }
     check_joins(&joins)?;
+    let interval = match f.interval_join {
+        None => None,
+        Some(i) => {
+            let stream = i.source;
+            weir_bus::validate_topic_name(&stream.topic).map_err(|e| format!("interval_join.source.topic: {e}"))?;
+            check_ops(&stream.ops).map_err(|e| format!("interval_join.source.ops: {e}"))?;
+            if stream.format == Format::Json && stream.fields.is_empty() {
+                return Err("interval_join.source.fields: a json source lists its fields and their types".into());
+            }
+            let time = i.time.unwrap_or_else(|| match stream.format {
+                Format::Debezium => "_source_ts_ms".into(),
+                Format::Json | Format::Avro => "_timestamp".into(),
+            });
+            let columns = i.columns.pairs(&format!("interval_join: {}", stream.topic))?;
+            let join = IntervalJoin {
+                time,
+                key: i.key.into_vec(),
+                on: i.on.into_vec(),
+                before: i.between.before.unwrap_or_default(),
+                after: i.between.after.unwrap_or_default(),
+                columns,
+                kind: i.kind,
+                stream,
+            };
+            check_interval(&join, &joins)?;
+            Some(join)
+        }
+    };
     let output = f.output.unwrap_or(OutputFile { topic: None, early_results: None });
     let output_topic = output.topic.unwrap_or_else(|| format!("weir.stream.{id}"));
     weir_bus::validate_topic_name(&output_topic).map_err(|e| format!("output.topic: {e}"))?;
@@ -565,6 +668,7 @@ fn check(f: PipelineFile, stem: String, path: &Path) -> Result<Pipeline, String>
         output_topic,
         early_results: output.early_results,
         joins,
+        interval,
         file: path.to_path_buf(),
     })
 }

@@ -64,6 +64,10 @@ impl Member {
         lake: Lake,
         rules: RulesFactory,
     ) -> Result<Member, EngineError> {
+        if p.interval.is_some() {
+            let reason = crate::engine::SCALE_OUT_INTERVAL.into();
+            return Err(EngineError::Unsupported { pipeline: p.id.clone(), reason });
+        }
         let bus_err = |source| EngineError::Bus { pipeline: p.id.clone(), source };
         let source = bus.topic(&p.source.topic).await.map_err(bus_err)?;
         let by_key = by_key_topic(&p.id);

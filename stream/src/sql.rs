@@ -46,7 +46,8 @@ use deltalake::datafusion::sql::sqlparser::{
 };
 
 use crate::pipeline::{
-    self, AggFn, Aggregate, Format, Join, JoinKind, Pipeline, PipelineError, Source, TableRef, Watermark, Window,
+    self, AggFn, Aggregate, Format, IntervalJoin, Join, JoinKind, Pipeline, PipelineError, Source, TableRef, Watermark,
+    Window,
 };
 
 /// A mistake at a place in the file.
@@ -219,8 +220,17 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
     let topic_at = table.relation.span().start;
     weir_bus::validate_topic_name(&topic).map_err(|e| mistake(topic_at, format!("source topic: {e}")))?;
     let mut joins: Vec<(Join, Vec<String>, Location)> = Vec::new();
+    // The join that is an interval join, with its time bounds.
+    let mut between: Option<(usize, Between)> = None;
     for j in &table.joins {
-        joins.push(join(j, &names)?);
+        let (joined, bounds) = join(j, &names)?;
+        if let Some(b) = bounds {
+            if between.is_some() {
+                return Err(mistake(joined.2, "one interval join per pipeline"));
+            }
+            between = Some((joins.len(), b));
+        }
+        joins.push(joined);
     }
     // Qualified columns: the source's lose their qualifier, a table's are added to the events
     // under their own name.
@@ -272,7 +282,8 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
             ));
         }
     }
-    let joins: Vec<Join> = joins.into_iter().map(|(j, ..)| j).collect();
+    let mut joins: Vec<Join> = joins.into_iter().map(|(j, ..)| j).collect();
+    let between = between.map(|(i, b)| (joins.remove(i), b));
     pipeline::check_joins(&joins).map_err(|e| mistake(topic_at, e))?;
 
     // GROUP BY: keys and one window.
@@ -384,6 +395,31 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
             }
         }
     }
+    let interval = match between {
+        None => None,
+        Some((j, b)) => {
+            if b.source_time != event_time {
+                return Err(mistake(
+                    b.at,
+                    format!("the interval is measured from {}: the window's time is {event_time}", b.source_time),
+                ));
+            }
+            let stream = Source { topic: j.table.name().to_string(), ..source.clone() };
+            let (before, after) = (b.before, b.after);
+            let join = IntervalJoin {
+                stream,
+                time: b.time,
+                key: j.key,
+                on: j.on,
+                before,
+                after,
+                columns: j.columns,
+                kind: j.kind,
+            };
+            pipeline::check_interval(&join, &joins).map_err(|e| mistake(b.at, e))?;
+            Some(join)
+        }
+    };
     Ok(Pipeline {
         id,
         description,
@@ -397,6 +433,7 @@ fn parse(text: &str, path: &Path) -> Result<Pipeline, Mistake> {
         output_topic,
         early_results,
         joins,
+        interval,
         file: path.to_path_buf(),
     })
 }
@@ -462,10 +499,24 @@ fn relation(factor: &TableFactor) -> Result<(String, Vec<String>), Mistake> {
     Ok((topic, names))
 }
 
+/// An interval join's `t.time BETWEEN time - INTERVAL … AND time + INTERVAL …`.
+struct Between {
+    /// The joined stream's time column.
+    time: String,
+    /// The source's time column the bounds are measured from.
+    source_time: String,
+    before: Duration,
+    after: Duration,
+    at: Location,
+}
+
 /// A `JOIN "topic" [FOR SYSTEM_TIME AS OF …] [AS] t ON <event column> = t.<key>` (or `LEFT
 /// JOIN`); the source's columns may be qualified with `source` names. Its columns are filled in
-/// from what the query uses.
-fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String>, Location), Mistake> {
+/// from what the query uses. With `AND t.time BETWEEN time - INTERVAL … AND time + INTERVAL …`
+/// among the conditions, the topic is a stream to interval-join (and the bounds come back).
+type Joined = ((Join, Vec<String>, Location), Option<Between>);
+
+fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<Joined, Mistake> {
     let at = j.span().start;
     let (kind, constraint) = match &j.join_operator {
         JoinOperator::Join(c) | JoinOperator::Inner(c) => (JoinKind::Inner, c),
@@ -484,20 +535,26 @@ fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String
     let JoinConstraint::On(on) = constraint else {
         return Err(mistake(at, shape));
     };
-    // The equalities of `a AND b AND …`, in order.
-    fn equalities<'e>(e: &'e Expr, out: &mut Vec<(&'e Expr, &'e Expr)>) -> bool {
+    // The equalities of `a AND b AND …`, in order, and a BETWEEN among them.
+    fn equalities<'e>(e: &'e Expr, out: &mut Vec<(&'e Expr, &'e Expr)>, between: &mut Vec<&'e Expr>) -> bool {
         match e {
-            Expr::BinaryOp { left, op: BinaryOperator::And, right } => equalities(left, out) && equalities(right, out),
+            Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+                equalities(left, out, between) && equalities(right, out, between)
+            }
             Expr::BinaryOp { left, op: BinaryOperator::Eq, right } => {
                 out.push((left, right));
                 true
             }
-            Expr::Nested(inner) => equalities(inner, out),
+            Expr::Between { negated: false, .. } => {
+                between.push(e);
+                true
+            }
+            Expr::Nested(inner) => equalities(inner, out, between),
             _ => false,
         }
     }
-    let mut pairs = Vec::new();
-    if !equalities(on, &mut pairs) {
+    let (mut pairs, mut betweens) = (Vec::new(), Vec::new());
+    if !equalities(on, &mut pairs, &mut betweens) || betweens.len() > 1 {
         return Err(mistake(on.span().start, shape));
     }
     // Which side names the table: `t.key`; the other is the event's column, qualified or not.
@@ -523,7 +580,41 @@ fn join(j: &sqlparser::ast::Join, source: &[String]) -> Result<(Join, Vec<String
             _ => return Err(mistake(left.span().start, shape)),
         }
     }
-    Ok((Join { table, key, on, columns: Vec::new(), kind }, names, at))
+    let bounds = match betweens.first() {
+        None => None,
+        Some(Expr::Between { expr, low, high, .. }) => {
+            let b_at = expr.span().start;
+            let interval_shape = "<joined>.<time> BETWEEN <time> [- INTERVAL …] AND <time> [+ INTERVAL …]";
+            let Some((true, time)) = side(expr) else { return Err(mistake(b_at, interval_shape)) };
+            // `time`, `time - INTERVAL …` or `time + INTERVAL …`: the source's time column and
+            // the signed offset.
+            let bound = |e: &Expr| -> Result<(String, i64), Mistake> {
+                let (column, offset) = match e {
+                    Expr::BinaryOp { left, op: op @ (BinaryOperator::Minus | BinaryOperator::Plus), right } => {
+                        let d = interval(right)?.as_millis() as i64;
+                        (left.as_ref(), if *op == BinaryOperator::Minus { -d } else { d })
+                    }
+                    other => (other, 0),
+                };
+                match side(column) {
+                    Some((false, c)) => Ok((c, offset)),
+                    _ => Err(mistake(e.span().start, interval_shape)),
+                }
+            };
+            let ((low_time, low), (high_time, high)) = (bound(low)?, bound(high)?);
+            if low_time != high_time || low > 0 || high < 0 {
+                return Err(mistake(b_at, format!("{interval_shape}: the interval must contain <time>")));
+            }
+            let ms = |n: i64| Duration::from_millis(n.unsigned_abs());
+            let (before, after) = (ms(low), ms(high));
+            Some(Between { time, source_time: low_time, before, after, at: b_at })
+        }
+        Some(_) => unreachable!("only BETWEENs are collected"),
+    };
+    if bounds.is_some() && !matches!(table, TableRef::Changelog(_)) {
+        return Err(mistake(j.relation.span().start, "an interval join joins a stream: a topic, not a lake table"));
+    }
+    Ok(((Join { table, key, on, columns: Vec::new(), kind }, names, at), bounds))
 }
 
 /// A parser error's message, with its place taken out of the text (`… at Line: 3, Column: 7`).
@@ -704,6 +795,55 @@ mod tests {
         .unwrap();
         let from_yaml = pipeline::load_file(&yaml).unwrap();
         assert_eq!(Pipeline { file: from_yaml.file.clone(), ..p }, from_yaml);
+    }
+
+    #[test]
+    fn an_interval_join_gives_the_pipeline_yaml_gives() {
+        let p = load(
+            "CREATE PIPELINE shipped AS\nSELECT s.carrier, COUNT(*) AS shipments, SUM(o.amount) AS amount\n\
+             FROM \"shop.shop.orders\" o\n\
+             JOIN \"shop.shop.shipments\" s ON s.order_id = o.id\n  \
+             AND s._source_ts_ms BETWEEN o._source_ts_ms - INTERVAL '1' MINUTE AND o._source_ts_ms + INTERVAL '10' MINUTE\n\
+             GROUP BY s.carrier, TUMBLE(o._source_ts_ms, INTERVAL '1' MINUTE)",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("shipped.yaml");
+        std::fs::write(
+            &yaml,
+            "source: {topic: shop.shop.orders}\nkey: carrier\nwindow: {tumbling: 1m}\n\
+             aggregates:\n  - {name: shipments, fn: count}\n  - {name: amount, fn: sum, expr: amount}\n\
+             interval_join:\n  source: {topic: shop.shop.shipments}\n  key: order_id\n  on: id\n  \
+             between: {before: 1m, after: 10m}\n  columns: [carrier]\n",
+        )
+        .unwrap();
+        let from_yaml = pipeline::load_file(&yaml).unwrap();
+        assert_eq!(Pipeline { file: from_yaml.file.clone(), ..p }, from_yaml);
+        // From the event's time on: `BETWEEN time AND time + …`; a left join.
+        let p = load(
+            "CREATE PIPELINE t AS SELECT s.carrier, COUNT(*) AS n FROM \"a.b\" LEFT JOIN \"c.d\" s ON s.k = k \
+             AND s.ts BETWEEN ts AND ts + INTERVAL '5' SECOND GROUP BY s.carrier, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        )
+        .unwrap();
+        let i = p.interval.unwrap();
+        assert_eq!(
+            (i.before, i.after, i.kind, i.time.as_str()),
+            (Duration::ZERO, Duration::from_secs(5), JoinKind::Left, "ts")
+        );
+        // Mistakes, at their place.
+        let err = |sql: &str| load(sql).unwrap_err().to_string();
+        let e = err(
+            "CREATE PIPELINE t AS SELECT s.c, COUNT(*) AS n FROM \"a.b\"\nJOIN \"c.d\" s ON s.k = k AND s.ts BETWEEN other - INTERVAL '1' SECOND AND other\nGROUP BY s.c, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        );
+        assert!(e.contains(":2:") && e.contains("the interval is measured from other: the window's time is ts"), "{e}");
+        let e = err(
+            "CREATE PIPELINE t AS SELECT s.c, COUNT(*) AS n FROM \"a.b\"\nJOIN \"c.d\" s ON s.k = k AND s.ts BETWEEN ts + INTERVAL '1' SECOND AND ts + INTERVAL '2' SECOND\nGROUP BY s.c, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        );
+        assert!(e.contains(":2:") && e.contains("the interval must contain <time>"), "{e}");
+        let e = err(
+            "CREATE PIPELINE t AS SELECT s.c, COUNT(*) AS n FROM \"a.b\"\nJOIN current.x s ON s.k = k AND s.ts BETWEEN ts AND ts\nGROUP BY s.c, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        );
+        assert!(e.contains("an interval join joins a stream"), "{e}");
     }
 
     #[test]

@@ -257,6 +257,29 @@ impl Windows {
         (self.fixed.len() + self.sessions.len(), pairs)
     }
 
+    /// Whether an event at `t` would still be added at watermark `wm` (some window it belongs to
+    /// is open, or closed less than the allowed lateness ago).
+    pub fn accepts(&self, t: i64, wm: i64) -> bool {
+        let last_end = match self.shape {
+            Window::Tumbling(size) => t.div_euclid(ms(size)) * ms(size) + ms(size),
+            Window::Hopping { size, slide } => t.div_euclid(ms(slide)) * ms(slide) + ms(size),
+            Window::Session { gap } => t + ms(gap),
+        };
+        last_end + self.lateness > wm
+    }
+
+    /// How long before its last window's end an event can lie: the window's length or gap.
+    pub fn span(&self) -> i64 {
+        match self.shape {
+            Window::Tumbling(size) | Window::Hopping { size, .. } | Window::Session { gap: size } => ms(size),
+        }
+    }
+
+    /// The allowed lateness in ms.
+    pub fn lateness(&self) -> i64 {
+        self.lateness
+    }
+
     /// Adds row `row` (key bytes `key`, event time `t`) given the current watermark; `false` when
     /// it is too late for every window it belongs to (nothing changes).
     pub fn add(&mut self, key: &[u8], t: i64, columns: &[Column], row: usize, watermark: i64) -> bool {

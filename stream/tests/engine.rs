@@ -1007,3 +1007,154 @@ async fn a_scale_out_pipeline_is_split_between_members_and_survives_one_dying() 
     assert_eq!(at.stats.events, 4_000);
     assert_eq!(s.payments_per_minute(&p).await, expected);
 }
+
+/// Orders (JSON, 2 partitions) joined with their shipments (another topic) shipped within 10
+/// minutes after the order, counted per carrier and minute of the order. Order `i` has no
+/// shipment (`i % 4 == 0`), one 5 minutes after (`1`), two at 2 and 9 minutes (`2`), or two
+/// outside the interval, 1 minute before and 15 after (`3`). The even orders' shipments arrive
+/// before them, the odd ones' a slice of 50 orders later (within the 45 minutes of
+/// out-of-orderness); the pipelines stop half-way, holding events and shipment rows, and resume
+/// from their checkpoints.
+#[tokio::test]
+async fn an_interval_join_counts_each_order_with_its_shipments_within_the_interval() {
+    let s = setup(1).await;
+    let (orders_topic, shipments_topic) = ("shop.orders", "shop.shipments");
+    s.bus.create_topic(orders_topic, 2).await.unwrap();
+    s.bus.create_topic(shipments_topic, 2).await.unwrap();
+    let yaml = |id: &str, kind: &str, key: &str| {
+        format!(
+            "id: {id}\nsource: {{topic: {orders_topic}, format: json, fields: {{order_id: int, city: string, amount: float, at: timestamp}}}}\n\
+             event_time: at\nkey: {key}\nwindow: {{tumbling: 1m}}\n\
+             interval_join:\n  source: {{topic: {shipments_topic}, format: json, fields: {{order_id: int, carrier: string, shipped_at: timestamp}}}}\n  \
+             time: shipped_at\n  key: order_id\n  on: order_id\n  between: {{before: 0s, after: 10m}}\n  columns: [carrier, shipped_at]\n  kind: {kind}\n\
+             aggregates:\n  - {{name: shipments, fn: count}}\n  - {{name: orders, fn: count_distinct, expr: order_id}}\n  \
+             - {{name: amount, fn: sum, expr: amount}}\n  - {{name: latest, fn: max, expr: \"CAST(shipped_at AS BIGINT)\"}}\n\
+             watermark: {{max_out_of_orderness: 45m, idle_timeout: 300ms}}\n"
+        )
+    };
+    let inner = s.pipeline(&yaml("shipped", "inner", "carrier"));
+    let left = s.pipeline(&yaml("shipped_or_not", "left", "city"));
+    let order_at = |i: i64| T0 + i * 20_000;
+    let amount = |i: i64| (i % 7) as f64 + 0.25;
+    let shipments = |i: i64| -> Vec<(i64, &str)> {
+        let at = order_at(i);
+        match i % 4 {
+            0 => vec![],
+            1 => vec![(at + 300_000, "dhl")],
+            2 => vec![(at + 120_000, "dhl"), (at + 540_000, "ups")],
+            _ => vec![(at - 60_000, "dhl"), (at + 900_000, "ups")],
+        }
+    };
+    let producer = s.bus.producer().await.unwrap();
+    let send = |topic: &'static str, rows: Vec<(i64, Json)>| {
+        let producer = &producer;
+        async move {
+            let records: Vec<Record> = rows
+                .into_iter()
+                .map(|(k, v)| Record {
+                    key: Some(k.to_string().into()),
+                    value: Some(serde_json::to_vec(&v).unwrap().into()),
+                    ..Record::default()
+                })
+                .collect();
+            producer.send(topic, records).await.unwrap();
+        }
+    };
+    // Orders 0..200 in four slices; each slice's shipments come half before, half after it.
+    let orders = |from: i64, to: i64| -> Vec<(i64, Json)> {
+        (from..to)
+            .map(|i| {
+                let city = ["lyon", "oslo"][(i % 2) as usize];
+                (i, serde_json::json!({"order_id": i, "city": city, "amount": amount(i), "at": order_at(i)}))
+            })
+            .collect()
+    };
+    let shipped = |from: i64, to: i64, early: bool| -> Vec<(i64, Json)> {
+        (from..to)
+            .filter(|i| (i % 2 == 0) == early)
+            .flat_map(|i| {
+                shipments(i).into_iter().map(move |(at, carrier)| {
+                    (i, serde_json::json!({"order_id": i, "carrier": carrier, "shipped_at": at}))
+                })
+            })
+            .collect()
+    };
+    let mut engines = vec![s.engine(&inner, RuleSet::empty()).await, s.engine(&left, RuleSet::empty()).await];
+    let slices = [(0, 50), (50, 100), (100, 150), (150, 200)];
+    for (n, &(from, to)) in slices.iter().enumerate() {
+        // The odd orders' shipments come a slice late: up to 41 minutes out of order.
+        let mut sends = vec![(shipments_topic, shipped(from, to, true)), (orders_topic, orders(from, to))];
+        if n > 0 {
+            sends.push((shipments_topic, shipped(slices[n - 1].0, slices[n - 1].1, false)));
+        }
+        for (topic, rows) in sends {
+            send(topic, rows).await;
+            for e in &mut engines {
+                e.drain().await.unwrap();
+            }
+        }
+        if n == 1 {
+            // Both stop with events held and shipments kept; their checkpoints hold them.
+            let state: Vec<(usize, usize)> = engines.iter().map(|e| e.interval().unwrap()).collect();
+            assert!(state.iter().all(|&(held, kept)| held > 0 && kept > 0), "{state:?}");
+            drop(engines);
+            engines = vec![s.engine(&inner, RuleSet::empty()).await, s.engine(&left, RuleSet::empty()).await];
+            let restored: Vec<(usize, usize)> = engines.iter().map(|e| e.interval().unwrap()).collect();
+            assert_eq!(restored, state);
+        }
+    }
+    send(shipments_topic, shipped(150, 200, false)).await;
+    for e in &mut engines {
+        e.drain().await.unwrap();
+        drain_idle(e, Duration::from_millis(300)).await;
+    }
+    let [inner_engine, left_engine] = <[Engine; 2]>::try_from(engines).ok().unwrap();
+    assert_eq!(
+        inner_engine.stats().unjoined,
+        100,
+        "orders 4k and 4k+3 have no shipment within 10 minutes: {:?} {:?}",
+        inner_engine.stats(),
+        inner_engine.interval()
+    );
+    assert_eq!(inner_engine.stats().aggregated, 50 + 2 * 50);
+    assert_eq!(left_engine.stats().unjoined, 0);
+    assert_eq!(left_engine.stats().aggregated, 100 + 50 + 2 * 50, "a left join keeps unmatched orders once");
+
+    // Expected: per (carrier, minute of the order) the matching shipments, their orders and the
+    // orders' amounts (once per match, as the joined rows carry them).
+    let mut expected: BTreeMap<(String, String), (i64, i64, f64, i64)> = BTreeMap::new();
+    let mut per_city: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for i in 0..200 {
+        let m = minute((order_at(i) - T0) / 60_000);
+        let matches: Vec<(i64, &str)> =
+            shipments(i).into_iter().filter(|(at, _)| *at >= order_at(i) && *at <= order_at(i) + 600_000).collect();
+        *per_city.entry((format!("\"{}\"", ["lyon", "oslo"][(i % 2) as usize]), m.clone())).or_default() +=
+            matches.len().max(1) as i64;
+        let mut carriers: Vec<&str> = matches.iter().map(|(_, c)| *c).collect();
+        carriers.dedup();
+        for (at, carrier) in &matches {
+            let e = expected.entry((format!("\"{carrier}\""), m.clone())).or_default();
+            e.0 += 1;
+            e.2 += amount(i);
+            e.3 = e.3.max(*at);
+        }
+        for carrier in carriers {
+            expected.entry((format!("\"{carrier}\""), m.clone())).or_default().1 += 1;
+        }
+    }
+    let got = s.results_by(&inner, "carrier").await;
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+    for (k, (shipments, orders, amount, latest)) in &expected {
+        let r = &got[k];
+        assert_eq!(r["shipments"], *shipments, "{k:?}: {r}");
+        assert_eq!(r["orders"], *orders, "{k:?}: {r}");
+        assert!((r["amount"].as_f64().unwrap() - amount).abs() < 1e-9, "{k:?}: {r}");
+        assert_eq!(r["latest"].as_f64().unwrap() as i64, *latest, "{k:?}: {r}");
+        assert_eq!(r["final"], true);
+    }
+    let got = s.results_by(&left, "city").await;
+    assert_eq!(got.len(), per_city.len());
+    for (k, rows) in &per_city {
+        assert_eq!(got[k]["shipments"], *rows, "{k:?}: {}", got[k]);
+    }
+}
