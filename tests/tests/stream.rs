@@ -118,13 +118,18 @@ fn order(i: i64) -> Value {
 /// windows, most likely because a loaded broker's first fetch of a partition came after the read
 /// had already stopped.
 fn results(dir: &Path, bus: &str, topic: &str) -> BTreeMap<(String, String), Value> {
+    results_by(dir, bus, topic, "city")
+}
+
+/// The latest result per (`key`'s value, window start) in the results topic (as [`results`]).
+fn results_by(dir: &Path, bus: &str, topic: &str, key: &str) -> BTreeMap<(String, String), Value> {
     let group = format!("check-{}", rand_id());
     let out = ok(weir(dir, bus, &["consume", topic, "--group", &group, "--timeout-ms", "5000"], None));
     let mut latest = BTreeMap::new();
     for line in out.lines() {
         let value = line.splitn(4, '\t').nth(3).unwrap();
         let r: Value = serde_json::from_str(value).unwrap();
-        latest.insert((r["city"].as_str().unwrap().to_string(), r["window_start"].as_str().unwrap().to_string()), r);
+        latest.insert((r[key].as_str().unwrap().to_string(), r["window_start"].as_str().unwrap().to_string()), r);
     }
     latest
 }
@@ -256,6 +261,124 @@ async fn posted_events_are_windowed_exactly_once_across_kill_9() {
     assert!(stream.wait().unwrap().success(), "weir stream stops cleanly on Ctrl-C");
     ingest.kill().unwrap();
     ingest.wait().unwrap();
+}
+
+/// An interval join through `weir stream` on the test broker: orders meet the shipments of the
+/// same order that left within 10 minutes after it (order `i`: none when `i % 3 == 0`; one by dhl
+/// 4 minutes after when `1`; one by ups a minute after and one by dhl 12 minutes after — outside
+/// — when `2`). The orders come first and are held; the process is killed with -9 while the
+/// shipments arrive and resumes from its checkpoint; every carrier's per-minute count and amount
+/// is exact.
+#[tokio::test]
+async fn an_interval_join_counts_each_shipment_once_across_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("weir.toml"), "[stream]\ncheckpoint_interval = \"200ms\"\npoll_interval = \"50ms\"\n")
+        .unwrap();
+    let run = rand_id() % 1_000_000_000;
+    let (orders, shipments, pipeline) =
+        (format!("iv-orders-{run}"), format!("iv-shipments-{run}"), format!("shipped_{run}"));
+    for topic in [&orders, &shipments] {
+        ok(weir(d, &kafka(), &["topics", "create", topic, "--partitions", "2"], None));
+    }
+    std::fs::create_dir_all(d.join("pipelines")).unwrap();
+    std::fs::write(
+        d.join("pipelines/shipped.yaml"),
+        format!(
+            "id: {pipeline}\nsource: {{topic: {orders}, format: json, fields: {{order_id: int, amount: float, at: timestamp}}}}\n\
+             event_time: at\nkey: carrier\nwindow: {{tumbling: 1m}}\n\
+             interval_join:\n  source: {{topic: {shipments}, format: json, fields: {{order_id: int, carrier: string, shipped_at: timestamp}}}}\n  \
+             time: shipped_at\n  key: order_id\n  on: order_id\n  between: {{after: 10m}}\n  columns: [carrier]\n\
+             aggregates:\n  - {{name: shipments, fn: count}}\n  - {{name: amount, fn: sum, expr: amount}}\n\
+             watermark: {{max_out_of_orderness: 0s, idle_timeout: 2s}}\n"
+        ),
+    )
+    .unwrap();
+    let total = 400i64;
+    let at = |i: i64| T0 + i * 15_000;
+    let amount = |i: i64| (i % 5) as f64 + 0.5;
+    let shipped = |i: i64| -> Vec<(i64, &'static str)> {
+        match i % 3 {
+            0 => vec![],
+            1 => vec![(at(i) + 240_000, "dhl")],
+            _ => vec![(at(i) + 60_000, "ups"), (at(i) + 720_000, "dhl")],
+        }
+    };
+    let order_lines: String =
+        (0..total).map(|i| format!("{i}\t{}\n", json!({"order_id": i, "amount": amount(i), "at": at(i)}))).collect();
+    ok(weir(d, &kafka(), &["produce", &orders], Some(&order_lines)));
+    let port = free_port();
+    let start = || spawn_logged(d, "stream", &["stream", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut stream = start();
+    // Shipments in time order (each partition's times only grow), in four slices.
+    let mut all: Vec<(i64, i64, &str)> =
+        (0..total).flat_map(|i| shipped(i).into_iter().map(move |(t, c)| (t, i, c))).collect();
+    all.sort();
+    for (n, slice) in all.chunks(all.len().div_ceil(4)).enumerate() {
+        let lines: String = slice
+            .iter()
+            .map(|(t, i, c)| format!("{i}\t{}\n", json!({"order_id": i, "carrier": c, "shipped_at": t})))
+            .collect();
+        ok(weir(d, &kafka(), &["produce", &shipments], Some(&lines)));
+        if n == 1 {
+            // Killed once a checkpoint holds orders and shipments.
+            let checkpoint = d.join(format!("weir-data/lake/checkpoints/stream/{pipeline}.json"));
+            let started = Instant::now();
+            loop {
+                let c: Option<Value> = std::fs::read(&checkpoint).ok().and_then(|b| serde_json::from_slice(&b).ok());
+                let i = c.as_ref().map(|c| &c["interval"]);
+                if i.is_some_and(|i| i["held"].as_array().is_some_and(|h| !h.is_empty()) && i["rows"].is_string()) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "no checkpoint holding both\n{}",
+                    log_tail(d, "stream")
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stream.kill().unwrap(); // SIGKILL
+            stream.wait().unwrap();
+            stream = start();
+        }
+    }
+    let mut expected: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
+    for i in 0..total {
+        for (t, carrier) in shipped(i) {
+            if t <= at(i) + 600_000 {
+                let minute = humantime::format_rfc3339(
+                    std::time::UNIX_EPOCH + Duration::from_millis((at(i) / 60_000 * 60_000) as u64),
+                );
+                let e = expected.entry((carrier.to_string(), minute.to_string())).or_default();
+                e.0 += 1;
+                e.1 += amount(i);
+            }
+        }
+    }
+    let output = format!("weir.stream.{pipeline}");
+    let started = Instant::now();
+    let got = loop {
+        let got = results_by(d, &kafka(), &output, "carrier");
+        if got.len() == expected.len() && got.values().all(|r| r["final"] == true) {
+            break got;
+        }
+        let (n, m) = (got.len(), expected.len());
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "results incomplete: {n} of {m}\n{}",
+            log_tail(d, "stream")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for (k, (count, amount)) in &expected {
+        let r = &got[k];
+        assert_eq!(r["shipments"], *count, "{k:?}: {r}\n{}", log_tail(d, "stream"));
+        assert!((r["amount"].as_f64().unwrap() - amount).abs() < 1e-6, "{k:?}: {r}");
+    }
+    let check = ok(weir(d, &kafka(), &["stream", "--check"], None));
+    assert!(check.contains(&format!("{orders} ⋈ {shipments} within [-0s, +10m] → {output}")), "{check}");
+    Command::new("kill").args(["-INT", &stream.id().to_string()]).status().unwrap();
+    assert!(stream.wait().unwrap().success(), "weir stream stops cleanly on Ctrl-C");
 }
 
 /// `weir ingest http` with tokens: none → 401, a `read` token → 403, an `ingest` token posts; the
