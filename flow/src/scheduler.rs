@@ -209,8 +209,8 @@ struct Running {
     /// A local try's task: aborted when this scheduler stops leading, which drops the try and
     /// kills its process group.
     task: Option<tokio::task::AbortHandle>,
-    /// Whether it takes one of the executor's slots and its pool's: a local approval waiting for
-    /// a person does not (as Airflow's deferred tasks do not).
+    /// Whether it takes one of the executor's slots and its pool's: an approval waiting for a
+    /// person does not (as Airflow's deferred tasks do not), on either executor.
     holds_slot: bool,
 }
 
@@ -578,12 +578,16 @@ impl Scheduler {
 
     /// With workers: counts what is queued or running on them, as the database says.
     async fn refresh_handed(&mut self) -> Result<(), FlowError> {
+        let dags = &self.dags;
         self.running = self
             .store
             .handed()
             .await?
             .into_iter()
-            .map(|h| (h.key, Running { pool: h.pool, dag: None, max_tries: 0, task: None, holds_slot: true }))
+            .map(|h| {
+                let holds_slot = !dags.get(&h.key.dag_id).is_some_and(|d| is_approval(d, &h.key.task_id));
+                (h.key, Running { pool: h.pool, dag: None, max_tries: 0, task: None, holds_slot })
+            })
             .collect();
         Ok(())
     }
@@ -1094,11 +1098,10 @@ impl Scheduler {
                 busy += 1;
             }
         }
-        let local = self.config.executor == Executor::Local;
         for (order, w) in &self.waiting.order {
-            let slotless = local && w.is_approval();
+            let slotless = w.is_approval();
             if busy >= self.config.slots && !slotless {
-                if local && self.waiting.approvals > 0 {
+                if self.waiting.approvals > 0 {
                     continue; // an approval further on may still start
                 }
                 break;
@@ -1174,7 +1177,7 @@ impl Scheduler {
                         dag: None,
                         max_tries: w.ti.max_tries,
                         task: None,
-                        holds_slot: true,
+                        holds_slot: !w.is_approval(),
                     };
                     self.running.insert(key, running);
                 }

@@ -6,7 +6,15 @@
 //! scheduler fails its tries into retries, and a late end from it is refused. On shutdown
 //! (SIGTERM, Ctrl-C) it drains: it stops claiming, finishes what it runs, then exits.
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{Mutex, Notify, watch};
 use weir_lake::catalog::Lake;
@@ -71,9 +79,12 @@ impl Worker {
             self.config.poll_interval.min(crate::scheduler::SQLITE_LOOK)
         };
         let mut running = tokio::task::JoinSet::new();
+        // Tries that are approvals waiting for a person: they hold no slot.
+        let approvals = Arc::new(AtomicUsize::new(0));
         tokio::pin!(shutdown);
         loop {
-            let free = self.slots.saturating_sub(running.len());
+            let busy = running.len().saturating_sub(approvals.load(Ordering::SeqCst));
+            let free = self.slots.saturating_sub(busy);
             if free > 0 && !*lost_rx.borrow() {
                 let log = |k: &_, t| log_path(&self.logs_dir, k, t).display().to_string();
                 match self.store.claim(&me, &self.queues, free, log).await {
@@ -88,6 +99,7 @@ impl Worker {
                                 versions: versions.clone(),
                                 batch: self.config.batch.clone(),
                                 ledger: self.ledger.clone(),
+                                approvals: approvals.clone(),
                             };
                             running.spawn(t.run(claim));
                         }
@@ -129,6 +141,17 @@ struct Try {
     versions: Versions,
     batch: weir_batch::engine::BatchConfig,
     ledger: Arc<weir_batch::orphans::Ledger>,
+    /// The worker's count of tries that are approvals.
+    approvals: Arc<AtomicUsize>,
+}
+
+/// Counts an approval's try among the worker's approvals while it lives.
+struct ApprovalSlot(Arc<AtomicUsize>);
+
+impl Drop for ApprovalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Try {
@@ -138,6 +161,13 @@ impl Try {
         let key = &claim.key;
         let (outcome, log, dag) = match self.load(key).await {
             Ok((run, dag)) => {
+                let _approval = dag
+                    .task(&key.task_id)
+                    .is_some_and(|t| matches!(t.kind, crate::dag::TaskKind::Approval { .. }))
+                    .then(|| {
+                        self.approvals.fetch_add(1, Ordering::SeqCst);
+                        ApprovalSlot(self.approvals.clone())
+                    });
                 let (outcome, log) = execute::run_try(
                     &dag,
                     &run,

@@ -545,3 +545,43 @@ async fn a_scheduler_that_loses_its_lease_stops_its_local_tries() {
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// Approvals a worker runs hold none of its slots, nor the scheduler's: a one-slot worker
+/// waiting on three approvals (more than the scheduler's two slots) still runs another DAG's
+/// script, and the approvals go on once decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_on_a_worker_hold_none_of_its_slots() {
+    let c = Cluster::new().await;
+    let gates: String =
+        (0..3).map(|i| format!("  - {{id: g{i}, approval: {{message: 'go?', timeout: 60s}}}}\n")).collect();
+    let gated = c.write_dag("gated", &format!("tasks:\n{gates}"));
+    let busy = c.write_dag("busy", "tasks:\n  - {id: work, script: [\"true\"]}\n");
+    c.store.upsert_dag(&gated).await.unwrap();
+    c.store.upsert_dag(&busy).await.unwrap();
+    let scheduler = c.scheduler_with(FlowConfig { slots: 2, ..c.config() });
+    let worker = c.worker(1, std::future::pending());
+    let gated_run = runs::trigger(&c.store, &gated, serde_json::Map::new(), None).await.unwrap();
+    let states = |dag: &'static str, run: String| {
+        let store = c.store.clone();
+        async move { store.tasks(dag, &run).await.unwrap().into_iter().map(|t| t.state).collect::<Vec<_>>() }
+    };
+    c.wait_until("the three approvals wait on the worker", Duration::from_secs(20), || async {
+        states("gated", gated_run.clone()).await.iter().filter(|s| **s == TaskState::Running).count() == 3
+    })
+    .await;
+    let busy_run = runs::trigger(&c.store, &busy, serde_json::Map::new(), None).await.unwrap();
+    c.wait_until("the script runs beside them", Duration::from_secs(20), || async {
+        states("busy", busy_run.clone()).await == [TaskState::Success]
+    })
+    .await;
+    for i in 0..3 {
+        let k = TaskKey { dag_id: "gated".into(), run_id: gated_run.clone(), task_id: format!("g{i}") };
+        weir_flow::approvals::decide(&c.store, &k, weir_flow::approvals::Decision::Approve, "alice", "").await.unwrap();
+    }
+    c.wait_until("the approvals go on", Duration::from_secs(20), || async {
+        states("gated", gated_run.clone()).await.iter().all(|s| *s == TaskState::Success)
+    })
+    .await;
+    scheduler.abort();
+    worker.abort();
+}
