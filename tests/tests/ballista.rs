@@ -128,7 +128,11 @@ fn wait_for_run(dir: &Path, dag: &str, run: &str) -> String {
                 return state;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "run {run} not finished:\n{out}");
+        // Under nextest's 300 s, so that a run that hangs is reported with its tasks.
+        if started.elapsed() >= Duration::from_secs(240) {
+            let tasks = weir(dir, BUS, &["dags", "tasks", dag, run], None);
+            panic!("run {run} not finished in 240 s:\n{out}\n{}", String::from_utf8_lossy(&tasks.stdout));
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
