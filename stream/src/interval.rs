@@ -20,12 +20,10 @@ use std::{
     time::Instant,
 };
 
-use base64::Engine as _;
 use deltalake::arrow::{
     array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, UInt32Array, new_null_array},
     compute::{cast, interleave, take},
     datatypes::{DataType, Field, Int64Type, Schema, SchemaRef},
-    ipc::{reader::StreamReader, writer::StreamWriter},
 };
 use serde::{Deserialize, Serialize};
 use weir_bus::{Bus, BusError, Consumer, ConsumerConfig, Message, TopicPartition};
@@ -484,29 +482,19 @@ impl Interval {
         Ok(IntervalSnapshot { partitions, watermark: self.watermark, rows, held })
     }
 
-    /// `_key`, `_time` and `columns` (of `fields`) as an Arrow IPC stream in base64.
+    /// `_key`, `_time` and `columns` (of `fields`) as a checkpoint holds them ([`crate::ipc`]).
     fn ipc(&self, fields: &[Field], columns: Vec<ArrayRef>) -> Result<String, IntervalError> {
         let mut all = vec![Field::new("_key", DataType::Utf8, true), Field::new("_time", DataType::Int64, false)];
         all.extend(fields.iter().cloned());
         let batch = RecordBatch::try_new(Arc::new(Schema::new(all)), columns).map_err(|e| self.mismatch(e))?;
-        let mut bytes = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut bytes, &batch.schema()).map_err(|e| self.mismatch(e))?;
-        writer.write(&batch).map_err(|e| self.mismatch(e))?;
-        writer.finish().map_err(|e| self.mismatch(e))?;
-        drop(writer);
-        Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        crate::ipc::encode(&batch).map_err(|e| self.mismatch(e))
     }
 
-    /// Batches of an IPC stream in base64, split into keys, times and the other columns.
+    /// Batches a checkpoint holds ([`crate::ipc`]), split into keys, times and the other columns.
     fn decode_ipc(&self, text: &str) -> Result<Vec<(StringArray, Vec<i64>, RecordBatch)>, IntervalError> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| self.mismatch(format!("checkpoint: {e}")))?;
-        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
-            .map_err(|e| self.mismatch(format!("checkpoint: {e}")))?;
+        let batches = crate::ipc::decode(text).map_err(|e| self.mismatch(format!("checkpoint: {e}")))?;
         let mut out = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| self.mismatch(format!("checkpoint: {e}")))?;
+        for batch in batches {
             let keys = batch.column(0).as_string::<i32>().clone();
             let times: Vec<i64> = batch.column(1).as_primitive::<Int64Type>().values().to_vec();
             let schema: SchemaRef = Arc::new(Schema::new(batch.schema().fields()[2..].to_vec()));

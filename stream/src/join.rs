@@ -25,12 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::Engine as _;
 use deltalake::arrow::{
     array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, new_null_array},
     compute::{cast, filter_record_batch, interleave},
     datatypes::{DataType, Field, Schema},
-    ipc::{reader::StreamReader, writer::StreamWriter},
 };
 use deltalake::datafusion::{error::DataFusionError, prelude::SessionContext};
 use serde::{Deserialize, Serialize};
@@ -206,13 +204,8 @@ impl Table {
             next.insert(p, n);
         }
         let Some(text) = snapshot.rows else { return Ok(()) };
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|e| self.mismatch(format!("checkpointed rows: {e}")))?;
-        let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)
-            .map_err(|e| self.mismatch(format!("checkpointed rows: {e}")))?;
-        for batch in reader {
-            let batch = batch.map_err(|e| self.mismatch(format!("checkpointed rows: {e}")))?;
+        let batches = crate::ipc::decode(&text).map_err(|e| self.mismatch(format!("checkpointed rows: {e}")))?;
+        for batch in batches {
             let schema = batch.schema();
             let fields: Vec<Field> = schema.fields().iter().skip(1).map(|f| f.as_ref().clone()).collect();
             self.start(fields);
@@ -268,13 +261,7 @@ impl Table {
                 schema_fields.extend(fields.iter().cloned());
                 let batch = RecordBatch::try_new(Arc::new(Schema::new(schema_fields)), columns)
                     .map_err(|e| self.mismatch(e.to_string()))?;
-                let mut bytes = Vec::new();
-                let mut writer =
-                    StreamWriter::try_new(&mut bytes, &batch.schema()).map_err(|e| self.mismatch(e.to_string()))?;
-                writer.write(&batch).map_err(|e| self.mismatch(e.to_string()))?;
-                writer.finish().map_err(|e| self.mismatch(e.to_string()))?;
-                drop(writer);
-                Some(base64::engine::general_purpose::STANDARD.encode(bytes))
+                Some(crate::ipc::encode(&batch).map_err(|e| self.mismatch(e))?)
             }
         };
         Ok(TableSnapshot { topic: self.name.clone(), next, rows, version })

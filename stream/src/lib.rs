@@ -25,6 +25,7 @@ pub mod decode;
 pub mod engine;
 pub mod eval;
 pub mod interval;
+pub mod ipc;
 pub mod join;
 pub mod pipeline;
 pub mod scale;
