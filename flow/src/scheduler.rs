@@ -271,7 +271,7 @@ impl Waiting {
 }
 
 /// Whether task `task_id` of `dag` is an approval (a wait for a person).
-fn is_approval(dag: &Dag, task_id: &str) -> bool {
+pub(crate) fn is_approval(dag: &Dag, task_id: &str) -> bool {
     dag.task(task_id).is_some_and(|t| matches!(t.kind, crate::dag::TaskKind::Approval { .. }))
 }
 

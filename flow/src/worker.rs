@@ -161,13 +161,10 @@ impl Try {
         let key = &claim.key;
         let (outcome, log, dag) = match self.load(key).await {
             Ok((run, dag)) => {
-                let _approval = dag
-                    .task(&key.task_id)
-                    .is_some_and(|t| matches!(t.kind, crate::dag::TaskKind::Approval { .. }))
-                    .then(|| {
-                        self.approvals.fetch_add(1, Ordering::SeqCst);
-                        ApprovalSlot(self.approvals.clone())
-                    });
+                let _approval = crate::scheduler::is_approval(&dag, &key.task_id).then(|| {
+                    self.approvals.fetch_add(1, Ordering::SeqCst);
+                    ApprovalSlot(self.approvals.clone())
+                });
                 let (outcome, log) = execute::run_try(
                     &dag,
                     &run,
